@@ -1,0 +1,148 @@
+"""The public plugin API: everything a plugin may rely on, exported from one place.
+
+A plugin module implements hooks from :mod:`hvkit.hookspecs` with :data:`hookimpl` and
+may declare the API version it needs with a module attribute
+``HVKIT_API_VERSION = 1`` (the major version). Only names exported here are stable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+import pluggy
+import torch
+from torch import nn
+
+API_VERSION: tuple[int, int] = (1, 0)
+"""(major, minor): a plugin declaring another major version is refused with a clear message."""
+
+hookimpl = pluggy.HookimplMarker("hvkit")
+
+KINDS: tuple[str, ...] = (
+    "backbone", "head", "dataset", "transform", "sampler",
+    "miner", "loss", "evaluator", "stage", "command",
+)
+
+
+@dataclass(frozen=True)
+class ComponentKind:
+    """Metadata in ``Annotated[...]`` saying that a recipe value names a plugin of ``kind``."""
+
+    kind: str
+
+
+class Component:
+    """Type hint for a recipe parameter that names a plugin: ``loss: Component["loss"]``.
+
+    In a recipe the value is the plugin name, or a mapping ``{name: ..., **params}``; the
+    validator checks the name and the params against that plugin's factory. The factory
+    receives the spec unresolved and builds it at run time with ``ctx.build``.
+    """
+
+    def __class_getitem__(cls, kind: str) -> Any:
+        if kind not in KINDS:
+            raise TypeError(f"Component[{kind!r}]: kind must be one of {', '.join(KINDS)}")
+        return Annotated[str | dict, ComponentKind(kind)]
+
+
+class MetricLoss(nn.Module):
+    """A loss over labelled embeddings: ``forward(embeddings (B,D), labels (B,), indices_tuple=None)``.
+
+    ``indices_tuple`` is a miner's output in pytorch-metric-learning's format. Set
+    ``needs_global_batch = True`` when the loss must see the whole batch across
+    processes; the core then gathers embeddings and labels before calling it.
+    """
+
+    needs_global_batch: ClassVar[bool] = False
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ViewLoss(nn.Module):
+    """A self-supervised loss over two views of one batch: ``forward(z_a (B,D), z_b (B,D))``."""
+
+    needs_global_batch: ClassVar[bool] = True
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class Split:
+    """One writer-disjoint part of a dataset, held in memory.
+
+    ``images`` is (N, C, H, W) uint8 with ink bright (high values) on a dark background;
+    ``labels`` (N,) int64 indexes ``writers``; ``paths`` names each image's source.
+    """
+
+    images: torch.Tensor
+    labels: np.ndarray
+    writers: list[str]
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: np.ndarray) -> "Split":
+        index = np.asarray(index, dtype=np.int64)
+        return Split(self.images[torch.from_numpy(index)], self.labels[index], self.writers,
+                     [self.paths[i] for i in index] if self.paths else [])
+
+
+@runtime_checkable
+class WriterDataset(Protocol):
+    """What a dataset plugin returns: writer-disjoint splits of writer-labelled images.
+
+    ``splits`` holds at least ``"train"`` and ``"test"`` and usually ``"val"``;
+    ``synthetic`` is True for generated data (the run says so loudly);
+    ``info`` is written into the run's metrics (source, counts, duplicates found …).
+    """
+
+    name: str
+    synthetic: bool
+    splits: dict[str, Split]
+    info: dict[str, Any]
+
+
+@runtime_checkable
+class BatchSampler(Protocol):
+    """Yields lists of dataset indices, one list a batch; deterministic given seed and epoch.
+
+    Under several processes each rank yields its own disjoint share of every epoch.
+    """
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A pipeline step. ``run`` returns its outputs (JSON-serialisable; paths relative to the run dir)."""
+
+    def run(self, ctx: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Computes metrics from embeddings or pair scores.
+
+    ``requires`` names the shared results it needs (see :mod:`hvkit.evaluation`); each is
+    computed once per evaluation however many evaluators ask for it.
+    """
+
+    requires: frozenset[str]
+
+    def __call__(self, data: Any, shared: Any) -> dict[str, Any]: ...
+
+
+__all__ = [
+    "API_VERSION", "hookimpl", "KINDS", "Component", "ComponentKind", "MetricLoss",
+    "ViewLoss", "Split", "WriterDataset", "BatchSampler", "Stage", "Evaluator",
+]

@@ -1,0 +1,118 @@
+"""The hooks a plugin implements: one per kind, each in the register-callback style.
+
+A plugin module decorates functions with :data:`hvkit.api.hookimpl`; each hook receives
+``register(name, factory)`` and calls it once per component it provides. A recipe then
+refers to the component by ``name``; the factory's signature and type hints are its
+recipe parameters. ``register_commands`` receives a ``register(command)`` taking a
+:class:`click.Command` instead.
+
+What each factory must return is stated per hook; arguments listed as *context* are
+passed by hvkit at run time and may not be set in a recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("hvkit")
+
+Register = Callable[[str, Callable], None]
+
+
+@hookspec
+def register_backbones(register: Register) -> None:
+    """Backbones: ``factory(**params) -> nn.Module`` mapping images (B,C,H,W) to features (B,D).
+
+    The module exposes ``embedding_dim`` (D). Context: ``in_channels``.
+    """
+
+
+@hookspec
+def register_heads(register: Register) -> None:
+    """Heads: ``factory(in_dim, **params) -> nn.Module`` mapping (B,in_dim) to (B,out_dim).
+
+    The module exposes ``out_dim``. Context: ``in_dim``.
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Datasets: ``factory(**params) -> hvkit.api.WriterDataset`` (writer-labelled images).
+
+    Context: ``seed``.
+    """
+
+
+@hookspec
+def register_transforms(register: Register) -> None:
+    """Transforms: ``factory(**params) -> callable(images, generator) -> images``.
+
+    Batched: images are (B,C,H,W) float in [0,1] (ink bright) on any device; all randomness
+    comes from the given :class:`torch.Generator` (on the images' device), so runs are
+    reproducible and resumable.
+    """
+
+
+@hookspec
+def register_samplers(register: Register) -> None:
+    """Samplers: ``factory(labels, batch_size, seed, rank, world_size, **params) -> hvkit.api.BatchSampler``.
+
+    Context: ``labels``, ``batch_size``, ``seed``, ``rank``, ``world_size``.
+    """
+
+
+@hookspec
+def register_miners(register: Register) -> None:
+    """Miners: ``factory(**params) -> callable(embeddings, labels) -> indices tuple`` (PML format)."""
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Losses: ``factory(**params) -> hvkit.api.MetricLoss | hvkit.api.ViewLoss | nn.Module``.
+
+    Context: ``embedding_dim``, ``num_classes``.
+    """
+
+
+@hookspec
+def register_evaluators(register: Register) -> None:
+    """Evaluators: ``factory(**params) -> hvkit.api.Evaluator``."""
+
+
+@hookspec
+def register_stages(register: Register) -> None:
+    """Pipeline stages: ``factory(**params) -> hvkit.api.Stage`` (pre-train, train, evaluate …)."""
+
+
+@hookspec
+def register_commands(register: Callable) -> None:
+    """Extra CLI subcommands: ``register(command)`` with a :class:`click.Command`."""
+
+
+KIND_HOOKS: dict[str, str] = {
+    "backbone": "register_backbones",
+    "head": "register_heads",
+    "dataset": "register_datasets",
+    "transform": "register_transforms",
+    "sampler": "register_samplers",
+    "miner": "register_miners",
+    "loss": "register_losses",
+    "evaluator": "register_evaluators",
+    "stage": "register_stages",
+    "command": "register_commands",
+}
+
+CONTEXT_ARGS: dict[str, frozenset[str]] = {
+    "backbone": frozenset({"in_channels"}),
+    "head": frozenset({"in_dim"}),
+    "dataset": frozenset({"seed"}),
+    "transform": frozenset(),
+    "sampler": frozenset({"labels", "batch_size", "seed", "rank", "world_size"}),
+    "miner": frozenset(),
+    "loss": frozenset({"embedding_dim", "num_classes"}),
+    "evaluator": frozenset(),
+    "stage": frozenset(),
+    "command": frozenset(),
+}
