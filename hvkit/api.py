@@ -37,8 +37,10 @@ class Component:
     """Type hint for a recipe parameter that names a plugin: ``loss: Component["loss"]``.
 
     In a recipe the value is the plugin name, or a mapping ``{name: ..., **params}``; the
-    validator checks the name and the params against that plugin's factory. The factory
-    receives the spec unresolved and builds it at run time with ``ctx.build``.
+    validator checks the name and the params against that plugin's factory. A *stage*
+    factory receives the spec unresolved and builds it at run time with ``ctx.build``
+    (when context such as ``embedding_dim`` is known); any other factory receives the
+    built component, made with the same context arguments as its owner.
     """
 
     def __class_getitem__(cls, kind: str) -> Any:

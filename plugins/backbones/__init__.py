@@ -1,1 +1,14 @@
-"""First-party backbones plugins."""
+"""First-party backbones: image encoders mapping (B,C,H,W) to (B,D) features."""
+
+from hvkit.api import hookimpl
+
+from .resnet import ResNet18
+from .resnet_vae import ResNetVAE
+from .small_cnn import SmallCNN
+
+
+@hookimpl
+def register_backbones(register):
+    register("resnet18", ResNet18)
+    register("resnet_vae", ResNetVAE)
+    register("small_cnn", SmallCNN)

@@ -1,1 +1,40 @@
-"""First-party losses plugins."""
+"""First-party losses: metric-learning, margin-softmax and self-supervised objectives."""
+
+from hvkit.api import hookimpl
+
+from .arcface import ArcFaceLoss
+from .barlow_twins import BarlowTwinsLoss
+from .contra_x import ContraXLoss
+from .cosface import CosFaceLoss
+from .identitization import IdentitizationLoss
+from .invariant_spreading import InvariantSpreadingLoss
+from .margin import MarginLoss
+from .multi_similarity import MultiSimilarityLoss
+from .nbc_softmax import NBCSoftmaxLoss
+from .ntxent import NTXentLoss
+from .sphereface import SphereFaceLoss
+from .subcenter_arcface import SubCenterArcFaceLoss
+from .supcon import SupConLoss
+from .triplet import TripletLoss
+from .vae_elbo import VAEELBOLoss
+from .vicreg import VICRegLoss
+
+
+@hookimpl
+def register_losses(register):
+    register("arcface", ArcFaceLoss)
+    register("barlow_twins", BarlowTwinsLoss)
+    register("contra_x", ContraXLoss)
+    register("cosface", CosFaceLoss)
+    register("identitization", IdentitizationLoss)
+    register("invariant_spreading", InvariantSpreadingLoss)
+    register("margin", MarginLoss)
+    register("multi_similarity", MultiSimilarityLoss)
+    register("nbc_softmax", NBCSoftmaxLoss)
+    register("ntxent", NTXentLoss)
+    register("sphereface", SphereFaceLoss)
+    register("subcenter_arcface", SubCenterArcFaceLoss)
+    register("supcon", SupConLoss)
+    register("triplet", TripletLoss)
+    register("vae_elbo", VAEELBOLoss)
+    register("vicreg", VICRegLoss)
