@@ -49,6 +49,36 @@ class Component:
         return Annotated[str | dict, ComponentKind(kind)]
 
 
+@dataclass(frozen=True)
+class StageRef:
+    """Metadata: the value names an earlier stage of the same recipe (e.g. whose backbone to load)."""
+
+
+@dataclass(frozen=True)
+class ExistingPath:
+    """Metadata: the value is a path that must exist before the run starts."""
+
+
+@dataclass(frozen=True)
+class OptimizerName:
+    """Metadata: ``{name: <torch.optim class>, **kwargs}``, checked against that class."""
+
+
+@dataclass(frozen=True)
+class SchedulerName:
+    """Metadata: ``{name: <torch.optim.lr_scheduler class>, **kwargs}``; ``null`` for none."""
+
+
+StageOutput = Annotated[str, StageRef()]
+"""Type hint: the name of an earlier stage whose outputs this stage uses."""
+FilePath = Annotated[str, ExistingPath()]
+"""Type hint: a file or folder that must exist."""
+OptimizerSpec = Annotated[dict, OptimizerName()]
+"""Type hint: an optimiser, e.g. ``{name: AdamW, lr: 1e-3, weight_decay: 1e-4}``."""
+SchedulerSpec = Annotated[dict, SchedulerName()]
+"""Type hint: an LR scheduler, e.g. ``{name: CosineAnnealingLR}`` (T_max filled in by hvkit)."""
+
+
 class MetricLoss(nn.Module):
     """A loss over labelled embeddings: ``forward(embeddings (B,D), labels (B,), indices_tuple=None)``.
 
@@ -145,6 +175,8 @@ class Evaluator(Protocol):
 
 
 __all__ = [
-    "API_VERSION", "hookimpl", "KINDS", "Component", "ComponentKind", "MetricLoss",
+    "API_VERSION", "hookimpl", "KINDS", "Component", "ComponentKind", "StageRef", "ExistingPath",
+    "OptimizerName", "SchedulerName", "StageOutput", "FilePath", "OptimizerSpec", "SchedulerSpec",
+    "MetricLoss",
     "ViewLoss", "Split", "WriterDataset", "BatchSampler", "Stage", "Evaluator",
 ]

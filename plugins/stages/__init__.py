@@ -1,1 +1,16 @@
-"""First-party stages plugins."""
+"""First-party pipeline stages: pre-training, metric training and evaluation."""
+
+from hvkit.api import hookimpl
+
+from .evaluate import Evaluate
+from .metric_train import MetricTrain
+from .ssl_pretrain import SSLPretrain
+from .vae_pretrain import VAEPretrain
+
+
+@hookimpl
+def register_stages(register):
+    register("evaluate", Evaluate)
+    register("metric_train", MetricTrain)
+    register("ssl_pretrain", SSLPretrain)
+    register("vae_pretrain", VAEPretrain)

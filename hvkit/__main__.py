@@ -1,0 +1,5 @@
+"""``python -m hvkit`` (what ``torchrun -m hvkit run …`` executes)."""
+
+from hvkit.cli import main
+
+main()

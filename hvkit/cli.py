@@ -1,0 +1,153 @@
+"""The ``hvkit`` command line: run, validate, list-plugins, and plugin-provided commands.
+
+User errors (:class:`HvkitError`) print one line and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+import hvkit
+from hvkit.errors import HvkitError
+
+
+def user_errors(func: Callable) -> Callable:
+    """Turn an HvkitError into ``error: …`` on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HvkitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+class HvkitGroup(click.Group):
+    """Built-in commands plus those plugins register; plugins load only when needed."""
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        from hvkit.registry import get_registry
+        commands = {}
+        for command, _source in get_registry().commands:
+            if isinstance(command, click.Command) and command.name not in self.commands:
+                commands[command.name] = command
+        return commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self._plugin_commands()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        return self._plugin_commands().get(name)
+
+
+@click.group(cls=HvkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(hvkit.__version__, prog_name="hvkit")
+def main() -> None:
+    """hvkit: deep metric learning for handwriting verification, driven by YAML recipes."""
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a recipe value (parsed as YAML); repeatable.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the run (default runs/<name>-<time>).")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Continue an interrupted run directory to the same result.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Override the recipe's device.")
+@user_errors
+def run(recipe: Path | None, overrides: tuple[str, ...], run_dir: Path | None, resume: Path | None,
+        device: str | None) -> None:
+    """Run a recipe: pre-train, train, evaluate; results land in a run directory."""
+    from hvkit.pipeline import run as run_pipeline
+    run_pipeline(recipe, overrides, run_dir=run_dir, resume=resume, device=device)
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value.")
+@click.option("--show", is_flag=True, help="Print the resolved recipe (all defaults filled in).")
+def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool) -> None:
+    """Check recipes completely without running anything."""
+    import yaml
+
+    from hvkit.pipeline import prepare
+    failed = 0
+    for path in recipes:
+        try:
+            resolved = prepare(path, overrides)
+        except HvkitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        click.echo(f"ok: {path}")
+        if show:
+            click.echo(yaml.safe_dump(resolved, sort_keys=False))
+    if failed:
+        sys.exit(2)
+
+
+@main.command("list-plugins")
+@click.option("--kind", help="Only this kind (backbone, loss, sampler …).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--check", is_flag=True, help="Exit non-zero when any plugin is broken.")
+@click.option("--requirements", is_flag=True, help="Print installed plugin packages as name==version.")
+def list_plugins(kind: str | None, as_json: bool, check: bool, requirements: bool) -> None:
+    """List every component by kind, with its package, version and summary."""
+    from hvkit.api import KINDS
+    from hvkit.registry import get_registry
+    registry = get_registry()
+    if kind is not None and kind not in KINDS:
+        click.echo(f"error: unknown kind {kind!r}; kinds: {', '.join(KINDS)}", err=True)
+        sys.exit(2)
+    if requirements:
+        for package, version in sorted({(s.package, s.version) for s in registry.sources}):
+            click.echo(f"{package}=={version}")
+        return
+    entries = [e for e in registry.all_entries() if kind is None or e.kind == kind]
+    commands = [(c, s) for c, s in registry.commands if kind in (None, "command")]
+    problems = [p for p in registry.problems if kind is None or p.kind in (None, kind)]
+    if as_json:
+        rows = [{"kind": e.kind, "name": e.name, "package": e.package, "version": e.version,
+                 "summary": e.summary, "status": "ok"} for e in entries]
+        rows += [{"kind": "command", "name": c.name, "package": s.package, "version": s.version,
+                  "summary": (c.get_short_help_str(200) if isinstance(c, click.Command) else ""),
+                  "status": "ok"} for c, s in commands]
+        rows += [{"kind": p.kind, "name": p.name, "package": p.package, "version": p.version,
+                  "plugin": p.plugin, "summary": p.message, "status": "broken"} for p in problems]
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        current = None
+        for e in entries:
+            if e.kind != current:
+                current = e.kind
+                click.echo(f"\n{current}:")
+            click.echo(f"  {e.name:<22} {e.package} {e.version:<8} {e.summary}")
+        if commands:
+            click.echo("\ncommand:")
+            for c, s in commands:
+                click.echo(f"  {c.name:<22} {s.package} {s.version:<8} "
+                           f"{c.get_short_help_str(80) if isinstance(c, click.Command) else ''}")
+        if problems:
+            click.echo("\nbroken:")
+            for p in problems:
+                what = f"{p.kind} {p.name!r}" if p.name else p.plugin
+                click.echo(f"  {what} from {p.package} {p.version}: {p.message}")
+    if check and problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""torch.distributed in one place: process-group set-up, the gather policy, rank helpers.
+
+A single process is simply world size 1: every function here is then a no-op.
+
+Gather policy: a loss that declares ``needs_global_batch`` is computed on the embeddings
+of every rank (:func:`gather_with_grad`); each rank keeps the gradient to its own
+samples only. DDP then *averages* parameter gradients over ranks, so the core scales
+such a loss by the world size before ``backward`` (:func:`global_loss_scale`) — the
+result equals one process on the whole batch (tests/distributed checks it).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the torchrun environment (0, 0, 1 otherwise)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init(device: torch.device) -> None:
+    """Initialise the default process group under torchrun (nccl on CUDA, gloo on CPU)."""
+    _, _, world_size = world()
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    """DDP-wrap a module with trainable parameters when running under several processes."""
+    if not active() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``tensor`` concatenated in rank order; the gradient flows to this rank's part."""
+    if not active():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    parts[dist.get_rank()] = tensor
+    return torch.cat(parts)
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``tensor`` concatenated in rank order (no gradient)."""
+    if not active():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def global_loss_scale() -> float:
+    """Factor for a loss computed on the gathered batch so DDP's averaging gives the true gradient."""
+    return float(dist.get_world_size()) if active() else 1.0

@@ -1,0 +1,195 @@
+"""The training loop every training stage shares.
+
+A stage supplies the modules to train, a ``batches(epoch)`` iterator and a
+``step(batch, generator) -> loss | (loss, {name: value})`` function; the trainer owns the
+optimiser and scheduler, gradient clipping, AMP on CUDA, NaN/inf detection, periodic
+JSONL logs, atomic checkpoints every N steps and at the end, and exact resumption.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from hvkit import distributed
+from hvkit.api import OptimizerSpec, SchedulerSpec
+from hvkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from hvkit.engine.context import StageContext
+from hvkit.engine.optim import build_optimizer, build_scheduler
+from hvkit.errors import HvkitError
+
+StepFn = Callable[[Any, torch.Generator], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class TrainConfig:
+    """Training options a stage exposes in its recipe signature."""
+
+    epochs: int = 1
+    optimizer: OptimizerSpec = field(default_factory=lambda: {"name": "AdamW", "lr": 1e-3, "weight_decay": 1e-4})
+    scheduler: SchedulerSpec | None = None
+    loss_lr: float | None = None
+    grad_clip: float | None = None
+    amp: bool = True
+    log_every: int = 10
+    checkpoint_every: int = 200
+    max_steps: int | None = None
+
+
+class Trainer:
+    """Trains ``modules`` with ``step`` over ``batches``; resumable from ``stage_dir/last.pt``."""
+
+    def __init__(self, ctx: StageContext, modules: dict[str, nn.Module], config: TrainConfig,
+                 steps_per_epoch: int, loss_modules: tuple[str, ...] = ()):
+        self.ctx, self.modules, self.config = ctx, modules, config
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        groups = []
+        for name, module in modules.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            if not params:
+                continue
+            group: dict[str, Any] = {"params": params, "name": name}
+            if name in loss_modules and config.loss_lr is not None:
+                group["lr"] = config.loss_lr
+            groups.append(group)
+        if not groups:
+            raise HvkitError(f"stage {ctx.name}: nothing to train (all parameters are frozen)")
+        self.optimizer = build_optimizer(config.optimizer, groups)
+        self.scheduler = build_scheduler(config.scheduler, self.optimizer, self.total_steps)
+        self.use_amp = config.amp and ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.checkpoint_path = ctx.stage_dir / "last.pt"
+        self.log_path = ctx.stage_dir / "log.jsonl"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "modules": {k: distributed.unwrap(m).state_dict() for k, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for k, module in self.modules.items():
+            distributed.unwrap(module).load_state_dict(state["modules"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.checkpoint_path, self.state())
+        distributed.barrier()
+
+    def fit(self, batches: Callable[[int], Iterable[Any]], step: StepFn) -> dict[str, float]:
+        """Run to ``epochs`` (or ``max_steps``); returns the last logged values."""
+        if self.ctx.resume and self.checkpoint_path.is_file():
+            self.load_state(load_checkpoint(self.checkpoint_path, self.ctx.device))
+            self.ctx.log(f"resumed at step {self.step}")
+        for module in self.modules.values():
+            module.train()
+        last: dict[str, float] = {}
+        progress = _Progress(self.ctx, self.total_steps, self.step)
+        window_start, window_steps = time.perf_counter(), 0
+        start_epoch, skip = divmod(self.step, self.steps_per_epoch)
+        for epoch in range(start_epoch, self.config.epochs):
+            if self.step >= self.total_steps:
+                break
+            for index, batch in enumerate(batches(epoch)):
+                if epoch == start_epoch and index < skip:
+                    continue
+                if index >= self.steps_per_epoch or self.step >= self.total_steps:
+                    break
+                generator = self.ctx.generator("step", self.step)
+                loss, terms = self._one_step(step, batch, generator)
+                self.step += 1
+                window_steps += 1
+                if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last = {"step": self.step, "epoch": epoch, "loss": loss,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "steps_per_s": window_steps / max(elapsed, 1e-9), **terms}
+                    self._log(last)
+                    progress.update(self.step, loss)
+                    window_start, window_steps = time.perf_counter(), 0
+                if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.save()
+        progress.close()
+        self.save()
+        return last
+
+    def _one_step(self, step: StepFn, batch: Any, generator: torch.Generator) -> tuple[float, dict[str, float]]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.ctx.device.type, enabled=self.use_amp):
+            out = step(batch, generator)
+        loss, terms = (out if isinstance(out, tuple) else (out, {}))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            kept = (f"last good checkpoint {self.checkpoint_path} kept" if self.checkpoint_path.is_file()
+                    else "no checkpoint was written yet")
+            raise HvkitError(f"stage {self.ctx.name}: loss is {value} at step {self.step + 1}; "
+                             f"stopped ({kept}); lower the learning rate or check the data")
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return value, {k: float(v) for k, v in terms.items()}
+
+    def _log(self, values: dict[str, float]) -> None:
+        if self.ctx.is_main:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(values) + "\n")
+
+
+class _Progress:
+    """A tqdm bar on a terminal, plain lines otherwise (rank 0 only)."""
+
+    def __init__(self, ctx: StageContext, total: int, initial: int):
+        self.ctx = ctx
+        self.bar = None
+        if ctx.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=ctx.name, unit="step", leave=False)
+        self.total = total
+
+    def update(self, step: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        else:
+            self.ctx.log(f"step {step}/{self.total} loss {loss:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

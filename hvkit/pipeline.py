@@ -1,0 +1,214 @@
+"""Running a recipe: validate it, create the run directory, run its stages in order.
+
+The run directory holds the resolved recipe, the environment (versions of hvkit, torch
+and every plugin package used, the seed), each stage's files under ``stages/<name>/``,
+``metrics.json`` and ``report.md``. A stage whose ``outputs.json`` exists is complete:
+``--resume`` skips it and continues the interrupted stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import yaml
+
+import hvkit
+from hvkit import distributed
+from hvkit.api import WriterDataset
+from hvkit.engine.checkpoint import atomic_write, write_json
+from hvkit.engine.context import StageContext, build
+from hvkit.errors import HvkitError
+from hvkit.recipe import apply_overrides, load_recipe, validate
+from hvkit.registry import Registry, get_registry
+
+RESOLVED = "recipe.resolved.yaml"
+
+
+def prepare(recipe_path: str | Path, overrides: Iterable[str] = (),
+            registry: Registry | None = None) -> dict[str, Any]:
+    """The validated recipe with every default filled in (nothing is run)."""
+    registry = registry or get_registry()
+    raw = apply_overrides(load_recipe(recipe_path), list(overrides))
+    return validate(raw, registry, str(recipe_path))
+
+
+def select_device(choice: str) -> torch.device:
+    _, local_rank, _ = distributed.world()
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise HvkitError("device cuda requested but CUDA is not available; use --device cpu")
+        return torch.device(choice if ":" in choice else f"cuda:{local_rank}")
+    return torch.device(choice)
+
+
+def used_packages(resolved: dict[str, Any], registry: Registry) -> dict[str, str]:
+    """Every plugin package whose component the recipe uses, with its version."""
+    used: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("name", "stage"):
+                name = node.get(key)
+                if isinstance(name, str):
+                    for kind_entries in registry.entries.values():
+                        entry = kind_entries.get(name)
+                        if entry is not None:
+                            used[entry.package] = entry.version
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(resolved)
+    return dict(sorted(used.items()))
+
+
+def environment(resolved: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    import numpy
+    versions = {"hvkit": hvkit.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+                "python": platform.python_version()}
+    try:
+        import faiss
+        versions["faiss"] = faiss.__version__
+    except ImportError:
+        versions["faiss"] = None
+    return {"seed": resolved["seed"], "versions": versions,
+            "plugins_used": used_packages(resolved, registry),
+            "plugins_installed": {s.package: s.version for s in registry.sources},
+            "command": sys.argv, "platform": platform.platform(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _banner(console: Callable[[str], None], text: str) -> None:
+    line = "!" * 78
+    console(f"{line}\n!! {text}\n{line}")
+
+
+class Run:
+    """One execution of a resolved recipe in a run directory."""
+
+    def __init__(self, resolved: dict[str, Any], run_dir: Path, registry: Registry,
+                 device: torch.device, resume: bool, console: Callable[[str], None] = print):
+        self.resolved, self.run_dir, self.registry = resolved, run_dir, registry
+        self.device, self.resume = device, resume
+        self.rank, _, self.world_size = distributed.world()
+        self.console = console if self.rank == 0 else (lambda _: None)
+        self._dataset: WriterDataset | None = None
+
+    def dataset(self) -> WriterDataset:
+        if self._dataset is None:
+            data = build(self.registry, "dataset", self.resolved["data"], seed=self.resolved["seed"])
+            if not isinstance(data, WriterDataset):
+                raise HvkitError(f"dataset {self.resolved['data']['name']!r} returned "
+                                 f"{type(data).__name__}, not a WriterDataset")
+            if data.synthetic:
+                _banner(self.console, f"SYNTHETIC DATA ({data.name}): these are NOT results on real "
+                                      "handwriting; set data.root to use a real dataset")
+            self._dataset = data
+        return self._dataset
+
+    def execute(self) -> dict[str, Any]:
+        outputs: dict[str, dict[str, Any]] = {}
+        metrics: dict[str, Any] = {"recipe": self.resolved["name"]}
+        reports: list[str] = []
+        for name, spec in self.resolved["stages"].items():
+            done_file = self.run_dir / "stages" / name / "outputs.json"
+            if self.resume and done_file.is_file():
+                outputs[name] = json.loads(done_file.read_text())
+                self.console(f"[{name}] complete, skipped")
+            else:
+                ctx = StageContext(name=name, spec=spec, recipe=self.resolved, run_dir=self.run_dir,
+                                   device=self.device, registry=self.registry, outputs=outputs,
+                                   data_fn=self.dataset, resume=self.resume, rank=self.rank,
+                                   world_size=self.world_size, console=self.console)
+                stage = build(self.registry, "stage", spec, name_key="stage")
+                self.console(f"[{name}] {spec['stage']} …")
+                started = time.perf_counter()
+                result = stage.run(ctx) or {}
+                result.setdefault("seconds", round(time.perf_counter() - started, 2))
+                outputs[name] = result
+                if self.rank == 0:
+                    write_json(done_file, result)
+                distributed.barrier()
+            if "metrics" in outputs[name]:
+                metrics[name] = outputs[name]["metrics"]
+            if outputs[name].get("report"):
+                reports.append(f"## {name}\n\n{outputs[name]['report']}\n")
+        if self._dataset is not None or any("metrics" in o for o in outputs.values()):
+            data = self.dataset()
+            metrics["data"] = {"name": data.name, "synthetic": bool(data.synthetic), **data.info}
+        if self.rank == 0:
+            write_json(self.run_dir / "metrics.json", metrics)
+            header = f"# {self.resolved['name']}\n\n"
+            if metrics.get("data", {}).get("synthetic"):
+                header += "**Synthetic data: not results on real handwriting.**\n\n"
+            atomic_write(self.run_dir / "report.md", lambda f: f.write(header + "\n".join(reports)), "w")
+        return metrics
+
+
+def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: str | Path | None = None,
+        resume: str | Path | None = None, device: str | None = None,
+        registry: Registry | None = None, console: Callable[[str], None] = print) -> Path:
+    """Run a recipe (or resume the run in ``resume``); returns the run directory."""
+    registry = registry or get_registry()
+    overrides = list(overrides)
+    if resume is not None:
+        run_path = Path(resume)
+        stored = run_path / RESOLVED
+        if not stored.is_file():
+            raise HvkitError(f"--resume {run_path}: not a run directory (no {RESOLVED})")
+        resolved = validate(yaml.safe_load(stored.read_text()), registry, str(stored))
+        if overrides:
+            raise HvkitError("--resume continues a run exactly as it was; --set is not allowed with it")
+    else:
+        if recipe_path is None:
+            raise HvkitError("a recipe file is required")
+        resolved = prepare(recipe_path, overrides, registry)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_path = Path(run_dir) if run_dir is not None else Path("runs") / f"{resolved['name']}-{stamp}"
+        if (run_path / RESOLVED).exists():
+            raise HvkitError(f"{run_path} already holds a run; use --resume {run_path} or another --run-dir")
+    device_obj = select_device(device or resolved["device"])
+    distributed.init(device_obj)
+    rank, _, _ = distributed.world()
+    if rank == 0:
+        run_path.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            atomic_write(run_path / RESOLVED, lambda f: yaml.safe_dump(resolved, f, sort_keys=False), "w")
+            write_json(run_path / "environment.json", environment(resolved, registry))
+    distributed.barrier()
+    console(f"run directory: {run_path}")
+    metrics = Run(resolved, run_path, registry, device_obj, resume is not None, console).execute()
+    console(summary(metrics))
+    return run_path
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """The headline numbers of a run, one line per stage and verifier."""
+    lines = []
+    for stage, values in metrics.items():
+        if not isinstance(values, dict) or stage == "data":
+            continue
+        for key, value in _flatten(values):
+            if any(key.endswith(s) for s in ("accuracy", "roc_auc", "eer", "precision_at_1", "map_at_r")):
+                lines.append(f"  {stage}.{key} = {value:.4f}")
+    return "results:\n" + "\n".join(lines) if lines else "results: (no metrics)"
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append((f"{prefix}{key}", float(value)))
+    return out

@@ -1,0 +1,205 @@
+"""Validating a whole recipe before any work starts, and filling in every default.
+
+Each component's keys are checked against its factory's signature and type hints; an
+unknown plugin or parameter names the nearest valid choices; a missing file is reported.
+Every problem is a :class:`RecipeError` naming the recipe file and the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
+from hvkit.errors import HvkitError, RecipeError
+from hvkit.hookspecs import CONTEXT_ARGS
+from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
+from hvkit.registry import Registry
+
+TOP_LEVEL = {"name", "description", "seed", "device", "data", "model", "stages"}
+MODEL_KEYS = {"backbone"}
+
+
+def _nearest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    if close:
+        return "; did you mean " + ", ".join(repr(c) for c in close) + "?"
+    return f"; valid: {', '.join(sorted(choices))}" if choices else ""
+
+
+def _json_default(value: Any) -> Any:
+    """A default as it will appear in the resolved recipe (YAML/JSON types only)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        json.dumps(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+class Validator:
+    """Validates one recipe against a registry; ``resolve`` returns it with defaults filled."""
+
+    def __init__(self, registry: Registry, file: str | None):
+        self.registry = registry
+        self.file = file
+        self.stages_seen: list[str] = []
+
+    def error(self, path: str, message: str) -> RecipeError:
+        return RecipeError(message, self.file, path)
+
+    def resolve(self, recipe: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(recipe) - TOP_LEVEL)
+        if unknown:
+            raise self.error(unknown[0], "unknown top-level key" + _nearest(unknown[0], sorted(TOP_LEVEL)))
+        out: dict[str, Any] = {"name": recipe.get("name", Path(self.file or "recipe").stem)}
+        if "description" in recipe:
+            out["description"] = recipe["description"]
+        seed = recipe.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise self.error("seed", f"expected an int, got {seed!r}")
+        out["seed"] = seed
+        device = recipe.get("device", "auto")
+        if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+            raise self.error("device", f"expected auto, cpu or cuda, got {device!r}")
+        out["device"] = device
+        if "data" not in recipe:
+            raise self.error("data", "missing: every recipe needs a data section ({name: <dataset>, ...})")
+        out["data"] = self.component("dataset", recipe["data"], "data")
+        model = recipe.get("model", {})
+        if not isinstance(model, dict):
+            raise self.error("model", "expected a mapping with a backbone")
+        bad = sorted(set(model) - MODEL_KEYS)
+        if bad:
+            raise self.error(f"model.{bad[0]}", "unknown key" + _nearest(bad[0], sorted(MODEL_KEYS)))
+        out["model"] = {k: self.component("backbone", v, f"model.{k}") for k, v in model.items()}
+        stages = recipe.get("stages")
+        if not isinstance(stages, dict) or not stages:
+            raise self.error("stages", "expected a mapping of stage name → {stage: <plugin>, ...}")
+        out["stages"] = {}
+        for name, spec in stages.items():
+            path = f"stages.{name}"
+            if not isinstance(spec, dict) or "stage" not in spec:
+                raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
+            out["stages"][name] = self.component("stage", spec, path, name_key="stage")
+            self.stages_seen.append(name)
+        return out
+
+    def component(self, kind: str, spec: Any, path: str, name_key: str = "name") -> dict[str, Any]:
+        if isinstance(spec, str):
+            spec = {name_key: spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get(name_key), str):
+            raise self.error(path, f"expected a {kind} name or a mapping with '{name_key}: <{kind}>'")
+        name = spec[name_key]
+        try:
+            entry = self.registry.get(kind, name)
+        except HvkitError as exc:
+            raise self.error(f"{path}.{name_key}", str(exc)) from None
+        params, var_kw = parameters(entry.factory)
+        context = CONTEXT_ARGS.get(kind, frozenset())
+        given = {k: v for k, v in spec.items() if k != name_key}
+        resolved: dict[str, Any] = {name_key: name}
+        for key, value in given.items():
+            key_path = f"{path}.{key}"
+            if key in context:
+                raise self.error(key_path, f"{key!r} is provided by hvkit at run time; remove it")
+            if key not in params:
+                if var_kw:
+                    resolved[key] = value
+                    continue
+                valid = [p for p in params if p not in context]
+                raise self.error(key_path, f"unknown parameter for {kind} {name!r}" + _nearest(key, valid))
+            resolved[key] = self.value(value, params[key].hint, key_path)
+        for p in params.values():
+            if p.name in given or p.name in context:
+                continue
+            if p.required:
+                raise self.error(f"{path}.{p.name}", f"missing required parameter of {kind} {name!r} "
+                                                     f"(expected {describe(p.hint)})")
+            resolved[p.name] = self._default(p.default, p.hint)
+        return resolved
+
+    def _default(self, default: Any, hint: Any) -> Any:
+        marker = special_marker(hint)
+        if isinstance(marker, ComponentKind) and default is not None:
+            if isinstance(default, list):
+                return [self.component(marker.kind, d, "(default)") for d in default]
+            return self.component(marker.kind, default, "(default)")
+        if dataclasses.is_dataclass(default):
+            return self.section(type(default), dataclasses.asdict(default), "(default)")
+        return _json_default(copy.deepcopy(default))
+
+    def value(self, value: Any, hint: Any, path: str) -> Any:
+        marker = special_marker(hint)
+        if marker is not None and value is not None:
+            if isinstance(marker, ComponentKind):
+                if isinstance(value, list):
+                    return [self.component(marker.kind, v, f"{path}.{i}") for i, v in enumerate(value)]
+                return self.component(marker.kind, value, path)
+            if isinstance(marker, StageRef):
+                if value not in self.stages_seen:
+                    raise self.error(path, f"{value!r} is not an earlier stage" + _nearest(str(value), self.stages_seen))
+                return value
+            if isinstance(marker, ExistingPath):
+                if not isinstance(value, str) or not Path(value).expanduser().exists():
+                    raise self.error(path, f"file or folder not found: {value!r}")
+                return value
+            if isinstance(marker, OptimizerName):
+                return self.torch_spec(value, path, torch.optim, skip={"params"})
+            if isinstance(marker, SchedulerName):
+                return self.torch_spec(value, path, torch.optim.lr_scheduler, skip={"optimizer"},
+                                       extra={"warmup_steps"})
+        config = dataclass_type(hint)
+        if config is not None and isinstance(value, dict):
+            return self.section(config, value, path)
+        if not plain_type_ok(value, hint):
+            raise self.error(path, f"expected {describe(hint)}, got {value!r}")
+        return value
+
+    def section(self, config: type, value: dict[str, Any], path: str) -> dict[str, Any]:
+        """A mapping checked against a dataclass's fields (e.g. a stage's ``train:`` options)."""
+        hints = typing.get_type_hints(config, include_extras=True)
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in fields:
+                raise self.error(f"{path}.{key}", f"unknown {config.__name__} option" + _nearest(key, list(fields)))
+            out[key] = self.value(item, hints[key], f"{path}.{key}")
+        for name, f in fields.items():
+            if name not in out:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                out[name] = self.value(default, hints[name], f"{path}.{name}") if default is not None else None
+        return out
+
+    def torch_spec(self, value: Any, path: str, module: Any, skip: set[str],
+                   extra: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict) or "name" not in value:
+            raise self.error(path, "expected {name: <class>, ...arguments}")
+        choices = [n for n, c in vars(module).items() if inspect.isclass(c) and not n.startswith("_")
+                   and n not in ("Optimizer", "LRScheduler", "Tensor")]
+        cls = getattr(module, str(value["name"]), None)
+        if value["name"] not in choices or cls is None:
+            raise self.error(f"{path}.name", f"unknown {module.__name__} class {value['name']!r}"
+                             + _nearest(str(value["name"]), choices))
+        signature = inspect.signature(cls)
+        accepted = [p for p in signature.parameters if p not in skip] + sorted(extra)
+        for key in value:
+            if key != "name" and key not in accepted:
+                raise self.error(f"{path}.{key}", f"unknown argument of {value['name']}" + _nearest(key, accepted))
+        return dict(value)
+
+
+def validate(recipe: dict[str, Any], registry: Registry, file: str | None = None) -> dict[str, Any]:
+    """The recipe with every default filled in; RecipeError on the first problem."""
+    return Validator(registry, file).resolve(recipe)

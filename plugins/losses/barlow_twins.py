@@ -1,0 +1,57 @@
+"""Barlow Twins: redundancy reduction between two views (Zbontar et al., ICML 2021)."""
+
+from __future__ import annotations
+
+import torch
+
+from hvkit.api import ViewLoss
+
+
+def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-feature batch standardisation, as ``BatchNorm1d(affine=False)`` in training mode (biased variance)."""
+    return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)
+
+
+def cross_correlation_terms(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_i (1 - C_ii)^2, sum_{i != j} C_ij^2) for C = a^T b / B, a and b standardised (B, D).
+
+    The off-diagonal sum is ||C||_F^2 - sum_i C_ii^2, and ||a^T b||_F^2 = <a a^T, b b^T> lets it
+    come from two (B, B) Gram matrices when that is cheaper than the (D, D) matrix C.
+    """
+    n, d = a.shape
+    diagonal = (a * b).sum(dim=0) / n
+    if 2 * n < d:
+        frobenius = ((a @ a.T) * (b @ b.T)).sum() / n ** 2
+    else:
+        frobenius = (a.T @ b).pow(2).sum() / n ** 2
+    return (1 - diagonal).pow(2).sum(), frobenius - diagonal.pow(2).sum()
+
+
+class BarlowTwinsLoss(ViewLoss):
+    """Barlow Twins (Zbontar et al. 2021): push the views' cross-correlation matrix to the identity.
+
+    ``L = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2`` with ``C = std(Z_a)^T std(Z_b) / B``,
+    ``std`` the per-feature batch standardisation of the official code (``BatchNorm1d`` without
+    affine: biased variance, ``eps`` 1e-5). Default ``off_diagonal_weight`` (lambda) = 5e-3.
+    No scaling of the whole loss (the official ``scale-loss`` factor belongs in the learning rate).
+    """
+
+    def __init__(self, off_diagonal_weight: float = 5e-3, eps: float = 1e-5) -> None:
+        super().__init__()
+        if off_diagonal_weight < 0:
+            raise ValueError(f"barlow_twins: off_diagonal_weight must be >= 0, got {off_diagonal_weight}")
+        if eps <= 0:
+            raise ValueError(f"barlow_twins: eps must be > 0, got {eps}; the default is 1e-5")
+        self.off_diagonal_weight = off_diagonal_weight
+        self.eps = eps
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        if z_a.ndim != 2 or z_a.shape != z_b.shape:
+            raise ValueError(f"barlow_twins: expected two (B, D) views of one shape, got "
+                             f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        if z_a.shape[0] < 2:
+            raise ValueError("barlow_twins: needs a batch of at least 2 to standardise features; "
+                             "raise the batch size")
+        on_diagonal, off_diagonal = cross_correlation_terms(standardize(z_a, self.eps),
+                                                            standardize(z_b, self.eps))
+        return on_diagonal + self.off_diagonal_weight * off_diagonal

@@ -1,0 +1,76 @@
+"""Supervised contrastive loss (Khosla et al., NeurIPS 2020)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_pairs
+
+from hvkit.api import MetricLoss
+
+
+def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float,
+                indices_tuple: tuple | None = None) -> torch.Tensor:
+    """SupCon "L_out" averaged over the anchors that have at least one positive.
+
+    ``l_i = -(1/|P(i)|) sum_{p in P(i)} log( exp(s_ip) / sum_{a in A(i)} exp(s_ia) )`` with
+    ``s = z z^T / tau`` on L2-normalised ``z``, ``P(i)`` the same-label samples and ``A(i)`` all
+    samples but ``i``. A miner's ``indices_tuple`` (pairs or triplets) restricts ``P(i)`` to the
+    mined positive pairs and ``A(i)`` to the mined positive and negative pairs. A batch where no
+    anchor has a positive gives 0 (connected to the graph).
+    """
+    n = embeddings.shape[0]
+    z = F.normalize(embeddings, dim=1)
+    logits = (z @ z.T) / temperature
+    if indices_tuple is None:
+        positive = labels[:, None] == labels[None, :]
+        positive.fill_diagonal_(False)
+        contrast = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    else:
+        a1, p, a2, neg = convert_to_pairs(indices_tuple, labels)
+        positive = torch.zeros(n, n, dtype=torch.bool, device=z.device)
+        positive[a1, p] = True
+        contrast = positive.clone()
+        contrast[a2, neg] = True
+    logits = logits.masked_fill(~contrast, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    n_positive = positive.sum(dim=1)
+    has_positive = n_positive > 0
+    if not has_positive.any():
+        return embeddings.sum() * 0.0
+    mean_log_prob_pos = log_prob.masked_fill(~positive, 0.0).sum(dim=1)[has_positive] / n_positive[has_positive]
+    return -mean_log_prob_pos.mean()
+
+
+class SupConLoss(MetricLoss):
+    """Supervised contrastive loss (Khosla et al. 2020), multi-view: concatenate views, repeat labels.
+
+    ``L = mean_i -(1/|P(i)|) sum_{p in P(i)} log( exp(z_i.z_p/tau) / sum_{a != i} exp(z_i.z_a/tau) )``
+    over L2-normalised embeddings and the anchors with a positive (see :func:`supcon_loss`).
+    Default ``temperature`` tau = 0.1 (pytorch-metric-learning's default; the official code
+    uses 0.07). ``base_temperature``, when set, scales the loss by ``tau / base_temperature``
+    as the official code does (off by default). Equals pytorch-metric-learning's ``SupConLoss``
+    whenever the batch holds two classes or more; on a one-class batch PML returns 0, this
+    loss the paper's value (the denominator then holds only positives).
+    """
+
+    needs_global_batch = True
+
+    def __init__(self, temperature: float = 0.1, base_temperature: float | None = None) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"supcon: temperature must be > 0, got {temperature}; try 0.1")
+        if base_temperature is not None and base_temperature <= 0:
+            raise ValueError(f"supcon: base_temperature must be > 0 or null, got {base_temperature}")
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple | None = None) -> torch.Tensor:
+        if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
+            raise ValueError(f"supcon: expected embeddings (B, D) and labels (B,), got "
+                             f"{tuple(embeddings.shape)} and {tuple(labels.shape)}")
+        loss = supcon_loss(embeddings, labels, self.temperature, indices_tuple)
+        if self.base_temperature is not None:
+            loss = loss * (self.temperature / self.base_temperature)
+        return loss

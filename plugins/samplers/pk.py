@@ -1,0 +1,99 @@
+"""PK sampling: P writers x K images per batch, deterministic per epoch and sharded across ranks."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from ._sharding import ShardedBatchSampler
+
+
+class PKSampler(ShardedBatchSampler):
+    """Class-balanced batches of P writers x K images (PK sampling), deterministic and DDP-aware.
+
+    Each batch holds ``P = batch_size // samples_per_class`` distinct writers with
+    ``K = samples_per_class`` images each, writer by writer (Hermans et al. 2017, "In Defense of
+    the Triplet Loss"). Every writer's images are shuffled and cut into chunks of K, a remainder
+    waiting for the writer's next round; each batch draws P distinct writers with probability
+    proportional to the chunks they have left (Gumbel top-P), so an epoch of the default length
+    shows each image about once. When fewer than P writers have chunks left, every exhausted
+    writer starts a new round. A writer with fewer than K images gives one chunk a round, all its
+    images topped up by drawing them again (``small_classes="replace"``), or is left out
+    (``"skip"``: warned about and listed in ``skipped_classes``).
+
+    ``batches_per_epoch`` counts an epoch's global batches, all ranks together (default
+    ``chunks per round // P``, about ``len(labels) // batch_size``). Rank r of W yields global
+    batches r, r + W, …, ``batches_per_epoch // W`` of them, so the union over ranks is the
+    single-process sequence cut to a multiple of W batches. Batches depend on ``(seed, epoch)`` only.
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, samples_per_class: int = 4,
+                 small_classes: Literal["replace", "skip"] = "replace",
+                 batches_per_epoch: int | None = None) -> None:
+        super().__init__(labels, batch_size, seed, rank, world_size)
+        k = samples_per_class
+        if k < 1:
+            raise ValueError(f"samples_per_class must be at least 1, got {k}")
+        if batch_size % k:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of samples_per_class {k}")
+        if batch_size // k < 2:
+            raise ValueError(f"batch_size {batch_size} holds a single writer of {k} images; "
+                             f"set batch_size to at least {2 * k}")
+        if small_classes not in ("replace", "skip"):
+            raise ValueError(f"small_classes must be 'replace' or 'skip', got {small_classes!r}")
+        self.samples_per_class = k
+        self.classes_per_batch = batch_size // k
+
+        classes, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
+        members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+        keep = counts >= k if small_classes == "skip" else np.ones(len(classes), dtype=bool)
+        self.skipped_classes: list[int] = classes[~keep].tolist()
+        if self.skipped_classes:
+            warnings.warn(f"PKSampler skips {len(self.skipped_classes)} writers with fewer than "
+                          f"{k} images (small_classes='skip'): labels {self.skipped_classes[:10]}"
+                          f"{' …' if len(self.skipped_classes) > 10 else ''}", stacklevel=2)
+        self._members = [m for m, kept in zip(members, keep) if kept]
+        if len(self._members) < self.classes_per_batch:
+            raise ValueError(f"a batch needs {self.classes_per_batch} distinct writers but only "
+                             f"{len(self._members)} can be sampled; lower batch_size or "
+                             f"samples_per_class, or use small_classes='replace'")
+
+        if batches_per_epoch is None:
+            chunks = int(np.maximum(counts[keep] // k, 1).sum())
+            self.batches_per_rank = max(1, chunks // self.classes_per_batch // world_size)
+        elif batches_per_epoch < world_size:
+            raise ValueError(f"batches_per_epoch {batches_per_epoch} leaves ranks without a "
+                             f"batch; set it to at least world_size {world_size}")
+        else:
+            self.batches_per_rank = batches_per_epoch // world_size
+
+    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+        k, p, n_classes = self.samples_per_class, self.classes_per_batch, len(self._members)
+        queues: list[np.ndarray] = [np.empty((0, k), dtype=np.int64)] * n_classes
+        left = np.zeros(n_classes, dtype=np.int64)
+
+        def new_round(c: int) -> None:
+            images = rng.permutation(self._members[c])
+            if images.size < k:
+                queues[c] = np.concatenate([images, rng.choice(images, k - images.size)])[None]
+            else:
+                queues[c] = images[: images.size // k * k].reshape(-1, k)
+            left[c] = len(queues[c])
+
+        for c in range(n_classes):
+            new_round(c)
+        batches = []
+        for _ in range(count):
+            if np.count_nonzero(left) < p:
+                for c in np.flatnonzero(left == 0):
+                    new_round(c)
+            with np.errstate(divide="ignore"):
+                keys = np.log(left) + rng.gumbel(size=n_classes)
+            chosen = np.argpartition(keys, n_classes - p)[n_classes - p:]
+            left[chosen] -= 1
+            batches.append(np.concatenate([queues[c][left[c]] for c in chosen]))
+        return batches

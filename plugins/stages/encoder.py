@@ -1,0 +1,84 @@
+"""The trained encoder a stage hands to later stages: save, load, embed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hvkit.engine import StageContext, load_checkpoint, save_checkpoint
+
+ENCODER_FILE = "encoder.pt"
+
+
+class Encoder(nn.Module):
+    """Backbone, optionally followed by a projection head; ``features`` picks which output embeds."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor, features: str = "head") -> torch.Tensor:
+        out = self.backbone(images)
+        if features == "head" and self.head is not None:
+            out = self.head(out)
+        return out
+
+
+def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B,C,H,W) → float in [0, 1] on ``device``."""
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def save_encoder(ctx: StageContext, encoder: Encoder, backbone_spec: dict, head_spec: dict | None) -> str:
+    """Write the encoder's weights and specs into the stage directory; returns the relative path."""
+    path = ctx.stage_dir / ENCODER_FILE
+    if ctx.is_main:
+        save_checkpoint(path, {
+            "backbone_spec": backbone_spec, "head_spec": head_spec,
+            "in_channels": int(ctx.dataset.splits["train"].images.shape[1]),
+            "backbone": encoder.backbone.state_dict(),
+            "head": encoder.head.state_dict() if encoder.head is not None else None,
+        })
+    return ctx.relative(path)
+
+
+def load_encoder(ctx: StageContext, path: Path) -> tuple[Encoder, dict[str, Any]]:
+    """Rebuild an encoder saved by :func:`save_encoder`; returns it and its specs."""
+    state = load_checkpoint(path, ctx.device)
+    backbone = ctx.build("backbone", state["backbone_spec"], in_channels=state["in_channels"])
+    backbone.load_state_dict(state["backbone"])
+    head = None
+    if state["head_spec"] is not None:
+        head = ctx.build("head", state["head_spec"], in_dim=backbone.embedding_dim)
+        head.load_state_dict(state["head"])
+    return Encoder(backbone, head).to(ctx.device), state
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, features: str = "backbone",
+          batch_size: int = 256) -> torch.Tensor:
+    """Embeddings (N, D) float32 on the CPU of uint8 images, in eval mode, in batches."""
+    was_training = encoder.training
+    encoder.eval()
+    parts = []
+    for start in range(0, images.shape[0], batch_size):
+        x = to_float(images[start:start + batch_size], device)
+        parts.append(encoder(x, features).float().cpu())
+    encoder.train(was_training)
+    if not parts:
+        return torch.empty(0, 0)
+    return torch.cat(parts)
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """Raw-pixel features: flattened images in [0, 1] (the study's weakest baseline)."""
+    return images.float().div(255.0).flatten(1)
+
+
+def l2(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=1)

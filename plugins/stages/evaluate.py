@@ -1,0 +1,106 @@
+"""Writer verification and retrieval on held-out writers, with pluggable verifiers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hvkit.api import Component, Split, StageOutput
+from hvkit.engine import StageContext
+from hvkit.evaluation import EvalData, PairSet, evaluate
+from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
+from hvkit_plugins.stages.encoder import embed, load_encoder, pixels
+from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
+
+
+class Evaluate:
+    """Verification (every verifier) and retrieval on test writers, from a frozen encoder.
+
+    Pairs follow SSL-HV: all same-writer combinations, each with one different-writer
+    partner, so pairs are balanced. Trainable verifiers (the SSL-HV head: e1−e2 → MLP)
+    learn on pairs of the first ``label_fraction`` of sorted training writers. With
+    ``protocol: clean`` (default) early stopping and thresholds use the writer-disjoint
+    validation split; ``protocol: sslhv`` reproduces the study, which stopped on its test
+    pairs — never use it to report a result you want to trust.
+    """
+
+    def __init__(self, model_from: StageOutput | None = None,
+                 features: Literal["backbone", "head", "pixels"] = "backbone",
+                 verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
+                 evaluators: list[Component["evaluator"]] = ["verification", "retrieval"],
+                 label_fraction: float = 0.1,
+                 protocol: Literal["clean", "sslhv"] = "clean",
+                 pair_training: PairTraining = PairTraining(),
+                 plots: bool = True):
+        if features != "pixels" and model_from is None:
+            raise ValueError("model_from must name an earlier stage unless features is 'pixels'")
+        self.model_from, self.features, self.verifiers = model_from, features, verifiers
+        self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
+        self.pair_training, self.plots = pair_training, plots
+
+    def _embed(self, ctx: StageContext, split: Split) -> torch.Tensor:
+        if self.features == "pixels":
+            return pixels(split.images)
+        return embed(self.encoder, split.images, ctx.device, self.features)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        data = ctx.dataset
+        if "val" not in data.splits and self.protocol == "clean":
+            raise ValueError(f"stage {ctx.name}: the clean protocol needs a 'val' split of writers")
+        if self.model_from is not None:
+            self.encoder, _ = load_encoder(ctx, ctx.output_path(self.model_from, "encoder"))
+        parts = {"train": labelled_writers(data.splits["train"], self.label_fraction),
+                 "test": data.splits["test"]}
+        if "val" in data.splits:
+            parts["val"] = data.splits["val"]
+        emb = {k: self._embed(ctx, s) for k, s in parts.items()}
+        pairs = {k: sslhv_pairs(s.labels, seed=ctx.seed) for k, s in parts.items()}
+        stop = "val" if self.protocol == "clean" else "test"
+        verifiers: dict[str, dict[str, PairSet]] = {}
+        training: dict[str, Any] = {}
+        for n, spec in enumerate(self.verifiers):
+            name = spec["name"] if spec["name"] not in verifiers else f"{spec['name']}_{n}"
+            head = ctx.build("head", spec, in_dim=emb["train"].shape[1])
+            if hasattr(head, "fit"):
+                head.fit(emb["train"])
+            if any(p.requires_grad for p in head.parameters()):
+                training[name] = train_pair_head(head, emb["train"], pairs["train"], emb[stop], pairs[stop],
+                                                 self.pair_training, ctx.generator("pairs", name, device="cpu"))
+            verifiers[name] = {k: _pair_set(head, emb[k], pairs[k], parts[k]) for k in parts if k != "train"}
+        eval_data = EvalData(
+            embeddings=emb["test"].numpy(), labels=np.asarray(parts["test"].labels),
+            val_embeddings=emb["val"].numpy() if "val" in emb else None,
+            val_labels=np.asarray(parts["val"].labels) if "val" in parts else None,
+            verifiers=verifiers, out_dir=ctx.stage_dir if (self.plots and ctx.is_main) else None,
+            device=str(ctx.device))
+        evaluators = [ctx.build("evaluator", spec) for spec in self.evaluators]
+        metrics = evaluate(evaluators, eval_data)
+        metrics["protocol"] = self.protocol
+        metrics["pairs"] = {k: int(len(p[0])) for k, p in pairs.items()}
+        if training:
+            metrics["verifier_training"] = training
+        if ctx.is_main:
+            np.save(ctx.stage_dir / "test_embeddings.npy", eval_data.embeddings)
+            np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
+        return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
+                "report": _report(metrics, self.protocol)}
+
+
+def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+              split: Split) -> PairSet:
+    i, j, same = pairs
+    return PairSet(scores=pair_probability(head, emb, i, j), same=np.asarray(same, dtype=bool),
+                   writers=np.asarray(split.labels)[i])
+
+
+def _report(metrics: dict[str, Any], protocol: str) -> str:
+    rows = ["| verifier | accuracy (val threshold) | ROC AUC | EER |", "|---|---|---|---|"]
+    verification = metrics.get("verification", {})
+    for name, values in verification.items():
+        if isinstance(values, dict) and "roc_auc" in values:
+            rows.append(f"| {name} | {values.get('accuracy', float('nan')):.4f} | "
+                        f"{values['roc_auc']:.4f} | {values.get('eer', float('nan')):.4f} |")
+    note = "" if protocol == "clean" else "\n\n*SSL-HV protocol: early stopping on test pairs.*"
+    return "\n".join(rows) + note

@@ -1,0 +1,79 @@
+"""Self-supervised pre-training on two augmented views (VICReg, Barlow Twins, NT-Xent …)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hvkit import distributed
+from hvkit.api import Component
+from hvkit.engine import StageContext, TrainConfig, Trainer
+from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=10, optimizer={"name": "AdamW", "lr": 1e-3, "weight_decay": 1e-4},
+                       scheduler={"name": "CosineAnnealingLR", "warmup_steps": 20})
+
+
+class SSLPretrain:
+    """Self-supervised pre-training: two views → backbone → expander → a view loss (default VICReg).
+
+    Each batch of images (labels unused) is augmented twice by ``transform``; both views
+    go through the backbone and the ``head`` (the VICReg expander by default) in one pass,
+    and the ``loss`` compares the two views' outputs. The backbone (and head) are saved
+    as this stage's ``encoder`` for later stages.
+    """
+
+    def __init__(self, loss: Component["loss"] = "vicreg",
+                 head: Component["head"] = {"name": "mlp", "dims": [2048, 2048, 2048]},
+                 transform: Component["transform"] = "handwriting_views",
+                 sampler: Component["sampler"] = "random",
+                 splits: list[str] = ["train"],
+                 batch_size: int = 128,
+                 backbone: Component["backbone"] | None = None,
+                 train: TrainConfig = _default_train()):
+        if batch_size < 2:
+            raise ValueError("batch_size must be at least 2 for a self-supervised loss")
+        self.loss, self.head, self.transform, self.sampler = loss, head, transform, sampler
+        self.splits, self.batch_size, self.backbone, self.train = splits, batch_size, backbone, train
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        data = ctx.dataset
+        missing = [s for s in self.splits if s not in data.splits]
+        if missing:
+            raise ValueError(f"stage {ctx.name}: dataset has no split {missing[0]!r} "
+                             f"(has {', '.join(data.splits)})")
+        images = torch.cat([data.splits[s].images for s in self.splits])
+        backbone_spec = self.backbone or ctx.recipe["model"]["backbone"]
+        backbone = ctx.build_backbone(backbone_spec)
+        head = ctx.build("head", self.head, in_dim=backbone.embedding_dim).to(ctx.device)
+        encoder = Encoder(backbone, head)
+        loss_fn = ctx.build("loss", self.loss, embedding_dim=head.out_dim).to(ctx.device)
+        transform = ctx.build("transform", self.transform)
+        sampler = ctx.build("sampler", self.sampler, labels=np.arange(len(images)),
+                            batch_size=self.batch_size, seed=ctx.seed, rank=ctx.rank,
+                            world_size=ctx.world_size)
+        model = distributed.wrap(encoder, ctx.device)
+        scale = distributed.global_loss_scale() if getattr(loss_fn, "needs_global_batch", False) else 1.0
+        ctx.log(f"{len(images)} images, {len(sampler)} batches of {self.batch_size} per epoch")
+
+        def batches(epoch: int):
+            sampler.set_epoch(epoch)
+            return iter(sampler)
+
+        def step(index: list[int], generator: torch.Generator):
+            x = to_float(images[torch.as_tensor(index)], ctx.device)
+            views = torch.cat([transform(x, generator), transform(x, generator)])
+            z_a, z_b = model(views).chunk(2)
+            if scale != 1.0:
+                z_a, z_b = distributed.gather_with_grad(z_a), distributed.gather_with_grad(z_b)
+            return loss_fn(z_a, z_b) * scale
+
+        trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
+                          steps_per_epoch=len(sampler), loss_modules=("loss",))
+        last = trainer.fit(batches, step)
+        path = save_encoder(ctx, encoder, backbone_spec, self.head)
+        return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

@@ -1,0 +1,80 @@
+"""Generative pre-training of a VAE backbone (the SSL-HV ResNet VAE) with an ELBO loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hvkit import distributed
+from hvkit.api import Component
+from hvkit.engine import StageContext, TrainConfig, Trainer
+from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
+
+
+class _Reconstruct(nn.Module):
+    """``forward`` = the backbone's ``vae_forward``, so DDP synchronises the VAE's gradients."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.vae.vae_forward(x)
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=10, optimizer={"name": "Adam", "lr": 1e-3})
+
+
+class VAEPretrain:
+    """VAE pre-training: the backbone's ``vae_forward`` reconstructs images, ``loss`` is the ELBO.
+
+    The backbone (default ``resnet_vae``) must offer ``vae_forward(x) -> (recon, mu, logvar)``;
+    its ``forward`` (the encoder mean) is what later stages embed with.
+    """
+
+    def __init__(self, loss: Component["loss"] = "vae_elbo",
+                 backbone: Component["backbone"] = "resnet_vae",
+                 transform: Component["transform"] | None = None,
+                 sampler: Component["sampler"] = "random",
+                 splits: list[str] = ["train"],
+                 batch_size: int = 128,
+                 train: TrainConfig = _default_train()):
+        self.loss, self.backbone, self.transform, self.sampler = loss, backbone, transform, sampler
+        self.splits, self.batch_size, self.train = splits, batch_size, train
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        data = ctx.dataset
+        images = torch.cat([data.splits[s].images for s in self.splits])
+        backbone = ctx.build_backbone(self.backbone)
+        if not hasattr(backbone, "vae_forward"):
+            raise ValueError(f"stage {ctx.name}: backbone {self.backbone!r} has no vae_forward; "
+                             "use a VAE backbone such as resnet_vae")
+        loss_fn = ctx.build("loss", self.loss, embedding_dim=backbone.embedding_dim).to(ctx.device)
+        transform = ctx.build("transform", self.transform) if self.transform is not None else None
+        sampler = ctx.build("sampler", self.sampler, labels=np.arange(len(images)),
+                            batch_size=self.batch_size, seed=ctx.seed, rank=ctx.rank,
+                            world_size=ctx.world_size)
+        model = distributed.wrap(_Reconstruct(backbone), ctx.device)
+
+        def batches(epoch: int):
+            sampler.set_epoch(epoch)
+            return iter(sampler)
+
+        def step(index: list[int], generator: torch.Generator):
+            x = to_float(images[torch.as_tensor(index)], ctx.device)
+            if transform is not None:
+                x = transform(x, generator)
+            recon, mu, logvar = model(x)
+            loss = loss_fn(x, recon, mu, logvar)
+            terms = loss_fn.terms() if hasattr(loss_fn, "terms") else {}
+            return loss, {k: float(v) for k, v in terms.items()}
+
+        trainer = Trainer(ctx, {"vae": model, "loss": loss_fn}, self.train,
+                          steps_per_epoch=len(sampler), loss_modules=("loss",))
+        last = trainer.fit(batches, step)
+        path = save_encoder(ctx, Encoder(backbone), self.backbone, None)
+        return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

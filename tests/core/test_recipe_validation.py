@@ -1,0 +1,234 @@
+"""Every recipe mistake is a one-line error naming the file and the key path, before any work."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from click.testing import CliRunner
+
+from hvkit import registry as registry_module
+from hvkit.api import Component, FilePath, OptimizerSpec, SchedulerSpec, StageOutput
+from hvkit.cli import main
+from hvkit.errors import RecipeError
+from hvkit.pipeline import prepare
+
+from .conftest import make_registry
+
+
+def toy_data(writers: int = 4, root: FilePath | None = None, seed: int = 0):
+    """A dataset that is never built here."""
+
+
+def toy_miner(k: int = 1):
+    """A miner."""
+
+
+def toy_loss(margin: float = 0.1, miner: Component["miner"] | None = None, embedding_dim: int = 2):
+    """A loss with a context argument."""
+
+
+def toy_stage(epochs: int = 1, lr: float = 0.1, amp: bool = True, mode: Literal["fast", "slow"] = "fast",
+              widths: list[int] = (8, 4), loss: Component["loss"] = "toy_loss",
+              optimizer: OptimizerSpec = {"name": "SGD", "lr": 0.1},
+              scheduler: SchedulerSpec | None = None, init_from: StageOutput | None = None,
+              weights: FilePath | None = None):
+    """A stage with every kind of parameter."""
+
+
+def needs_count(count: int, label: str = "x"):
+    """A stage with a required parameter."""
+
+
+@pytest.fixture
+def registry():
+    return make_registry(dataset={"toy_data": toy_data}, miner={"toy_miner": toy_miner},
+                         loss={"toy_loss": toy_loss},
+                         stage={"toy_stage": toy_stage, "needs_count": needs_count})
+
+
+BASE = """
+data: {name: toy_data}
+stages:
+  first: {stage: toy_stage}
+"""
+
+
+def write(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_valid_recipe_is_resolved_with_every_default(tmp_path, registry):
+    resolved = prepare(write(tmp_path, BASE), registry=registry)
+    assert resolved == {
+        "name": "recipe", "seed": 0, "device": "auto",
+        "data": {"name": "toy_data", "writers": 4, "root": None},
+        "model": {},
+        "stages": {"first": {
+            "stage": "toy_stage", "epochs": 1, "lr": 0.1, "amp": True, "mode": "fast", "widths": [8, 4],
+            "loss": {"name": "toy_loss", "margin": 0.1, "miner": None},
+            "optimizer": {"name": "SGD", "lr": 0.1}, "scheduler": None, "init_from": None,
+            "weights": None}},
+    }
+
+
+def test_valid_values_pass(tmp_path, registry):
+    weights = write(tmp_path, "", "weights.bin")
+    recipe = write(tmp_path, f"""
+        seed: 3
+        data: {{name: toy_data, root: {tmp_path}}}
+        stages:
+          pre: {{stage: needs_count, count: 2}}
+          first:
+            stage: toy_stage
+            epochs: 3
+            lr: 1
+            amp: false
+            mode: slow
+            widths: []
+            loss: {{name: toy_loss, miner: {{name: toy_miner, k: 2}}}}
+            optimizer: {{name: AdamW, lr: 1e-3, betas: [0.9, 0.99]}}
+            scheduler: {{name: CosineAnnealingLR, warmup_steps: 5}}
+            init_from: pre
+            weights: {weights}
+        """)
+    first = prepare(recipe, registry=registry)["stages"]["first"]
+    assert first["loss"] == {"name": "toy_loss", "margin": 0.1, "miner": {"name": "toy_miner", "k": 2}}
+    assert first["optimizer"] == {"name": "AdamW", "lr": 0.001, "betas": [0.9, 0.99]}
+    assert first["lr"] == 1 and first["widths"] == [] and first["init_from"] == "pre"
+
+
+def stage(**params: str) -> str:
+    items = ", ".join(f"{k}: {v}" for k, v in params.items())
+    return f"data: {{name: toy_data}}\nstages:\n  first: {{stage: toy_stage, {items}}}\n"
+
+
+CASES = {
+    "unknown dataset": ("data: {name: toy_dta}\nstages: {first: {stage: toy_stage}}\n", "data.name",
+                        "unknown dataset 'toy_dta'; did you mean 'toy_data'?"),
+    "unknown stage": ("data: {name: toy_data}\nstages: {first: {stage: toy_stag}}\n", "stages.first.stage",
+                      "unknown stage 'toy_stag'; did you mean 'toy_stage'?"),
+    "unknown nested component": (stage(loss="toy_los"), "stages.first.loss.name",
+                                 "unknown loss 'toy_los'; did you mean 'toy_loss'?"),
+    "unknown nested miner": (stage(loss="{name: toy_loss, miner: toy_minr}"), "stages.first.loss.miner.name",
+                             "did you mean 'toy_miner'?"),
+    "unknown parameter": (stage(epoch=2), "stages.first.epoch",
+                          "unknown parameter for stage 'toy_stage'; did you mean 'epochs'?"),
+    "unknown nested parameter": (stage(loss="{name: toy_loss, margn: 1}"), "stages.first.loss.margn",
+                                 "did you mean 'margin'?"),
+    "str where float": (stage(lr="fast"), "stages.first.lr", "expected float, got 'fast'"),
+    "float where int": (stage(epochs=1.5), "stages.first.epochs", "expected int, got 1.5"),
+    "bool where int": (stage(epochs="true"), "stages.first.epochs", "expected int, got True"),
+    "int where bool": (stage(amp=1), "stages.first.amp", "expected bool, got 1"),
+    "literal choice": (stage(mode="medium"), "stages.first.mode", "expected one of 'fast', 'slow', got 'medium'"),
+    "list element": (stage(widths="[8, wide]"), "stages.first.widths", "expected list[int], got [8, 'wide']"),
+    "not a list": (stage(widths=8), "stages.first.widths", "expected list[int], got 8"),
+    "missing required": ("data: {name: toy_data}\nstages: {first: {stage: needs_count}}\n", "stages.first.count",
+                         "missing required parameter of stage 'needs_count' (expected int)"),
+    "context argument": (stage(loss="{name: toy_loss, embedding_dim: 3}"), "stages.first.loss.embedding_dim",
+                         "'embedding_dim' is provided by hvkit at run time; remove it"),
+    "dataset seed is context": ("data: {name: toy_data, seed: 3}\nstages: {first: {stage: toy_stage}}\n",
+                                "data.seed", "provided by hvkit at run time"),
+    "unknown top-level key": (BASE + "stage: {}\n", "stage", "unknown top-level key; did you mean 'stages'"),
+    "missing data": ("stages: {first: {stage: toy_stage}}\n", "data", "missing"),
+    "bad seed": (BASE + "seed: abc\n", "seed", "expected an int, got 'abc'"),
+    "missing path": (stage(weights="/no/such/weights.pt"), "stages.first.weights",
+                     "file or folder not found: '/no/such/weights.pt'"),
+    "later stage": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage, init_from: second}\n"
+                    "  second: {stage: toy_stage}\n", "stages.first.init_from", "'second' is not an earlier stage"),
+    "unknown stage ref": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
+                          "  second: {stage: toy_stage, init_from: frist}\n", "stages.second.init_from",
+                          "'frist' is not an earlier stage; did you mean 'first'?"),
+    "unknown optimizer": (stage(optimizer="{name: Adamw}"), "stages.first.optimizer.name",
+                          "unknown torch.optim class 'Adamw'; did you mean 'AdamW'"),
+    "unknown optimizer argument": (stage(optimizer="{name: SGD, lr: 0.1, betas: [0.9, 0.9]}"),
+                                   "stages.first.optimizer.betas", "unknown argument of SGD"),
+    "mistyped optimizer argument": (stage(optimizer="{name: SGD, lr: fast}"), "stages.first.optimizer.lr",
+                                    "expected float or Tensor, got 'fast'"),
+    "unknown scheduler": (stage(scheduler="{name: Cosine}"), "stages.first.scheduler.name",
+                          "unknown torch.optim.lr_scheduler class 'Cosine'"),
+    "scheduler warmup type": (stage(scheduler="{name: CosineAnnealingLR, warmup_steps: 1.5}"),
+                              "stages.first.scheduler.warmup_steps", "expected int, got 1.5"),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def bad_recipe(request, tmp_path):
+    text, key_path, fragment = CASES[request.param]
+    return write(tmp_path, text), key_path, fragment
+
+
+def test_error_names_file_key_path_and_fix(bad_recipe, registry):
+    path, key_path, fragment = bad_recipe
+    with pytest.raises(RecipeError) as info:
+        prepare(path, registry=registry)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{key_path}: "), message
+    assert fragment in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_exits_2_with_one_line_and_no_traceback(bad_recipe, registry, command, tmp_path):
+    path, key_path, fragment = bad_recipe
+    registry_module.set_registry(registry)
+    args = [command, str(path)] + (["--run-dir", str(tmp_path / "run")] if command == "run" else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {path}:{key_path}: ")
+    assert fragment in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_reports_each_file_and_show_prints_defaults(tmp_path, registry):
+    registry_module.set_registry(registry)
+    good = write(tmp_path, BASE, "good.yaml")
+    bad = write(tmp_path, stage(epoch=2), "bad.yaml")
+    result = CliRunner().invoke(main, ["validate", str(good), str(bad)])
+    assert result.exit_code == 2
+    assert result.stdout == f"ok: {good}\n"
+    assert result.stderr.startswith(f"error: {bad}:stages.first.epoch: ")
+    shown = CliRunner().invoke(main, ["validate", "--show", str(good)])
+    assert shown.exit_code == 0 and "margin: 0.1" in shown.stdout
+
+
+def test_invalid_yaml_gives_line_and_column(tmp_path, registry):
+    path = write(tmp_path, "data: {name: toy_data}\nstages:\n  first: [unclosed\n")
+    with pytest.raises(RecipeError) as info:
+        prepare(path, registry=registry)
+    assert str(info.value).startswith(f"{path}: line 4, column 1: invalid YAML")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_extends_file(tmp_path, registry):
+    path = write(tmp_path, "extends: base.yaml\n" + BASE)
+    with pytest.raises(RecipeError, match=r"recipe\.yaml:extends: extended recipe 'base\.yaml' not found"):
+        prepare(path, registry=registry)
+
+
+def test_extends_cycle(tmp_path, registry):
+    write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    write(tmp_path, "extends: [a.yaml]\n", "b.yaml")
+    path = write(tmp_path, "extends: a.yaml\n" + BASE)
+    with pytest.raises(RecipeError) as info:
+        prepare(path, registry=registry)
+    assert str(info.value) == f"{path}:extends: extends forms a cycle (recipe.yaml -> a.yaml -> b.yaml -> a.yaml)"
+
+
+def test_missing_recipe_file(tmp_path, registry):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        prepare(tmp_path / "nope.yaml", registry=registry)
+
+
+def test_broken_default_component_names_the_parameter(tmp_path):
+    registry = make_registry(dataset={"toy_data": toy_data}, stage={"toy_stage": toy_stage})
+    with pytest.raises(RecipeError) as info:
+        prepare(write(tmp_path, BASE), registry=registry)
+    assert str(info.value).startswith(f"{tmp_path / 'recipe.yaml'}:stages.first.loss.name: unknown loss 'toy_loss'")
