@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -67,10 +68,21 @@ def main() -> None:
               help="Continue an interrupted run directory to the same result.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Override the recipe's device.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1,
+              help="Processes on this machine (wraps torchrun; one per GPU).")
 @user_errors
 def run(recipe: Path | None, overrides: tuple[str, ...], run_dir: Path | None, resume: Path | None,
-        device: str | None) -> None:
+        device: str | None, nproc: int) -> None:
     """Run a recipe: pre-train, train, evaluate; results land in a run directory."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from torch.distributed.run import main as torchrun
+        args = ["run"] + ([str(recipe)] if recipe is not None else [])
+        args += [f"--set={o}" for o in overrides]
+        for flag, value in (("--run-dir", run_dir), ("--resume", resume), ("--device", device)):
+            if value is not None:
+                args += [flag, str(value)]
+        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "hvkit", *args])
+        return
     from hvkit.pipeline import run as run_pipeline
     run_pipeline(recipe, overrides, run_dir=run_dir, resume=resume, device=device)
 

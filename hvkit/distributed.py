@@ -73,6 +73,15 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def broadcast_object(value: object) -> object:
+    """Rank 0's ``value`` on every rank."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def global_loss_scale() -> float:
     """Factor for a loss computed on the gathered batch so DDP's averaging gives the true gradient."""
     return float(dist.get_world_size()) if active() else 1.0

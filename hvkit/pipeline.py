@@ -173,13 +173,16 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
         if recipe_path is None:
             raise HvkitError("a recipe file is required")
         resolved = prepare(recipe_path, overrides, registry)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_path = Path(run_dir) if run_dir is not None else Path("runs") / f"{resolved['name']}-{stamp}"
-        if (run_path / RESOLVED).exists():
-            raise HvkitError(f"{run_path} already holds a run; use --resume {run_path} or another --run-dir")
     device_obj = select_device(device or resolved["device"])
     distributed.init(device_obj)
     rank, _, _ = distributed.world()
+    if resume is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        default = Path("runs") / f"{resolved['name']}-{stamp}"
+        run_path = Path(distributed.broadcast_object(str(run_dir if run_dir is not None else default)))
+        if (run_path / RESOLVED).exists():
+            raise HvkitError(f"{run_path} already holds a run; use --resume {run_path} or another --run-dir")
+        distributed.barrier()
     if rank == 0:
         run_path.mkdir(parents=True, exist_ok=True)
         if resume is None:

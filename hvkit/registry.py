@@ -126,14 +126,16 @@ class Registry:
             self._problem(source, f"registered a {kind} with an invalid name {name!r}", kind)
             return
         if not callable(factory):
-            self._problem(source, f"registered {kind} {name!r} as {type(factory).__name__}, "
-                                  "which is not callable", kind, name)
+            self._problem(source, f"registered as {type(factory).__name__}, which is not callable; "
+                                  "register a class or function", kind, name)
             return
+        from hvkit.recipe.schema import parameters
         try:
-            inspect.signature(factory)
-        except (TypeError, ValueError) as exc:
-            self._problem(source, f"{kind} {name!r}: its factory signature cannot be read "
-                                  f"({exc}); register a Python function or class", kind, name)
+            parameters(factory)
+        except Exception as exc:  # no signature (C builtin), a type hint that does not resolve …
+            self._problem(source, f"the parameters of its factory cannot be read ({_one_line(exc)}); "
+                                  "register a Python function or class whose type hints all "
+                                  "resolve at import time", kind, name)
             return
         entry = Entry(kind, name, factory, source.package, source.version, source.plugin)
         by_name = self.entries.setdefault(kind, {})
@@ -163,7 +165,10 @@ class Registry:
             return entry
         for problem in self.problems:
             if problem.name == name and problem.kind == kind:
-                raise HvkitError(problem.message)
+                if (kind, name) in self._clashes:
+                    raise HvkitError(problem.message)
+                raise HvkitError(f"{kind} {name!r} from {problem.package} {problem.version}: "
+                                 f"{problem.message}")
         raise HvkitError(self.unknown_message(kind, name))
 
     def unknown_message(self, kind: str, name: str) -> str:
@@ -174,10 +179,12 @@ class Registry:
             message += f"; did you mean {', '.join(repr(c) for c in close)}?"
         elif known:
             message += f"; known: {', '.join(known)}"
-        broken = [p for p in self.problems if p.kind in (None, kind)]
+        broken = [p for p in self.problems if p.name is None and p.kind in (None, kind)]
         if broken:
-            message += (f" ({len(broken)} plugin(s) failed to load, e.g. {broken[0].plugin}: "
-                        f"{broken[0].message}; see `hvkit list-plugins --check`)")
+            shown = "; ".join(f"{p.package} {p.version} ({p.plugin}): {p.message}" for p in broken[:3])
+            more = f"; and {len(broken) - 3} more" if len(broken) > 3 else ""
+            message += (f" ({len(broken)} plugin(s) that might provide it failed to load: "
+                        f"{shown}{more}; see `hvkit list-plugins --check`)")
         return message
 
     def names(self, kind: str) -> list[str]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from hvkit import distributed
 from hvkit.api import OptimizerSpec, SchedulerSpec
-from hvkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from hvkit.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from hvkit.engine.context import StageContext
 from hvkit.engine.optim import build_optimizer, build_scheduler
 from hvkit.errors import HvkitError
@@ -92,9 +92,9 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # the checkpoint was mapped to the run's device
         if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
     def save(self) -> None:
         if self.ctx.is_main:
@@ -106,9 +106,9 @@ class Trainer:
         if self.ctx.resume and self.checkpoint_path.is_file():
             self.load_state(load_checkpoint(self.checkpoint_path, self.ctx.device))
             self.ctx.log(f"resumed at step {self.step}")
+        last = self._trim_log() if self.ctx.resume else {}
         for module in self.modules.values():
             module.train()
-        last: dict[str, float] = {}
         progress = _Progress(self.ctx, self.total_steps, self.step)
         window_start, window_steps = time.perf_counter(), 0
         start_epoch, skip = divmod(self.step, self.steps_per_epoch)
@@ -159,6 +159,13 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         return value, {k: float(v) for k, v in terms.items()}
+
+    def _trim_log(self) -> dict[str, float]:
+        """Drop the log lines written after the checkpoint resumed from; returns the last one kept."""
+        kept = [row for row in read_log(self.log_path) if row["step"] <= self.step]
+        if self.ctx.is_main and self.log_path.is_file():
+            atomic_write(self.log_path, lambda f: f.writelines(json.dumps(row) + "\n" for row in kept), "w")
+        return kept[-1] if kept else {}
 
     def _log(self, values: dict[str, float]) -> None:
         if self.ctx.is_main:

@@ -8,6 +8,7 @@ parses ``value`` as YAML (so ``3`` is an int, ``[1, 2]`` a list, ``null`` None).
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,24 @@ import yaml
 from hvkit.errors import RecipeError
 
 
+class SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` and ``1.5e3`` as floats as YAML 1.2 does (not strings)."""
+
+
+SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=SafeLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path`` through the safe loader; RecipeError otherwise."""
     if not path.is_file():
         raise RecipeError("recipe file not found", str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -35,9 +48,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``; mappings merge key by key, anything else replaces."""
+    """``over`` on top of ``base``; mappings merge key by key, anything else replaces.
+
+    A component named alone (``loss: triplet``) under a mapping without a name
+    (``loss: {margin: 0.3}``) counts as ``{name: triplet}``.
+    """
     out = copy.deepcopy(base)
     for key, value in over.items():
+        if isinstance(value, dict) and "name" not in value and isinstance(out.get(key), str):
+            out[key] = {"name": out[key]}
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
@@ -78,7 +97,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not p for p in parts):
         raise RecipeError(f"override {text!r} has an empty key in its path", None, "--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -96,7 +115,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
-            if isinstance(child, str) and i < len(parts) - 1:
+            if isinstance(child, str):
                 child = {"name": child}
                 node[part] = child
             elif child is None:

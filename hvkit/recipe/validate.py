@@ -21,6 +21,7 @@ import torch
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
 from hvkit.errors import HvkitError, RecipeError
 from hvkit.hookspecs import CONTEXT_ARGS
+from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
 
@@ -29,7 +30,9 @@ MODEL_KEYS = {"backbone"}
 
 
 def _nearest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    """'; did you mean …?' with the closest choices, a case-insensitive match first ('Adamw' → 'AdamW')."""
+    close = [c for c in choices if c.lower() == word.lower()]
+    close = (close + [c for c in difflib.get_close_matches(word, choices, n=3, cutoff=0.5) if c not in close])[:3]
     if close:
         return "; did you mean " + ", ".join(repr(c) for c in close) + "?"
     return f"; valid: {', '.join(sorted(choices))}" if choices else ""
@@ -118,28 +121,31 @@ class Validator:
                     continue
                 valid = [p for p in params if p not in context]
                 raise self.error(key_path, f"unknown parameter for {kind} {name!r}" + _nearest(key, valid))
-            resolved[key] = self.value(value, params[key].hint, key_path)
+            resolved[key] = self.value(value, params[key].hint, key_path, params[key].default)
         for p in params.values():
             if p.name in given or p.name in context:
                 continue
             if p.required:
                 raise self.error(f"{path}.{p.name}", f"missing required parameter of {kind} {name!r} "
                                                      f"(expected {describe(p.hint)})")
-            resolved[p.name] = self._default(p.default, p.hint)
+            resolved[p.name] = self._default(p.default, p.hint, f"{path}.{p.name}")
         return resolved
 
-    def _default(self, default: Any, hint: Any) -> Any:
+    def _default(self, default: Any, hint: Any, path: str) -> Any:
         marker = special_marker(hint)
         if isinstance(marker, ComponentKind) and default is not None:
             if isinstance(default, list):
-                return [self.component(marker.kind, d, "(default)") for d in default]
-            return self.component(marker.kind, default, "(default)")
+                return [self.component(marker.kind, d, f"{path}.{i}") for i, d in enumerate(default)]
+            return self.component(marker.kind, default, path)
         if dataclasses.is_dataclass(default):
-            return self.section(type(default), dataclasses.asdict(default), "(default)")
+            return self.section(type(default), dataclasses.asdict(default), path)
         return _json_default(copy.deepcopy(default))
 
-    def value(self, value: Any, hint: Any, path: str) -> Any:
+    def value(self, value: Any, hint: Any, path: str, default: Any = None) -> Any:
         marker = special_marker(hint)
+        base = {"name": default} if isinstance(default, str) else default
+        if isinstance(value, dict) and "name" not in value and isinstance(base, dict) and "name" in base:
+            value = deep_merge(base, value)  # {margin: 0.5} (e.g. from --set) tunes the default component
         if marker is not None and value is not None:
             if isinstance(marker, ComponentKind):
                 if isinstance(value, list):
@@ -160,23 +166,30 @@ class Validator:
                                        extra={"warmup_steps"})
         config = dataclass_type(hint)
         if config is not None and isinstance(value, dict):
-            return self.section(config, value, path)
+            return self.section(config, value, path, default)
         if not plain_type_ok(value, hint):
             raise self.error(path, f"expected {describe(hint)}, got {value!r}")
         return value
 
-    def section(self, config: type, value: dict[str, Any], path: str) -> dict[str, Any]:
-        """A mapping checked against a dataclass's fields (e.g. a stage's ``train:`` options)."""
+    def section(self, config: type, value: dict[str, Any], path: str, default: Any = None) -> dict[str, Any]:
+        """A mapping checked against a dataclass's fields (e.g. a stage's ``train:`` options).
+
+        Keys not given come from ``default`` (the factory's own instance) when there is one,
+        else from the dataclass's field defaults.
+        """
         hints = typing.get_type_hints(config, include_extras=True)
-        fields = {f.name: f for f in dataclasses.fields(config)}
+        if isinstance(default, config):
+            defaults = dataclasses.asdict(default)
+        else:
+            defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                        for f in dataclasses.fields(config)}
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if key not in fields:
-                raise self.error(f"{path}.{key}", f"unknown {config.__name__} option" + _nearest(key, list(fields)))
-            out[key] = self.value(item, hints[key], f"{path}.{key}")
-        for name, f in fields.items():
+            if key not in defaults:
+                raise self.error(f"{path}.{key}", f"unknown {config.__name__} option" + _nearest(key, list(defaults)))
+            out[key] = self.value(item, hints[key], f"{path}.{key}", defaults[key])
+        for name, default in defaults.items():
             if name not in out:
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 out[name] = self.value(default, hints[name], f"{path}.{name}") if default is not None else None
         return out
 
@@ -194,9 +207,18 @@ class Validator:
                              + _nearest(str(value["name"]), choices))
         signature = inspect.signature(cls)
         accepted = [p for p in signature.parameters if p not in skip] + sorted(extra)
-        for key in value:
-            if key != "name" and key not in accepted:
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:  # a class whose hints cannot be resolved is checked by name only
+            hints = {}
+        hints.update({key: int for key in extra})
+        for key, arg in value.items():
+            if key == "name":
+                continue
+            if key not in accepted:
                 raise self.error(f"{path}.{key}", f"unknown argument of {value['name']}" + _nearest(key, accepted))
+            if not plain_type_ok(arg, hints.get(key, Any)):
+                raise self.error(f"{path}.{key}", f"expected {describe(hints[key])}, got {arg!r}")
         return dict(value)
 
 

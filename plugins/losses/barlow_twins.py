@@ -6,9 +6,11 @@ import torch
 
 from hvkit.api import ViewLoss
 
+from ._views import check_views
+
 
 def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per-feature batch standardisation, as ``BatchNorm1d(affine=False)`` in training mode (biased variance)."""
+    """Per-feature batch standardisation as ``BatchNorm1d(affine=False)`` in training (biased variance)."""
     return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)
 
 
@@ -46,12 +48,7 @@ class BarlowTwinsLoss(ViewLoss):
         self.eps = eps
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(f"barlow_twins: expected two (B, D) views of one shape, got "
-                             f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
-        if z_a.shape[0] < 2:
-            raise ValueError("barlow_twins: needs a batch of at least 2 to standardise features; "
-                             "raise the batch size")
+        check_views("barlow_twins", z_a, z_b, min_batch=2)
         on_diagonal, off_diagonal = cross_correlation_terms(standardize(z_a, self.eps),
                                                             standardize(z_b, self.eps))
         return on_diagonal + self.off_diagonal_weight * off_diagonal

@@ -1,4 +1,4 @@
-"""Identitization: push the cross-view correlation of cluster assignments to the identity (Mei et al. 2024)."""
+"""Identitization: cross-view correlation of cluster assignments pushed to the identity (Mei et al. 2024)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import torch.nn.functional as F
 
 from hvkit.api import ViewLoss
 
+from ._views import check_views
+
 
 class IdentitizationLoss(ViewLoss):
-    """Cluster-assignment identitization (after Mei et al. 2024): each cluster agrees across views, no two clusters overlap.
+    """Cluster identitization (after Mei et al. 2024): two views' cluster-assignment correlation pushed to I.
 
     Inputs are the two views' cluster logits (B, K). With ``P = softmax(logits / tau)`` per view
     and ``p_a^k``, ``p_b^k`` the batch columns (B,) of cluster k,
@@ -40,11 +42,10 @@ class IdentitizationLoss(ViewLoss):
         self.eps = eps
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(f"identitization: expected two (B, K) cluster-logit views of one shape, got "
-                             f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        check_views("identitization", z_a, z_b)
         if z_a.shape[1] < 2:
-            raise ValueError("identitization: needs at least 2 clusters (K >= 2); give the cluster head more outputs")
+            raise ValueError("identitization: needs at least 2 clusters (K >= 2); give the cluster head "
+                             "more outputs")
         columns_a = F.normalize(F.softmax(z_a / self.temperature, dim=1), dim=0, eps=self.eps)
         columns_b = F.normalize(F.softmax(z_b / self.temperature, dim=1), dim=0, eps=self.eps)
         correlation = columns_a.T @ columns_b

@@ -7,9 +7,11 @@ import torch.nn.functional as F
 
 from hvkit.api import ViewLoss
 
+from ._views import check_views
+
 
 class InvariantSpreadingLoss(ViewLoss):
-    """Invariant and spreading instance features (Ye et al. 2019): a softmax instance classifier over the batch.
+    """Invariant and spreading instance features (Ye et al. 2019): softmax instance classifier over the batch.
 
     ``z_a`` holds the original instances' features ``f_i``, ``z_b`` their augmentations ``f^_i``
     (both L2-normalised here). Each original feature is the classifier weight of its instance:
@@ -31,9 +33,7 @@ class InvariantSpreadingLoss(ViewLoss):
         self.temperature = temperature
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(f"invariant_spreading: expected two (B, D) views of one shape, got "
-                             f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        check_views("invariant_spreading", z_a, z_b)
         original = F.normalize(z_a, dim=1)
         augmented = F.normalize(z_b, dim=1)
         n = original.shape[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from pytorch_metric_learning import losses as pml_losses
 
 from hvkit.api import MetricLoss
@@ -34,5 +35,6 @@ class MarginLoss(MetricLoss):
                                           num_classes=num_classes if per_class_beta else None,
                                           triplets_per_anchor="all")
 
-    def forward(self, embeddings, labels, indices_tuple=None):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple | None = None) -> torch.Tensor:
         return self.loss(embeddings, labels, indices_tuple)

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from hvkit.api import ViewLoss
 
+from ._views import check_views
+
 
 class NTXentLoss(ViewLoss):
     """NT-Xent (SimCLR, Chen et al. 2020): each view must pick its twin among the other 2B - 1 samples.
@@ -25,13 +27,8 @@ class NTXentLoss(ViewLoss):
         self.temperature = temperature
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(f"ntxent: expected two (B, D) views of one shape, got {tuple(z_a.shape)} "
-                             f"and {tuple(z_b.shape)}")
+        check_views("ntxent", z_a, z_b, min_batch=2)
         n = z_a.shape[0]
-        if n < 2:
-            raise ValueError("ntxent: needs a batch of at least 2 so that every anchor has a negative; "
-                             "raise the batch size")
         z = F.normalize(torch.cat([z_a, z_b]), dim=1)
         logits = (z @ z.T) / self.temperature
         logits.fill_diagonal_(float("-inf"))

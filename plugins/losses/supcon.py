@@ -32,13 +32,13 @@ def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: flo
         positive[a1, p] = True
         contrast = positive.clone()
         contrast[a2, neg] = True
-    logits = logits.masked_fill(~contrast, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     n_positive = positive.sum(dim=1)
-    has_positive = n_positive > 0
-    if not has_positive.any():
+    anchors = n_positive > 0
+    if not anchors.any():
         return embeddings.sum() * 0.0
-    mean_log_prob_pos = log_prob.masked_fill(~positive, 0.0).sum(dim=1)[has_positive] / n_positive[has_positive]
+    logits = logits.masked_fill(~contrast, float("-inf"))[anchors]
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    mean_log_prob_pos = log_prob.masked_fill(~positive[anchors], 0.0).sum(dim=1) / n_positive[anchors]
     return -mean_log_prob_pos.mean()
 
 

@@ -8,6 +8,8 @@ from torch.autograd.function import once_differentiable
 
 from hvkit.api import ViewLoss
 
+from ._views import check_views
+
 
 def invariance_term(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
     """s(Z, Z') = mean over batch and features of (z - z')^2."""
@@ -80,7 +82,7 @@ class VICRegLoss(ViewLoss):
             if value < 0:
                 raise ValueError(f"vicreg: {name} must be >= 0, got {value}; use a non-negative weight")
         if eps <= 0:
-            raise ValueError(f"vicreg: eps must be > 0, got {eps}; the default 1e-4 keeps sqrt differentiable")
+            raise ValueError(f"vicreg: eps must be > 0, got {eps}; the default is 1e-4")
         if gamma <= 0:
             raise ValueError(f"vicreg: gamma must be > 0, got {gamma}; it is the target standard deviation")
         self.invariance_weight = invariance_weight
@@ -91,12 +93,7 @@ class VICRegLoss(ViewLoss):
         self.average_variance = average_variance
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(f"vicreg: expected two (B, D) views of one shape, got {tuple(z_a.shape)} "
-                             f"and {tuple(z_b.shape)}")
-        if z_a.shape[0] < 2:
-            raise ValueError("vicreg: needs a batch of at least 2 to estimate variance and covariance; "
-                             "raise the batch size")
+        check_views("vicreg", z_a, z_b, min_batch=2)
         variance = variance_term(z_a, self.gamma, self.eps) + variance_term(z_b, self.gamma, self.eps)
         if self.average_variance:
             variance = variance / 2

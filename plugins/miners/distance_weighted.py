@@ -20,20 +20,18 @@ class DistanceWeightedMiner(nn.Module):
     The negatives follow pytorch-metric-learning's DistanceWeightedMiner distribution (which
     draws each anchor's positives at random with replacement instead of taking every pair once),
     normalised per anchor rather than by the batch's largest weight, so that no anchor is lost
-    to underflow in high dimensions, and drawn for all anchors at once. ``seed`` fixes a private
-    generator; None draws from torch's global generator.
+    to underflow in high dimensions, and drawn for all anchors at once. Draws come from
+    ``generator`` when one is passed, else from torch's global generator (which hvkit seeds,
+    checkpoints and restores, so a resumed run replays them).
     """
 
-    def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
-                 seed: int | None = None) -> None:
+    def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> None:
         super().__init__()
         if not 0 < cutoff < nonzero_loss_cutoff:
             raise ValueError(f"need 0 < cutoff < nonzero_loss_cutoff, got cutoff {cutoff} and "
                              f"nonzero_loss_cutoff {nonzero_loss_cutoff}")
         self.cutoff = cutoff
         self.nonzero_loss_cutoff = nonzero_loss_cutoff
-        self.seed = seed
-        self._generator: torch.Generator | None = None
 
     def log_weights(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``log(1/q(d))`` of every (anchor, candidate) pair, ``-inf`` where n may not be drawn."""
@@ -46,7 +44,8 @@ class DistanceWeightedMiner(nn.Module):
         return log_w.masked_fill(~allowed, float("-inf"))
 
     @torch.no_grad()
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         log_w = self.log_weights(embeddings, labels)
         matches, _ = lmu.get_matches_and_diffs(labels.to(log_w.device))
@@ -56,12 +55,9 @@ class DistanceWeightedMiner(nn.Module):
             return anchors, positives, positives.clone()
         drawing = pos.any(dim=1)
         rows = torch.cumsum(drawing, dim=0) - 1
-        draws = torch.multinomial(torch.softmax(log_w[drawing], dim=1), int(pos.sum(dim=1).max()),
-                                  replacement=True, generator=self._generator_for(log_w.device))
+        log_w = log_w[drawing]
+        draws = torch.multinomial((log_w - log_w.amax(dim=1, keepdim=True)).exp(),
+                                  int(pos.sum(dim=1).max()), replacement=True,
+                                  generator=generator)
         rank = (torch.cumsum(pos, dim=1) - 1)[anchors, positives]
         return anchors, positives, draws[rows[anchors], rank]
-
-    def _generator_for(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is not None and (self._generator is None or self._generator.device != device):
-            self._generator = torch.Generator(device).manual_seed(self.seed)
-        return self._generator

@@ -98,10 +98,11 @@ class DenseAnchorLoss(MetricLoss):
         t, (b, d) = self.num_produce, x.shape
         frequent = torch.sort(self.channel_counts[labels], dim=1, descending=True,
                               stable=True).indices[:, : self.top_k].expand(t, b, self.top_k)
-        gamma = 1 + self.scale_range * (2 * torch.rand(t, b, self.top_k, device=x.device) - 1)
+        gamma = 1 + self.scale_range * (2 * torch.rand(t, b, self.top_k, device=x.device,
+                                                               dtype=x.dtype) - 1)
         scale = torch.ones(t, b, d, device=x.device, dtype=x.dtype).scatter_(2, frequent, gamma)
         filled = self.bank_pushed[labels].clamp(max=self.bank_size)
-        slot = (torch.rand(t, b, device=x.device) * filled).long()
+        slot = (torch.rand(t, b, device=x.device, dtype=x.dtype) * filled).long()
         shift = self.bank[labels, slot]
         return F.normalize(x * scale + self.shift_scale * shift, dim=2).reshape(t * b, d)
 

@@ -12,9 +12,11 @@ from types import ModuleType
 from typing import Callable
 
 import pytest
+import torch
 
 from hvkit import registry as registry_module
 from hvkit.api import hookimpl
+from hvkit.engine import StageContext
 from hvkit.hookspecs import KIND_HOOKS
 from hvkit.registry import Registry
 
@@ -82,3 +84,10 @@ def distributions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     dists = Distributions(tmp_path / "site", monkeypatch)
     yield dists
     dists.cleanup()
+
+
+@pytest.fixture
+def stage_context(tmp_path: Path) -> StageContext:
+    """A CPU stage context over ``tmp_path`` with no data and no plugins."""
+    return StageContext(name="fit", spec={}, recipe={"seed": 0}, run_dir=tmp_path, device=torch.device("cpu"),
+                        registry=Registry(), outputs={}, data_fn=lambda: None, console=lambda _: None)

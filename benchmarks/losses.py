@@ -1,0 +1,194 @@
+"""Forward+backward time of hvkit's own losses against their reference, measured in the same run.
+
+    python benchmarks/losses.py                      # batch 512, dims 128 and 2048, all cases
+    python benchmarks/losses.py --only vicreg supcon --dims 2048 --repeats 21
+
+Prints a markdown table: median milliseconds of ``loss(*inputs).backward()`` after warm-up, for
+hvkit's implementation and the reference (pytorch-metric-learning where it has the loss), and
+the speed-up ``reference / ours`` (above 1: hvkit is faster). Ours and the reference alternate
+within each repeat on identical inputs, so machine load affects both alike. Torch uses every core.
+
+To add a row, append a :class:`Case` to ``CASES``: two factories ``(dim, num_classes) -> callable``
+whose callables take the inputs of ``inputs`` (see ``INPUTS``) and return a scalar loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses as pml
+
+from hvkit_plugins.losses.barlow_twins import BarlowTwinsLoss
+from hvkit_plugins.losses.contra_x import ContraXLoss
+from hvkit_plugins.losses.ntxent import NTXentLoss
+from hvkit_plugins.losses.supcon import SupConLoss
+from hvkit_plugins.losses.vicreg import VICRegLoss
+
+LossFactory = Callable[[int, int], Callable[..., torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One table row per dim: ``ours`` against ``reference`` on inputs of kind ``inputs``.
+
+    ``batch``, when set, replaces the command line's batch size for this case (say why in ``note``).
+    """
+
+    name: str
+    ours: LossFactory
+    reference: LossFactory
+    reference_name: str
+    inputs: str
+    batch: int | None = None
+    note: str = ""
+
+
+def views(batch: int, dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Two correlated (batch, dim) views of one batch: ``loss(z_a, z_b)``."""
+    z_a = torch.randn(batch, dim, device=device)
+    z_b = z_a + 0.5 * torch.randn(batch, dim, device=device)
+    return z_a.requires_grad_(), z_b.requires_grad_()
+
+
+def labelled(batch: int, dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(batch, dim) embeddings with ``batch // 4`` classes of 4, shuffled: ``loss(embeddings, labels)``."""
+    labels = torch.arange(batch, device=device) // 4
+    embeddings = torch.randn(batch, dim, device=device).requires_grad_()
+    return embeddings, labels[torch.randperm(batch, device=device)]
+
+
+INPUTS: dict[str, Callable[[int, int, torch.device], tuple[torch.Tensor, ...]]] = {
+    "views": views, "labelled": labelled,
+}
+
+
+def num_classes(kind: str, batch: int) -> int:
+    return batch // 4 if kind == "labelled" else 0
+
+
+def _pml_vicreg(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    loss = pml.VICRegLoss()
+    return lambda z_a, z_b: loss(z_a, ref_emb=z_b)
+
+
+def _pml_ntxent(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    loss = pml.NTXentLoss(temperature=0.1)
+
+    def call(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        instance = torch.arange(z_a.shape[0], device=z_a.device)
+        return loss(torch.cat([z_a, z_b]), torch.cat([instance, instance]))
+    return call
+
+
+def _official_barlow_twins(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official Barlow Twins recipe: BatchNorm1d(affine=False), (D, D) C, strided off-diagonal view."""
+    bn = torch.nn.BatchNorm1d(dim, affine=False)
+
+    def call(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        bn.to(z_a.device)
+        c = bn(z_a).T @ bn(z_b) / z_a.shape[0]
+        on_diag = torch.diagonal(c).add(-1).pow(2).sum()
+        off_diag = c.flatten()[:-1].view(dim - 1, dim + 1)[:, 1:].flatten().pow(2).sum()
+        return on_diag + 5e-3 * off_diag
+    return call
+
+
+def _contra_x_reference(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    classifier, supcon = torch.nn.Linear(dim, classes), pml.SupConLoss(temperature=0.1)
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        classifier.to(embeddings.device)
+        return F.cross_entropy(classifier(embeddings), labels) + supcon(embeddings, labels)
+    return call
+
+
+CASES: list[Case] = [
+    Case("vicreg", lambda dim, classes: VICRegLoss(), _pml_vicreg, "PML VICRegLoss", "views"),
+    Case("barlow_twins", lambda dim, classes: BarlowTwinsLoss(), _official_barlow_twins,
+         "official recipe (BatchNorm1d, strided off-diagonal)", "views"),
+    Case("ntxent", lambda dim, classes: NTXentLoss(0.1), _pml_ntxent, "PML NTXentLoss, instance labels",
+         "views", batch=256,
+         note="256 images (512 embeddings): PML's NTXentLoss builds a (2B, 4B^2) mask, ~20 GB at B=512"),
+    Case("supcon", lambda dim, classes: SupConLoss(0.1), lambda dim, classes: pml.SupConLoss(temperature=0.1),
+         "PML SupConLoss", "labelled"),
+    Case("contra_x", lambda dim, classes: ContraXLoss(dim, classes), _contra_x_reference,
+         "CE + PML SupConLoss", "labelled"),
+]
+
+
+def _time_once(loss: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
+               device: torch.device) -> float:
+    for x in inputs:
+        x.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    loss(*inputs).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(case: Case, batch: int, dim: int, repeats: int, warmup: int,
+            device: torch.device) -> tuple[float, float]:
+    """Median seconds of (ours, reference), alternating which goes first in each repeat."""
+    batch = case.batch or batch
+    torch.manual_seed(0)
+    inputs = INPUTS[case.inputs](batch, dim, device)
+    classes = num_classes(case.inputs, batch)
+    ours = case.ours(dim, classes)
+    reference = case.reference(dim, classes)
+    if isinstance(ours, torch.nn.Module):
+        ours.to(device)
+    if isinstance(reference, torch.nn.Module):
+        reference.to(device)
+    for _ in range(warmup):
+        _time_once(ours, inputs, device)
+        _time_once(reference, inputs, device)
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    for r in range(repeats):
+        order = (("ours", ours), ("reference", reference))
+        for key, loss in order if r % 2 == 0 else reversed(order):
+            times[key].append(_time_once(loss, inputs, device))
+    return statistics.median(times["ours"]), statistics.median(times["reference"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--dims", type=int, nargs="+", default=[128, 2048])
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--only", nargs="+", default=None, help="case names to run")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    cases = [c for c in CASES if args.only is None or c.name in args.only]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"median of {args.repeats} after {args.warmup} warm-up")
+    print()
+    print("| loss | reference | batch | dim | ours (ms) | reference (ms) | speed-up |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    notes = []
+    for case in cases:
+        for dim in args.dims:
+            ours, reference = measure(case, args.batch, dim, args.repeats, args.warmup, device)
+            print(f"| {case.name} | {case.reference_name} | {case.batch or args.batch} | {dim} | "
+                  f"{ours * 1e3:.2f} | {reference * 1e3:.2f} | {reference / ours:.2f}x |", flush=True)
+        if case.note:
+            notes.append(f"- {case.name}: {case.note}")
+    if notes:
+        print()
+        print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,523 @@
+"""The conformance kit: checks a plugin author calls from pytest to prove a component keeps hvkit's contract.
+
+Each ``check_<kind>`` takes a *factory* (the class or function a plugin registers) or, where
+the kind allows, an already built component, builds it the way hvkit does (with the
+context arguments of :data:`hvkit.hookspecs.CONTEXT_ARGS` it accepts, plus ``params``),
+exercises it on small random inputs and raises :class:`AssertionError` naming the
+component and the broken rule, and saying how to fix it. ::
+
+    from hvkit.testing import check_loss
+    from hvkit_myloss import MyLoss
+
+    def test_conforms():
+        check_loss(MyLoss, {"margin": 0.3})
+
+A factory is also checked the way ``hvkit list-plugins`` and recipe validation read it:
+its parameters and type hints must resolve, each parameter must carry a type hint, and its
+docstring's first line is the summary users see. A parameter typed ``Component[kind]``
+may be given as a recipe spec (``{"loss": "triplet"}``): it is built from the installed
+plugins, as at run time.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hvkit.api import ComponentKind, MetricLoss, ViewLoss
+from hvkit.hookspecs import CONTEXT_ARGS
+
+Inputs = Callable[[torch.dtype, torch.Generator], tuple[torch.Tensor, ...]]
+
+__all__ = ["check_backbone", "check_evaluator", "check_head", "check_loss", "check_miner",
+           "check_sampler", "check_transform"]
+
+
+def _is_factory(obj: Any) -> bool:
+    return (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj)
+            or isinstance(obj, functools.partial))
+
+
+def _label(obj: Any) -> str:
+    target = obj.func if isinstance(obj, functools.partial) else obj
+    return getattr(target, "__qualname__", None) or type(target).__name__
+
+
+def _build(kind: str, obj: Any, params: Mapping[str, Any] | None = None,
+          **context: Any) -> tuple[Any, str]:
+    """``(component, where)``: ``obj`` built as hvkit builds a ``kind`` (or taken as built).
+
+    ``where`` is the prefix of every failure message, e.g. ``check_loss(TripletLoss)``.
+    """
+    where = f"check_{kind}({_label(obj)})"
+    if not _is_factory(obj):
+        if params:
+            raise TypeError(f"{where}: params only apply to a factory; pass the class or function")
+        return obj, where
+    from hvkit.recipe.schema import parameters, special_marker
+    try:
+        schema, var_kw = parameters(obj)
+    except Exception as exc:
+        raise AssertionError(f"{where}: hvkit cannot read the factory's parameters "
+                             f"({type(exc).__name__}: {exc}); register a Python class or function "
+                             "whose type hints all resolve at import time") from None
+    if not (inspect.getdoc(obj) or "").strip():
+        raise AssertionError(f"{where}: the factory has no docstring; its first line is the "
+                             "summary `hvkit list-plugins` shows — write one")
+    context_names = CONTEXT_ARGS[kind]
+    for p in schema.values():
+        if p.hint is Any and p.name not in context_names:
+            raise AssertionError(f"{where}: parameter {p.name!r} has no type hint; recipes are "
+                                 "checked against the hints, so annotate it (int, float, "
+                                 "Literal[...], list[int], X | None …)")
+    kwargs = dict(params or {})
+    for key, value in kwargs.items():
+        marker = special_marker(schema[key].hint) if key in schema else None
+        if isinstance(marker, ComponentKind) and isinstance(value, (str, dict)):
+            from hvkit.engine.context import build as build_component
+            from hvkit.registry import get_registry
+            kwargs[key] = build_component(get_registry(), marker.kind, value, **context)
+    kwargs.update({k: v for k, v in context.items()
+                   if k in context_names and (k in schema or var_kw)})
+    try:
+        return obj(**kwargs), where
+    except Exception as exc:
+        raise AssertionError(f"{where}: building it with {sorted(kwargs)} raised "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+# --- losses -----------------------------------------------------------------------------------
+
+def _scalar(where: str, case: str, value: Any, dtype: torch.dtype) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise AssertionError(f"{where}: on {case} it returned {type(value).__name__}, "
+                             "expected a scalar torch.Tensor")
+    if value.dim() != 0:
+        raise AssertionError(f"{where}: on {case} it returned shape {tuple(value.shape)}, "
+                             "expected a scalar (shape ()); reduce over the batch")
+    if value.dtype != dtype:
+        raise AssertionError(f"{where}: on {case} it returned {value.dtype} for {dtype} inputs; "
+                             "compute in the inputs' dtype")
+    if not torch.isfinite(value):
+        raise AssertionError(f"{where}: on {case} it returned {value.item()}, expected a finite loss")
+    return value
+
+
+def _backward(where: str, case: str, value: torch.Tensor, tensors: dict[str, torch.Tensor],
+              module: Any, parameters: bool) -> None:
+    if not value.requires_grad:
+        raise AssertionError(f"{where}: on {case} the loss has no gradient path (requires_grad is "
+                             "False) and the trainer calls backward() on every loss; return "
+                             "e.g. embeddings.sum() * 0 when there is nothing to learn")
+    value.backward()
+    for name, tensor in tensors.items():
+        if tensor.grad is None:
+            raise AssertionError(f"{where}: on {case} no gradient reaches {name}; do not detach "
+                                 "them or use .data")
+        if not torch.isfinite(tensor.grad).all():
+            raise AssertionError(f"{where}: on {case} the gradient of {name} is not finite")
+    if parameters and isinstance(module, nn.Module):
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.grad is None:
+                raise AssertionError(f"{where}: on {case} its parameter {name!r} gets no gradient, "
+                                     "yet the trainer optimises it; use it in forward or set "
+                                     "requires_grad=False")
+            if not torch.isfinite(param.grad).all():
+                raise AssertionError(f"{where}: on {case} the gradient of its parameter {name!r} "
+                                     "is not finite")
+
+
+def _loss_case(where: str, loss: Any, case: str, args: tuple, dtype: torch.dtype,
+               graded: dict[str, torch.Tensor], edge: bool, **kwargs: Any) -> None:
+    """One forward and backward pass; on an ``edge`` case a ValueError is an accepted answer.
+
+    Only an ordinary batch must reach every parameter: an edge batch may leave some unused.
+    """
+    module = copy.deepcopy(loss)
+    if isinstance(module, nn.Module):
+        module = module.to(dtype)
+    try:
+        value = module(*args, **kwargs)
+    except Exception as exc:
+        if edge and isinstance(exc, ValueError):
+            return
+        hint = ("return a finite loss or raise ValueError saying what the batch lacks" if edge
+                else "every such batch must work")
+        raise AssertionError(f"{where}: on {case} it raised {type(exc).__name__}: {exc}; "
+                             f"{hint}") from exc
+    _backward(where, case, _scalar(where, case, value, dtype), graded, module, parameters=not edge)
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(True)
+
+
+def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
+               num_classes: int = 4, batch_size: int = 16, inputs: Inputs | None = None,
+               seed: int = 0) -> None:
+    """A loss returns a finite scalar in the inputs' dtype and backpropagates, on every batch hvkit may give it.
+
+    A :class:`~hvkit.api.MetricLoss` gets ``(embeddings (B,D), labels (B,))`` with
+    ``num_classes`` writers, without and with a miner's ``indices_tuple`` (triplets and
+    pairs, both pytorch-metric-learning formats); a :class:`~hvkit.api.ViewLoss` gets two
+    views ``(z_a, z_b)``. Any other loss needs ``inputs(dtype, generator) -> args``. In
+    float32 and float64 the value must be a finite scalar whose gradient reaches the inputs
+    and every trainable parameter of the loss. Edge batches (one class, one sample per
+    class, a collapsed batch of equal embeddings, a view batch of one sample) must give
+    such a value or raise ValueError.
+    """
+    built, where = _build("loss", loss, params, embedding_dim=embedding_dim, num_classes=num_classes)
+    if not callable(built):
+        raise AssertionError(f"{where}: built {type(built).__name__}, which is not callable")
+    if not isinstance(getattr(built, "needs_global_batch", False), bool):
+        raise AssertionError(f"{where}: needs_global_batch must be a bool")
+    if batch_size < 2 * num_classes:
+        raise ValueError(f"batch_size {batch_size} must be at least 2 * num_classes ({2 * num_classes})")
+    g = _generator(seed)
+    base = torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
+    noise = 0.1 * torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
+    labels = torch.arange(batch_size) % num_classes
+    for dtype in (torch.float32, torch.float64):
+        if isinstance(built, MetricLoss):
+            from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+            cases = {
+                "labelled embeddings": (base, labels, None),
+                "a triplet indices_tuple": (base, labels, lmu.get_all_triplets_indices(labels)),
+                "a pair indices_tuple": (base, labels, lmu.get_all_pairs_indices(labels)),
+            }
+            for case, (emb, lab, indices) in cases.items():
+                e = _leaf(emb.to(dtype))
+                _loss_case(where, built, f"{case} ({dtype})", (e, lab), dtype, {"the embeddings": e},
+                           edge=indices is not None, indices_tuple=indices)
+            edges = {
+                "a batch of one class": (base, torch.zeros_like(labels)),
+                "one sample per class": (base[:num_classes], labels[:num_classes]),
+                "a collapsed batch (all embeddings equal)": (base[:1].expand_as(base), labels),
+            }
+            for case, (emb, lab) in edges.items():
+                e = _leaf(emb.to(dtype))
+                _loss_case(where, built, f"{case} ({dtype})", (e, lab), dtype, {"the embeddings": e},
+                           edge=True)
+        elif isinstance(built, ViewLoss):
+            views = {
+                "two views": (base, base + noise, False),
+                "a batch of one sample": (base[:1], base[:1] + noise[:1], True),
+                "a collapsed batch (all embeddings equal)": (base[:1].expand_as(base),
+                                                             base[:1].expand_as(base) + 0.0, True),
+            }
+            for case, (a, b, edge) in views.items():
+                za, zb = _leaf(a.to(dtype)), _leaf(b.to(dtype))
+                _loss_case(where, built, f"{case} ({dtype})", (za, zb), dtype,
+                           {"z_a": za, "z_b": zb}, edge=edge)
+        elif inputs is not None:
+            args = tuple(_leaf(a) if a.is_floating_point() else a for a in inputs(dtype, _generator(seed)))
+            graded = {f"argument {i}": a for i, a in enumerate(args) if a.requires_grad}
+            _loss_case(where, built, f"the given inputs ({dtype})", args, dtype, graded, edge=False)
+        else:
+            raise AssertionError(f"{where}: {type(built).__name__} is neither a MetricLoss nor a "
+                                 "ViewLoss; subclass one (hvkit.api) or pass inputs=... to check "
+                                 "its own forward")
+
+
+# --- miners -----------------------------------------------------------------------------------
+
+def _check_indices(where: str, case: str, out: Any, labels: torch.Tensor) -> None:
+    if not isinstance(out, tuple) or len(out) not in (3, 4) or not all(
+            isinstance(t, torch.Tensor) for t in out):
+        raise AssertionError(f"{where}: on {case} it returned {type(out).__name__}; expected a "
+                             "tuple of 3 (anchor, positive, negative) or 4 (anchor, positive, "
+                             "anchor, negative) index tensors, pytorch-metric-learning's format")
+    for t in out:
+        if t.dim() != 1 or t.dtype != torch.int64:
+            raise AssertionError(f"{where}: on {case} an index tensor has shape {tuple(t.shape)} "
+                                 f"and dtype {t.dtype}; expected 1-D int64")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= len(labels)):
+            raise AssertionError(f"{where}: on {case} an index is outside 0..{len(labels) - 1}")
+    lab = labels.cpu()
+    groups = [(out[0], out[1], out[2])] if len(out) == 3 else [(out[0], out[1], None),
+                                                                (out[2], None, out[3])]
+    for anchor, pos, neg in groups:
+        other = pos if pos is not None else neg
+        if len(anchor) != len(other):
+            raise AssertionError(f"{where}: on {case} anchors and their partners differ in "
+                                 f"length ({len(anchor)} vs {len(other)})")
+        a = anchor.cpu()
+        if pos is not None:
+            p = pos.cpu()
+            if (lab[a] != lab[p]).any() or (a == p).any():
+                raise AssertionError(f"{where}: on {case} a positive has another label than its "
+                                     "anchor, or is the anchor itself")
+        if neg is not None and (lab[a] == lab[neg.cpu()]).any():
+            raise AssertionError(f"{where}: on {case} a negative has its anchor's label")
+
+
+def check_miner(miner: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
+                num_classes: int = 4, batch_size: int = 16, seed: int = 0) -> None:
+    """A miner returns valid pytorch-metric-learning indices, reproducibly, and leaves the embeddings alone.
+
+    Triplets must be (anchor, same label, other label), pairs (anchor, positive) of one
+    label and (anchor, negative) of two, every index in the batch, int64. The result must
+    be the same twice under the same ``torch.manual_seed`` (a resumed run replays it).
+    A batch of one class or of one sample per class gives valid (maybe empty) indices or
+    a ValueError.
+    """
+    built, where = _build("miner", miner, params)
+    g = _generator(seed)
+    base = torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
+    labels = torch.arange(batch_size) % num_classes
+    cases = {
+        "labelled embeddings": (base, labels, False),
+        "a batch of one class": (base, torch.zeros_like(labels), True),
+        "one sample per class": (base[:num_classes], labels[:num_classes], True),
+    }
+    for dtype in (torch.float32, torch.float64):
+        for case, (emb, lab, edge) in cases.items():
+            case = f"{case} ({dtype})"
+            e = emb.to(dtype)
+            kept = e.clone()
+            try:
+                torch.manual_seed(seed)
+                out = built(e, lab)
+            except Exception as exc:
+                if edge and isinstance(exc, ValueError):
+                    continue
+                hint = "return empty indices or raise ValueError" if edge else "every such batch must work"
+                raise AssertionError(f"{where}: on {case} it raised {type(exc).__name__}: {exc}; "
+                                     f"{hint}") from exc
+            if not torch.equal(e, kept):
+                raise AssertionError(f"{where}: on {case} it modified the embeddings in place")
+            _check_indices(where, case, out, lab)
+            torch.manual_seed(seed)
+            again = built(e, lab)
+            if not all(torch.equal(x, y) for x, y in zip(out, again)):
+                raise AssertionError(f"{where}: on {case} two calls under the same torch seed mined "
+                                     "different indices; draw randomness from torch's generator")
+
+
+# --- samplers ---------------------------------------------------------------------------------
+
+def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
+                  labels: Sequence[int] | None = None, batch_size: int = 8, seed: int = 0,
+                  world_size: int = 2, allow_repeats: bool = False) -> None:
+    """A sampler yields valid batches, the same ones for the same (seed, epoch), and disjoint shares per rank.
+
+    Every batch holds 1..``batch_size`` distinct indices into ``labels`` (default 12
+    writers x 8 images; ``allow_repeats`` permits an index twice in a batch); ``len()``
+    is the number of batches an epoch yields. Iterating twice, or rebuilding with the same
+    seed, repeats an epoch; another epoch or seed changes it. With ``world_size`` ranks,
+    each rank yields ``len()`` batches, the same number on every rank (else DDP hangs), and
+    the ranks' shares differ. When a single process's epoch repeats no index, the ranks
+    together repeat no more indices than padding to equal shares needs (their total beyond
+    ``len(labels)``); otherwise no batch is on two ranks.
+    """
+    if not _is_factory(sampler):
+        raise TypeError("check_sampler takes the factory: hvkit builds samplers with labels, "
+                        "batch_size, seed, rank and world_size")
+    labels = np.asarray(np.arange(96) % 12 if labels is None else labels, dtype=np.int64)
+
+    def make(seed: int = seed, rank: int = 0, world: int = 1) -> tuple[Any, str]:
+        return _build("sampler", sampler, params, labels=labels, batch_size=batch_size, seed=seed,
+                     rank=rank, world_size=world)
+
+    def epoch(s: Any, number: int) -> list[list[int]]:
+        s.set_epoch(number)
+        return [list(b) for b in s]
+
+    first, where = make()
+    for attr in ("__iter__", "__len__", "set_epoch"):
+        if not callable(getattr(first, attr, None)):
+            raise AssertionError(f"{where}: it has no {attr}; a sampler is a hvkit.api.BatchSampler")
+    batches = epoch(first, 0)
+    if not batches or len(batches) != len(first):
+        raise AssertionError(f"{where}: an epoch yielded {len(batches)} batches but len() is "
+                             f"{len(first)}; they must agree and be at least 1")
+    for i, batch in enumerate(batches):
+        if not 1 <= len(batch) <= batch_size:
+            raise AssertionError(f"{where}: batch {i} holds {len(batch)} indices, expected 1 to "
+                                 f"batch_size={batch_size}")
+        if not all(isinstance(j, (int, np.integer)) and not isinstance(j, bool) for j in batch):
+            raise AssertionError(f"{where}: batch {i} holds non-integer indices")
+        if min(batch) < 0 or max(batch) >= len(labels):
+            raise AssertionError(f"{where}: batch {i} holds an index outside 0..{len(labels) - 1}")
+        if not allow_repeats and len(set(batch)) != len(batch):
+            raise AssertionError(f"{where}: batch {i} holds an index twice (a sample paired with "
+                                 "itself); pass allow_repeats=True if that is intended")
+    if epoch(first, 0) != batches:
+        raise AssertionError(f"{where}: iterating epoch 0 twice gave different batches; draw "
+                             "from a generator seeded by (seed, epoch) at each iter()")
+    if epoch(make()[0], 0) != batches:
+        raise AssertionError(f"{where}: two samplers with seed {seed} gave different batches; use "
+                             "only the seed given, never global random state")
+    if epoch(first, 1) == batches:
+        raise AssertionError(f"{where}: epochs 0 and 1 gave the same batches; set_epoch must "
+                             "change the order")
+    if epoch(first, 0) != batches:
+        raise AssertionError(f"{where}: returning to epoch 0 with set_epoch(0) did not repeat "
+                             "it; a resumed run must see the same batches")
+    if epoch(make(seed=seed + 1)[0], 0) == batches:
+        raise AssertionError(f"{where}: seeds {seed} and {seed + 1} gave the same batches; the "
+                             "sampler ignores its seed")
+    flat = [j for b in batches for j in b]
+    repeats = len(set(flat)) != len(flat)
+    shares = []
+    for rank in range(world_size):
+        s = make(rank=rank, world=world_size)[0]
+        share = epoch(s, 0)
+        if len(share) != len(s):
+            raise AssertionError(f"{where}: rank {rank} of {world_size} yielded {len(share)} "
+                                 f"batches but its len() is {len(s)}")
+        shares.append(share)
+    if len({len(s) for s in shares}) != 1:
+        raise AssertionError(f"{where}: ranks yield {[len(s) for s in shares]} batches; every "
+                             "rank must yield the same number or DDP hangs")
+    for r in range(world_size):
+        for q in range(r + 1, world_size):
+            clash = {tuple(b) for b in shares[r]} & {tuple(b) for b in shares[q]}
+            if clash:
+                raise AssertionError(f"{where}: ranks {r} and {q} both yield batch "
+                                     f"{list(next(iter(clash)))}; each rank must yield its own "
+                                     "share of the epoch")
+    if not repeats:
+        dealt = [j for share in shares for b in share for j in b]
+        repeated, padding = len(dealt) - len(set(dealt)), max(0, len(dealt) - len(labels))
+        if repeated > padding:
+            raise AssertionError(f"{where}: its {world_size} ranks repeat {repeated} indices "
+                                 f"where padding explains {padding}; deal one shuffled epoch "
+                                 "out to the ranks instead of shuffling per rank")
+
+
+# --- evaluators -------------------------------------------------------------------------------
+
+def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *,
+                    data: Any = None, shared: Any = None) -> None:
+    """An evaluator declares ``requires`` and returns a dict of JSON-serialisable numbers."""
+    built, where = _build("evaluator", evaluator, params)
+    requires = getattr(built, "requires", None)
+    if not isinstance(requires, frozenset) or not all(isinstance(r, str) for r in requires):
+        raise AssertionError(f"{where}: requires must be a frozenset of requirement names, got "
+                             f"{requires!r}")
+    out = built(data, shared)
+    _check_numbers(where, out, "the result")
+
+
+def _check_numbers(where: str, value: Any, path: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise AssertionError(f"{where}: {path} has a non-string key {key!r}")
+            _check_numbers(where, item, f"{path}[{key!r}]")
+        if path == "the result":
+            json.dumps(value, allow_nan=False)
+        return
+    if path == "the result":
+        raise AssertionError(f"{where}: returned {type(value).__name__}, expected a dict of numbers")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AssertionError(f"{where}: {path} is {type(value).__name__} {value!r}; metrics must "
+                             "be plain int or float (convert numpy and torch scalars)")
+    if not math.isfinite(value):
+        raise AssertionError(f"{where}: {path} is {value}, expected a finite number")
+
+
+# --- backbones, heads, transforms -------------------------------------------------------------
+
+def _check_module(where: str, module: Any, x: torch.Tensor, dim_attr: str) -> None:
+    dim = getattr(module, dim_attr, None)
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise AssertionError(f"{where}: {dim_attr} is {dim!r}; expose it as a positive int")
+    if not isinstance(module, nn.Module):
+        raise AssertionError(f"{where}: built {type(module).__name__}, expected a torch.nn.Module")
+    module.eval()
+    with torch.no_grad():
+        out = module(x)
+        single = module(x[:1])
+    expected = (x.shape[0], dim)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise AssertionError(f"{where}: mapped input {tuple(x.shape)} to {shape}, expected "
+                             f"{expected} ({dim_attr}={dim})")
+    if not torch.isfinite(out).all():
+        raise AssertionError(f"{where}: the output is not finite")
+    if not torch.allclose(single, out[:1], rtol=1e-4, atol=1e-5):
+        raise AssertionError(f"{where}: in eval mode a sample's output depends on the rest of "
+                             "its batch")
+    module.train()
+    xg = _leaf(x)
+    module(xg).square().mean().backward()
+    if xg.grad is None or not torch.isfinite(xg.grad).all():
+        raise AssertionError(f"{where}: no finite gradient reaches the input")
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if trainable and all(p.grad is None for p in trainable):
+        raise AssertionError(f"{where}: none of its trainable parameters gets a gradient")
+
+
+def check_backbone(backbone: Any, params: Mapping[str, Any] | None = None, *,
+                   in_channels: Sequence[int] = (1, 3), image_size: int = 64,
+                   batch_size: int = 4, seed: int = 0) -> None:
+    """A backbone maps (B, C, H, W) images in [0, 1] to (B, ``embedding_dim``) features, for each C.
+
+    Outputs are finite, a sample's features do not depend on its batch in eval mode, and
+    the gradient reaches the images and the parameters.
+    """
+    for channels in in_channels:
+        built, where = _build("backbone", backbone, params, in_channels=channels)
+        x = torch.rand(batch_size, channels, image_size, image_size, generator=_generator(seed))
+        _check_module(f"{where} with {channels} channel(s)", built, x, "embedding_dim")
+
+
+def check_head(head: Any, params: Mapping[str, Any] | None = None, *, in_dim: int = 16,
+               batch_size: int = 4, seed: int = 0) -> None:
+    """A head maps (B, ``in_dim``) to (B, ``out_dim``): finite, per sample in eval mode, differentiable."""
+    built, where = _build("head", head, params, in_dim=in_dim)
+    x = torch.randn(batch_size, in_dim, generator=_generator(seed))
+    _check_module(where, built, x, "out_dim")
+
+
+def check_transform(transform: Any, params: Mapping[str, Any] | None = None, *,
+                    channels: Sequence[int] = (1, 3), image_size: int = 32, batch_size: int = 4,
+                    seed: int = 0, random: bool = True) -> None:
+    """A transform keeps a batch's shape, dtype and [0, 1] range and draws randomness only from its generator.
+
+    The input is left unchanged; the same generator seed gives the same output whatever
+    the global torch seed; with ``random`` another seed gives another output.
+    """
+    built, where = _build("transform", transform, params)
+    if not callable(built):
+        raise AssertionError(f"{where}: built {type(built).__name__}, which is not callable")
+    for c in channels:
+        case = f"{where} on {c} channel(s)"
+        x = torch.rand(batch_size, c, image_size, image_size, generator=_generator(seed))
+        kept = x.clone()
+        torch.manual_seed(seed + 1)
+        out = built(x, _generator(seed))
+        if not torch.equal(x, kept):
+            raise AssertionError(f"{case}: it modified its input in place")
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.dtype != x.dtype:
+            got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise AssertionError(f"{case}: returned {got} for {tuple(x.shape)} {x.dtype}; keep "
+                                 "the batch's shape and dtype")
+        if not torch.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+            raise AssertionError(f"{case}: values leave [0, 1] (min {out.min().item():.4g}, "
+                                 f"max {out.max().item():.4g}); clamp them")
+        torch.manual_seed(seed + 2)
+        if not torch.equal(built(x, _generator(seed)), out):
+            raise AssertionError(f"{case}: the same generator seed gave another output; draw all "
+                                 "randomness from the generator argument, not global state")
+        if random and torch.equal(built(x, _generator(seed + 1)), out):
+            raise AssertionError(f"{case}: generator seeds {seed} and {seed + 1} gave the same "
+                                 "output; pass random=False for a deterministic transform")

@@ -1,0 +1,254 @@
+"""The pipeline and the shared Trainer, through a throwaway dataset and a throwaway training stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+from torch.nn import functional as F
+
+import hvkit
+from hvkit import registry as registry_module
+from hvkit.api import Split, StageOutput, WriterDataset
+from hvkit.cli import main
+from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
+from hvkit.engine.trainer import read_log
+from hvkit.errors import HvkitError
+from hvkit.pipeline import run
+
+from .conftest import make_registry
+
+INJECT: dict[str, Any] = {"fail_at": None, "nan_at": None, "checkpoint_before_nan": None}
+"""Faults the stage injects, each ``(stage name, step)``: an exception once when ``trainer.step``
+reaches ``fail_at`` (``"end"``: after training), a NaN loss at step ``nan_at``."""
+
+
+@dataclass
+class ToyWriters:
+    name: str
+    synthetic: bool
+    splits: dict[str, Split]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def toy_writers(writers: int = 4, per_writer: int = 4, size: int = 4, seed: int = 0) -> WriterDataset:
+    """Random uint8 images, one brightness offset per writer (test dataset)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = np.repeat(np.arange(writers), per_writer)
+    images = torch.randint(0, 200, (len(labels), 1, size, size), generator=g, dtype=torch.uint8)
+    images += torch.from_numpy(labels * 10).to(torch.uint8).view(-1, 1, 1, 1)
+    split = Split(images, labels, [f"w{i}" for i in range(writers)])
+    return ToyWriters("toy_writers", True, {"train": split, "test": split}, {"writers": writers})
+
+
+class TinyTrain:
+    """Trains a linear writer classifier with dropout (test stage)."""
+
+    def __init__(self, train: TrainConfig = TrainConfig(
+                     epochs=3, optimizer={"name": "SGD", "lr": 0.05, "momentum": 0.9},
+                     scheduler={"name": "CosineAnnealingLR", "warmup_steps": 2}, log_every=1, checkpoint_every=3),
+                 batch_size: int = 4, init_from: StageOutput | None = None):
+        self.config, self.batch_size, self.init_from = train, batch_size, init_from
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        data = ctx.dataset.splits["train"]
+        x = data.images.float().flatten(1) / 255
+        y = torch.from_numpy(data.labels)
+        torch.manual_seed(ctx.seed)
+        model = nn.Sequential(nn.Dropout(0.2), nn.Linear(x.shape[1], len(data.writers)))
+        if self.init_from is not None:
+            model.load_state_dict(load_checkpoint(ctx.output_path(self.init_from, "checkpoint"))["modules"]["model"])
+        steps = len(y) // self.batch_size
+        trainer = Trainer(ctx, {"model": model}, self.config, steps_per_epoch=steps)
+
+        def batches(epoch: int):
+            order = torch.randperm(len(y), generator=ctx.generator("epoch", epoch, device=torch.device("cpu")))
+            for i in range(steps):
+                index = order[i * self.batch_size:(i + 1) * self.batch_size]
+                yield x[index], y[index]
+
+        def step(batch, generator):
+            inputs, labels = batch
+            logits = model(inputs + 0.01 * torch.randn(inputs.shape, generator=generator))
+            loss = F.cross_entropy(logits, labels)
+            if INJECT["fail_at"] == (ctx.name, trainer.step):
+                INJECT["fail_at"] = None
+                raise RuntimeError("injected failure")
+            if INJECT["nan_at"] == (ctx.name, trainer.step + 1):
+                if trainer.checkpoint_path.is_file():
+                    INJECT["checkpoint_before_nan"] = trainer.checkpoint_path.read_bytes()
+                loss = loss * float("nan")
+            return loss, {"accuracy": (logits.argmax(1) == labels).float().mean()}
+
+        last = trainer.fit(batches, step)
+        if INJECT["fail_at"] == (ctx.name, "end"):
+            INJECT["fail_at"] = None
+            raise RuntimeError("injected failure")
+        return {"checkpoint": ctx.relative(trainer.checkpoint_path),
+                "metrics": {"loss": last["loss"], "accuracy": last["accuracy"], "steps": trainer.step},
+                "report": f"trained {trainer.step} steps"}
+
+
+RECIPE = """
+name: tiny
+seed: 5
+data: {name: toy_writers}
+stages:
+  pre: {stage: tiny_train, train: {epochs: 1}}
+  train: {stage: tiny_train, init_from: pre}
+"""
+
+
+@pytest.fixture
+def registry():
+    return make_registry(dataset={"toy_writers": toy_writers}, stage={"tiny_train": TinyTrain})
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RECIPE, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def inject(monkeypatch):
+    for key in INJECT:
+        monkeypatch.setitem(INJECT, key, None)
+    return INJECT
+
+
+def execute(recipe: Path, run_dir: Path, registry, **kwargs) -> list[str]:
+    lines: list[str] = []
+    run(recipe, run_dir=run_dir, registry=registry, device="cpu", console=lines.append, **kwargs)
+    return lines
+
+
+def losses(run_dir: Path, stage: str) -> list[tuple[int, float, float]]:
+    return [(row["step"], row["loss"], row["lr"]) for row in read_log(run_dir / "stages" / stage / "log.jsonl")]
+
+
+@pytest.mark.parametrize("fail_at, resumed_at", [
+    (("train", 7), 6),  # the last checkpoint is mid-epoch (4 steps an epoch, one every 3)
+    (("train", 2), None),  # before the first checkpoint: the stage starts again
+    (("train", "end"), 12),  # after the final checkpoint, before the stage wrote its outputs
+    (("pre", 3), None),  # in the first stage
+])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, recipe, registry, inject, fail_at, resumed_at):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    execute(recipe, straight, registry)
+    inject["fail_at"] = fail_at
+    with pytest.raises(RuntimeError, match="injected failure"):
+        execute(recipe, broken, registry)
+    stage = fail_at[0]
+    assert not (broken / "stages" / stage / "outputs.json").exists()
+    if resumed_at is not None:
+        assert load_checkpoint(broken / "stages" / stage / "last.pt")["step"] == resumed_at
+
+    lines: list[str] = []
+    run(None, resume=broken, registry=registry, device="cpu", console=lines.append)
+    assert ("[pre] complete, skipped" in lines) == (stage == "train")
+    assert (f"[{stage}] resumed at step {resumed_at}" in lines) == (resumed_at is not None)
+
+    for name in ("pre", "train"):
+        a = load_checkpoint(straight / "stages" / name / "last.pt")
+        b = load_checkpoint(broken / "stages" / name / "last.pt")
+        for key in a["modules"]["model"]:
+            assert torch.equal(a["modules"]["model"][key], b["modules"]["model"][key]), (name, key)
+        assert a["step"] == b["step"] == (4 if name == "pre" else 12)
+        assert losses(straight, name) == losses(broken, name)
+    assert json.loads((straight / "metrics.json").read_text()) == json.loads((broken / "metrics.json").read_text())
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, recipe, registry, inject):
+    inject["nan_at"] = ("train", 8)
+    registry_module.set_registry(registry)
+    result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: stage train: loss is nan at step 8; stopped (last good checkpoint ")
+    checkpoint = tmp_path / "run" / "stages" / "train" / "last.pt"
+    assert checkpoint.read_bytes() == inject["checkpoint_before_nan"]
+    assert load_checkpoint(checkpoint)["step"] == 6
+    assert not (tmp_path / "run" / "stages" / "train" / "outputs.json").exists()
+
+
+def test_nan_before_any_checkpoint_says_so(tmp_path, recipe, registry, inject):
+    inject["nan_at"] = ("pre", 1)
+    with pytest.raises(HvkitError, match="stage pre: loss is nan at step 1; stopped .no checkpoint was written yet"):
+        execute(recipe, tmp_path / "run", registry)
+
+
+def test_run_directory_holds_everything_to_reproduce_the_run(tmp_path, recipe, registry):
+    run_dir = tmp_path / "run"
+    lines = execute(recipe, run_dir, registry)
+    assert any("SYNTHETIC DATA (toy_writers)" in line for line in lines)
+
+    resolved = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
+    train_defaults = {"epochs": 3, "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
+                      "scheduler": {"name": "CosineAnnealingLR", "warmup_steps": 2}, "loss_lr": None,
+                      "grad_clip": None, "amp": True, "log_every": 1, "checkpoint_every": 3, "max_steps": None}
+    assert resolved == {
+        "name": "tiny", "seed": 5, "device": "auto",
+        "data": {"name": "toy_writers", "writers": 4, "per_writer": 4, "size": 4},
+        "model": {},
+        "stages": {"pre": {"stage": "tiny_train", "train": {**train_defaults, "epochs": 1}, "batch_size": 4,
+                           "init_from": None},
+                   "train": {"stage": "tiny_train", "init_from": "pre", "train": train_defaults, "batch_size": 4}},
+    }
+
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["seed"] == 5
+    assert environment["versions"]["hvkit"] == hvkit.__version__
+    assert environment["versions"]["torch"] == torch.__version__
+    assert environment["plugins_used"] == {"hvkit-test": "1.0"}
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["recipe"] == "tiny"
+    assert metrics["data"] == {"name": "toy_writers", "synthetic": True, "writers": 4}
+    assert metrics["train"]["steps"] == 12 and metrics["pre"]["steps"] == 4
+    assert 0 <= metrics["train"]["accuracy"] <= 1
+
+    report = (run_dir / "report.md").read_text()
+    assert report.startswith("# tiny\n") and "Synthetic data" in report
+    assert "## pre\n\ntrained 4 steps" in report and "## train\n\ntrained 12 steps" in report
+
+    outputs = json.loads((run_dir / "stages" / "train" / "outputs.json").read_text())
+    assert outputs["checkpoint"] == "stages/train/last.pt"
+    assert outputs["metrics"] == metrics["train"]
+    log = read_log(run_dir / "stages" / "train" / "log.jsonl")
+    assert [row["step"] for row in log] == list(range(1, 13))
+    assert {"epoch", "loss", "lr", "steps_per_s", "accuracy"} <= set(log[0])
+    assert [row["epoch"] for row in log] == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_same_recipe_and_seed_give_the_same_weights(tmp_path, recipe, registry):
+    execute(recipe, tmp_path / "a", registry)
+    execute(recipe, tmp_path / "b", registry)
+    a = load_checkpoint(tmp_path / "a" / "stages" / "train" / "last.pt")["modules"]["model"]
+    b = load_checkpoint(tmp_path / "b" / "stages" / "train" / "last.pt")["modules"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_refuses_an_existing_run_and_overrides_on_resume(tmp_path, recipe, registry):
+    execute(recipe, tmp_path / "run", registry, overrides=["stages.train.train.epochs=1"])
+    with pytest.raises(HvkitError, match="already holds a run; use --resume"):
+        execute(recipe, tmp_path / "run", registry)
+    with pytest.raises(HvkitError, match="--set is not allowed"):
+        run(None, ["seed=1"], resume=tmp_path / "run", registry=registry, device="cpu")
+    with pytest.raises(HvkitError, match="not a run directory"):
+        run(None, resume=tmp_path, registry=registry, device="cpu")
+
+
+def test_max_steps_limits_training(tmp_path, recipe, registry):
+    execute(recipe, tmp_path / "run", registry, overrides=["stages.train.train.max_steps=5"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]["steps"] == 5
+    assert [row["step"] for row in read_log(tmp_path / "run" / "stages" / "train" / "log.jsonl")] == [1, 2, 3, 4, 5]

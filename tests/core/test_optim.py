@@ -1,0 +1,118 @@
+"""Optimisers and schedulers from recipe specs, per-module learning rates and warm-up."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hvkit.engine import TrainConfig, Trainer
+from hvkit.engine.optim import build_optimizer, build_scheduler
+from hvkit.errors import HvkitError
+
+
+def lrs(scheduler, optimizer, steps: int) -> list[list[float]]:
+    """The learning rate of every group before each of ``steps`` steps."""
+    out = []
+    for _ in range(steps):
+        out.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def sgd(*lr: float) -> torch.optim.Optimizer:
+    return build_optimizer({"name": "SGD", "lr": 1.0}, [{"params": [nn.Parameter(torch.zeros(1))], "lr": v}
+                                                         for v in lr])
+
+
+def test_optimizer_by_name_with_arguments_and_group_lrs():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3))
+    optimizer = build_optimizer({"name": "AdamW", "lr": 0.01, "betas": [0.8, 0.9], "weight_decay": 0.5},
+                                [{"params": [a]}, {"params": [b], "lr": 0.2}])
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.2]
+    assert tuple(optimizer.param_groups[0]["betas"]) == (0.8, 0.9)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.5
+
+
+def test_no_scheduler():
+    assert build_scheduler(None, sgd(0.1), 10) is None
+
+
+def test_t_max_defaults_to_the_stage_length():
+    optimizer = sgd(0.1)
+    seen = lrs(build_scheduler({"name": "CosineAnnealingLR"}, optimizer, 8), optimizer, 9)
+    expected = [0.1 * (1 + math.cos(math.pi * t / 8)) / 2 for t in range(9)]
+    assert [v[0] for v in seen] == pytest.approx(expected, abs=1e-12)
+
+
+def test_warmup_then_cosine_per_group():
+    optimizer = sgd(0.1, 0.5)
+    seen = lrs(build_scheduler({"name": "CosineAnnealingLR", "warmup_steps": 3}, optimizer, 10), optimizer, 11)
+    for base, column in ((0.1, 0), (0.5, 1)):
+        expected = [base * (1e-3 + (1 - 1e-3) * t / 3) for t in range(3)]
+        expected += [base * (1 + math.cos(math.pi * t / 7)) / 2 for t in range(8)]
+        assert [v[column] for v in seen] == pytest.approx(expected, abs=1e-12)
+
+
+def test_one_cycle_gets_each_groups_lr_and_the_step_count():
+    optimizer = sgd(0.1, 0.5)
+    scheduler = build_scheduler({"name": "OneCycleLR"}, optimizer, 20)
+    assert scheduler.total_steps == 20
+    seen = lrs(scheduler, optimizer, 20)
+    assert max(v[0] for v in seen) == pytest.approx(0.1, rel=1e-3)
+    assert max(v[1] for v in seen) == pytest.approx(0.5, rel=1e-3)
+
+
+def test_explicit_arguments_are_kept():
+    optimizer = sgd(1.0)
+    seen = lrs(build_scheduler({"name": "StepLR", "step_size": 2, "gamma": 0.5}, optimizer, 10), optimizer, 5)
+    assert [v[0] for v in seen] == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+class Proxies(nn.Module):
+    """A loss with learnable parameters (like proxy-anchor's proxies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proxies = nn.Parameter(torch.ones(3))
+
+
+def test_loss_lr_gives_the_loss_module_its_own_group(stage_context):
+    model, loss, frozen = nn.Linear(3, 1), Proxies(), nn.Linear(2, 2).requires_grad_(False)
+    config = TrainConfig(optimizer={"name": "SGD", "lr": 0.1}, loss_lr=0.5, amp=False)
+    trainer = Trainer(stage_context, {"model": model, "loss": loss, "frozen": frozen}, config,
+                      steps_per_epoch=1, loss_modules=("loss",))
+    groups = trainer.optimizer.param_groups
+    assert [(g["name"], g["lr"]) for g in groups] == [("model", 0.1), ("loss", 0.5)]
+    before = model(torch.tensor([[1.0, 2.0, 3.0]])).detach()
+    weight = model.weight.detach().clone()
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    trainer.fit(lambda epoch: [x], lambda batch, g: (model(batch) * loss.proxies).sum())
+    # loss = model(x) * sum(proxies): d/dW = sum(proxies) x = 3x, d/dproxies = model(x)
+    assert torch.allclose(model.weight, weight - 0.1 * 3 * x)
+    assert torch.allclose(loss.proxies, 1 - 0.5 * before.flatten())
+
+
+def test_without_loss_lr_every_group_uses_the_optimizer_lr(stage_context):
+    config = TrainConfig(optimizer={"name": "SGD", "lr": 0.1}, amp=False)
+    trainer = Trainer(stage_context, {"model": nn.Linear(3, 1), "loss": Proxies()}, config,
+                      steps_per_epoch=1, loss_modules=("loss",))
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.1, 0.1]
+
+
+def test_nothing_to_train(stage_context):
+    with pytest.raises(HvkitError, match="nothing to train"):
+        Trainer(stage_context, {"model": nn.Linear(2, 2).requires_grad_(False)}, TrainConfig(), steps_per_epoch=1)
+
+
+def test_grad_clip_limits_the_update(stage_context):
+    model = nn.Linear(4, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    config = TrainConfig(optimizer={"name": "SGD", "lr": 1.0}, grad_clip=0.5, amp=False)
+    trainer = Trainer(stage_context, {"model": model}, config, steps_per_epoch=1)
+    trainer.fit(lambda epoch: [torch.full((1, 4), 10.0)], lambda batch, g: model(batch).sum())
+    assert model.weight.norm().item() == pytest.approx(0.5)

@@ -1,0 +1,82 @@
+"""Multi-similarity: value and gradient against PML's miner + loss, given tuples, gradcheck, edges, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml_losses, miners as pml_miners
+
+from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
+
+LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])  # class 4 is a singleton
+
+
+def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 5) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype).requires_grad_()
+
+
+def _pml(x: torch.Tensor, labels: torch.Tensor, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
+         epsilon: float | None = 0.1, indices_tuple: tuple | None = None) -> torch.Tensor:
+    if epsilon is not None:
+        indices_tuple = pml_miners.MultiSimilarityMiner(epsilon=epsilon)(x, labels)
+    return pml_losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)(x, labels, indices_tuple)
+
+
+def _assert_same_value_and_gradient(ours: torch.Tensor, reference: torch.Tensor, x: torch.Tensor) -> None:
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(reference, x)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mining_equals_pml_miner_then_loss(dtype, epsilon, seed):
+    x = _batch(dtype=dtype, seed=seed)
+    _assert_same_value_and_gradient(MultiSimilarityLoss(epsilon=epsilon)(x, LABELS),
+                                    _pml(x, LABELS, epsilon=epsilon), x)
+
+
+@pytest.mark.parametrize(("alpha", "beta", "base"), [(2.0, 40.0, 0.5), (1.0, 10.0, 0.3)])
+def test_without_mining_equals_pml_loss_on_all_pairs(alpha, beta, base):
+    x = _batch()
+    ours = MultiSimilarityLoss(alpha=alpha, beta=beta, base=base, mining=False)(x, LABELS)
+    _assert_same_value_and_gradient(ours, _pml(x, LABELS, alpha, beta, base, epsilon=None), x)
+    assert ours.item() != pytest.approx(MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)(x, LABELS).item())
+
+
+@pytest.mark.parametrize("indices_tuple", [
+    (torch.tensor([0, 3, 5]), torch.tensor([3, 8, 6]), torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 0, 11])),
+    (torch.tensor([0, 1, 2]), torch.tensor([8, 5, 10]), torch.tensor([4, 4, 9])),
+])
+def test_a_given_tuple_replaces_the_mining(indices_tuple):
+    x = _batch()
+    _assert_same_value_and_gradient(MultiSimilarityLoss()(x, LABELS, indices_tuple),
+                                    _pml(x, LABELS, epsilon=None, indices_tuple=indices_tuple), x)
+
+
+def test_gradcheck():
+    x = _batch()
+    assert torch.autograd.gradcheck(lambda x: MultiSimilarityLoss(beta=10.0)(x, LABELS), (x,))
+
+
+@pytest.mark.parametrize("labels", [[3] * 12, list(range(12))])
+def test_batches_without_negatives_or_positives_give_zero(labels):
+    x = _batch()
+    loss = MultiSimilarityLoss()(x, torch.tensor(labels))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_all_equal_embeddings_give_a_finite_value_and_gradient():
+    x = torch.ones(12, 6, requires_grad=True)
+    loss = MultiSimilarityLoss()(x, LABELS)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"alpha": 0.0}, "alpha"), ({"beta": -1.0}, "beta"), ({"epsilon": -0.1}, "epsilon"),
+])
+def test_invalid_settings_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MultiSimilarityLoss(**kwargs)

@@ -1,0 +1,83 @@
+"""Triplet loss: value and gradient against PML TripletMarginLoss, hand-computed case, gradcheck, edges, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pytorch_metric_learning import distances, losses as pml_losses, reducers
+
+from hvkit_plugins.losses.triplet import TripletLoss
+
+LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])
+TUPLES = [
+    (torch.tensor([0, 1, 3, 7]), torch.tensor([3, 5, 8, 2]), torch.tensor([1, 0, 9, 4])),
+    (torch.tensor([0, 3, 5]), torch.tensor([3, 8, 6]), torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 0, 11])),
+]
+
+
+def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 7) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype).requires_grad_()
+
+
+def _pml(margin: float, soft_margin: bool, normalize: bool, reduction: str) -> pml_losses.TripletMarginLoss:
+    reducer = reducers.AvgNonZeroReducer() if reduction == "nonzero_mean" else reducers.MeanReducer()
+    return pml_losses.TripletMarginLoss(margin=margin, smooth_loss=soft_margin, triplets_per_anchor="all",
+                                        distance=distances.LpDistance(normalize_embeddings=normalize),
+                                        reducer=reducer)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("soft_margin", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("reduction", ["nonzero_mean", "mean"])
+@pytest.mark.parametrize("indices_tuple", [None, *TUPLES])
+def test_value_and_gradient_equal_pml(dtype, soft_margin, normalize, reduction, indices_tuple):
+    x = _batch(dtype=dtype)
+    margin = 0.2 if normalize else 1.0
+    ours = TripletLoss(margin, soft_margin, normalize, reduction)(x, LABELS, indices_tuple)
+    pml = _pml(margin, soft_margin, normalize, reduction)(x, LABELS, indices_tuple)
+    torch.testing.assert_close(ours, pml)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(pml, x)[0])
+
+
+def test_hand_computed_case():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 1])
+    # anchor 0: D_ap = 1, D_an = 2 -> 0.2 + 1 - 2 < 0; anchor 1: D_ap = 1, D_an = sqrt(5) -> < 0
+    assert TripletLoss(normalize_embeddings=False)(x, labels).item() == 0.0
+    # margin 1.5: 0.5 and 2.5 - sqrt(5); both positive
+    expected = (0.5 + 2.5 - math.sqrt(5)) / 2
+    assert TripletLoss(1.5, normalize_embeddings=False)(x, labels).item() == pytest.approx(expected)
+    soft = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(1 - math.sqrt(5)))) / 2
+    assert TripletLoss(0.0, soft_margin=True, normalize_embeddings=False)(x, labels).item() == pytest.approx(soft)
+
+
+@pytest.mark.parametrize("soft_margin", [False, True])
+def test_gradcheck(soft_margin):
+    x = _batch()
+    assert torch.autograd.gradcheck(lambda x: TripletLoss(soft_margin=soft_margin)(x, LABELS), (x,))
+
+
+@pytest.mark.parametrize("labels", [[1] * 12, list(range(12))])
+def test_batches_without_triplets_give_zero(labels):
+    x = _batch()
+    loss = TripletLoss()(x, torch.tensor(labels))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("soft_margin", [False, True])
+def test_all_equal_embeddings_give_a_finite_value_and_gradient(soft_margin):
+    x = torch.ones(12, 6, requires_grad=True)
+    loss = TripletLoss(soft_margin=soft_margin)(x, LABELS)
+    loss.backward()
+    expected = math.log1p(math.exp(0.2)) if soft_margin else 0.2
+    assert loss.item() == pytest.approx(expected) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"margin": -0.1}, "margin"), ({"reduction": "sum"}, "reduction")])
+def test_invalid_settings_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TripletLoss(**kwargs)

@@ -1,0 +1,140 @@
+"""PKSampler: batch composition, determinism, DDP shares and small-writer policies."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from hvkit.api import BatchSampler
+from hvkit.testing import check_sampler
+from hvkit_plugins.samplers.pk import PKSampler
+
+LABELS = np.repeat(np.arange(30), np.random.default_rng(0).integers(4, 13, 30))  # 30 writers, 4-12 images
+
+
+def epoch(sampler: PKSampler, e: int = 0) -> list[list[int]]:
+    sampler.set_epoch(e)
+    return list(sampler)
+
+
+def test_is_a_batch_sampler():
+    assert isinstance(PKSampler(LABELS, batch_size=16), BatchSampler)
+
+
+@pytest.mark.parametrize("batch_size, k", [(16, 4), (12, 2), (15, 5)])
+def test_every_batch_holds_p_distinct_writers_with_k_images_each(batch_size, k):
+    sampler = PKSampler(LABELS, batch_size=batch_size, samples_per_class=k)
+    sizes = np.bincount(LABELS)
+    batches = epoch(sampler)
+    assert len(batches) == len(sampler) > 0
+    for batch in batches:
+        assert len(batch) == batch_size
+        per_writer = Counter(LABELS[batch].tolist())
+        assert len(per_writer) == batch_size // k
+        assert set(per_writer.values()) == {k}
+        large = [i for i in batch if sizes[LABELS[i]] >= k]
+        assert len(set(large)) == len(large)
+
+
+def test_default_epoch_shows_each_image_about_once():
+    sampler = PKSampler(LABELS, batch_size=16)
+    chunks = (np.bincount(LABELS) // 4).sum()
+    assert len(sampler) == chunks // 4
+    for e in range(3):
+        seen = Counter(i for batch in epoch(sampler, e) for i in batch)
+        assert max(seen.values()) <= 2
+        assert len(seen) >= 0.9 * sum(seen.values())
+
+
+def test_batches_per_epoch_sets_the_length_beyond_one_round():
+    sampler = PKSampler(LABELS, batch_size=16, batches_per_epoch=100)
+    batches = epoch(sampler)
+    assert len(batches) == len(sampler) == 100
+    assert all(len(set(LABELS[b].tolist())) == 4 for b in batches)
+    assert len({i for b in batches for i in b}) == len(LABELS)
+
+
+def test_deterministic_by_seed_and_epoch():
+    first, again = PKSampler(LABELS, 16, seed=3), PKSampler(LABELS, 16, seed=3)
+    assert epoch(first, 2) == epoch(again, 2)
+    assert epoch(first, 2) == epoch(first, 2)
+    assert epoch(first, 2) != epoch(first, 3)
+    assert epoch(first, 2) != epoch(PKSampler(LABELS, 16, seed=4), 2)
+
+
+def test_accepts_a_label_tensor():
+    assert epoch(PKSampler(torch.from_numpy(LABELS), 16)) == epoch(PKSampler(LABELS.tolist(), 16))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_split_the_single_process_sequence(world_size):
+    single = epoch(PKSampler(LABELS, 16, seed=1, batches_per_epoch=14), 5)
+    shares = [epoch(PKSampler(LABELS, 16, seed=1, rank=r, world_size=world_size,
+                              batches_per_epoch=14), 5) for r in range(world_size)]
+    per_rank = 14 // world_size
+    assert [len(s) for s in shares] == [per_rank] * world_size
+    for r, share in enumerate(shares):
+        assert share == single[r::world_size][:per_rank]
+    dealt = sorted(i * world_size + r for r in range(world_size) for i in range(per_rank))
+    assert dealt == list(range(per_rank * world_size))
+
+
+def test_default_length_is_shared_between_ranks():
+    one = PKSampler(LABELS, 16)
+    assert [len(PKSampler(LABELS, 16, rank=r, world_size=4)) for r in range(4)] == [len(one) // 4] * 4
+
+
+def test_replace_tops_up_small_writers_from_their_own_images():
+    labels = np.concatenate([np.repeat(np.arange(4), 8), [4, 4]])  # writer 4 has 2 images
+    sampler = PKSampler(labels, batch_size=8, batches_per_epoch=60)
+    small = [sorted(i for i in b if labels[i] == 4) for b in epoch(sampler)]
+    small = [s for s in small if s]
+    assert small, "the small writer was never drawn"
+    for group in small:
+        assert len(group) == 4 and set(group) == {32, 33}
+
+
+def test_skip_drops_small_writers_and_says_so():
+    labels = np.concatenate([np.repeat(np.arange(4), 8), [4, 4]])
+    with pytest.warns(UserWarning, match="skips 1 writers"):
+        sampler = PKSampler(labels, batch_size=8, small_classes="skip", batches_per_epoch=60)
+    assert sampler.skipped_classes == [4]
+    assert not {32, 33} & {i for b in epoch(sampler) for i in b}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=10), "multiple of samples_per_class"),
+    (dict(batch_size=4), "single writer"),
+    (dict(batch_size=16, samples_per_class=0), "at least 1"),
+    (dict(batch_size=128), "distinct writers"),
+    (dict(batch_size=16, small_classes="pad"), "'replace' or 'skip'"),
+    (dict(batch_size=16, world_size=4, batches_per_epoch=3), "at least world_size"),
+    (dict(batch_size=16, rank=2, world_size=2), "0 <= rank < world_size"),
+    (dict(batch_size=16, seed=-1), "non-negative"),
+])
+def test_invalid_settings_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PKSampler(LABELS, **kwargs)
+
+
+def test_too_few_writers_after_skipping_raises():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="distinct writers"), pytest.warns(UserWarning):
+        PKSampler(labels, batch_size=8, small_classes="skip")
+
+
+@pytest.mark.parametrize("labels", [np.zeros((4, 2), dtype=int), np.array([0.5, 1.0]), []])
+def test_bad_labels_raise(labels):
+    with pytest.raises(ValueError, match="labels"):
+        PKSampler(labels, batch_size=8)
+
+
+def test_negative_epoch_raises():
+    with pytest.raises(ValueError, match="epoch"):
+        PKSampler(LABELS, 16).set_epoch(-1)
+
+
+@pytest.mark.parametrize("params", [{}, {"samples_per_class": 2, "batches_per_epoch": 30}])
+def test_conforms_to_the_sampler_contract(params):
+    check_sampler(PKSampler, params)
