@@ -6,7 +6,8 @@
 Prints a markdown table: median milliseconds of ``loss(*inputs).backward()`` after warm-up, for
 hvkit's implementation and the reference (pytorch-metric-learning where it has the loss), and
 the speed-up ``reference / ours`` (above 1: hvkit is faster). Ours and the reference alternate
-within each repeat on identical inputs, so machine load affects both alike. Torch uses every core.
+within each repeat on identical inputs, so machine load affects both alike. Torch uses every
+core unless ``--threads`` says otherwise.
 
 To add a row, append a :class:`Case` to ``CASES``: two factories ``(dim, num_classes) -> callable``
 whose callables take the inputs of ``inputs`` (see ``INPUTS``) and return a scalar loss.
@@ -23,12 +24,19 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml
+from pytorch_metric_learning import losses as pml, miners as pml_miners
 
+from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.barlow_twins import BarlowTwinsLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
+from hvkit_plugins.losses.cosface import CosFaceLoss
+from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
+from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
 from hvkit_plugins.losses.ntxent import NTXentLoss
+from hvkit_plugins.losses.sphereface import SphereFaceLoss
+from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 from hvkit_plugins.losses.supcon import SupConLoss
+from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
 
 LossFactory = Callable[[int, int], Callable[..., torch.Tensor]]
@@ -109,6 +117,11 @@ def _contra_x_reference(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     return call
 
 
+def _pml_multi_similarity(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    miner, loss = pml_miners.MultiSimilarityMiner(epsilon=0.1), pml.MultiSimilarityLoss()
+    return lambda embeddings, labels: loss(embeddings, labels, miner(embeddings, labels))
+
+
 CASES: list[Case] = [
     Case("vicreg", lambda dim, classes: VICRegLoss(), _pml_vicreg, "PML VICRegLoss", "views"),
     Case("barlow_twins", lambda dim, classes: BarlowTwinsLoss(), _official_barlow_twins,
@@ -120,6 +133,31 @@ CASES: list[Case] = [
          "PML SupConLoss", "labelled"),
     Case("contra_x", lambda dim, classes: ContraXLoss(dim, classes), _contra_x_reference,
          "CE + PML SupConLoss", "labelled"),
+    Case("multi_similarity", lambda dim, classes: MultiSimilarityLoss(), _pml_multi_similarity,
+         "PML MultiSimilarityMiner + MultiSimilarityLoss", "labelled"),
+    Case("triplet", lambda dim, classes: TripletLoss(0.2),
+         lambda dim, classes: pml.TripletMarginLoss(margin=0.2, triplets_per_anchor="all"),
+         "PML TripletMarginLoss, all triplets", "labelled"),
+    Case("triplet_soft", lambda dim, classes: TripletLoss(0.0, soft_margin=True),
+         lambda dim, classes: pml.TripletMarginLoss(margin=0.0, smooth_loss=True, triplets_per_anchor="all"),
+         "PML TripletMarginLoss smooth_loss, all triplets", "labelled"),
+    Case("nbc_softmax", lambda dim, classes: NBCSoftmaxLoss(dim, classes),
+         lambda dim, classes: pml.NormalizedSoftmaxLoss(classes, dim),
+         "PML NormalizedSoftmaxLoss, same size (cost reference)", "labelled",
+         note="NBC-Softmax has no PML counterpart: the reference is a softmax classifier loss of the same size, "
+              "i.e. what the cross-entropy part alone costs"),
+    Case("sphereface", lambda dim, classes: SphereFaceLoss(dim, classes),
+         lambda dim, classes: pml.SphereFaceLoss(classes, dim, margin=4), "PML SphereFaceLoss (no annealing)",
+         "labelled"),
+    Case("arcface", lambda dim, classes: ArcFaceLoss(dim, classes),
+         lambda dim, classes: pml.ArcFaceLoss(classes, dim, margin=28.6479, scale=64), "PML ArcFaceLoss",
+         "labelled", note="arcface, subcenter_arcface, cosface wrap PML; the rows measure the wrapper's checks"),
+    Case("subcenter_arcface", lambda dim, classes: SubCenterArcFaceLoss(dim, classes),
+         lambda dim, classes: pml.SubCenterArcFaceLoss(num_classes=classes, embedding_size=dim, margin=28.6479,
+                                                       scale=64, sub_centers=3),
+         "PML SubCenterArcFaceLoss", "labelled"),
+    Case("cosface", lambda dim, classes: CosFaceLoss(dim, classes),
+         lambda dim, classes: pml.CosFaceLoss(classes, dim, margin=0.35, scale=64), "PML CosFaceLoss", "labelled"),
 ]
 
 
@@ -168,9 +206,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--only", nargs="+", default=None, help="case names to run")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (all cores)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     cases = [c for c in CASES if args.only is None or c.name in args.only]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"median of {args.repeats} after {args.warmup} warm-up")

@@ -1,5 +1,8 @@
 """Running a recipe: validate it, create the run directory, run its stages in order.
 
+Plugins report bad settings with ``ValueError``; the pipeline names the stage (or the
+data section) and turns it into a one-line :class:`HvkitError`.
+
 The run directory holds the resolved recipe, the environment (versions of hvkit, torch
 and every plugin package used, the seed), each stage's files under ``stages/<name>/``,
 ``metrics.json`` and ``report.md``. A stage whose ``outputs.json`` exists is complete:
@@ -106,7 +109,10 @@ class Run:
 
     def dataset(self) -> WriterDataset:
         if self._dataset is None:
-            data = build(self.registry, "dataset", self.resolved["data"], seed=self.resolved["seed"])
+            try:
+                data = build(self.registry, "dataset", self.resolved["data"], seed=self.resolved["seed"])
+            except ValueError as exc:
+                raise HvkitError(f"data ({self.resolved['data']['name']}): {exc}") from exc
             if not isinstance(data, WriterDataset):
                 raise HvkitError(f"dataset {self.resolved['data']['name']!r} returned "
                                  f"{type(data).__name__}, not a WriterDataset")
@@ -130,10 +136,13 @@ class Run:
                                    device=self.device, registry=self.registry, outputs=outputs,
                                    data_fn=self.dataset, resume=self.resume, rank=self.rank,
                                    world_size=self.world_size, console=self.console)
-                stage = build(self.registry, "stage", spec, name_key="stage")
                 self.console(f"[{name}] {spec['stage']} …")
                 started = time.perf_counter()
-                result = stage.run(ctx) or {}
+                try:
+                    stage = build(self.registry, "stage", spec, name_key="stage")
+                    result = stage.run(ctx) or {}
+                except ValueError as exc:
+                    raise HvkitError(f"stage {name!r}: {exc}") from exc
                 result.setdefault("seconds", round(time.perf_counter() - started, 2))
                 outputs[name] = result
                 if self.rank == 0:
@@ -196,22 +205,16 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    """The headline numbers of a run, one line per stage and verifier."""
+    """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier."""
     lines = []
     for stage, values in metrics.items():
-        if not isinstance(values, dict) or stage == "data":
+        verification = values.get("verification") if isinstance(values, dict) else None
+        if not isinstance(verification, dict):
             continue
-        for key, value in _flatten(values):
-            if any(key.endswith(s) for s in ("accuracy", "roc_auc", "eer", "precision_at_1", "map_at_r")):
-                lines.append(f"  {stage}.{key} = {value:.4f}")
-    return "results:\n" + "\n".join(lines) if lines else "results: (no metrics)"
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
-    out = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.extend(_flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out.append((f"{prefix}{key}", float(value)))
-    return out
+        for verifier, v in verification.items():
+            if isinstance(v, dict) and "roc_auc" in v:
+                accuracy = v.get("accuracy")
+                shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "  -   "
+                lines.append(f"  {stage:<22} {verifier:<14} accuracy {shown}  "
+                             f"AUC {v['roc_auc']:.4f}  EER {v.get('eer', float('nan')):.4f}")
+    return "results:\n" + "\n".join(lines) if lines else "results: (no verification metrics)"

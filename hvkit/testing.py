@@ -24,8 +24,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -38,7 +38,7 @@ from hvkit.hookspecs import CONTEXT_ARGS
 Inputs = Callable[[torch.dtype, torch.Generator], tuple[torch.Tensor, ...]]
 
 __all__ = ["check_backbone", "check_evaluator", "check_head", "check_loss", "check_miner",
-           "check_sampler", "check_transform"]
+           "check_sampler", "check_transform", "evaluation_data"]
 
 
 def _is_factory(obj: Any) -> bool:
@@ -81,10 +81,12 @@ def _build(kind: str, obj: Any, params: Mapping[str, Any] | None = None,
     kwargs = dict(params or {})
     for key, value in kwargs.items():
         marker = special_marker(schema[key].hint) if key in schema else None
-        if isinstance(marker, ComponentKind) and isinstance(value, (str, dict)):
+        if isinstance(marker, ComponentKind) and isinstance(value, (str, dict, list)):
             from hvkit.engine.context import build as build_component
             from hvkit.registry import get_registry
-            kwargs[key] = build_component(get_registry(), marker.kind, value, **context)
+            specs = value if isinstance(value, list) else [value]
+            parts = [build_component(get_registry(), marker.kind, v, **context) for v in specs]
+            kwargs[key] = parts if isinstance(value, list) else parts[0]
     kwargs.update({k: v for k, v in context.items()
                    if k in context_names and (k in schema or var_kw)})
     try:
@@ -144,8 +146,8 @@ def _backward(where: str, case: str, value: torch.Tensor, tensors: dict[str, tor
 
 
 def _loss_case(where: str, loss: Any, case: str, args: tuple, dtype: torch.dtype,
-               graded: dict[str, torch.Tensor], edge: bool, **kwargs: Any) -> None:
-    """One forward and backward pass; on an ``edge`` case a ValueError is an accepted answer.
+               graded: dict[str, torch.Tensor], edge: bool, **kwargs: Any) -> str | None:
+    """One forward and backward pass; the ValueError's text if an ``edge`` case refused the batch.
 
     Only an ordinary batch must reach every parameter: an edge batch may leave some unused.
     """
@@ -156,16 +158,52 @@ def _loss_case(where: str, loss: Any, case: str, args: tuple, dtype: torch.dtype
         value = module(*args, **kwargs)
     except Exception as exc:
         if edge and isinstance(exc, ValueError):
-            return
+            return str(exc)
         hint = ("return a finite loss or raise ValueError saying what the batch lacks" if edge
                 else "every such batch must work")
         raise AssertionError(f"{where}: on {case} it raised {type(exc).__name__}: {exc}; "
                              f"{hint}") from exc
     _backward(where, case, _scalar(where, case, value, dtype), graded, module, parameters=not edge)
+    return None
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_(True)
+
+
+def _metric_loss(where: str, loss: MetricLoss, base: torch.Tensor, labels: torch.Tensor,
+                 num_classes: int, dtype: torch.dtype) -> None:
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+    def case(name: str, emb: torch.Tensor, lab: torch.Tensor, edge: bool,
+             indices: tuple | None = None) -> str | None:
+        e = _leaf(emb.to(dtype))
+        return _loss_case(where, loss, f"{name} ({dtype})", (e, lab), dtype, {"the embeddings": e},
+                          edge, indices_tuple=indices)
+
+    case("labelled embeddings", base, labels, edge=False)
+    refused = {name: case(f"a {name} indices_tuple", base, labels, True, indices)
+               for name, indices in (("triplet", lmu.get_all_triplets_indices(labels)),
+                                     ("pair", lmu.get_all_pairs_indices(labels)))}
+    if (refused["triplet"] is None) != (refused["pair"] is None):
+        took, failed = ("triplet", "pair") if refused["pair"] else ("pair", "triplet")
+        raise AssertionError(f"{where}: it takes a {took} indices_tuple but on a {failed} one "
+                             f"({dtype}) it raised ValueError: {refused[failed]}; a miner may give "
+                             "either format, accept both (or refuse miners altogether)")
+    case("a batch of one class", base, torch.zeros_like(labels), edge=True)
+    case("one sample per class", base[:num_classes], labels[:num_classes], edge=True)
+    case("a collapsed batch (all embeddings equal)", base[:1].expand_as(base), labels, edge=True)
+
+
+def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tensor,
+               dtype: torch.dtype) -> None:
+    collapsed = base[:1].expand_as(base)
+    views = {"two views": (base, base + noise, False),
+             "a batch of one sample": (base[:1], base[:1] + noise[:1], True),
+             "a collapsed batch (all embeddings equal)": (collapsed, collapsed, True)}
+    for name, (a, b, edge) in views.items():
+        za, zb = _leaf(a.to(dtype)), _leaf(b.to(dtype))
+        _loss_case(where, loss, f"{name} ({dtype})", (za, zb), dtype, {"z_a": za, "z_b": zb}, edge)
 
 
 def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
@@ -174,13 +212,14 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     """A loss returns a finite scalar in the inputs' dtype and backpropagates, on every batch hvkit may give it.
 
     A :class:`~hvkit.api.MetricLoss` gets ``(embeddings (B,D), labels (B,))`` with
-    ``num_classes`` writers, without and with a miner's ``indices_tuple`` (triplets and
-    pairs, both pytorch-metric-learning formats); a :class:`~hvkit.api.ViewLoss` gets two
-    views ``(z_a, z_b)``. Any other loss needs ``inputs(dtype, generator) -> args``. In
-    float32 and float64 the value must be a finite scalar whose gradient reaches the inputs
-    and every trainable parameter of the loss. Edge batches (one class, one sample per
-    class, a collapsed batch of equal embeddings, a view batch of one sample) must give
-    such a value or raise ValueError.
+    ``num_classes`` writers, without and with a miner's ``indices_tuple``: it must take both
+    pytorch-metric-learning formats (triplets and pairs) or refuse both with ValueError. A
+    :class:`~hvkit.api.ViewLoss` gets two views ``(z_a, z_b)``. Any other loss needs
+    ``inputs(dtype, generator) -> args``. In float32 and float64 the value must be a finite
+    scalar in that dtype whose gradient reaches the inputs and every trainable parameter of
+    the loss. Edge batches (one class, one sample per class, a collapsed batch of equal
+    embeddings, a view batch of one sample) must give a finite value with a gradient path
+    or raise ValueError.
     """
     built, where = _build("loss", loss, params, embedding_dim=embedding_dim, num_classes=num_classes)
     if not callable(built):
@@ -195,36 +234,9 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     labels = torch.arange(batch_size) % num_classes
     for dtype in (torch.float32, torch.float64):
         if isinstance(built, MetricLoss):
-            from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
-            cases = {
-                "labelled embeddings": (base, labels, None),
-                "a triplet indices_tuple": (base, labels, lmu.get_all_triplets_indices(labels)),
-                "a pair indices_tuple": (base, labels, lmu.get_all_pairs_indices(labels)),
-            }
-            for case, (emb, lab, indices) in cases.items():
-                e = _leaf(emb.to(dtype))
-                _loss_case(where, built, f"{case} ({dtype})", (e, lab), dtype, {"the embeddings": e},
-                           edge=indices is not None, indices_tuple=indices)
-            edges = {
-                "a batch of one class": (base, torch.zeros_like(labels)),
-                "one sample per class": (base[:num_classes], labels[:num_classes]),
-                "a collapsed batch (all embeddings equal)": (base[:1].expand_as(base), labels),
-            }
-            for case, (emb, lab) in edges.items():
-                e = _leaf(emb.to(dtype))
-                _loss_case(where, built, f"{case} ({dtype})", (e, lab), dtype, {"the embeddings": e},
-                           edge=True)
+            _metric_loss(where, built, base, labels, num_classes, dtype)
         elif isinstance(built, ViewLoss):
-            views = {
-                "two views": (base, base + noise, False),
-                "a batch of one sample": (base[:1], base[:1] + noise[:1], True),
-                "a collapsed batch (all embeddings equal)": (base[:1].expand_as(base),
-                                                             base[:1].expand_as(base) + 0.0, True),
-            }
-            for case, (a, b, edge) in views.items():
-                za, zb = _leaf(a.to(dtype)), _leaf(b.to(dtype))
-                _loss_case(where, built, f"{case} ({dtype})", (za, zb), dtype,
-                           {"z_a": za, "z_b": zb}, edge=edge)
+            _view_loss(where, built, base, noise, dtype)
         elif inputs is not None:
             args = tuple(_leaf(a) if a.is_floating_point() else a for a in inputs(dtype, _generator(seed)))
             graded = {f"argument {i}": a for i, a in enumerate(args) if a.requires_grad}
@@ -336,8 +348,11 @@ def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
                      rank=rank, world_size=world)
 
     def epoch(s: Any, number: int) -> list[list[int]]:
-        s.set_epoch(number)
-        return [list(b) for b in s]
+        try:
+            s.set_epoch(number)
+            return [list(b) for b in s]
+        except Exception as exc:
+            raise AssertionError(f"{where}: epoch {number} raised {type(exc).__name__}: {exc}") from exc
 
     first, where = make()
     for attr in ("__iter__", "__len__", "set_epoch"):
@@ -404,34 +419,91 @@ def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
 
 # --- evaluators -------------------------------------------------------------------------------
 
-def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *,
-                    data: Any = None, shared: Any = None) -> None:
-    """An evaluator declares ``requires`` and returns a dict of JSON-serialisable numbers."""
-    built, where = _build("evaluator", evaluator, params)
-    requires = getattr(built, "requires", None)
-    if not isinstance(requires, frozenset) or not all(isinstance(r, str) for r in requires):
-        raise AssertionError(f"{where}: requires must be a frozenset of requirement names, got "
-                             f"{requires!r}")
-    out = built(data, shared)
-    _check_numbers(where, out, "the result")
+def evaluation_data(seed: int = 0, writers: int = 6, per_writer: int = 5, dim: int = 8) -> Any:
+    """A small :class:`hvkit.evaluation.EvalData`: separable writers; reference and validation sets; a cosine verifier."""
+    from hvkit.evaluation import EvalData, PairSet
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(writers, dim))
+
+    def part() -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(writers), per_writer)
+        return centres[labels] + 0.5 * rng.normal(size=(len(labels), dim)), labels
+
+    def pairs(emb: np.ndarray, labels: np.ndarray) -> PairSet:
+        i, j = np.triu_indices(len(labels), k=1)
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        return PairSet(np.sum(unit[i] * unit[j], axis=1), labels[i] == labels[j], labels[i])
+
+    (test, test_labels), (val, val_labels), (reference, reference_labels) = part(), part(), part()
+    return EvalData(test, test_labels, reference_embeddings=reference, reference_labels=reference_labels,
+                    val_embeddings=val, val_labels=val_labels,
+                    verifiers={"cosine": {"val": pairs(val, val_labels), "test": pairs(test, test_labels)}})
 
 
-def _check_numbers(where: str, value: Any, path: str) -> None:
+def _check_metrics(where: str, value: Any, path: str, out_dir: Path) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise AssertionError(f"{where}: {path} has a non-string key {key!r}")
-            _check_numbers(where, item, f"{path}[{key!r}]")
-        if path == "the result":
-            json.dumps(value, allow_nan=False)
-        return
-    if path == "the result":
-        raise AssertionError(f"{where}: returned {type(value).__name__}, expected a dict of numbers")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AssertionError(f"{where}: {path} is {type(value).__name__} {value!r}; metrics must "
-                             "be plain int or float (convert numpy and torch scalars)")
-    if not math.isfinite(value):
-        raise AssertionError(f"{where}: {path} is {value}, expected a finite number")
+            _check_metrics(where, item, f"{path}.{key}" if path else key, out_dir)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_metrics(where, item, f"{path}[{i}]", out_dir)
+    elif isinstance(value, str):
+        if not (out_dir / value).is_file():
+            raise AssertionError(f"{where}: {path} is the string {value!r}, which names no file it "
+                                 "wrote to out_dir; metrics are numbers")
+    elif not isinstance(value, (int, float)):
+        raise AssertionError(f"{where}: {path} is {value!r}; metrics must be int, float or bool")
+    elif not math.isfinite(value):
+        raise AssertionError(f"{where}: {path} is {value} on separable writers with validation "
+                             "pairs; expected a finite number")
+
+
+def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *,
+                    data: Any = None, seed: int = 0) -> None:
+    """An evaluator declares known ``requires`` and returns the same finite metrics every time.
+
+    It runs through :func:`hvkit.evaluation.evaluate` (which computes what ``requires``
+    names) on ``data`` (default :func:`evaluation_data`) with a temporary ``out_dir``.
+    The result must be a dict of int, float and bool values (nested dicts and lists allowed;
+    a string must name a file written to ``out_dir``), finite, and equal on two runs
+    without ``out_dir``. On
+    bare data (test embeddings only, no ``out_dir``) it returns such a dict or raises ValueError.
+    """
+    import dataclasses
+    import tempfile
+
+    from hvkit.evaluation import REQUIREMENTS, evaluate
+
+    built, where = _build("evaluator", evaluator, params)
+    requires = getattr(built, "requires", None)
+    if not isinstance(requires, frozenset) or not requires <= set(REQUIREMENTS):
+        raise AssertionError(f"{where}: requires is {requires!r}; declare a frozenset of "
+                             f"{', '.join(sorted(REQUIREMENTS))}")
+    data = evaluation_data(seed) if data is None else data
+
+    def run(on: Any, edge: bool = False) -> Any:
+        try:
+            return evaluate({"it": built}, on)["it"]
+        except Exception as exc:
+            if edge and isinstance(exc, ValueError):
+                return None
+            raise AssertionError(f"{where}: it raised {type(exc).__name__}: {exc}") from exc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        first = run(dataclasses.replace(data, out_dir=Path(tmp)))
+        if not isinstance(first, dict):
+            raise AssertionError(f"{where}: returned {type(first).__name__}, expected a dict of metrics")
+        _check_metrics(where, first, "", Path(tmp))
+    plain = dataclasses.replace(data, out_dir=None)
+    if run(plain) != run(plain):
+        raise AssertionError(f"{where}: two runs on the same data gave different metrics; seed "
+                             "any randomness")
+    bare = dataclasses.replace(data, val_embeddings=None, val_labels=None, verifiers={}, out_dir=None,
+                               reference_embeddings=None, reference_labels=None)
+    result = run(bare, edge=True)
+    if result is not None and not isinstance(result, dict):
+        raise AssertionError(f"{where}: on bare data returned {type(result).__name__}, expected a dict")
 
 
 # --- backbones, heads, transforms -------------------------------------------------------------
@@ -443,9 +515,13 @@ def _check_module(where: str, module: Any, x: torch.Tensor, dim_attr: str) -> No
     if not isinstance(module, nn.Module):
         raise AssertionError(f"{where}: built {type(module).__name__}, expected a torch.nn.Module")
     module.eval()
-    with torch.no_grad():
-        out = module(x)
-        single = module(x[:1])
+    try:
+        with torch.no_grad():
+            out = module(x)
+            single = module(x[:1])
+    except Exception as exc:
+        raise AssertionError(f"{where}: forward on a {tuple(x.shape)} batch raised "
+                             f"{type(exc).__name__}: {exc}") from exc
     expected = (x.shape[0], dim)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -504,7 +580,10 @@ def check_transform(transform: Any, params: Mapping[str, Any] | None = None, *,
         x = torch.rand(batch_size, c, image_size, image_size, generator=_generator(seed))
         kept = x.clone()
         torch.manual_seed(seed + 1)
-        out = built(x, _generator(seed))
+        try:
+            out = built(x, _generator(seed))
+        except Exception as exc:
+            raise AssertionError(f"{case}: it raised {type(exc).__name__}: {exc}") from exc
         if not torch.equal(x, kept):
             raise AssertionError(f"{case}: it modified its input in place")
         if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.dtype != x.dtype:

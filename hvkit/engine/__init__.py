@@ -1,8 +1,9 @@
-"""The engine a stage plugin uses: its run context and the shared training loop."""
+"""The engine a stage plugin uses: its run context, the shared training loop, and multi-process helpers."""
 
-from hvkit.engine.checkpoint import load_checkpoint, save_checkpoint, write_json
+from hvkit import distributed
+from hvkit.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from hvkit.engine.context import StageContext, derive_seed
 from hvkit.engine.trainer import TrainConfig, Trainer
 
-__all__ = ["StageContext", "TrainConfig", "Trainer", "derive_seed", "load_checkpoint",
-           "save_checkpoint", "write_json"]
+__all__ = ["StageContext", "TrainConfig", "Trainer", "atomic_write", "derive_seed", "distributed",
+           "load_checkpoint", "save_checkpoint", "write_json"]

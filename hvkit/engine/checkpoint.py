@@ -12,6 +12,11 @@ import torch
 
 from hvkit.errors import HvkitError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+"""What ``open()`` would give a new file (mkstemp's own 0600 would hide run files from the group)."""
+
 
 def _fsync_dir(directory: Path) -> None:
     try:
@@ -30,6 +35,7 @@ def atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -41,8 +47,13 @@ def atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
     _fsync_dir(path.parent)
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays, tensors → Python numbers and lists; anything else → its string."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"), "w")
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=False, default=_plain) + "\n"), "w")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

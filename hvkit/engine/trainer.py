@@ -50,6 +50,9 @@ class Trainer:
     def __init__(self, ctx: StageContext, modules: dict[str, nn.Module], config: TrainConfig,
                  steps_per_epoch: int, loss_modules: tuple[str, ...] = ()):
         self.ctx, self.modules, self.config = ctx, modules, config
+        if steps_per_epoch < 1:
+            raise HvkitError(f"stage {ctx.name}: an epoch holds no full batch (steps_per_epoch="
+                             f"{steps_per_epoch}); lower the batch size or use more data")
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = steps_per_epoch * config.epochs
         if config.max_steps is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable
 
 import yaml
 
@@ -18,7 +18,21 @@ from hvkit.errors import RecipeError
 
 
 class SafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-3`` and ``1.5e3`` as floats as YAML 1.2 does (not strings)."""
+    """PyYAML's safe loader, reading ``1e-3`` and ``1.5e3`` as floats as YAML 1.2 does (not strings),
+    and refusing a key given twice in one mapping (PyYAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor``: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
+from torch import nn
+
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
 
 
@@ -22,8 +24,14 @@ class Param:
 
 
 def parameters(factory: Callable) -> tuple[dict[str, Param], bool]:
-    """The factory's named parameters (with resolved type hints) and whether it takes ``**kwargs``."""
+    """The factory's named parameters (with resolved type hints) and whether it takes ``**kwargs``.
+
+    A class that inherits ``object.__init__`` or ``nn.Module.__init__`` takes no parameters
+    (their ``*args, **kwargs`` accept nothing).
+    """
     target = factory.__init__ if inspect.isclass(factory) else factory
+    if target in (object.__init__, nn.Module.__init__):
+        return {}, False
     signature = inspect.signature(factory)
     hints = typing.get_type_hints(target, include_extras=True)
     params: dict[str, Param] = {}
@@ -67,12 +75,15 @@ def describe(hint: Any) -> str:
 
 
 def special_marker(hint: Any) -> Any:
-    """The first hvkit marker (component kind, stage ref, path, optimiser …) inside a hint."""
+    """The first hvkit marker (component kind, stage ref, path, optimiser …) inside a hint.
+
+    Looks through unions and lists: ``list[Component["head"]]`` is a list of heads.
+    """
     base, meta = markers(hint)
     for m in meta:
         if isinstance(m, (ComponentKind, StageRef, ExistingPath, OptimizerName, SchedulerName)):
             return m
-    if typing.get_origin(base) in (Union, types.UnionType):
+    if typing.get_origin(base) in (Union, types.UnionType, list):
         for arg in typing.get_args(base):
             found = special_marker(arg)
             if found is not None:

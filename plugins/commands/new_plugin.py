@@ -210,6 +210,47 @@ class $cls:
         for batch in batches[self.rank::self.world_size]:
             yield batch.tolist()
 '''),
+    "evaluator": (
+        "Mean cosine similarity of same-writer and of different-writer test pairs, and their gap",
+        "stages:\n  test:\n    stage: evaluate\n    evaluators: [verification, $name]",
+        '''\
+"""The ``$name`` evaluator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hvkit.evaluation import EvalData
+
+
+class $cls:
+    """Mean cosine similarity of same-writer and of different-writer test pairs, and their gap.
+
+    Over the pairs i != j of unit test embeddings u: ``same_writer`` and ``other_writer``
+    are the mean u_i . u_j of each kind, ``gap`` their difference (larger separates writers
+    better). In O(N D): the pairs of a set S sum to |sum_S u|^2 - |S|.
+    """
+
+    name = "$name"
+    requires = frozenset()
+
+    def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, float]:
+        norms = np.linalg.norm(data.embeddings, axis=1, keepdims=True)
+        unit = data.embeddings.astype(np.float64) / np.maximum(norms, 1e-12)
+        _, codes, counts = np.unique(data.labels, return_inverse=True, return_counts=True)
+        by_writer = np.zeros((len(counts), unit.shape[1]))
+        np.add.at(by_writer, codes, unit)
+        same_sum = float(np.sum(by_writer**2) - len(unit))
+        same_count = int(np.sum(counts * (counts - 1)))
+        other_sum = float(np.sum(unit.sum(axis=0) ** 2) - len(unit)) - same_sum
+        other_count = len(unit) * (len(unit) - 1) - same_count
+        if same_count == 0 or other_count == 0:
+            raise ValueError("$name needs a writer with two test embeddings and at least two writers")
+        same, other = same_sum / same_count, other_sum / other_count
+        return {"same_writer": same, "other_writer": other, "gap": same - other}
+'''),
     "backbone": (
         "Two strided convolutions, global average pooling and a linear embedding",
         "model:\n  backbone: {name: $name, embedding_dim: 128}",

@@ -15,8 +15,9 @@ log = logging.getLogger("hvkit.datasets")
 
 
 def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True, image_size: int = 64,
-                 channels: int = 1, extensions: list[str] | None = None, exclude: list[str] | None = None,
-                 val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> HandwritingDataset:
+                 channels: int = 1, extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"),
+                 exclude: list[str] | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 seed: int = 0) -> HandwritingDataset:
     """Writer-labelled images from a folder tree; the writer is the sub-folder name or a regex on the path.
 
     Without ``pattern`` the writer is the first folder below ``root`` (``root/<writer>/**/img``).
@@ -40,7 +41,7 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     if regex is not None and regex.groups == 0:
         raise ValueError(f"image_folder: pattern {pattern!r} has no group; put the writer in (...) or (?P<writer>...)")
     suffixes = {e.lower() if e.startswith(".") else "." + e.lower()
-                for e in extensions or [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"]}
+                for e in extensions}
     excluded = {Path(e).name for e in exclude or []} | {Path(e).stem for e in exclude or []}
     paths, writer_of, skipped = [], [], 0
     for path in sorted(base.rglob("*")):

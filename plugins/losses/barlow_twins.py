@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from hvkit.api import ViewLoss
 
+from ._precision import full_precision
 from ._views import check_views
 
 
 def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per-feature batch standardisation as ``BatchNorm1d(affine=False)`` in training (biased variance)."""
-    return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)
+    """Per-feature batch standardisation: ``BatchNorm1d(affine=False)`` in training (biased variance)."""
+    return F.batch_norm(z, None, None, training=True, eps=eps)
 
 
 def cross_correlation_terms(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,11 +23,13 @@ def cross_correlation_terms(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Ten
     come from two (B, B) Gram matrices when that is cheaper than the (D, D) matrix C.
     """
     n, d = a.shape
-    diagonal = (a * b).sum(dim=0) / n
     if 2 * n < d:
+        diagonal = (a * b).sum(dim=0) / n
         frobenius = ((a @ a.T) * (b @ b.T)).sum() / n ** 2
     else:
-        frobenius = (a.T @ b).pow(2).sum() / n ** 2
+        c = a.T @ b / n
+        diagonal = c.diagonal()
+        frobenius = c.pow(2).sum()
     return (1 - diagonal).pow(2).sum(), frobenius - diagonal.pow(2).sum()
 
 
@@ -36,6 +40,7 @@ class BarlowTwinsLoss(ViewLoss):
     ``std`` the per-feature batch standardisation of the official code (``BatchNorm1d`` without
     affine: biased variance, ``eps`` 1e-5). Default ``off_diagonal_weight`` (lambda) = 5e-3.
     No scaling of the whole loss (the official ``scale-loss`` factor belongs in the learning rate).
+    Computed in float32 at least, with autocast off.
     """
 
     def __init__(self, off_diagonal_weight: float = 5e-3, eps: float = 1e-5) -> None:
@@ -47,6 +52,7 @@ class BarlowTwinsLoss(ViewLoss):
         self.off_diagonal_weight = off_diagonal_weight
         self.eps = eps
 
+    @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         check_views("barlow_twins", z_a, z_b, min_batch=2)
         on_diagonal, off_diagonal = cross_correlation_terms(standardize(z_a, self.eps),

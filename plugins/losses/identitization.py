@@ -48,7 +48,6 @@ class IdentitizationLoss(ViewLoss):
                              "more outputs")
         columns_a = F.normalize(F.softmax(z_a / self.temperature, dim=1), dim=0, eps=self.eps)
         columns_b = F.normalize(F.softmax(z_b / self.temperature, dim=1), dim=0, eps=self.eps)
-        correlation = columns_a.T @ columns_b
-        diagonal = correlation.diagonal()
-        off_diagonal = correlation.pow(2).sum() - diagonal.pow(2).sum()
-        return (1 - diagonal).pow(2).sum() + self.off_diagonal_weight * off_diagonal
+        identity = torch.eye(z_a.shape[1], dtype=columns_a.dtype, device=columns_a.device)
+        weights = identity + self.off_diagonal_weight * (1 - identity)
+        return (weights * (columns_a.T @ columns_b - identity).pow(2)).sum()

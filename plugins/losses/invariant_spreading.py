@@ -20,9 +20,10 @@ class InvariantSpreadingLoss(ViewLoss):
     * ``P(i | x_j) = exp(f_i . f_j / tau) / sum_k exp(f_k . f_j / tau)`` for ``j != i`` (spreading),
     * ``L = -(1/B) [ sum_i log P(i | x^_i) + sum_i sum_{j != i} log(1 - P(i | x_j)) ]``,
 
-    the paper's negative log-likelihood (its Eq. 5) averaged over the B instances, with gradients
-    through every feature. Default ``temperature`` tau = 0.1, as in the paper. The paper's
-    released code differs: it detaches one side of each product and uses both views as anchors.
+    the paper's negative log-likelihood averaged over the B instances, with gradients through
+    every feature. Default ``temperature`` tau = 0.1, as in the paper. The authors' released
+    code (``BatchAverage.py``) differs: it detaches the classifier-weight side, and each of the
+    2B samples of both views is an anchor whose classes are the other 2B - 1 samples.
     For ``j != i``, ``P(i | x_j) <= 1/2`` (the ``k = j`` term dominates), so ``log(1 - P)`` is stable.
     """
 

@@ -18,9 +18,9 @@ def negative_block_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, t
                                num_classes: int) -> torch.Tensor:
     """The NBC term over the batch's class means; see :class:`NBCSoftmaxLoss` for the formula."""
     classes, inverse = torch.unique(labels, return_inverse=True)
+    # A class mean and its sum have the same direction: normalise the sum.
     sums = embeddings.new_zeros(len(classes), embeddings.shape[1]).index_add_(0, inverse, embeddings)
-    counts = torch.bincount(inverse, minlength=len(classes)).to(embeddings.dtype)
-    mu = F.normalize(sums / counts[:, None], dim=1)
+    mu = F.normalize(sums, dim=1)
     logits = mu @ mu.T
     logits = logits * tau if form == "faithful" else logits / tau
     # exp(0) = 1 on the diagonal makes each row's logsumexp log(1 + sum over the other classes).

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._precision import full_precision
+
 
 def gaussian_nll(x: torch.Tensor, recon: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """Per-sample ``-log N(x; recon, sigma^2 I)``, summed over non-batch dims, ``sigma = exp(log_scale)``."""
@@ -36,7 +38,8 @@ class VAEELBOLoss(nn.Module):
 
     The KL is in closed form (SSL-HV estimated it by Monte Carlo: the same expectation).
     ``logvar`` is clamped to ``[logvar_min, logvar_max]`` (default [-30, 20]) before use.
-    After a call, ``terms()`` gives its detached batch means ``reconstruction`` and ``kl`` for logging.
+    Per-sample sums run in float32 at least, with autocast off. After a call, ``terms()`` gives
+    its detached batch means ``reconstruction`` and ``kl`` for logging.
     """
 
     def __init__(self, reconstruction: Literal["gaussian", "mse", "bce"] = "gaussian", beta: float = 1.0,
@@ -56,6 +59,7 @@ class VAEELBOLoss(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(())) if reconstruction == "gaussian" else None
         self._terms: dict[str, torch.Tensor] = {}
 
+    @full_precision
     def forward(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
                 logvar: torch.Tensor) -> torch.Tensor:
         if x.shape != recon.shape or mu.shape != logvar.shape or x.shape[0] != mu.shape[0]:

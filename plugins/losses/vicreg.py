@@ -8,6 +8,7 @@ from torch.autograd.function import once_differentiable
 
 from hvkit.api import ViewLoss
 
+from ._precision import full_precision
 from ._views import check_views
 
 
@@ -70,11 +71,12 @@ class VICRegLoss(ViewLoss):
     ``average_variance=False`` gives the paper's sum. Defaults are the paper's:
     lambda=25, mu=25, nu=1, eps=1e-4, gamma=1. With the defaults the value and gradient equal
     pytorch-metric-learning's, but the covariance never builds a masked (D, D) copy.
+    Computed in float32 at least, with autocast off.
     """
 
     def __init__(self, invariance_weight: float = 25.0, variance_weight: float = 25.0,
-                 covariance_weight: float = 1.0,
-                 eps: float = 1e-4, gamma: float = 1.0, average_variance: bool = True) -> None:
+                 covariance_weight: float = 1.0, eps: float = 1e-4, gamma: float = 1.0,
+                 average_variance: bool = True) -> None:
         super().__init__()
         for name, value in (("invariance_weight", invariance_weight),
                             ("variance_weight", variance_weight),
@@ -92,6 +94,7 @@ class VICRegLoss(ViewLoss):
         self.gamma = gamma
         self.average_variance = average_variance
 
+    @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         check_views("vicreg", z_a, z_b, min_batch=2)
         variance = variance_term(z_a, self.gamma, self.eps) + variance_term(z_b, self.gamma, self.eps)

@@ -1,7 +1,7 @@
 """Batch-hard mining: the hardest positive and the hardest negative of every anchor."""
 
 import torch
-from pytorch_metric_learning.distances import LpDistance
+import torch.nn.functional as F
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
@@ -14,18 +14,20 @@ class BatchHardMiner(nn.Module):
     the Euclidean distance between L2-normalised embeddings (``normalize=False``: between the
     raw embeddings). Squaring d, or cosine similarity of normalised embeddings, would pick the
     same triplets, so there is no option for them. Same triplets as pytorch-metric-learning's
-    BatchHardMiner, computed without its dense index bookkeeping ("In Defense of the Triplet
-    Loss for Person Re-Identification").
+    BatchHardMiner ("In Defense of the Triplet Loss for Person Re-Identification"), ranked by
+    ``d(a, x)² - |a|² = |x|² - 2 a·x`` (one matrix product, no square roots) and without PML's
+    dense index bookkeeping.
     """
 
     def __init__(self, normalize: bool = True) -> None:
         super().__init__()
-        self.distance = LpDistance(normalize_embeddings=normalize)
+        self.normalize = normalize
 
     @torch.no_grad()
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mat = self.distance(embeddings)
+        x = F.normalize(embeddings, dim=1) if self.normalize else embeddings
+        mat = (x * x).sum(dim=1) - 2 * x @ x.T
         matches, diffs = lmu.get_matches_and_diffs(labels.to(mat.device))
         pos, neg = matches.bool(), diffs.bool()
         hardest_pos = mat.masked_fill(~pos, float("-inf")).max(dim=1).indices

@@ -14,7 +14,7 @@ PML_MINERS: dict[str, type[miners.BaseMiner]] = {
 
 
 class PMLMiner(nn.Module):
-    """Any pytorch-metric-learning miner by class name, e.g. ``{name: pml, miner: PairMarginMiner}``.
+    """Any pytorch-metric-learning miner by class name, e.g. {name: pml, miner: PairMarginMiner}.
 
     ``miner`` is the class name in ``pytorch_metric_learning.miners`` and ``params`` its keyword
     arguments (numbers, strings and lists; PML's own defaults where left out). Calling this

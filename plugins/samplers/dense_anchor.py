@@ -75,7 +75,7 @@ class DenseAnchorLoss(MetricLoss):
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"dense_anchor expects embeddings of shape (B, {self.embedding_dim}), "
                              f"got {tuple(embeddings.shape)}")
-        labels = labels.to(embeddings.device)
+        labels = labels.to(embeddings.device, torch.long)
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise ValueError(f"dense_anchor labels must lie in [0, {self.num_classes}), got "
                              f"{int(labels.min())} to {int(labels.max())}")
@@ -102,7 +102,7 @@ class DenseAnchorLoss(MetricLoss):
                                                                dtype=x.dtype) - 1)
         scale = torch.ones(t, b, d, device=x.device, dtype=x.dtype).scatter_(2, frequent, gamma)
         filled = self.bank_pushed[labels].clamp(max=self.bank_size)
-        slot = (torch.rand(t, b, device=x.device, dtype=x.dtype) * filled).long()
+        slot = (torch.rand(t, b, device=x.device) * filled).long()
         shift = self.bank[labels, slot]
         return F.normalize(x * scale + self.shift_scale * shift, dim=2).reshape(t * b, d)
 

@@ -29,7 +29,7 @@ class Evaluate:
     def __init__(self, model_from: StageOutput | None = None,
                  features: Literal["backbone", "head", "pixels"] = "backbone",
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
-                 evaluators: list[Component["evaluator"]] = ["verification", "retrieval"],
+                 evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],
                  label_fraction: float = 0.1,
                  protocol: Literal["clean", "sslhv"] = "clean",
                  pair_training: PairTraining = PairTraining(),
@@ -100,7 +100,8 @@ def _report(metrics: dict[str, Any], protocol: str) -> str:
     verification = metrics.get("verification", {})
     for name, values in verification.items():
         if isinstance(values, dict) and "roc_auc" in values:
-            rows.append(f"| {name} | {values.get('accuracy', float('nan')):.4f} | "
-                        f"{values['roc_auc']:.4f} | {values.get('eer', float('nan')):.4f} |")
+            accuracy = values.get("accuracy")
+            shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "—"
+            rows.append(f"| {name} | {shown} | {values['roc_auc']:.4f} | {values.get('eer', float('nan')):.4f} |")
     note = "" if protocol == "clean" else "\n\n*SSL-HV protocol: early stopping on test pairs.*"
     return "\n".join(rows) + note

@@ -37,10 +37,13 @@ def chosen(n: int, p: float, generator: torch.Generator, device: torch.device) -
 def resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Bilinear resampling by per-sample output->input maps ``theta`` (B, 3, 3) in normalised coordinates.
 
-    Outside the image is background (0, ink is bright), as for a word on blank paper.
+    Outside the image is background (0, ink is bright), as for a word on blank paper. Samples
+    whose map is the identity are returned exactly as they are (no resampling round-off).
     """
     grid = F.affine_grid(theta[:, :2].to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    identity = (theta == torch.eye(3, dtype=theta.dtype, device=theta.device)).all(2).all(1)
+    return torch.where(identity.view(-1, 1, 1, 1), images, out)
 
 
 def pixel_to_normalised(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:

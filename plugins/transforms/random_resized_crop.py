@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .batched import check_interval, check_probability, chosen, resample, uniform
@@ -28,11 +30,11 @@ class RandomResizedCrop:
         """Output->input maps (B, 3, 3) in ``affine_grid`` coordinates for this batch."""
         n, dev = images.shape[0], images.device
         area = uniform(n, self.scale[0], self.scale[1], generator, dev)
-        log_ratio = uniform(n, float(torch.log(torch.tensor(self.ratio[0]))),
-                            float(torch.log(torch.tensor(self.ratio[1]))), generator, dev)
+        log_ratio = uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), generator, dev)
         width = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
         height = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
-        centre = (2.0 * torch.rand(n, 2, generator=generator, device=dev) - 1.0) * (1.0 - torch.stack([width, height], 1))
+        room = 1.0 - torch.stack([width, height], 1)
+        centre = (2.0 * torch.rand(n, 2, generator=generator, device=dev) - 1.0) * room
         on = chosen(n, self.p, generator, dev)
         theta = torch.eye(3, device=dev).repeat(n, 1, 1)
         theta[:, 0, 0] = torch.where(on, width, 1.0)

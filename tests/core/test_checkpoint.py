@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import stat
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +67,23 @@ def test_interrupt_mid_write_leaves_no_temp_file(tmp_path):
 def test_write_json_creates_folders(tmp_path):
     write_json(tmp_path / "a" / "b.json", {"x": 1})
     assert (tmp_path / "a" / "b.json").read_text() == '{\n  "x": 1\n}\n'
+
+
+def test_write_json_keeps_numpy_and_torch_numbers_as_numbers(tmp_path):
+    write_json(tmp_path / "m.json", {"f32": np.float32(0.5), "i64": np.int64(3), "arr": np.arange(2),
+                                     "t": torch.tensor([1.5]), "path": Path("a/b")})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"f32": 0.5, "i64": 3, "arr": [0, 1], "t": [1.5],
+                                                            "path": "a/b"}
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_json(tmp_path / "m.json", {})
+    save_checkpoint(tmp_path / "last.pt", {})
+    (tmp_path / "plain").touch()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"m.json": 0o666 & ~umask, "last.pt": 0o666 & ~umask, "plain": 0o666 & ~umask}
 
 
 def test_arbitrary_pickle_is_refused_in_one_line(tmp_path):

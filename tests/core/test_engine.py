@@ -107,9 +107,13 @@ stages:
 """
 
 
+def toy_registry():
+    return make_registry(dataset={"toy_writers": toy_writers}, stage={"tiny_train": TinyTrain})
+
+
 @pytest.fixture
 def registry():
-    return make_registry(dataset={"toy_writers": toy_writers}, stage={"tiny_train": TinyTrain})
+    return toy_registry()
 
 
 @pytest.fixture
@@ -117,6 +121,15 @@ def recipe(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(RECIPE, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run of RECIPE, shared by the tests that compare against it or read it."""
+    folder = tmp_path_factory.mktemp("straight")
+    (folder / "tiny.yaml").write_text(RECIPE, encoding="utf-8")
+    lines = execute(folder / "tiny.yaml", folder / "run", toy_registry())
+    return folder / "run", lines
 
 
 @pytest.fixture
@@ -142,9 +155,9 @@ def losses(run_dir: Path, stage: str) -> list[tuple[int, float, float]]:
     (("train", "end"), 12),  # after the final checkpoint, before the stage wrote its outputs
     (("pre", 3), None),  # in the first stage
 ])
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, recipe, registry, inject, fail_at, resumed_at):
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    execute(recipe, straight, registry)
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, recipe, registry, inject, straight, fail_at,
+                                                   resumed_at):
+    straight, broken = straight[0], tmp_path / "broken"
     inject["fail_at"] = fail_at
     with pytest.raises(RuntimeError, match="injected failure"):
         execute(recipe, broken, registry)
@@ -187,9 +200,8 @@ def test_nan_before_any_checkpoint_says_so(tmp_path, recipe, registry, inject):
         execute(recipe, tmp_path / "run", registry)
 
 
-def test_run_directory_holds_everything_to_reproduce_the_run(tmp_path, recipe, registry):
-    run_dir = tmp_path / "run"
-    lines = execute(recipe, run_dir, registry)
+def test_run_directory_holds_everything_to_reproduce_the_run(straight):
+    run_dir, lines = straight
     assert any("SYNTHETIC DATA (toy_writers)" in line for line in lines)
 
     resolved = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
@@ -230,10 +242,9 @@ def test_run_directory_holds_everything_to_reproduce_the_run(tmp_path, recipe, r
     assert [row["epoch"] for row in log] == [0] * 4 + [1] * 4 + [2] * 4
 
 
-def test_same_recipe_and_seed_give_the_same_weights(tmp_path, recipe, registry):
-    execute(recipe, tmp_path / "a", registry)
+def test_same_recipe_and_seed_give_the_same_weights(tmp_path, recipe, registry, straight):
     execute(recipe, tmp_path / "b", registry)
-    a = load_checkpoint(tmp_path / "a" / "stages" / "train" / "last.pt")["modules"]["model"]
+    a = load_checkpoint(straight[0] / "stages" / "train" / "last.pt")["modules"]["model"]
     b = load_checkpoint(tmp_path / "b" / "stages" / "train" / "last.pt")["modules"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -246,6 +257,14 @@ def test_run_refuses_an_existing_run_and_overrides_on_resume(tmp_path, recipe, r
         run(None, ["seed=1"], resume=tmp_path / "run", registry=registry, device="cpu")
     with pytest.raises(HvkitError, match="not a run directory"):
         run(None, resume=tmp_path, registry=registry, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path, recipe, registry):
+    registry_module.set_registry(registry)
+    result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--device", "cuda"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: device cuda requested but CUDA is not available; use --device cpu\n"
 
 
 def test_max_steps_limits_training(tmp_path, recipe, registry):

@@ -109,6 +109,11 @@ def test_nothing_to_train(stage_context):
         Trainer(stage_context, {"model": nn.Linear(2, 2).requires_grad_(False)}, TrainConfig(), steps_per_epoch=1)
 
 
+def test_an_epoch_without_a_full_batch_is_a_clear_error(stage_context):
+    with pytest.raises(HvkitError, match="stage fit: an epoch holds no full batch .steps_per_epoch=0.; lower"):
+        Trainer(stage_context, {"model": nn.Linear(2, 2)}, TrainConfig(), steps_per_epoch=0)
+
+
 def test_grad_clip_limits_the_update(stage_context):
     model = nn.Linear(4, 1, bias=False)
     nn.init.zeros_(model.weight)

@@ -14,6 +14,7 @@ from hvkit.api import Component, FilePath, OptimizerSpec, SchedulerSpec, StageOu
 from hvkit.cli import main
 from hvkit.errors import RecipeError
 from hvkit.pipeline import prepare
+from hvkit.recipe.load import safe_load
 
 from .conftest import make_registry
 
@@ -205,6 +206,17 @@ def test_invalid_yaml_gives_line_and_column(tmp_path, registry):
         prepare(path, registry=registry)
     assert str(info.value).startswith(f"{path}: line 4, column 1: invalid YAML")
     assert "\n" not in str(info.value)
+
+
+def test_duplicate_key_is_refused_with_its_line(tmp_path, registry):
+    path = write(tmp_path, "data: {name: toy_data}\nstages:\n  first:\n    stage: toy_stage\n    lr: 0.1\n    lr: 0.2\n")
+    with pytest.raises(RecipeError) as info:
+        prepare(path, registry=registry)
+    assert str(info.value) == f"{path}: line 6, column 5: invalid YAML (duplicate key 'lr')"
+
+
+def test_yaml_merge_keys_may_be_overridden():
+    assert safe_load("a: &x {p: 1, q: 2}\nb: {<<: *x, q: 3}\n") == {"a": {"p": 1, "q": 2}, "b": {"p": 1, "q": 3}}
 
 
 def test_missing_extends_file(tmp_path, registry):

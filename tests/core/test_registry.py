@@ -101,6 +101,15 @@ def test_misspelt_hook_suggests_the_right_one(distributions):
     assert registry.sources == []
 
 
+def test_hook_with_a_wrong_argument_name_is_a_problem(distributions):
+    dist = distributions.add("hvkit-arg", "1.0", "hvkit_toy_arg", GOOD.replace(
+        "def register_losses(register):\n    register(", "def register_losses(reg):\n    reg("))
+    registry = load(dist)
+    [problem] = registry.problems
+    assert "register_losses" in problem.message and "reg" in problem.message
+    assert registry.names("loss") == []
+
+
 def test_non_callable_factory_is_a_problem(distributions):
     dist = distributions.add("hvkit-nc", "1.0", "hvkit_toy_nc", GOOD.replace(
         'register("toy", Toy)', 'register("toy", Toy)\n    register("fixed", 0.5)'))
@@ -111,6 +120,15 @@ def test_non_callable_factory_is_a_problem(distributions):
     assert registry.names("loss") == ["toy"]
     with pytest.raises(HvkitError, match="not callable"):
         registry.get("loss", "fixed")
+
+
+def test_unresolvable_type_hint_is_a_problem(distributions):
+    dist = distributions.add("hvkit-hint", "1.0", "hvkit_toy_hint", "from __future__ import annotations\n" + GOOD.replace(
+        "margin: float = 0.1", "margin: NoSuchType = 0.1"))
+    registry = load(dist)
+    [problem] = registry.problems
+    assert (problem.kind, problem.name) == ("loss", "toy")
+    assert "cannot be read" in problem.message and "NoSuchType" in problem.message
 
 
 def test_hook_that_raises_keeps_the_names_it_registered_before(distributions):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
 
+from hvkit.testing import check_loss
 from hvkit_plugins.losses.margin import MarginLoss
 
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4])
@@ -60,6 +61,11 @@ def test_all_equal_embeddings_give_a_finite_value():
     loss = MarginLoss()(x, LABELS)
     loss.backward()
     assert loss.item() == pytest.approx(1.4) and torch.isfinite(x.grad).all()  # (0.2 + 1.2 - 0)_+ per triplet
+
+
+@pytest.mark.parametrize("params", [{}, {"per_class_beta": True}])
+def test_conforms_on_edge_batches(params):
+    check_loss(MarginLoss, params)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -6,6 +6,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses, miners as pml_miners
 
+from hvkit.testing import check_loss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])  # class 4 is a singleton
@@ -72,6 +73,11 @@ def test_all_equal_embeddings_give_a_finite_value_and_gradient():
     loss = MultiSimilarityLoss()(x, LABELS)
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("params", [{}, {"mining": False}])
+def test_conforms_on_edge_batches(params):
+    check_loss(MultiSimilarityLoss, params)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

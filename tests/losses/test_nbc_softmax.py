@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from hvkit.testing import check_loss
 from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
 
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 5])  # class 3 and 5 have one sample, class 4 none
@@ -89,6 +90,11 @@ def test_equal_or_cancelling_embeddings_give_finite_values_and_gradients(x):
     loss = NBCSoftmaxLoss(embedding_dim=5, num_classes=6, form="normalised").double()(x, labels)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("form", ["faithful", "normalised"])
+def test_conforms_on_edge_batches(form):
+    check_loss(NBCSoftmaxLoss, {"form": form})
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

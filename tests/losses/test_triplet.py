@@ -8,6 +8,7 @@ import pytest
 import torch
 from pytorch_metric_learning import distances, losses as pml_losses, reducers
 
+from hvkit.testing import check_loss
 from hvkit_plugins.losses.triplet import TripletLoss
 
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])
@@ -75,6 +76,11 @@ def test_all_equal_embeddings_give_a_finite_value_and_gradient(soft_margin):
     loss.backward()
     expected = math.log1p(math.exp(0.2)) if soft_margin else 0.2
     assert loss.item() == pytest.approx(expected) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("params", [{}, {"soft_margin": True, "normalize_embeddings": False}])
+def test_conforms_on_edge_batches(params):
+    check_loss(TripletLoss, params)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"margin": -0.1}, "margin"), ({"reduction": "sum"}, "reduction")])

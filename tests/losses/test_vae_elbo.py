@@ -99,3 +99,14 @@ def test_errors():
         VAEELBOLoss("mse")(x, recon[:, :, :2], mu, logvar)
     with pytest.raises(ValueError, match="one shape"):
         VAEELBOLoss("mse")(x, recon, mu, logvar[:, :3])
+
+
+def test_runs_in_float32_under_autocast_and_accepts_half_inputs():
+    x, recon, mu, logvar = (t.detach().float() for t in _inputs())
+    loss = VAEELBOLoss("bce")
+    expected = loss(x, recon, mu, logvar)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(loss(x, recon, mu, logvar), expected)
+    value = loss(x, recon.half(), mu.half(), logvar.half())
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected, rtol=1e-2, atol=1e-2)

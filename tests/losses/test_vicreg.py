@@ -118,3 +118,10 @@ def test_errors():
         VICRegLoss(eps=0.0)
     with pytest.raises(ValueError, match="gamma"):
         VICRegLoss(gamma=0.0)
+
+
+def test_runs_in_float32_under_autocast():
+    z_a, z_b = _views(64, 256, torch.float32)
+    expected = VICRegLoss()(z_a, z_b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(VICRegLoss()(z_a, z_b), expected)

@@ -1,0 +1,182 @@
+"""Speed of the evaluation layer against its references, measured in one run; prints markdown tables.
+
+Three measurements (each in a fresh forked process, so peak memory is its own):
+
+1. Retrieval metrics (self-retrieval, k = largest class size) through ``hvkit.evaluation``
+   against pytorch-metric-learning's ``AccuracyCalculator(k="max_bin_count")`` with its
+   default faiss-cpu kNN and k-means, on the same L2-normalised embeddings; the values
+   must agree.
+2. All-pairs ROC AUC / EER (every unordered pair, streamed 2^16-bin histograms) against
+   the dense floor: the same upper-triangle blocks of matrix products with nothing else.
+3. Explicit pair scoring of ``--pairs`` random pairs against a NumPy gather-and-dot
+   (chunks of 2^20 pairs: whole it would need 2 × P × D floats) and against the memory
+   floor: bytes that must be read (two rows and two int64 ids per pair) / copy bandwidth
+   (bytes read + written per second by a 1 GiB ``np.copyto``).
+
+Data: ``--n`` embeddings of dimension ``--dim`` from ``n/100`` writers with 50-150
+samples each (uniform; 100 on average), writer centre + Gaussian noise, normalised.
+
+    python benchmarks/eval.py                 # N = 100,000, 10^7 pairs
+    python benchmarks/eval.py --n 20000       # smaller, for a 2-core machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit embeddings from writers of 50-150 samples each (the last writer takes the remainder)."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    while sum(sizes) < n:
+        sizes.append(int(rng.integers(50, 151)))
+    sizes[-1] -= sum(sizes) - n
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    centres = rng.standard_normal((len(sizes), dim)).astype(np.float32)
+    x = centres[labels] + 1.2 * rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, labels
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
+def _child(fn, args, conn) -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # reset the peak-RSS mark to the current RSS
+    except OSError:
+        pass
+    start = _rss_kib()
+    t0 = time.perf_counter()
+    result = fn(*args)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    conn.send((seconds, max(peak - start, 0) / 1024, result))
+    conn.close()
+
+
+def measure(fn, *args) -> tuple[float, float, object]:
+    """``(seconds, peak MiB above the starting RSS, result)`` of ``fn(*args)`` in a forked process."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(fn, args, child))
+    process.start()
+    out = parent.recv()
+    process.join()
+    return out
+
+
+def hvkit_retrieval(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from hvkit.evaluation import EvalData, evaluate
+    from hvkit_plugins.evaluators.retrieval import Retrieval
+    return evaluate({"retrieval": Retrieval(recall_at=[1])}, EvalData(x, labels))["retrieval"]
+
+
+def pml_retrieval(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    calculator = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r",
+                                             "NMI", "AMI"), k="max_bin_count", device=torch.device("cpu"))
+    return calculator.get_accuracy(x, labels)
+
+
+def dense_floor(x: np.ndarray, block_size: int) -> None:
+    from hvkit.index import score_blocks
+    score_blocks(x, lambda scores, q0, r0: None, metric="cosine", block_size=block_size, upper_triangle=True)
+
+
+def hvkit_all_pairs(x: np.ndarray, labels: np.ndarray, block_size: int) -> dict[str, float]:
+    from hvkit.evaluation import RocCounts
+    from hvkit.index import all_pairs_histogram
+    roc = RocCounts.from_histogram(all_pairs_histogram(x, labels, block_size=block_size))
+    return {"auc": roc.auc(), "auc_bound": roc.auc_error_bound(), "eer": roc.eer()}
+
+
+def hvkit_pairs(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    from hvkit.index import score_pairs
+    return score_pairs(x, pairs, metric="ip")
+
+
+def numpy_pairs(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    out = np.empty(len(pairs), np.float32)
+    for start in range(0, len(pairs), 1 << 20):
+        chunk = pairs[start:start + (1 << 20)]
+        out[start:start + len(chunk)] = np.einsum("ij,ij->i", x[chunk[:, 0]], x[chunk[:, 1]])
+    return out
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by ``np.copyto`` of 1 GiB (best of 3)."""
+    src = np.ones(1 << 28, np.float32)
+    dst = np.empty_like(src)
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="embeddings (default 100,000)")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--pairs", type=int, default=10_000_000, help="explicit pairs (default 10^7)")
+    parser.add_argument("--block", type=int, default=2048, help="all-pairs block size")
+    parser.add_argument("--only", default="retrieval,all_pairs,pairs", help="comma-separated subset")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    x, labels = clustered(args.n, args.dim)
+    sizes = np.bincount(labels)
+    print(f"N={args.n}, dim={args.dim}, {len(sizes)} writers of {sizes.min()}-{sizes.max()} samples; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}\n")
+
+    if "retrieval" in only:
+        ours_s, ours_mb, ours = measure(hvkit_retrieval, x, labels)
+        pml_s, pml_mb, pml = measure(pml_retrieval, x, labels)
+        keys = {"precision_at_1": "precision_at_1", "r_precision": "r_precision",
+                "map_at_r": "mean_average_precision_at_r", "nmi": "NMI", "ami": "AMI"}
+        gap = max(abs(ours[a] - pml[b]) for a, b in keys.items())
+        print("| retrieval (self, k = largest class) | seconds | peak MiB | speed-up |\n|---|---|---|---|")
+        print(f"| PML AccuracyCalculator (faiss-cpu) | {pml_s:.1f} | {pml_mb:.0f} | 1.00 |")
+        print(f"| hvkit retrieval evaluator | {ours_s:.1f} | {ours_mb:.0f} | {pml_s / ours_s:.2f} |")
+        print(f"\nvalues: " + ", ".join(f"{a} {ours[a]:.6f}" for a in keys) + f"; max |hvkit - PML| = {gap:.2e}\n")
+
+    if "all_pairs" in only:
+        floor_s, floor_mb, _ = measure(dense_floor, x, args.block)
+        ours_s, ours_mb, roc = measure(hvkit_all_pairs, x, labels, args.block)
+        pairs = args.n * (args.n - 1) // 2
+        print(f"| all pairs ({pairs:.3g} pairs, blocks of {args.block}) | seconds | peak MiB | / floor |\n|---|---|---|---|")
+        print(f"| dense floor: the upper-triangle products alone | {floor_s:.1f} | {floor_mb:.0f} | 1.00 |")
+        print(f"| hvkit all_pairs_histogram (2^16 bins) | {ours_s:.1f} | {ours_mb:.0f} | {ours_s / floor_s:.2f} |")
+        print(f"\nAUC {roc['auc']:.6f} (binning error <= {roc['auc_bound']:.1e}), EER {roc['eer']:.6f}\n")
+
+    if "pairs" in only:
+        rng = np.random.default_rng(1)
+        pairs = rng.integers(0, args.n, (args.pairs, 2))
+        bandwidth = copy_bandwidth()
+        floor_s = args.pairs * (2 * args.dim * 4 + 16) / bandwidth
+        numpy_s, numpy_mb, reference = measure(numpy_pairs, x, pairs)
+        ours_s, ours_mb, scores = measure(hvkit_pairs, x, pairs)
+        gap = float(np.abs(scores - reference).max())
+        print(f"| {args.pairs:.3g} explicit pairs | seconds | Mpairs/s | peak MiB | vs NumPy | vs floor |\n|---|---|---|---|---|---|")
+        print(f"| memory floor ({bandwidth / 1e9:.1f} GB/s copy) | {floor_s:.2f} | {args.pairs / floor_s / 1e6:.1f} | | | 1.00 |")
+        print(f"| NumPy gather + einsum | {numpy_s:.2f} | {args.pairs / numpy_s / 1e6:.1f} | {numpy_mb:.0f} | 1.00 | {floor_s / numpy_s:.2f} |")
+        print(f"| hvkit score_pairs | {ours_s:.2f} | {args.pairs / ours_s / 1e6:.1f} | {ours_mb:.0f} | {numpy_s / ours_s:.2f} | {floor_s / ours_s:.2f} |")
+        print(f"\nmax |hvkit - NumPy| = {gap:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""ResNet-18 (torchvision, randomly initialised) as a feature extractor for small grey images."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 without its classifier: images (B, in_channels, H, W) -> (B, 512).
+
+    He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016), the encoder of SSL-HV.
+    Built with ``weights=None`` (nothing is downloaded). The first convolution takes
+    ``in_channels`` (context: the dataset's channel count); ``small_stem`` replaces the 7x7/2
+    convolution and the max-pool by a 3x3/1 convolution (the CIFAR variant), keeping 4x more
+    resolution for 32-64 px inputs (8 x 8 before the pooling at 64 px instead of 2 x 2);
+    ``zero_init_residual`` starts each residual branch's last BN at zero (Goyal et al. 2017).
+    """
+
+    embedding_dim = 512
+
+    def __init__(self, in_channels: int = 1, small_stem: bool = False, zero_init_residual: bool = False):
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"resnet18: in_channels={in_channels} must be >= 1")
+        net = resnet18(weights=None, zero_init_residual=zero_init_residual)
+        if small_stem or in_channels != 3:
+            kernel, stride = (3, 1) if small_stem else (7, 2)
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel, stride=stride, padding=kernel // 2, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+        if small_stem:
+            net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)

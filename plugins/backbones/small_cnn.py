@@ -1,0 +1,36 @@
+"""A small, fast convolutional encoder for CPU runs and CI."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Small fast CNN encoder (conv-BN-ReLU blocks, global pooling) for CPU runs and CI.
+
+    ``depth`` conv3x3-BN-ReLU blocks, each but the last followed by a 2x2 max-pool, then global
+    average pooling and a linear map to ``embedding_dim``. Block ``i`` has ``width * 2**i``
+    channels (capped at ``8 * width``). Defaults: 4 blocks of 32-256 channels, 128-d embedding,
+    about 0.4 M parameters.
+    """
+
+    def __init__(self, in_channels: int = 1, embedding_dim: int = 128, width: int = 32, depth: int = 4):
+        super().__init__()
+        if in_channels < 1 or embedding_dim < 1 or width < 1 or depth < 1:
+            raise ValueError(f"small_cnn: in_channels, embedding_dim, width and depth must be >= 1 "
+                             f"(got {in_channels}, {embedding_dim}, {width}, {depth})")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i in range(depth):
+            out = min(width * 2 ** i, 8 * width)
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            if i < depth - 1:
+                layers.append(nn.MaxPool2d(2))
+            channels = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.project = nn.Linear(channels, embedding_dim)
+        self.embedding_dim = embedding_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(images))
