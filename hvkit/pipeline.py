@@ -122,13 +122,13 @@ class Run:
             self._dataset = data
         return self._dataset
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self, rerun: frozenset[str] = frozenset()) -> dict[str, Any]:
         outputs: dict[str, dict[str, Any]] = {}
         metrics: dict[str, Any] = {"recipe": self.resolved["name"]}
         reports: list[str] = []
         for name, spec in self.resolved["stages"].items():
             done_file = self.run_dir / "stages" / name / "outputs.json"
-            if self.resume and done_file.is_file():
+            if self.resume and done_file.is_file() and name not in rerun:
                 outputs[name] = json.loads(done_file.read_text())
                 self.console(f"[{name}] complete, skipped")
             else:
@@ -202,6 +202,35 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
     metrics = Run(resolved, run_path, registry, device_obj, resume is not None, console).execute()
     console(summary(metrics))
     return run_path
+
+
+def reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: str | None = None,
+               registry: Registry | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
+    """Re-run ``stages`` of a finished run (with ``overrides``); other stages must be complete.
+
+    The stored recipe is kept; the overrides used are recorded in ``reevaluations.jsonl``.
+    """
+    registry = registry or get_registry()
+    stored = run_dir / RESOLVED
+    if not stored.is_file():
+        raise HvkitError(f"{run_dir}: not a run directory (no {RESOLVED})")
+    recipe = apply_overrides(yaml.safe_load(stored.read_text()), overrides)
+    resolved = validate(recipe, registry, str(stored))
+    unknown = [s for s in stages if s not in resolved["stages"]]
+    if unknown or not stages:
+        raise HvkitError(f"{run_dir}: no stage {unknown[0] if unknown else '(none given)'}; "
+                         f"stages: {', '.join(resolved['stages'])}")
+    missing = [n for n in resolved["stages"] if n not in stages
+               and not (run_dir / "stages" / n / "outputs.json").is_file()]
+    if missing:
+        raise HvkitError(f"{run_dir}: stage {missing[0]!r} has not completed; finish the run with --resume first")
+    device_obj = select_device(device or resolved["device"])
+    metrics = Run(resolved, run_dir, registry, device_obj, True, console).execute(frozenset(stages))
+    with open(run_dir / "reevaluations.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": stages,
+                            "overrides": overrides}) + "\n")
+    console(summary(metrics))
+    return metrics
 
 
 def summary(metrics: dict[str, Any]) -> str:

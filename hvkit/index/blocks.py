@@ -50,7 +50,7 @@ def score_blocks(query: np.ndarray | torch.Tensor, fn: BlockFn,
             out = buffer[:(q1 - q0) * (r1 - r0)].view(q1 - q0, r1 - r0)
             if metric == "l2":
                 torch.addmm(r_sq[None, r0:r1], q[q0:q1], r[r0:r1].T, beta=-1, alpha=2, out=out)
-                out.sub_(q_sq[q0:q1, None])
+                out.sub_(q_sq[q0:q1, None]).clamp_(max=0.0)  # rounding can make a distance negative
             else:
                 torch.mm(q[q0:q1], r[r0:r1].T, out=out)
             fn(out, q0, r0)

@@ -2,9 +2,17 @@
 
 from hvkit.api import hookimpl
 
+from .embed import embed_command
+from .eval_run import eval_command
+from .index import index_command
 from .new_plugin import new_plugin
+from .verify import verify_command
 
 
 @hookimpl
 def register_commands(register):
     register(new_plugin)
+    register(embed_command)
+    register(eval_command)
+    register(index_command)
+    register(verify_command)

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hvkit.engine import StageContext, load_checkpoint, save_checkpoint
+from hvkit.engine.context import build
+from hvkit.registry import Registry
 
 ENCODER_FILE = "encoder.pt"
 
@@ -41,22 +42,23 @@ def save_encoder(ctx: StageContext, encoder: Encoder, backbone_spec: dict, head_
         save_checkpoint(path, {
             "backbone_spec": backbone_spec, "head_spec": head_spec,
             "in_channels": int(ctx.dataset.splits["train"].images.shape[1]),
+            "image_size": int(ctx.dataset.splits["train"].images.shape[-1]),
             "backbone": encoder.backbone.state_dict(),
             "head": encoder.head.state_dict() if encoder.head is not None else None,
         })
     return ctx.relative(path)
 
 
-def load_encoder(ctx: StageContext, path: Path) -> tuple[Encoder, dict[str, Any]]:
-    """Rebuild an encoder saved by :func:`save_encoder`; returns it and its specs."""
-    state = load_checkpoint(path, ctx.device)
-    backbone = ctx.build("backbone", state["backbone_spec"], in_channels=state["in_channels"])
+def load_encoder(path: Path, registry: Registry, device: torch.device) -> tuple[Encoder, dict[str, Any]]:
+    """Rebuild an encoder saved by :func:`save_encoder`; returns it (eval mode) and its stored state."""
+    state = load_checkpoint(path, device)
+    backbone = build(registry, "backbone", state["backbone_spec"], in_channels=state["in_channels"])
     backbone.load_state_dict(state["backbone"])
     head = None
     if state["head_spec"] is not None:
-        head = ctx.build("head", state["head_spec"], in_dim=backbone.embedding_dim)
+        head = build(registry, "head", state["head_spec"], in_dim=backbone.embedding_dim)
         head.load_state_dict(state["head"])
-    return Encoder(backbone, head).to(ctx.device), state
+    return Encoder(backbone, head).to(device).eval(), state
 
 
 @torch.no_grad()
@@ -78,7 +80,3 @@ def embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, featur
 def pixels(images: torch.Tensor) -> torch.Tensor:
     """Raw-pixel features: flattened images in [0, 1] (the study's weakest baseline)."""
     return images.float().div(255.0).flatten(1)
-
-
-def l2(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x, dim=1)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from hvkit.api import Component, Split, StageOutput
-from hvkit.engine import StageContext
+from hvkit.engine import StageContext, save_checkpoint
 from hvkit.evaluation import EvalData, PairSet, evaluate
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.stages.encoder import embed, load_encoder, pixels
@@ -50,7 +50,7 @@ class Evaluate:
         if "val" not in data.splits and self.protocol == "clean":
             raise ValueError(f"stage {ctx.name}: the clean protocol needs a 'val' split of writers")
         if self.model_from is not None:
-            self.encoder, _ = load_encoder(ctx, ctx.output_path(self.model_from, "encoder"))
+            self.encoder, _ = load_encoder(ctx.output_path(self.model_from, "encoder"), ctx.registry, ctx.device)
         parts = {"train": labelled_writers(data.splits["train"], self.label_fraction),
                  "test": data.splits["test"]}
         if "val" in data.splits:
@@ -59,6 +59,7 @@ class Evaluate:
         pairs = {k: sslhv_pairs(s.labels, seed=ctx.seed) for k, s in parts.items()}
         stop = "val" if self.protocol == "clean" else "test"
         verifiers: dict[str, dict[str, PairSet]] = {}
+        fitted: dict[str, tuple[dict, torch.nn.Module]] = {}
         training: dict[str, Any] = {}
         for n, spec in enumerate(self.verifiers):
             name = spec["name"] if spec["name"] not in verifiers else f"{spec['name']}_{n}"
@@ -69,6 +70,7 @@ class Evaluate:
                 training[name] = train_pair_head(head, emb["train"], pairs["train"], emb[stop], pairs[stop],
                                                  self.pair_training, ctx.generator("pairs", name, device="cpu"))
             verifiers[name] = {k: _pair_set(head, emb[k], pairs[k], parts[k]) for k in parts if k != "train"}
+            fitted[name] = (spec, head)
         eval_data = EvalData(
             embeddings=emb["test"].numpy(), labels=np.asarray(parts["test"].labels),
             val_embeddings=emb["val"].numpy() if "val" in emb else None,
@@ -81,10 +83,17 @@ class Evaluate:
         metrics["pairs"] = {k: int(len(p[0])) for k, p in pairs.items()}
         if training:
             metrics["verifier_training"] = training
+        verifiers_path = ctx.stage_dir / "verifiers.pt"
         if ctx.is_main:
             np.save(ctx.stage_dir / "test_embeddings.npy", eval_data.embeddings)
             np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
+            save_checkpoint(verifiers_path, {
+                name: {"spec": spec, "state": head.state_dict(),
+                       "threshold": metrics.get("verification", {}).get(name, {}).get("threshold")}
+                for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
+                "verifiers": ctx.relative(verifiers_path), "features": self.features,
+                "encoder": ctx.outputs[self.model_from]["encoder"] if self.model_from else None,
                 "report": _report(metrics, self.protocol)}
 
 

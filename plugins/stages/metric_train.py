@@ -52,7 +52,7 @@ class MetricTrain:
         split = labelled_writers(ctx.dataset.splits["train"], self.label_fraction)
         writers, labels = torch.unique(torch.as_tensor(split.labels), return_inverse=True)
         if self.init_from is not None:
-            pretrained, state = load_encoder(ctx, ctx.output_path(self.init_from, "encoder"))
+            pretrained, state = load_encoder(ctx.output_path(self.init_from, "encoder"), ctx.registry, ctx.device)
             backbone, backbone_spec = pretrained.backbone, state["backbone_spec"]
         else:
             backbone_spec = self.backbone or ctx.recipe["model"]["backbone"]

@@ -1,0 +1,32 @@
+"""``hvkit embed``: embeddings of image files from a trained encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from hvkit.cli import user_errors
+from hvkit_plugins.commands.sources import embed_files, image_files, open_encoder
+
+
+@click.command("embed")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npy file.")
+@click.option("--stage", help="Which stage's encoder (default: the last trained one).")
+@click.option("--features", type=click.Choice(["backbone", "head"]), default="backbone", show_default=True)
+@click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
+@user_errors
+def embed_command(source: Path, images: tuple[Path, ...], out: Path, stage: str | None, features: str,
+                  invert: bool) -> None:
+    """Embed images with the encoder of a run, a stage or a checkpoint; writes (N, D) .npy and a file list."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder, state = open_encoder(source, stage, device)
+    files = image_files(images)
+    vectors = embed_files(encoder, state, files, device, features, invert).numpy()
+    np.save(out, vectors)
+    out.with_suffix(".txt").write_text("\n".join(str(f) for f in files) + "\n")
+    click.echo(f"{len(files)} embeddings of dimension {vectors.shape[1]} → {out} (files: {out.with_suffix('.txt')})")

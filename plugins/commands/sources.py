@@ -1,0 +1,73 @@
+"""What the commands read: an encoder from a run, a stage or a checkpoint, and image files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hvkit.errors import HvkitError
+from hvkit.registry import get_registry
+from hvkit_plugins.datasets.reading import read_images
+from hvkit_plugins.stages.encoder import ENCODER_FILE, Encoder, embed, load_encoder
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def stage_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every completed stage's outputs in recipe order."""
+    found = {}
+    for outputs in sorted((run_dir / "stages").glob("*/outputs.json"), key=lambda p: p.stat().st_mtime):
+        found[outputs.parent.name] = json.loads(outputs.read_text())
+    return found
+
+
+def encoder_path(source: Path, stage: str | None) -> Path:
+    """The encoder checkpoint that ``source`` (checkpoint, stage directory or run directory) names."""
+    if source.is_file():
+        return source
+    if (source / ENCODER_FILE).is_file() and stage is None:
+        return source / ENCODER_FILE
+    if not (source / "stages").is_dir():
+        raise HvkitError(f"{source}: not an encoder checkpoint, a stage directory or a run directory")
+    outputs = stage_outputs(source)
+    if stage is not None:
+        if stage not in outputs or "encoder" not in outputs[stage] or outputs[stage]["encoder"] is None:
+            with_encoder = [n for n, o in outputs.items() if o.get("encoder")]
+            raise HvkitError(f"{source}: stage {stage!r} has no encoder; stages with one: {', '.join(with_encoder)}")
+        return source / outputs[stage]["encoder"]
+    trained = [o["encoder"] for o in outputs.values() if o.get("encoder") and "verifiers" not in o]
+    if not trained:
+        raise HvkitError(f"{source}: no completed stage saved an encoder")
+    return source / trained[-1]
+
+
+def open_encoder(source: Path, stage: str | None, device: torch.device) -> tuple[Encoder, dict[str, Any]]:
+    return load_encoder(encoder_path(source, stage), get_registry(), device)
+
+
+def image_files(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
+    """The image files among ``paths``, folders searched recursively, in sorted order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise HvkitError(f"image not found: {path}")
+    if not files:
+        raise HvkitError(f"no images in {', '.join(str(p) for p in paths)}")
+    return files
+
+
+def embed_files(encoder: Encoder, state: dict[str, Any], files: list[Path], device: torch.device,
+                features: str, invert: bool) -> torch.Tensor:
+    """Embeddings of image files, preprocessed as the encoder's training data was."""
+    try:
+        images, _ = read_images(files, int(state.get("image_size", 64)), int(state["in_channels"]), invert)
+    except ValueError as exc:
+        raise HvkitError(str(exc)) from None
+    return embed(encoder, images, device, features)

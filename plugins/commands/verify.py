@@ -1,0 +1,68 @@
+"""``hvkit verify``: same writer or not, for two images, with a run's fitted verifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from hvkit.cli import user_errors
+from hvkit.engine import load_checkpoint
+from hvkit.errors import HvkitError
+from hvkit.registry import get_registry
+from hvkit.engine.context import build
+from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_outputs
+
+
+@click.command("verify")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stage", help="Evaluation stage whose verifier to use (default: the last one).")
+@click.option("--verifier", default="cosine_pair", show_default=True, help="Verifier name in that stage.")
+@click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
+@click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
+@user_errors
+def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str,
+                   threshold: float | None, invert: bool) -> None:
+    """Score whether two handwriting images share a writer, and decide at the validation threshold.
+
+    SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used)
+    or an encoder checkpoint (plain cosine similarity; give --threshold).
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if source.is_dir() and (source / "stages").is_dir():
+        evaluations = {n: o for n, o in stage_outputs(source).items() if "verifiers" in o}
+        if not evaluations:
+            raise HvkitError(f"{source}: no completed evaluation stage")
+        name = stage or list(evaluations)[-1]
+        if name not in evaluations:
+            raise HvkitError(f"{source}: no evaluation stage {name!r}; have {', '.join(evaluations)}")
+        outputs = evaluations[name]
+        if not outputs.get("encoder"):
+            raise HvkitError(f"{source}: stage {name!r} scored raw pixels; pick a stage with an encoder")
+        fitted = load_checkpoint(source / outputs["verifiers"])
+        if verifier not in fitted:
+            raise HvkitError(f"stage {name!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
+        encoder, state = open_encoder(source / outputs["encoder"], None, device)
+        features = outputs.get("features", "backbone")
+        entry = fitted[verifier]
+        limit = threshold if threshold is not None else entry["threshold"]
+    else:
+        encoder, state = open_encoder(source, None, device)
+        features, entry, limit = "backbone", None, threshold
+        if limit is None:
+            raise HvkitError("an encoder checkpoint has no validated threshold: give --threshold")
+    emb = embed_files(encoder, state, [image_a, image_b], device, features, invert)
+    if entry is None:
+        score = float(torch.nn.functional.cosine_similarity(emb[:1], emb[1:]).item())
+    else:
+        head = build(get_registry(), "head", entry["spec"], in_dim=emb.shape[1])
+        head.load_state_dict(entry["state"])
+        head.eval()
+        with torch.no_grad():
+            out = head(emb[:1], emb[1:])
+        score = float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])
+    same = score >= limit
+    click.echo(f"score {score:.4f}  threshold {limit:.4f}  → {'same writer' if same else 'different writers'}")
