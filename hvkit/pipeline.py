@@ -25,7 +25,7 @@ import hvkit
 from hvkit import distributed
 from hvkit.api import WriterDataset
 from hvkit.engine.checkpoint import atomic_write, write_json
-from hvkit.engine.context import StageContext, build
+from hvkit.engine.context import StageContext, build, derive_seed
 from hvkit.errors import HvkitError
 from hvkit.recipe import apply_overrides, load_recipe, validate
 from hvkit.registry import Registry, get_registry
@@ -91,6 +91,16 @@ def environment(resolved: dict[str, Any], registry: Registry) -> dict[str, Any]:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs (torch, CUDA, numpy, random) so a stage is reproducible on its own."""
+    import random
+
+    import numpy
+    random.seed(seed)
+    numpy.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
 def _banner(console: Callable[[str], None], text: str) -> None:
     line = "!" * 78
     console(f"{line}\n!! {text}\n{line}")
@@ -138,6 +148,7 @@ class Run:
                                    world_size=self.world_size, console=self.console)
                 self.console(f"[{name}] {spec['stage']} …")
                 started = time.perf_counter()
+                seed_everything(derive_seed(self.resolved["seed"], name))
                 try:
                     stage = build(self.registry, "stage", spec, name_key="stage")
                     result = stage.run(ctx) or {}

@@ -19,7 +19,8 @@ def evaluate(evaluators: Sequence[Evaluator] | Mapping[str, Evaluator], data: Ev
     A sequence names each evaluator by its ``name`` attribute (else its class name); pass
     a mapping to name them yourself, e.g. two retrieval evaluators with different options.
     Each requirement in the union of the evaluators' ``requires`` is computed once, with
-    the parameters all of them need (see :mod:`hvkit.evaluation.shared`).
+    the parameters all of them need (see :mod:`hvkit.evaluation.shared`); an evaluator is
+    handed the ones it declared.
     """
     if isinstance(evaluators, Mapping):
         named = dict(evaluators)
@@ -40,7 +41,7 @@ def evaluate(evaluators: Sequence[Evaluator] | Mapping[str, Evaluator], data: Ev
     results = {requirement: shared.REQUIREMENTS[requirement](data, users) for requirement, users in needs.items()}
     if data.out_dir is not None:
         data.out_dir.mkdir(parents=True, exist_ok=True)
-    return {name: to_json(ev(data, results)) for name, ev in named.items()}
+    return {name: to_json(ev(data, {r: results[r] for r in ev.requires})) for name, ev in named.items()}
 
 
 def to_json(value: Any) -> Any:

@@ -24,9 +24,11 @@ def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, embedding_dim: i
                          f"{tuple(embeddings.shape)}: set embedding_dim to the embedding size")
     if labels.shape != embeddings.shape[:1]:
         raise ValueError(f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {int(labels.min())}.."
-                         f"{int(labels.max())}: remap labels or set num_classes to their count")
+    if labels.numel():
+        low, high = (int(v) for v in torch.aminmax(labels))
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got {low}..{high}: remap labels "
+                             "or set num_classes to their count")
 
 
 def check_scale(scale: float) -> None:

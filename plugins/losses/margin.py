@@ -13,13 +13,13 @@ class MarginLoss(MetricLoss):
 
     With ``D`` the Euclidean distance of L2-normalised embeddings, each triplet (a, p, n)
     contributes ``(alpha + D_ap - beta)_+ + (alpha + beta - D_an)_+``; the sum is divided
-    by the number of non-zero terms, and ``nu * beta`` is added as the regulariser of
-    the paper (a mean over the triplets' anchors when beta is per class). Triplets come
-    from a miner's ``indices_tuple`` (the paper's distance-weighted sampling), or are all
-    valid triplets of the batch. Defaults: margin alpha 0.2, beta initialised to 1.2 and
-    learned (a parameter of the loss; the paper gives it its own larger learning rate),
-    one beta for all classes unless ``per_class_beta`` (which needs ``num_classes``), nu 0.
-    Wraps pytorch-metric-learning's MarginLoss.
+    by the number of non-zero terms. The paper's regulariser ``nu * beta`` is added (with
+    per-class beta, ``nu * beta_{y_a}`` summed over the triplets and divided by that same
+    number). Triplets come from a miner's ``indices_tuple`` (the paper's distance-weighted
+    sampling), or are all valid triplets of the batch. Defaults: margin alpha 0.2, beta
+    initialised to 1.2 and learned (a parameter of the loss; the paper gives it its own
+    larger learning rate), one beta for all classes unless ``per_class_beta`` (which needs
+    ``num_classes``), nu 0. Wraps pytorch-metric-learning's MarginLoss.
     """
 
     def __init__(self, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True,

@@ -24,13 +24,13 @@ def negative_block_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, t
     logits = mu @ mu.T
     logits = logits * tau if form == "faithful" else logits / tau
     # exp(0) = 1 on the diagonal makes each row's logsumexp log(1 + sum over the other classes).
-    logits = logits.masked_fill(torch.eye(len(classes), dtype=torch.bool, device=logits.device), 0)
+    logits.fill_diagonal_(0)
     per_class = torch.logsumexp(logits, dim=1)
     return per_class.mean() / num_classes if form == "faithful" else per_class.mean()
 
 
 class NBCSoftmaxLoss(MetricLoss):
-    """NBC-Softmax: softmax cross-entropy plus negative block-contrastive class-mean term (Kulatilleke et al. 2022).
+    """NBC-Softmax: cross-entropy plus a negative block-contrastive term over class means (Kulatilleke et al. 2022).
 
     A linear classifier ``W x + b`` (a parameter of the loss) gives the softmax
     cross-entropy CE. For the m classes present in the batch, ``mu_k`` is the mean of
@@ -58,7 +58,8 @@ class NBCSoftmaxLoss(MetricLoss):
         super().__init__()
         check_sizes(embedding_dim, num_classes)
         if not 0 <= ce_weight <= 1:
-            raise ValueError(f"ce_weight is the share of the cross-entropy and must lie in [0, 1], got {ce_weight}")
+            raise ValueError(f"ce_weight is the share of the cross-entropy and must lie in [0, 1], "
+                             f"got {ce_weight}")
         if tau <= 0:
             raise ValueError(f"tau must be positive (the paper uses 0.2), got {tau}")
         if form not in ("faithful", "normalised"):

@@ -42,8 +42,8 @@ class SphereFaceLoss(MetricLoss):
     ``m = 4``, base 1000, gamma 0.12, power 1, lambda_min 5. The class weights
     ``weight`` (num_classes, embedding_dim) are a parameter of the loss; a miner's
     ``indices_tuple`` weights each sample by how often it is mined (PML's rule). With
-    ``base = lambda_min = 0`` this is pytorch-metric-learning's SphereFaceLoss, which has no
-    annealing and so no usable schedule for m = 4.
+    ``base = lambda_min = 0`` this is pytorch-metric-learning's SphereFaceLoss, which lacks
+    the annealing that the paper needs to train with m = 4.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: int = 4, base: float = 1000.0,
@@ -61,8 +61,8 @@ class SphereFaceLoss(MetricLoss):
         self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
 
     def current_lambda(self) -> torch.Tensor:
-        """The annealed lambda at the current iteration (a 0-d tensor, no host sync)."""
-        decayed = self.base * (1 + self.gamma * self.iteration.double()) ** -self.power
+        """The annealed lambda at the current iteration (a 0-d tensor in the weights' dtype, no host sync)."""
+        decayed = self.base * (1 + self.gamma * self.iteration.to(self.weight.dtype)) ** -self.power
         return decayed.clamp(min=self.lambda_min)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
@@ -71,7 +71,7 @@ class SphereFaceLoss(MetricLoss):
         if self.training:
             self.iteration += 1
         embeddings = embeddings.to(self.weight.dtype)
-        lam = self.current_lambda().to(embeddings.dtype)
+        lam = self.current_lambda()
         norms = embeddings.norm(dim=1, keepdim=True)
         cosine = (F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).T).clamp(-1, 1)
         target_cos = cosine.gather(1, labels[:, None])

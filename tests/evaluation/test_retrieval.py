@@ -1,0 +1,86 @@
+"""The retrieval evaluator equals pytorch-metric-learning's AccuracyCalculator; recall@K by definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from hvkit.evaluation import EvalData, evaluate
+from hvkit_plugins.evaluators.retrieval import Retrieval
+
+from .reference import clustered
+
+PML_NAMES = {"precision_at_1": "precision_at_1", "r_precision": "r_precision",
+             "map_at_r": "mean_average_precision_at_r", "nmi": "NMI", "ami": "AMI"}
+
+
+def pml(query, query_labels, reference=None, reference_labels=None) -> dict[str, float]:
+    calculator = AccuracyCalculator(include=tuple(PML_NAMES.values()), k="max_bin_count",
+                                    device=torch.device("cpu"))
+    return calculator.get_accuracy(query, query_labels, reference, reference_labels, ref_includes_query=False)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return torch.nn.functional.normalize(torch.from_numpy(x), dim=1).numpy()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_self_retrieval_equals_pml(metric, seed):
+    x, labels = clustered(n=500, classes=15, noise=1.3, seed=seed)
+    labels[0] = 99  # a writer with one sample: left out of the kNN metrics, as PML does
+    x = unit(x) if metric == "cosine" else x
+    ours = evaluate([Retrieval()], EvalData(x, labels, metric=metric))["retrieval"]
+    expected = pml(x, labels)
+    for name, pml_name in PML_NAMES.items():
+        assert ours[name] == pytest.approx(expected[pml_name], abs=1e-6), name
+    assert ours["queries"] == len(x) - 1
+    assert 0.1 < ours["map_at_r"] < 0.95, "neither trivial nor hopeless data"
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_queries_against_reference_equal_pml(metric):
+    x, labels = clustered(n=600, classes=15, noise=1.3, seed=2)
+    query, q_labels, reference, r_labels = x[:200], labels[:200].copy(), x[200:], labels[200:]
+    q_labels[:3] = 77  # a writer absent from the reference set
+    if metric == "cosine":
+        query, reference = unit(query), unit(reference)
+    data = EvalData(query, q_labels, reference_embeddings=reference, reference_labels=r_labels, metric=metric)
+    ours = evaluate([Retrieval()], data)["retrieval"]
+    expected = pml(query, q_labels, reference, r_labels)
+    for name, pml_name in PML_NAMES.items():
+        assert ours[name] == pytest.approx(expected[pml_name], abs=1e-6), name
+    assert ours["queries"] == 197
+
+
+def test_recall_at_k_by_definition():
+    x, labels = clustered(n=300, classes=10, noise=1.5, seed=4)
+    ours = evaluate([Retrieval(recall_at=[1, 3, 10], clustering=False)], EvalData(x, labels))["retrieval"]
+    unit64 = x.astype(np.float64) / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit64 @ unit64.T
+    np.fill_diagonal(sim, -np.inf)
+    ranked = labels[np.argsort(-sim, axis=1)]
+    for k in (1, 3, 10):
+        assert ours[f"recall_at_{k}"] == pytest.approx(np.mean((ranked[:, :k] == labels[:, None]).any(1)), abs=1e-12)
+    assert "nmi" not in ours
+
+
+def test_k_covers_the_largest_class_and_the_largest_recall_rank():
+    x, labels = clustered(n=100, classes=5, seed=5)
+    data = EvalData(x, labels)
+    assert Retrieval().knn_k(data) == np.bincount(labels).max() - 1
+    assert Retrieval(recall_at=[1, 90]).knn_k(data) == 90
+
+
+def test_all_queries_lone_gives_nan():
+    x, _ = clustered(n=20, classes=4)
+    ours = evaluate([Retrieval(clustering=False)], EvalData(x, np.arange(20)))["retrieval"]
+    assert ours["queries"] == 0 and np.isnan(ours["precision_at_1"])
+
+
+@pytest.mark.parametrize("recall_at", [[], [0, 1]])
+def test_invalid_recall_ranks(recall_at):
+    with pytest.raises(ValueError, match="recall_at"):
+        Retrieval(recall_at=recall_at)
