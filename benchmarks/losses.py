@@ -7,7 +7,8 @@ Prints a markdown table: median milliseconds of ``loss(*inputs).backward()`` aft
 hvkit's implementation and the reference (pytorch-metric-learning where it has the loss), and
 the speed-up ``reference / ours`` (above 1: hvkit is faster). Ours and the reference alternate
 within each repeat on identical inputs, so machine load affects both alike. Torch uses every
-core unless ``--threads`` says otherwise.
+core unless ``--threads`` says otherwise; ``--clock cpu --threads 1`` times process CPU time
+instead of wall time, which other jobs on a shared machine do not inflate.
 
 To add a row, append a :class:`Case` to ``CASES``: two factories ``(dim, num_classes) -> callable``
 whose callables take the inputs of ``inputs`` (see ``INPUTS``) and return a scalar loss.
@@ -161,21 +162,24 @@ CASES: list[Case] = [
 ]
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def _time_once(loss: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
-               device: torch.device) -> float:
+               device: torch.device, clock: Callable[[], float]) -> float:
     for x in inputs:
         x.grad = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     loss(*inputs).backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure(case: Case, batch: int, dim: int, repeats: int, warmup: int,
-            device: torch.device) -> tuple[float, float]:
+            device: torch.device, clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
     """Median seconds of (ours, reference), alternating which goes first in each repeat."""
     batch = case.batch or batch
     torch.manual_seed(0)
@@ -188,13 +192,13 @@ def measure(case: Case, batch: int, dim: int, repeats: int, warmup: int,
     if isinstance(reference, torch.nn.Module):
         reference.to(device)
     for _ in range(warmup):
-        _time_once(ours, inputs, device)
-        _time_once(reference, inputs, device)
+        _time_once(ours, inputs, device, clock)
+        _time_once(reference, inputs, device, clock)
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for r in range(repeats):
         order = (("ours", ours), ("reference", reference))
         for key, loss in order if r % 2 == 0 else reversed(order):
-            times[key].append(_time_once(loss, inputs, device))
+            times[key].append(_time_once(loss, inputs, device, clock))
     return statistics.median(times["ours"]), statistics.median(times["reference"])
 
 
@@ -207,19 +211,22 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="case names to run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (all cores)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or process CPU time (with --threads 1: robust to a loaded machine)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     cases = [c for c in CASES if args.only is None or c.name in args.only]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"median of {args.repeats} after {args.warmup} warm-up")
+          f"{args.clock} clock, median of {args.repeats} after {args.warmup} warm-up")
     print()
     print("| loss | reference | batch | dim | ours (ms) | reference (ms) | speed-up |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     notes = []
     for case in cases:
         for dim in args.dims:
-            ours, reference = measure(case, args.batch, dim, args.repeats, args.warmup, device)
+            ours, reference = measure(case, args.batch, dim, args.repeats, args.warmup, device,
+                                      CLOCKS[args.clock])
             print(f"| {case.name} | {case.reference_name} | {case.batch or args.batch} | {dim} | "
                   f"{ours * 1e3:.2f} | {reference * 1e3:.2f} | {reference / ours:.2f}x |", flush=True)
         if case.note:

@@ -49,7 +49,13 @@ class HvkitGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.commands:
             return self.commands[name]
-        return self._plugin_commands().get(name)
+        command = self._plugin_commands().get(name)
+        if command is None:
+            from hvkit.registry import get_registry
+            for p in get_registry().problems:
+                if (p.kind, p.name) == ("command", name):
+                    ctx.fail(f"command {name!r} from {p.package} {p.version} is broken: {p.message}")
+        return command
 
 
 @click.group(cls=HvkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -73,6 +73,26 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def sync_loss_gradients(module: nn.Module) -> None:
+    """Make a loss module's parameter gradients those of one process on the whole batch.
+
+    A loss that ``needs_global_batch`` saw the gathered batch on every rank and was scaled
+    by the world size: its parameters' gradients are identical on all ranks and W times too
+    large, so they are divided by W. Any other loss saw its rank's share: its parameters'
+    gradients are averaged over ranks, as DDP does for the model.
+    """
+    if not active():
+        return
+    world_size = dist.get_world_size()
+    gathered = getattr(module, "needs_global_batch", False)
+    for p in module.parameters():
+        if p.grad is None:
+            continue
+        if not gathered:
+            dist.all_reduce(p.grad)
+        p.grad.div_(world_size)
+
+
 def broadcast_object(value: object) -> object:
     """Rank 0's ``value`` on every rank."""
     if not active():

@@ -112,7 +112,7 @@ class Registry:
     def _collect(self, kind: str, hook: Callable, source: Source) -> None:
         if kind == "command":
             def register(command: Any) -> None:
-                self.commands.append((command, source))
+                self._add_command(command, source)
         else:
             def register(name: str, factory: Callable) -> None:
                 self._add(kind, name, factory, source)
@@ -120,6 +120,23 @@ class Registry:
             hook(register=register)
         except Exception as exc:
             self._problem(source, f"{hookspecs.KIND_HOOKS[kind]} raised {_one_line(exc)}", kind)
+
+    def _add_command(self, command: Any, source: Source) -> None:
+        import click
+        if not isinstance(command, click.Command) or not command.name:
+            self._problem(source, f"registered {type(command).__name__} as a command; register a "
+                                  "click.Command", "command")
+            return
+        name = command.name
+        holders = [s for c, s in self.commands if c.name == name]
+        if not holders and not any((p.kind, p.name) == ("command", name) for p in self.problems):
+            self.commands.append((command, source))
+            return
+        self.commands = [(c, s) for c, s in self.commands if c.name != name]
+        packages = " and ".join(f"{s.package} ({s.plugin})" for s in (*holders, source))
+        self._problem(source, f"command {name!r} is registered by {'both ' if holders else ''}"
+                              f"{packages}{'' if holders else ' and another package'}; uninstall "
+                              "one or rename it", "command", name)
 
     def _add(self, kind: str, name: str, factory: Callable, source: Source) -> None:
         if not isinstance(name, str) or not name:

@@ -54,6 +54,7 @@ class Trainer:
             raise HvkitError(f"stage {ctx.name}: an epoch holds no full batch (steps_per_epoch="
                              f"{steps_per_epoch}); lower the batch size or use more data")
         self.steps_per_epoch = steps_per_epoch
+        self.loss_modules = loss_modules
         self.total_steps = steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -153,6 +154,8 @@ class Trainer:
             raise HvkitError(f"stage {self.ctx.name}: loss is {value} at step {self.step + 1}; "
                              f"stopped ({kept}); lower the learning rate or check the data")
         self.scaler.scale(loss).backward()
+        for name in self.loss_modules:
+            distributed.sync_loss_gradients(self.modules[name])
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]

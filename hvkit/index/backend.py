@@ -101,3 +101,14 @@ def prepare(x: np.ndarray | torch.Tensor, metric: str, name: str) -> np.ndarray:
     if metric == "cosine":
         x = torch.nn.functional.normalize(torch.from_numpy(x), dim=1).numpy()
     return x
+
+
+def prepare_tensors(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor | None, metric: str,
+                    device: str, names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` (``a`` itself when None) prepared for ``metric`` as float32 tensors on ``device``."""
+    dev = torch_device(device)
+    left = torch.from_numpy(prepare(a, metric, names[0])).to(dev)
+    right = left if b is None else torch.from_numpy(prepare(b, metric, names[1])).to(dev)
+    if left.shape[1] != right.shape[1]:
+        raise ValueError(f"{names[0]} have dimension {left.shape[1]} but {names[1]} has {right.shape[1]}")
+    return left, right

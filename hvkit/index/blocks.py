@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .backend import prepare, torch_device
+from .backend import prepare_tensors, torch_device
 
 BlockFn = Callable[[torch.Tensor, int, int], None]
 
@@ -35,11 +35,8 @@ def score_blocks(query: np.ndarray | torch.Tensor, fn: BlockFn,
     if upper_triangle and reference is not None and len(reference) != len(query):
         raise ValueError("upper_triangle=True needs the reference rows to be the query's items: "
                          f"got {len(query)} query and {len(reference)} reference rows")
-    dev = torch_device(device)
-    q = torch.from_numpy(prepare(query, metric, "query")).to(dev)
-    r = q if reference is None else torch.from_numpy(prepare(reference, metric, "reference")).to(dev)
-    if q.shape[1] != r.shape[1]:
-        raise ValueError(f"query has dimension {q.shape[1]} but reference has {r.shape[1]}")
+    q, r = prepare_tensors(query, reference, metric, device, ("queries", "reference"))
+    dev = q.device
     if metric == "l2":
         q_sq, r_sq = (q * q).sum(1), (r * r).sum(1)
     buffer = torch.empty(min(block_size, len(q)) * min(block_size, len(r)), device=dev)

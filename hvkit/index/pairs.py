@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .backend import prepare, torch_device
+from .backend import prepare_tensors
 
 
 def score_pairs(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray,
@@ -25,11 +25,8 @@ def score_pairs(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray,
     pairs = np.asarray(pairs)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
         raise ValueError(f"pairs must be an integer (P, 2) array of (i, j) indices, got {pairs.dtype} {pairs.shape}")
-    dev = torch_device(device)
-    left = torch.from_numpy(prepare(embeddings, metric, "embeddings")).to(dev)
-    right = left if reference is None else torch.from_numpy(prepare(reference, metric, "reference")).to(dev)
-    if left.shape[1] != right.shape[1]:
-        raise ValueError(f"embeddings have dimension {left.shape[1]} but reference has {right.shape[1]}")
+    left, right = prepare_tensors(embeddings, reference, metric, device, ("embeddings", "reference"))
+    dev = left.device
     for column, rows, name in ((0, len(left), "embeddings"), (1, len(right), "reference" if reference is not None else "embeddings")):
         if len(pairs) and (pairs[:, column].min() < 0 or pairs[:, column].max() >= rows):
             raise ValueError(f"pairs[:, {column}] must index the {rows} rows of {name}")

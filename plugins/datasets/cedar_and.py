@@ -30,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from hvkit.api import FilePath
+from hvkit.api import FilePath, Split
 
 from .reading import (HandwritingDataset, byte_duplicates, check_fractions, check_image_params, make_splits,
                       read_images, split_info, split_writers, warn_duplicates)
@@ -45,12 +45,12 @@ SYNTHETIC_NOTE = ("synthetic handwriting (cedar_and without root): these are NOT
                   "set data.root to the CEDAR AND folder for real ones")
 
 
-def _scan(folder: Path, root: Path) -> tuple[dict[str, list[Path]], set[str], list[str]]:
-    """(CEDAR names -> files, names seen under a ``Junk`` folder, other .png files) below ``folder``."""
+def _scan(root: Path) -> tuple[dict[str, list[Path]], set[str], list[str]]:
+    """(CEDAR names -> files, names seen under a ``Junk`` folder, other .png files) below ``root``."""
     found: dict[str, list[Path]] = defaultdict(list)
     junk: set[str] = set()
     other: list[str] = []
-    for path in sorted(folder.rglob("*")):
+    for path in sorted(root.rglob("*")):
         if path.suffix.lower() != ".png" or not path.is_file():
             continue
         if "Junk" in path.relative_to(root).parts[:-1]:
@@ -70,6 +70,19 @@ def _one_file_per_name(found: dict[str, list[Path]], root: Path) -> tuple[dict[s
         if len(paths) > 1 and len({hashlib.sha1(p.read_bytes()).hexdigest() for p in paths}) > 1:
             conflicts.append([str(p.relative_to(root)) for p in paths])
     return chosen, conflicts
+
+
+def _sslhv_groups(found: dict[str, list[Path]], base: Path) -> dict[str, dict[str, list[Path]]]:
+    """The SSL-HV layout's files by part: supervised ``train`` and ``test``, ``pretrain`` (unsupervised/)."""
+    prefixes = {"train": ("supervised", "train"), "test": ("supervised", "test"), "pretrain": ("unsupervised",)}
+    groups = {}
+    for part, prefix in prefixes.items():
+        files = {n: [p for p in ps if p.relative_to(base).parts[:len(prefix)] == prefix] for n, ps in found.items()}
+        groups[part] = {n: ps for n, ps in files.items() if ps}
+    if not groups["train"] or not groups["test"]:
+        raise ValueError(f"cedar_and: {str(base)!r} has supervised/train and supervised/test but no "
+                         "images in one of them (expected supervised/<split>/<writer>/*.png)")
+    return groups
 
 
 def _synthetic_default(val_fraction: float, test_fraction: float, image_size: int, channels: int,
@@ -95,7 +108,7 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
     all writers (defaults 0.2 and 0.1, train gets the remaining 0.7). In the SSL-HV layout its
     own train/test writer split is kept, ``val_fraction`` of its training writers become ``val``
     (0 keeps SSL-HV's training writers whole), and ``unsupervised/`` becomes the ``pretrain``
-    split. ``exclude`` lists file names (with or without ``.png``) to leave out.
+    split (other folders are ignored there). ``exclude`` lists file names (with or without ``.png``).
     ``synthetic_writers`` / ``synthetic_samples_per_writer`` size the synthetic default (no root only).
     """
     check_image_params("cedar_and", image_size, channels)
@@ -112,7 +125,7 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
                          "folder, or set it to null for the synthetic default")
     excluded = {Path(e).stem for e in exclude or []}
     sslhv = (base / "supervised" / "train").is_dir() and (base / "supervised" / "test").is_dir()
-    found, junk, other = _scan(base, base)
+    found, junk, other = _scan(base)
     for name in junk | excluded:
         found.pop(name, None)
     if not found:
@@ -129,17 +142,7 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
 
     info: dict[str, Any] = {"source": str(base), "synthetic": False, "layout": "sslhv" if sslhv else "folder",
                             "junk_names_excluded": len(junk), "user_excluded": sorted(excluded)}
-    if sslhv:
-        groups = {part: {n: [p for p in ps if p.relative_to(base).parts[:2] == ("supervised", part)]
-                         for n, ps in found.items()} for part in ("train", "test")}
-        groups["pretrain"] = {n: [p for p in ps if p.relative_to(base).parts[0] == "unsupervised"]
-                              for n, ps in found.items()}
-        groups = {part: {n: ps for n, ps in g.items() if ps} for part, g in groups.items()}
-        if not groups["train"] or not groups["test"]:
-            raise ValueError(f"cedar_and: {str(base)!r} has supervised/train and supervised/test but no "
-                             "images in one of them (expected supervised/<split>/<writer>/*.png)")
-    else:
-        groups = {"all": dict(found)}
+    groups = _sslhv_groups(found, base) if sslhv else {"all": dict(found)}
     chosen, conflicts = {}, []
     for part, g in groups.items():
         chosen[part], c = _one_file_per_name(g, base)
@@ -155,10 +158,10 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
     warn_duplicates("cedar_and", duplicates)
     row = {n: i for i, n in enumerate(names)}
 
-    def part_split(part: str, assignment: dict[str, list[str]]) -> dict:
-        idx = [row[n] for n in sorted(chosen[part])]
-        return make_splits(images[idx], [writer_of(chosen[part][n]) for n in sorted(chosen[part])],
-                           [str(chosen[part][n].relative_to(base)) for n in sorted(chosen[part])], assignment)
+    def part_split(part: str, assignment: dict[str, list[str]]) -> dict[str, Split]:
+        files = [chosen[part][n] for n in sorted(chosen[part])]
+        return make_splits(images[[row[n] for n in sorted(chosen[part])]], [writer_of(p) for p in files],
+                           [str(p.relative_to(base)) for p in files], assignment)
 
     if sslhv:
         train_writers = sorted({writer_of(p) for p in chosen["train"].values()})

@@ -1,8 +1,10 @@
-"""Shared bookkeeping of the batch samplers: context checks, the epoch's seed and dealing batches to ranks.
+"""Shared bookkeeping of the batch samplers: context checks, the epoch's seed and slicing batches for ranks.
 
-An epoch is one *global* sequence of batches, drawn from a generator seeded with
-``(seed, epoch)`` only, so every rank draws the same sequence; rank ``r`` of ``W`` yields
-global batches ``r, r + W, r + 2W, …``, and every rank yields the same number of batches.
+An epoch is one sequence of *global* batches of ``batch_size``, drawn from a generator
+seeded with ``(seed, epoch)`` only, so every rank draws the same sequence; rank ``r`` of
+``W`` yields the ``r``-th of ``W`` equal contiguous slices of every global batch. A step
+of W processes therefore sees exactly the batch one process sees: ``batch_size`` is the
+global batch, and changing the world size does not change the optimisation.
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ class ShardedBatchSampler(ABC):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must satisfy 0 <= rank < world_size, got rank {rank} of "
                              f"world_size {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} (the global batch) must be a multiple of "
+                             f"world_size {world_size}")
         self.labels = labels.astype(np.int64)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        self.batches_per_rank = 0
+        self.batches = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches the next ``iter()`` yields."""
@@ -43,14 +48,18 @@ class ShardedBatchSampler(ABC):
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         self.epoch = epoch
 
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.world_size
+
     def __len__(self) -> int:
-        return self.batches_per_rank
+        return self.batches
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        batches = self._global_batches(rng, self.batches_per_rank * self.world_size)
-        for batch in batches[self.rank::self.world_size]:
-            yield batch.tolist()
+        start = self.rank * self.local_batch_size
+        for batch in self._global_batches(rng, self.batches):
+            yield batch[start:start + self.local_batch_size].tolist()
 
     @abstractmethod
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:

@@ -24,10 +24,11 @@ class PKSampler(ShardedBatchSampler):
     images topped up by drawing them again (``small_classes="replace"``), or is left out
     (``"skip"``: warned about and listed in ``skipped_classes``).
 
-    ``batches_per_epoch`` counts an epoch's global batches, all ranks together (default
-    ``chunks per round // P``, about ``len(labels) // batch_size``). Rank r of W yields global
-    batches r, r + W, …, ``batches_per_epoch // W`` of them, so the union over ranks is the
-    single-process sequence cut to a multiple of W batches. Batches depend on ``(seed, epoch)`` only.
+    ``batches_per_epoch`` counts an epoch's batches (default ``chunks per round // P``, about
+    ``len(labels) // batch_size``). ``batch_size`` is the global batch: under W processes each
+    rank yields a contiguous 1/W of every batch — whole writers, so ``batch_size`` must be a
+    multiple of K·W — and the union of the ranks' slices is the single-process batch.
+    Batches depend on ``(seed, epoch)`` only.
     """
 
     def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
@@ -62,14 +63,17 @@ class PKSampler(ShardedBatchSampler):
                              f"{len(self._members)} can be sampled; lower batch_size or "
                              f"samples_per_class, or use small_classes='replace'")
 
+        if (batch_size // world_size) % k:
+            raise ValueError(f"each of the {world_size} ranks gets {batch_size // world_size} images of a "
+                             f"batch, not a multiple of samples_per_class {k}; make batch_size a multiple "
+                             f"of {k * world_size}")
         if batches_per_epoch is None:
             chunks = int(np.maximum(counts[keep] // k, 1).sum())
-            self.batches_per_rank = max(1, chunks // self.classes_per_batch // world_size)
-        elif batches_per_epoch < world_size:
-            raise ValueError(f"batches_per_epoch {batches_per_epoch} leaves ranks without a "
-                             f"batch; set it to at least world_size {world_size}")
+            self.batches = max(1, chunks // self.classes_per_batch)
+        elif batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be at least 1, got {batches_per_epoch}")
         else:
-            self.batches_per_rank = batches_per_epoch // world_size
+            self.batches = batches_per_epoch
 
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
         k, p, n_classes = self.samples_per_class, self.classes_per_batch, len(self._members)

@@ -50,3 +50,21 @@ def pixel_to_normalised(matrix: torch.Tensor, height: int, width: int) -> torch.
     """Express (B, 2, 2) linear maps acting on pixel offsets in ``affine_grid``'s [-1, 1] coordinates."""
     scale = torch.tensor([width / 2.0, height / 2.0], dtype=matrix.dtype, device=matrix.device)
     return matrix * scale[None, None, :] / scale[None, :, None]
+
+
+def dilate(images: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey-level dilation: the max over each pixel's (2 radius + 1)^2 square (outside ignored).
+
+    Equal to ``max_pool2d(images, 2 radius + 1, 1, radius)``, done separably with shifted
+    maxima, which is several times faster than ``max_pool2d`` on one-channel CPU batches.
+    """
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (radius, radius, 0, 0), value=float("-inf"))
+    rows = padded[..., :, :w]
+    for k in range(1, 2 * radius + 1):
+        rows = torch.maximum(rows, padded[..., :, k:k + w])
+    padded = F.pad(rows, (0, 0, radius, radius), value=float("-inf"))
+    out = padded[..., :h, :]
+    for k in range(1, 2 * radius + 1):
+        out = torch.maximum(out, padded[..., k:k + h, :])
+    return out

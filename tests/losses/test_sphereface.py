@@ -71,6 +71,7 @@ def test_value_equals_float64_derivation(margin, iteration):
     assert loss(x, LABELS).item() == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # PML's SphereFaceLoss calls scipy.special.binom on tensors
 @pytest.mark.parametrize("mined", [None, (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))])
 def test_without_lambda_it_equals_pml(mined):
     ours = SphereFaceLoss(embedding_dim=6, num_classes=5, base=0.0, lambda_min=0.0).double()

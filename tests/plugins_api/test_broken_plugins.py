@@ -190,3 +190,38 @@ def test_a_recipe_of_good_components_validates_and_runs_beside_broken_plugins(in
     assert metrics["train"]["loss"] > 0
     environment = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert environment["plugins_used"] == {"hvkit-toolbox": "2.0"}
+    assert {"hvkit-toolbox": "2.0", "hvkit-dup": "0.1"}.items() <= environment["plugins_installed"].items()
+
+
+COMMAND = """
+import click
+from hvkit.api import hookimpl
+
+
+@click.command("hello")
+def hello():
+    '''Say hello from {package}.'''
+    click.echo("hello from {package}")
+
+
+@hookimpl
+def register_commands(register):
+    register(hello)
+    {extra}
+"""
+
+
+def test_a_command_name_two_packages_register_is_an_error_naming_both(site):
+    site.install("hvkit-hello-a", "1.0", "hvkit_hello_a", COMMAND.format(package="a", extra="register('not a command')"))
+    site.install("hvkit-hello-b", "2.0", "hvkit_hello_b", COMMAND.format(package="b", extra=""))
+    listing = invoke("list-plugins")
+    broken = listing.stdout.splitlines()
+    assert "  command 'hello' from hvkit-hello-b 2.0: command 'hello' is registered by both " \
+           "hvkit-hello-a (hvkit-hello-a:hvkit_hello_a) and hvkit-hello-b (hvkit-hello-b:hvkit_hello_b); " \
+           "uninstall one or rename it" in broken
+    assert any("hvkit-hello-a 1.0: registered str as a command; register a click.Command" in b for b in broken)
+    assert sum("command 'hello'" in b for b in broken) == 1
+    result = invoke("hello")
+    assert result.exit_code == 2
+    assert "command 'hello' from hvkit-hello-b 2.0 is broken: command 'hello' is registered by both" in result.stderr
+    assert "hello from" not in result.output

@@ -60,9 +60,10 @@ def on_path(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         del sys.modules[module]
 
 
-def environment(site: Path) -> dict[str, str]:
+def environment(*paths: Path) -> dict[str, str]:
+    """This process's environment with ``paths`` in front of PYTHONPATH and every plugin allowed."""
     env = {k: v for k, v in os.environ.items() if k != registry_module.ALLOW_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*map(str, paths), env.get("PYTHONPATH")]))
     return env
 
 

@@ -16,7 +16,7 @@ from hvkit import registry as registry_module
 from hvkit.cli import main
 from hvkit_plugins.commands.new_plugin import TEMPLATES
 
-from .test_example_package import pip_install
+from .test_example_package import environment, pip_install
 
 KINDS = ["loss", "miner", "sampler", "evaluator", "backbone", "head", "transform"]
 
@@ -50,7 +50,7 @@ def test_every_kind_scaffolds_a_package_whose_tests_pass(tmp_path):
         roots.append(root)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              *(str(r / "tests") for r in roots)], cwd=tmp_path, capture_output=True,
-                            text=True, env={"PYTHONPATH": ":".join(map(str, roots)), "PATH": ""})
+                            text=True, env=environment(*roots))
     assert result.returncode == 0, result.stdout[-4000:]
     assert f"{2 * len(KINDS)} passed" in result.stdout
 

@@ -67,22 +67,21 @@ def test_accepts_a_label_tensor():
     assert epoch(PKSampler(torch.from_numpy(LABELS), 16)) == epoch(PKSampler(LABELS.tolist(), 16))
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_split_the_single_process_sequence(world_size):
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_ranks_take_contiguous_slices_of_every_single_process_batch(world_size):
     single = epoch(PKSampler(LABELS, 16, seed=1, batches_per_epoch=14), 5)
     shares = [epoch(PKSampler(LABELS, 16, seed=1, rank=r, world_size=world_size,
                               batches_per_epoch=14), 5) for r in range(world_size)]
-    per_rank = 14 // world_size
-    assert [len(s) for s in shares] == [per_rank] * world_size
-    for r, share in enumerate(shares):
-        assert share == single[r::world_size][:per_rank]
-    dealt = sorted(i * world_size + r for r in range(world_size) for i in range(per_rank))
-    assert dealt == list(range(per_rank * world_size))
+    assert [len(s) for s in shares] == [14] * world_size
+    for step, batch in enumerate(single):
+        assert [i for share in shares for i in share[step]] == batch
+    for share in shares:
+        for batch in share:
+            assert all(n == 4 for n in Counter(LABELS[batch]).values())
 
 
-def test_default_length_is_shared_between_ranks():
-    one = PKSampler(LABELS, 16)
-    assert [len(PKSampler(LABELS, 16, rank=r, world_size=4)) for r in range(4)] == [len(one) // 4] * 4
+def test_length_does_not_depend_on_the_world_size():
+    assert len(PKSampler(LABELS, 16)) == len(PKSampler(LABELS, 16, rank=1, world_size=2)) > 0
 
 
 def test_replace_tops_up_small_writers_from_their_own_images():
@@ -109,7 +108,9 @@ def test_skip_drops_small_writers_and_says_so():
     (dict(batch_size=16, samples_per_class=0), "at least 1"),
     (dict(batch_size=128), "distinct writers"),
     (dict(batch_size=16, small_classes="pad"), "'replace' or 'skip'"),
-    (dict(batch_size=16, world_size=4, batches_per_epoch=3), "at least world_size"),
+    (dict(batch_size=16, world_size=3), "multiple of world_size"),
+    (dict(batch_size=16, world_size=8), "multiple of 32"),
+    (dict(batch_size=16, batches_per_epoch=0), "at least 1"),
     (dict(batch_size=16, rank=2, world_size=2), "0 <= rank < world_size"),
     (dict(batch_size=16, seed=-1), "non-negative"),
 ])
