@@ -31,6 +31,11 @@ import time
 
 import numpy as np
 import torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from hvkit.evaluation import EvalData, RocCounts, evaluate
+from hvkit.index import all_pairs_histogram, score_blocks, score_pairs
+from hvkit_plugins.evaluators.retrieval import Retrieval
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +47,7 @@ def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     sizes[-1] -= sum(sizes) - n
     labels = np.repeat(np.arange(len(sizes)), sizes)
     centres = rng.standard_normal((len(sizes), dim)).astype(np.float32)
-    x = centres[labels] + 1.2 * rng.standard_normal((n, dim)).astype(np.float32)
+    x = centres[labels] + 2.0 * rng.standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, labels
 
@@ -79,32 +84,25 @@ def measure(fn, *args) -> tuple[float, float, object]:
 
 
 def hvkit_retrieval(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from hvkit.evaluation import EvalData, evaluate
-    from hvkit_plugins.evaluators.retrieval import Retrieval
     return evaluate({"retrieval": Retrieval(recall_at=[1])}, EvalData(x, labels))["retrieval"]
 
 
 def pml_retrieval(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     calculator = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r",
                                              "NMI", "AMI"), k="max_bin_count", device=torch.device("cpu"))
     return calculator.get_accuracy(x, labels)
 
 
 def dense_floor(x: np.ndarray, block_size: int) -> None:
-    from hvkit.index import score_blocks
     score_blocks(x, lambda scores, q0, r0: None, metric="cosine", block_size=block_size, upper_triangle=True)
 
 
 def hvkit_all_pairs(x: np.ndarray, labels: np.ndarray, block_size: int) -> dict[str, float]:
-    from hvkit.evaluation import RocCounts
-    from hvkit.index import all_pairs_histogram
     roc = RocCounts.from_histogram(all_pairs_histogram(x, labels, block_size=block_size))
     return {"auc": roc.auc(), "auc_bound": roc.auc_error_bound(), "eer": roc.eer()}
 
 
 def hvkit_pairs(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    from hvkit.index import score_pairs
     return score_pairs(x, pairs, metric="ip")
 
 

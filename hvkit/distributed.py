@@ -73,18 +73,17 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def sync_loss_gradients(module: nn.Module) -> None:
+def sync_loss_gradients(module: nn.Module, gathered: bool) -> None:
     """Make a loss module's parameter gradients those of one process on the whole batch.
 
-    A loss that ``needs_global_batch`` saw the gathered batch on every rank and was scaled
-    by the world size: its parameters' gradients are identical on all ranks and W times too
-    large, so they are divided by W. Any other loss saw its rank's share: its parameters'
-    gradients are averaged over ranks, as DDP does for the model.
+    A loss computed on the ``gathered`` batch on every rank, scaled by the world size, has
+    parameter gradients identical on all ranks and W times too large: they are divided by
+    W. A loss that saw only its rank's share has them averaged over ranks, as DDP does for
+    the model.
     """
     if not active():
         return
     world_size = dist.get_world_size()
-    gathered = getattr(module, "needs_global_batch", False)
     for p in module.parameters():
         if p.grad is None:
             continue
@@ -100,6 +99,30 @@ def broadcast_object(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous share of ``n`` items (all of them in a single process)."""
+    if not active():
+        return slice(0, n)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    return slice(rank * n // world_size, (rank + 1) * n // world_size)
+
+
+def gather_objects(value: object) -> list:
+    """Every rank's ``value`` in rank order (``[value]`` in a single process)."""
+    if not active():
+        return [value]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)
+    return parts
+
+
+def gather_shards(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's :func:`shard` result (shares may differ in length) on every rank."""
+    if not active():
+        return tensor
+    return torch.cat(gather_objects(tensor.cpu())).to(tensor.device)
 
 
 def global_loss_scale() -> float:

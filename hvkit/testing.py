@@ -30,10 +30,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
 from hvkit.api import ComponentKind, MetricLoss, ViewLoss
+from hvkit.engine.context import build as build_component
 from hvkit.hookspecs import CONTEXT_ARGS
+from hvkit.recipe.schema import parameters, special_marker
+from hvkit.registry import get_registry
 
 Inputs = Callable[[torch.dtype, torch.Generator], tuple[torch.Tensor, ...]]
 
@@ -62,7 +66,6 @@ def _build(kind: str, obj: Any, params: Mapping[str, Any] | None = None,
         if params:
             raise TypeError(f"{where}: params only apply to a factory; pass the class or function")
         return obj, where
-    from hvkit.recipe.schema import parameters, special_marker
     try:
         schema, var_kw = parameters(obj)
     except Exception as exc:
@@ -82,8 +85,6 @@ def _build(kind: str, obj: Any, params: Mapping[str, Any] | None = None,
     for key, value in kwargs.items():
         marker = special_marker(schema[key].hint) if key in schema else None
         if isinstance(marker, ComponentKind) and isinstance(value, (str, dict, list)):
-            from hvkit.engine.context import build as build_component
-            from hvkit.registry import get_registry
             specs = value if isinstance(value, list) else [value]
             parts = [build_component(get_registry(), marker.kind, v, **context) for v in specs]
             kwargs[key] = parts if isinstance(value, list) else parts[0]
@@ -173,8 +174,6 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
 
 def _metric_loss(where: str, loss: MetricLoss, base: torch.Tensor, labels: torch.Tensor,
                  num_classes: int, dtype: torch.dtype) -> None:
-    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
-
     def case(name: str, emb: torch.Tensor, lab: torch.Tensor, edge: bool,
              indices: tuple | None = None) -> str | None:
         e = _leaf(emb.to(dtype))
@@ -186,7 +185,7 @@ def _metric_loss(where: str, loss: MetricLoss, base: torch.Tensor, labels: torch
                for name, indices in (("triplet", lmu.get_all_triplets_indices(labels)),
                                      ("pair", lmu.get_all_pairs_indices(labels)))}
     if (refused["triplet"] is None) != (refused["pair"] is None):
-        took, failed = ("triplet", "pair") if refused["pair"] else ("pair", "triplet")
+        took, failed = ("triplet", "pair") if refused["pair"] is not None else ("pair", "triplet")
         raise AssertionError(f"{where}: it takes a {took} indices_tuple but on a {failed} one "
                              f"({dtype}) it raised ValueError: {refused[failed]}; a miner may give "
                              "either format, accept both (or refuse miners altogether)")
@@ -221,13 +220,13 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     embeddings, a view batch of one sample) must give a finite value with a gradient path
     or raise ValueError.
     """
+    if batch_size < 2 * num_classes:
+        raise ValueError(f"batch_size {batch_size} must be at least 2 * num_classes ({2 * num_classes})")
     built, where = _build("loss", loss, params, embedding_dim=embedding_dim, num_classes=num_classes)
     if not callable(built):
         raise AssertionError(f"{where}: built {type(built).__name__}, which is not callable")
     if not isinstance(getattr(built, "needs_global_batch", False), bool):
         raise AssertionError(f"{where}: needs_global_batch must be a bool")
-    if batch_size < 2 * num_classes:
-        raise ValueError(f"batch_size {batch_size} must be at least 2 * num_classes ({2 * num_classes})")
     g = _generator(seed)
     base = torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
     noise = 0.1 * torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
@@ -347,6 +346,8 @@ def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
         return _build("sampler", sampler, params, labels=labels, batch_size=batch_size, seed=seed,
                      rank=rank, world_size=world)
 
+    first, where = make()
+
     def epoch(s: Any, number: int) -> list[list[int]]:
         try:
             s.set_epoch(number)
@@ -354,7 +355,6 @@ def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
         except Exception as exc:
             raise AssertionError(f"{where}: epoch {number} raised {type(exc).__name__}: {exc}") from exc
 
-    first, where = make()
     for attr in ("__iter__", "__len__", "set_epoch"):
         if not callable(getattr(first, attr, None)):
             raise AssertionError(f"{where}: it has no {attr}; a sampler is a hvkit.api.BatchSampler")

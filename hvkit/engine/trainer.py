@@ -45,16 +45,23 @@ class TrainConfig:
 
 
 class Trainer:
-    """Trains ``modules`` with ``step`` over ``batches``; resumable from ``stage_dir/last.pt``."""
+    """Trains ``modules`` with ``step`` over ``batches``; resumable from ``stage_dir/last.pt``.
+
+    ``loss_modules`` names the modules that are losses (their own ``loss_lr``; their
+    gradients synchronised by the gather policy). ``global_batch`` says the step computes
+    its loss on the batch gathered from every rank: the backward pass is then scaled by the
+    world size (see :mod:`hvkit.distributed`); the logged loss is the unscaled one.
+    """
 
     def __init__(self, ctx: StageContext, modules: dict[str, nn.Module], config: TrainConfig,
-                 steps_per_epoch: int, loss_modules: tuple[str, ...] = ()):
+                 steps_per_epoch: int, loss_modules: tuple[str, ...] = (), global_batch: bool = False):
         self.ctx, self.modules, self.config = ctx, modules, config
         if steps_per_epoch < 1:
             raise HvkitError(f"stage {ctx.name}: an epoch holds no full batch (steps_per_epoch="
                              f"{steps_per_epoch}); lower the batch size or use more data")
         self.steps_per_epoch = steps_per_epoch
         self.loss_modules = loss_modules
+        self.backward_scale = distributed.global_loss_scale() if global_batch else 1.0
         self.total_steps = steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -75,6 +82,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
         self.checkpoint_path = ctx.stage_dir / "last.pt"
+        self.rank_key = ("rank", ctx.rank) if ctx.world_size > 1 else ()
         self.log_path = ctx.stage_dir / "log.jsonl"
 
     def state(self) -> dict[str, Any]:
@@ -84,8 +92,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "step": self.step,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "torch_rng": distributed.gather_objects(torch.get_rng_state()),
+            "cuda_rng": distributed.gather_objects(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -96,13 +104,15 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"].cpu())  # the checkpoint was mapped to the run's device
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        rank = self.ctx.rank if len(state["torch_rng"]) == self.ctx.world_size else 0
+        torch.set_rng_state(state["torch_rng"][rank].cpu())  # the checkpoint was mapped to the run's device
+        if state["cuda_rng"][rank] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"][rank]])
 
     def save(self) -> None:
+        state = self.state()
         if self.ctx.is_main:
-            save_checkpoint(self.checkpoint_path, self.state())
+            save_checkpoint(self.checkpoint_path, state)
         distributed.barrier()
 
     def fit(self, batches: Callable[[int], Iterable[Any]], step: StepFn) -> dict[str, float]:
@@ -124,7 +134,7 @@ class Trainer:
                     continue
                 if index >= self.steps_per_epoch or self.step >= self.total_steps:
                     break
-                generator = self.ctx.generator("step", self.step)
+                generator = self.ctx.generator("step", self.step, *self.rank_key)
                 loss, terms = self._one_step(step, batch, generator)
                 self.step += 1
                 window_steps += 1
@@ -153,9 +163,9 @@ class Trainer:
                     else "no checkpoint was written yet")
             raise HvkitError(f"stage {self.ctx.name}: loss is {value} at step {self.step + 1}; "
                              f"stopped ({kept}); lower the learning rate or check the data")
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * self.backward_scale if self.backward_scale != 1.0 else loss).backward()
         for name in self.loss_modules:
-            distributed.sync_loss_gradients(self.modules[name])
+            distributed.sync_loss_gradients(self.modules[name], gathered=self.backward_scale != 1.0)
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
-
 from hvkit.evaluation import EvalData
 
 ROW_BLOCK = 8192
@@ -65,6 +63,7 @@ class Retrieval:
         out["queries"] = len(queries)
         out["k"] = neighbours.k
         if self.clustering:
+            from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
             out["nmi"] = normalized_mutual_info_score(labels, shared["clusters"])
             out["ami"] = adjusted_mutual_info_score(labels, shared["clusters"])
         return out

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hvkit import distributed
 from hvkit.api import Component, Split, StageOutput
 from hvkit.engine import StageContext, save_checkpoint
 from hvkit.evaluation import EvalData, PairSet, evaluate
@@ -24,6 +25,9 @@ class Evaluate:
     ``protocol: clean`` (default) early stopping and thresholds use the writer-disjoint
     validation split; ``protocol: sslhv`` reproduces the study, which stopped on its test
     pairs — never use it to report a result you want to trust.
+
+    Under several processes each rank embeds a share of the images; the embeddings are
+    gathered once and rank 0 alone trains the verifiers, scores and writes.
     """
 
     def __init__(self, model_from: StageOutput | None = None,
@@ -41,9 +45,11 @@ class Evaluate:
         self.pair_training, self.plots = pair_training, plots
 
     def _embed(self, ctx: StageContext, split: Split) -> torch.Tensor:
+        """Embeddings of a split: each rank embeds its share, gathered once in split order."""
         if self.features == "pixels":
             return pixels(split.images)
-        return embed(self.encoder, split.images, ctx.device, self.features)
+        share = split.images[distributed.shard(len(split))]
+        return distributed.gather_shards(embed(self.encoder, share, ctx.device, self.features))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
@@ -56,6 +62,8 @@ class Evaluate:
         if "val" in data.splits:
             parts["val"] = data.splits["val"]
         emb = {k: self._embed(ctx, s) for k, s in parts.items()}
+        if not ctx.is_main:
+            return {"scored_on_rank": 0}
         pairs = {k: sslhv_pairs(s.labels, seed=ctx.seed) for k, s in parts.items()}
         stop = "val" if self.protocol == "clean" else "test"
         verifiers: dict[str, dict[str, PairSet]] = {}
@@ -75,7 +83,7 @@ class Evaluate:
             embeddings=emb["test"].numpy(), labels=np.asarray(parts["test"].labels),
             val_embeddings=emb["val"].numpy() if "val" in emb else None,
             val_labels=np.asarray(parts["val"].labels) if "val" in parts else None,
-            verifiers=verifiers, out_dir=ctx.stage_dir if (self.plots and ctx.is_main) else None,
+            verifiers=verifiers, out_dir=ctx.stage_dir if self.plots else None,
             device=str(ctx.device))
         evaluators = [ctx.build("evaluator", spec) for spec in self.evaluators]
         metrics = evaluate(evaluators, eval_data)
@@ -84,13 +92,12 @@ class Evaluate:
         if training:
             metrics["verifier_training"] = training
         verifiers_path = ctx.stage_dir / "verifiers.pt"
-        if ctx.is_main:
-            np.save(ctx.stage_dir / "test_embeddings.npy", eval_data.embeddings)
-            np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
-            save_checkpoint(verifiers_path, {
-                name: {"spec": spec, "state": head.state_dict(),
-                       "threshold": metrics.get("verification", {}).get(name, {}).get("threshold")}
-                for name, (spec, head) in fitted.items()})
+        np.save(ctx.stage_dir / "test_embeddings.npy", eval_data.embeddings)
+        np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
+        save_checkpoint(verifiers_path, {
+            name: {"spec": spec, "state": head.state_dict(),
+                   "threshold": metrics.get("verification", {}).get(name, {}).get("threshold")}
+            for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
                 "verifiers": ctx.relative(verifiers_path), "features": self.features,
                 "encoder": ctx.outputs[self.model_from]["encoder"] if self.model_from else None,

@@ -68,8 +68,7 @@ class MetricTrain:
         sampler = ctx.build("sampler", self.sampler, labels=labels.numpy(), batch_size=self.batch_size,
                             seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
         model = distributed.wrap(encoder, ctx.device)
-        gathered = getattr(loss_fn, "needs_global_batch", False)
-        scale = distributed.global_loss_scale() if gathered else 1.0
+        gathered = (getattr(loss_fn, "needs_global_batch", False) or miner is not None) and ctx.world_size > 1
         labels_dev = labels.to(ctx.device)
         ctx.log(f"{len(writers)} labelled writers ({self.label_fraction:.0%}), {len(split)} images, "
                 f"{len(sampler)} batches per epoch")
@@ -92,10 +91,10 @@ class MetricTrain:
             if gathered:
                 emb, y = distributed.gather_with_grad(emb), distributed.gather(y)
             indices = miner(emb, y) if miner is not None else None
-            return loss_fn(emb, y, indices) * scale
+            return loss_fn(emb, y, indices)
 
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
-                          steps_per_epoch=len(sampler), loss_modules=("loss",))
+                          steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
         last = trainer.fit(batches, step)
         path = save_encoder(ctx, encoder, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step,

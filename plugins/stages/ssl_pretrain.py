@@ -57,7 +57,7 @@ class SSLPretrain:
                             batch_size=self.batch_size, seed=ctx.seed, rank=ctx.rank,
                             world_size=ctx.world_size)
         model = distributed.wrap(encoder, ctx.device)
-        scale = distributed.global_loss_scale() if getattr(loss_fn, "needs_global_batch", False) else 1.0
+        gathered = getattr(loss_fn, "needs_global_batch", False) and ctx.world_size > 1
         ctx.log(f"{len(images)} images, {len(sampler)} batches of {self.batch_size} per epoch")
 
         def batches(epoch: int):
@@ -68,12 +68,12 @@ class SSLPretrain:
             x = to_float(images[torch.as_tensor(index)], ctx.device)
             views = torch.cat([transform(x, generator), transform(x, generator)])
             z_a, z_b = model(views).chunk(2)
-            if scale != 1.0:
+            if gathered:
                 z_a, z_b = distributed.gather_with_grad(z_a), distributed.gather_with_grad(z_b)
-            return loss_fn(z_a, z_b) * scale
+            return loss_fn(z_a, z_b)
 
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
-                          steps_per_epoch=len(sampler), loss_modules=("loss",))
+                          steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
         last = trainer.fit(batches, step)
         path = save_encoder(ctx, encoder, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

@@ -47,7 +47,7 @@ def gradients(name: str, rank: int, world_size: int) -> dict[str, torch.Tensor]:
         y = distributed.gather(labels[share]) if gathered else labels[share]
         loss = loss_fn(gather(wrapped(x_a[share])), y)
     (loss * (distributed.global_loss_scale() if gathered else 1.0)).backward()
-    distributed.sync_loss_gradients(loss_fn)
+    distributed.sync_loss_gradients(loss_fn, gathered)
     grads = {f"model.{k}": p.grad.clone() for k, p in model.named_parameters()}
     grads.update({f"loss.{k}": p.grad.clone() for k, p in loss_fn.named_parameters() if p.grad is not None})
     return grads
