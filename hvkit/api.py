@@ -84,7 +84,8 @@ class MetricLoss(nn.Module):
 
     ``indices_tuple`` is a miner's output in pytorch-metric-learning's format. Set
     ``needs_global_batch = True`` when the loss must see the whole batch across
-    processes; the core then gathers embeddings and labels before calling it.
+    processes; the core then gathers embeddings and labels before calling it. A loss may
+    offer ``terms() -> dict[str, float]``: the parts of its last value, logged by stages.
     """
 
     needs_global_batch: ClassVar[bool] = False

@@ -33,7 +33,10 @@ def register_backbones(register: Register) -> None:
 def register_heads(register: Register) -> None:
     """Heads: ``factory(in_dim, **params) -> nn.Module`` mapping (B,in_dim) to (B,out_dim).
 
-    The module exposes ``out_dim``. Context: ``in_dim``.
+    The module exposes ``out_dim``. Context: ``in_dim``. A *pair verifier* head sets
+    ``pair_verifier = True`` and maps two embeddings to a same-writer score instead:
+    ``forward(e1, e2) -> logits (B, 2)`` (trained with cross-entropy) or ``scores (B,)``;
+    it may offer ``fit(embeddings)`` for statistics of the labelled embeddings.
     """
 
 

@@ -558,10 +558,46 @@ def check_backbone(backbone: Any, params: Mapping[str, Any] | None = None, *,
 
 def check_head(head: Any, params: Mapping[str, Any] | None = None, *, in_dim: int = 16,
                batch_size: int = 4, seed: int = 0) -> None:
-    """A head maps (B, ``in_dim``) to (B, ``out_dim``): finite, per sample in eval mode, differentiable."""
+    """A head maps (B, ``in_dim``) to (B, ``out_dim``): finite, per sample in eval mode, differentiable.
+
+    A pair verifier (``pair_verifier = True``) maps two (B, ``in_dim``) batches to logits
+    (B, 2) or scores (B,), per pair, and the same pair scores the same in either batch.
+    """
     built, where = _build("head", head, params, in_dim=in_dim)
     x = torch.randn(batch_size, in_dim, generator=_generator(seed))
-    _check_module(where, built, x, "out_dim")
+    if getattr(built, "pair_verifier", False):
+        _check_pair_verifier(where, built, x, torch.randn(batch_size, in_dim, generator=_generator(seed + 1)))
+    else:
+        _check_module(where, built, x, "out_dim")
+
+
+def _check_pair_verifier(where: str, module: Any, a: torch.Tensor, b: torch.Tensor) -> None:
+    if not isinstance(module, nn.Module):
+        raise AssertionError(f"{where}: built {type(module).__name__}, expected a torch.nn.Module")
+    if hasattr(module, "fit"):
+        module.fit(torch.cat([a, b]))
+    module.eval()
+    try:
+        with torch.no_grad():
+            out, single = module(a, b), module(a[:1], b[:1])
+    except Exception as exc:
+        raise AssertionError(f"{where}: forward(e1, e2) on {tuple(a.shape)} batches raised "
+                             f"{type(exc).__name__}: {exc}") from exc
+    shapes = [(a.shape[0], 2), (a.shape[0],)]
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) not in shapes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise AssertionError(f"{where}: a pair verifier returned {shape}; expected logits {shapes[0]} "
+                             f"or scores {shapes[1]}")
+    if not torch.isfinite(out).all():
+        raise AssertionError(f"{where}: the output is not finite")
+    if not torch.allclose(single, out[:1], rtol=1e-4, atol=1e-5):
+        raise AssertionError(f"{where}: in eval mode a pair's score depends on the rest of its batch")
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if trainable:
+        module.train()
+        module(a, b).square().mean().backward()
+        if all(p.grad is None for p in trainable):
+            raise AssertionError(f"{where}: no gradient reaches its trainable parameters")
 
 
 def check_transform(transform: Any, params: Mapping[str, Any] | None = None, *,

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ class TrainConfig:
     loss_lr: float | None = None
     grad_clip: float | None = None
     amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "bfloat16"
     log_every: int = 10
     checkpoint_every: int = 200
     max_steps: int | None = None
@@ -79,7 +80,8 @@ class Trainer:
         self.optimizer = build_optimizer(config.optimizer, groups)
         self.scheduler = build_scheduler(config.scheduler, self.optimizer, self.total_steps)
         self.use_amp = config.amp and ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = getattr(torch, config.amp_dtype)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and config.amp_dtype == "float16")
         self.step = 0
         self.checkpoint_path = ctx.stage_dir / "last.pt"
         self.rank_key = ("rank", ctx.rank) if ctx.world_size > 1 else ()
@@ -154,7 +156,7 @@ class Trainer:
 
     def _one_step(self, step: StepFn, batch: Any, generator: torch.Generator) -> tuple[float, dict[str, float]]:
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.ctx.device.type, enabled=self.use_amp):
+        with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             out = step(batch, generator)
         loss, terms = (out if isinstance(out, tuple) else (out, {}))
         value = float(loss.detach())

@@ -15,6 +15,8 @@ class CosinePair(nn.Module):
     decision threshold is chosen on validation writers by the verification evaluator.
     """
 
+    pair_verifier = True
+
     def __init__(self, in_dim: int, centre: bool = True):
         super().__init__()
         self.centre = centre

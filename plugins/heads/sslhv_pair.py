@@ -25,6 +25,8 @@ class SSLHVPairHead(nn.Module):
     keeps the shift invariance and makes it symmetric.
     """
 
+    pair_verifier = True
+
     def __init__(self, in_dim: int = 512, hidden: tuple[int, ...] = (64, 32),
                  difference: Literal["signed", "absolute"] = "signed"):
         super().__init__()

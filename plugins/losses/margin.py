@@ -22,6 +22,8 @@ class MarginLoss(MetricLoss):
     ``num_classes``), nu 0. Wraps pytorch-metric-learning's MarginLoss.
     """
 
+    needs_global_batch = True  # mining pairs or triplets is a batch-level operation
+
     def __init__(self, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
                  per_class_beta: bool = False, nu: float = 0.0, num_classes: int | None = None) -> None:
         super().__init__()

@@ -34,6 +34,8 @@ class MultiSimilarityLoss(MetricLoss):
     contributes its other term (the paper's formula, and PML's rule).
     """
 
+    needs_global_batch = True  # mining pairs or triplets is a batch-level operation
+
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
                  epsilon: float = 0.1, mining: bool = True) -> None:
         super().__init__()

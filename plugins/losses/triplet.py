@@ -29,6 +29,8 @@ class TripletLoss(MetricLoss):
     B^3-sized triplet index lists.
     """
 
+    needs_global_batch = True  # mining pairs or triplets is a batch-level operation
+
     def __init__(self, margin: float = 0.2, soft_margin: bool = False, normalize_embeddings: bool = True,
                  reduction: Literal["nonzero_mean", "mean"] = "nonzero_mean") -> None:
         super().__init__()
