@@ -40,9 +40,26 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: bool = True
     amp_dtype: Literal["float16", "bfloat16"] = "bfloat16"
+    channels_last: bool = True
     log_every: int = 10
     checkpoint_every: int = 200
     max_steps: int | None = None
+
+
+def amp_supported(device: torch.device, dtype: str) -> bool:
+    """Autocast pays on CUDA, and on CPUs with native bfloat16 (AVX512-BF16 or AMX): 2-3x on convolutions."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or dtype != "bfloat16":
+        return False
+    native = (getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+              or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return bool(native)
+
+
+def full_precision(device: torch.device) -> torch.autocast:
+    """Context for computing a loss in float32 inside an autocast step (cast its inputs with ``.float()``)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 class Trainer:
@@ -79,7 +96,10 @@ class Trainer:
             raise HvkitError(f"stage {ctx.name}: nothing to train (all parameters are frozen)")
         self.optimizer = build_optimizer(config.optimizer, groups)
         self.scheduler = build_scheduler(config.scheduler, self.optimizer, self.total_steps)
-        self.use_amp = config.amp and ctx.device.type == "cuda"
+        self.use_amp = config.amp and amp_supported(ctx.device, config.amp_dtype)
+        if config.channels_last:
+            for module in modules.values():
+                module.to(memory_format=torch.channels_last)
         self.amp_dtype = getattr(torch, config.amp_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and config.amp_dtype == "float16")
         self.step = 0

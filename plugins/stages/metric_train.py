@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from hvkit import distributed
 from hvkit.api import Component, StageOutput
-from hvkit.engine import StageContext, TrainConfig, Trainer
+from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.datasets.pairs import labelled_writers
 from hvkit_plugins.stages.encoder import Encoder, load_encoder, save_encoder, to_float
 
@@ -84,14 +84,15 @@ class MetricTrain:
             x = to_float(split.images[index_t], ctx.device)
             if transform is not None:
                 x = transform(x, generator)
-            emb = model(x)
-            if self.normalize:
-                emb = F.normalize(emb, dim=1)
+            emb = model(x).float()
             y = labels_dev[index_t.to(ctx.device)]
-            if gathered:
-                emb, y = distributed.gather_with_grad(emb), distributed.gather(y)
-            indices = miner(emb, y) if miner is not None else None
-            return loss_fn(emb, y, indices)
+            with full_precision(ctx.device):
+                if self.normalize:
+                    emb = F.normalize(emb, dim=1)
+                if gathered:
+                    emb, y = distributed.gather_with_grad(emb), distributed.gather(y)
+                indices = miner(emb, y) if miner is not None else None
+                return loss_fn(emb, y, indices)
 
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)

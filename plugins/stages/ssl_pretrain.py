@@ -9,7 +9,7 @@ import torch
 
 from hvkit import distributed
 from hvkit.api import Component
-from hvkit.engine import StageContext, TrainConfig, Trainer
+from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
 
 
@@ -67,10 +67,11 @@ class SSLPretrain:
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
             views = torch.cat([transform(x, generator), transform(x, generator)])
-            z_a, z_b = model(views).chunk(2)
-            if gathered:
-                z_a, z_b = distributed.gather_with_grad(z_a), distributed.gather_with_grad(z_b)
-            return loss_fn(z_a, z_b)
+            z_a, z_b = model(views).float().chunk(2)
+            with full_precision(ctx.device):
+                if gathered:
+                    z_a, z_b = distributed.gather_with_grad(z_a), distributed.gather_with_grad(z_b)
+                return loss_fn(z_a, z_b)
 
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)

@@ -10,7 +10,7 @@ from torch import nn
 
 from hvkit import distributed
 from hvkit.api import Component
-from hvkit.engine import StageContext, TrainConfig, Trainer
+from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
 
 
@@ -69,7 +69,8 @@ class VAEPretrain:
             if transform is not None:
                 x = transform(x, generator)
             recon, mu, logvar = model(x)
-            loss = loss_fn(x, recon, mu, logvar)
+            with full_precision(ctx.device):
+                loss = loss_fn(x.float(), recon.float(), mu.float(), logvar.float())
             terms = loss_fn.terms() if hasattr(loss_fn, "terms") else {}
             return loss, {k: float(v) for k, v in terms.items()}
 
