@@ -2,6 +2,8 @@
 
 Three measurements (each in a fresh forked process, so peak memory is its own):
 
+Times are the best of ``--repeats`` alternating runs (the machine may be shared).
+
 1. Retrieval metrics (self-retrieval, k = largest class size) through ``hvkit.evaluation``
    against pytorch-metric-learning's ``AccuracyCalculator(k="max_bin_count")`` with its
    default faiss-cpu kNN and k-means, on the same L2-normalised embeddings; the values
@@ -72,7 +74,7 @@ def _child(fn, args, conn) -> None:
     conn.close()
 
 
-def measure(fn, *args) -> tuple[float, float, object]:
+def run_once(fn, *args) -> tuple[float, float, object]:
     """``(seconds, peak MiB above the starting RSS, result)`` of ``fn(*args)`` in a forked process."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
@@ -81,6 +83,12 @@ def measure(fn, *args) -> tuple[float, float, object]:
     out = parent.recv()
     process.join()
     return out
+
+
+def compare(repeats: int, *calls: tuple) -> list[tuple[float, float, object]]:
+    """Each ``(fn, *args)`` of ``calls`` run ``repeats`` times, alternating; per call the best time and the largest peak."""
+    runs = [[run_once(*call) for call in calls] for _ in range(repeats)]
+    return [(min(r[i][0] for r in runs), max(r[i][1] for r in runs), runs[0][i][2]) for i in range(len(calls))]
 
 
 def hvkit_retrieval(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -133,17 +141,19 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10_000_000, help="explicit pairs (default 10^7)")
     parser.add_argument("--block", type=int, default=2048, help="all-pairs block size")
     parser.add_argument("--only", default="retrieval,all_pairs,pairs", help="comma-separated subset")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs; the best time is kept")
     args = parser.parse_args()
     only = set(args.only.split(","))
     x, labels = clustered(args.n, args.dim)
     sizes = np.bincount(labels)
     print(f"N={args.n}, dim={args.dim}, {len(sizes)} writers of {sizes.min()}-{sizes.max()} samples; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}\n")
+          f"{platform.processor() or platform.machine()}; best of {args.repeats} alternating run(s), "
+          f"load average {os.getloadavg()[0]:.1f} at the start\n")
 
     if "retrieval" in only:
-        ours_s, ours_mb, ours = measure(hvkit_retrieval, x, labels)
-        pml_s, pml_mb, pml = measure(pml_retrieval, x, labels)
+        (pml_s, pml_mb, pml), (ours_s, ours_mb, ours) = compare(
+            args.repeats, (pml_retrieval, x, labels), (hvkit_retrieval, x, labels))
         keys = {"precision_at_1": "precision_at_1", "r_precision": "r_precision",
                 "map_at_r": "mean_average_precision_at_r", "nmi": "NMI", "ami": "AMI"}
         gap = max(abs(ours[a] - pml[b]) for a, b in keys.items())
@@ -153,8 +163,8 @@ def main() -> None:
         print(f"\nvalues: " + ", ".join(f"{a} {ours[a]:.6f}" for a in keys) + f"; max |hvkit - PML| = {gap:.2e}\n")
 
     if "all_pairs" in only:
-        floor_s, floor_mb, _ = measure(dense_floor, x, args.block)
-        ours_s, ours_mb, roc = measure(hvkit_all_pairs, x, labels, args.block)
+        (floor_s, floor_mb, _), (ours_s, ours_mb, roc) = compare(
+            args.repeats, (dense_floor, x, args.block), (hvkit_all_pairs, x, labels, args.block))
         pairs = args.n * (args.n - 1) // 2
         print(f"| all pairs ({pairs:.3g} pairs, blocks of {args.block}) | seconds | peak MiB | / floor |\n|---|---|---|---|")
         print(f"| dense floor: the upper-triangle products alone | {floor_s:.1f} | {floor_mb:.0f} | 1.00 |")
@@ -166,8 +176,8 @@ def main() -> None:
         pairs = rng.integers(0, args.n, (args.pairs, 2))
         bandwidth = copy_bandwidth()
         floor_s = args.pairs * (2 * args.dim * 4 + 16) / bandwidth
-        numpy_s, numpy_mb, reference = measure(numpy_pairs, x, pairs)
-        ours_s, ours_mb, scores = measure(hvkit_pairs, x, pairs)
+        (numpy_s, numpy_mb, reference), (ours_s, ours_mb, scores) = compare(
+            args.repeats, (numpy_pairs, x, pairs), (hvkit_pairs, x, pairs))
         gap = float(np.abs(scores - reference).max())
         print(f"| {args.pairs:.3g} explicit pairs | seconds | Mpairs/s | peak MiB | vs NumPy | vs floor |\n|---|---|---|---|---|---|")
         print(f"| memory floor ({bandwidth / 1e9:.1f} GB/s copy) | {floor_s:.2f} | {args.pairs / floor_s / 1e6:.1f} | | | 1.00 |")

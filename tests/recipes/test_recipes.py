@@ -10,7 +10,8 @@ import pytest
 from hvkit.pipeline import prepare, run
 from hvkit.registry import set_registry
 
-RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).parents[2] / "recipes"
+RECIPES = sorted(ROOT.rglob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +20,12 @@ def first_party_registry(monkeypatch):
     set_registry(None)
     yield
     set_registry(None)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One synthetic-data cache for all recipes of the run (generated once)."""
+    return tmp_path_factory.mktemp("cache")
 
 
 def tiny_overrides(recipe: Path) -> list[str]:
@@ -42,12 +49,13 @@ def tiny_overrides(recipe: Path) -> list[str]:
 
 
 def test_recipes_exist():
-    assert any(r.name == "vicreg_cedar.yaml" for r in RECIPES)
+    names = {str(r.relative_to(ROOT)) for r in RECIPES}
+    assert {"vicreg_cedar.yaml", "vae_cedar.yaml", "losses/multi_similarity.yaml"} <= names
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
-def test_recipe_runs_tiny(recipe: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("HVKIT_CACHE", str(tmp_path / "cache"))
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(ROOT).with_suffix("")) for r in RECIPES])
+def test_recipe_runs_tiny(recipe: Path, tmp_path: Path, shared_cache: Path, monkeypatch):
+    monkeypatch.setenv("HVKIT_CACHE", str(shared_cache))
     run_dir = run(recipe, tiny_overrides(recipe), run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data"]["synthetic"] is True
