@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from _timing import alternate
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml, miners as pml_miners
 
@@ -191,15 +191,8 @@ def measure(case: Case, batch: int, dim: int, repeats: int, warmup: int,
         ours.to(device)
     if isinstance(reference, torch.nn.Module):
         reference.to(device)
-    for _ in range(warmup):
-        _time_once(ours, inputs, device, clock)
-        _time_once(reference, inputs, device, clock)
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
-    for r in range(repeats):
-        order = (("ours", ours), ("reference", reference))
-        for key, loss in order if r % 2 == 0 else reversed(order):
-            times[key].append(_time_once(loss, inputs, device, clock))
-    return statistics.median(times["ours"]), statistics.median(times["reference"])
+    return alternate(lambda: _time_once(ours, inputs, device, clock),
+                     lambda: _time_once(reference, inputs, device, clock), repeats, warmup)
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ the cost of producing 3 extra embeddings per real one, of mining and of the loss
 
 import argparse
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from _timing import alternate
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml
 
@@ -102,15 +102,8 @@ def measure(case: Case, batch: int, dim: int, repeats: int, warmup: int,
     for step in (ours, reference):
         if isinstance(step, torch.nn.Module):
             step.to(device)
-    for _ in range(warmup):
-        _time_once(ours, inputs, device)
-        _time_once(reference, inputs, device)
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
-    for r in range(repeats):
-        order = (("ours", ours), ("reference", reference))
-        for key, step in order if r % 2 == 0 else reversed(order):
-            times[key].append(_time_once(step, inputs, device))
-    return statistics.median(times["ours"]), statistics.median(times["reference"])
+    return alternate(lambda: _time_once(ours, inputs, device),
+                     lambda: _time_once(reference, inputs, device), repeats, warmup)
 
 
 def main() -> None:

@@ -24,16 +24,24 @@ ALL_PAIRS_BINS = 1 << 16
 
 @dataclass
 class Neighbours:
-    """kNN of each test embedding: ``ids``/``scores``/``labels`` are (N, k), most similar first."""
+    """kNN of each test embedding: ``ids`` and ``scores`` are (N, k), most similar first.
+
+    ``ids`` index the gallery (the reference set, or the test set in self-retrieval),
+    whose labels are ``gallery_labels``.
+    """
 
     ids: np.ndarray
     scores: np.ndarray
-    labels: np.ndarray
+    gallery_labels: np.ndarray
     self_retrieval: bool
 
     @property
     def k(self) -> int:
         return int(self.ids.shape[1])
+
+    def labels(self, rows: np.ndarray | slice = slice(None), k: int | None = None) -> np.ndarray:
+        """Labels of the first ``k`` (default all) neighbours of the queries ``rows``; taken in blocks, no N × k copy is kept."""
+        return self.gallery_labels[self.ids[rows, :k]]
 
 
 def compute_knn(data: EvalData, evaluators: Sequence[Any]) -> Neighbours:
@@ -44,7 +52,7 @@ def compute_knn(data: EvalData, evaluators: Sequence[Any]) -> Neighbours:
         raise ValueError("kNN needs at least two test embeddings (or one reference embedding)")
     scores, ids = knn(data.embeddings, k, None if data.self_retrieval else gallery,
                       metric=data.metric, device=data.device)
-    return Neighbours(ids=ids, scores=scores, labels=np.asarray(gallery_labels)[ids],
+    return Neighbours(ids=ids, scores=scores, gallery_labels=np.asarray(gallery_labels),
                       self_retrieval=data.self_retrieval)
 
 

@@ -6,6 +6,13 @@ memory stays at one block plus the counts while ROC AUC and EER cover every pair
 embeddings are first sorted by label: same-label pairs then form a few rectangles near
 the diagonal, counted separately, and the different-label counts are the total minus
 those.
+
+Binning error: ROC AUC from the histograms counts a same/different couple that shares
+a bin as ½, so it differs from the exact AUC by at most ½ Σ_b same_b · diff_b / (P · N)
+(P same pairs, N different; :meth:`hvkit.evaluation.RocCounts.auc_error_bound` computes
+it), about ½ · w · ∫ p_same p_diff for bin width w: below 1e-5 for cosine scores with the
+default 2^16 bins (w = 3.05e-5). EER is exact at bin edges and off by at most the share
+of pairs in the one bin where the error rates cross.
 """
 
 from __future__ import annotations

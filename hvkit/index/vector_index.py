@@ -59,7 +59,7 @@ class VectorIndex:
         self.engine = resolve_engine(engine)
         self._vectors: list[np.ndarray] = []
         self._index = self._new_faiss_index() if self.engine == "faiss" else None
-        self._gpu_index = None
+        self._gpu_index = self._gpu_resources = None
 
     def _new_faiss_index(self):
         faiss = require_faiss("VectorIndex")
@@ -132,7 +132,7 @@ class VectorIndex:
         ids = np.empty((len(q), k), np.int64)
         for start in range(0, len(q), self.query_block):
             stop = min(start + self.query_block, len(q))
-            scores[start:stop], ids[start:stop] = index.search(q[start:stop], k)
+            index.search(q[start:stop], k, D=scores[start:stop], I=ids[start:stop])
         if self.metric == "l2":
             np.negative(scores, out=scores)
         return scores, ids

@@ -34,8 +34,8 @@ class KNNProbe:
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
         neighbours = shared["knn"]
         k = min(self.k, neighbours.k)
-        classes, codes = np.unique(neighbours.labels[:, :k], return_inverse=True)
-        codes = codes.reshape(len(neighbours.labels), k)
+        classes, codes = np.unique(neighbours.labels(k=k), return_inverse=True)
+        codes = codes.reshape(len(neighbours.ids), k)
         predicted = np.empty(len(codes), dtype=np.int64)
         rows_at_once = max(1, VOTE_CELLS // len(classes))
         for start in range(0, len(codes), rows_at_once):

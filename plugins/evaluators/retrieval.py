@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from hvkit.evaluation import EvalData
 
-ROW_BLOCK = 8192
+BLOCK_CELLS = 1 << 22  # queries × k handled at once
 
 
 class Retrieval:
@@ -46,9 +46,10 @@ class Retrieval:
         queries = np.flatnonzero(r > 0)
         sums = dict.fromkeys(["precision_at_1", "r_precision", "map_at_r",
                               *(f"recall_at_{k}" for k in self.recall_at)], 0.0)
-        for start in range(0, len(queries), ROW_BLOCK):
-            rows = queries[start:start + ROW_BLOCK]
-            relevant = neighbours.labels[rows] == labels[rows, None]
+        step = max(1, BLOCK_CELLS // neighbours.k)
+        for start in range(0, len(queries), step):
+            rows = queries[start:start + step]
+            relevant = neighbours.labels(rows) == labels[rows, None]
             r_rows = r[rows]
             within_r = np.arange(relevant.shape[1])[None, :] < r_rows[:, None]
             hits = relevant & within_r
