@@ -1,7 +1,10 @@
-"""Scores of an explicit list of (i, j) pairs, in chunks.
+"""Scores of an explicit list of (i, j) pairs, without ever holding a pairs × dim array.
 
-Memory is two (``chunk_size``, D) gather buffers and the (P,) answer, never a P × D
-array, so tens of millions of pairs score in a few seconds.
+With FAISS on the CPU, one call of ``pairwise_indexed_inner_product`` (or ``_L2sqr``)
+reads the two rows of each pair straight from the embeddings; otherwise torch gathers
+``chunk_size`` pairs at a time into two reusable buffers. Either way memory is the (P,)
+answer plus at most two (``chunk_size``, D) buffers, so tens of millions of pairs score in
+seconds.
 """
 
 from __future__ import annotations
@@ -9,16 +12,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .backend import prepare_tensors
+from .backend import faiss_module, prepare_tensors, resolve_engine
 
 
 def score_pairs(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray,
                 reference: np.ndarray | torch.Tensor | None = None, *, metric: str = "cosine",
-                chunk_size: int = 65536, device: str = "cpu") -> np.ndarray:
+                engine: str = "auto", chunk_size: int = 65536, device: str = "cpu") -> np.ndarray:
     """Similarity of ``embeddings[i]`` and ``reference[j]`` (``embeddings[j]`` without a reference) for each row ``(i, j)`` of ``pairs``.
 
     ``pairs`` is an integer (P, 2) array; the answer is (P,) float32, higher = more alike
-    (cosine, inner product, or minus the squared L2 distance).
+    (cosine, inner product, or minus the squared L2 distance). FAISS does the work on the
+    CPU when installed (``engine="auto"``); torch on ``device`` otherwise.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
@@ -26,13 +30,15 @@ def score_pairs(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray,
     if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
         raise ValueError(f"pairs must be an integer (P, 2) array of (i, j) indices, got {pairs.dtype} {pairs.shape}")
     left, right = prepare_tensors(embeddings, reference, metric, device, ("embeddings", "reference"))
-    dev = left.device
-    for column, rows, name in ((0, len(left), "embeddings"), (1, len(right), "reference" if reference is not None else "embeddings")):
+    for column, rows, name in ((0, len(left), "embeddings"),
+                               (1, len(right), "embeddings" if reference is None else "reference")):
         if len(pairs) and (pairs[:, column].min() < 0 or pairs[:, column].max() >= rows):
             raise ValueError(f"pairs[:, {column}] must index the {rows} rows of {name}")
-    index = torch.from_numpy(np.ascontiguousarray(pairs, dtype=np.int64)).to(dev)
-    out = torch.empty(len(pairs), device=dev)
-    a = torch.empty(min(chunk_size, len(pairs)), left.shape[1], device=dev)
+    if resolve_engine(engine) == "faiss" and left.device.type == "cpu":
+        return _faiss_scores(left.numpy(), right.numpy(), pairs, metric)
+    index = torch.from_numpy(np.ascontiguousarray(pairs, dtype=np.int64)).to(left.device)
+    out = torch.empty(len(pairs), device=left.device)
+    a = torch.empty(min(chunk_size, len(pairs)), left.shape[1], device=left.device)
     b = torch.empty_like(a)
     for start in range(0, len(pairs), chunk_size):
         stop = min(start + chunk_size, len(pairs))
@@ -44,3 +50,16 @@ def score_pairs(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray,
         else:
             torch.sum(a[:n].mul_(b[:n]), 1, out=out[start:stop])
     return out.cpu().numpy()
+
+
+def _faiss_scores(left: np.ndarray, right: np.ndarray, pairs: np.ndarray, metric: str) -> np.ndarray:
+    faiss = faiss_module()
+    first = np.ascontiguousarray(pairs[:, 0], dtype=np.int64)
+    second = np.ascontiguousarray(pairs[:, 1], dtype=np.int64)
+    out = np.empty(len(pairs), np.float32)
+    kernel = faiss.pairwise_indexed_L2sqr if metric == "l2" else faiss.pairwise_indexed_inner_product
+    kernel(left.shape[1], len(pairs), faiss.swig_ptr(left), faiss.swig_ptr(first), faiss.swig_ptr(right),
+           faiss.swig_ptr(second), faiss.swig_ptr(out))
+    if metric == "l2":
+        np.negative(out, out=out)
+    return out

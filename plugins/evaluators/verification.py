@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,15 @@ class Verification:
                        f1=2 * precision * recall / (precision + recall) if precision + recall else 0.0)
         out.update(per_writer_eer(test))
         if out_dir is not None:
-            plot_roc(roc, out_dir / f"verification_{name}_roc_det.png", name)
-            plot_scores(roc, out_dir / f"verification_{name}_scores.png", name)
+            stem = re.sub(r"[^\w.-]", "_", name)
+            plot_roc(roc, out_dir / f"verification_{stem}_roc_det.png", name)
+            plot_scores(roc, out_dir / f"verification_{stem}_scores.png", name)
         return out
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
+        if self.all_pairs and "all_pairs" in data.verifiers:
+            raise ValueError("verification: a verifier is named 'all_pairs', the key of the all-pairs "
+                             "metrics; rename it or set all_pairs: false")
         out = {name: self._verifier(name, sets, data.out_dir) for name, sets in data.verifiers.items()}
         if self.all_pairs and shared.get("all_pairs") is not None:
             roc = RocCounts.from_histogram(shared["all_pairs"])

@@ -96,6 +96,18 @@ def test_plots_are_valid_pngs(tmp_path):
             assert image.size[0] >= 600
 
 
+def test_plot_names_are_safe_file_names(tmp_path):
+    run({"ssl/hv pair": {"test": pair_set(100, 5)}}, out_dir=tmp_path, all_pairs=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["verification_ssl_hv_pair_roc_det.png",
+                                                         "verification_ssl_hv_pair_scores.png"]
+
+
+def test_a_verifier_named_all_pairs_is_refused():
+    with pytest.raises(ValueError, match="all_pairs"):
+        run({"all_pairs": {"test": pair_set(100, 6)}})
+    assert "all_pairs" in run({"all_pairs": {"test": pair_set(100, 6)}}, all_pairs=False)
+
+
 @pytest.mark.parametrize("far_targets", [[], [0.0], [1.5]])
 def test_invalid_far_targets(far_targets):
     with pytest.raises(ValueError, match="far_targets"):

@@ -17,25 +17,34 @@ def direct(a: np.ndarray, b: np.ndarray, pairs: np.ndarray, metric: str) -> np.n
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
-@pytest.mark.parametrize("chunk_size", [1, 7, 65536])
-def test_scores_equal_direct_computation(data, metric, chunk_size):
+@pytest.mark.parametrize("engine, chunk_size", [("faiss", 65536), ("torch", 1), ("torch", 7), ("torch", 65536)])
+def test_scores_equal_direct_computation(data, metric, engine, chunk_size):
     x, _ = data
     pairs = np.random.default_rng(0).integers(0, len(x), (1000, 2))
-    got = score_pairs(x, pairs, metric=metric, chunk_size=chunk_size)
+    got = score_pairs(x, pairs, metric=metric, engine=engine, chunk_size=chunk_size)
     assert got.dtype == np.float32 and got.shape == (1000,)
     np.testing.assert_allclose(got, direct(x, x, pairs, metric), rtol=1e-5, atol=1e-4)
 
 
-def test_query_reference_pairs(data):
+@pytest.mark.parametrize("engine", ["faiss", "torch"])
+def test_query_reference_pairs(data, engine):
     x, _ = data
     a, b = x[:30], x[30:]
     pairs = np.stack([np.arange(30), np.arange(30) * 7 % len(b)], axis=1)
-    np.testing.assert_allclose(score_pairs(a, pairs, b), direct(a, b, pairs, "cosine"), rtol=1e-5, atol=1e-6)
+    got = score_pairs(a, pairs, b, engine=engine)
+    np.testing.assert_allclose(got, direct(a, b, pairs, "cosine"), rtol=1e-5, atol=1e-6)
 
 
-def test_empty_pair_list(data):
+def test_without_faiss_torch_does_the_work(data, no_faiss):
     x, _ = data
-    assert score_pairs(x, np.zeros((0, 2), np.int64)).shape == (0,)
+    pairs = np.array([[0, 1], [2, 3]])
+    np.testing.assert_allclose(score_pairs(x, pairs), direct(x, x, pairs, "cosine"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["faiss", "torch"])
+def test_empty_pair_list(data, engine):
+    x, _ = data
+    assert score_pairs(x, np.zeros((0, 2), np.int64), engine=engine).shape == (0,)
 
 
 @pytest.mark.parametrize("pairs, match", [
