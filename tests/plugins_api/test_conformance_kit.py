@@ -497,7 +497,7 @@ class NearestWriter:
     def __call__(self, data, shared):
         if data.reference_embeddings is None:
             raise ValueError("needs reference embeddings")
-        out = {"precision_at_1": np.mean(shared["knn"].labels[:, 0] == data.labels),
+        out = {"precision_at_1": np.mean(shared["knn"].labels(k=1)[:, 0] == data.labels),
                "queries": len(data.labels)}
         if data.out_dir is not None:
             (data.out_dir / "note.txt").write_text("written")
