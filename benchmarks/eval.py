@@ -1,6 +1,6 @@
 """Speed of the evaluation layer against its references, measured in one run; prints markdown tables.
 
-Three measurements (each in a fresh forked process, so peak memory is its own):
+Three measurements (each call in a freshly spawned process, so its peak memory is its own):
 
 Times are the best of ``--repeats`` alternating runs (the machine may be shared).
 
@@ -77,8 +77,12 @@ def _child(fn, args, conn) -> None:
 
 
 def run_once(fn, *args) -> tuple[float, float, object]:
-    """``(seconds, peak MiB above the starting RSS, result)`` of ``fn(*args)`` in a forked process."""
-    ctx = multiprocessing.get_context("fork")
+    """``(seconds, peak MiB above the starting RSS, result)`` of ``fn(*args)`` in a fresh process.
+
+    Spawned, not forked: torch's and FAISS's OpenMP thread pools do not survive a fork
+    cleanly, which slowed the torch-heavy reference several-fold in a forked child.
+    """
+    ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child, args=(fn, args, child))
     process.start()
