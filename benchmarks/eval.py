@@ -1,8 +1,9 @@
 """Speed of the evaluation layer against its references, measured in one run; prints markdown tables.
 
-Three measurements (each call in a freshly spawned process, so its peak memory is its own):
-
-Times are the best of ``--repeats`` alternating runs (the machine may be shared).
+Each call runs in a freshly spawned process, so its peak memory is its own: the peak
+resident set (``VmHWM``, reset before the call) above the resident set at its start, the
+largest over the runs. Times are the best of ``--repeats`` alternating runs (the machine
+may be shared). Three measurements:
 
 1. Retrieval metrics (self-retrieval, k = largest class size) through ``hvkit.evaluation``
    against pytorch-metric-learning's ``AccuracyCalculator(k="max_bin_count")`` with its
@@ -30,7 +31,6 @@ import argparse
 import multiprocessing
 import os
 import platform
-import resource
 import time
 
 import numpy as np
@@ -56,9 +56,9 @@ def clustered(n: int, dim: int, per_writer: int = 100, seed: int = 0) -> tuple[n
     return x, labels
 
 
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
 def _child(fn, args, conn) -> None:
@@ -67,12 +67,11 @@ def _child(fn, args, conn) -> None:
             refs.write("5")  # reset the peak-RSS mark to the current RSS
     except OSError:
         pass
-    start = _rss_kib()
+    start = _status_kib("VmRSS")
     t0 = time.perf_counter()
     result = fn(*args)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    conn.send((seconds, max(peak - start, 0) / 1024, result))
+    conn.send((seconds, max(_status_kib("VmHWM") - start, 0) / 1024, result))
     conn.close()
 
 
