@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--per-writer", type=int, default=100, help="mean samples per writer (default 100)")
     parser.add_argument("--pairs", type=int, default=10_000_000, help="explicit pairs (default 10^7)")
-    parser.add_argument("--block", type=int, default=2048, help="all-pairs block size")
+    parser.add_argument("--block", type=int, default=1024, help="all-pairs block size (default: the function's, 1024)")
     parser.add_argument("--only", default="retrieval,all_pairs,pairs", help="comma-separated subset")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs; the best time is kept")
     args = parser.parse_args()

@@ -2,7 +2,10 @@
 
 The Gram matrix is computed block by block over its upper triangle only; each block is
 quantised into ``bins`` equal bins over [-1, 1] and counted with ``torch.bincount``, so
-memory stays at one block plus the counts while ROC AUC and EER cover every pair. The
+memory stays at one block per thread plus the counts while ROC AUC and EER cover every
+pair. On the CPU the blocks are shared among torch's threads, each computing and counting
+whole blocks on its own (``torch.bincount`` is serial, so splitting blocks beats splitting
+each product). The
 embeddings are first sorted by label: same-label pairs then form a few rectangles near
 the diagonal, counted separately, and the different-label counts are the total minus
 those.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backend import as_matrix, prepare, torch_device
+from .backend import as_matrix, prepare, single_threaded, torch_device
 from .blocks import score_blocks
 
 
@@ -43,7 +46,7 @@ class ScoreHistogram:
 
 
 def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, *, bins: int = 1 << 16,
-                        block_size: int = 2048, device: str = "cpu") -> ScoreHistogram:
+                        block_size: int = 1024, device: str = "cpu") -> ScoreHistogram:
     """Histograms of the cosine similarity of every unordered pair ``i < j``, split by ``labels[i] == labels[j]``.
 
     A score ``s`` goes to bin ``floor((s + 1) · bins / 2)`` (1.0 into the last bin). With
@@ -70,48 +73,42 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
     scaled = np.hstack([unit * np.float32(half), ones * np.float32(half)])
     unit = np.hstack([unit, ones])
     dev = torch_device(device)
-    total = torch.zeros(bins + 1, dtype=torch.int64, device=dev)
-    same = torch.zeros(bins + 1, dtype=torch.int64, device=dev)
-    codes = torch.empty(min(block_size, len(x)) ** 2, dtype=torch.int32, device=dev)
-    upper = {}
-    workers = torch.get_num_threads() if dev.type == "cpu" else 1
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    slots = bins + 2  # the bins, then s = 1.0 exactly (folded into the last bin), then "not a pair"
+    threads = torch.get_num_threads() if dev.type == "cpu" else 1
 
-    def histogram(values: torch.Tensor) -> torch.Tensor:
-        """bincount of ``values``; split over threads on the CPU, where torch.bincount runs on one."""
-        if pool is None or len(values) < 1 << 16:
-            return torch.bincount(values, minlength=bins + 1)
-        parts = pool.map(lambda part: torch.bincount(part, minlength=bins + 1), values.chunk(workers))
-        return sum(parts)
+    def count_part(part: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts over every ``threads``-th block, each block's products and counts on one thread."""
+        total = torch.zeros(slots, dtype=torch.int64, device=dev)
+        same = torch.zeros(slots, dtype=torch.int64, device=dev)
+        codes = torch.empty(min(block_size, len(x)) ** 2, dtype=torch.int32, device=dev)
+        lower = {}  # per diagonal-block size: the mask of pairs j <= i, which are not counted
 
-    def count(products: torch.Tensor, q0: int, r0: int) -> None:
-        nq, nr = products.shape
-        block = codes[:nq * nr].view(nq, nr)
-        block.copy_(products)  # truncation = floor, as the products are >= 0 (up to rounding at s = -1)
-        if q0 == r0:  # a diagonal block: pairs j > i only
-            if nq not in upper:
-                upper[nq] = torch.triu_indices(nq, nq, 1, device=dev)
-            rows, cols = upper[nq]
-            total.add_(histogram(block[rows, cols]))
-        else:
-            total.add_(histogram(block.view(-1)))
-        first = np.searchsorted(bounds, max(q0, r0), side="right") - 1
-        last = np.searchsorted(bounds, min(q0 + nq, r0 + nr), side="left")
-        for c in range(first, last):  # same-label rectangles meeting this block
-            a0, a1 = max(bounds[c], q0), min(bounds[c + 1], q0 + nq)
-            b0, b1 = max(bounds[c], r0), min(bounds[c + 1], r0 + nr)
-            if a0 >= a1 or b0 >= b1:
-                continue
-            rect = block[a0 - q0:a1 - q0, b0 - r0:b1 - r0]
+        def count(products: torch.Tensor, q0: int, r0: int) -> None:
+            nq, nr = products.shape
+            block = codes[:nq * nr].view(nq, nr)
+            block.copy_(products)  # truncation = floor, as the products are >= 0 (up to rounding at s = -1)
             if q0 == r0:
-                rect = rect[torch.arange(b0, b1, device=dev)[None, :] > torch.arange(a0, a1, device=dev)[:, None]]
-            same.add_(torch.bincount(rect.reshape(-1), minlength=bins + 1))
+                if nq not in lower:
+                    lower[nq] = torch.ones(nq, nq, dtype=torch.bool, device=dev).tril()
+                block.masked_fill_(lower[nq], slots - 1)
+            total.add_(torch.bincount(block.view(-1), minlength=slots))
+            first = np.searchsorted(bounds, max(q0, r0), side="right") - 1
+            last = np.searchsorted(bounds, min(q0 + nq, r0 + nr), side="left")
+            for c in range(first, last):  # same-label rectangles meeting this block
+                a0, a1 = max(bounds[c], q0), min(bounds[c + 1], q0 + nq)
+                b0, b1 = max(bounds[c], r0), min(bounds[c + 1], r0 + nr)
+                if a0 < a1 and b0 < b1:
+                    counts = torch.bincount(block[a0 - q0:a1 - q0, b0 - r0:b1 - r0].reshape(-1))
+                    same[:len(counts)].add_(counts)
 
-    try:
-        score_blocks(scaled, count, unit, metric="ip", block_size=block_size, device=device, upper_triangle=True)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+        with single_threaded(threads > 1, restore=threads):
+            score_blocks(scaled, count, unit, metric="ip", block_size=block_size, device=device,
+                         upper_triangle=True, part=(part, threads))
+        return total, same
+
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(count_part, range(threads)))
+    total, same = sum(p[0] for p in parts), sum(p[1] for p in parts)
     total, same = total.cpu().numpy(), same.cpu().numpy()
     total[bins - 1] += total[bins]
     same[bins - 1] += same[bins]

@@ -19,7 +19,8 @@ BlockFn = Callable[[torch.Tensor, int, int], None]
 
 def score_blocks(query: np.ndarray | torch.Tensor, fn: BlockFn,
                  reference: np.ndarray | torch.Tensor | None = None, *, metric: str = "cosine",
-                 block_size: int = 2048, device: str = "cpu", upper_triangle: bool = False) -> None:
+                 block_size: int = 2048, device: str = "cpu", upper_triangle: bool = False,
+                 part: tuple[int, int] = (0, 1)) -> None:
     """Call ``fn(scores, q0, r0)`` for every block of query × reference similarities.
 
     ``scores[a, b]`` is the similarity of ``query[q0 + a]`` and ``reference[r0 + b]``
@@ -28,7 +29,8 @@ def score_blocks(query: np.ndarray | torch.Tensor, fn: BlockFn,
     query is compared with itself. ``upper_triangle=True`` visits only blocks with
     ``r0 >= q0`` (diagonal blocks whole): every unordered pair once, half the work; it is
     for a query compared with itself, or with a reference whose row i is the same item
-    as query row i (e.g. a rescaled copy).
+    as query row i (e.g. a rescaled copy). ``part=(i, n)`` visits only every n-th block,
+    starting with the i-th, so that n threads can share the blocks.
     """
     if block_size < 1:
         raise ValueError(f"block_size={block_size} must be >= 1")
@@ -39,10 +41,16 @@ def score_blocks(query: np.ndarray | torch.Tensor, fn: BlockFn,
     dev = q.device
     if metric == "l2":
         q_sq, r_sq = (q * q).sum(1), (r * r).sum(1)
+    if not 0 <= part[0] < part[1]:
+        raise ValueError(f"part={part} must be (i, n) with 0 <= i < n")
     buffer = torch.empty(min(block_size, len(q)) * min(block_size, len(r)), device=dev)
+    ordinal = -1
     for q0 in range(0, len(q), block_size):
         q1 = min(q0 + block_size, len(q))
         for r0 in range(q0 if upper_triangle else 0, len(r), block_size):
+            ordinal += 1
+            if ordinal % part[1] != part[0]:
+                continue
             r1 = min(r0 + block_size, len(r))
             out = buffer[:(q1 - q0) * (r1 - r0)].view(q1 - q0, r1 - r0)
             if metric == "l2":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from hvkit.index import all_pairs_histogram
 
@@ -63,3 +64,18 @@ def test_errors():
     x[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         all_pairs_histogram(x, np.zeros(4))
+
+
+def test_threads_share_the_blocks_and_the_thread_count_is_restored():
+    x, labels = clustered(n=300, dim=10, classes=7, seed=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        shared = all_pairs_histogram(x, labels, block_size=40)
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        alone = all_pairs_histogram(x, labels, block_size=40)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(shared.same, alone.same)
+    np.testing.assert_array_equal(shared.diff, alone.diff)

@@ -46,6 +46,21 @@ def test_upper_triangle_visits_every_unordered_pair_once(data):
     np.testing.assert_allclose(full[i, j], whole[i, j], rtol=1e-6, atol=1e-6)
 
 
+def test_parts_share_the_blocks_exactly(data):
+    x, _ = data
+    visits = np.zeros((60, 60), int)
+
+    def keep(scores: torch.Tensor, q0: int, r0: int) -> None:
+        visits[q0:q0 + scores.shape[0], r0:r0 + scores.shape[1]] += 1
+
+    for i in range(3):
+        score_blocks(x[:60], keep, block_size=16, upper_triangle=True, part=(i, 3))
+    _, whole = assemble(x[:60], upper_triangle=True, block_size=16)
+    np.testing.assert_array_equal(visits, whole)
+    with pytest.raises(ValueError, match="part"):
+        score_blocks(x[:10], keep, part=(3, 3))
+
+
 def test_score_blocks_errors(data):
     x, _ = data
     with pytest.raises(ValueError, match="block_size"):
