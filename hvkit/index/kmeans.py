@@ -22,7 +22,8 @@ def kmeans_assign(x: np.ndarray | torch.Tensor, clusters: int, *, iterations: in
         raise ValueError(f"clusters={clusters} must be between 1 and the number of rows ({len(x)})")
     if resolve_engine(engine) == "faiss":
         faiss = faiss_module()
-        kmeans = faiss.Kmeans(x.shape[1], clusters, niter=iterations, seed=seed)
+        # min_points_per_centroid only decides when FAISS prints a warning (few points per cluster is normal here)
+        kmeans = faiss.Kmeans(x.shape[1], clusters, niter=iterations, seed=seed, min_points_per_centroid=1)
         kmeans.train(x)
         return kmeans.index.search(x, 1)[1][:, 0].astype(np.int64)
     from sklearn.cluster import KMeans

@@ -107,6 +107,7 @@ class VectorIndex:
         find fewer than ``k``: the missing ids are -1.
         """
         q = prepare(queries, self.metric, "queries")
+        k = int(k)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]} but the index has {self.dim}")
         if exclude_self and len(q) != self.ntotal:

@@ -27,3 +27,9 @@ def test_fallback_finds_well_separated_clusters(no_faiss):
 def test_cluster_count_is_checked():
     with pytest.raises(ValueError, match="clusters=5"):
         kmeans_assign(np.ones((4, 2), np.float32), 5)
+
+
+def test_few_points_per_cluster_print_no_faiss_warning(capfd):
+    x, _ = clustered(n=60, dim=4, classes=20, seed=7)
+    assert len(np.unique(kmeans_assign(x, 20, engine="faiss"))) == 20
+    assert "WARNING" not in capfd.readouterr().err

@@ -29,7 +29,7 @@ def brute_force(query: np.ndarray, k: int, reference: np.ndarray | None, metric:
 def test_knn_matches_brute_force(data, engine, metric, self_retrieval):
     x, _ = data
     query, reference = (x, None) if self_retrieval else (x[:100], x[100:])
-    scores, ids = knn(query, 7, reference, metric=metric, engine=engine)
+    scores, ids = knn(query, np.int64(7), reference, metric=metric, engine=engine)  # NumPy k, as from a bincount
     assert scores.shape == ids.shape == (len(query), 7)
     np.testing.assert_array_equal(ids, brute_force(query, 7, reference, metric))
     assert np.all(np.diff(scores, axis=1) <= 1e-6), "best first"
