@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hvkit import distributed
 from hvkit.api import Component, StageOutput
@@ -27,6 +28,15 @@ class MetricTrain:
     trains the head alone); without it the recipe's backbone trains from scratch, the
     supervised baseline. Batches come from ``sampler`` (P writers × K images by default);
     an optional ``miner`` picks the pairs the loss sees.
+
+    ``unlabelled_loss`` (e.g. ``vicreg``) makes it semi-supervised, as S4L (Zhai et al.
+    2019, "S4L: Self-Supervised Semi-Supervised Learning"): each step also draws
+    ``unlabelled_batch_size`` images from *all* training writers (labels unused), makes two
+    ``unlabelled_transform`` views, passes them through the same backbone and the
+    ``init_from`` stage's head (the pre-training expander, trained on), and minimises
+    L = L_metric + ``unlabelled_weight`` · L_view. The self-supervised term keeps the
+    backbone's features general while the few labelled writers pull them toward writer
+    identity.
     """
 
     def __init__(self, loss: Component["loss"] = "multi_similarity",
@@ -40,9 +50,21 @@ class MetricTrain:
                  normalize: bool = True,
                  batch_size: int = 64,
                  backbone: Component["backbone"] | None = None,
+                 unlabelled_loss: Component["loss"] | None = None,
+                 unlabelled_weight: float = 1.0,
+                 unlabelled_batch_size: int = 128,
+                 unlabelled_transform: Component["transform"] = "handwriting_views",
                  train: TrainConfig = _default_train()):
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+        if unlabelled_loss is not None:
+            if init_from is None:
+                raise ValueError("unlabelled_loss needs init_from: the pre-training stage whose head "
+                                 "(the expander) the self-supervised term trains on")
+            if unlabelled_batch_size < 2:
+                raise ValueError(f"unlabelled_batch_size must be at least 2, got {unlabelled_batch_size}")
+        self.unlabelled_loss, self.unlabelled_weight = unlabelled_loss, unlabelled_weight
+        self.unlabelled_batch_size, self.unlabelled_transform = unlabelled_batch_size, unlabelled_transform
         self.loss, self.miner, self.sampler, self.head = loss, miner, sampler, head
         self.transform, self.init_from, self.freeze_backbone = transform, init_from, freeze_backbone
         self.label_fraction, self.normalize, self.batch_size = label_fraction, normalize, batch_size
@@ -62,12 +84,14 @@ class MetricTrain:
                 if self.head is not None else None)
         encoder = Encoder(backbone, head)
         dim = head.out_dim if head is not None else backbone.embedding_dim
+        unlabelled = self._unlabelled(ctx, pretrained.head if self.init_from is not None else None)
         loss_fn = ctx.build("loss", self.loss, embedding_dim=dim, num_classes=len(writers)).to(ctx.device)
         miner = ctx.build("miner", self.miner) if self.miner is not None else None
         transform = ctx.build("transform", self.transform) if self.transform is not None else None
         sampler = ctx.build("sampler", self.sampler, labels=labels.numpy(), batch_size=self.batch_size,
                             seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
-        model = distributed.wrap(encoder, ctx.device)
+        model = distributed.wrap(encoder if unlabelled is None else _WithExpander(encoder, unlabelled.expander),
+                                 ctx.device)
         gathered = (getattr(loss_fn, "needs_global_batch", False) or miner is not None) and ctx.world_size > 1
         labels_dev = labels.to(ctx.device)
         ctx.log(f"{len(writers)} labelled writers ({self.label_fraction:.0%}), {len(split)} images, "
@@ -84,15 +108,24 @@ class MetricTrain:
             x = to_float(split.images[index_t], ctx.device)
             if transform is not None:
                 x = transform(x, generator)
-            emb = model(x).float()
+            if unlabelled is None:
+                emb = model(x).float()
+            else:
+                emb, views = model(x, unlabelled.views(generator))
             y = labels_dev[index_t.to(ctx.device)]
             with full_precision(ctx.device):
                 if self.normalize:
-                    emb = F.normalize(emb, dim=1)
+                    emb = F.normalize(emb.float(), dim=1)
                 if gathered:
                     emb, y = distributed.gather_with_grad(emb), distributed.gather(y)
                 indices = miner(emb, y) if miner is not None else None
-                return loss_fn(emb, y, indices)
+                metric = loss_fn(emb, y, indices)
+                if unlabelled is None:
+                    return metric
+                view = unlabelled.loss(*views.float().chunk(2))
+                # each rank's view loss is its own batch's: undo the trainer's scaling for a gathered metric loss
+                local = view / distributed.global_loss_scale() if gathered else view
+                return metric + self.unlabelled_weight * local, {"metric": metric.item(), "unlabelled": view.item()}
 
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
@@ -100,3 +133,42 @@ class MetricTrain:
         path = save_encoder(ctx, encoder, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step,
                                              "labelled_writers": len(writers)}}
+
+    def _unlabelled(self, ctx: StageContext, expander: nn.Module | None) -> "_Unlabelled | None":
+        if self.unlabelled_loss is None:
+            return None
+        if expander is None:
+            raise ValueError(f"unlabelled_loss: stage {self.init_from!r} saved no head to use as the expander")
+        loss = ctx.build("loss", self.unlabelled_loss, embedding_dim=expander.out_dim).to(ctx.device)
+        per_rank = max(self.unlabelled_batch_size // ctx.world_size, 2)
+        return _Unlabelled(ctx.dataset.splits["train"].images, per_rank, ctx.build("transform", self.unlabelled_transform),
+                           expander.train(), loss, ctx.device)
+
+
+class _Unlabelled:
+    """The semi-supervised term's parts: the image pool, its views, the expander and the view loss."""
+
+    def __init__(self, pool: torch.Tensor, batch_size: int, transform: Any, expander: nn.Module,
+                 loss: nn.Module, device: torch.device):
+        self.pool, self.batch_size, self.transform = pool, batch_size, transform
+        self.expander, self.loss, self.device = expander, loss, device
+
+    def views(self, generator: torch.Generator) -> torch.Tensor:
+        """Two views of ``batch_size`` pool images drawn without replacement by this step's generator."""
+        index = torch.randperm(len(self.pool), generator=generator)[:self.batch_size]
+        x = to_float(self.pool[index], self.device)
+        return torch.cat([self.transform(x, generator), self.transform(x, generator)])
+
+
+class _WithExpander(nn.Module):
+    """The encoder and the pre-training expander: one backbone pass over labelled and unlabelled images."""
+
+    def __init__(self, encoder: Encoder, expander: nn.Module):
+        super().__init__()
+        self.encoder, self.expander = encoder, expander
+
+    def forward(self, labelled: torch.Tensor, unlabelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder.backbone(torch.cat([labelled, unlabelled]))
+        own, other = features[:len(labelled)], features[len(labelled):]
+        emb = self.encoder.head(own) if self.encoder.head is not None else own
+        return emb, self.expander(other)

@@ -1,0 +1,74 @@
+"""metric_train's semi-supervised option: the labelled loss plus a weighted self-supervised term."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hvkit.pipeline import run
+from hvkit.registry import set_registry
+from hvkit_plugins.stages.encoder import Encoder
+from hvkit_plugins.stages.metric_train import MetricTrain, _WithExpander
+
+RECIPE = """
+name: semi
+seed: 3
+data: {name: cedar_and, synthetic_writers: 30, synthetic_samples_per_writer: 6}
+model: {backbone: small_cnn}
+stages:
+  pretrain:
+    stage: ssl_pretrain
+    head: {name: mlp, dims: [32, 32]}
+    batch_size: 16
+    train: {epochs: 1, max_steps: 2}
+  semi:
+    stage: metric_train
+    init_from: pretrain
+    label_fraction: 0.5
+    batch_size: 16
+    unlabelled_loss: vicreg
+    unlabelled_weight: 0.5
+    unlabelled_batch_size: 12
+    train: {epochs: 3, max_steps: 3, log_every: 1}
+"""
+
+
+@pytest.fixture(autouse=True)
+def first_party_registry(monkeypatch, tmp_path):
+    monkeypatch.delenv("HVKIT_PLUGINS", raising=False)
+    monkeypatch.setenv("HVKIT_CACHE", str(tmp_path / "cache"))
+    set_registry(None)
+    yield
+    set_registry(None)
+
+
+def test_step_loss_is_the_metric_loss_plus_the_weighted_view_loss(tmp_path: Path):
+    recipe = tmp_path / "semi.yaml"
+    recipe.write_text(RECIPE)
+    run_dir = run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    rows = [json.loads(line) for line in (run_dir / "stages" / "semi" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["unlabelled"] > 0 and row["metric"] >= 0
+        assert row["loss"] == pytest.approx(row["metric"] + 0.5 * row["unlabelled"], rel=1e-5)
+
+
+def test_one_backbone_pass_feeds_the_head_and_the_expander():
+    torch.manual_seed(0)
+    encoder = Encoder(nn.Linear(6, 5), nn.Linear(5, 3))
+    expander = nn.Linear(5, 4)
+    labelled, unlabelled = torch.randn(7, 6), torch.randn(4, 6)
+    emb, z = _WithExpander(encoder, expander)(labelled, unlabelled)
+    torch.testing.assert_close(emb, encoder(labelled))
+    torch.testing.assert_close(z, expander(encoder.backbone(unlabelled)))
+
+
+def test_unlabelled_loss_needs_a_pretrained_expander():
+    with pytest.raises(ValueError, match="init_from"):
+        MetricTrain(unlabelled_loss="vicreg")
+    with pytest.raises(ValueError, match="unlabelled_batch_size"):
+        MetricTrain(unlabelled_loss="vicreg", init_from="pretrain", unlabelled_batch_size=1)
