@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backend import as_matrix, prepare, single_threaded, torch_device
+from .backend import as_matrix, prepare, torch_device
 from .blocks import score_blocks
 
 
@@ -74,7 +74,8 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
     unit = np.hstack([unit, ones])
     dev = torch_device(device)
     slots = bins + 2  # the bins, then s = 1.0 exactly (folded into the last bin), then "not a pair"
-    threads = torch.get_num_threads() if dev.type == "cpu" else 1
+    caller_threads = torch.get_num_threads()
+    threads = caller_threads if dev.type == "cpu" else 1
 
     def count_part(part: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts over every ``threads``-th block, each block's products and counts on one thread."""
@@ -101,13 +102,17 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
                     counts = torch.bincount(block[a0 - q0:a1 - q0, b0 - r0:b1 - r0].reshape(-1))
                     same[:len(counts)].add_(counts)
 
-        with single_threaded(threads > 1, restore=threads):
-            score_blocks(scaled, count, unit, metric="ip", block_size=block_size, device=device,
-                         upper_triangle=True, part=(part, threads))
+        if threads > 1:
+            torch.set_num_threads(1)  # this worker's products run on its own thread
+        score_blocks(scaled, count, unit, metric="ip", block_size=block_size, device=device,
+                     upper_triangle=True, part=(part, threads))
         return total, same
 
-    with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(count_part, range(threads)))
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(count_part, range(threads)))
+    finally:  # torch.set_num_threads is process-wide: put the caller's count back once every worker is done
+        torch.set_num_threads(caller_threads)
     total, same = sum(p[0] for p in parts), sum(p[1] for p in parts)
     total, same = total.cpu().numpy(), same.cpu().numpy()
     total[bins - 1] += total[bins]

@@ -9,11 +9,10 @@ by minus its squared Euclidean distance.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from types import ModuleType
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -114,19 +113,3 @@ def prepare_tensors(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor |
         raise ValueError(f"{names[0]} have dimension {left.shape[1]} but {names[1]} has {right.shape[1]}")
     return left, right
 
-
-@contextlib.contextmanager
-def single_threaded(active: bool, restore: int) -> Iterator[None]:
-    """Within a worker thread, run torch's CPU ops on one thread; afterwards set ``restore`` threads again.
-
-    ``restore`` is the count read in the main thread (``torch.set_num_threads`` also updates
-    torch's process-wide default, so a worker must put back the caller's value).
-    """
-    if not active:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(restore)

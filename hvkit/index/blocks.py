@@ -83,4 +83,3 @@ def blocked_topk(query: np.ndarray | torch.Tensor, k: int, reference: np.ndarray
 
     score_blocks(query, merge, reference, metric=metric, block_size=block_size, device=device)
     return best.cpu().numpy(), ids.cpu().numpy()
-

@@ -112,10 +112,11 @@ class MetricTrain:
                 emb = model(x).float()
             else:
                 emb, views = model(x, unlabelled.views(generator))
+                emb = emb.float()
             y = labels_dev[index_t.to(ctx.device)]
             with full_precision(ctx.device):
                 if self.normalize:
-                    emb = F.normalize(emb.float(), dim=1)
+                    emb = F.normalize(emb, dim=1)
                 if gathered:
                     emb, y = distributed.gather_with_grad(emb), distributed.gather(y)
                 indices = miner(emb, y) if miner is not None else None
