@@ -109,10 +109,10 @@ class MetricTrain:
             if transform is not None:
                 x = transform(x, generator)
             if unlabelled is None:
-                emb = model(x).float()
+                emb = model(x)
             else:
                 emb, views = model(x, unlabelled.views(generator))
-                emb = emb.float()
+            emb = emb.float()
             y = labels_dev[index_t.to(ctx.device)]
             with full_precision(ctx.device):
                 if self.normalize:
