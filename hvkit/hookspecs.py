@@ -36,7 +36,8 @@ def register_heads(register: Register) -> None:
     The module exposes ``out_dim``. Context: ``in_dim``. A *pair verifier* head sets
     ``pair_verifier = True`` and maps two embeddings to a same-writer score instead:
     ``forward(e1, e2) -> logits (B, 2)`` (trained with cross-entropy) or ``scores (B,)``;
-    it may offer ``fit(embeddings)`` for statistics of the labelled embeddings.
+    it may offer ``fit(embeddings, labels, unlabelled)`` for statistics of the labelled training
+    embeddings, their writer labels and the embeddings of all training images (labels unused).
     """
 
 

@@ -575,7 +575,8 @@ def _check_pair_verifier(where: str, module: Any, a: torch.Tensor, b: torch.Tens
     if not isinstance(module, nn.Module):
         raise AssertionError(f"{where}: built {type(module).__name__}, expected a torch.nn.Module")
     if hasattr(module, "fit"):
-        module.fit(torch.cat([a, b]))
+        writers = torch.arange(a.shape[0])
+        module.fit(torch.cat([a, b]), torch.cat([writers, writers]), torch.cat([a, b, a - b]))
     module.eval()
     try:
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 from hvkit.api import hookimpl
 
-from .cosine_pair import CosinePair
+from .cosine_pair import CosinePair, WCCNPair
 from .linear import Linear
 from .mlp import MLP
 from .normalize import Normalize
@@ -16,3 +16,4 @@ def register_heads(register):
     register("mlp", MLP)
     register("normalize", Normalize)
     register("sslhv_pair", SSLHVPairHead)
+    register("wccn_pair", WCCNPair)

@@ -62,6 +62,10 @@ class Evaluate:
         if "val" in data.splits:
             parts["val"] = data.splits["val"]
         emb = {k: self._embed(ctx, s) for k, s in parts.items()}
+        heads = [ctx.build("head", spec, in_dim=emb["train"].shape[1]) for spec in self.verifiers]
+        unlabelled = None
+        if any(hasattr(head, "fit") for head in heads):
+            unlabelled = emb["train"] if self.label_fraction == 1.0 else self._embed(ctx, data.splits["train"])
         if not ctx.is_main:
             return {"scored_on_rank": 0}
         pairs = {k: sslhv_pairs(s.labels, seed=ctx.seed) for k, s in parts.items()}
@@ -69,11 +73,10 @@ class Evaluate:
         verifiers: dict[str, dict[str, PairSet]] = {}
         fitted: dict[str, tuple[dict, torch.nn.Module]] = {}
         training: dict[str, Any] = {}
-        for n, spec in enumerate(self.verifiers):
+        for n, (spec, head) in enumerate(zip(self.verifiers, heads)):
             name = spec["name"] if spec["name"] not in verifiers else f"{spec['name']}_{n}"
-            head = ctx.build("head", spec, in_dim=emb["train"].shape[1])
             if hasattr(head, "fit"):
-                head.fit(emb["train"])
+                head.fit(emb["train"], torch.as_tensor(np.asarray(parts["train"].labels)), unlabelled)
             if any(p.requires_grad for p in head.parameters()):
                 training[name] = train_pair_head(head, emb["train"], pairs["train"], emb[stop], pairs[stop],
                                                  self.pair_training, ctx.generator("pairs", name, device="cpu"))

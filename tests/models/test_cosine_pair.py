@@ -1,0 +1,92 @@
+"""The cosine pair verifier: centring on all training images and within-class (WCCN) whitening."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hvkit.testing import check_head
+from hvkit_plugins.heads import CosinePair, WCCNPair
+
+
+def _writers(seed: int = 0, writers: int = 6, per: int = 5, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(writers, dim, generator=g) * 3
+    labels = torch.arange(writers).repeat_interleave(per)
+    spread = torch.tensor([3.0, 0.2, 1.0, 0.5])[:dim]
+    return centres[labels] + torch.randn(len(labels), dim, generator=g) * spread, labels
+
+
+@pytest.mark.parametrize("factory, params", [(CosinePair, {}), (CosinePair, {"centre": False}),
+                                             (WCCNPair, {}), (WCCNPair, {"shrinkage": 0.05})])
+def test_contract(factory: type, params: dict) -> None:
+    check_head(factory, params, in_dim=6)
+
+
+def test_plain_cosine_centres_on_the_unlabelled_mean() -> None:
+    x, labels = _writers()
+    unlabelled = torch.randn(50, 4) + 7.0
+    head = CosinePair(in_dim=4).fit(x, labels, unlabelled)
+    torch.testing.assert_close(head.mean, unlabelled.mean(0))
+    a, b = x[:3], x[3:6]
+    expected = [np.dot(p, q) / np.linalg.norm(p) / np.linalg.norm(q) for p, q in
+                zip((a - unlabelled.mean(0)).double().numpy(), (b - unlabelled.mean(0)).double().numpy())]
+    np.testing.assert_allclose(head(a, b).numpy(), expected, rtol=1e-5)
+    assert torch.equal(CosinePair(in_dim=4).fit(x).mean, x.double().mean(0).float())
+
+
+def test_wccn_matches_the_float64_formula() -> None:
+    x, labels = _writers()
+    shrink = 0.3
+    xd = x.double().numpy()
+    means = np.stack([xd[labels.numpy() == w].mean(0) for w in range(6)])
+    r = xd - means[labels.numpy()]
+    scatter = r.T @ r / len(xd)
+    s = (1 - shrink) * scatter + shrink * np.trace(scatter) / 4 * np.eye(4)
+    w, v = np.linalg.eigh(s)
+    transform = v @ np.diag(w ** -0.5) @ v.T
+    unlabelled = x[::2]
+    head = WCCNPair(in_dim=4, shrinkage=shrink).fit(x, labels, unlabelled)
+    np.testing.assert_allclose(head.transform.numpy(), transform, rtol=1e-5, atol=1e-6)
+    mu = unlabelled.double().numpy().mean(0)
+    za, zb = (xd[:10] - mu) @ transform, (xd[10:20] - mu) @ transform
+    expected = (za * zb).sum(1) / np.linalg.norm(za, axis=1) / np.linalg.norm(zb, axis=1)
+    np.testing.assert_allclose(head(x[:10], x[10:20]).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unshrunk_wccn_is_invariant_to_a_linear_map() -> None:
+    x, labels = _writers(dim=4, per=8)
+    mix = torch.tensor([[2.0, 0.5, 0.0, 1.0], [0.0, 1.0, -3.0, 0.0], [0.3, 0.0, 1.0, 0.0], [0.0, 0.2, 0.0, 0.1]])
+    plain = WCCNPair(in_dim=4, shrinkage=0.0).fit(x, labels)
+    mapped = WCCNPair(in_dim=4, shrinkage=0.0).fit(x @ mix, labels)
+    torch.testing.assert_close(mapped(x[:20] @ mix, x[20:40] @ mix), plain(x[:20], x[20:40]), rtol=1e-4, atol=1e-4)
+    cosine = CosinePair(in_dim=4).fit(x)
+    assert not torch.allclose(CosinePair(in_dim=4).fit(x @ mix)(x[:20] @ mix, x[20:40] @ mix), cosine(x[:20], x[20:40]),
+                              atol=1e-2)
+
+
+def test_wccn_separates_writers_better_along_a_noisy_direction() -> None:
+    x, labels = _writers(seed=1, writers=20, per=6)
+    i, j = torch.triu_indices(len(x), len(x), 1)
+    same = (labels[i] == labels[j]).numpy()
+
+    def auc(head: CosinePair) -> float:
+        s = head(x[i], x[j]).numpy()
+        pos, neg = s[same], s[~same]
+        return float((pos[:, None] > neg[None, :]).mean())
+
+    assert auc(WCCNPair(in_dim=4).fit(x, labels)) > auc(CosinePair(in_dim=4).fit(x)) + 0.02
+
+
+def test_bad_settings_and_inputs() -> None:
+    with pytest.raises(ValueError, match="whiten"):
+        CosinePair(in_dim=4, whiten="pca")
+    with pytest.raises(ValueError, match="shrinkage"):
+        WCCNPair(in_dim=4, shrinkage=1.5)
+    with pytest.raises(ValueError, match="labels"):
+        WCCNPair(in_dim=4).fit(torch.randn(8, 4))
+    with pytest.raises(ValueError, match="one sample"):
+        WCCNPair(in_dim=4).fit(torch.randn(8, 4), torch.arange(8))
+    with pytest.raises(ValueError, match="singular"):
+        WCCNPair(in_dim=4, shrinkage=0.0).fit(torch.randn(4, 4), torch.tensor([0, 0, 1, 1]))
