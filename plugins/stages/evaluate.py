@@ -21,7 +21,9 @@ class Evaluate:
 
     Pairs follow SSL-HV: all same-writer combinations, each with one different-writer
     partner, so pairs are balanced. Trainable verifiers (the SSL-HV head: e1−e2 → MLP)
-    learn on pairs of the first ``label_fraction`` of sorted training writers. With
+    learn on pairs of the first ``label_fraction`` of sorted training writers; verifiers with
+    ``fit`` get those writers' embeddings and labels and the embeddings of every training
+    image (labels unused: the cosine verifiers centre on their mean). With
     ``protocol: clean`` (default) early stopping and thresholds use the writer-disjoint
     validation split; ``protocol: sslhv`` reproduces the study, which stopped on its test
     pairs — never use it to report a result you want to trust.
