@@ -38,7 +38,8 @@ class CosinePair(nn.Module):
         self.centre, self.whiten, self.shrinkage = centre, whiten, shrinkage
         self.out_dim = 1
         self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("transform", torch.eye(in_dim) if whiten == "within_class" else torch.empty(0))
+        if whiten == "within_class":
+            self.register_buffer("transform", torch.eye(in_dim))
 
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
             unlabelled: torch.Tensor | None = None) -> "CosinePair":
