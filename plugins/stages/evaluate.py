@@ -59,15 +59,18 @@ class Evaluate:
             raise ValueError(f"stage {ctx.name}: the clean protocol needs a 'val' split of writers")
         if self.model_from is not None:
             self.encoder, _ = load_encoder(ctx.output_path(self.model_from, "encoder"), ctx.registry, ctx.device)
-        parts = {"train": labelled_writers(data.splits["train"], self.label_fraction),
-                 "test": data.splits["test"]}
+        train = data.splits["train"]
+        parts = {"train": labelled_writers(train, self.label_fraction), "test": data.splits["test"]}
         if "val" in data.splits:
             parts["val"] = data.splits["val"]
-        emb = {k: self._embed(ctx, s) for k, s in parts.items()}
-        heads = [ctx.build("head", spec, in_dim=emb["train"].shape[1]) for spec in self.verifiers]
+        emb = {k: self._embed(ctx, s) for k, s in parts.items() if k != "train"}
+        heads = [ctx.build("head", spec, in_dim=emb["test"].shape[1]) for spec in self.verifiers]
         unlabelled = None
         if any(hasattr(head, "fit") for head in heads):
-            unlabelled = emb["train"] if self.label_fraction == 1.0 else self._embed(ctx, data.splits["train"])
+            unlabelled = self._embed(ctx, train)  # every training image once; the labelled rows are a subset
+            emb["train"] = unlabelled[torch.from_numpy(np.isin(train.labels, parts["train"].labels))]
+        else:
+            emb["train"] = self._embed(ctx, parts["train"])
         if not ctx.is_main:
             return {"scored_on_rank": 0}
         pairs = {k: sslhv_pairs(s.labels, seed=ctx.seed) for k, s in parts.items()}
