@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import yaml
 
 from hvkit.engine import load_checkpoint
 from hvkit.pipeline import run
-from hvkit.registry import get_registry, set_registry
+from hvkit.registry import get_registry
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers
 from hvkit_plugins.heads.cosine_pair import within_class_whitening
@@ -30,15 +29,6 @@ RECIPE = {
                      "evaluators": ["verification"]},
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def first_party_registry(monkeypatch, tmp_path):
-    monkeypatch.delenv("HVKIT_PLUGINS", raising=False)
-    monkeypatch.setenv("HVKIT_CACHE", str(tmp_path / "cache"))
-    set_registry(None)
-    yield
-    set_registry(None)
 
 
 def test_verifiers_centre_on_all_training_images_and_whiten_on_the_labelled(tmp_path: Path) -> None:

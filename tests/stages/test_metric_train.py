@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from hvkit.pipeline import run
-from hvkit.registry import set_registry
 from hvkit_plugins.stages.encoder import Encoder
 from hvkit_plugins.stages.metric_train import MetricTrain, _WithExpander
 
@@ -35,15 +34,6 @@ stages:
     unlabelled_batch_size: 12
     train: {epochs: 3, max_steps: 3, log_every: 1}
 """
-
-
-@pytest.fixture(autouse=True)
-def first_party_registry(monkeypatch, tmp_path):
-    monkeypatch.delenv("HVKIT_PLUGINS", raising=False)
-    monkeypatch.setenv("HVKIT_CACHE", str(tmp_path / "cache"))
-    set_registry(None)
-    yield
-    set_registry(None)
 
 
 def test_step_loss_is_the_metric_loss_plus_the_weighted_view_loss(tmp_path: Path):
