@@ -15,21 +15,30 @@ class ResNet18(nn.Module):
     ``in_channels`` (context: the dataset's channel count); ``small_stem`` replaces the 7x7/2
     convolution and the max-pool by a 3x3/1 convolution (the CIFAR variant), keeping 4x more
     resolution for 32-64 px inputs (8 x 8 before the pooling at 64 px instead of 2 x 2);
+    ``max_pool=False`` drops only the max-pool after the standard stem, and ``stem_stride=1``
+    makes the 7x7 convolution dense: each gives 2x more resolution in every later layer
+    (4 x 4 before the pooling at 64 px) for 4x the compute, with the same weights as the
+    standard network — so a backbone pre-trained with the standard stem can be fine-tuned and
+    evaluated at a higher feature resolution (Touvron et al. 2019, "Fixing the train-test
+    resolution discrepancy", apply the same idea to input size);
     ``zero_init_residual`` starts each residual branch's last BN at zero (Goyal et al. 2017).
     """
 
     embedding_dim = 512
 
-    def __init__(self, in_channels: int = 1, small_stem: bool = False, zero_init_residual: bool = False):
+    def __init__(self, in_channels: int = 1, small_stem: bool = False, max_pool: bool = True,
+                 stem_stride: int = 2, zero_init_residual: bool = False):
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"resnet18: in_channels={in_channels} must be >= 1")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"resnet18: stem_stride={stem_stride} must be 1 or 2")
         net = resnet18(weights=None, zero_init_residual=zero_init_residual)
-        if small_stem or in_channels != 3:
-            kernel, stride = (3, 1) if small_stem else (7, 2)
+        if small_stem or in_channels != 3 or stem_stride != 2:
+            kernel, stride = (3, 1) if small_stem else (7, stem_stride)
             net.conv1 = nn.Conv2d(in_channels, 64, kernel, stride=stride, padding=kernel // 2, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
-        if small_stem:
+        if small_stem or not max_pool:
             net.maxpool = nn.Identity()
         net.fc = nn.Identity()
         self.net = net

@@ -26,7 +26,9 @@ class MetricTrain:
     Uses the first ``label_fraction`` of the sorted training writers (the SSL-HV 10% rule).
     ``init_from`` names an earlier stage whose backbone to start from (``freeze_backbone``
     trains the head alone); without it the recipe's backbone trains from scratch, the
-    supervised baseline. Batches come from ``sampler`` (P writers × K images by default);
+    supervised baseline. ``backbone`` together with ``init_from`` builds that backbone and
+    loads the pre-trained weights into it — a variant with the same parameters, e.g. a
+    ResNet-18 without its max-pool, fine-tuned at twice the feature resolution. Batches come from ``sampler`` (P writers × K images by default);
     an optional ``miner`` picks the pairs the loss sees.
 
     ``unlabelled_loss`` (e.g. ``vicreg``) makes it semi-supervised, as S4L (Zhai et al.
@@ -76,6 +78,9 @@ class MetricTrain:
         if self.init_from is not None:
             pretrained, state = load_encoder(ctx.output_path(self.init_from, "encoder"), ctx.registry, ctx.device)
             backbone, backbone_spec = pretrained.backbone, state["backbone_spec"]
+            if self.backbone is not None:
+                backbone_spec = self.backbone
+                backbone = _transplant(ctx.build_backbone(backbone_spec), pretrained.backbone, self.init_from)
         else:
             backbone_spec = self.backbone or ctx.recipe["model"]["backbone"]
             backbone = ctx.build_backbone(backbone_spec)
@@ -173,3 +178,15 @@ class _WithExpander(nn.Module):
         own, other = features[:len(labelled)], features[len(labelled):]
         emb = self.encoder.head(own) if self.encoder.head is not None else own
         return emb, self.expander(other)
+
+
+def _transplant(target: nn.Module, source: nn.Module, stage: str) -> nn.Module:
+    """``target`` with ``source``'s weights; the two must have the same parameter names and shapes."""
+    theirs, ours = source.state_dict(), target.state_dict()
+    mismatched = sorted(k for k in ours.keys() | theirs.keys()
+                        if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+    if mismatched:
+        raise ValueError(f"backbone: the weights of stage {stage!r} do not fit it "
+                         f"({len(mismatched)} differing parameters, e.g. {mismatched[0]!r})")
+    target.load_state_dict(theirs)
+    return target

@@ -49,6 +49,31 @@ def test_small_stem_keeps_resolution() -> None:
     assert isinstance(stem.maxpool, torch.nn.Identity)
 
 
+@pytest.mark.parametrize("variant, stride, pooled, size", [
+    ({"max_pool": False}, 2, False, 4), ({"stem_stride": 1}, 1, True, 4),
+    ({"stem_stride": 1, "max_pool": False}, 1, False, 8)])
+def test_denser_stem_variants_keep_the_parameters(variant, stride, pooled, size) -> None:
+    standard, dense = ResNet18(in_channels=1), ResNet18(in_channels=1, **variant)
+    assert {k: v.shape for k, v in standard.state_dict().items()} == \
+        {k: v.shape for k, v in dense.state_dict().items()}
+    dense.load_state_dict(standard.state_dict())
+    assert dense.net.conv1.kernel_size == (7, 7) and dense.net.conv1.stride == (stride, stride)
+    assert isinstance(dense.net.maxpool, torch.nn.Identity) is not pooled
+    captured = []
+    dense.net.layer4.register_forward_hook(lambda _m, _i, out: captured.append(out.shape))
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert dense.eval()(x).shape == (1, 512)
+        step = 3 - stride  # the standard stem's output is every other position of the dense one
+        torch.testing.assert_close(dense.net.conv1(x)[..., ::step, ::step], standard.net.conv1(x))
+    assert tuple(captured[0][-2:]) == (size, size)
+
+
+def test_stem_stride_must_be_one_or_two() -> None:
+    with pytest.raises(ValueError, match="stem_stride"):
+        ResNet18(stem_stride=3)
+
+
 def test_zero_init_residual_zeroes_the_last_bn_of_each_block() -> None:
     net = ResNet18(zero_init_residual=True).net
     blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]

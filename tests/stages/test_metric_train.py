@@ -1,4 +1,4 @@
-"""metric_train's semi-supervised option: the labelled loss plus a weighted self-supervised term."""
+"""metric_train's options: the semi-supervised term, and a pre-trained backbone loaded into a variant."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from hvkit.pipeline import run
-from hvkit_plugins.stages.encoder import Encoder
+from hvkit_plugins.stages.encoder import Encoder, load_encoder
+from hvkit.errors import HvkitError
+from hvkit.registry import get_registry
 from hvkit_plugins.stages.metric_train import MetricTrain, _WithExpander
 
 RECIPE = """
@@ -62,3 +64,48 @@ def test_unlabelled_loss_needs_a_pretrained_expander():
         MetricTrain(unlabelled_loss="vicreg")
     with pytest.raises(ValueError, match="unlabelled_batch_size"):
         MetricTrain(unlabelled_loss="vicreg", init_from="pretrain", unlabelled_batch_size=1)
+
+
+TRANSPLANT = """
+name: transplant
+seed: 1
+data: {name: cedar_and, synthetic_writers: 16, synthetic_samples_per_writer: 4}
+model: {backbone: resnet18}
+stages:
+  pretrain:
+    stage: ssl_pretrain
+    head: {name: mlp, dims: [16, 16]}
+    batch_size: 16
+    train: {epochs: 1, max_steps: 1}
+  unpooled:
+    stage: metric_train
+    init_from: pretrain
+    backbone: {name: resnet18, max_pool: false}
+    label_fraction: 1.0
+    batch_size: 16
+    train: {epochs: 1, max_steps: 1, optimizer: {name: AdamW, lr: 0.0}}
+"""
+
+
+def test_backbone_variant_starts_from_the_pretrained_weights(tmp_path: Path):
+    recipe = tmp_path / "transplant.yaml"
+    recipe.write_text(TRANSPLANT)
+    run_dir = run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    cpu = torch.device("cpu")
+    pretrained, _ = load_encoder(run_dir / "stages" / "pretrain" / "encoder.pt", get_registry(), cpu)
+    tuned, state = load_encoder(run_dir / "stages" / "unpooled" / "encoder.pt", get_registry(), cpu)
+    assert state["backbone_spec"]["max_pool"] is False
+    assert isinstance(tuned.backbone.net.maxpool, nn.Identity)
+    assert not isinstance(pretrained.backbone.net.maxpool, nn.Identity)
+    ours, theirs = tuned.backbone.state_dict(), pretrained.backbone.state_dict()
+    weights = [k for k in theirs if k.endswith("weight")]
+    assert len(weights) > 20
+    for key in weights:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+
+
+def test_backbone_variant_must_fit_the_pretrained_weights(tmp_path: Path):
+    recipe = tmp_path / "transplant.yaml"
+    recipe.write_text(TRANSPLANT.replace("model: {backbone: resnet18}", "model: {backbone: small_cnn}"))
+    with pytest.raises(HvkitError, match="weights of stage 'pretrain' do not fit"):
+        run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
