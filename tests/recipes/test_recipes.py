@@ -37,6 +37,8 @@ def tiny_overrides(recipe: Path) -> list[str]:
     if resolved["model"].get("backbone", {}).get("name") == "resnet18":
         sets.append("model.backbone=small_cnn")
     for name, spec in resolved["stages"].items():
+        if (spec.get("backbone") or {}).get("name") == "resnet18":
+            sets.append(f"stages.{name}.backbone=small_cnn")
         if "train" in spec:
             sets += [f"stages.{name}.train.max_steps=2", f"stages.{name}.train.epochs=1"]
         if "batch_size" in spec:
