@@ -19,8 +19,8 @@ class ResNet18(nn.Module):
     makes the 7x7 convolution dense: each gives 2x more resolution in every later layer
     (4 x 4 before the pooling at 64 px) for 4x the compute, with the same weights as the
     standard network — so a backbone pre-trained with the standard stem can be fine-tuned and
-    evaluated at a higher feature resolution (Touvron et al. 2019, "Fixing the train-test
-    resolution discrepancy", apply the same idea to input size);
+    evaluated at a higher feature resolution (the same move as training and testing at
+    different input sizes: Touvron et al. 2019, "Fixing the train-test resolution discrepancy");
     ``zero_init_residual`` starts each residual branch's last BN at zero (Goyal et al. 2017).
     """
 

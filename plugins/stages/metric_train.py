@@ -28,8 +28,9 @@ class MetricTrain:
     trains the head alone); without it the recipe's backbone trains from scratch, the
     supervised baseline. ``backbone`` together with ``init_from`` builds that backbone and
     loads the pre-trained weights into it — a variant with the same parameters, e.g. a
-    ResNet-18 without its max-pool, fine-tuned at twice the feature resolution. Batches come from ``sampler`` (P writers × K images by default);
-    an optional ``miner`` picks the pairs the loss sees.
+    ResNet-18 without its max-pool, fine-tuned at twice the feature resolution. Batches come
+    from ``sampler`` (P writers × K images by default); an optional ``miner`` picks the pairs
+    the loss sees.
 
     ``unlabelled_loss`` (e.g. ``vicreg``) makes it semi-supervised, as S4L (Zhai et al.
     2019, "S4L: Self-Supervised Semi-Supervised Learning"): each step also draws
