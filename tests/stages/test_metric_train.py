@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from hvkit.pipeline import run
-from hvkit_plugins.stages.encoder import Encoder, load_encoder
 from hvkit.errors import HvkitError
+from hvkit.pipeline import run
 from hvkit.registry import get_registry
+from hvkit_plugins.stages.encoder import Encoder, load_encoder
 from hvkit_plugins.stages.metric_train import MetricTrain, _WithExpander
 
 RECIPE = """
@@ -38,10 +38,15 @@ stages:
 """
 
 
+def _run(tmp_path: Path, text: str) -> Path:
+    """Run the recipe ``text`` quietly on the CPU; returns the run directory."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    return run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+
+
 def test_step_loss_is_the_metric_loss_plus_the_weighted_view_loss(tmp_path: Path):
-    recipe = tmp_path / "semi.yaml"
-    recipe.write_text(RECIPE)
-    run_dir = run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    run_dir = _run(tmp_path, RECIPE)
     rows = [json.loads(line) for line in (run_dir / "stages" / "semi" / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for row in rows:
@@ -88,9 +93,7 @@ stages:
 
 
 def test_backbone_variant_starts_from_the_pretrained_weights(tmp_path: Path):
-    recipe = tmp_path / "transplant.yaml"
-    recipe.write_text(TRANSPLANT)
-    run_dir = run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    run_dir = _run(tmp_path, TRANSPLANT)
     cpu = torch.device("cpu")
     pretrained, _ = load_encoder(run_dir / "stages" / "pretrain" / "encoder.pt", get_registry(), cpu)
     tuned, state = load_encoder(run_dir / "stages" / "unpooled" / "encoder.pt", get_registry(), cpu)
@@ -105,7 +108,5 @@ def test_backbone_variant_starts_from_the_pretrained_weights(tmp_path: Path):
 
 
 def test_backbone_variant_must_fit_the_pretrained_weights(tmp_path: Path):
-    recipe = tmp_path / "transplant.yaml"
-    recipe.write_text(TRANSPLANT.replace("model: {backbone: resnet18}", "model: {backbone: small_cnn}"))
     with pytest.raises(HvkitError, match="weights of stage 'pretrain' do not fit"):
-        run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+        _run(tmp_path, TRANSPLANT.replace("model: {backbone: resnet18}", "model: {backbone: small_cnn}"))
