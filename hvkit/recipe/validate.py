@@ -152,8 +152,11 @@ class Validator:
                     return [self.component(marker.kind, v, f"{path}.{i}") for i, v in enumerate(value)]
                 return self.component(marker.kind, value, path)
             if isinstance(marker, StageRef):
-                if value not in self.stages_seen:
-                    raise self.error(path, f"{value!r} is not an earlier stage" + _nearest(str(value), self.stages_seen))
+                names = value if isinstance(value, list) else [value]
+                for i, name in enumerate(names):
+                    if not isinstance(name, str) or name not in self.stages_seen:
+                        where = f"{path}.{i}" if isinstance(value, list) else path
+                        raise self.error(where, f"{name!r} is not an earlier stage" + _nearest(str(name), self.stages_seen))
                 return value
             if isinstance(marker, ExistingPath):
                 if not isinstance(value, str) or not Path(value).expanduser().exists():

@@ -2,6 +2,7 @@
 
 from hvkit.api import hookimpl
 
+from .concat import Concat
 from .resnet import ResNet18
 from .resnet_vae import ResNetVAE
 from .small_cnn import SmallCNN
@@ -9,6 +10,7 @@ from .small_cnn import SmallCNN
 
 @hookimpl
 def register_backbones(register):
+    register("concat", Concat)
     register("resnet18", ResNet18)
     register("resnet_vae", ResNetVAE)
     register("small_cnn", SmallCNN)

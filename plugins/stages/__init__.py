@@ -1,7 +1,8 @@
-"""First-party pipeline stages: pre-training, metric training and evaluation."""
+"""First-party pipeline stages: pre-training, metric training, fusion and evaluation."""
 
 from hvkit.api import hookimpl
 
+from .ensemble import Ensemble
 from .evaluate import Evaluate
 from .metric_train import MetricTrain
 from .ssl_pretrain import SSLPretrain
@@ -10,6 +11,7 @@ from .vae_pretrain import VAEPretrain
 
 @hookimpl
 def register_stages(register):
+    register("ensemble", Ensemble)
     register("evaluate", Evaluate)
     register("metric_train", MetricTrain)
     register("ssl_pretrain", SSLPretrain)

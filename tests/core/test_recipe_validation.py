@@ -35,7 +35,7 @@ def toy_stage(epochs: int = 1, lr: float = 0.1, amp: bool = True, mode: Literal[
               widths: list[int] = (8, 4), loss: Component["loss"] = "toy_loss",
               optimizer: OptimizerSpec = {"name": "SGD", "lr": 0.1},
               scheduler: SchedulerSpec | None = None, init_from: StageOutput | None = None,
-              weights: FilePath | None = None):
+              members: list[StageOutput] | None = None, weights: FilePath | None = None):
     """A stage with every kind of parameter."""
 
 
@@ -73,7 +73,7 @@ def test_valid_recipe_is_resolved_with_every_default(tmp_path, registry):
             "stage": "toy_stage", "epochs": 1, "lr": 0.1, "amp": True, "mode": "fast", "widths": [8, 4],
             "loss": {"name": "toy_loss", "margin": 0.1, "miner": None},
             "optimizer": {"name": "SGD", "lr": 0.1}, "scheduler": None, "init_from": None,
-            "weights": None}},
+            "members": None, "weights": None}},
     }
 
 
@@ -95,12 +95,14 @@ def test_valid_values_pass(tmp_path, registry):
             optimizer: {{name: AdamW, lr: 1e-3, betas: [0.9, 0.99]}}
             scheduler: {{name: CosineAnnealingLR, warmup_steps: 5}}
             init_from: pre
+            members: [pre, pre]
             weights: {weights}
         """)
     first = prepare(recipe, registry=registry)["stages"]["first"]
     assert first["loss"] == {"name": "toy_loss", "margin": 0.1, "miner": {"name": "toy_miner", "k": 2}}
     assert first["optimizer"] == {"name": "AdamW", "lr": 0.001, "betas": [0.9, 0.99]}
     assert first["lr"] == 1 and first["widths"] == [] and first["init_from"] == "pre"
+    assert first["members"] == ["pre", "pre"]
 
 
 def stage(**params: str) -> str:
@@ -144,6 +146,12 @@ CASES = {
     "unknown stage ref": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
                           "  second: {stage: toy_stage, init_from: frist}\n", "stages.second.init_from",
                           "'frist' is not an earlier stage; did you mean 'first'?"),
+    "unknown stage ref in a list": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
+                                    "  second: {stage: toy_stage, members: [first, frist]}\n",
+                                    "stages.second.members.1", "'frist' is not an earlier stage; did you mean 'first'?"),
+    "later stage in a list": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage, members: [second]}\n"
+                              "  second: {stage: toy_stage}\n", "stages.first.members.0",
+                              "'second' is not an earlier stage"),
     "unknown optimizer": (stage(optimizer="{name: Adamw}"), "stages.first.optimizer.name",
                           "unknown torch.optim class 'Adamw'; did you mean 'AdamW'"),
     "unknown optimizer argument": (stage(optimizer="{name: SGD, lr: 0.1, betas: [0.9, 0.9]}"),

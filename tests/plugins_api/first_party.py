@@ -24,6 +24,7 @@ def vae_inputs(dtype: torch.dtype, generator: torch.Generator) -> tuple[torch.Te
 
 # What a component needs beyond its defaults: a required parameter, or its own inputs.
 ARGUMENTS = {
+    ("backbone", "concat"): {"params": {"members": ["small_cnn", "small_cnn"]}},
     ("loss", "dense_anchor"): {"params": {"loss": "multi_similarity"}},
     ("loss", "vae_elbo"): {"inputs": vae_inputs},
     ("miner", "pml"): {"params": {"miner": "PairMarginMiner"}},

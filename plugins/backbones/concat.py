@@ -1,0 +1,42 @@
+"""Feature-level fusion: several backbones side by side, each centred and L2-normalised."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hvkit.api import Component
+
+
+class Concat(nn.Module):
+    """Several backbones as one: f(x) = [n(g_1(x) − μ_1); …; n(g_M(x) − μ_M)], n(v) = v / ‖v‖.
+
+    Each member's features are centred on its own mean μ_m (the ``means`` buffer, zero until
+    set; the ``ensemble`` stage sets it to the members' means over the training images) and
+    L2-normalised, so every member weighs the same: the cosine of two fused embeddings is the
+    mean of the members' cosines, cos(f(a), f(b)) = (1/M) Σ_m cos(g_m(a) − μ_m, g_m(b) − μ_m)
+    — score fusion by the sum rule (Kittler et al. 1998, "On Combining Classifiers"), while a
+    fitted verifier (WCCN, the SSL-HV head) sees the joint features.
+    """
+
+    def __init__(self, members: list[Component["backbone"]]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"concat: members must list at least two backbones, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.dims = [int(m.embedding_dim) for m in self.members]
+        self.embedding_dim = sum(self.dims)
+        self.register_buffer("means", torch.zeros(self.embedding_dim))
+
+    def member_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The members' raw features, concatenated (B, Σ D_m), before centring and normalising.
+
+        Half-precision outputs (under autocast) are promoted to float32; float64 stays float64.
+        """
+        parts = [member(images) for member in self.members]
+        return torch.cat([p.to(torch.promote_types(p.dtype, torch.float32)) for p in parts], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        parts = (self.member_features(images) - self.means).split(self.dims, dim=1)
+        return torch.cat([F.normalize(part, dim=1) for part in parts], dim=1)
