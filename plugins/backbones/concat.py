@@ -10,9 +10,9 @@ from hvkit.api import Component
 
 
 class Concat(nn.Module):
-    """Several backbones as one: f(x) = [n(g_1(x) − μ_1); …; n(g_M(x) − μ_M)], n(v) = v / ‖v‖.
+    """Feature fusion: several backbones side by side, each centred and L2-normalised.
 
-    Each member's features are centred on its own mean μ_m (the ``means`` buffer, zero until
+    f(x) = [n(g_1(x) − μ_1); …; n(g_M(x) − μ_M)], n(v) = v / ‖v‖. Each member's features are centred on its own mean μ_m (the ``means`` buffer, zero until
     set; the ``ensemble`` stage sets it to the members' means over the training images) and
     L2-normalised, so every member weighs the same: the cosine of two fused embeddings is the
     mean of the members' cosines, cos(f(a), f(b)) = (1/M) Σ_m cos(g_m(a) − μ_m, g_m(b) − μ_m)
