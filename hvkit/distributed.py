@@ -25,12 +25,33 @@ def world() -> tuple[int, int, int]:
             int(os.environ.get("WORLD_SIZE", 1)))
 
 
+_owned = False  # whether init() created the default process group (shutdown() only ends its own)
+
+
 def init(device: torch.device) -> None:
     """Initialise the default process group under torchrun (nccl on CUDA, gloo on CPU)."""
+    global _owned
     _, _, world_size = world()
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        _owned = True
+
+
+def shutdown() -> None:
+    """After a successful run: wait for every rank, then end the process group :func:`init` made.
+
+    Exiting with the group alive lets gloo's worker threads outlive the interpreter and abort
+    the exit ("terminate called without an active exception"); the barrier keeps one rank
+    from tearing its connections down while another still uses them. A group someone else
+    created is left alone.
+    """
+    global _owned
+    if _owned and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+    _owned = False
 
 
 def active() -> bool:

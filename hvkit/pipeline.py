@@ -211,6 +211,7 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
     distributed.barrier()
     console(f"run directory: {run_path}")
     metrics = Run(resolved, run_path, registry, device_obj, resume is not None, console).execute()
+    distributed.shutdown()
     console(summary(metrics))
     return run_path
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from hvkit import distributed
@@ -59,8 +58,7 @@ def main(out: str, names: list[str]) -> None:
     results = {name: gradients(name, rank, world_size) for name in names}
     if rank == 0:
         torch.save(results, out)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
