@@ -12,12 +12,13 @@ from hvkit.api import Component
 class Concat(nn.Module):
     """Feature fusion: several backbones side by side, each centred and L2-normalised.
 
-    f(x) = [n(g_1(x) − μ_1); …; n(g_M(x) − μ_M)], n(v) = v / ‖v‖. Each member's features are centred on its own mean μ_m (the ``means`` buffer, zero until
-    set; the ``ensemble`` stage sets it to the members' means over the training images) and
-    L2-normalised, so every member weighs the same: the cosine of two fused embeddings is the
-    mean of the members' cosines, cos(f(a), f(b)) = (1/M) Σ_m cos(g_m(a) − μ_m, g_m(b) − μ_m)
-    — score fusion by the sum rule (Kittler et al. 1998, "On Combining Classifiers"), while a
-    fitted verifier (WCCN, the SSL-HV head) sees the joint features.
+    f(x) = [n(g_1(x) − μ_1); …; n(g_M(x) − μ_M)], n(v) = v / ‖v‖. Each member's features are
+    centred on its own mean μ_m (the ``means`` buffer, zero until set; the ``ensemble`` stage
+    sets it to the members' means over the training images) and L2-normalised, so every member
+    weighs the same: the cosine of two fused embeddings is the mean of the members' cosines,
+    cos(f(a), f(b)) = (1/M) Σ_m cos(g_m(a) − μ_m, g_m(b) − μ_m) — score fusion by the sum rule
+    (Kittler et al. 1998, "On Combining Classifiers"), while a fitted verifier (WCCN, the SSL-HV
+    head) sees the joint features.
     """
 
     def __init__(self, members: list[Component["backbone"]]):

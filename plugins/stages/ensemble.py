@@ -35,21 +35,11 @@ class Ensemble:
         for target, (encoder, _) in zip(fused.members, loaded):
             target.load_state_dict(encoder.backbone.state_dict())
         images = ctx.dataset.splits["train"].images
-        raw = distributed.gather_shards(embed(_MemberFeatures(fused), images[distributed.shard(len(images))],
-                                              ctx.device))
+        share = images[distributed.shard(len(images))]
+        raw = distributed.gather_shards(torch.cat([embed(encoder, share, ctx.device) for encoder, _ in loaded], 1))
         fused.means.copy_(raw.mean(0).to(fused.means.device))
         ctx.log(f"fused {', '.join(self.members)}: {' + '.join(map(str, fused.dims))} = {fused.embedding_dim}-d, "
                 f"centred on {len(images)} training images")
         return {"encoder": save_encoder(ctx, Encoder(fused), spec, None),
                 "metrics": {"members": list(self.members), "dims": fused.dims}}
 
-
-class _MemberFeatures(torch.nn.Module):
-    """A ``concat`` backbone's raw member features, in the encoder call form ``embed`` uses."""
-
-    def __init__(self, fused: torch.nn.Module):
-        super().__init__()
-        self.fused = fused
-
-    def forward(self, images: torch.Tensor, features: str = "backbone") -> torch.Tensor:
-        return self.fused.member_features(images)

@@ -51,11 +51,11 @@ def test_fused_encoder_holds_the_members_centred_on_the_training_images(tmp_path
     for ours, theirs in zip(fused.backbone.members, members):
         for key, value in theirs.backbone.state_dict().items():
             torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
-    train = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=6, seed=2).splits["train"]
+    data = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=6, seed=2)
+    train, test = data.splits["train"], data.splits["test"]
     raw = [embed(m, train.images, CPU) for m in members]
     torch.testing.assert_close(fused.backbone.means, torch.cat([r.mean(0) for r in raw]), rtol=1e-5, atol=1e-6)
 
-    test = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=6, seed=2).splits["test"]
     got = embed(fused, test.images, CPU)
     parts = [F.normalize(embed(m, test.images, CPU) - r.mean(0), dim=1) for m, r in zip(members, raw)]
     torch.testing.assert_close(got, torch.cat(parts, 1), rtol=1e-3, atol=1e-4)
