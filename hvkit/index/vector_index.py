@@ -22,8 +22,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .backend import check_metric, faiss_gpu, prepare, require_faiss, resolve_engine
+from .backend import check_metric, faiss_gpu, prepare, require_faiss, resolve_engine, torch_device
 from .blocks import blocked_topk
+from .symmetric import available as symmetric_available
+from .symmetric import symmetric_topk
 
 Kind = Literal["flat", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
@@ -204,8 +206,13 @@ def knn(query: np.ndarray | torch.Tensor, k: int, reference: np.ndarray | torch.
     """Exact k nearest neighbours: ``(scores, ids)``, each (Nq, k), most similar first.
 
     Against ``reference`` when given; otherwise self-retrieval: each query row against all
-    the other query rows (its own row excluded, as pytorch-metric-learning does).
+    the other query rows (its own row excluded, as pytorch-metric-learning does). Self-retrieval
+    by cosine or inner product on the CPU with ``engine="auto"`` scores each pair once with
+    the symmetric kernel (:mod:`hvkit.index.symmetric`) where it is built.
     """
+    if (reference is None and engine == "auto" and metric != "l2" and torch_device(device).type == "cpu"
+            and faiss_gpu() is None and symmetric_available()):
+        return symmetric_topk(prepare(query, metric, "queries"), int(k))
     base = query if reference is None else reference
     index = VectorIndex(int(base.shape[1]), metric=metric, engine=engine, device=device)
     index.add(base)

@@ -23,7 +23,7 @@ def brute_force(query: np.ndarray, k: int, reference: np.ndarray | None, metric:
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
-@pytest.mark.parametrize("engine", ["faiss", "torch"])
+@pytest.mark.parametrize("engine", ["faiss", "torch", "auto"])  # auto self-retrieval: the symmetric kernel
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 @pytest.mark.parametrize("self_retrieval", [True, False])
 def test_knn_matches_brute_force(data, engine, metric, self_retrieval):

@@ -1,0 +1,152 @@
+/* Top-k selection for exact self-retrieval over the upper triangle of a Gram matrix.
+ *
+ * Self-retrieval scores every pair twice in a plain kNN search (s_ij = s_ji). Here the
+ * caller computes each tile S = X_I X_J^T of the upper triangle once, and the tile feeds
+ * two selections: row i of the tile offers its scores to query i (the row pass) and
+ * column j offers its scores to query j (the column pass). Each query keeps a buffer of
+ * `cap` candidates and an admission threshold t_q, the smallest of its k best so far; a
+ * score s enters only if s > t_q, so after the first tiles almost every comparison fails.
+ * AVX-512 compares 16 scores at a time against the row's threshold (row pass) or against
+ * 16 columns' thresholds (column pass); a full buffer is cut back to its k best by
+ * quickselect, which raises t_q. Row and column passes of one off-diagonal tile write to
+ * disjoint queries, so they may run in parallel; the caller owns every buffer and there is
+ * no global state.
+ *
+ * Built as the extension module hvkit.index._symtopk (an empty Python module) and called
+ * through ctypes. x86-64 with AVX-512F only; elsewhere the build fails and is skipped
+ * (the extension is optional) and hvkit searches with FAISS.
+ */
+#if !defined(__x86_64__)
+#error "the symmetric top-k kernel needs x86-64 (AVX-512F)"
+#endif
+
+#include <Python.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef struct {
+    float *val;     /* (n, cap) candidate scores */
+    int32_t *id;    /* (n, cap) candidate ids */
+    int32_t *cnt;   /* (n,) candidates held */
+    float *thr;     /* (n,) admission threshold: a score must exceed it */
+    int64_t cap, k;
+} Lists;
+
+/* Keep the k best of query q's candidates (Hoare quickselect) and raise its threshold. */
+static void cut(Lists *s, int64_t q) {
+    float *v = s->val + q * s->cap;
+    int32_t *id = s->id + q * s->cap;
+    int64_t k = s->k, lo = 0, hi = s->cnt[q] - 1;
+    while (lo < hi) {
+        float p = v[(lo + hi) >> 1];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > p) i++;
+            while (v[j] < p) j--;
+            if (i <= j) {
+                float tv = v[i]; v[i] = v[j]; v[j] = tv;
+                int32_t ti = id[i]; id[i] = id[j]; id[j] = ti;
+                i++; j--;
+            }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+    float least = v[0];
+    for (int64_t i = 1; i < k; i++) if (v[i] < least) least = v[i];
+    s->cnt[q] = (int32_t)k;
+    s->thr[q] = least;
+}
+
+static inline void offer(Lists *s, int64_t q, float v, int64_t id) {
+    if (!(v > s->thr[q])) return;
+    int64_t c = s->cnt[q];
+    s->val[q * s->cap + c] = v;
+    s->id[q * s->cap + c] = (int32_t)id;
+    s->cnt[q] = (int32_t)(c + 1);
+    if (c + 1 == s->cap) cut(s, q);
+}
+
+int symtopk_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+
+/* Row pass over tile rows [r_lo, r_hi) (queries r0 + r) and all nc columns (ids c0 + c).
+ * On a diagonal tile (r0 == c0) a query's own column is skipped. */
+__attribute__((target("avx512f")))
+void symtopk_rows(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,
+                  const float *tile, int64_t ld, int64_t r_lo, int64_t r_hi, int64_t nc,
+                  int64_t r0, int64_t c0) {
+    Lists s = {val, id, cnt, thr, cap, k};
+    for (int64_t r = r_lo; r < r_hi; r++) {
+        const float *row = tile + r * ld;
+        int64_t q = r0 + r, self = q - c0, c = 0;
+        for (; c + 16 <= nc; c += 16) {
+            __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + c), _mm512_set1_ps(thr[q]), _CMP_GT_OQ);
+            while (m) {
+                int b = __builtin_ctz(m);
+                m &= m - 1;
+                if (c + b != self) offer(&s, q, row[c + b], c0 + c + b);
+            }
+        }
+        for (; c < nc; c++)
+            if (c != self) offer(&s, q, row[c], c0 + c);
+    }
+}
+
+/* Column pass over tile columns [c_lo, c_hi) (queries c0 + c) and all nr rows (ids r0 + r);
+ * only for off-diagonal tiles. */
+__attribute__((target("avx512f")))
+void symtopk_cols(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,
+                  const float *tile, int64_t ld, int64_t nr, int64_t c_lo, int64_t c_hi,
+                  int64_t r0, int64_t c0) {
+    Lists s = {val, id, cnt, thr, cap, k};
+    float *t = thr + c0;
+    for (int64_t r = 0; r < nr; r++) {
+        const float *row = tile + r * ld;
+        int64_t c = c_lo;
+        for (; c + 16 <= c_hi; c += 16) {
+            __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + c), _mm512_loadu_ps(t + c), _CMP_GT_OQ);
+            while (m) {
+                int b = __builtin_ctz(m);
+                m &= m - 1;
+                offer(&s, c0 + c + b, row[c + b], r0 + r);
+            }
+        }
+        for (; c < c_hi; c++) offer(&s, c0 + c, row[c], r0 + r);
+    }
+}
+
+typedef struct { float v; int32_t id; } Hit;
+
+static int best_first(const void *a, const void *b) {
+    const Hit *x = a, *y = b;
+    if (x->v != y->v) return x->v < y->v ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Each query of [q_lo, q_hi): its k best, most similar first (ties by id), into out (n, k). */
+void symtopk_finish(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,
+                    int64_t q_lo, int64_t q_hi, float *out_val, int64_t *out_id) {
+    Lists s = {val, id, cnt, thr, cap, k};
+    Hit *hits = malloc(sizeof(Hit) * (size_t)cap);
+    for (int64_t q = q_lo; q < q_hi; q++) {
+        if (cnt[q] > k) cut(&s, q);
+        int64_t m = cnt[q];
+        for (int64_t i = 0; i < m; i++) hits[i] = (Hit){val[q * cap + i], id[q * cap + i]};
+        qsort(hits, (size_t)m, sizeof(Hit), best_first);
+        for (int64_t i = 0; i < k; i++) {  /* fewer than k only if scores were NaN */
+            out_val[q * k + i] = i < m ? hits[i].v : -__builtin_inff();
+            out_id[q * k + i] = i < m ? hits[i].id : -1;
+        }
+    }
+    free(hits);
+}
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_symtopk",
+                                    "Symmetric top-k selection kernel (called through ctypes).", -1, NULL};
+
+PyMODINIT_FUNC PyInit__symtopk(void) { return PyModule_Create(&module); }
