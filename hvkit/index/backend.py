@@ -1,7 +1,8 @@
 """Which engine does the work: FAISS (on the local rank's GPU when faiss-gpu sees one) or torch.
 
 Every function of :mod:`hvkit.index` takes ``engine``: ``"faiss"``, ``"torch"`` (blocked
-matrix products, same results, no FAISS needed) or ``"auto"`` (FAISS when installed).
+matrix products, same results, no FAISS needed) or ``"auto"`` (FAISS when installed; exact
+self-retrieval on the CPU by the symmetric kernel of :mod:`hvkit.index.symmetric` where built).
 Similarities follow one convention: higher = more alike. ``"cosine"`` normalises the
 vectors and takes inner products, ``"ip"`` takes raw inner products, ``"l2"`` scores a pair
 by minus its squared Euclidean distance.
