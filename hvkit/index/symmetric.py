@@ -71,7 +71,9 @@ def symmetric_topk(x: np.ndarray, k: int, *, block_size: int = 1024,
     """Each row's ``k`` largest inner products with the *other* rows: ``(scores, ids)``, (N, k), best first.
 
     ``x``: C-contiguous float32 (N, D) (normalise it first for cosine); ``1 <= k <= N - 1``.
-    Memory: N × 2k candidates (8 bytes each) plus one ``block_size``² tile.
+    Memory: N × 2k candidates (8 bytes each) plus one ``block_size``² tile per thread. Each of
+    ``threads`` (default: torch's thread count) computes whole tiles, so torch itself runs
+    single-threaded for the duration of the call.
     """
     lib = _kernel()
     if lib is None:
