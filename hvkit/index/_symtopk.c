@@ -74,14 +74,13 @@ int symtopk_supported(void) {
     return __builtin_cpu_supports("avx512f");
 }
 
-/* Row pass over tile rows [r_lo, r_hi) (queries r0 + r) and all nc columns (ids c0 + c).
- * On a diagonal tile (r0 == c0) a query's own column is skipped. */
+/* Row pass over the nr × nc tile (row stride ld): row r offers its scores to query r0 + r,
+ * column c being id c0 + c. On a diagonal tile (r0 == c0) a query's own column is skipped. */
 __attribute__((target("avx512f")))
 void symtopk_rows(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,
-                  const float *tile, int64_t ld, int64_t r_lo, int64_t r_hi, int64_t nc,
-                  int64_t r0, int64_t c0) {
+                  const float *tile, int64_t ld, int64_t nr, int64_t nc, int64_t r0, int64_t c0) {
     Lists s = {val, id, cnt, thr, cap, k};
-    for (int64_t r = r_lo; r < r_hi; r++) {
+    for (int64_t r = 0; r < nr; r++) {
         const float *row = tile + r * ld;
         int64_t q = r0 + r, self = q - c0, c = 0;
         for (; c + 16 <= nc; c += 16) {
@@ -97,18 +96,17 @@ void symtopk_rows(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap
     }
 }
 
-/* Column pass over tile columns [c_lo, c_hi) (queries c0 + c) and all nr rows (ids r0 + r);
- * only for off-diagonal tiles. */
+/* Column pass over the same tile: column c offers its scores to query c0 + c, row r being
+ * id r0 + r; only for off-diagonal tiles. */
 __attribute__((target("avx512f")))
 void symtopk_cols(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,
-                  const float *tile, int64_t ld, int64_t nr, int64_t c_lo, int64_t c_hi,
-                  int64_t r0, int64_t c0) {
+                  const float *tile, int64_t ld, int64_t nr, int64_t nc, int64_t r0, int64_t c0) {
     Lists s = {val, id, cnt, thr, cap, k};
     float *t = thr + c0;
     for (int64_t r = 0; r < nr; r++) {
         const float *row = tile + r * ld;
-        int64_t c = c_lo;
-        for (; c + 16 <= c_hi; c += 16) {
+        int64_t c = 0;
+        for (; c + 16 <= nc; c += 16) {
             __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + c), _mm512_loadu_ps(t + c), _CMP_GT_OQ);
             while (m) {
                 int b = __builtin_ctz(m);
@@ -116,7 +114,7 @@ void symtopk_cols(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap
                 offer(&s, c0 + c + b, row[c + b], r0 + r);
             }
         }
-        for (; c < c_hi; c++) offer(&s, c0 + c, row[c], r0 + r);
+        for (; c < nc; c++) offer(&s, c0 + c, row[c], r0 + r);
     }
 }
 

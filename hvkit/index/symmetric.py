@@ -5,10 +5,10 @@ A kNN search of N embeddings against themselves computes every similarity twice
 torch matrix products, half the work, and each tile feeds two selections: its rows to the
 queries of block I and its columns to those of block J. The selection is the native kernel
 ``_symtopk.c`` (AVX-512): a score enters a query's candidate list only when it beats the
-query's current k-th best, which after the first tiles almost none do. Row and column
-passes of one tile touch disjoint queries and run on a thread pool; the products use
-torch's own threads. Answers equal the exact top k (up to float32 rounding of the
-products, as any two BLAS differ).
+query's current k-th best, which after the first tiles almost none do. Tiles go in rounds
+of block pairs that share no block, one tile per thread (product and both passes), so no two
+threads ever touch the same query. Answers equal the exact top k (up to float32 rounding of
+the products, as any two BLAS differ).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def _kernel() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(spec.origin)
     if not lib.symtopk_supported():
         return None
-    lib.symtopk_rows.argtypes = _LISTS + [_P, _I, _I, _I, _I, _I, _I]
-    lib.symtopk_cols.argtypes = _LISTS + [_P, _I, _I, _I, _I, _I, _I]
+    lib.symtopk_rows.argtypes = _LISTS + [_P, _I, _I, _I, _I, _I]
+    lib.symtopk_cols.argtypes = _LISTS + [_P, _I, _I, _I, _I, _I]
     lib.symtopk_finish.argtypes = _LISTS + [_I, _I, _P, _P]
     for fn in (lib.symtopk_rows, lib.symtopk_cols, lib.symtopk_finish):
         fn.restype = None
@@ -78,7 +78,10 @@ def symmetric_topk(x: np.ndarray, k: int, *, block_size: int = 1024,
     lib = _kernel()
     if lib is None:
         raise RuntimeError("the symmetric top-k kernel is not built for this machine (hvkit.index._symtopk)")
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
+    if n >= 2**31:
+        raise ValueError(f"{n} rows: the kernel's ids are int32")
     if not 1 <= k <= n - 1:
         raise ValueError(f"k={k} must be between 1 and {n - 1} (the number of other rows)")
     cap = 2 * k
@@ -99,9 +102,9 @@ def symmetric_topk(x: np.ndarray, k: int, *, block_size: int = 1024,
         scores = tiles.buffer[:len(rows), :len(cols)]
         torch.mm(rows, cols.T, out=scores)
         ptr, ld = scores.data_ptr(), scores.stride(0)
-        lib.symtopk_rows(*lists, ptr, ld, 0, len(rows), len(cols), i0, j0)
+        lib.symtopk_rows(*lists, ptr, ld, len(rows), len(cols), i0, j0)
         if j0 != i0:
-            lib.symtopk_cols(*lists, ptr, ld, len(rows), 0, len(cols), i0, j0)
+            lib.symtopk_cols(*lists, ptr, ld, len(rows), len(cols), i0, j0)
 
     out_val = np.empty((n, k), np.float32)
     out_ids = np.empty((n, k), np.int64)
