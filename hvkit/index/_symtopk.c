@@ -13,8 +13,8 @@
  * no global state.
  *
  * Built as the extension module hvkit.index._symtopk (an empty Python module) and called
- * through ctypes. x86-64 with AVX-512F only; elsewhere the build fails and is skipped
- * (the extension is optional) and hvkit searches with FAISS.
+ * through ctypes. It builds on x86-64 only (elsewhere the optional extension is skipped)
+ * and runs where the CPU has AVX-512F (checked at load); otherwise hvkit searches with FAISS.
  */
 #if !defined(__x86_64__)
 #error "the symmetric top-k kernel needs x86-64 (AVX-512F)"
