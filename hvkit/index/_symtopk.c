@@ -6,18 +6,19 @@
  * column j offers its scores to query j (the column pass). Each query keeps a buffer of
  * `cap` candidates and an admission threshold t_q, the smallest of its k best so far; a
  * score s enters only if s > t_q, so after the first tiles almost every comparison fails.
- * AVX-512 compares 16 scores at a time against the row's threshold (row pass) or against
- * 16 columns' thresholds (column pass); a full buffer is cut back to its k best by
- * quickselect, which raises t_q. Row and column passes of one off-diagonal tile write to
+ * SIMD compares (AVX-512F, or two AVX2 halves) test 16 scores at a time against the row's
+ * threshold (row pass) or against 16 columns' thresholds (column pass); a full buffer is
+ * cut back to its k best by quickselect, which raises t_q. Row and column passes of one off-diagonal tile write to
  * disjoint queries, so they may run in parallel; the caller owns every buffer and there is
  * no global state.
  *
  * Built as the extension module hvkit.index._symtopk (an empty Python module) and called
  * through ctypes. It builds on x86-64 only (elsewhere the optional extension is skipped)
- * and runs where the CPU has AVX-512F (checked at load); otherwise hvkit searches with FAISS.
+ * and runs where the CPU has AVX2 or AVX-512F (checked at load); otherwise hvkit searches
+ * with FAISS.
  */
 #if !defined(__x86_64__)
-#error "the symmetric top-k kernel needs x86-64 (AVX-512F)"
+#error "the symmetric top-k kernel needs x86-64 (AVX2 or AVX-512F)"
 #endif
 
 #include <Python.h>
@@ -69,54 +70,69 @@ static inline void offer(Lists *s, int64_t q, float v, int64_t id) {
     if (c + 1 == s->cap) cut(s, q);
 }
 
-int symtopk_supported(void) {
+/* The widest instruction set this CPU offers the passes: 2 = AVX-512F, 1 = AVX2, 0 = neither. */
+int symtopk_level(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
+    return __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
 }
 
-/* Row pass over the nr × nc tile (row stride ld): row r offers its scores to query r0 + r,
- * column c being id c0 + c. On a diagonal tile (r0 == c0) a query's own column is skipped. */
-__attribute__((target("avx512f")))
-void symtopk_rows(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,
-                  const float *tile, int64_t ld, int64_t nr, int64_t nc, int64_t r0, int64_t c0) {
-    Lists s = {val, id, cnt, thr, cap, k};
-    for (int64_t r = 0; r < nr; r++) {
-        const float *row = tile + r * ld;
-        int64_t q = r0 + r, self = q - c0, c = 0;
-        for (; c + 16 <= nc; c += 16) {
-            __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + c), _mm512_set1_ps(thr[q]), _CMP_GT_OQ);
-            while (m) {
-                int b = __builtin_ctz(m);
-                m &= m - 1;
-                if (c + b != self) offer(&s, q, row[c + b], c0 + c + b);
-            }
-        }
-        for (; c < nc; c++)
-            if (c != self) offer(&s, q, row[c], c0 + c);
-    }
+/* Masks of 16 scores: bit i set when v[i] > t (one threshold) or v[i] > t[i] (one each). */
+__attribute__((target("avx512f"))) static inline unsigned gt_one_avx512f(const float *v, float t) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(v), _mm512_set1_ps(t), _CMP_GT_OQ);
+}
+__attribute__((target("avx512f"))) static inline unsigned gt_each_avx512f(const float *v, const float *t) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(v), _mm512_loadu_ps(t), _CMP_GT_OQ);
+}
+__attribute__((target("avx2"))) static inline unsigned gt_each_avx2(const float *v, const float *t) {
+    unsigned lo = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v), _mm256_loadu_ps(t), _CMP_GT_OQ));
+    unsigned hi = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + 8), _mm256_loadu_ps(t + 8), _CMP_GT_OQ));
+    return lo | hi << 8;
+}
+__attribute__((target("avx2"))) static inline unsigned gt_one_avx2(const float *v, float t) {
+    const float ts[16] = {t, t, t, t, t, t, t, t, t, t, t, t, t, t, t, t};
+    return gt_each_avx2(v, ts);
 }
 
-/* Column pass over the same tile: column c offers its scores to query c0 + c, row r being
- * id r0 + r; only for off-diagonal tiles. */
-__attribute__((target("avx512f")))
-void symtopk_cols(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,
-                  const float *tile, int64_t ld, int64_t nr, int64_t nc, int64_t r0, int64_t c0) {
-    Lists s = {val, id, cnt, thr, cap, k};
-    float *t = thr + c0;
-    for (int64_t r = 0; r < nr; r++) {
-        const float *row = tile + r * ld;
-        int64_t c = 0;
-        for (; c + 16 <= nc; c += 16) {
-            __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + c), _mm512_loadu_ps(t + c), _CMP_GT_OQ);
-            while (m) {
-                int b = __builtin_ctz(m);
-                m &= m - 1;
-                offer(&s, c0 + c + b, row[c + b], r0 + r);
-            }
-        }
-        for (; c < nc; c++) offer(&s, c0 + c, row[c], r0 + r);
+/* symtopk_rows_<ISA>: the row pass over the nr × nc tile (row stride ld): row r offers its
+ * scores to query r0 + r, column c being id c0 + c; on a diagonal tile (r0 == c0) a query's
+ * own column is skipped. symtopk_cols_<ISA>: the column pass over the same tile: column c
+ * offers its scores to query c0 + c, row r being id r0 + r; only for off-diagonal tiles. */
+#define PASSES(ISA)                                                                                  \
+    __attribute__((target(#ISA)))                                                                    \
+    void symtopk_rows_##ISA(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,\
+                            const float *tile, int64_t ld, int64_t nr, int64_t nc, int64_t r0, int64_t c0) { \
+        Lists s = {val, id, cnt, thr, cap, k};                                                       \
+        for (int64_t r = 0; r < nr; r++) {                                                           \
+            const float *row = tile + r * ld;                                                        \
+            int64_t q = r0 + r, self = q - c0, c = 0;                                                \
+            for (; c + 16 <= nc; c += 16)                                                            \
+                for (unsigned m = gt_one_##ISA(row + c, thr[q]); m; m &= m - 1) {                    \
+                    int b = __builtin_ctz(m);                                                        \
+                    if (c + b != self) offer(&s, q, row[c + b], c0 + c + b);                         \
+                }                                                                                    \
+            for (; c < nc; c++)                                                                      \
+                if (c != self) offer(&s, q, row[c], c0 + c);                                         \
+        }                                                                                            \
+    }                                                                                                \
+    __attribute__((target(#ISA)))                                                                    \
+    void symtopk_cols_##ISA(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t cap, int64_t k,\
+                            const float *tile, int64_t ld, int64_t nr, int64_t nc, int64_t r0, int64_t c0) { \
+        Lists s = {val, id, cnt, thr, cap, k};                                                       \
+        const float *t = thr + c0;                                                                   \
+        for (int64_t r = 0; r < nr; r++) {                                                           \
+            const float *row = tile + r * ld;                                                        \
+            int64_t c = 0;                                                                           \
+            for (; c + 16 <= nc; c += 16)                                                            \
+                for (unsigned m = gt_each_##ISA(row + c, t + c); m; m &= m - 1) {                    \
+                    int b = __builtin_ctz(m);                                                        \
+                    offer(&s, c0 + c + b, row[c + b], r0 + r);                                       \
+                }                                                                                    \
+            for (; c < nc; c++) offer(&s, c0 + c, row[c], r0 + r);                                   \
+        }                                                                                            \
     }
-}
+
+PASSES(avx512f)
+PASSES(avx2)
 
 typedef struct { float v; int32_t id; } Hit;
 
@@ -145,6 +161,7 @@ void symtopk_finish(float *val, int32_t *id, int32_t *cnt, float *thr, int64_t c
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_symtopk",
-                                    "Symmetric top-k selection kernel (called through ctypes).", -1, NULL};
+                                    "Symmetric top-k selection kernel (called through ctypes).", -1, NULL,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__symtopk(void) { return PyModule_Create(&module); }

@@ -4,11 +4,11 @@ A kNN search of N embeddings against themselves computes every similarity twice
 (s_ij = s_ji); FAISS's flat search does. Here the tiles S = X_I X_J^T with J ≥ I come from
 torch matrix products, half the work, and each tile feeds two selections: its rows to the
 queries of block I and its columns to those of block J. The selection is the native kernel
-``_symtopk.c`` (AVX-512): a score enters a query's candidate list only when it beats the
-query's current k-th best, which after the first tiles almost none do. Tiles go in rounds
-of block pairs that share no block, one tile per thread (product and both passes), so no two
-threads ever touch the same query. Answers equal the exact top k (up to float32 rounding of
-the products, as any two BLAS differ).
+``_symtopk.c`` (AVX-512F or AVX2): a score enters a query's candidate list only when it
+beats the query's current k-th best, which after the first tiles almost none do. Tiles go
+in rounds of block pairs that share no block, one tile per thread (product and both
+passes), so no two threads ever touch the same query. Answers equal the exact top k (up to
+float32 rounding of the products, as any two BLAS differ).
 """
 
 from __future__ import annotations
@@ -26,26 +26,33 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 _LISTS = [_P, _P, _P, _P, _I, _I]
 
 
+ISAS: tuple[str, ...] = ("avx2", "avx512f")
+"""The kernel's instruction sets, narrowest first."""
+
+
 @functools.cache
-def _kernel() -> ctypes.CDLL | None:
-    """The built kernel when this CPU can run it, else None."""
+def _kernel() -> tuple[ctypes.CDLL, tuple[str, ...]] | None:
+    """The built kernel and the instruction sets this CPU runs it with, or None."""
     spec = importlib.util.find_spec("hvkit.index._symtopk")
     if spec is None or spec.origin is None:
         return None
     lib = ctypes.CDLL(spec.origin)
-    if not lib.symtopk_supported():
+    isas = ISAS[:lib.symtopk_level()]
+    if not isas:
         return None
-    lib.symtopk_rows.argtypes = _LISTS + [_P, _I, _I, _I, _I, _I]
-    lib.symtopk_cols.argtypes = _LISTS + [_P, _I, _I, _I, _I, _I]
+    for isa in isas:
+        for name in (f"symtopk_rows_{isa}", f"symtopk_cols_{isa}"):
+            getattr(lib, name).argtypes = _LISTS + [_P, _I, _I, _I, _I, _I]
+            getattr(lib, name).restype = None
     lib.symtopk_finish.argtypes = _LISTS + [_I, _I, _P, _P]
-    for fn in (lib.symtopk_rows, lib.symtopk_cols, lib.symtopk_finish):
-        fn.restype = None
-    return lib
+    lib.symtopk_finish.restype = None
+    return lib, isas
 
 
-def available() -> bool:
-    """Whether the symmetric kernel was built and this CPU has AVX-512F."""
-    return _kernel() is not None
+def available() -> tuple[str, ...]:
+    """The instruction sets the built kernel can use on this CPU, widest last; empty when none."""
+    found = _kernel()
+    return () if found is None else found[1]
 
 
 def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
@@ -66,18 +73,24 @@ def _rounds(blocks: int) -> list[list[tuple[int, int]]]:
     return [r for r in rounds if r]
 
 
-def symmetric_topk(x: np.ndarray, k: int, *, block_size: int = 1024,
-                   threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def symmetric_topk(x: np.ndarray, k: int, *, block_size: int = 1024, threads: int | None = None,
+                   isa: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` largest inner products with the *other* rows: ``(scores, ids)``, (N, k), best first.
 
     ``x``: C-contiguous float32 (N, D) (normalise it first for cosine); ``1 <= k <= N - 1``.
     Memory: N × 2k candidates (8 bytes each) plus one ``block_size``² tile per thread. Each of
     ``threads`` (default: torch's thread count) computes whole tiles, so torch itself runs
-    single-threaded for the duration of the call.
+    single-threaded for the duration of the call. ``isa``: ``"avx512f"`` or ``"avx2"`` (default:
+    the widest this CPU has).
     """
-    lib = _kernel()
-    if lib is None:
+    found = _kernel()
+    if found is None:
         raise RuntimeError("the symmetric top-k kernel is not built for this machine (hvkit.index._symtopk)")
+    lib, isas = found
+    isa = isa or isas[-1]
+    if isa not in isas:
+        raise ValueError(f"isa={isa!r}: this CPU runs the kernel with {', '.join(isas)}")
+    row_pass, col_pass = getattr(lib, f"symtopk_rows_{isa}"), getattr(lib, f"symtopk_cols_{isa}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     if n >= 2**31:
@@ -102,9 +115,9 @@ def symmetric_topk(x: np.ndarray, k: int, *, block_size: int = 1024,
         scores = tiles.buffer[:len(rows), :len(cols)]
         torch.mm(rows, cols.T, out=scores)
         ptr, ld = scores.data_ptr(), scores.stride(0)
-        lib.symtopk_rows(*lists, ptr, ld, len(rows), len(cols), i0, j0)
+        row_pass(*lists, ptr, ld, len(rows), len(cols), i0, j0)
         if j0 != i0:
-            lib.symtopk_cols(*lists, ptr, ld, len(rows), len(cols), i0, j0)
+            col_pass(*lists, ptr, ld, len(rows), len(cols), i0, j0)
 
     out_val = np.empty((n, k), np.float32)
     out_ids = np.empty((n, k), np.int64)

@@ -26,15 +26,17 @@ def unit(n: int, dim: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+@pytest.mark.parametrize("isa", [pytest.param(isa, marks=pytest.mark.skipif(
+    isa not in symmetric.available(), reason=f"this CPU has no {isa}")) for isa in symmetric.ISAS])
 @pytest.mark.parametrize(("n", "k", "block_size", "threads"), [
     (700, 37, 128, 2),    # 6 blocks: diagonal and off-diagonal tiles, a short last block
     (700, 37, 1024, 1),   # one tile
     (333, 150, 64, 3),    # k larger than a block: lists fill across many tiles
     (9, 8, 2, 2),         # k = N - 1: every other row; an odd number of blocks
 ])
-def test_equals_float64_brute_force(n, k, block_size, threads):
+def test_equals_float64_brute_force(n, k, block_size, threads, isa):
     x = unit(n, 24, seed=n)
-    scores, ids = symmetric_topk(x, k, block_size=block_size, threads=threads)
+    scores, ids = symmetric_topk(x, k, block_size=block_size, threads=threads, isa=isa)
     want_scores, want_ids = reference_topk(x, k)
     assert scores.shape == ids.shape == (n, k) and ids.dtype == np.int64
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
@@ -76,11 +78,13 @@ def test_knn_self_retrieval_uses_it_and_agrees_with_faiss(monkeypatch):
     assert calls == [30, 30], "l2 and query-vs-reference searches do not"
 
 
-def test_k_out_of_range():
+def test_bad_arguments():
     x = unit(10, 4, seed=3)
     for k in (0, 10):
         with pytest.raises(ValueError, match="between 1 and 9"):
             symmetric_topk(x, k)
+    with pytest.raises(ValueError, match="isa='sse2'"):
+        symmetric_topk(x, 3, isa="sse2")
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 5, 8])
