@@ -8,9 +8,9 @@
  * score s enters only if s > t_q, so after the first tiles almost every comparison fails.
  * SIMD compares (AVX-512F, or two AVX2 halves) test 16 scores at a time against the row's
  * threshold (row pass) or against 16 columns' thresholds (column pass); a full buffer is
- * cut back to its k best by quickselect, which raises t_q. Row and column passes of one off-diagonal tile write to
- * disjoint queries, so they may run in parallel; the caller owns every buffer and there is
- * no global state.
+ * cut back to its k best by quickselect, which raises t_q. Row and column passes of one
+ * off-diagonal tile write to disjoint queries, so they may run in parallel; the caller owns
+ * every buffer and there is no global state.
  *
  * Built as the extension module hvkit.index._symtopk (an empty Python module) and called
  * through ctypes. It builds on x86-64 only (elsewhere the optional extension is skipped)

@@ -10,7 +10,8 @@ from hvkit.index.symmetric import _rounds, symmetric_topk
 
 from .conftest import clustered
 
-pytestmark = pytest.mark.skipif(not symmetric.available(), reason="kernel not built or no AVX-512F")
+pytestmark = pytest.mark.skipif(not symmetric.available(),
+                                reason="kernel not built, or this CPU has neither AVX2 nor AVX-512F")
 
 
 def reference_topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
