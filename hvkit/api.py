@@ -61,7 +61,7 @@ class ExistingPath:
 
 @dataclass(frozen=True)
 class OptimizerName:
-    """Metadata: ``{name: <torch.optim class>, **kwargs}``, checked against that class."""
+    """Metadata: ``{name: <torch.optim class or LARS>, **kwargs}``, checked against that class."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Optimisers and LR schedulers from recipe specs (any ``torch.optim`` class by name)."""
+"""Optimisers and LR schedulers from recipe specs (any ``torch.optim`` class, or LARS, by name)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,27 @@ from typing import Any
 
 import torch
 
+from .lars import LARS
+
+
+def optimizer_classes() -> dict[str, type]:
+    """Every optimiser a recipe may name: ``torch.optim``'s classes and hvkit's own ``LARS``."""
+    found = {name: cls for name, cls in vars(torch.optim).items()
+             if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer}
+    return {**found, "LARS": LARS}
+
+
+def scheduler_classes() -> dict[str, type]:
+    """Every LR scheduler a recipe may name: ``torch.optim.lr_scheduler``'s classes."""
+    return {name: cls for name, cls in vars(torch.optim.lr_scheduler).items()
+            if inspect.isclass(cls) and issubclass(cls, torch.optim.lr_scheduler.LRScheduler) and not name.startswith("_")
+            and cls is not torch.optim.lr_scheduler.LRScheduler}
+
 
 def build_optimizer(spec: dict[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """``{name: AdamW, lr: ..., ...}`` over parameter groups (per-group ``lr`` kept)."""
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    return getattr(torch.optim, spec["name"])(groups, **kwargs)
+    return optimizer_classes()[spec["name"]](groups, **kwargs)
 
 
 def build_scheduler(spec: dict[str, Any] | None, optimizer: torch.optim.Optimizer,
@@ -23,7 +39,7 @@ def build_scheduler(spec: dict[str, Any] | None, optimizer: torch.optim.Optimize
     if spec is None:
         return None
     kwargs = {k: v for k, v in spec.items() if k not in ("name", "warmup_steps")}
-    cls = getattr(torch.optim.lr_scheduler, spec["name"])
+    cls = scheduler_classes()[spec["name"]]
     accepted = inspect.signature(cls).parameters
     warmup = int(spec.get("warmup_steps", 0))
     for key in ("T_max", "total_steps", "total_iters"):

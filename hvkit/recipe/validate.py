@@ -16,9 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
+from hvkit.engine.optim import optimizer_classes, scheduler_classes
 from hvkit.errors import HvkitError, RecipeError
 from hvkit.hookspecs import CONTEXT_ARGS
 from hvkit.recipe.load import deep_merge
@@ -163,9 +162,9 @@ class Validator:
                     raise self.error(path, f"file or folder not found: {value!r}")
                 return value
             if isinstance(marker, OptimizerName):
-                return self.torch_spec(value, path, torch.optim, skip={"params"})
+                return self.torch_spec(value, path, optimizer_classes(), "optimiser", skip={"params"})
             if isinstance(marker, SchedulerName):
-                return self.torch_spec(value, path, torch.optim.lr_scheduler, skip={"optimizer"},
+                return self.torch_spec(value, path, scheduler_classes(), "LR scheduler", skip={"optimizer"},
                                        extra={"warmup_steps"})
         config = dataclass_type(hint)
         if config is not None and isinstance(value, dict):
@@ -196,18 +195,15 @@ class Validator:
                 out[name] = self.value(default, hints[name], f"{path}.{name}") if default is not None else None
         return out
 
-    def torch_spec(self, value: Any, path: str, module: Any, skip: set[str],
+    def torch_spec(self, value: Any, path: str, choices: dict[str, type], kind: str, skip: set[str],
                    extra: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
         if isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict) or "name" not in value:
             raise self.error(path, "expected {name: <class>, ...arguments}")
-        choices = [n for n, c in vars(module).items() if inspect.isclass(c) and not n.startswith("_")
-                   and n not in ("Optimizer", "LRScheduler", "Tensor")]
-        cls = getattr(module, str(value["name"]), None)
-        if value["name"] not in choices or cls is None:
-            raise self.error(f"{path}.name", f"unknown {module.__name__} class {value['name']!r}"
-                             + _nearest(str(value["name"]), choices))
+        cls = choices.get(str(value["name"]))
+        if cls is None:
+            raise self.error(f"{path}.name", f"unknown {kind} {value['name']!r}" + _nearest(str(value["name"]), list(choices)))
         signature = inspect.signature(cls)
         accepted = [p for p in signature.parameters if p not in skip] + sorted(extra)
         try:

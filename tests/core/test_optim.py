@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from hvkit.engine import TrainConfig, Trainer
+from hvkit.engine.lars import LARS
 from hvkit.engine.optim import build_optimizer, build_scheduler
 from hvkit.errors import HvkitError
 
@@ -121,3 +123,46 @@ def test_grad_clip_limits_the_update(stage_context):
     trainer = Trainer(stage_context, {"model": model}, config, steps_per_epoch=1)
     trainer.fit(lambda epoch: [torch.full((1, 4), 10.0)], lambda batch, g: model(batch).sum())
     assert model.weight.norm().item() == pytest.approx(0.5)
+
+
+def lars_step_reference(w, g, buffer, lr, momentum, weight_decay, eta, adapt):
+    """One LARS step in float64 by the formula of hvkit.engine.lars.LARS."""
+    u = g + weight_decay * w if adapt else g
+    if adapt and np.linalg.norm(w) > 0 and np.linalg.norm(u) > 0:
+        u = u * eta * np.linalg.norm(w) / np.linalg.norm(u)
+    buffer = momentum * buffer + u
+    return w - lr * buffer, buffer
+
+
+def test_lars_matches_the_formula_over_steps_and_skips_1d_parameters():
+    rng = np.random.default_rng(0)
+    weight = nn.Parameter(torch.tensor(rng.normal(size=(4, 3))))
+    bias = nn.Parameter(torch.tensor(rng.normal(size=4)))
+    settings = dict(lr=0.5, momentum=0.9, weight_decay=0.01, eta=0.02)
+    optimizer = build_optimizer({"name": "LARS", **settings}, [{"params": [weight, bias]}])
+    assert isinstance(optimizer, LARS)
+    ref = {"w": (weight.detach().numpy().copy(), np.zeros((4, 3))), "b": (bias.detach().numpy().copy(), np.zeros(4))}
+    for _ in range(3):
+        grads = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=4)}
+        weight.grad, bias.grad = torch.tensor(grads["w"]), torch.tensor(grads["b"])
+        optimizer.step()
+        for key, adapt in (("w", True), ("b", False)):
+            ref[key] = lars_step_reference(*ref[key][:1], grads[key], ref[key][1], adapt=adapt, **settings)
+        np.testing.assert_allclose(weight.detach().numpy(), ref["w"][0], rtol=1e-12)
+        np.testing.assert_allclose(bias.detach().numpy(), ref["b"][0], rtol=1e-12)
+
+
+def test_lars_trust_ratio_sets_the_step_size_and_falls_back_to_one_at_zero_norm():
+    weight = nn.Parameter(torch.full((2, 2), 3.0))  # norm 6
+    optimizer = LARS([weight], lr=1.0, momentum=0.0, weight_decay=0.0, eta=0.1)
+    weight.grad = torch.full((2, 2), 100.0)  # any gradient: the step's norm is eta * ||w|| = 0.6
+    optimizer.step()
+    assert torch.allclose(weight.detach(), torch.full((2, 2), 3.0 - 0.3))
+    zero = nn.Parameter(torch.zeros(2, 2))
+    optimizer = LARS([zero], lr=1.0, momentum=0.0, weight_decay=0.0, eta=0.1)
+    zero.grad = torch.full((2, 2), 2.0)  # ||w|| = 0: a plain SGD step
+    optimizer.step()
+    assert torch.allclose(zero.detach(), torch.full((2, 2), -2.0))
+    with pytest.raises(ValueError, match="LARS"):
+        LARS([zero], lr=0.1, momentum=1.0)
+

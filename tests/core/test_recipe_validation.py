@@ -105,6 +105,15 @@ def test_valid_values_pass(tmp_path, registry):
     assert first["members"] == ["pre", "pre"]
 
 
+def test_lars_is_a_recipe_optimiser(tmp_path, registry):
+    recipe = write(tmp_path, f"""
+        data: {{name: toy_data, root: {tmp_path}}}
+        stages:
+          first: {{stage: toy_stage, optimizer: {{name: LARS, lr: 0.2, eta: 0.001}}}}
+        """)
+    assert prepare(recipe, registry=registry)["stages"]["first"]["optimizer"] == {"name": "LARS", "lr": 0.2, "eta": 0.001}
+
+
 def stage(**params: str) -> str:
     items = ", ".join(f"{k}: {v}" for k, v in params.items())
     return f"data: {{name: toy_data}}\nstages:\n  first: {{stage: toy_stage, {items}}}\n"
@@ -153,13 +162,15 @@ CASES = {
                               "  second: {stage: toy_stage}\n", "stages.first.members.0",
                               "'second' is not an earlier stage"),
     "unknown optimizer": (stage(optimizer="{name: Adamw}"), "stages.first.optimizer.name",
-                          "unknown torch.optim class 'Adamw'; did you mean 'AdamW'"),
+                          "unknown optimiser 'Adamw'; did you mean 'AdamW'"),
     "unknown optimizer argument": (stage(optimizer="{name: SGD, lr: 0.1, betas: [0.9, 0.9]}"),
                                    "stages.first.optimizer.betas", "unknown argument of SGD"),
+    "unknown LARS argument": (stage(optimizer="{name: LARS, lr: 0.2, nesterov: true}"),
+                              "stages.first.optimizer.nesterov", "unknown argument of LARS"),
     "mistyped optimizer argument": (stage(optimizer="{name: SGD, lr: fast}"), "stages.first.optimizer.lr",
                                     "expected float or Tensor, got 'fast'"),
     "unknown scheduler": (stage(scheduler="{name: Cosine}"), "stages.first.scheduler.name",
-                          "unknown torch.optim.lr_scheduler class 'Cosine'"),
+                          "unknown LR scheduler 'Cosine'"),
     "scheduler warmup type": (stage(scheduler="{name: CosineAnnealingLR, warmup_steps: 1.5}"),
                               "stages.first.scheduler.warmup_steps", "expected int, got 1.5"),
 }
