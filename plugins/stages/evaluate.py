@@ -121,11 +121,20 @@ def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray,
 
 def _report(metrics: dict[str, Any], protocol: str) -> str:
     rows = ["| verifier | accuracy (val threshold) | ROC AUC | EER |", "|---|---|---|---|"]
-    verification = metrics.get("verification", {})
-    for name, values in verification.items():
+    level = None
+    for name, values in metrics.get("verification", {}).items():
         if isinstance(values, dict) and "roc_auc" in values:
-            accuracy = values.get("accuracy")
-            shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "—"
-            rows.append(f"| {name} | {shown} | {values['roc_auc']:.4f} | {values.get('eer', float('nan')):.4f} |")
+            ci = values.get("ci", {})
+            level = ci.get("confidence", level)
+            cells = [_with_interval(values.get(key), ci.get(key)) for key in ("accuracy", "roc_auc", "eer")]
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    if level is not None:
+        rows.append(f"\n({level:.0%} intervals from resampling test writers.)")
     note = "" if protocol == "clean" else "\n\n*SSL-HV protocol: early stopping on test pairs.*"
     return "\n".join(rows) + note
+
+
+def _with_interval(value: Any, interval: list[float] | None) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    return f"{value:.4f}" + (f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else "")

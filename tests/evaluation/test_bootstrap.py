@@ -1,0 +1,80 @@
+"""Writer-bootstrap intervals against resampling by hand with scikit-learn, and their behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from hvkit.evaluation import EvalData, PairSet, evaluate
+from hvkit.evaluation.bootstrap import writer_bootstrap
+from hvkit_plugins.evaluators.verification import Verification
+from hvkit_plugins.stages.evaluate import _report
+
+from .reference import sklearn_eer
+
+
+def pairs(writers: int, per_writer: int, seed: int, shift: float = 1.0) -> PairSet:
+    rng = np.random.default_rng(seed)
+    n = writers * per_writer
+    same = rng.random(n) < 0.5
+    scores = np.round(rng.normal(size=n) + shift * same, 1)  # rounded: ties across levels
+    return PairSet(scores, same, np.repeat(rng.permutation(1000)[:writers], per_writer))
+
+
+def test_intervals_equal_copying_the_drawn_writers_pairs():
+    data, threshold, resamples = pairs(12, 15, seed=0), 0.45, 40
+    out = writer_bootstrap(data, threshold, resamples, confidence=0.8, seed=3)
+    rng, ids = np.random.default_rng(3), np.unique(data.writers)
+    draws = {"accuracy": [], "roc_auc": [], "eer": []}
+    for _ in range(resamples):
+        rows = np.concatenate([np.flatnonzero(data.writers == ids[k]) for k in rng.integers(0, len(ids), len(ids))])
+        scores, same = data.scores[rows], data.same[rows]
+        draws["accuracy"].append(np.mean((scores >= threshold) == same))
+        draws["roc_auc"].append(roc_auc_score(same, scores))
+        draws["eer"].append(sklearn_eer(same, scores))
+    assert out["resamples_used"] == resamples and out["confidence"] == 0.8
+    for name, values in draws.items():
+        np.testing.assert_allclose(out[name], np.percentile(values, [10, 90]), rtol=0, atol=1e-12)
+
+
+def test_intervals_hold_the_estimate_and_narrow_with_more_writers():
+    small, large = pairs(20, 30, seed=1), pairs(500, 30, seed=1)
+    widths = []
+    for data in (small, large):
+        out = writer_bootstrap(data, 0.5, 300)
+        auc = roc_auc_score(data.same, data.scores)
+        assert out["roc_auc"][0] < auc < out["roc_auc"][1]
+        assert out["accuracy"][0] < np.mean((data.scores >= 0.5) == data.same) < out["accuracy"][1]
+        widths.append(out["roc_auc"][1] - out["roc_auc"][0])
+    assert widths[1] < widths[0] / 3  # ~ 1 / sqrt(writers): 5x narrower for 25x the writers
+
+
+def test_without_threshold_no_accuracy_and_same_draws_every_time():
+    data = pairs(10, 10, seed=2)
+    first, again = writer_bootstrap(data, None, 50), writer_bootstrap(data, None, 50)
+    assert "accuracy" not in first and first == again
+
+
+def test_draws_without_both_kinds_of_pairs_are_skipped_or_refused():
+    one_kind_each = PairSet([0.9, 0.8, 0.1, 0.2], [True, True, False, False], [0, 0, 1, 1])
+    out = writer_bootstrap(one_kind_each, 0.5, 200, seed=0)
+    assert 0 < out["resamples_used"] < 200  # draws of writer 0 alone or 1 alone hold one kind only
+    with pytest.raises(ValueError, match="no resample"):
+        writer_bootstrap(PairSet([0.9, 0.8], [True, True], [0, 1]), 0.5, 10)
+    with pytest.raises(ValueError, match="resamples"):
+        writer_bootstrap(one_kind_each, 0.5, 0)
+
+
+def test_verification_reports_intervals_and_can_leave_them_out():
+    val, test = pairs(8, 20, seed=4), pairs(30, 20, seed=5)
+    data = EvalData(np.zeros((1, 4), np.float32), np.zeros(1), verifiers={"head": {"val": val, "test": test}})
+    out = evaluate([Verification(bootstrap=100)], data)["verification"]["head"]
+    assert out["ci"] == writer_bootstrap(test, out["threshold"], 100)
+    report = _report({"verification": {"head": out}}, "clean")
+    low, high = out["ci"]["accuracy"]
+    assert f"{out['accuracy']:.4f} ({low:.3f}–{high:.3f})" in report and "95% intervals" in report
+    plain = evaluate([Verification(bootstrap=0)], data)["verification"]["head"]
+    assert "ci" not in plain and "intervals" not in _report({"verification": {"head": plain}}, "clean")
+    with pytest.raises(ValueError, match="bootstrap"):
+        Verification(bootstrap=-1)
