@@ -16,6 +16,8 @@ from hvkit.pipeline import run
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.sources import open_encoder
 from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.datasets.pairs import labelled_writers
+from hvkit_plugins.heads.cosine_pair import within_class_whitening
 from hvkit_plugins.stages.encoder import embed, load_encoder
 from hvkit_plugins.stages.ensemble import Ensemble
 
@@ -77,3 +79,26 @@ def test_members_must_be_distinct_earlier_stages(tmp_path: Path) -> None:
     bad = {**RECIPE, "stages": {**RECIPE["stages"], "fusion": {"stage": "ensemble", "members": ["first", "fused"]}}}
     with pytest.raises(HvkitError, match=r"stages\.fusion\.members\.1.*'fused' is not an earlier stage"):
         _run(tmp_path, bad)
+
+
+def test_whitened_fusion_maps_each_member_by_its_own_within_writer_whitening(tmp_path: Path) -> None:
+    fusion = {"stage": "ensemble", "members": ["first", "second"], "whiten": "within_class", "label_fraction": 0.5,
+              "shrinkage": 0.3}
+    run_dir = _run(tmp_path, {**RECIPE, "stages": {**RECIPE["stages"], "fusion": fusion}})
+    fused, state = load_encoder(run_dir / "stages" / "fusion" / "encoder.pt", get_registry(), CPU)
+    assert state["backbone_spec"]["whiten"] is True
+    members = [load_encoder(run_dir / "stages" / s / "encoder.pt", get_registry(), CPU)[0] for s in ("first", "second")]
+    data = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=6, seed=2)
+    train, test = data.splits["train"], data.splits["test"]
+    labelled = labelled_writers(train, 0.5)
+    expected = []
+    for member in members:
+        mean = embed(member, train.images, CPU).mean(0)
+        whitening = within_class_whitening(embed(member, labelled.images, CPU), torch.as_tensor(labelled.labels), 0.3)
+        expected.append(F.normalize((embed(member, test.images, CPU) - mean) @ whitening.float(), dim=1))
+    torch.testing.assert_close(embed(fused, test.images, CPU), torch.cat(expected, 1), rtol=1e-3, atol=1e-4)
+    transform = fused.backbone.transform
+    assert transform[:12, 12:].abs().max() == 0 and transform[12:, :12].abs().max() == 0
+    assert not torch.allclose(transform[:12, :12], torch.eye(12))
+    with pytest.raises(ValueError, match="whiten"):
+        Ensemble(["first", "second"], whiten="pca")
