@@ -2,6 +2,7 @@
 
 from hvkit.api import hookimpl
 
+from .compare import compare_command
 from .embed import embed_command
 from .eval_run import eval_command
 from .index import index_command
@@ -12,6 +13,7 @@ from .verify import verify_command
 @hookimpl
 def register_commands(register):
     register(new_plugin)
+    register(compare_command)
     register(embed_command)
     register(eval_command)
     register(index_command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from hvkit import distributed
 from hvkit.api import Component, Split, StageOutput
 from hvkit.engine import StageContext, save_checkpoint
+from hvkit.engine.checkpoint import atomic_write
 from hvkit.evaluation import EvalData, PairSet, evaluate
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.stages.encoder import embed, load_encoder, pixels
@@ -102,14 +104,44 @@ class Evaluate:
         verifiers_path = ctx.stage_dir / "verifiers.pt"
         np.save(ctx.stage_dir / "test_embeddings.npy", eval_data.embeddings)
         np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
+        scores_path = ctx.stage_dir / PAIR_SCORES
+        save_pair_scores(scores_path, {name: sets["test"] for name, sets in verifiers.items()},
+                         {name: metrics.get("verification", {}).get(name, {}).get("threshold") for name in verifiers})
         save_checkpoint(verifiers_path, {
             name: {"spec": spec, "state": head.state_dict(),
                    "threshold": metrics.get("verification", {}).get(name, {}).get("threshold")}
             for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
-                "verifiers": ctx.relative(verifiers_path), "features": self.features,
+                "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(scores_path),
+                "features": self.features,
                 "encoder": ctx.outputs[self.model_from]["encoder"] if self.model_from else None,
                 "report": _report(metrics, self.protocol)}
+
+
+PAIR_SCORES = "test_pair_scores.npz"
+
+
+def save_pair_scores(path: Path, sets: dict[str, PairSet], thresholds: dict[str, float | None]) -> None:
+    """Every verifier's test-pair scores and val threshold, for comparing models afterwards (``hvkit compare``)."""
+    first = next(iter(sets.values()), PairSet(np.empty(0), np.empty(0, bool), np.empty(0, np.int64)))
+    arrays = {"same": first.same, "writers": first.writers}
+    for name, pairs in sets.items():
+        arrays[f"score:{name}"] = pairs.scores
+        arrays[f"threshold:{name}"] = np.array(np.nan if thresholds.get(name) is None else thresholds[name])
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_pair_scores(path: Path) -> dict[str, tuple[PairSet, float | None]]:
+    """``{verifier: (test pairs, val threshold or None)}`` as written by :func:`save_pair_scores`."""
+    with np.load(path) as data:
+        same, writers = data["same"], data["writers"]
+        out = {}
+        for key in data.files:
+            if key.startswith("score:"):
+                name = key.removeprefix("score:")
+                threshold = float(data[f"threshold:{name}"])
+                out[name] = (PairSet(data[key], same, writers), None if np.isnan(threshold) else threshold)
+    return out
 
 
 def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],

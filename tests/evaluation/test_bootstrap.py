@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from hvkit.evaluation import EvalData, PairSet, evaluate
-from hvkit.evaluation.bootstrap import writer_bootstrap
+from hvkit.evaluation.bootstrap import paired_writer_bootstrap, writer_bootstrap
 from hvkit_plugins.evaluators.verification import Verification
 from hvkit_plugins.stages.evaluate import _report
 
@@ -78,3 +78,34 @@ def test_verification_reports_intervals_and_can_leave_them_out():
     assert "ci" not in plain and "intervals" not in _report({"verification": {"head": plain}}, "clean")
     with pytest.raises(ValueError, match="bootstrap"):
         Verification(bootstrap=-1)
+
+
+def test_paired_intervals_equal_copying_the_drawn_writers_pairs():
+    a = pairs(12, 15, seed=6)
+    b = PairSet(np.round(a.scores + np.random.default_rng(7).normal(0, 0.8, len(a.scores)), 1), a.same, a.writers)
+    out = paired_writer_bootstrap(a, b, 0.45, 0.3, resamples=40, confidence=0.9, seed=5)
+    rng, ids = np.random.default_rng(5), np.unique(a.writers)
+    diffs = {"accuracy": [], "roc_auc": [], "eer": []}
+    for _ in range(40):
+        rows = np.concatenate([np.flatnonzero(a.writers == ids[k]) for k in rng.integers(0, len(ids), len(ids))])
+        same = a.same[rows]
+        diffs["accuracy"].append(np.mean((a.scores[rows] >= 0.45) == same) - np.mean((b.scores[rows] >= 0.3) == same))
+        diffs["roc_auc"].append(roc_auc_score(same, a.scores[rows]) - roc_auc_score(same, b.scores[rows]))
+        diffs["eer"].append(sklearn_eer(same, a.scores[rows]) - sklearn_eer(same, b.scores[rows]))
+    for name, values in diffs.items():
+        np.testing.assert_allclose(out[name], np.percentile(values, [5, 95]), rtol=0, atol=1e-12)
+        worse = np.greater_equal(values, 0) if name == "eer" else np.less_equal(values, 0)
+        assert out[f"share_a_not_better_{name}"] == np.mean(worse)
+    big = pairs(100, 20, seed=9)
+    noisier = PairSet(big.scores + np.random.default_rng(10).normal(0, 1.5, len(big.scores)), big.same, big.writers)
+    clear = paired_writer_bootstrap(big, noisier, None, None, 200)
+    assert clear["share_a_not_better_roc_auc"] == 0 and clear["roc_auc"][0] > 0
+    assert paired_writer_bootstrap(noisier, big, None, None, 200)["share_a_not_better_roc_auc"] == 1
+
+
+def test_paired_bootstrap_needs_the_same_pairs():
+    a = pairs(5, 10, seed=8)
+    shuffled = PairSet(a.scores, a.same[::-1], a.writers)
+    with pytest.raises(ValueError, match="same pairs"):
+        paired_writer_bootstrap(a, shuffled, None, None, 10)
+    assert "accuracy" not in paired_writer_bootstrap(a, a, 0.5, None, 10)

@@ -1,0 +1,86 @@
+"""Saved test-pair scores and ``hvkit compare``: a paired writer bootstrap between two verifiers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hvkit.cli import main
+from hvkit.evaluation import RocCounts
+from hvkit.evaluation.bootstrap import paired_writer_bootstrap
+from hvkit.pipeline import run
+from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores
+
+TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
+         "label_fraction": 0.5, "train": {"epochs": 1, "max_steps": 2, "amp": False}}
+EVAL = {"stage": "evaluate", "label_fraction": 0.5, "plots": False, "verifiers": ["cosine_pair", "wccn_pair"],
+        "evaluators": [{"name": "verification", "all_pairs": False, "bootstrap": 50}]}
+RECIPE = {
+    "name": "tiny_compare", "seed": 4, "device": "cpu",
+    "data": {"name": "cedar_and", "synthetic_writers": 30, "synthetic_samples_per_writer": 6},
+    "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
+    "stages": {"first": TRAIN, "eval_first": {**EVAL, "model_from": "first"},
+               "second": {**TRAIN, "train": {**TRAIN["train"], "max_steps": 4}},
+               "eval_second": {**EVAL, "model_from": "second"}},
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("compare")
+    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE, sort_keys=False))
+    return run(root / "recipe.yaml", [], run_dir=root / "run", device="cpu", console=lambda _: None)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["compare", *map(str, args)])
+
+
+def test_saved_scores_reproduce_the_stage_metrics(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())["eval_first"]["verification"]
+    saved = load_pair_scores(run_dir / "stages" / "eval_first" / PAIR_SCORES)
+    assert sorted(saved) == ["cosine_pair", "wccn_pair"]
+    for name, (pairs, threshold) in saved.items():
+        assert threshold == metrics[name]["threshold"]
+        assert RocCounts.from_scores(pairs.scores, pairs.same).auc() == metrics[name]["roc_auc"]
+        assert np.mean((pairs.scores >= threshold) == pairs.same) == pytest.approx(metrics[name]["accuracy"])
+        assert len(pairs.scores) == metrics[name]["pairs"]
+
+
+def test_compare_prints_the_paired_bootstrap_of_two_stages(run_dir: Path) -> None:
+    result = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--resamples", 200, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    (a, ta), (b, tb) = (load_pair_scores(run_dir / "stages" / s / PAIR_SCORES)[v]
+                        for s, v in (("eval_second", "wccn_pair"), ("eval_first", "cosine_pair")))
+    assert out["a_minus_b"] == paired_writer_bootstrap(a, b, ta, tb, 200)
+    assert out["a"]["roc_auc"] == RocCounts.from_scores(a.scores, a.same).auc()
+    low, high = out["a_minus_b"]["roc_auc"]
+    assert low <= out["a"]["roc_auc"] - out["b"]["roc_auc"] <= high
+    text = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--resamples", 200)
+    assert text.exit_code == 0 and "A − B, 95% interval over 200 draws of the test writers" in text.stdout
+    assert f"{out['a']['roc_auc'] - out['b']['roc_auc']:+.4f}" in text.stdout
+
+
+def test_paired_interval_is_narrower_than_either_own_interval(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())["eval_first"]["verification"]
+    result = json.loads(invoke(run_dir, "eval_first/wccn_pair", "eval_first/cosine_pair", "--against", run_dir,
+                               "--json", "--resamples", 50).stdout)
+    paired = result["a_minus_b"]["roc_auc"]
+    own = [metrics[v]["ci"]["roc_auc"] for v in ("wccn_pair", "cosine_pair")]
+    assert paired[1] - paired[0] < min(high - low for low, high in own)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("eval_first", "eval_second/cosine_pair"), "must read STAGE/VERIFIER"),
+    (("eval_first/sslhv_pair", "eval_second/cosine_pair"), "no verifier 'sslhv_pair'; it holds cosine_pair, wccn_pair"),
+    (("first/cosine_pair", "eval_second/cosine_pair"), "no test pair scores"),
+])
+def test_bad_references_are_one_line_errors(run_dir: Path, args, message) -> None:
+    result = invoke(run_dir, *args)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
