@@ -19,9 +19,9 @@ def optimizer_classes() -> dict[str, type]:
 
 def scheduler_classes() -> dict[str, type]:
     """Every LR scheduler a recipe may name: ``torch.optim.lr_scheduler``'s classes."""
+    base = torch.optim.lr_scheduler.LRScheduler
     return {name: cls for name, cls in vars(torch.optim.lr_scheduler).items()
-            if inspect.isclass(cls) and issubclass(cls, torch.optim.lr_scheduler.LRScheduler) and not name.startswith("_")
-            and cls is not torch.optim.lr_scheduler.LRScheduler}
+            if inspect.isclass(cls) and issubclass(cls, base) and cls is not base and not name.startswith("_")}
 
 
 def build_optimizer(spec: dict[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

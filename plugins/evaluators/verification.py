@@ -26,9 +26,9 @@ class Verification:
     default) every unordered pair of test embeddings is also scored by cosine similarity
     through streamed 2^16-bin histograms (AUC error bound reported). With ``bootstrap`` > 0
     (default 1,000 draws) each verifier also gets ``ci``: ``confidence`` intervals of its
-    accuracy, AUC and EER from resampling test writers (:func:`writer_bootstrap`), so two
-    models can be told apart from noise. ROC/DET curves and score histograms go to
-    ``out_dir`` as PNG.
+    accuracy, AUC and EER from resampling test writers (:func:`writer_bootstrap`; ``hvkit
+    compare`` tests the difference of two models). ROC/DET curves and score histograms go
+    to ``out_dir`` as PNG.
     """
 
     name = "verification"

@@ -104,13 +104,11 @@ class Evaluate:
         verifiers_path = ctx.stage_dir / "verifiers.pt"
         np.save(ctx.stage_dir / "test_embeddings.npy", eval_data.embeddings)
         np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
+        thresholds = {name: metrics.get("verification", {}).get(name, {}).get("threshold") for name in verifiers}
         scores_path = ctx.stage_dir / PAIR_SCORES
-        save_pair_scores(scores_path, {name: sets["test"] for name, sets in verifiers.items()},
-                         {name: metrics.get("verification", {}).get(name, {}).get("threshold") for name in verifiers})
-        save_checkpoint(verifiers_path, {
-            name: {"spec": spec, "state": head.state_dict(),
-                   "threshold": metrics.get("verification", {}).get(name, {}).get("threshold")}
-            for name, (spec, head) in fitted.items()})
+        save_pair_scores(scores_path, {name: sets["test"] for name, sets in verifiers.items()}, thresholds)
+        save_checkpoint(verifiers_path, {name: {"spec": spec, "state": head.state_dict(), "threshold": thresholds[name]}
+                                         for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
                 "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(scores_path),
                 "features": self.features,
