@@ -7,7 +7,8 @@ recipe parameters. ``register_commands`` receives a ``register(command)`` taking
 :class:`click.Command` instead.
 
 What each factory must return is stated per hook; arguments listed as *context* are
-passed by hvkit at run time and may not be set in a recipe.
+passed by hvkit at run time and may not be set in a recipe, except those of
+:data:`RECIPE_CONTEXT_ARGS`, which a recipe may set to override hvkit's value.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def register_heads(register: Register) -> None:
 def register_datasets(register: Register) -> None:
     """Datasets: ``factory(**params) -> hvkit.api.WriterDataset`` (writer-labelled images).
 
-    Context: ``seed``.
+    Context: ``seed`` (the recipe's ``seed``, unless the recipe sets ``data.seed``: the split
+    then stays fixed while the training seed varies).
     """
 
 
@@ -120,3 +122,6 @@ CONTEXT_ARGS: dict[str, frozenset[str]] = {
     "stage": frozenset(),
     "command": frozenset(),
 }
+
+RECIPE_CONTEXT_ARGS: dict[str, frozenset[str]] = {"dataset": frozenset({"seed"})}
+"""Context arguments a recipe may set: ``data.seed`` fixes the split and the evaluation pairs."""

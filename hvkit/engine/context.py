@@ -24,7 +24,8 @@ def derive_seed(*keys: Any) -> int:
 def build(registry: Registry, kind: str, spec: str | dict, name_key: str = "name", **context: Any) -> Any:
     """Build a component from its (validated) recipe spec.
 
-    Context arguments are passed when the factory accepts them; nested component
+    Context arguments are passed when the factory accepts them and the spec does not set
+    them (see :data:`hvkit.hookspecs.RECIPE_CONTEXT_ARGS`); nested component
     parameters of non-stage factories are built first with the same context.
     """
     if isinstance(spec, str):
@@ -45,7 +46,7 @@ def build(registry: Registry, kind: str, spec: str | dict, name_key: str = "name
                 else:
                     kwargs[key] = build(registry, marker.kind, value, **context)
     for key, value in context.items():
-        if key in CONTEXT_ARGS.get(kind, ()) and (key in params or var_kw):
+        if key in CONTEXT_ARGS.get(kind, ()) and (key in params or var_kw) and key not in kwargs:
             kwargs[key] = value
     return entry.factory(**kwargs)
 
@@ -71,6 +72,11 @@ class StageContext:
     @property
     def seed(self) -> int:
         return int(self.recipe["seed"])
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data protocol (split, pairs): ``data.seed`` when the recipe sets it, else ``seed``."""
+        return int(self.recipe["data"].get("seed", self.recipe["seed"]))
 
     @property
     def stage_dir(self) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
 from hvkit.engine.optim import optimizer_classes, scheduler_classes
 from hvkit.errors import HvkitError, RecipeError
-from hvkit.hookspecs import CONTEXT_ARGS
+from hvkit.hookspecs import CONTEXT_ARGS, RECIPE_CONTEXT_ARGS
 from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
@@ -112,7 +112,7 @@ class Validator:
         resolved: dict[str, Any] = {name_key: name}
         for key, value in given.items():
             key_path = f"{path}.{key}"
-            if key in context:
+            if key in context and key not in RECIPE_CONTEXT_ARGS.get(kind, ()):
                 raise self.error(key_path, f"{key!r} is provided by hvkit at run time; remove it")
             if key not in params:
                 if var_kw:

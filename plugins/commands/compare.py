@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
 from hvkit.evaluation import PairSet, RocCounts
-from hvkit.evaluation.bootstrap import paired_writer_bootstrap
-from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores
+from hvkit.evaluation.bootstrap import seeded_paired_bootstrap
+from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores, load_pairs_digest
 
 
-def _load(run_dir: Path, ref: str) -> tuple[PairSet, float | None]:
+def _load(run_dir: Path, ref: str) -> tuple[tuple[PairSet, float | None], str | None]:
     stage, _, verifier = ref.partition("/")
     if not stage or not verifier:
         raise HvkitError(f"{ref!r} must read STAGE/VERIFIER, e.g. fused_10pct/cosine_pair")
@@ -25,7 +26,17 @@ def _load(run_dir: Path, ref: str) -> tuple[PairSet, float | None]:
     found = load_pair_scores(path)
     if verifier not in found:
         raise HvkitError(f"{path}: no verifier {verifier!r}; it holds {', '.join(sorted(found))}")
-    return found[verifier]
+    return found[verifier], load_pairs_digest(path)
+
+
+def _same_pairs(loaded: list[tuple[Path, tuple[tuple[PairSet, float | None], str | None]]]) -> None:
+    """Refuse runs whose test pairs differ (another split, data seed or dataset)."""
+    digests = {(d, digest) for d, (_, digest) in loaded if digest is not None}
+    if len({digest for _, digest in digests}) > 1:
+        first, *_ = sorted(digests)
+        other = next(d for d, digest in sorted(digests) if digest != first[1])
+        raise HvkitError(f"{first[0]} and {other} scored different test pairs (another split, data.seed or "
+                         f"dataset); fix data.seed and vary seed to compare training runs")
 
 
 def _point(pairs: PairSet, threshold: float | None) -> dict[str, float]:
@@ -36,40 +47,56 @@ def _point(pairs: PairSet, threshold: float | None) -> dict[str, float]:
     return out
 
 
+def _mean_point(runs: list[tuple[PairSet, float | None]]) -> dict[str, float]:
+    points = [_point(pairs, threshold) for pairs, threshold in runs]
+    return {name: float(np.mean([p[name] for p in points])) for name in points[0]}
+
+
 @click.command("compare")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("a")
 @click.argument("b")
-@click.option("--against", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Run directory of B (default: RUN_DIR); both must have scored the same test pairs.")
+@click.option("--against", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              help="Run directory of B (default: A's runs); repeat it for B's runs under other seeds. "
+                   "Every run must have scored the same test pairs.")
+@click.option("--seed-run", "seed_runs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              multiple=True, help="Another run of A's recipe under another seed (repeatable): the interval "
+                                  "then covers the training's randomness as well as the test writers'.")
 @click.option("--resamples", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
-def compare_command(run_dir: Path, a: str, b: str, against: Path | None, resamples: int, confidence: float,
-                    as_json: bool) -> None:
+def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], seed_runs: tuple[Path, ...],
+                    resamples: int, confidence: float, as_json: bool) -> None:
     """Compare verifier A with B (each STAGE/VERIFIER) on the same test pairs, by a paired writer bootstrap.
 
     Prints each one's accuracy (at its validation threshold), ROC AUC and EER, and the
     interval of A − B over draws of the test writers, with the share of draws where A is not
-    better (a one-sided bootstrap p-value).
+    better (a one-sided bootstrap p-value). Given several runs a side (``--seed-run``,
+    repeated ``--against``), each draw also resamples the runs, and the figures are means
+    over them.
     """
-    pairs_a, threshold_a = _load(run_dir, a)
-    pairs_b, threshold_b = _load(against or run_dir, b)
+    dirs_a, dirs_b = [run_dir, *seed_runs], list(against) or [run_dir, *seed_runs]
+    loaded_a, loaded_b = [(d, _load(d, a)) for d in dirs_a], [(d, _load(d, b)) for d in dirs_b]
+    _same_pairs(loaded_a + loaded_b)
+    runs_a, runs_b = [run for _, (run, _) in loaded_a], [run for _, (run, _) in loaded_b]
     try:
-        diff = paired_writer_bootstrap(pairs_a, pairs_b, threshold_a, threshold_b, resamples, confidence)
+        diff = seeded_paired_bootstrap(runs_a, runs_b, resamples, confidence)
     except ValueError as exc:
         raise HvkitError(f"{a} and {b}: {exc}") from None
-    result = {"a": {"ref": a, **_point(pairs_a, threshold_a)}, "b": {"ref": b, **_point(pairs_b, threshold_b)},
-              "a_minus_b": diff}
+    result = {"a": {"ref": a, "runs": len(runs_a), **_mean_point(runs_a)},
+              "b": {"ref": b, "runs": len(runs_b), **_mean_point(runs_b)}, "a_minus_b": diff}
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     names = [n for n in ("accuracy", "roc_auc", "eer") if n in diff]
     for key in ("a", "b"):
-        click.echo(f"{key.upper()} {result[key]['ref']}: " + "  ".join(f"{n} {result[key][n]:.4f}" for n in names))
-    click.echo(f"A − B, {confidence:.0%} interval over {diff['resamples_used']} draws of the test writers:")
+        runs = f" (mean of {result[key]['runs']} runs)" if result[key]["runs"] > 1 else ""
+        click.echo(f"{key.upper()} {result[key]['ref']}{runs}: "
+                   + "  ".join(f"{n} {result[key][n]:.4f}" for n in names))
+    source = "the test writers and the runs" if "runs" in diff else "the test writers"
+    click.echo(f"A − B, {confidence:.0%} interval over {diff['resamples_used']} draws of {source}:")
     for n in names:
         low, high = diff[n]
         estimate = result["a"][n] - result["b"][n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,7 +76,7 @@ class Evaluate:
             emb["train"] = self._embed(ctx, parts["train"])
         if not ctx.is_main:
             return {"scored_on_rank": 0}
-        pairs = {k: sslhv_pairs(s.labels, seed=ctx.seed) for k, s in parts.items()}
+        pairs = {k: sslhv_pairs(s.labels, seed=ctx.data_seed) for k, s in parts.items()}
         stop = "val" if self.protocol == "clean" else "test"
         verifiers: dict[str, dict[str, PairSet]] = {}
         fitted: dict[str, tuple[dict, torch.nn.Module]] = {}
@@ -106,7 +107,8 @@ class Evaluate:
         np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
         thresholds = {name: metrics.get("verification", {}).get(name, {}).get("threshold") for name in verifiers}
         scores_path = ctx.stage_dir / PAIR_SCORES
-        save_pair_scores(scores_path, {name: sets["test"] for name, sets in verifiers.items()}, thresholds)
+        save_pair_scores(scores_path, {name: sets["test"] for name, sets in verifiers.items()}, thresholds,
+                         pairs_digest(parts["test"], *pairs["test"][:2]))
         save_checkpoint(verifiers_path, {name: {"spec": spec, "state": head.state_dict(), "threshold": thresholds[name]}
                                          for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
@@ -119,10 +121,22 @@ class Evaluate:
 PAIR_SCORES = "test_pair_scores.npz"
 
 
-def save_pair_scores(path: Path, sets: dict[str, PairSet], thresholds: dict[str, float | None]) -> None:
-    """Every verifier's test-pair scores and val threshold, for comparing models afterwards (``hvkit compare``)."""
+def pairs_digest(split: Split, first: np.ndarray, second: np.ndarray) -> str:
+    """SHA-256 of the test images and of which two make each pair: equal exactly when two runs scored the same pairs."""
+    digest = hashlib.sha256(split.images.numpy().tobytes())
+    for index in (first, second):
+        digest.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def save_pair_scores(path: Path, sets: dict[str, PairSet], thresholds: dict[str, float | None],
+                     digest: str) -> None:
+    """Every verifier's test-pair scores and val threshold, for comparing models afterwards (``hvkit compare``).
+
+    ``digest`` (:func:`pairs_digest`) identifies the pairs, so runs on other pairs are never compared.
+    """
     first = next(iter(sets.values()), PairSet(np.empty(0), np.empty(0, bool), np.empty(0, np.int64)))
-    arrays = {"same": first.same, "writers": first.writers}
+    arrays = {"same": first.same, "writers": first.writers, "pairs_digest": np.array(digest)}
     for name, pairs in sets.items():
         arrays[f"score:{name}"] = pairs.scores
         arrays[f"threshold:{name}"] = np.array(np.nan if thresholds.get(name) is None else thresholds[name])
@@ -140,6 +154,12 @@ def load_pair_scores(path: Path) -> dict[str, tuple[PairSet, float | None]]:
                 threshold = float(data[f"threshold:{name}"])
                 out[name] = (PairSet(data[key], same, writers), None if np.isnan(threshold) else threshold)
     return out
+
+
+def load_pairs_digest(path: Path) -> str | None:
+    """The saved pairs' :func:`pairs_digest`, or None for files written before hvkit saved it."""
+    with np.load(path) as data:
+        return str(data["pairs_digest"]) if "pairs_digest" in data.files else None
 
 
 def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from hvkit import registry as registry_module
 from hvkit.api import Component, FilePath, OptimizerSpec, SchedulerSpec, StageOutput
 from hvkit.cli import main
+from hvkit.engine.context import build
 from hvkit.errors import RecipeError
 from hvkit.pipeline import prepare
 from hvkit.recipe.load import safe_load
@@ -45,7 +46,8 @@ def needs_count(count: int, label: str = "x"):
 
 @pytest.fixture
 def registry():
-    return make_registry(dataset={"toy_data": toy_data}, miner={"toy_miner": toy_miner},
+    return make_registry(dataset={"toy_data": toy_data, "echo_seed": lambda seed=0: seed},
+                         miner={"toy_miner": toy_miner},
                          loss={"toy_loss": toy_loss},
                          stage={"toy_stage": toy_stage, "needs_count": needs_count})
 
@@ -75,6 +77,14 @@ def test_valid_recipe_is_resolved_with_every_default(tmp_path, registry):
             "optimizer": {"name": "SGD", "lr": 0.1}, "scheduler": None, "init_from": None,
             "members": None, "weights": None}},
     }
+
+
+def test_data_seed_may_fix_the_split_apart_from_the_training_seed(tmp_path, registry):
+    text = "seed: 5\ndata: {name: toy_data, seed: 3}\nstages: {first: {stage: toy_stage}}\n"
+    resolved = prepare(write(tmp_path, text), registry=registry)
+    assert resolved["seed"] == 5 and resolved["data"]["seed"] == 3
+    built = build(registry, "dataset", {"name": "echo_seed", "seed": 3}, seed=5)
+    assert built == 3 and build(registry, "dataset", {"name": "echo_seed"}, seed=5) == 5
 
 
 def test_valid_values_pass(tmp_path, registry):
@@ -143,8 +153,8 @@ CASES = {
                          "missing required parameter of stage 'needs_count' (expected int)"),
     "context argument": (stage(loss="{name: toy_loss, embedding_dim: 3}"), "stages.first.loss.embedding_dim",
                          "'embedding_dim' is provided by hvkit at run time; remove it"),
-    "dataset seed is context": ("data: {name: toy_data, seed: 3}\nstages: {first: {stage: toy_stage}}\n",
-                                "data.seed", "provided by hvkit at run time"),
+    "dataset seed must be an int": ("data: {name: toy_data, seed: x}\nstages: {first: {stage: toy_stage}}\n",
+                                    "data.seed", "expected int, got 'x'"),
     "unknown top-level key": (BASE + "stage: {}\n", "stage", "unknown top-level key; did you mean 'stages'"),
     "missing data": ("stages: {first: {stage: toy_stage}}\n", "data", "missing"),
     "bad seed": (BASE + "seed: abc\n", "seed", "expected an int, got 'abc'"),

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from hvkit.evaluation import EvalData, PairSet, evaluate
-from hvkit.evaluation.bootstrap import paired_writer_bootstrap, writer_bootstrap
+from hvkit.evaluation.bootstrap import paired_writer_bootstrap, seeded_paired_bootstrap, writer_bootstrap
 from hvkit_plugins.evaluators.verification import Verification
 from hvkit_plugins.stages.evaluate import _report
 
@@ -109,3 +109,50 @@ def test_paired_bootstrap_needs_the_same_pairs():
     with pytest.raises(ValueError, match="same pairs"):
         paired_writer_bootstrap(a, shuffled, None, None, 10)
     assert "accuracy" not in paired_writer_bootstrap(a, a, 0.5, None, 10)
+
+
+def test_seeded_bootstrap_equals_resampling_writers_and_runs_by_hand():
+    base = pairs(10, 12, seed=11)
+    noise = np.random.default_rng(12)
+    def noisy(sd: float) -> PairSet:
+        return PairSet(np.round(base.scores + noise.normal(0, sd, len(base.scores)), 1), base.same, base.writers)
+
+    runs_a, runs_b = [(noisy(0.5), t) for t in (0.4, 0.5, 0.6)], [(noisy(1.0), t) for t in (0.3, 0.5)]
+    out = seeded_paired_bootstrap(runs_a, runs_b, resamples=30, confidence=0.9, seed=2)
+    writer_rng, run_rng, ids = np.random.default_rng(2), np.random.default_rng([2, 1]), np.unique(base.writers)
+
+    def metrics(run, rows):
+        data, threshold = run
+        same, scores = data.same[rows], data.scores[rows]
+        return np.array([np.mean((scores >= threshold) == same), roc_auc_score(same, scores), sklearn_eer(same, scores)])
+
+    diffs = []
+    for _ in range(30):
+        rows = np.concatenate([np.flatnonzero(base.writers == ids[k])
+                               for k in writer_rng.integers(0, len(ids), len(ids))])
+        pick_a, pick_b = run_rng.integers(0, 3, 3), run_rng.integers(0, 2, 2)
+        diffs.append(np.mean([metrics(runs_a[k], rows) for k in pick_a], 0)
+                     - np.mean([metrics(runs_b[k], rows) for k in pick_b], 0))
+    diffs = np.array(diffs)
+    every = np.arange(len(base.same))
+    whole = (np.mean([metrics(r, every) for r in runs_a], 0) - np.mean([metrics(r, every) for r in runs_b], 0))
+    assert out["runs"] == [3, 2]
+    for k, name in enumerate(("accuracy", "roc_auc", "eer")):
+        np.testing.assert_allclose(out[name], np.percentile(diffs[:, k], [5, 95]), rtol=0, atol=1e-12)
+        assert out[f"estimate_{name}"] == pytest.approx(whole[k], abs=1e-12)
+
+
+def test_seed_noise_widens_the_interval_and_one_run_a_side_is_the_paired_bootstrap():
+    base = pairs(200, 20, seed=13)
+    b = PairSet(base.scores + np.random.default_rng(14).normal(0, 1.0, len(base.scores)), base.same, base.writers)
+    single = paired_writer_bootstrap(base, b, None, None, 300, seed=4)
+    assert seeded_paired_bootstrap([(base, None)], [(b, None)], 300, seed=4) == single
+    rng = np.random.default_rng(15)
+    seeds = [(PairSet(base.scores + rng.normal(0, s, len(base.scores)), base.same, base.writers), None)
+             for s in (0.1, 0.8, 1.6)]  # training runs of very different quality
+    spread = seeded_paired_bootstrap(seeds, [(b, None)], 300, seed=4)
+    assert spread["roc_auc"][1] - spread["roc_auc"][0] > 2 * (single["roc_auc"][1] - single["roc_auc"][0])
+    with pytest.raises(ValueError, match="same pairs"):
+        seeded_paired_bootstrap(seeds, [(PairSet(b.scores, b.same[::-1], b.writers), None)], 10)
+    with pytest.raises(ValueError, match="at least one run"):
+        seeded_paired_bootstrap([], [(b, None)], 10)

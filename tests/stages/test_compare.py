@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from hvkit.cli import main
 from hvkit.evaluation import RocCounts
-from hvkit.evaluation.bootstrap import paired_writer_bootstrap
+from hvkit.evaluation.bootstrap import paired_writer_bootstrap, seeded_paired_bootstrap
 from hvkit.pipeline import run
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores
 
@@ -84,3 +84,28 @@ def test_paired_interval_is_narrower_than_either_own_interval(run_dir: Path) -> 
 def test_bad_references_are_one_line_errors(run_dir: Path, args, message) -> None:
     result = invoke(run_dir, *args)
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+
+
+def test_seed_runs_share_the_split_through_data_seed_and_widen_the_comparison(run_dir: Path, tmp_path: Path) -> None:
+    held = {**RECIPE, "seed": 5, "data": {**RECIPE["data"], "seed": RECIPE["seed"]}}
+    (tmp_path / "held.yaml").write_text(yaml.safe_dump(held, sort_keys=False))
+    other = run(tmp_path / "held.yaml", [], run_dir=tmp_path / "held", device="cpu", console=lambda _: None)
+    first, second = (load_pair_scores(d / "stages" / "eval_second" / PAIR_SCORES)["wccn_pair"]
+                     for d in (run_dir, other))
+    assert np.array_equal(first[0].same, second[0].same) and not np.array_equal(first[0].scores, second[0].scores)
+    result = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--seed-run", other,
+                    "--resamples", 100, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    b_runs = [load_pair_scores(d / "stages" / "eval_first" / PAIR_SCORES)["cosine_pair"] for d in (run_dir, other)]
+    assert out["a_minus_b"] == seeded_paired_bootstrap([first, second], b_runs, 100)
+    assert out["a"]["runs"] == 2 and out["a"]["roc_auc"] == pytest.approx(
+        np.mean([RocCounts.from_scores(p.scores, p.same).auc() for p, _ in (first, second)]))
+    text = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--seed-run", other, "--resamples", 100)
+    assert "(mean of 2 runs)" in text.stdout and "draws of the test writers and the runs" in text.stdout
+
+    moved = {**RECIPE, "seed": 5}  # without data.seed the split follows the training seed
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(moved, sort_keys=False))
+    elsewhere = run(tmp_path / "moved.yaml", [], run_dir=tmp_path / "moved", device="cpu", console=lambda _: None)
+    refused = invoke(run_dir, "eval_first/cosine_pair", "eval_first/cosine_pair", "--against", elsewhere)
+    assert refused.exit_code == 2 and "scored different test pairs" in refused.stderr
