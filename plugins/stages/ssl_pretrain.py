@@ -21,9 +21,11 @@ def _default_train() -> TrainConfig:
 class SSLPretrain:
     """Self-supervised pre-training: two views → backbone → expander → a view loss (default VICReg).
 
-    Each batch of images (labels unused) is augmented twice by ``transform``; both views
-    go through the backbone and the ``head`` (the VICReg expander by default) in one pass,
-    and the ``loss`` compares the two views' outputs. The backbone (and head) are saved
+    Each batch of images (labels unused) is augmented twice by ``transform``; the views go
+    through the backbone and the ``head`` (the VICReg expander by default) and the ``loss``
+    compares the two views' outputs. With ``joint_views`` both views share one forward pass,
+    so BatchNorm normalises them together; without it (VICReg's reference code) each view is
+    its own pass with its own batch statistics. The backbone (and head) are saved
     as this stage's ``encoder`` for later stages.
     """
 
@@ -34,11 +36,13 @@ class SSLPretrain:
                  splits: list[str] = ["train"],
                  batch_size: int = 128,
                  backbone: Component["backbone"] | None = None,
+                 joint_views: bool = True,
                  train: TrainConfig = _default_train()):
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2 for a self-supervised loss")
         self.loss, self.head, self.transform, self.sampler = loss, head, transform, sampler
         self.splits, self.batch_size, self.backbone, self.train = splits, batch_size, backbone, train
+        self.joint_views = joint_views
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
@@ -66,8 +70,11 @@ class SSLPretrain:
 
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
-            views = torch.cat([transform(x, generator), transform(x, generator)])
-            z_a, z_b = model(views).float().chunk(2)
+            view_a, view_b = transform(x, generator), transform(x, generator)
+            if self.joint_views:
+                z_a, z_b = model(torch.cat([view_a, view_b])).float().chunk(2)
+            else:
+                z_a, z_b = model(view_a).float(), model(view_b).float()
             with full_precision(ctx.device):
                 if gathered:
                     z_a, z_b = distributed.gather_with_grad(z_a), distributed.gather_with_grad(z_b)
