@@ -18,6 +18,15 @@ def _default_train() -> TrainConfig:
                        scheduler={"name": "CosineAnnealingLR", "warmup_steps": 20})
 
 
+def encode_views(model: torch.nn.Module, view_a: torch.Tensor, view_b: torch.Tensor,
+                 joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both views' outputs (float32): in one pass when ``joint`` (shared BatchNorm statistics), else one pass each."""
+    if joint:
+        z_a, z_b = model(torch.cat([view_a, view_b])).float().chunk(2)
+        return z_a, z_b
+    return model(view_a).float(), model(view_b).float()
+
+
 class SSLPretrain:
     """Self-supervised pre-training: two views → backbone → expander → a view loss (default VICReg).
 
@@ -70,11 +79,7 @@ class SSLPretrain:
 
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
-            view_a, view_b = transform(x, generator), transform(x, generator)
-            if self.joint_views:
-                z_a, z_b = model(torch.cat([view_a, view_b])).float().chunk(2)
-            else:
-                z_a, z_b = model(view_a).float(), model(view_b).float()
+            z_a, z_b = encode_views(model, transform(x, generator), transform(x, generator), self.joint_views)
             with full_precision(ctx.device):
                 if gathered:
                     z_a, z_b = distributed.gather_with_grad(z_a), distributed.gather_with_grad(z_b)
