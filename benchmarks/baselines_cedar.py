@@ -5,8 +5,13 @@ Checks the ``cedar_and`` reader and :mod:`hvkit_plugins.datasets.pairs` against 
 (skimage: 9 orientations, 8 x 8 cells, 2 x 2 blocks, as SSL-HV's OpenCV HOG) it reports, on the
 balanced SSL-HV pairs of the *test* writers:
 
-- ``cosine``: cosine similarity of the two feature vectors, no training; accuracy at the
-  threshold that is best on the validation writers' pairs;
+- ``cosine``: cosine similarity of the two raw feature vectors, no training;
+- ``centred cos``: the pipeline's ``cosine_pair`` verifier, the cosine after subtracting the
+  mean feature of every training image (labels unused) — what the evaluate stage reports;
+- ``WCCN cos``: the pipeline's ``wccn_pair`` verifier, the centred cosine after whitening by
+  the within-writer scatter of the first 10 % (sorted) training writers;
+
+  each with accuracy at the threshold that is best on the validation writers' pairs;
 - ``pair head``: SSL-HV's downstream verifier (``sslhv_pair`` head: shared Linear to 64 on both
   features, signed difference, MLP 64-32-2) trained with cross-entropy on the pairs of the first
   10 % (sorted) training writers, as the paper does; accuracy at the argmax.
@@ -29,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
+from hvkit_plugins.heads.cosine_pair import CosinePair
 from hvkit_plugins.heads.sslhv_pair import SSLHVPairHead
 
 
@@ -41,9 +47,19 @@ def hog_features(images: torch.Tensor) -> np.ndarray:
                      for img in images[:, 0].numpy()]).astype(np.float32)
 
 
-def cosine(features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    return (unit[i] * unit[j]).sum(1)
+def cosine_verifiers(feats: dict[str, np.ndarray], labels10: np.ndarray) -> dict[str, CosinePair]:
+    """The plain, centred and WCCN cosine verifiers, fitted as the evaluate stage fits them."""
+    train10, train = torch.from_numpy(feats["train10"]), torch.from_numpy(feats["train"])
+    dim = train.shape[1]
+    return {"cosine": CosinePair(dim, centre=False),
+            "centred cos": CosinePair(dim).fit(train10, unlabelled=train),
+            "WCCN cos": CosinePair(dim, whiten="within_class").fit(train10, torch.from_numpy(labels10), train)}
+
+
+def score(verifier: CosinePair, features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(features)
+    with torch.no_grad():
+        return verifier(x[i], x[j]).numpy()
 
 
 def best_threshold(score: np.ndarray, same: np.ndarray) -> float:
@@ -85,15 +101,16 @@ def main() -> None:
              for name, split in (("train10", train), ("val", data.splits["val"]), ("test", data.splits["test"]))}
     print("pairs: " + "  ".join(f"{k}: {len(v[0])}" for k, v in pairs.items())
           + f"  (labelled writers: {len(np.unique(train.labels))})")
-    print(f"{'feature':8} {'method':10} {'test AUC':>8} {'test acc':>8}")
+    print(f"{'feature':8} {'method':12} {'test AUC':>8} {'test acc':>8}")
     for name, extract in (("raw", raw_features), ("hog", hog_features)):
-        feats = {k: extract(s.images) for k, s in (("train10", train), ("val", data.splits["val"]),
-                                                   ("test", data.splits["test"]))}
+        feats = {k: extract(s.images) for k, s in (("train10", train), ("train", data.splits["train"]),
+                                                   ("val", data.splits["val"]), ("test", data.splits["test"]))}
         ti, tj, tsame = pairs["test"]
-        score = cosine(feats["test"], ti, tj)
-        threshold = best_threshold(cosine(feats["val"], *pairs["val"][:2]), pairs["val"][2])
-        accuracy = ((score >= threshold) == tsame).mean()
-        print(f"{name:8} {'cosine':10} {roc_auc_score(tsame, score):8.3f} {accuracy:8.3f}")
+        for method, verifier in cosine_verifiers(feats, train.labels).items():
+            test_score = score(verifier, feats["test"], ti, tj)
+            threshold = best_threshold(score(verifier, feats["val"], *pairs["val"][:2]), pairs["val"][2])
+            accuracy = ((test_score >= threshold) == tsame).mean()
+            print(f"{name:8} {method:12} {roc_auc_score(tsame, test_score):8.3f} {accuracy:8.3f}")
         mean, std = feats["train10"].mean(0), feats["train10"].std(0) + 1e-6
         head = train_pair_head(torch.from_numpy((feats["train10"] - mean) / std), *pairs["train10"],
                                epochs=args.epochs, seed=args.seed)
@@ -102,7 +119,7 @@ def main() -> None:
             logits = head(x[ti], x[tj])
         prob = torch.softmax(logits, 1)[:, 1].numpy()
         accuracy = (logits.argmax(1).numpy() == tsame).mean()
-        print(f"{name:8} {'pair head':10} {roc_auc_score(tsame, prob):8.3f} {accuracy:8.3f}")
+        print(f"{name:8} {'pair head':12} {roc_auc_score(tsame, prob):8.3f} {accuracy:8.3f}")
     print(f"({time.perf_counter() - start:.0f} s)")
 
 
