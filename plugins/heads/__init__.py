@@ -2,7 +2,7 @@
 
 from hvkit.api import hookimpl
 
-from .cosine_pair import CosinePair, WCCNPair
+from .cosine_pair import CosinePair, PCAWPair, WCCNPair
 from .linear import Linear
 from .mlp import MLP
 from .normalize import Normalize
@@ -15,5 +15,6 @@ def register_heads(register):
     register("linear", Linear)
     register("mlp", MLP)
     register("normalize", Normalize)
+    register("pcaw_pair", PCAWPair)
     register("sslhv_pair", SSLHVPairHead)
     register("wccn_pair", WCCNPair)

@@ -23,69 +23,105 @@ class CosinePair(nn.Module):
     which one writer's samples vary are shrunk, so the cosine weighs what separates writers. The
     shrinkage λ ∈ [0, 1] regularises Σ_w, estimated from few writers; with λ = 0 the scores are
     invariant to any invertible linear map of the embeddings. ``whiten: none`` keeps W = I.
-    The decision threshold is chosen on validation writers by the verification evaluator.
+
+    ``whiten: total`` takes S from the covariance Σ_t of every training image about μ (no
+    labels: PCA whitening, Jégou & Chum 2012), shrunk the same way. ``power`` p sets
+    W = S^(−p/2): 1 whitens fully, 0.5 flattens the spectrum half-way in log scale (each
+    principal direction scaled by λ^(−1/4)), 0 keeps W = I. Self-supervised features put most
+    of their variance in a few directions (the backbone's dimensional collapse, Jing et al.
+    2022); a partial flattening lets the rest count without amplifying noise as full
+    whitening does. The decision threshold is chosen on validation writers by the
+    verification evaluator.
     """
 
     pair_verifier = True
 
     def __init__(self, in_dim: int, centre: bool = True,
-                 whiten: Literal["none", "within_class"] = "none", shrinkage: float = 0.5):
+                 whiten: Literal["none", "within_class", "total"] = "none", shrinkage: float = 0.5,
+                 power: float = 1.0):
         super().__init__()
-        if whiten not in ("none", "within_class"):
-            raise ValueError(f"cosine_pair: whiten={whiten!r} must be 'none' or 'within_class'")
+        if whiten not in ("none", "within_class", "total"):
+            raise ValueError(f"cosine_pair: whiten={whiten!r} must be 'none', 'within_class' or 'total'")
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"cosine_pair: shrinkage={shrinkage} must lie in [0, 1]")
-        self.centre, self.whiten, self.shrinkage = centre, whiten, shrinkage
+        if not 0.0 <= power <= 1.0:
+            raise ValueError(f"cosine_pair: power={power} must lie in [0, 1] (1 whitens fully, 0 not at all)")
+        self.centre, self.whiten, self.shrinkage, self.power = centre, whiten, shrinkage, power
         self.out_dim = 1
         self.register_buffer("mean", torch.zeros(in_dim))
-        if whiten == "within_class":
+        if whiten != "none":
             self.register_buffer("transform", torch.eye(in_dim))
 
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
             unlabelled: torch.Tensor | None = None) -> "CosinePair":
-        """μ from ``unlabelled`` (else ``embeddings``); W from the labelled ``embeddings`` and ``labels``."""
+        """μ (and Σ_t) from ``unlabelled`` (else ``embeddings``); Σ_w from the labelled ``embeddings`` and ``labels``."""
         device = self.mean.device
+        reference = unlabelled if unlabelled is not None and len(unlabelled) else embeddings
         if self.centre:
-            reference = unlabelled if unlabelled is not None and len(unlabelled) else embeddings
             self.mean = reference.double().mean(dim=0).float().to(device)
         if self.whiten == "within_class":
             if labels is None:
                 raise ValueError("cosine_pair: whiten='within_class' needs the writer labels of the embeddings")
-            self.transform = within_class_whitening(embeddings, torch.as_tensor(labels), self.shrinkage).to(device)
+            self.transform = within_class_whitening(embeddings, torch.as_tensor(labels), self.shrinkage,
+                                                    self.power).to(device)
+        elif self.whiten == "total":
+            residual = reference.double() - self.mean.double().cpu()
+            self.transform = scatter_whitening(residual.T @ residual / len(residual), self.shrinkage, self.power,
+                                               "the training embeddings do not vary").to(device)
         return self
 
     def forward(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
         a, b = e1 - self.mean, e2 - self.mean
-        if self.whiten == "within_class":
+        if self.whiten != "none":
             a, b = a @ self.transform, b @ self.transform
         return F.cosine_similarity(a, b, dim=1)
 
 
-def within_class_whitening(embeddings: torch.Tensor, labels: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """S^(-1/2) (symmetric) of the shrunk within-class scatter S = (1 − λ) Σ_w + λ (tr Σ_w / D) I, in float64."""
+def within_class_whitening(embeddings: torch.Tensor, labels: torch.Tensor, shrinkage: float,
+                           power: float = 1.0) -> torch.Tensor:
+    """S^(−power/2) of the shrunk within-class scatter about each writer's mean (:func:`scatter_whitening`)."""
     x = embeddings.double()
     _, group = torch.unique(labels.long(), return_inverse=True)
     counts = torch.bincount(group).double()
     means = torch.zeros(len(counts), x.shape[1], dtype=x.dtype).index_add_(0, group, x) / counts[:, None]
     residual = x - means[group]
-    scatter = residual.T @ residual / len(x)
+    return scatter_whitening(residual.T @ residual / len(x), shrinkage, power,
+                             "the labelled embeddings do not vary within any writer "
+                             "(every writer has one sample, or the embeddings are constant)")
+
+
+def scatter_whitening(scatter: torch.Tensor, shrinkage: float, power: float, flat: str) -> torch.Tensor:
+    """S^(−power/2) (symmetric) of S = (1 − λ) scatter + λ (tr scatter / D) I, in float64; ``flat`` says why tr = 0."""
     dim = scatter.shape[0]
     level = scatter.trace() / dim
     if not level > 0:
-        raise ValueError("cosine_pair: the labelled embeddings do not vary within any writer "
-                         "(every writer has one sample, or the embeddings are constant)")
-    shrunk = (1.0 - shrinkage) * scatter + shrinkage * level * torch.eye(dim, dtype=x.dtype)
+        raise ValueError(f"cosine_pair: {flat}")
+    shrunk = (1.0 - shrinkage) * scatter + shrinkage * level * torch.eye(dim, dtype=scatter.dtype)
     values, vectors = torch.linalg.eigh(shrunk)
-    floor = values.max() * dim * torch.finfo(x.dtype).eps
+    floor = values.max() * dim * torch.finfo(scatter.dtype).eps
     if not values.min() > floor:
-        raise ValueError(f"cosine_pair: the within-class scatter is singular (rank {int((values > floor).sum())} "
+        raise ValueError(f"cosine_pair: the scatter is singular (rank {int((values > floor).sum())} "
                          f"of {dim}); use shrinkage > 0")
-    return ((vectors / values.sqrt()) @ vectors.T).float()
+    return ((vectors * values.pow(-power / 2)) @ vectors.T).float()
 
 
 class WCCNPair(CosinePair):
     """``cosine_pair`` with within-class covariance normalisation on by default (WCCN cosine scoring)."""
 
     def __init__(self, in_dim: int, centre: bool = True,
-                 whiten: Literal["none", "within_class"] = "within_class", shrinkage: float = 0.5):
-        super().__init__(in_dim, centre=centre, whiten=whiten, shrinkage=shrinkage)
+                 whiten: Literal["none", "within_class", "total"] = "within_class", shrinkage: float = 0.5,
+                 power: float = 1.0):
+        super().__init__(in_dim, centre=centre, whiten=whiten, shrinkage=shrinkage, power=power)
+
+
+class PCAWPair(CosinePair):
+    """``cosine_pair`` after a half-way PCA whitening of every training image's covariance (no labels).
+
+    W = S^(−1/4), S = 0.99 Σ_t + 0.01 (tr Σ_t / D) I: the cosine of centred embeddings whose
+    principal directions are each scaled by λ^(−1/4) (``whiten: total``, ``power: 0.5``).
+    """
+
+    def __init__(self, in_dim: int, centre: bool = True,
+                 whiten: Literal["none", "within_class", "total"] = "total", shrinkage: float = 0.01,
+                 power: float = 0.5):
+        super().__init__(in_dim, centre=centre, whiten=whiten, shrinkage=shrinkage, power=power)

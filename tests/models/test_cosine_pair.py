@@ -1,4 +1,4 @@
-"""The cosine pair verifier: centring on all training images and within-class (WCCN) whitening."""
+"""The cosine pair verifier: centring on all training images, within-class (WCCN) and PCA whitening."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hvkit.testing import check_head
-from hvkit_plugins.heads import CosinePair, WCCNPair
+from hvkit_plugins.heads import CosinePair, PCAWPair, WCCNPair
 
 
 def _writers(seed: int = 0, writers: int = 6, per: int = 5, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,7 +19,8 @@ def _writers(seed: int = 0, writers: int = 6, per: int = 5, dim: int = 4) -> tup
 
 
 @pytest.mark.parametrize("factory, params", [(CosinePair, {}), (CosinePair, {"centre": False}),
-                                             (WCCNPair, {}), (WCCNPair, {"shrinkage": 0.05})])
+                                             (WCCNPair, {}), (WCCNPair, {"shrinkage": 0.05}), (PCAWPair, {}),
+                                             (CosinePair, {"whiten": "total", "power": 1.0})])
 def test_contract(factory: type, params: dict) -> None:
     check_head(factory, params, in_dim=6)
 
@@ -66,20 +67,75 @@ def test_unshrunk_wccn_is_invariant_to_a_linear_map() -> None:
                               atol=1e-2)
 
 
-def test_wccn_separates_writers_better_along_a_noisy_direction() -> None:
-    x, labels = _writers(seed=1, writers=20, per=6)
+def _all_pairs_auc(head: CosinePair, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC AUC of the head's scores over every pair of ``x``: same-writer pairs against the rest."""
     i, j = torch.triu_indices(len(x), len(x), 1)
     same = (labels[i] == labels[j]).numpy()
+    s = head(x[i], x[j]).numpy()
+    pos, neg = s[same], s[~same]
+    return float((pos[:, None] > neg[None, :]).mean())
 
-    def auc(head: CosinePair) -> float:
-        s = head(x[i], x[j]).numpy()
-        pos, neg = s[same], s[~same]
-        return float((pos[:, None] > neg[None, :]).mean())
 
-    assert auc(WCCNPair(in_dim=4).fit(x, labels)) > auc(CosinePair(in_dim=4).fit(x)) + 0.02
+def test_wccn_separates_writers_better_along_a_noisy_direction() -> None:
+    x, labels = _writers(seed=1, writers=20, per=6)
+    assert (_all_pairs_auc(WCCNPair(in_dim=4).fit(x, labels), x, labels)
+            > _all_pairs_auc(CosinePair(in_dim=4).fit(x), x, labels) + 0.02)
+
+
+def _total_covariance_power(x: np.ndarray, shrinkage: float, power: float) -> tuple[np.ndarray, np.ndarray]:
+    """float64 reference: the mean and S^(-power/2) of the shrunk covariance of ``x`` by eigendecomposition."""
+    centred = x - x.mean(0)
+    cov = centred.T @ centred / len(x)
+    shrunk = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+    values, vectors = np.linalg.eigh(shrunk)
+    return x.mean(0), vectors @ np.diag(values ** (-power / 2)) @ vectors.T
+
+
+@pytest.mark.parametrize("shrinkage, power", [(0.0, 1.0), (0.01, 0.5), (0.3, 0.25)])
+def test_total_whitening_matches_the_float64_formula(shrinkage: float, power: float) -> None:
+    x, labels = _writers(seed=2)
+    unlabelled = torch.randn(60, 4, dtype=torch.float64) @ torch.tensor([[3.0, 1, 0, 0], [0, 1, 0, 0],
+                                                                          [0, 0, 0.2, 0], [0, 0, 0.1, 2]],
+                                                                         dtype=torch.float64) + 1.5
+    head = CosinePair(in_dim=4, whiten="total", shrinkage=shrinkage, power=power).fit(x, labels, unlabelled.float())
+    mean, transform = _total_covariance_power(unlabelled.numpy(), shrinkage, power)
+    np.testing.assert_allclose(head.mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(head.transform.numpy(), transform, rtol=1e-4, atol=1e-5)
+    a, b = (x[:10].double().numpy() - mean) @ transform, (x[10:20].double().numpy() - mean) @ transform
+    expected = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(head(x[:10], x[10:20]).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_power_scales_the_spectrum() -> None:
+    """W Σ W = Σ^(1 - p) for W = Σ^(-p/2): full whitening (p = 1) gives I, p = 0.5 the square root."""
+    x = torch.randn(400, 4, generator=torch.Generator().manual_seed(5)) * torch.tensor([5.0, 2.0, 0.5, 0.1])
+    centred = (x - x.mean(0)).double()
+    cov = centred.T @ centred / len(x)
+    values, vectors = torch.linalg.eigh(cov)
+    for power in (1.0, 0.5):
+        w = CosinePair(in_dim=4, whiten="total", shrinkage=0.0, power=power).fit(x).transform.double()
+        torch.testing.assert_close(w @ cov @ w, vectors @ torch.diag(values ** (1 - power)) @ vectors.T,
+                                   rtol=1e-4, atol=1e-5)
+    plain = CosinePair(in_dim=4).fit(x)
+    none = CosinePair(in_dim=4, whiten="total", power=0.0).fit(x)
+    torch.testing.assert_close(none(x[:50], x[50:100]), plain(x[:50], x[50:100]))
+
+
+def test_pcaw_lets_low_variance_writer_directions_count() -> None:
+    """A loud direction that is not the writer's drowns a plain cosine; half-way whitening lowers it."""
+    g = torch.Generator().manual_seed(7)
+    labels = torch.arange(40).repeat_interleave(6)
+    style = torch.randn(40, 3, generator=g)[labels] + 0.3 * torch.randn(240, 3, generator=g)
+    loud = 8.0 * torch.randn(240, 1, generator=g)  # e.g. word size: varies as much within as across writers
+    x = torch.cat([loud, style], 1)
+    assert _all_pairs_auc(PCAWPair(in_dim=4).fit(x), x, labels) > _all_pairs_auc(CosinePair(in_dim=4).fit(x), x, labels) + 0.05
 
 
 def test_bad_settings_and_inputs() -> None:
+    with pytest.raises(ValueError, match="power"):
+        CosinePair(in_dim=4, whiten="total", power=1.5)
+    with pytest.raises(ValueError, match="do not vary"):
+        PCAWPair(in_dim=4).fit(torch.ones(8, 4))
     with pytest.raises(ValueError, match="whiten"):
         CosinePair(in_dim=4, whiten="pca")
     with pytest.raises(ValueError, match="shrinkage"):

@@ -1,4 +1,4 @@
-"""The evaluate stage fits verifiers on the labelled writers and centres on every training image."""
+"""The evaluate stage fits verifiers on the labelled writers and centres (and PCA-whitens) on every training image."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hvkit.pipeline import run
 from hvkit.registry import get_registry
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers
-from hvkit_plugins.heads.cosine_pair import within_class_whitening
+from hvkit_plugins.heads.cosine_pair import scatter_whitening, within_class_whitening
 from hvkit_plugins.stages.encoder import embed, load_encoder
 
 RECIPE = {
@@ -25,7 +25,7 @@ RECIPE = {
                   "label_fraction": 0.5,
                   "train": {"epochs": 1, "max_steps": 2, "amp": False, "optimizer": {"name": "SGD", "lr": 0.01}}},
         "evaluate": {"stage": "evaluate", "model_from": "train", "label_fraction": 0.5, "plots": False,
-                     "verifiers": ["cosine_pair", {"name": "wccn_pair", "shrinkage": 0.2}],
+                     "verifiers": ["cosine_pair", {"name": "wccn_pair", "shrinkage": 0.2}, "pcaw_pair"],
                      "evaluators": ["verification"]},
     },
 }
@@ -42,8 +42,11 @@ def test_verifiers_centre_on_all_training_images_and_whiten_on_the_labelled(tmp_
     everything = embed(encoder, train.images, torch.device("cpu"))
     known = embed(encoder, labelled.images, torch.device("cpu"))
     assert len(labelled) < len(train)
-    for name in ("cosine_pair", "wccn_pair"):
+    for name in ("cosine_pair", "wccn_pair", "pcaw_pair"):
         torch.testing.assert_close(fitted[name]["state"]["mean"], everything.double().mean(0).float())
     expected = within_class_whitening(known, torch.as_tensor(np.asarray(labelled.labels)), 0.2)
     torch.testing.assert_close(fitted["wccn_pair"]["state"]["transform"], expected, rtol=1e-4, atol=1e-5)
+    centred = everything.double() - everything.double().mean(0)
+    expected = scatter_whitening(centred.T @ centred / len(centred), 0.01, 0.5, "flat")
+    torch.testing.assert_close(fitted["pcaw_pair"]["state"]["transform"], expected, rtol=1e-4, atol=1e-5)
     assert set(fitted["cosine_pair"]["state"]) == {"mean"}
