@@ -25,8 +25,8 @@ class CosinePair(nn.Module):
     invariant to any invertible linear map of the embeddings. ``whiten: none`` keeps W = I.
 
     ``whiten: total`` takes S from the covariance Σ_t of every training image about μ (no
-    labels: PCA whitening, Jégou & Chum 2012), shrunk the same way. ``power`` p sets
-    W = S^(−p/2): 1 whitens fully, 0.5 flattens the spectrum half-way in log scale (each
+    labels: PCA whitening, Jégou & Chum 2012), shrunk the same way. ``power`` p (for either
+    whitening) sets W = S^(−p/2): 1 whitens fully, 0.5 flattens the spectrum half-way in log scale (each
     principal direction scaled by λ^(−1/4)), 0 keeps W = I. Self-supervised features put most
     of their variance in a few directions (the backbone's dimensional collapse, Jing et al.
     2022); a partial flattening lets the rest count without amplifying noise as full
@@ -54,7 +54,7 @@ class CosinePair(nn.Module):
 
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
             unlabelled: torch.Tensor | None = None) -> "CosinePair":
-        """μ (and Σ_t) from ``unlabelled`` (else ``embeddings``); Σ_w from the labelled ``embeddings`` and ``labels``."""
+        """μ and Σ_t from ``unlabelled`` (else ``embeddings``); Σ_w from the labelled ``embeddings``, ``labels``."""
         device = self.mean.device
         reference = unlabelled if unlabelled is not None and len(unlabelled) else embeddings
         if self.centre:
@@ -91,7 +91,10 @@ def within_class_whitening(embeddings: torch.Tensor, labels: torch.Tensor, shrin
 
 
 def scatter_whitening(scatter: torch.Tensor, shrinkage: float, power: float, flat: str) -> torch.Tensor:
-    """S^(−power/2) (symmetric) of S = (1 − λ) scatter + λ (tr scatter / D) I, in float64; ``flat`` says why tr = 0."""
+    """S^(−power/2) (symmetric) of S = (1 − λ) scatter + λ (tr scatter / D) I, in float64.
+
+    ``flat`` is the error's reason when the scatter's trace is zero.
+    """
     dim = scatter.shape[0]
     level = scatter.trace() / dim
     if not level > 0:

@@ -30,8 +30,9 @@ def encode_views(model: torch.nn.Module, view_a: torch.Tensor, view_b: torch.Ten
 
 
 def multi_view_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    global_views: Sequence[torch.Tensor], local_views: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-    """Multi-crop (Caron et al. 2020, SwAV): the mean view loss over every pair of views that holds a global view.
+                    global_views: Sequence[torch.Tensor],
+                    local_views: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """Multi-crop (Caron et al. 2020, SwAV): the mean view loss over the pairs of views that hold a global view.
 
     With global views g_1, g_2 and local views l_1 … l_k the pairs are (g_1, g_2) and each
     (g_i, l_j): ``L = (loss(g_1, g_2) + sum_ij loss(g_i, l_j)) / (1 + 2k)``; local views are
