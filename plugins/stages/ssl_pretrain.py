@@ -56,8 +56,8 @@ class SSLPretrain:
     crops of 10-40% of the area, a letter or two of a word) resized to ``local_size`` pixels,
     all k in one more pass, each compared with both global views (:func:`multi_view_loss`) —
     local stroke style has to match the whole word, at ``k (local_size / size)^2`` extra
-    image cost. The backbone (and head) are saved as this stage's ``encoder`` for later
-    stages.
+    image cost; BatchNorm's running statistics then average the global and the local passes.
+    The backbone (and head) are saved as this stage's ``encoder`` for later stages.
     """
 
     def __init__(self, loss: Component["loss"] = "vicreg",
