@@ -77,6 +77,32 @@ def embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, featur
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def precise_batchnorm(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+                      batch_size: int = 256, seed: int = 0) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``images`` (precise BN, Wu & Johnson 2021).
+
+    Training leaves running statistics averaged over augmented views (and, with multi-crop,
+    over small crops too) with an exponential decay; this resets them and sets each to the
+    equally weighted mean of the batch statistics of one train-mode pass over ``images`` in
+    shuffled batches of ``batch_size`` (order drawn from ``seed``; unbiased batch variances, as
+    BatchNorm keeps). Weights are untouched.
+    """
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    was_training = encoder.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    encoder.train()
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    for index in order.split(batch_size):
+        encoder(to_float(images[index], device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    encoder.train(was_training)
+
+
 def pixels(images: torch.Tensor) -> torch.Tensor:
     """Raw-pixel features: flattened images in [0, 1] (the study's weakest baseline)."""
     return images.float().div(255.0).flatten(1)

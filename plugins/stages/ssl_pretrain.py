@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
-from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
+from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm, save_encoder, to_float
 
 
 def _default_train() -> TrainConfig:
@@ -56,8 +56,10 @@ class SSLPretrain:
     crops of 10-40% of the area, a letter or two of a word) resized to ``local_size`` pixels,
     all k in one more pass, each compared with both global views (:func:`multi_view_loss`) —
     local stroke style has to match the whole word, at ``k (local_size / size)^2`` extra
-    image cost; BatchNorm's running statistics then average the global and the local passes.
-    The backbone (and head) are saved as this stage's ``encoder`` for later stages.
+    image cost; BatchNorm's running statistics then average the global and the local passes,
+    so ``precise_bn`` (re-estimate them on the clean training images after training,
+    :func:`~hvkit_plugins.stages.encoder.precise_batchnorm`) matters there. The backbone (and
+    head) are saved as this stage's ``encoder`` for later stages.
     """
 
     def __init__(self, loss: Component["loss"] = "vicreg",
@@ -71,6 +73,7 @@ class SSLPretrain:
                  local_views: int = 0,
                  local_size: int = 32,
                  local_transform: Component["transform"] = {"name": "handwriting_views", "crop_scale": [0.1, 0.4]},
+                 precise_bn: bool = False,
                  train: TrainConfig = _default_train()):
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2 for a self-supervised loss")
@@ -80,6 +83,7 @@ class SSLPretrain:
         self.splits, self.batch_size, self.backbone, self.train = splits, batch_size, backbone, train
         self.joint_views = joint_views
         self.local_views, self.local_size, self.local_transform = local_views, local_size, local_transform
+        self.precise_bn = precise_bn
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
@@ -124,5 +128,7 @@ class SSLPretrain:
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
         last = trainer.fit(batches, step)
+        if self.precise_bn:
+            precise_batchnorm(encoder, images, ctx.device)
         path = save_encoder(ctx, encoder, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

@@ -1,4 +1,4 @@
-"""Views through the encoder (one pass with shared BatchNorm statistics, or one per view) and multi-crop."""
+"""Views through the encoder (one pass with shared BatchNorm statistics, or one per view), multi-crop, precise BN."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from torch import nn
 
 from hvkit.pipeline import run
 from hvkit_plugins.backbones.small_cnn import SmallCNN
+from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.losses.vicreg import VICRegLoss
 from hvkit_plugins.stages import ssl_pretrain
+from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm
 from hvkit_plugins.stages.ssl_pretrain import SSLPretrain, encode_views, multi_view_loss
 
 
@@ -101,3 +103,40 @@ def _recording(forward, sizes: list[int]):
 def test_local_view_settings_are_checked(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="local_"):
         SSLPretrain(**kwargs)
+
+
+def test_precise_batchnorm_sets_the_running_statistics_of_the_given_images() -> None:
+    torch.manual_seed(3)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.BatchNorm1d(3, momentum=0.3), nn.ReLU(),
+                            nn.Linear(3, 2), nn.BatchNorm1d(2)).eval()
+    encoder[2].running_mean.fill_(5.0)
+    weights = {k: v.clone() for k, v in encoder.state_dict().items() if "running" not in k and "tracked" not in k}
+    images = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    precise_batchnorm(encoder, images, torch.device("cpu"), batch_size=64)
+    hidden = encoder[1](images.float().div(255).flatten(1))
+    torch.testing.assert_close(encoder[2].running_mean, hidden.mean(0))
+    torch.testing.assert_close(encoder[2].running_var, hidden.var(0))  # unbiased, as BatchNorm keeps
+    assert encoder[2].momentum == 0.3 and not encoder.training
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_precise_batchnorm_averages_the_batches_statistics() -> None:
+    torch.manual_seed(4)
+    encoder = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4))
+    images = torch.randint(0, 256, (30, 1, 2, 2), dtype=torch.uint8)
+    precise_batchnorm(encoder, images, torch.device("cpu"), batch_size=10, seed=5)
+    x = images.float().div(255).flatten(1)
+    batches = [x[i] for i in torch.randperm(30, generator=torch.Generator().manual_seed(5)).split(10)]
+    torch.testing.assert_close(encoder[1].running_mean, torch.stack([b.mean(0) for b in batches]).mean(0))
+    torch.testing.assert_close(encoder[1].running_var, torch.stack([b.var(0) for b in batches]).mean(0))
+
+
+def test_precise_bn_runs_on_every_pretraining_image_after_training(tmp_path: Path, monkeypatch) -> None:
+    calls: list[tuple[type, int]] = []
+    monkeypatch.setattr(ssl_pretrain, "precise_batchnorm",
+                        lambda encoder, images, device: calls.append((type(encoder), len(images))))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(LOCAL.replace("local_views: 3", "local_views: 3\n    precise_bn: true"))
+    run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    train = cedar_and(synthetic_writers=12, synthetic_samples_per_writer=4, image_size=32, seed=0).splits["train"]
+    assert calls == [(Encoder, len(train))]
