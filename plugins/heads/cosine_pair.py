@@ -26,12 +26,12 @@ class CosinePair(nn.Module):
 
     ``whiten: total`` takes S from the covariance Σ_t of every training image about μ (no
     labels: PCA whitening, Jégou & Chum 2012), shrunk the same way. ``power`` p (for either
-    whitening) sets W = S^(−p/2): 1 whitens fully, 0.5 flattens the spectrum half-way in log scale (each
-    principal direction scaled by λ^(−1/4)), 0 keeps W = I. Self-supervised features put most
-    of their variance in a few directions (the backbone's dimensional collapse, Jing et al.
-    2022); a partial flattening lets the rest count without amplifying noise as full
-    whitening does. The decision threshold is chosen on validation writers by the
-    verification evaluator.
+    whitening) sets W = S^(−p/2): 1 whitens fully, 0.5 flattens the spectrum half-way in log
+    scale (each principal direction scaled by λ^(−1/4)), 0 keeps W = I. Self-supervised
+    features put most of their variance in a few directions (the backbone's dimensional
+    collapse, Jing et al. 2022); a partial flattening lets the rest count without amplifying
+    noise as full whitening does. The decision threshold is chosen on validation writers by
+    the verification evaluator.
     """
 
     pair_verifier = True
