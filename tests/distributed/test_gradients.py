@@ -8,8 +8,6 @@ world size here for years.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,15 +31,9 @@ def global_batch_losses() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ddp_gradients(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
+def ddp_gradients(tmp_path_factory, torchrun) -> dict[str, dict[str, torch.Tensor]]:
     out = tmp_path_factory.mktemp("ddp") / "grads.pt"
-    names = global_batch_losses() + ["arcface"]
-    env = {k: v for k, v in os.environ.items() if k != "HVKIT_PLUGINS"}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(HERE / "ddp_worker.py"), str(out), *names]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(HERE / "ddp_worker.py", str(out), *global_batch_losses(), "arcface")
     return torch.load(out, weights_only=True)
 
 

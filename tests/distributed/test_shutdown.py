@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -50,13 +47,9 @@ def test_a_group_made_elsewhere_is_left_alone(no_group, tmp_path):
     assert dist.is_initialized()
 
 
-def test_no_rank_leaves_before_every_rank_ended_its_group(tmp_path):
+def test_no_rank_leaves_before_every_rank_ended_its_group(tmp_path, torchrun):
     """A rank exiting while a peer still tears its gloo connections down could abort at exit."""
-    env = {k: v for k, v in os.environ.items() if k != "HVKIT_PLUGINS"} | {"OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(Path(__file__).parent / "shutdown_worker.py"), str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(Path(__file__).parent / "shutdown_worker.py", str(tmp_path))
     times = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     assert times[0]["ended"] >= times[1]["ended"] + 0.5  # rank 0 did end its group late
     assert times[1]["left"] >= times[0]["ended"]
