@@ -12,6 +12,7 @@ from .margin import MarginLoss
 from .multi_similarity import MultiSimilarityLoss
 from .nbc_softmax import NBCSoftmaxLoss
 from .ntxent import NTXentLoss
+from .simsiam import SimSiamLoss
 from .sphereface import SphereFaceLoss
 from .subcenter_arcface import SubCenterArcFaceLoss
 from .supcon import SupConLoss
@@ -32,6 +33,7 @@ def register_losses(register):
     register("multi_similarity", MultiSimilarityLoss)
     register("nbc_softmax", NBCSoftmaxLoss)
     register("ntxent", NTXentLoss)
+    register("simsiam", SimSiamLoss)
     register("sphereface", SphereFaceLoss)
     register("subcenter_arcface", SubCenterArcFaceLoss)
     register("supcon", SupConLoss)
