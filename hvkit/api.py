@@ -96,9 +96,13 @@ class MetricLoss(nn.Module):
 
 
 class ViewLoss(nn.Module):
-    """A self-supervised loss over two views of one batch: ``forward(z_a (B,D), z_b (B,D))``."""
+    """A self-supervised loss over two views of one batch: ``forward(z_a (B,D), z_b (B,D))``.
+
+    ``needs_teacher = True``: ``z_b`` must be a momentum teacher's output, given without gradient (BYOL).
+    """
 
     needs_global_batch: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = False
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -202,7 +202,8 @@ def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tens
              "a collapsed batch (all embeddings equal)": (collapsed, collapsed, True)}
     for name, (a, b, edge) in views.items():
         za, zb = _leaf(a.to(dtype)), _leaf(b.to(dtype))
-        _loss_case(where, loss, f"{name} ({dtype})", (za, zb), dtype, {"z_a": za, "z_b": zb}, edge)
+        graded = {"z_a": za} if loss.needs_teacher else {"z_a": za, "z_b": zb}  # z_b: the teacher's, no gradient
+        _loss_case(where, loss, f"{name} ({dtype})", (za, zb), dtype, graded, edge)
 
 
 def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
@@ -213,7 +214,8 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     A :class:`~hvkit.api.MetricLoss` gets ``(embeddings (B,D), labels (B,))`` with
     ``num_classes`` writers, without and with a miner's ``indices_tuple``: it must take both
     pytorch-metric-learning formats (triplets and pairs) or refuse both with ValueError. A
-    :class:`~hvkit.api.ViewLoss` gets two views ``(z_a, z_b)``. Any other loss needs
+    :class:`~hvkit.api.ViewLoss` gets two views ``(z_a, z_b)`` (with ``needs_teacher`` the
+    gradient need only reach ``z_a``: ``z_b`` is the teacher's output). Any other loss needs
     ``inputs(dtype, generator) -> args``. In float32 and float64 the value must be a finite
     scalar in that dtype whose gradient reaches the inputs and every trainable parameter of
     the loss. Edge batches (one class, one sample per class, a collapsed batch of equal

@@ -1,9 +1,11 @@
 """The training loop every training stage shares.
 
-A stage supplies the modules to train, a ``batches(epoch)`` iterator and a
-``step(batch, generator) -> loss | (loss, {name: value})`` function; the trainer owns the
-optimiser and scheduler, gradient clipping, AMP on CUDA, NaN/inf detection, periodic
-JSONL logs, atomic checkpoints every N steps and at the end, and exact resumption.
+A stage supplies the modules to train, a ``batches(epoch)`` iterator, a
+``step(batch, generator) -> loss | (loss, {name: value})`` function and optionally an
+``after_step(steps_done)`` callback run after each optimiser step (a momentum teacher's
+update); the trainer owns the optimiser and scheduler, gradient clipping, AMP on CUDA,
+NaN/inf detection, periodic JSONL logs, atomic checkpoints every N steps and at the end,
+and exact resumption.
 """
 
 from __future__ import annotations
@@ -66,9 +68,11 @@ class Trainer:
     """Trains ``modules`` with ``step`` over ``batches``; resumable from ``stage_dir/last.pt``.
 
     ``loss_modules`` names the modules that are losses (their own ``loss_lr``; their
-    gradients synchronised by the gather policy). ``global_batch`` says the step computes
-    its loss on the batch gathered from every rank: the backward pass is then scaled by the
-    world size (see :mod:`hvkit.distributed`); the logged loss is the unscaled one.
+    gradients synchronised by the gather policy). A module without trainable parameters (a
+    momentum teacher) is checkpointed and resumed but not optimised. ``global_batch`` says
+    the step computes its loss on the batch gathered from every rank: the backward pass is
+    then scaled by the world size (see :mod:`hvkit.distributed`); the logged loss is the
+    unscaled one.
     """
 
     def __init__(self, ctx: StageContext, modules: dict[str, nn.Module], config: TrainConfig,
@@ -137,8 +141,13 @@ class Trainer:
             save_checkpoint(self.checkpoint_path, state)
         distributed.barrier()
 
-    def fit(self, batches: Callable[[int], Iterable[Any]], step: StepFn) -> dict[str, float]:
-        """Run to ``epochs`` (or ``max_steps``); returns the last logged values."""
+    def fit(self, batches: Callable[[int], Iterable[Any]], step: StepFn,
+            after_step: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Run to ``epochs`` (or ``max_steps``); returns the last logged values.
+
+        ``after_step(steps_done)`` runs after each optimiser step, before the step is logged or
+        checkpointed, so a checkpoint holds what it changed.
+        """
         if self.ctx.resume and self.checkpoint_path.is_file():
             self.load_state(load_checkpoint(self.checkpoint_path, self.ctx.device))
             self.ctx.log(f"resumed at step {self.step}")
@@ -159,6 +168,8 @@ class Trainer:
                 generator = self.ctx.generator("step", self.step, *self.rank_key)
                 loss, terms = self._one_step(step, batch, generator)
                 self.step += 1
+                if after_step is not None:
+                    after_step(self.step)
                 window_steps += 1
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start

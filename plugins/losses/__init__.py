@@ -4,6 +4,7 @@ from hvkit.api import hookimpl
 
 from .arcface import ArcFaceLoss
 from .barlow_twins import BarlowTwinsLoss
+from .byol import BYOLLoss
 from .contra_x import ContraXLoss
 from .cosface import CosFaceLoss
 from .identitization import IdentitizationLoss
@@ -25,6 +26,7 @@ from .vicreg import VICRegLoss
 def register_losses(register):
     register("arcface", ArcFaceLoss)
     register("barlow_twins", BarlowTwinsLoss)
+    register("byol", BYOLLoss)
     register("contra_x", ContraXLoss)
     register("cosface", CosFaceLoss)
     register("identitization", IdentitizationLoss)

@@ -1,13 +1,16 @@
-"""Self-supervised pre-training on two augmented views (VICReg, Barlow Twins, NT-Xent …)."""
+"""Self-supervised pre-training on two augmented views (VICReg, Barlow Twins, NT-Xent, BYOL …)."""
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hvkit import distributed
 from hvkit.api import Component
@@ -44,6 +47,43 @@ def multi_view_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return torch.stack([loss_fn(a, b) for a, b in pairs]).mean()
 
 
+def teacher_view_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      global_views: Sequence[torch.Tensor], teacher_views: Sequence[torch.Tensor],
+                      local_views: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """Momentum teacher (BYOL, Grill et al. 2020): each online view against the teacher's other global views.
+
+    With online outputs o_1, o_2 of the global views, o_3 … o_{2+k} of the local views and the
+    teacher's outputs t_1, t_2 of the global views, ``L = mean over (v, g), g in {1, 2}, g != v,
+    of loss(o_v, t_g)``: ``(loss(o_1, t_2) + loss(o_2, t_1)) / 2`` with no local view, and each
+    local view compared with both teacher views (as DINO's multi-crop), 2 + 2k pairs in all.
+    """
+    if len(global_views) != 2 or len(teacher_views) != 2:
+        raise ValueError(f"teacher_view_loss: needs 2 global views and 2 teacher views, "
+                         f"got {len(global_views)} and {len(teacher_views)}")
+    online = [*global_views, *local_views]
+    pairs = [(o, t) for v, o in enumerate(online) for g, t in enumerate(teacher_views) if g != v]
+    return torch.stack([loss_fn(o, t) for o, t in pairs]).mean()
+
+
+def momentum_teacher(encoder: nn.Module) -> nn.Module:
+    """A copy of ``encoder`` that is never optimised (no gradients), updated by :func:`update_teacher`."""
+    return copy.deepcopy(encoder).requires_grad_(False)
+
+
+def teacher_momentum_at(base: float, step: int, total_steps: int) -> float:
+    """BYOL's schedule ``tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2``: tau_base at k = 0, 1 at k = K."""
+    return 1 - (1 - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
+
+
+@torch.no_grad()
+def update_teacher(teacher: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``xi <- tau xi + (1 - tau) theta`` (tau = ``momentum``) per parameter; buffers copied from ``online``."""
+    for xi, theta in zip(teacher.parameters(), online.parameters(), strict=True):
+        xi.lerp_(theta, 1 - momentum)
+    for mine, theirs in zip(teacher.buffers(), online.buffers(), strict=True):
+        mine.copy_(theirs)
+
+
 class SSLPretrain:
     """Self-supervised pre-training: two views → backbone → expander → a view loss (default VICReg).
 
@@ -58,8 +98,16 @@ class SSLPretrain:
     local stroke style has to match the whole word, at ``k (local_size / size)^2`` extra
     image cost; BatchNorm's running statistics then average the global and the local passes,
     so ``precise_bn`` (re-estimate them on the clean training images after training,
-    :func:`~hvkit_plugins.stages.encoder.precise_batchnorm`) matters there. The backbone (and
-    head) are saved as this stage's ``encoder`` for later stages.
+    :func:`~hvkit_plugins.stages.encoder.precise_batchnorm`) matters there. With
+    ``teacher_momentum`` = tau_base (BYOL, Grill et al. 2020; for a loss that declares
+    ``needs_teacher``, e.g. ``byol``) a momentum teacher, a copy of backbone and head that is
+    never optimised and, like the online net, normalises with batch statistics, encodes the
+    two global views without gradient; the loss compares each online view with the teacher's
+    other global views (:func:`teacher_view_loss`), and after each optimiser step the teacher
+    moves to ``xi <- tau_k xi + (1 - tau_k) theta``, k the steps done before it, tau_k rising
+    from tau_base towards 1 on a cosine over the run's K steps (:func:`teacher_momentum_at`);
+    the teacher is checkpointed. The (online) backbone and head are saved as this stage's
+    ``encoder`` for later stages.
     """
 
     def __init__(self, loss: Component["loss"] = "vicreg",
@@ -74,16 +122,30 @@ class SSLPretrain:
                  local_size: int = 32,
                  local_transform: Component["transform"] = {"name": "handwriting_views", "crop_scale": [0.1, 0.4]},
                  precise_bn: bool = False,
+                 teacher_momentum: float | None = None,
                  train: TrainConfig = _default_train()):
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2 for a self-supervised loss")
         if local_views < 0 or local_size < 8:
             raise ValueError(f"local_views={local_views} must be >= 0 and local_size={local_size} >= 8 pixels")
+        if teacher_momentum is not None and not 0 < teacher_momentum < 1:
+            raise ValueError(f"teacher_momentum={teacher_momentum} must lie strictly between 0 and 1; BYOL uses 0.996")
         self.loss, self.head, self.transform, self.sampler = loss, head, transform, sampler
         self.splits, self.batch_size, self.backbone, self.train = splits, batch_size, backbone, train
         self.joint_views = joint_views
         self.local_views, self.local_size, self.local_transform = local_views, local_size, local_transform
         self.precise_bn = precise_bn
+        self.teacher_momentum = teacher_momentum
+
+    def _check_teacher(self, loss_fn: nn.Module) -> None:
+        """A loss that declares ``needs_teacher`` needs ``teacher_momentum``, and only such a loss may have one."""
+        name = self.loss if isinstance(self.loss, str) else self.loss["name"]
+        needs = getattr(loss_fn, "needs_teacher", False)
+        if needs and self.teacher_momentum is None:
+            raise ValueError(f"loss {name} needs a momentum teacher; set teacher_momentum (BYOL uses 0.996)")
+        if not needs and self.teacher_momentum is not None:
+            raise ValueError(f"teacher_momentum is set but loss {name} uses no teacher; remove teacher_momentum "
+                             "or use a loss that needs one (byol)")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
@@ -97,6 +159,8 @@ class SSLPretrain:
         head = ctx.build("head", self.head, in_dim=backbone.embedding_dim).to(ctx.device)
         encoder = Encoder(backbone, head)
         loss_fn = ctx.build("loss", self.loss, embedding_dim=head.out_dim).to(ctx.device)
+        self._check_teacher(loss_fn)
+        teacher = momentum_teacher(encoder) if self.teacher_momentum is not None else None
         transform = ctx.build("transform", self.transform)
         local_transform = ctx.build("transform", self.local_transform) if self.local_views else None
         sampler = ctx.build("sampler", self.sampler, labels=np.arange(len(images)),
@@ -112,7 +176,12 @@ class SSLPretrain:
 
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
-            views = list(encode_views(model, transform(x, generator), transform(x, generator), self.joint_views))
+            inputs = transform(x, generator), transform(x, generator)
+            views = list(encode_views(model, *inputs, self.joint_views))
+            targets = []
+            if teacher is not None:
+                with torch.no_grad():
+                    targets = list(encode_views(teacher, *inputs, self.joint_views))
             local = []
             if local_transform is not None:
                 with full_precision(ctx.device):  # autocast has no bfloat16 antialiased resize
@@ -123,11 +192,18 @@ class SSLPretrain:
             with full_precision(ctx.device):
                 if gathered:
                     views, local = ([distributed.gather_with_grad(z) for z in zs] for zs in (views, local))
-                return multi_view_loss(loss_fn, views, local)
+                    targets = [distributed.gather(t) for t in targets]
+                if teacher is None:
+                    return multi_view_loss(loss_fn, views, local)
+                return teacher_view_loss(loss_fn, views, targets, local)
 
-        trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
-                          steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
-        last = trainer.fit(batches, step)
+        def after_step(done: int) -> None:
+            update_teacher(teacher, encoder, teacher_momentum_at(self.teacher_momentum, done - 1, trainer.total_steps))
+
+        modules = {"encoder": model, "loss": loss_fn} | ({"teacher": teacher} if teacher is not None else {})
+        trainer = Trainer(ctx, modules, self.train, steps_per_epoch=len(sampler), loss_modules=("loss",),
+                          global_batch=gathered)
+        last = trainer.fit(batches, step, after_step if teacher is not None else None)
         if self.precise_bn:
             precise_batchnorm(encoder, images, ctx.device)
         path = save_encoder(ctx, encoder, backbone_spec, self.head)

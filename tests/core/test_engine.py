@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +265,49 @@ def test_cuda_without_cuda_is_a_one_line_error(tmp_path, recipe, registry):
     result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--device", "cuda"])
     assert result.exit_code == 2
     assert result.stderr == "error: device cuda requested but CUDA is not available; use --device cpu\n"
+
+
+def test_after_step_follows_each_optimiser_step_and_precedes_its_checkpoint(stage_context):
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(epochs=1, optimizer={"name": "SGD", "lr": 0.1}, amp=False, channels_last=False,
+                         checkpoint_every=2)
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def trainer(ctx: StageContext) -> Trainer:
+        torch.manual_seed(1)
+        model, shadow = nn.Linear(3, 1), nn.Linear(3, 1).requires_grad_(False)  # shadow: checkpointed, not trained
+        return Trainer(ctx, {"model": model, "shadow": shadow}, config, steps_per_epoch=5)
+
+    def fit(trainer: Trainer, fail_at: int | None = None) -> None:
+        model, shadow = trainer.modules["model"], trainer.modules["shadow"]
+
+        def after_step(done: int) -> None:
+            seen.append((done, model.weight.detach().clone()))
+            shadow.load_state_dict(model.state_dict())
+            if done == fail_at:
+                raise RuntimeError("injected failure")
+
+        trainer.fit(lambda epoch: iter(range(5)), lambda batch, g: model(x).pow(2).mean(), after_step)
+
+    first = trainer(stage_context)
+    weights = [first.modules["model"].weight.detach().clone()]
+    with pytest.raises(RuntimeError, match="injected failure"):
+        fit(first, fail_at=3)
+    assert [done for done, _ in seen] == [1, 2, 3]
+    weights += [w for _, w in seen]
+    assert all(not torch.equal(a, b) for a, b in zip(weights, weights[1:]))  # each call follows a new step
+    assert first.modules["shadow"].weight.grad is None
+    assert {id(p) for g in first.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in first.modules["model"].parameters()}
+    state = load_checkpoint(first.checkpoint_path)
+    assert state["step"] == 2 and torch.equal(state["modules"]["shadow"]["weight"], weights[2])
+
+    seen.clear()
+    resumed = trainer(replace(stage_context, resume=True))
+    fit(resumed)
+    assert [done for done, _ in seen] == [3, 4, 5]
+    final = load_checkpoint(resumed.checkpoint_path)["modules"]
+    assert torch.equal(final["shadow"]["weight"], final["model"]["weight"])
 
 
 def test_max_steps_limits_training(tmp_path, recipe, registry):

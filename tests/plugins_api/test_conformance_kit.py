@@ -131,6 +131,24 @@ class Alignment(ViewLoss):
         return (z_a - z_b).pow(2).sum(dim=1).mean()
 
 
+class TeacherAlignment(ViewLoss):
+    """Mean squared distance of the online view to the teacher's, which passes no gradient (a correct teacher loss)."""
+
+    needs_teacher = True
+
+    def forward(self, z_a, z_b):
+        return (z_a - z_b.detach()).pow(2).sum(dim=1).mean()
+
+
+class TeacherOnly(ViewLoss):
+    """Needs a teacher but uses only the teacher's view."""
+
+    needs_teacher = True
+
+    def forward(self, z_a, z_b):
+        return z_b.pow(2).mean()
+
+
 def undocumented(margin: float = 1.0):
     return PullPush(margin)
 
@@ -151,6 +169,7 @@ def test_a_correct_loss_passes_as_factory_and_as_instance():
     check_loss(PullPush(margin=2.0))
     check_loss(RefusesMiners)
     check_loss(Alignment)
+    check_loss(TeacherAlignment)
 
 
 @pytest.mark.parametrize("loss, message", [
@@ -165,6 +184,7 @@ def test_a_correct_loss_passes_as_factory_and_as_instance():
     (TripletsOnly, r"it takes a triplet indices_tuple but on a pair one \(torch.float32\) it raised "
                    r"ValueError: too many values to unpack"),
     (OneView, r"no gradient reaches z_b"),
+    (TeacherOnly, r"no gradient reaches z_a"),
     (PlainModule, r"neither a MetricLoss nor a ViewLoss"),
     (undocumented, r"the factory has no docstring"),
     (unhinted, r"parameter 'margin' has no type hint"),

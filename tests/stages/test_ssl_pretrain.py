@@ -1,20 +1,27 @@
-"""Views through the encoder (one pass with shared BatchNorm statistics, or one per view), multi-crop, precise BN."""
+"""Views through the encoder (one pass with shared BatchNorm statistics, or one per view), multi-crop, precise BN,
+the momentum teacher (BYOL)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from hvkit.engine import Trainer, load_checkpoint
+from hvkit.engine.trainer import read_log
+from hvkit.errors import HvkitError
 from hvkit.pipeline import run
 from hvkit_plugins.backbones.small_cnn import SmallCNN
 from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.losses.byol import BYOLLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
 from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm
-from hvkit_plugins.stages.ssl_pretrain import SSLPretrain, encode_views, multi_view_loss
+from hvkit_plugins.stages.ssl_pretrain import (SSLPretrain, encode_views, momentum_teacher, multi_view_loss,
+                                               teacher_momentum_at, teacher_view_loss, update_teacher)
 
 
 def test_joint_views_share_batch_statistics_and_separate_views_do_not() -> None:
@@ -140,3 +147,184 @@ def test_precise_bn_runs_on_every_pretraining_image_after_training(tmp_path: Pat
     run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
     train = cedar_and(synthetic_writers=12, synthetic_samples_per_writer=4, image_size=32, seed=0).splits["train"]
     assert calls == [(Encoder, len(train))]
+
+
+def test_teacher_momentum_rises_from_its_base_to_one_on_a_cosine() -> None:
+    assert teacher_momentum_at(0.996, 0, 100) == pytest.approx(0.996, abs=1e-15)
+    assert teacher_momentum_at(0.996, 100, 100) == pytest.approx(1.0, abs=1e-15)
+    assert teacher_momentum_at(0.996, 50, 100) == pytest.approx(0.998, abs=1e-15)
+    assert teacher_momentum_at(0.996, 25, 100) == pytest.approx(1 - 0.004 * (math.sqrt(0.5) + 1) / 2, abs=1e-15)
+
+
+def test_update_teacher_averages_the_parameters_and_copies_the_buffers() -> None:
+    torch.manual_seed(5)
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    teacher = momentum_teacher(online)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    expected = {name: xi.detach().double().clone() for name, xi in teacher.named_parameters()}
+    total = 4
+    for k in range(total):
+        with torch.no_grad():
+            for theta in online.parameters():  # an optimiser step
+                theta.add_(torch.randn_like(theta))
+        online(torch.randn(8, 3))  # new running statistics
+        tau = teacher_momentum_at(0.5, k, total)
+        update_teacher(teacher, online, tau)
+        for name, theta in online.named_parameters():
+            expected[name] = tau * expected[name] + (1 - tau) * theta.detach().double()
+    for name, xi in teacher.named_parameters():
+        torch.testing.assert_close(xi, expected[name].float())
+        assert not torch.equal(xi, online.get_parameter(name)), name
+    for (name, mine), theirs in zip(teacher.named_buffers(), online.buffers()):
+        assert torch.equal(mine, theirs), name
+
+
+def test_teacher_view_loss_is_the_symmetrised_one_directional_loss() -> None:
+    torch.manual_seed(6)
+    byol = BYOLLoss(embedding_dim=5, predictor_dim=7).double()
+    o_a, o_b, t_a, t_b = (torch.randn(6, 5, dtype=torch.float64) for _ in range(4))
+    torch.testing.assert_close(teacher_view_loss(byol, [o_a, o_b], [t_a, t_b]), (byol(o_a, t_b) + byol(o_b, t_a)) / 2)
+
+
+def test_teacher_view_loss_compares_each_local_view_with_both_teacher_views() -> None:
+    g = torch.Generator().manual_seed(7)
+    o_a, o_b, t_a, t_b, l_1, l_2 = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(6))
+
+    def asymmetric(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # loss(x, y) != loss(y, x)
+        return (online - 2 * target).pow(2).mean()
+
+    pairs = [(o_a, t_b), (o_b, t_a), (l_1, t_a), (l_1, t_b), (l_2, t_a), (l_2, t_b)]  # never (o_a, t_a)
+    torch.testing.assert_close(teacher_view_loss(asymmetric, [o_a, o_b], [t_a, t_b], [l_1, l_2]),
+                               sum(asymmetric(o, t) for o, t in pairs) / 6)
+
+
+def test_teacher_view_loss_needs_two_global_and_two_teacher_views() -> None:
+    with pytest.raises(ValueError, match="2 global views and 2 teacher views, got 2 and 1"):
+        teacher_view_loss(VICRegLoss(), [torch.randn(4, 3)] * 2, [torch.randn(4, 3)])
+
+
+BYOL = """
+name: byol
+seed: 0
+data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
+model: {backbone: small_cnn}
+stages:
+  pretrain:
+    stage: ssl_pretrain
+    loss: {name: byol, predictor_dim: 8}
+    teacher_momentum: 0.9
+    head: {name: mlp, dims: [16, 16]}
+    batch_size: 8
+    train: {epochs: 2, max_steps: 6, checkpoint_every: 2, log_every: 1}
+"""
+
+
+def _byol_run(tmp_path: Path, name: str, recipe_text: str = BYOL) -> Path:
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(recipe_text)
+    return run(recipe, [], run_dir=tmp_path / name, device="cpu", console=lambda _: None)
+
+
+def test_byol_moves_an_unoptimised_teacher_by_momentum_after_each_step(tmp_path: Path, monkeypatch) -> None:
+    trainers: list[Trainer] = []
+    momenta: list[float] = []
+    start: dict[str, torch.Tensor] = {}
+    targets: list[bool] = []
+
+    class Recording(Trainer):
+        def fit(self, batches, step, after_step=None):
+            trainers.append(self)
+            return super().fit(batches, step, after_step)
+
+    def spy_update(teacher, online, momentum):
+        if not start:
+            start.update({k: v.detach().clone() for k, v in teacher.named_parameters()})
+        momenta.append(momentum)
+        update_teacher(teacher, online, momentum)
+
+    def spy_loss(loss_fn, global_views, teacher_views, local_views=()):
+        targets.extend(t.requires_grad for t in teacher_views)
+        assert all(z.requires_grad for z in global_views)
+        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+
+    monkeypatch.setattr(ssl_pretrain, "Trainer", Recording)
+    monkeypatch.setattr(ssl_pretrain, "update_teacher", spy_update)
+    monkeypatch.setattr(ssl_pretrain, "teacher_view_loss", spy_loss)
+    run_dir = _byol_run(tmp_path, "run")
+    [trainer] = trainers
+    teacher, online = trainer.modules["teacher"], trainer.modules["encoder"]
+    assert momenta == [teacher_momentum_at(0.9, k, 6) for k in range(6)]  # tau_0 … tau_{K-1}
+    assert targets == [False] * 12  # the teacher's outputs carry no gradient
+    assert teacher.training  # batch statistics, as the online net
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+    online_weights = dict(online.named_parameters())
+    for name, xi in teacher.named_parameters():
+        assert not torch.equal(xi, start[name]) and not torch.equal(xi, online_weights[name]), name
+    saved = load_checkpoint(run_dir / "stages" / "pretrain" / "last.pt")["modules"]
+    assert all(torch.equal(saved["teacher"][k], v) for k, v in teacher.state_dict().items())
+    assert all(torch.equal(saved["teacher"][k], saved["encoder"][k]) for k, _ in teacher.named_buffers())
+
+
+def test_byol_with_local_views_feeds_the_teacher_the_global_views_only(tmp_path: Path, monkeypatch) -> None:
+    seen: list[tuple[list, list, list]] = []
+
+    def spy(loss_fn, global_views, teacher_views, local_views=()):
+        seen.append(tuple([tuple(z.shape) for z in zs] for zs in (global_views, teacher_views, local_views)))
+        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+
+    sizes: list[int] = []
+    monkeypatch.setattr(ssl_pretrain, "teacher_view_loss", spy)
+    monkeypatch.setattr(SmallCNN, "forward", _recording(SmallCNN.forward, sizes))
+    _byol_run(tmp_path, "run", BYOL.replace("batch_size: 8", "batch_size: 8\n    local_views: 3\n    local_size: 16")
+              .replace("max_steps: 6", "max_steps: 2"))
+    assert seen == [([(8, 16)] * 2, [(8, 16)] * 2, [(8, 16)] * 3)] * 2
+    assert sizes == [32, 32, 16] * 2  # online global views, teacher global views, online local views
+
+
+def test_byol_resumes_to_the_same_result(tmp_path: Path, monkeypatch) -> None:
+    straight = _byol_run(tmp_path, "straight")
+    updates: list[float] = []
+
+    def fails_once(teacher, online, momentum):
+        updates.append(momentum)
+        if len(updates) == 4:  # after step 4, before its checkpoint: the last one is step 2's
+            raise RuntimeError("injected failure")
+        update_teacher(teacher, online, momentum)
+
+    monkeypatch.setattr(ssl_pretrain, "update_teacher", fails_once)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _byol_run(tmp_path, "broken")
+    broken = tmp_path / "broken"
+    assert load_checkpoint(broken / "stages" / "pretrain" / "last.pt")["step"] == 2
+    lines: list[str] = []
+    run(None, resume=broken, device="cpu", console=lines.append)
+    assert "[pretrain] resumed at step 2" in lines
+    a = load_checkpoint(straight / "stages" / "pretrain" / "last.pt")
+    b = load_checkpoint(broken / "stages" / "pretrain" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for module in ("encoder", "loss", "teacher"):
+        for key in a["modules"][module]:
+            assert torch.equal(a["modules"][module][key], b["modules"][module][key]), (module, key)
+    log = [(row["step"], row["loss"]) for row in read_log(straight / "stages" / "pretrain" / "log.jsonl")]
+    assert log == [(row["step"], row["loss"]) for row in read_log(broken / "stages" / "pretrain" / "log.jsonl")]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0, -0.5, 1.5])
+def test_teacher_momentum_must_lie_strictly_between_zero_and_one(momentum: float) -> None:
+    with pytest.raises(ValueError, match=f"teacher_momentum={momentum} must lie strictly between 0 and 1"):
+        SSLPretrain(loss="byol", teacher_momentum=momentum)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("teacher_momentum: 0.9", "joint_views: true"),
+     "stage 'pretrain': loss byol needs a momentum teacher; set teacher_momentum"),
+    (("{name: byol, predictor_dim: 8}", "vicreg"),
+     "stage 'pretrain': teacher_momentum is set but loss vicreg uses no teacher; remove teacher_momentum"),
+])
+def test_a_teacher_without_a_teacher_loss_and_the_reverse_are_refused_before_training(
+        tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(HvkitError, match=message):
+        _byol_run(tmp_path, "run", BYOL.replace(*edit))
+    assert not (tmp_path / "run" / "stages" / "pretrain" / "last.pt").exists()
