@@ -29,11 +29,14 @@ from pytorch_metric_learning import losses as pml, miners as pml_miners
 
 from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.barlow_twins import BarlowTwinsLoss
+from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
 from hvkit_plugins.losses.ntxent import NTXentLoss
+from hvkit_plugins.losses.proxy_anchor import ProxyAnchorLoss
+from hvkit_plugins.losses.proxy_nca import ProxyNCALoss
 from hvkit_plugins.losses.sphereface import SphereFaceLoss
 from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 from hvkit_plugins.losses.supcon import SupConLoss
@@ -159,6 +162,13 @@ CASES: list[Case] = [
          "PML SubCenterArcFaceLoss", "labelled"),
     Case("cosface", lambda dim, classes: CosFaceLoss(dim, classes),
          lambda dim, classes: pml.CosFaceLoss(classes, dim, margin=0.35, scale=64), "PML CosFaceLoss", "labelled"),
+    Case("proxy_anchor", lambda dim, classes: ProxyAnchorLoss(dim, classes),
+         lambda dim, classes: pml.ProxyAnchorLoss(classes, dim), "PML ProxyAnchorLoss", "labelled"),
+    Case("proxy_nca", lambda dim, classes: ProxyNCALoss(dim, classes),
+         lambda dim, classes: pml.ProxyNCALoss(classes, dim, softmax_scale=9), "PML ProxyNCALoss, softmax_scale 9",
+         "labelled"),
+    Case("circle", lambda dim, classes: CircleLoss(), lambda dim, classes: pml.CircleLoss(), "PML CircleLoss",
+         "labelled"),
 ]
 
 

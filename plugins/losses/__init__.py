@@ -5,6 +5,7 @@ from hvkit.api import hookimpl
 from .arcface import ArcFaceLoss
 from .barlow_twins import BarlowTwinsLoss
 from .byol import BYOLLoss
+from .circle import CircleLoss
 from .contra_x import ContraXLoss
 from .cosface import CosFaceLoss
 from .identitization import IdentitizationLoss
@@ -13,6 +14,8 @@ from .margin import MarginLoss
 from .multi_similarity import MultiSimilarityLoss
 from .nbc_softmax import NBCSoftmaxLoss
 from .ntxent import NTXentLoss
+from .proxy_anchor import ProxyAnchorLoss
+from .proxy_nca import ProxyNCALoss
 from .simsiam import SimSiamLoss
 from .sphereface import SphereFaceLoss
 from .subcenter_arcface import SubCenterArcFaceLoss
@@ -27,6 +30,7 @@ def register_losses(register):
     register("arcface", ArcFaceLoss)
     register("barlow_twins", BarlowTwinsLoss)
     register("byol", BYOLLoss)
+    register("circle", CircleLoss)
     register("contra_x", ContraXLoss)
     register("cosface", CosFaceLoss)
     register("identitization", IdentitizationLoss)
@@ -35,6 +39,8 @@ def register_losses(register):
     register("multi_similarity", MultiSimilarityLoss)
     register("nbc_softmax", NBCSoftmaxLoss)
     register("ntxent", NTXentLoss)
+    register("proxy_anchor", ProxyAnchorLoss)
+    register("proxy_nca", ProxyNCALoss)
     register("simsiam", SimSiamLoss)
     register("sphereface", SphereFaceLoss)
     register("subcenter_arcface", SubCenterArcFaceLoss)

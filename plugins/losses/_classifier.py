@@ -17,17 +17,21 @@ def check_sizes(embedding_dim: int, num_classes: int) -> None:
 
 
 def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, embedding_dim: int,
-                num_classes: int) -> None:
-    """Raise ValueError unless embeddings are (B, embedding_dim) and labels (B,) lie in [0, num_classes)."""
+                num_classes: int, loss: str | None = None) -> None:
+    """Raise ValueError unless embeddings are (B, embedding_dim) and labels (B,) lie in [0, num_classes).
+
+    ``loss``, when given, names the loss at the start of the message.
+    """
+    who = f"{loss}: " if loss else ""
     if embeddings.ndim != 2 or embeddings.shape[1] != embedding_dim:
-        raise ValueError(f"embeddings must have shape (batch, {embedding_dim}), got "
+        raise ValueError(f"{who}embeddings must have shape (batch, {embedding_dim}), got "
                          f"{tuple(embeddings.shape)}: set embedding_dim to the embedding size")
     if labels.shape != embeddings.shape[:1]:
-        raise ValueError(f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
+        raise ValueError(f"{who}labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
     if labels.numel():
         low, high = (int(v) for v in torch.aminmax(labels))
         if low < 0 or high >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}), got {low}..{high}: remap labels "
+            raise ValueError(f"{who}labels must lie in [0, {num_classes}), got {low}..{high}: remap labels "
                              "or set num_classes to their count")
 
 

@@ -1,0 +1,39 @@
+"""Shared part of the proxy losses: one learnable proxy per class, compared with the embeddings by cosine."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hvkit.api import MetricLoss
+
+from ._classifier import check_batch
+
+
+class ProxyLoss(MetricLoss):
+    """Base of the losses with one proxy per class: the parameter ``proxies`` (num_classes, embedding_dim).
+
+    :meth:`cosines` checks a batch and gives its (B, C) cosines with the proxies, in the
+    proxies' dtype (the embeddings are cast to it, never the proxies to the embeddings'). A
+    proxy loss compares each sample with the proxies, not with other samples, so a miner's
+    ``indices_tuple`` is refused.
+    """
+
+    loss_name: ClassVar[str]
+
+    def __init__(self, proxies: torch.Tensor) -> None:
+        super().__init__()
+        self.num_classes, self.embedding_dim = proxies.shape
+        self.proxies = nn.Parameter(proxies)
+
+    def cosines(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple | None) -> torch.Tensor:
+        """(B, C) cosine similarities of the embeddings with the proxies, after checking the batch."""
+        if indices_tuple is not None:
+            raise ValueError(f"{self.loss_name}: a proxy loss compares each sample with the class proxies, "
+                             "not with mined pairs or triplets: remove the miner")
+        check_batch(embeddings, labels, self.embedding_dim, self.num_classes, loss=self.loss_name)
+        return F.normalize(embeddings.to(self.proxies.dtype), dim=1) @ F.normalize(self.proxies, dim=1).T
