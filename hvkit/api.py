@@ -15,8 +15,12 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 0)
-"""(major, minor): a plugin declaring another major version is refused with a clear message."""
+API_VERSION: tuple[int, int] = (1, 1)
+"""(major, minor): a plugin declaring another major version is refused with a clear message.
+
+1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
+``Trainer.fit(after_step=...)``.
+"""
 
 hookimpl = pluggy.HookimplMarker("hvkit")
 
@@ -106,6 +110,15 @@ class ViewLoss(nn.Module):
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def observe_teacher(self, teacher_views: list[torch.Tensor]) -> None:
+        """Once per training step, after the loss: the teacher's outputs of the global views (DINO's centre).
+
+        Called by ``ssl_pretrain`` for a ``needs_teacher`` loss, with no gradient; the outputs
+        are gathered from every process when the loss declares ``needs_global_batch``, this
+        process's own otherwise. Keep what it updates in buffers, so checkpoints hold it.
+        Does nothing by default.
+        """
 
 
 @dataclass

@@ -204,6 +204,18 @@ def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tens
         za, zb = _leaf(a.to(dtype)), _leaf(b.to(dtype))
         graded = {"z_a": za} if loss.needs_teacher else {"z_a": za, "z_b": zb}  # z_b: the teacher's, no gradient
         _loss_case(where, loss, f"{name} ({dtype})", (za, zb), dtype, graded, edge)
+    if loss.needs_teacher:  # a training step ends with observe_teacher (DINO's centre): the loss must still work
+        observed = copy.deepcopy(loss).to(dtype)
+        teacher = (base + noise).to(dtype)
+        try:
+            with torch.no_grad():
+                observed.observe_teacher([teacher, teacher.flip(0)])
+        except Exception as exc:
+            raise AssertionError(f"{where}: observe_teacher on two teacher views ({dtype}) raised "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        za = _leaf(base.to(dtype))
+        _loss_case(where, observed, f"two views after observe_teacher ({dtype})", (za, teacher), dtype,
+                   {"z_a": za}, edge=False)
 
 
 def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
@@ -215,7 +227,8 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     ``num_classes`` writers, without and with a miner's ``indices_tuple``: it must take both
     pytorch-metric-learning formats (triplets and pairs) or refuse both with ValueError. A
     :class:`~hvkit.api.ViewLoss` gets two views ``(z_a, z_b)`` (with ``needs_teacher`` the
-    gradient need only reach ``z_a``: ``z_b`` is the teacher's output). Any other loss needs
+    gradient need only reach ``z_a``: ``z_b`` is the teacher's output, and the loss must still
+    work after ``observe_teacher`` of two teacher views, as after a training step). Any other loss needs
     ``inputs(dtype, generator) -> args``. In float32 and float64 the value must be a finite
     scalar in that dtype whose gradient reaches the inputs and every trainable parameter of
     the loss. Edge batches (one class, one sample per class, a collapsed batch of equal

@@ -1,8 +1,9 @@
-"""First-party heads: projections on top of a backbone (MLP expander, linear, L2) and the pair verifiers."""
+"""First-party heads: projections on top of a backbone (MLP expander, DINO head, linear, L2) and the pair verifiers."""
 
 from hvkit.api import hookimpl
 
 from .cosine_pair import CosinePair, PCAWPair, WCCNPair
+from .dino_head import DINOHead
 from .linear import Linear
 from .mlp import MLP
 from .normalize import Normalize
@@ -12,6 +13,7 @@ from .sslhv_pair import SSLHVPairHead
 @hookimpl
 def register_heads(register):
     register("cosine_pair", CosinePair)
+    register("dino_head", DINOHead)
     register("linear", Linear)
     register("mlp", MLP)
     register("normalize", Normalize)

@@ -8,9 +8,11 @@ from .byol import BYOLLoss
 from .circle import CircleLoss
 from .contra_x import ContraXLoss
 from .cosface import CosFaceLoss
+from .dino import DINOLoss
 from .identitization import IdentitizationLoss
 from .invariant_spreading import InvariantSpreadingLoss
 from .margin import MarginLoss
+from .moco_v3 import MoCoV3Loss
 from .multi_similarity import MultiSimilarityLoss
 from .nbc_softmax import NBCSoftmaxLoss
 from .ntxent import NTXentLoss
@@ -33,9 +35,11 @@ def register_losses(register):
     register("circle", CircleLoss)
     register("contra_x", ContraXLoss)
     register("cosface", CosFaceLoss)
+    register("dino", DINOLoss)
     register("identitization", IdentitizationLoss)
     register("invariant_spreading", InvariantSpreadingLoss)
     register("margin", MarginLoss)
+    register("moco_v3", MoCoV3Loss)
     register("multi_similarity", MultiSimilarityLoss)
     register("nbc_softmax", NBCSoftmaxLoss)
     register("ntxent", NTXentLoss)

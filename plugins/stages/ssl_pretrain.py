@@ -1,4 +1,4 @@
-"""Self-supervised pre-training on two augmented views (VICReg, Barlow Twins, NT-Xent, BYOL …)."""
+"""Self-supervised pre-training on two augmented views (VICReg, Barlow Twins, NT-Xent, BYOL, DINO …)."""
 
 from __future__ import annotations
 
@@ -106,8 +106,9 @@ class SSLPretrain:
     other global views (:func:`teacher_view_loss`), and after each optimiser step the teacher
     moves to ``xi <- tau_k xi + (1 - tau_k) theta``, k the steps done before it, tau_k rising
     from tau_base towards 1 on a cosine over the run's K steps (:func:`teacher_momentum_at`);
-    the teacher is checkpointed. The (online) backbone and head are saved as this stage's
-    ``encoder`` for later stages.
+    the teacher is checkpointed. Once per step, after the loss, the loss's ``observe_teacher``
+    receives the teacher's global-view outputs (DINO updates its centre there). The (online)
+    backbone and head are saved as this stage's ``encoder`` for later stages.
     """
 
     def __init__(self, loss: Component["loss"] = "vicreg",
@@ -145,7 +146,7 @@ class SSLPretrain:
             raise ValueError(f"loss {name} needs a momentum teacher; set teacher_momentum (BYOL uses 0.996)")
         if not needs and self.teacher_momentum is not None:
             raise ValueError(f"teacher_momentum is set but loss {name} uses no teacher; remove teacher_momentum "
-                             "or use a loss that needs one (byol)")
+                             "or use a loss that needs one (byol, dino, moco_v3)")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
@@ -195,7 +196,9 @@ class SSLPretrain:
                     targets = [distributed.gather(t) for t in targets]
                 if teacher is None:
                     return multi_view_loss(loss_fn, views, local)
-                return teacher_view_loss(loss_fn, views, targets, local)
+                loss = teacher_view_loss(loss_fn, views, targets, local)
+                loss_fn.observe_teacher(targets)
+                return loss
 
         def after_step(done: int) -> None:
             update_teacher(teacher, encoder, teacher_momentum_at(self.teacher_momentum, done - 1, trainer.total_steps))

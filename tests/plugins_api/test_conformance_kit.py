@@ -149,6 +149,20 @@ class TeacherOnly(ViewLoss):
         return z_b.pow(2).mean()
 
 
+class BrokenObserver(TeacherAlignment):
+    """A teacher loss whose per-step update of its teacher state poisons it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(()))
+
+    def forward(self, z_a, z_b):
+        return super().forward(z_a, z_b) + self.shift
+
+    def observe_teacher(self, teacher_views):
+        self.shift.fill_(float("nan"))
+
+
 def undocumented(margin: float = 1.0):
     return PullPush(margin)
 
@@ -185,6 +199,7 @@ def test_a_correct_loss_passes_as_factory_and_as_instance():
                    r"ValueError: too many values to unpack"),
     (OneView, r"no gradient reaches z_b"),
     (TeacherOnly, r"no gradient reaches z_a"),
+    (BrokenObserver, r"on two views after observe_teacher \(torch.float32\) it returned nan"),
     (PlainModule, r"neither a MetricLoss nor a ViewLoss"),
     (undocumented, r"the factory has no docstring"),
     (unhinted, r"parameter 'margin' has no type hint"),

@@ -1,5 +1,5 @@
 """Views through the encoder (one pass with shared BatchNorm statistics, or one per view), multi-crop, precise BN,
-the momentum teacher (BYOL)."""
+the momentum teacher (BYOL, MoCo v3, DINO and its centre)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from hvkit.pipeline import run
 from hvkit_plugins.backbones.small_cnn import SmallCNN
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.losses.byol import BYOLLoss
+from hvkit_plugins.losses.dino import DINOLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
 from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm
@@ -328,3 +329,82 @@ def test_a_teacher_without_a_teacher_loss_and_the_reverse_are_refused_before_tra
     with pytest.raises(HvkitError, match=message):
         _byol_run(tmp_path, "run", BYOL.replace(*edit))
     assert not (tmp_path / "run" / "stages" / "pretrain" / "last.pt").exists()
+
+
+DINO = BYOL.replace("{name: byol, predictor_dim: 8}", "dino").replace("name: byol", "name: dino").replace(
+    "{name: mlp, dims: [16, 16]}", "{name: dino_head, hidden_dim: 16, bottleneck_dim: 8, out_dim: 12}")
+
+
+def test_dino_observes_the_teachers_global_views_once_per_step_and_checkpoints_its_centre(
+        tmp_path: Path, monkeypatch) -> None:
+    trainers: list[Trainer] = []
+    events: list[tuple] = []
+
+    class Recording(Trainer):
+        def fit(self, batches, step, after_step=None):
+            trainers.append(self)
+            return super().fit(batches, step, after_step)
+
+    def spy_loss(loss_fn, global_views, teacher_views, local_views=()):
+        events.append(("loss", [id(t) for t in teacher_views]))
+        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+
+    def spy_observe(self, teacher_views):
+        events.append(("observe", [id(t) for t in teacher_views], [tuple(t.shape) for t in teacher_views],
+                       any(t.requires_grad for t in teacher_views), self.center.clone()))
+        observe(self, teacher_views)
+
+    observe = DINOLoss.observe_teacher
+    monkeypatch.setattr(ssl_pretrain, "Trainer", Recording)
+    monkeypatch.setattr(ssl_pretrain, "teacher_view_loss", spy_loss)
+    monkeypatch.setattr(DINOLoss, "observe_teacher", spy_observe)
+    run_dir = _byol_run(tmp_path, "run", DINO.replace("max_steps: 6", "max_steps: 3"))
+    assert [e[0] for e in events] == ["loss", "observe"] * 3  # once per step, after the loss
+    for used, seen in zip(events[::2], events[1::2]):
+        assert seen[1] == used[1]  # the very teacher outputs the loss compared with
+        assert seen[2] == [(8, 12)] * 2 and not seen[3]
+    assert torch.equal(events[1][4], torch.zeros(12))  # the centre starts at 0 and moves each step
+    assert not torch.equal(events[3][4], events[5][4])
+    [trainer] = trainers
+    center = trainer.modules["loss"].center
+    saved = load_checkpoint(run_dir / "stages" / "pretrain" / "last.pt")["modules"]
+    assert torch.equal(saved["loss"]["center"], center) and not torch.equal(center, events[5][4])
+    # the teacher scores its views with its EMA copy of the prototypes
+    assert not torch.equal(saved["teacher"]["head.prototypes"], saved["encoder"]["head.prototypes"])
+
+
+def _teacher_entropy(loss_fn: DINOLoss, teacher_views) -> float:
+    targets = [torch.softmax((t - loss_fn.center) / loss_fn.teacher_temperature, dim=1) for t in teacher_views]
+    return float(sum(-(p * p.clamp_min(1e-30).log()).sum(1).mean() for p in targets) / len(targets))
+
+
+def test_a_tiny_dino_run_brings_the_student_to_its_teacher(tmp_path: Path, monkeypatch) -> None:
+    # The DINO loss is H(P_t) + KL(P_t || P_s); the teacher's entropy H(P_t) is set by centring and
+    # sharpening, the KL is what the student learns to shrink.
+    kl: list[float] = []
+
+    def spy(loss_fn, global_views, teacher_views, local_views=()):
+        loss = teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+        kl.append(float(loss.detach()) - _teacher_entropy(loss_fn, teacher_views))
+        return loss
+
+    monkeypatch.setattr(ssl_pretrain, "teacher_view_loss", spy)
+    text = DINO.replace("batch_size: 8", "batch_size: 16").replace("teacher_momentum: 0.9", "teacher_momentum: 0.99")
+    text = text.replace("bottleneck_dim: 8, out_dim: 12", "bottleneck_dim: 32, out_dim: 64").replace(
+        "train: {epochs: 2, max_steps: 6, checkpoint_every: 2, log_every: 1}",
+        "train: {epochs: 30, max_steps: 30, optimizer: {name: AdamW, lr: 0.001}}")
+    _byol_run(tmp_path, "run", text)
+    assert len(kl) == 30 and min(kl) >= -1e-5
+    assert sum(kl[-5:]) < 0.7 * sum(kl[:5]), kl  # seeds 0-3 give 0.45, 0.32, 0.29 and 0.48
+
+
+def test_a_tiny_moco_v3_run_lowers_its_loss(tmp_path: Path) -> None:
+    text = BYOL.replace("{name: byol, predictor_dim: 8}", "{name: moco_v3, predictor_dim: 32}").replace(
+        "name: byol", "name: moco_v3").replace(
+        "batch_size: 8", "batch_size: 16").replace(
+        "train: {epochs: 2, max_steps: 6, checkpoint_every: 2, log_every: 1}",
+        "train: {epochs: 30, max_steps: 30, log_every: 1, optimizer: {name: AdamW, lr: 0.003}}")
+    run_dir = _byol_run(tmp_path, "run", text)
+    losses = [row["loss"] for row in read_log(run_dir / "stages" / "pretrain" / "log.jsonl")]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) < 0.93 * sum(losses[:5]), losses  # seeds 0-3 give 0.86, 0.86, 0.84 and 0.89
