@@ -8,36 +8,17 @@ import torch
 from hvkit_plugins.losses.byol import BYOLLoss
 from hvkit_plugins.losses.simsiam import prediction_mlp
 
+from .predictor_reference import fix_predictor, predict, views
+
 
 def _loss(d: int, hidden: int, seed: int = 0) -> BYOLLoss:
-    """A fixed predictor whose BatchNorm affine is not the identity, so every weight shows in the value."""
     torch.manual_seed(seed)
-    loss = BYOLLoss(embedding_dim=d, predictor_dim=hidden)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        loss.predictor[1].weight.copy_(0.5 + torch.rand(hidden, generator=g))
-        loss.predictor[1].bias.copy_(0.3 * torch.randn(hidden, generator=g))
-    return loss
-
-
-def _views(n: int, d: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(n * 100 + d)
-    online = 1.5 + 2.0 * torch.randn(n, d, generator=g, dtype=dtype)
-    target = 0.7 * online + torch.randn(n, d, generator=g, dtype=dtype)
-    return online.requires_grad_(), target.requires_grad_()
-
-
-def _predict(loss: BYOLLoss, z: torch.Tensor) -> torch.Tensor:
-    """q(z) in float64 from the predictor's weights: BatchNorm in training mode (batch mean, biased variance)."""
-    first, bn, _, last = loss.predictor
-    h = z.double() @ first.weight.double().T
-    h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps) * bn.weight.double() + bn.bias.double()
-    return h.clamp(min=0) @ last.weight.double().T + last.bias.double()
+    return fix_predictor(BYOLLoss(embedding_dim=d, predictor_dim=hidden), seed)
 
 
 def _reference(loss: BYOLLoss, online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean_i ||q_i / ||q_i|| - t_i / ||t_i|| ||^2 with q = q(online), t the constant target, written out."""
-    q = _predict(loss, online)
+    q = predict(loss, online)
     t = target.detach().double()
     return (q / q.pow(2).sum(1, keepdim=True).sqrt() - t / t.pow(2).sum(1, keepdim=True).sqrt()).pow(2).sum(1).mean()
 
@@ -45,13 +26,13 @@ def _reference(loss: BYOLLoss, online: torch.Tensor, target: torch.Tensor) -> to
 @pytest.mark.parametrize("n,d,hidden", [(16, 6, 4), (5, 3, 12)])
 def test_value_against_the_formula(n, d, hidden):
     loss = _loss(d, hidden).double()
-    online, target = _views(n, d)
+    online, target = views(n, d)
     torch.testing.assert_close(loss(online, target), _reference(loss, online, target))
 
 
 def test_float32_close_to_float64():
     loss = _loss(32, 16)
-    online, target = _views(64, 32, torch.float32)
+    online, target = views(64, 32, torch.float32)
     value = loss(online, target)
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, _reference(loss, online, target).float(), rtol=1e-5, atol=1e-6)
@@ -59,7 +40,7 @@ def test_float32_close_to_float64():
 
 def test_the_gradient_reaches_the_online_view_only():
     loss = _loss(6, 8).double()
-    online, target = _views(10, 6)
+    online, target = views(10, 6)
     loss(online, target).backward()
     assert target.grad is None  # the teacher's output is a constant
     expected, = torch.autograd.grad(_reference(loss, online, target), online)
@@ -85,7 +66,7 @@ def test_identity_predictor_gives_zero_for_identical_views_and_four_for_opposite
 def test_the_predictor_is_simsiams_and_every_parameter_gets_a_gradient():
     loss = _loss(8, 4)
     assert [type(m) for m in loss.predictor] == [type(m) for m in prediction_mlp(8, 4)]
-    online, target = _views(16, 8, torch.float32)
+    online, target = views(16, 8, torch.float32)
     loss(online, target).backward()
     for name, param in loss.predictor.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -94,7 +75,7 @@ def test_the_predictor_is_simsiams_and_every_parameter_gets_a_gradient():
 
 def test_runs_in_float32_under_autocast():
     loss = _loss(64, 32)
-    online, target = _views(16, 64, torch.float32)
+    online, target = views(16, 64, torch.float32)
     expected = loss(online, target)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(loss(online, target), expected)

@@ -11,31 +11,12 @@ from hvkit.testing import check_loss
 from hvkit_plugins.losses.moco_v3 import MoCoV3Loss
 from hvkit_plugins.losses.simsiam import prediction_mlp
 
+from .predictor_reference import fix_predictor, predict, views
+
 
 def _loss(d: int, hidden: int, temperature: float = 0.2, seed: int = 0) -> MoCoV3Loss:
-    """A fixed predictor whose BatchNorm affine is not the identity, so every weight shows in the value."""
     torch.manual_seed(seed)
-    loss = MoCoV3Loss(embedding_dim=d, predictor_dim=hidden, temperature=temperature)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        loss.predictor[1].weight.copy_(0.5 + torch.rand(hidden, generator=g))
-        loss.predictor[1].bias.copy_(0.3 * torch.randn(hidden, generator=g))
-    return loss
-
-
-def _views(n: int, d: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(n * 100 + d)
-    online = 1.5 + 2.0 * torch.randn(n, d, generator=g, dtype=dtype)
-    target = 0.7 * online + torch.randn(n, d, generator=g, dtype=dtype)
-    return online.requires_grad_(), target.requires_grad_()
-
-
-def _predict(loss: MoCoV3Loss, z: torch.Tensor) -> torch.Tensor:
-    """h(z) in float64 from the predictor's weights: BatchNorm in training mode (batch mean, biased variance)."""
-    first, bn, _, last = loss.predictor
-    h = z.double() @ first.weight.double().T
-    h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps) * bn.weight.double() + bn.bias.double()
-    return h.clamp(min=0) @ last.weight.double().T + last.bias.double()
+    return fix_predictor(MoCoV3Loss(embedding_dim=d, predictor_dim=hidden, temperature=temperature), seed)
 
 
 def _info_nce(q: torch.Tensor, k: torch.Tensor, tau: float) -> float:
@@ -52,26 +33,26 @@ def _info_nce(q: torch.Tensor, k: torch.Tensor, tau: float) -> float:
 @pytest.mark.parametrize("n, d, hidden, tau", [(16, 6, 4, 0.2), (5, 3, 12, 1.0), (8, 4, 8, 0.05)])
 def test_value_against_the_formula(n, d, hidden, tau):
     loss = _loss(d, hidden, tau).double()
-    online, target = _views(n, d)
+    online, target = views(n, d)
     value = loss(online, target)
     assert value.dtype == torch.float64
-    assert value.item() == pytest.approx(_info_nce(_predict(loss, online), target, tau), rel=1e-12)
+    assert value.item() == pytest.approx(_info_nce(predict(loss, online), target, tau), rel=1e-12)
 
 
 def test_float32_close_to_float64():
     loss = _loss(32, 16)
-    online, target = _views(64, 32, torch.float32)
+    online, target = views(64, 32, torch.float32)
     value = loss(online, target)
     assert value.dtype == torch.float32
-    assert value.item() == pytest.approx(_info_nce(_predict(loss, online), target, 0.2), rel=1e-5)
+    assert value.item() == pytest.approx(_info_nce(predict(loss, online), target, 0.2), rel=1e-5)
 
 
 def test_the_gradient_reaches_the_online_view_and_predictor_only():
     loss = _loss(6, 8).double()
-    online, target = _views(10, 6)
+    online, target = views(10, 6)
     loss(online, target).backward()
     assert target.grad is None  # the teacher's keys are constants
-    q = _predict(loss, online)
+    q = predict(loss, online)
     logits = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(target.detach(), dim=1).T / 0.2
     reference = torch.nn.functional.cross_entropy(logits, torch.arange(10)) * 0.4
     expected, = torch.autograd.grad(reference, online)
@@ -83,7 +64,7 @@ def test_the_gradient_reaches_the_online_view_and_predictor_only():
 @pytest.mark.parametrize("tau", [0.05, 0.2, 1.0])
 def test_identical_keys_give_two_tau_log_batch(tau):
     # Every key the same: each query scores all keys alike, whatever the predictor.
-    online, _ = _views(12, 5)
+    online, _ = views(12, 5)
     keys = torch.ones(12, 5, dtype=torch.float64)
     value = _loss(5, 7, tau).double()(online, keys)
     assert value.item() == pytest.approx(2 * tau * math.log(12), rel=1e-12)
@@ -112,7 +93,7 @@ def test_a_lower_temperature_sharpens_a_correct_match_towards_zero():
 
 def test_runs_in_float32_under_autocast():
     loss = _loss(64, 32)
-    online, target = _views(16, 64, torch.float32)
+    online, target = views(16, 64, torch.float32)
     expected = loss(online, target)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(loss(online, target), expected)

@@ -13,31 +13,12 @@ from hvkit_plugins.losses.simsiam import SimSiamLoss
 from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.ssl_pretrain import multi_view_loss
 
+from .predictor_reference import fix_predictor, predict, views
+
 
 def _loss(d: int, hidden: int, seed: int = 0) -> SimSiamLoss:
-    """A fixed predictor whose BatchNorm affine is not the identity, so every weight shows in the value."""
     torch.manual_seed(seed)
-    loss = SimSiamLoss(embedding_dim=d, predictor_dim=hidden)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        loss.predictor[1].weight.copy_(0.5 + torch.rand(hidden, generator=g))
-        loss.predictor[1].bias.copy_(0.3 * torch.randn(hidden, generator=g))
-    return loss
-
-
-def _views(n: int, d: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(n * 100 + d)
-    z_a = 1.5 + 2.0 * torch.randn(n, d, generator=g, dtype=dtype)
-    z_b = 0.7 * z_a + torch.randn(n, d, generator=g, dtype=dtype)
-    return z_a.requires_grad_(), z_b.requires_grad_()
-
-
-def _predict(loss: SimSiamLoss, z: torch.Tensor) -> torch.Tensor:
-    """h(z) in float64 from the predictor's weights: BatchNorm in training mode (batch mean, biased variance)."""
-    first, bn, _, last = loss.predictor
-    h = z.double() @ first.weight.double().T
-    h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps) * bn.weight.double() + bn.bias.double()
-    return h.clamp(min=0) @ last.weight.double().T + last.bias.double()
+    return fix_predictor(SimSiamLoss(embedding_dim=d, predictor_dim=hidden), seed)
 
 
 def _reference(loss: SimSiamLoss, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
@@ -45,19 +26,19 @@ def _reference(loss: SimSiamLoss, z_a: torch.Tensor, z_b: torch.Tensor) -> torch
     def cos(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         z = z.double()
         return ((p * z).sum(1) / (p.pow(2).sum(1).sqrt() * z.pow(2).sum(1).sqrt())).mean()
-    return -(cos(_predict(loss, z_a), z_b) + cos(_predict(loss, z_b), z_a)) / 2
+    return -(cos(predict(loss, z_a), z_b) + cos(predict(loss, z_b), z_a)) / 2
 
 
 @pytest.mark.parametrize("n,d,hidden", [(16, 6, 4), (5, 3, 12)])
 def test_value_against_the_formula(n, d, hidden):
     loss = _loss(d, hidden).double()
-    z_a, z_b = _views(n, d)
+    z_a, z_b = views(n, d)
     torch.testing.assert_close(loss(z_a, z_b), _reference(loss, z_a, z_b))
 
 
 def test_float32_close_to_float64():
     loss = _loss(32, 16)
-    z_a, z_b = _views(64, 32, torch.float32)
+    z_a, z_b = views(64, 32, torch.float32)
     value = loss(z_a, z_b)
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, _reference(loss, z_a, z_b).float(), rtol=1e-5, atol=1e-6)
@@ -65,7 +46,7 @@ def test_float32_close_to_float64():
 
 def test_the_target_branch_passes_no_gradient():
     loss = _loss(6, 8).double()
-    z_a, z_b = _views(10, 6)
+    z_a, z_b = views(10, 6)
     got, = torch.autograd.grad(loss(z_a, z_b), z_a)
     # z_a reaches L only through its prediction h(z_a), compared with the constant z_b
     only_prediction = -F.cosine_similarity(loss.predictor(z_a), z_b.detach(), dim=1).mean() / 2
@@ -93,7 +74,7 @@ def test_identity_predictor_gives_minus_one_for_identical_views_and_one_for_oppo
 
 def test_every_predictor_parameter_gets_a_gradient():
     loss = _loss(8, 4)
-    z_a, z_b = _views(16, 8, torch.float32)
+    z_a, z_b = views(16, 8, torch.float32)
     loss(z_a, z_b).backward()
     for name, param in loss.predictor.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -103,7 +84,7 @@ def test_every_predictor_parameter_gets_a_gradient():
 
 def test_runs_in_float32_under_autocast():
     loss = _loss(64, 32)
-    z_a, z_b = _views(16, 64, torch.float32)
+    z_a, z_b = views(16, 64, torch.float32)
     expected = loss(z_a, z_b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(loss(z_a, z_b), expected)
