@@ -9,7 +9,7 @@ from hvkit.api import ViewLoss
 
 from ._precision import full_precision
 from ._views import check_views
-from .simsiam import prediction_mlp
+from .simsiam import check_predictor_input, checked_prediction_mlp
 
 
 def normalized_squared_error(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -23,7 +23,7 @@ class BYOLLoss(ViewLoss):
     ``forward(online, target) = mean_i (2 - 2 cos(q(online_i), stopgrad(target_i)))``, in [0, 4]
     with 0 perfect agreement. ``target`` is the momentum (EMA) teacher's output: ``ssl_pretrain``
     with ``teacher_momentum`` computes it and symmetrises, ``(loss(o_a, t_b) + loss(o_b, t_a)) / 2``
-    (the paper sums the two directions). The predictor q (:func:`prediction_mlp`, ``embedding_dim``
+    (the paper sums the two directions). The predictor q (:func:`~.simsiam.prediction_mlp`, ``embedding_dim``
     → ``predictor_dim`` → ``embedding_dim``, default hidden 4096 as in the paper; its first layer
     has no bias, which BYOL's has but the BatchNorm after it removes) is a trainable parameter of
     this loss, applied to each call's batch on its own; ``train.loss_lr`` gives it its own
@@ -36,17 +36,11 @@ class BYOLLoss(ViewLoss):
 
     def __init__(self, embedding_dim: int, predictor_dim: int = 4096) -> None:
         super().__init__()
-        if embedding_dim < 1:
-            raise ValueError(f"byol: embedding_dim must be at least 1, got {embedding_dim}")
-        if predictor_dim < 1:
-            raise ValueError(f"byol: predictor_dim must be at least 1, got {predictor_dim}; the default is 4096")
         self.embedding_dim = embedding_dim
-        self.predictor = prediction_mlp(embedding_dim, predictor_dim)
+        self.predictor = checked_prediction_mlp("byol", embedding_dim, predictor_dim, default=4096)
 
     @full_precision
     def forward(self, online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_views("byol", online, target, min_batch=2)
-        if online.shape[1] != self.embedding_dim:
-            raise ValueError(f"byol: views have D = {online.shape[1]} but the predictor was built for "
-                             f"embedding_dim = {self.embedding_dim}; set embedding_dim to the head's output size")
+        check_predictor_input("byol", online, self.embedding_dim)
         return normalized_squared_error(self.predictor(online), target)

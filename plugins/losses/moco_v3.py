@@ -9,7 +9,7 @@ from hvkit.api import ViewLoss
 
 from ._precision import full_precision
 from ._views import check_views
-from .simsiam import prediction_mlp
+from .simsiam import check_predictor_input, checked_prediction_mlp
 
 
 def scaled_info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -44,20 +44,14 @@ class MoCoV3Loss(ViewLoss):
 
     def __init__(self, embedding_dim: int, predictor_dim: int = 4096, temperature: float = 0.2) -> None:
         super().__init__()
-        if embedding_dim < 1:
-            raise ValueError(f"moco_v3: embedding_dim must be at least 1, got {embedding_dim}")
-        if predictor_dim < 1:
-            raise ValueError(f"moco_v3: predictor_dim must be at least 1, got {predictor_dim}; the default is 4096")
         if temperature <= 0:
             raise ValueError(f"moco_v3: temperature must be > 0, got {temperature}; the paper uses 0.2")
         self.embedding_dim = embedding_dim
         self.temperature = temperature
-        self.predictor = prediction_mlp(embedding_dim, predictor_dim)
+        self.predictor = checked_prediction_mlp("moco_v3", embedding_dim, predictor_dim, default=4096)
 
     @full_precision
     def forward(self, online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_views("moco_v3", online, target, min_batch=2)
-        if online.shape[1] != self.embedding_dim:
-            raise ValueError(f"moco_v3: views have D = {online.shape[1]} but the predictor was built for "
-                             f"embedding_dim = {self.embedding_dim}; set embedding_dim to the head's output size")
+        check_predictor_input("moco_v3", online, self.embedding_dim)
         return scaled_info_nce(self.predictor(online), target, self.temperature)

@@ -21,6 +21,22 @@ def prediction_mlp(embedding_dim: int, predictor_dim: int) -> nn.Sequential:
                          nn.ReLU(), nn.Linear(predictor_dim, embedding_dim))
 
 
+def checked_prediction_mlp(loss: str, embedding_dim: int, predictor_dim: int, default: int) -> nn.Sequential:
+    """:func:`prediction_mlp` after checking both sizes; the messages name ``loss`` and its default hidden width."""
+    if embedding_dim < 1:
+        raise ValueError(f"{loss}: embedding_dim must be at least 1, got {embedding_dim}")
+    if predictor_dim < 1:
+        raise ValueError(f"{loss}: predictor_dim must be at least 1, got {predictor_dim}; the default is {default}")
+    return prediction_mlp(embedding_dim, predictor_dim)
+
+
+def check_predictor_input(loss: str, z: torch.Tensor, embedding_dim: int) -> None:
+    """Raise ValueError unless the views ``z`` have the ``embedding_dim`` columns the predictor was built for."""
+    if z.shape[1] != embedding_dim:
+        raise ValueError(f"{loss}: views have D = {z.shape[1]} but the predictor was built for "
+                         f"embedding_dim = {embedding_dim}; set embedding_dim to the head's output size")
+
+
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """D(p, z) = -mean_i cos(p_i, stopgrad(z_i)): the paper's Eq. 1 with the stop-gradient of Eq. 3."""
     return -F.cosine_similarity(p, z.detach(), dim=1).mean()
@@ -42,17 +58,11 @@ class SimSiamLoss(ViewLoss):
 
     def __init__(self, embedding_dim: int, predictor_dim: int = 512) -> None:
         super().__init__()
-        if embedding_dim < 1:
-            raise ValueError(f"simsiam: embedding_dim must be at least 1, got {embedding_dim}")
-        if predictor_dim < 1:
-            raise ValueError(f"simsiam: predictor_dim must be at least 1, got {predictor_dim}; the default is 512")
         self.embedding_dim = embedding_dim
-        self.predictor = prediction_mlp(embedding_dim, predictor_dim)
+        self.predictor = checked_prediction_mlp("simsiam", embedding_dim, predictor_dim, default=512)
 
     @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         check_views("simsiam", z_a, z_b, min_batch=2)
-        if z_a.shape[1] != self.embedding_dim:
-            raise ValueError(f"simsiam: views have D = {z_a.shape[1]} but the predictor was built for "
-                             f"embedding_dim = {self.embedding_dim}; set embedding_dim to the head's output size")
+        check_predictor_input("simsiam", z_a, self.embedding_dim)
         return (negative_cosine(self.predictor(z_a), z_b) + negative_cosine(self.predictor(z_b), z_a)) / 2
