@@ -12,6 +12,7 @@ from torch import nn
 from hvkit.api import MetricLoss
 
 from ._classifier import check_batch, check_sizes
+from ._precision import full_precision
 
 
 def chebyshev_cos(cosine: torch.Tensor, m: int) -> torch.Tensor:
@@ -65,6 +66,7 @@ class SphereFaceLoss(MetricLoss):
         decayed = self.base * (1 + self.gamma * self.iteration.to(self.weight.dtype)) ** -self.power
         return decayed.clamp(min=self.lambda_min)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes)
