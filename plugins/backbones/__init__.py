@@ -3,7 +3,7 @@
 from hvkit.api import hookimpl
 
 from .concat import Concat
-from .resnet import ResNet18
+from .resnet import ResNet18, ResNet34, ResNet50
 from .resnet_vae import ResNetVAE
 from .small_cnn import SmallCNN
 
@@ -12,5 +12,7 @@ from .small_cnn import SmallCNN
 def register_backbones(register):
     register("concat", Concat)
     register("resnet18", ResNet18)
+    register("resnet34", ResNet34)
+    register("resnet50", ResNet50)
     register("resnet_vae", ResNetVAE)
     register("small_cnn", SmallCNN)
