@@ -119,10 +119,33 @@ def test_the_centre_is_state_that_checkpoints_hold():
     loss = DINOLoss(embedding_dim=4)
     loss.observe_teacher([torch.ones(3, 4), torch.ones(3, 4)])
     state = loss.state_dict()
-    assert set(state) == {"center"} and not list(loss.parameters())
+    assert set(state) == {"center", "steps"} and not list(loss.parameters())
     restored = DINOLoss(embedding_dim=4)
     restored.load_state_dict(state)
     torch.testing.assert_close(restored.center, torch.full((4,), 0.1))
+    assert int(restored.steps) == 1
+
+
+@pytest.mark.parametrize("steps, tau_t", [(0, 0.04), (1, 0.0475), (3, 0.0625), (4, 0.07), (9, 0.07)])
+def test_the_teacher_temperature_warms_up_linearly_per_observed_step(steps, tau_t):
+    # tau_t(s) = 0.04 + (0.07 - 0.04) * min(s / 4, 1), by hand: 0.04, 0.0475, 0.0625, 0.07, 0.07.
+    loss = DINOLoss(embedding_dim=5, teacher_temperature=0.07, warmup_teacher_temperature=0.04,
+                    warmup_steps=4).double()
+    student, teacher = _views(6, 5)
+    for _ in range(steps):
+        loss.observe_teacher([teacher.detach(), student.detach()])
+    assert float(loss.current_teacher_temperature()) == pytest.approx(tau_t, rel=1e-12)
+    value = loss(student, teacher)
+    assert value.item() == pytest.approx(_cross_entropy(student, teacher, loss.center, 0.1, tau_t), rel=1e-12)
+
+
+def test_a_resumed_warm_up_continues_where_it_stopped():
+    loss = DINOLoss(embedding_dim=3, teacher_temperature=0.07, warmup_steps=10)
+    for _ in range(6):
+        loss.observe_teacher([torch.randn(2, 3), torch.randn(2, 3)])
+    restored = DINOLoss(embedding_dim=3, teacher_temperature=0.07, warmup_steps=10)
+    restored.load_state_dict(loss.state_dict())
+    assert float(restored.current_teacher_temperature()) == pytest.approx(0.04 + 0.03 * 0.6)
 
 
 def test_runs_in_float32_under_autocast():
@@ -139,6 +162,8 @@ def test_defaults_and_flags():
     assert DINOLoss.needs_teacher is True and DINOLoss.needs_global_batch is False
     loss = DINOLoss(embedding_dim=4)
     assert (loss.student_temperature, loss.teacher_temperature, loss.center_momentum) == (0.1, 0.04, 0.9)
+    assert (loss.warmup_teacher_temperature, loss.warmup_steps) == (0.04, 0)
+    assert loss.current_teacher_temperature() == 0.04
 
 
 def test_conformance():
@@ -155,6 +180,8 @@ def test_errors():
         loss.observe_teacher([torch.randn(3, 5), torch.randn(3, 5)])
     for kwargs, key in (({"embedding_dim": 0}, "embedding_dim"), ({"student_temperature": 0.0}, "student_temperature"),
                         ({"teacher_temperature": -0.1}, "teacher_temperature"),
-                        ({"center_momentum": 1.5}, "center_momentum"), ({"center_momentum": -0.1}, "center_momentum")):
+                        ({"center_momentum": 1.5}, "center_momentum"), ({"center_momentum": -0.1}, "center_momentum"),
+                        ({"warmup_teacher_temperature": 0.0}, "warmup_teacher_temperature"),
+                        ({"warmup_steps": -1}, "warmup_steps")):
         with pytest.raises(ValueError, match=f"^dino: {key} must"):
             DINOLoss(**({"embedding_dim": 4} | kwargs))
