@@ -29,8 +29,8 @@ class MoCoV3Loss(ViewLoss):
     the two directions, ``(loss(o_a, t_b) + loss(o_b, t_a)) / 2`` — half the paper's sum.
     Default ``temperature`` tau = 0.2, the paper's (the official code's ResNet-50 runs keep
     its default 1.0). The predictor h (:func:`~.simsiam.prediction_mlp`, ``embedding_dim`` →
-    ``predictor_dim`` → ``embedding_dim``, default hidden 4096 as in the paper; its last layer
-    has a bias, MoCo v3's does not) is a trainable parameter of this loss, applied to each
+    ``predictor_dim`` → ``embedding_dim``, default hidden 4096 as in the paper; no bias in either
+    layer, as in the official code) is a trainable parameter of this loss, applied to each
     call's batch on its own; ``train.loss_lr`` gives it its own learning rate.
 
     Across processes (``needs_global_batch``) the stage gathers both the online outputs and
@@ -48,7 +48,8 @@ class MoCoV3Loss(ViewLoss):
             raise ValueError(f"moco_v3: temperature must be > 0, got {temperature}; the paper uses 0.2")
         self.embedding_dim = embedding_dim
         self.temperature = temperature
-        self.predictor = checked_prediction_mlp("moco_v3", embedding_dim, predictor_dim, default=4096)
+        self.predictor = checked_prediction_mlp("moco_v3", embedding_dim, predictor_dim, default=4096,
+                                                last_bias=False)
 
     @full_precision
     def forward(self, online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

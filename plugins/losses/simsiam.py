@@ -12,22 +12,24 @@ from ._precision import full_precision
 from ._views import check_views
 
 
-def prediction_mlp(embedding_dim: int, predictor_dim: int) -> nn.Sequential:
+def prediction_mlp(embedding_dim: int, predictor_dim: int, last_bias: bool = True) -> nn.Sequential:
     """The paper's bottleneck predictor h: Linear(D, hidden) → BatchNorm1d → ReLU → Linear(hidden, D).
 
     The first layer has no bias, as in the official code: the BatchNorm after it removes one.
+    ``last_bias=False`` drops the last layer's too (MoCo v3's predictor).
     """
     return nn.Sequential(nn.Linear(embedding_dim, predictor_dim, bias=False), nn.BatchNorm1d(predictor_dim),
-                         nn.ReLU(), nn.Linear(predictor_dim, embedding_dim))
+                         nn.ReLU(), nn.Linear(predictor_dim, embedding_dim, bias=last_bias))
 
 
-def checked_prediction_mlp(loss: str, embedding_dim: int, predictor_dim: int, default: int) -> nn.Sequential:
+def checked_prediction_mlp(loss: str, embedding_dim: int, predictor_dim: int, default: int,
+                           last_bias: bool = True) -> nn.Sequential:
     """:func:`prediction_mlp` after checking both sizes; the messages name ``loss`` and its default hidden width."""
     if embedding_dim < 1:
         raise ValueError(f"{loss}: embedding_dim must be at least 1, got {embedding_dim}")
     if predictor_dim < 1:
         raise ValueError(f"{loss}: predictor_dim must be at least 1, got {predictor_dim}; the default is {default}")
-    return prediction_mlp(embedding_dim, predictor_dim)
+    return prediction_mlp(embedding_dim, predictor_dim, last_bias)
 
 
 def check_predictor_input(loss: str, z: torch.Tensor, embedding_dim: int) -> None:

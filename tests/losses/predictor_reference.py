@@ -29,4 +29,5 @@ def predict(loss: nn.Module, z: torch.Tensor) -> torch.Tensor:
     first, bn, _, last = loss.predictor
     h = z.double() @ first.weight.double().T
     h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps) * bn.weight.double() + bn.bias.double()
-    return h.clamp(min=0) @ last.weight.double().T + last.bias.double()
+    out = h.clamp(min=0) @ last.weight.double().T
+    return out if last.bias is None else out + last.bias.double()

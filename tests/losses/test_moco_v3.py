@@ -78,7 +78,6 @@ def test_a_lower_temperature_sharpens_a_correct_match_towards_zero():
     with torch.no_grad():  # h(z) = relu(z') - relu(-z') = z' for columns of mean 0 and variance 1
         loss.predictor[0].weight.copy_(torch.cat([eye, -eye]))
         loss.predictor[3].weight.copy_(torch.cat([eye, -eye], dim=1))
-        loss.predictor[3].bias.zero_()
     z = torch.cat([eye, -eye])  # 12 rows: each column has mean 0 and variance 1/6
     z = z / z.std(0, unbiased=False)
     values = []
@@ -104,6 +103,7 @@ def test_defaults_and_flags():
     loss = MoCoV3Loss(embedding_dim=4)
     assert loss.temperature == 0.2 and loss.predictor[0].out_features == 4096
     assert [type(m) for m in loss.predictor] == [type(m) for m in prediction_mlp(4, 4096)]
+    assert loss.predictor[0].bias is None and loss.predictor[3].bias is None  # the official code's: no bias
 
 
 def test_conformance():
