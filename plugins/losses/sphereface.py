@@ -44,7 +44,9 @@ class SphereFaceLoss(MetricLoss):
     ``weight`` (num_classes, embedding_dim) are a parameter of the loss; a miner's
     ``indices_tuple`` weights each sample by how often it is mined (PML's rule). With
     ``base = lambda_min = 0`` this is pytorch-metric-learning's SphereFaceLoss, which lacks
-    the annealing that the paper needs to train with m = 4.
+    the annealing that the paper needs to train with m = 4. Computed in the weights' dtype,
+    float32 at least, with autocast off (CUDA autocast would run ``acos`` in float32 beside
+    bf16 cosines).
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: int = 4, base: float = 1000.0,
