@@ -3,9 +3,9 @@
 A stage supplies the modules to train, a ``batches(epoch)`` iterator, a
 ``step(batch, generator) -> loss | (loss, {name: value})`` function and optionally an
 ``after_step(steps_done)`` callback run after each optimiser step (a momentum teacher's
-update); the trainer owns the optimiser and scheduler, gradient clipping, AMP on CUDA,
-NaN/inf detection, periodic JSONL logs, atomic checkpoints every N steps and at the end,
-and exact resumption.
+update); the trainer owns the optimiser and scheduler, the weight-decay schedule, frozen
+parameters, gradient clipping, AMP on CUDA, NaN/inf detection, periodic JSONL logs, atomic
+checkpoints every N steps and at the end, and exact resumption.
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     max_steps: int | None = None
+    weight_decay_end: float | None = None
+    weight_decay_1d: bool = True
+    frozen_epochs: dict[str, int] = field(default_factory=dict)
+
+
+def cosine_weight_decay(base: float, end: float, step: int, total_steps: int) -> float:
+    """DINO's schedule ``wd_k = wd_end + (wd_0 - wd_end)(1 + cos(pi k / K)) / 2``: wd_0 at k = 0, wd_end at k = K."""
+    return end + (base - end) * (1 + math.cos(math.pi * step / total_steps)) / 2
 
 
 def amp_supported(device: torch.device, dtype: str) -> bool:
@@ -64,12 +72,39 @@ def full_precision(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, enabled=False)
 
 
+def parameter_groups(modules: dict[str, nn.Module], config: TrainConfig,
+                     loss_modules: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One optimiser group per module with trainable parameters (``loss_lr`` for losses), its 1-d
+    parameters in a second group without weight decay (``no_decay``) unless ``weight_decay_1d``."""
+    groups = []
+    for name, module in modules.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        plain = [p for p in params if config.weight_decay_1d or p.ndim > 1]
+        bare = [p for p in params if not config.weight_decay_1d and p.ndim <= 1]
+        extra = {"lr": config.loss_lr} if name in loss_modules and config.loss_lr is not None else {}
+        if plain:
+            groups.append({"params": plain, "name": name, **extra})
+        if bare:
+            groups.append({"params": bare, "name": f"{name}.no_decay", "weight_decay": 0.0, "no_decay": True, **extra})
+    return groups
+
+
 class Trainer:
     """Trains ``modules`` with ``step`` over ``batches``; resumable from ``stage_dir/last.pt``.
 
     ``loss_modules`` names the modules that are losses (their own ``loss_lr``; their
     gradients synchronised by the gather policy). A module without trainable parameters (a
-    momentum teacher) is checkpointed and resumed but not optimised. ``global_batch`` says
+    momentum teacher) is checkpointed and resumed but not optimised.
+
+    Options of self-supervised training (DINO, Caron et al. 2021, and the official code of
+    DINO, MoCo v3 and VICReg): ``weight_decay_end`` moves each decayed group's weight decay
+    from the optimiser's to this value on a cosine over the run
+    (:func:`cosine_weight_decay`; DINO: 0.04 to 0.4); ``weight_decay_1d: false`` puts every
+    1-d parameter (biases, normalisation scales) in a group of its own without weight
+    decay; ``frozen_epochs`` maps parameter-name prefixes (the module's name in the stage,
+    then its parameter path: ``encoder.head.prototypes``) to a number of epochs during which
+    those parameters get no update at all, their gradient dropped before the optimiser
+    step (DINO freezes its prototypes for the first epoch). ``global_batch`` says
     the step computes its loss on the batch gathered from every rank: the backward pass is
     then scaled by the world size (see :mod:`hvkit.distributed`); the logged loss is the
     unscaled one.
@@ -87,18 +122,18 @@ class Trainer:
         self.total_steps = steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        groups = []
-        for name, module in modules.items():
-            params = [p for p in module.parameters() if p.requires_grad]
-            if not params:
-                continue
-            group: dict[str, Any] = {"params": params, "name": name}
-            if name in loss_modules and config.loss_lr is not None:
-                group["lr"] = config.loss_lr
-            groups.append(group)
+        groups = parameter_groups(modules, config, loss_modules)
         if not groups:
             raise HvkitError(f"stage {ctx.name}: nothing to train (all parameters are frozen)")
         self.optimizer = build_optimizer(config.optimizer, groups)
+        self.decayed: list[tuple[int, float]] = []
+        if config.weight_decay_end is not None:
+            if any("weight_decay" not in g for g in self.optimizer.param_groups):
+                raise HvkitError(f"stage {ctx.name}: train.weight_decay_end is set but optimizer "
+                                 f"{config.optimizer['name']} has no weight_decay")
+            self.decayed = [(i, g["weight_decay"]) for i, g in enumerate(self.optimizer.param_groups)
+                            if not g.get("no_decay")]
+        self.frozen = self._frozen_parameters(config.frozen_epochs)
         self.scheduler = build_scheduler(config.scheduler, self.optimizer, self.total_steps)
         self.use_amp = config.amp and amp_supported(ctx.device, config.amp_dtype)
         if config.channels_last:
@@ -110,6 +145,22 @@ class Trainer:
         self.checkpoint_path = ctx.stage_dir / "last.pt"
         self.rank_key = ("rank", ctx.rank) if ctx.world_size > 1 else ()
         self.log_path = ctx.stage_dir / "log.jsonl"
+
+    def _frozen_parameters(self, prefixes: dict[str, int]) -> list[tuple[list[nn.Parameter], int]]:
+        """``frozen_epochs`` as (parameters, steps): each prefix must name at least one trainable parameter."""
+        named = {f"{name}.{path}": p for name, module in self.modules.items()
+                 for path, p in distributed.unwrap(module).named_parameters() if p.requires_grad}
+        frozen = []
+        for prefix, epochs in prefixes.items():
+            params = [p for path, p in named.items() if path == prefix or path.startswith(prefix + ".")]
+            if not params:
+                example = ", ".join(list(named)[:3])
+                raise HvkitError(f"stage {self.ctx.name}: train.frozen_epochs names {prefix!r}, which is no "
+                                 f"trainable parameter nor a prefix of one (they are named like {example})")
+            if epochs < 0:
+                raise HvkitError(f"stage {self.ctx.name}: train.frozen_epochs[{prefix!r}] = {epochs} must be >= 0")
+            frozen.append((params, epochs * self.steps_per_epoch))
+        return frozen
 
     def state(self) -> dict[str, Any]:
         return {
@@ -199,6 +250,13 @@ class Trainer:
         self.scaler.scale(loss * self.backward_scale if self.backward_scale != 1.0 else loss).backward()
         for name in self.loss_modules:
             distributed.sync_loss_gradients(self.modules[name], gathered=self.backward_scale != 1.0)
+        for params, steps in self.frozen:
+            if self.step < steps:
+                for p in params:
+                    p.grad = None
+        for index, base in self.decayed:  # by index: loading a checkpoint replaces the group dicts
+            self.optimizer.param_groups[index]["weight_decay"] = cosine_weight_decay(
+                base, self.config.weight_decay_end, self.step, self.total_steps)
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -19,7 +19,9 @@ class DINOHead(nn.Module):
     bottleneck 256 as the paper's, K = 4096 (the paper's 65536 is sized for ImageNet's 1.3M
     images; a handwriting set of thousands of images needs far fewer prototypes). Used as the
     ``head`` of ``ssl_pretrain`` with the ``dino`` loss, so the momentum teacher holds an EMA
-    copy of it. Not implemented: DINO's freezing of the prototypes during the first epoch.
+    copy of it. DINO freezes this last layer during the first epoch: in ``ssl_pretrain``,
+    ``train.frozen_epochs: {encoder.head.prototypes: 1}`` (and ``encoder.head.scale: 1`` when
+    ``norm_last_layer`` is false).
     """
 
     def __init__(self, in_dim: int = 512, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 from hvkit.engine import TrainConfig, Trainer
 from hvkit.engine.lars import LARS
 from hvkit.engine.optim import build_optimizer, build_scheduler
+from hvkit.engine.trainer import cosine_weight_decay
 from hvkit.errors import HvkitError
 
 
@@ -166,3 +168,103 @@ def test_lars_trust_ratio_sets_the_step_size_and_falls_back_to_one_at_zero_norm(
     with pytest.raises(ValueError, match="LARS"):
         LARS([zero], lr=0.1, momentum=1.0)
 
+
+
+def test_cosine_weight_decay_runs_from_the_optimizers_value_to_the_end():
+    assert cosine_weight_decay(0.04, 0.4, 0, 10) == pytest.approx(0.04)
+    assert cosine_weight_decay(0.04, 0.4, 5, 10) == pytest.approx(0.22)
+    assert cosine_weight_decay(0.04, 0.4, 10, 10) == pytest.approx(0.4)
+
+
+def decay_only(stage_context, config: TrainConfig, steps: int, fail_at: int | None = None):
+    """SGD at lr 1 on a zero gradient for ``steps`` steps: each step multiplies a weight by ``1 - wd_k``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    trainer = Trainer(stage_context, {"model": model}, config, steps_per_epoch=steps)
+    seen = []
+
+    def after_step(done: int) -> None:
+        seen.append([g["weight_decay"] for g in trainer.optimizer.param_groups])
+        if done == fail_at:
+            raise RuntimeError("injected failure")
+
+    start = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(lambda epoch: iter(range(steps)), lambda batch, g: sum((p * 0).sum() for p in model.parameters()),
+                after_step)
+    return trainer, start, seen
+
+
+def test_weight_decay_schedule_decays_weights_by_the_cosine_and_resumes(stage_context):
+    config = TrainConfig(optimizer={"name": "SGD", "lr": 1.0, "weight_decay": 0.04}, weight_decay_end=0.4,
+                         amp=False, channels_last=False, checkpoint_every=2)
+    trainer, start, seen = decay_only(stage_context, config, steps=5)
+    schedule = [0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * k / 5)) / 2 for k in range(5)]
+    assert [row[0] for row in seen] == pytest.approx(schedule, abs=1e-15)
+    factor = float(np.prod([1 - wd for wd in schedule], dtype=np.float64))
+    for p, p0 in zip(trainer.modules["model"].parameters(), start):
+        assert torch.allclose(p.detach(), p0 * factor, atol=1e-7)
+    final = [p.detach().clone() for p in trainer.modules["model"].parameters()]
+
+    with pytest.raises(RuntimeError, match="injected failure"):
+        decay_only(replace(stage_context, name="again"), config, steps=5, fail_at=3)
+    resumed, _, seen = decay_only(replace(stage_context, name="again", resume=True), config, steps=5)
+    assert [row[0] for row in seen] == pytest.approx(schedule[2:], abs=1e-15)
+    assert all(torch.equal(a.detach(), b) for a, b in zip(resumed.modules["model"].parameters(), final))
+
+
+def test_weight_decay_1d_false_spares_biases_and_norms(stage_context):
+    config = TrainConfig(optimizer={"name": "SGD", "lr": 1.0, "weight_decay": 0.5}, weight_decay_1d=False,
+                         amp=False, channels_last=False, epochs=1)
+    trainer, start, _ = decay_only(stage_context, config, steps=1)
+    groups = trainer.optimizer.param_groups
+    assert [(g["name"], g["weight_decay"], len(g["params"])) for g in groups] == [
+        ("model", 0.5, 1), ("model.no_decay", 0.0, 3)]
+    weight, bias, scale, shift = trainer.modules["model"].parameters()
+    assert torch.allclose(weight.detach(), start[0] * 0.5)
+    for p, p0 in zip((bias, scale, shift), start[1:]):
+        assert torch.equal(p.detach(), p0)
+
+
+def test_weight_decay_end_leaves_the_undecayed_group_alone(stage_context):
+    config = TrainConfig(optimizer={"name": "SGD", "lr": 1.0, "weight_decay": 0.1}, weight_decay_1d=False,
+                         weight_decay_end=0.3, amp=False, channels_last=False)
+    _, _, seen = decay_only(stage_context, config, steps=3)
+    assert [row[1] for row in seen] == [0.0, 0.0, 0.0]
+    assert seen[-1][0] == pytest.approx(cosine_weight_decay(0.1, 0.3, 2, 3))
+
+
+def test_frozen_epochs_hold_a_parameter_still_then_release_it(stage_context):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    config = TrainConfig(epochs=2, optimizer={"name": "AdamW", "lr": 0.1}, frozen_epochs={"model.1": 1},
+                         amp=False, channels_last=False)
+    trainer = Trainer(stage_context, {"model": model}, config, steps_per_epoch=2)
+    x = torch.randn(4, 3)
+    history = []
+
+    def after_step(done: int) -> None:
+        history.append([p.detach().clone() for p in model.parameters()])
+
+    start = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(lambda epoch: iter(range(2)), lambda batch, g: model(x).pow(2).mean(), after_step)
+    for step, params in enumerate(history):
+        first_changed = not torch.equal(params[0], start[0])
+        last_changed = [not torch.equal(p, p0) for p, p0 in zip(params[2:], start[2:])]
+        assert first_changed
+        assert last_changed == ([False, False] if step < 2 else [True, True])
+
+
+def test_frozen_epochs_must_name_a_parameter(stage_context):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    config = TrainConfig(frozen_epochs={"model.head": 1})
+    with pytest.raises(HvkitError, match=r"stage fit: train.frozen_epochs names 'model.head', which is no trainable "
+                                         r"parameter nor a prefix of one \(they are named like model.0.weight, "):
+        Trainer(stage_context, {"model": model}, config, steps_per_epoch=1)
+    with pytest.raises(HvkitError, match="frozen_epochs names 'model.1.w'"):  # a prefix ends at a dot
+        Trainer(stage_context, {"model": model}, TrainConfig(frozen_epochs={"model.1.w": 1}), steps_per_epoch=1)
+
+
+def test_weight_decay_end_needs_an_optimizer_with_weight_decay(stage_context):
+    config = TrainConfig(optimizer={"name": "Rprop", "lr": 0.1}, weight_decay_end=0.4)
+    with pytest.raises(HvkitError, match="weight_decay_end is set but optimizer Rprop has no weight_decay"):
+        Trainer(stage_context, {"model": nn.Linear(2, 2)}, config, steps_per_epoch=1)

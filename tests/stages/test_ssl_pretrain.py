@@ -373,6 +373,35 @@ def test_dino_observes_the_teachers_global_views_once_per_step_and_checkpoints_i
     assert not torch.equal(saved["teacher"]["head.prototypes"], saved["encoder"]["head.prototypes"])
 
 
+def test_dino_prototypes_stay_frozen_through_the_first_epoch_as_the_paper(tmp_path: Path, monkeypatch) -> None:
+    trainers: list[Trainer] = []
+    after: list[tuple[torch.Tensor, torch.Tensor]] = []  # (prototypes, first MLP layer) after each step
+    start: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Recording(Trainer):
+        def fit(self, batches, step, after_step=None):
+            trainers.append(self)
+            return super().fit(batches, step, after_step)
+
+    def spy_update(teacher, online, momentum):
+        if not start:  # the teacher is still the untrained copy of the online net
+            start.append((teacher.head.prototypes.clone(), teacher.head.mlp[0].weight.clone()))
+        after.append((online.head.prototypes.detach().clone(), online.head.mlp[0].weight.detach().clone()))
+        update_teacher(teacher, online, momentum)
+
+    monkeypatch.setattr(ssl_pretrain, "Trainer", Recording)
+    monkeypatch.setattr(ssl_pretrain, "update_teacher", spy_update)
+    text = DINO.replace("max_steps: 6, ", "").replace(
+        "log_every: 1}", "log_every: 1, frozen_epochs: {encoder.head.prototypes: 1}}")
+    _byol_run(tmp_path, "run", text)
+    per_epoch = trainers[0].steps_per_epoch
+    assert per_epoch >= 2 and len(after) == 2 * per_epoch
+    [(prototypes, mlp)] = start
+    for step, (seen_prototypes, seen_mlp) in enumerate(after):
+        assert torch.equal(seen_prototypes, prototypes) == (step < per_epoch), step
+        assert not torch.equal(seen_mlp, mlp)
+
+
 def _teacher_entropy(loss_fn: DINOLoss, teacher_views) -> float:
     targets = [torch.softmax((t - loss_fn.center) / loss_fn.teacher_temperature, dim=1) for t in teacher_views]
     return float(sum(-(p * p.clamp_min(1e-30).log()).sum(1).mean() for p in targets) / len(targets))
