@@ -107,8 +107,10 @@ class SSLPretrain:
     moves to ``xi <- tau_k xi + (1 - tau_k) theta``, k the steps done before it, tau_k rising
     from tau_base towards 1 on a cosine over the run's K steps (:func:`teacher_momentum_at`);
     the teacher is checkpointed. Once per step, after the loss, the loss's ``observe_teacher``
-    receives the teacher's global-view outputs (DINO updates its centre there). The (online)
-    backbone and head are saved as this stage's ``encoder`` for later stages.
+    receives the teacher's global-view outputs (DINO updates its centre there). The online
+    backbone and head are saved as this stage's ``encoder`` for later stages, or with
+    ``export_teacher`` the teacher's (DINO evaluates its teacher, the better of the two
+    there; BYOL and MoCo v3 the online net).
     """
 
     def __init__(self, loss: Component["loss"] = "vicreg",
@@ -124,6 +126,7 @@ class SSLPretrain:
                  local_transform: Component["transform"] = {"name": "handwriting_views", "crop_scale": [0.1, 0.4]},
                  precise_bn: bool = False,
                  teacher_momentum: float | None = None,
+                 export_teacher: bool = False,
                  train: TrainConfig = _default_train()):
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2 for a self-supervised loss")
@@ -131,12 +134,15 @@ class SSLPretrain:
             raise ValueError(f"local_views={local_views} must be >= 0 and local_size={local_size} >= 8 pixels")
         if teacher_momentum is not None and not 0 < teacher_momentum < 1:
             raise ValueError(f"teacher_momentum={teacher_momentum} must lie strictly between 0 and 1; BYOL uses 0.996")
+        if export_teacher and teacher_momentum is None:
+            raise ValueError("export_teacher needs a momentum teacher; set teacher_momentum (DINO uses 0.996)")
         self.loss, self.head, self.transform, self.sampler = loss, head, transform, sampler
         self.splits, self.batch_size, self.backbone, self.train = splits, batch_size, backbone, train
         self.joint_views = joint_views
         self.local_views, self.local_size, self.local_transform = local_views, local_size, local_transform
         self.precise_bn = precise_bn
         self.teacher_momentum = teacher_momentum
+        self.export_teacher = export_teacher
 
     def _check_teacher(self, loss_fn: nn.Module) -> None:
         """A loss that declares ``needs_teacher`` needs ``teacher_momentum``, and only such a loss may have one."""
@@ -207,7 +213,8 @@ class SSLPretrain:
         trainer = Trainer(ctx, modules, self.train, steps_per_epoch=len(sampler), loss_modules=("loss",),
                           global_batch=gathered)
         last = trainer.fit(batches, step, after_step if teacher is not None else None)
+        exported = teacher if self.export_teacher else encoder
         if self.precise_bn:
-            precise_batchnorm(encoder, images, ctx.device)
-        path = save_encoder(ctx, encoder, backbone_spec, self.head)
+            precise_batchnorm(exported, images, ctx.device)
+        path = save_encoder(ctx, exported, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

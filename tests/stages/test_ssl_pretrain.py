@@ -402,6 +402,26 @@ def test_dino_prototypes_stay_frozen_through_the_first_epoch_as_the_paper(tmp_pa
         assert not torch.equal(seen_mlp, mlp)
 
 
+@pytest.mark.parametrize("export_teacher", [False, True])
+def test_the_stage_saves_the_online_net_or_with_export_teacher_the_teacher(tmp_path: Path,
+                                                                           export_teacher: bool) -> None:
+    text = DINO.replace("teacher_momentum: 0.9", f"teacher_momentum: 0.9\n    export_teacher: {export_teacher}")
+    run_dir = _byol_run(tmp_path, "run", text)
+    stage = run_dir / "stages" / "pretrain"
+    modules = load_checkpoint(stage / "last.pt")["modules"]
+    saved = load_checkpoint(stage / "encoder.pt")
+    expected = modules["teacher" if export_teacher else "encoder"]
+    other = modules["encoder" if export_teacher else "teacher"]
+    assert all(torch.equal(saved["head"][k], expected[f"head.{k}"]) for k in saved["head"])
+    assert all(torch.equal(saved["backbone"][k], expected[f"backbone.{k}"]) for k in saved["backbone"])
+    assert not torch.equal(saved["head"]["prototypes"], other["head.prototypes"])
+
+
+def test_export_teacher_needs_a_teacher() -> None:
+    with pytest.raises(ValueError, match="export_teacher needs a momentum teacher; set teacher_momentum"):
+        SSLPretrain(loss="dino", export_teacher=True)
+
+
 def _teacher_entropy(loss_fn: DINOLoss, teacher_views) -> float:
     targets = [torch.softmax((t - loss_fn.center) / loss_fn.teacher_temperature, dim=1) for t in teacher_views]
     return float(sum(-(p * p.clamp_min(1e-30).log()).sum(1).mean() for p in targets) / len(targets))
