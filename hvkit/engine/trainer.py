@@ -94,7 +94,10 @@ class Trainer:
 
     ``loss_modules`` names the modules that are losses (their own ``loss_lr``; their
     gradients synchronised by the gather policy). A module without trainable parameters (a
-    momentum teacher) is checkpointed and resumed but not optimised.
+    momentum teacher) is checkpointed and resumed but not optimised. ``global_batch`` says
+    the step computes its loss on the batch gathered from every rank: the backward pass is
+    then scaled by the world size (see :mod:`hvkit.distributed`); the logged loss is the
+    unscaled one.
 
     Options of self-supervised training (DINO, Caron et al. 2021, and the official code of
     DINO, MoCo v3 and VICReg): ``weight_decay_end`` moves each decayed group's weight decay
@@ -104,10 +107,7 @@ class Trainer:
     decay; ``frozen_epochs`` maps parameter-name prefixes (the module's name in the stage,
     then its parameter path: ``encoder.head.prototypes``) to a number of epochs during which
     those parameters get no update at all, their gradient dropped before the optimiser
-    step (DINO freezes its prototypes for the first epoch). ``global_batch`` says
-    the step computes its loss on the batch gathered from every rank: the backward pass is
-    then scaled by the world size (see :mod:`hvkit.distributed`); the logged loss is the
-    unscaled one.
+    step (DINO freezes its prototypes for the first epoch).
     """
 
     def __init__(self, ctx: StageContext, modules: dict[str, nn.Module], config: TrainConfig,
