@@ -1,0 +1,86 @@
+"""Vision Transformers (torchvision's blocks) for small grey images, at any input size."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+def resize_position_embedding(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Patch position embeddings (1, n*n, D) learnt on an n x n grid, bicubically resized to (1, height*width, D).
+
+    As DINO does for its multi-crop views (Caron et al. 2021): the embeddings are laid out on
+    their grid and interpolated like an image; the same grid comes back unchanged.
+    """
+    side = math.isqrt(grid.shape[1])
+    if (height, width) == (side, side):
+        return grid
+    image = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(image.float(), size=(height, width), mode="bicubic", align_corners=False)
+    return resized.to(grid.dtype).flatten(2).transpose(1, 2)
+
+
+class ViT(nn.Module):
+    """Vision Transformer (Dosovitskiy et al., ICLR 2021): images (B, in_channels, H, W) -> (B, hidden_dim).
+
+    The image is cut into ``patch_size`` squares, each linearly embedded, a learnt class token
+    prepended and learnt position embeddings added; ``layers`` pre-norm transformer blocks
+    (``heads`` attention heads, a GELU MLP of ``mlp_ratio`` x ``hidden_dim``, no dropout) and a
+    final LayerNorm follow, and the class token's output is the feature. torchvision's
+    ``VisionTransformer`` with ``weights=None`` and its initialisation; the patch embedding takes
+    ``in_channels``. Defaults are ViT-Tiny (DeiT-Ti, Touvron et al. 2021: 192-d, 12 blocks,
+    3 heads) with 8-pixel patches, 64 tokens for a 64 x 64 word. Position embeddings are learnt
+    for ``image_size`` and bicubically resized for any other size whose sides are multiples of
+    the patch (:func:`resize_position_embedding`), so DINO's smaller multi-crop views and a
+    different evaluation size need no other model. Without BatchNorm a sample's features never
+    depend on its batch. Train it as DINO's code with ``train.weight_decay_1d: false``: biases
+    and LayerNorm scales without weight decay (the class token and position embeddings, 3-d,
+    are decayed there too).
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, hidden_dim: int = 192,
+                 layers: int = 12, heads: int = 3, mlp_ratio: float = 4.0):
+        super().__init__()
+        if in_channels < 1 or layers < 1 or heads < 1 or patch_size < 1:
+            raise ValueError(f"vit: in_channels={in_channels}, layers={layers}, heads={heads} and "
+                             f"patch_size={patch_size} must all be >= 1")
+        if image_size % patch_size:
+            raise ValueError(f"vit: image_size={image_size} is not a multiple of patch_size={patch_size}")
+        if hidden_dim % heads:
+            raise ValueError(f"vit: hidden_dim={hidden_dim} must be divisible by heads={heads}")
+        net = VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=layers, num_heads=heads,
+                                hidden_dim=hidden_dim, mlp_dim=round(mlp_ratio * hidden_dim))
+        if in_channels != 3:
+            net.conv_proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
+            fan_in = in_channels * patch_size * patch_size
+            nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / fan_in))  # as torchvision
+            nn.init.zeros_(net.conv_proj.bias)
+        net.heads = nn.Identity()
+        self.net = net
+        self.patch_size = patch_size
+        self.embedding_dim = hidden_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"vit: image size {height} x {width} is not a multiple of patch_size={self.patch_size}")
+        tokens = self.net.conv_proj(images)
+        grid_h, grid_w = tokens.shape[-2:]
+        tokens = tokens.flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.net.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        position = self.net.encoder.pos_embedding
+        position = torch.cat([position[:, :1], resize_position_embedding(position[:, 1:], grid_h, grid_w)], dim=1)
+        encoder = self.net.encoder
+        return encoder.ln(encoder.layers(encoder.dropout(tokens + position)))[:, 0]
+
+
+class ViTSmall(ViT):
+    """ViT-Small (DeiT-S: 384-d, 12 blocks, 6 heads), DINO's smallest model; the rest as ``vit``."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, hidden_dim: int = 384,
+                 layers: int = 12, heads: int = 6, mlp_ratio: float = 4.0):
+        super().__init__(in_channels, image_size, patch_size, hidden_dim, layers, heads, mlp_ratio)
