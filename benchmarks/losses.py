@@ -31,6 +31,7 @@ from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.barlow_twins import BarlowTwinsLoss
 from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
+from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
@@ -169,6 +170,8 @@ CASES: list[Case] = [
          "labelled"),
     Case("circle", lambda dim, classes: CircleLoss(), lambda dim, classes: pml.CircleLoss(), "PML CircleLoss",
          "labelled"),
+    Case("contrastive", lambda dim, classes: ContrastiveLoss(0.0, 1.0),
+         lambda dim, classes: pml.ContrastiveLoss(0.0, 1.0), "PML ContrastiveLoss, all pairs", "labelled"),
 ]
 
 

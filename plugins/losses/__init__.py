@@ -7,6 +7,7 @@ from .barlow_twins import BarlowTwinsLoss
 from .byol import BYOLLoss
 from .circle import CircleLoss
 from .contra_x import ContraXLoss
+from .contrastive import ContrastiveLoss
 from .cosface import CosFaceLoss
 from .dino import DINOLoss
 from .identitization import IdentitizationLoss
@@ -34,6 +35,7 @@ def register_losses(register):
     register("byol", BYOLLoss)
     register("circle", CircleLoss)
     register("contra_x", ContraXLoss)
+    register("contrastive", ContrastiveLoss)
     register("cosface", CosFaceLoss)
     register("dino", DINOLoss)
     register("identitization", IdentitizationLoss)

@@ -1,0 +1,66 @@
+"""Contrastive (siamese pair) loss (Hadsell, Chopra & LeCun, CVPR 2006), SigNet's objective."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from hvkit.api import MetricLoss
+
+
+def _reduce(losses: torch.Tensor, terms: torch.Tensor | int, reduction: str) -> torch.Tensor:
+    """Sum over the count of positive terms (``nonzero_mean``) or over ``terms``, all of them (``mean``); 0 when none."""
+    count = (losses > 0).sum() if reduction == "nonzero_mean" else torch.as_tensor(terms, device=losses.device)
+    return losses.sum() / count.clamp(min=1)
+
+
+class ContrastiveLoss(MetricLoss):
+    """Contrastive loss: same-writer pairs pulled within ``pos_margin``, different-writer pairs pushed past ``neg_margin``.
+
+    With D the Euclidean distance (of L2-normalised embeddings unless ``normalize_embeddings``
+    is off), ``L = reduce_(a,p) l(D_ap - m_pos) + reduce_(a,n) l(m_neg - D_an)``, with
+    ``l(x) = max(0, x)``, or with ``squared`` Hadsell et al.'s ``l(x) = max(0, x)^2 / 2`` (their
+    Eq. 4 at m_pos = 0; SigNet, Dey et al. 2017, trains a siamese network for signature
+    verification with it). Pairs are every ordered pair of the batch (each unordered pair
+    twice), or a miner's ``indices_tuple`` (pairs, or triplets split into pairs). Each sum is
+    reduced on its own — ``nonzero_mean`` over the terms with a positive loss
+    (pytorch-metric-learning's default), ``mean`` over all of them — and the two are added.
+    Defaults m_pos = 0, m_neg = 1. Equal to pytorch-metric-learning's ContrastiveLoss with
+    ``LpDistance`` in the hinge form, masking one distance matrix instead of gathering its pairs.
+    """
+
+    needs_global_batch = True  # pairs are a batch-level construction
+
+    def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0, squared: bool = False,
+                 normalize_embeddings: bool = True,
+                 reduction: Literal["nonzero_mean", "mean"] = "nonzero_mean") -> None:
+        super().__init__()
+        if pos_margin < 0 or neg_margin <= pos_margin:
+            raise ValueError(f"contrastive: need 0 <= pos_margin < neg_margin, got pos_margin={pos_margin}, "
+                             f"neg_margin={neg_margin} (defaults 0 and 1)")
+        if reduction not in ("nonzero_mean", "mean"):
+            raise ValueError(f"contrastive: reduction must be 'nonzero_mean' or 'mean', got {reduction!r}")
+        self.pos_margin, self.neg_margin, self.squared = pos_margin, neg_margin, squared
+        self.normalize_embeddings, self.reduction = normalize_embeddings, reduction
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple | None = None) -> torch.Tensor:
+        if self.normalize_embeddings:
+            embeddings = F.normalize(embeddings, dim=1)
+        distance = torch.cdist(embeddings, embeddings)
+        if indices_tuple is None:  # whole-matrix terms with the other pairs zeroed: no gather
+            same = labels[:, None] == labels[None, :]
+            positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+            pulled = F.relu(distance - self.pos_margin).masked_fill(~positive, 0)
+            pushed = F.relu(self.neg_margin - distance).masked_fill(same, 0)
+            counts = positive.sum(), (~same).sum()
+        else:
+            a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
+            pulled, pushed = F.relu(distance[a1, p] - self.pos_margin), F.relu(self.neg_margin - distance[a2, n])
+            counts = len(a1), len(a2)
+        if self.squared:
+            pulled, pushed = pulled.square() / 2, pushed.square() / 2
+        return _reduce(pulled, counts[0], self.reduction) + _reduce(pushed, counts[1], self.reduction)
