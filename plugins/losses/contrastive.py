@@ -10,11 +10,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
-
-def _reduce(losses: torch.Tensor, terms: torch.Tensor | int, reduction: str) -> torch.Tensor:
-    """Sum over the count of positive terms (``nonzero_mean``) or over ``terms``, all of them (``mean``); 0 when none."""
-    count = (losses > 0).sum() if reduction == "nonzero_mean" else torch.as_tensor(terms, device=losses.device)
-    return losses.sum() / count.clamp(min=1)
+from ._pairs import euclidean_distances, reduce_terms
 
 
 class ContrastiveLoss(MetricLoss):
@@ -48,9 +44,7 @@ class ContrastiveLoss(MetricLoss):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
-        if self.normalize_embeddings:
-            embeddings = F.normalize(embeddings, dim=1)
-        distance = torch.cdist(embeddings, embeddings)
+        distance = euclidean_distances(embeddings, self.normalize_embeddings)
         if indices_tuple is None:  # whole-matrix terms with the other pairs zeroed: no gather
             same = labels[:, None] == labels[None, :]
             positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
@@ -63,4 +57,4 @@ class ContrastiveLoss(MetricLoss):
             counts = len(a1), len(a2)
         if self.squared:
             pulled, pushed = pulled.square() / 2, pushed.square() / 2
-        return _reduce(pulled, counts[0], self.reduction) + _reduce(pushed, counts[1], self.reduction)
+        return reduce_terms(pulled, counts[0], self.reduction) + reduce_terms(pushed, counts[1], self.reduction)

@@ -10,6 +10,8 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
+from ._pairs import euclidean_distances, reduce_terms
+
 
 class TripletLoss(MetricLoss):
     """Triplet loss l(margin + D_ap - D_an), hinge or soft margin (Hermans et al. 2017).
@@ -43,9 +45,7 @@ class TripletLoss(MetricLoss):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
-        if self.normalize_embeddings:
-            embeddings = F.normalize(embeddings, dim=1)
-        distance = torch.cdist(embeddings, embeddings)
+        distance = euclidean_distances(embeddings, self.normalize_embeddings)
         if indices_tuple is None:
             same = labels[:, None] == labels[None, :]
             anchor, positive = (same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
@@ -58,5 +58,4 @@ class TripletLoss(MetricLoss):
             violation = self.margin + distance[anchor, positive] - distance[anchor, negative]
             valid = torch.ones_like(violation, dtype=torch.bool)
         losses = (F.softplus(violation) if self.soft_margin else F.relu(violation)) * valid
-        counted = valid & (losses > 0) if self.reduction == "nonzero_mean" else valid
-        return losses.sum() / counted.sum().clamp(min=1)
+        return reduce_terms(losses, valid.sum(), self.reduction)

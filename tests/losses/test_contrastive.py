@@ -11,15 +11,7 @@ from pytorch_metric_learning import distances, losses as pml_losses, reducers
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 
-LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])
-TUPLES = [
-    (torch.tensor([0, 1, 3, 7]), torch.tensor([3, 5, 8, 2]), torch.tensor([1, 0, 9, 4])),
-    (torch.tensor([0, 3, 5]), torch.tensor([3, 8, 6]), torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 0, 11])),
-]
-
-
-def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 7) -> torch.Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype).requires_grad_()
+from .pair_batch import LABELS, TUPLES, batch
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -27,7 +19,7 @@ def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: in
 @pytest.mark.parametrize("reduction", ["nonzero_mean", "mean"])
 @pytest.mark.parametrize("indices_tuple", [None, *TUPLES])
 def test_value_and_gradient_equal_pml(dtype, normalize, reduction, indices_tuple):
-    x = _batch(dtype=dtype)
+    x = batch(dtype=dtype)
     pos_margin, neg_margin = (0.3, 1.1) if normalize else (2.0, 4.0)  # margins that leave both kinds of terms
     ours = ContrastiveLoss(pos_margin, neg_margin, normalize_embeddings=normalize, reduction=reduction)
     reducer = reducers.AvgNonZeroReducer() if reduction == "nonzero_mean" else reducers.MeanReducer()
@@ -56,7 +48,7 @@ def _hadsell_reference(x: torch.Tensor, labels: torch.Tensor, neg_margin: float)
 
 
 def test_squared_form_is_hadsells():
-    x = _batch()
+    x = batch()
     expected = _hadsell_reference(x.detach(), LABELS, 3.0)
     assert ContrastiveLoss(0.0, 3.0, squared=True, normalize_embeddings=False)(x, LABELS).item() == \
         pytest.approx(expected, rel=1e-12)
@@ -75,13 +67,13 @@ def test_hand_computed_case():
 
 @pytest.mark.parametrize("squared", [False, True])
 def test_gradcheck(squared):
-    x = _batch()
+    x = batch()
     assert torch.autograd.gradcheck(lambda x: ContrastiveLoss(0.2, 1.2, squared=squared)(x, LABELS), (x,))
 
 
 @pytest.mark.parametrize("labels", [[1] * 12, list(range(12))])
 def test_a_batch_with_one_kind_of_pair_has_only_that_term(labels):
-    x = _batch()
+    x = batch()
     normalized = torch.nn.functional.normalize(x.detach(), dim=1)
     off_diagonal = torch.cdist(normalized, normalized)[~torch.eye(12, dtype=torch.bool)]
     loss = ContrastiveLoss(0.0, 5.0)(x, torch.tensor(labels))  # every pair is within 2 < 5

@@ -11,15 +11,7 @@ from pytorch_metric_learning import distances, losses as pml_losses, reducers
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.triplet import TripletLoss
 
-LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])
-TUPLES = [
-    (torch.tensor([0, 1, 3, 7]), torch.tensor([3, 5, 8, 2]), torch.tensor([1, 0, 9, 4])),
-    (torch.tensor([0, 3, 5]), torch.tensor([3, 8, 6]), torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 0, 11])),
-]
-
-
-def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 7) -> torch.Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype).requires_grad_()
+from .pair_batch import LABELS, TUPLES, batch
 
 
 def _pml(margin: float, soft_margin: bool, normalize: bool, reduction: str) -> pml_losses.TripletMarginLoss:
@@ -35,7 +27,7 @@ def _pml(margin: float, soft_margin: bool, normalize: bool, reduction: str) -> p
 @pytest.mark.parametrize("reduction", ["nonzero_mean", "mean"])
 @pytest.mark.parametrize("indices_tuple", [None, *TUPLES])
 def test_value_and_gradient_equal_pml(dtype, soft_margin, normalize, reduction, indices_tuple):
-    x = _batch(dtype=dtype)
+    x = batch(dtype=dtype)
     margin = 0.2 if normalize else 1.0
     ours = TripletLoss(margin, soft_margin, normalize, reduction)(x, LABELS, indices_tuple)
     pml = _pml(margin, soft_margin, normalize, reduction)(x, LABELS, indices_tuple)
@@ -57,13 +49,13 @@ def test_hand_computed_case():
 
 @pytest.mark.parametrize("soft_margin", [False, True])
 def test_gradcheck(soft_margin):
-    x = _batch()
+    x = batch()
     assert torch.autograd.gradcheck(lambda x: TripletLoss(soft_margin=soft_margin)(x, LABELS), (x,))
 
 
 @pytest.mark.parametrize("labels", [[1] * 12, list(range(12))])
 def test_batches_without_triplets_give_zero(labels):
-    x = _batch()
+    x = batch()
     loss = TripletLoss()(x, torch.tensor(labels))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
