@@ -31,3 +31,22 @@ def predict(loss: nn.Module, z: torch.Tensor) -> torch.Tensor:
     h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps) * bn.weight.double() + bn.bias.double()
     out = h.clamp(min=0) @ last.weight.double().T
     return out if last.bias is None else out + last.bias.double()
+
+
+def identity_predictor(loss: nn.Module) -> nn.Module:
+    """Weights [I; -I] and [I, -I] (no bias): on a batch whose columns have mean 0 and variance 1, BatchNorm
+    leaves z (almost) as it is and h(z) = relu(z') - relu(-z') = z' with z' = z / sqrt(1 + eps), a positive
+    multiple of z. Needs ``predictor_dim = 2 * embedding_dim``."""
+    first, _, _, last = loss.predictor
+    eye = torch.eye(loss.embedding_dim, dtype=first.weight.dtype)
+    with torch.no_grad():
+        first.weight.copy_(torch.cat([eye, -eye]))
+        last.weight.copy_(torch.cat([eye, -eye], dim=1))
+        if last.bias is not None:
+            last.bias.zero_()
+    return loss
+
+
+def standardised(z: torch.Tensor) -> torch.Tensor:
+    """``z`` with every column at mean 0 and (biased) variance 1, as BatchNorm's batch statistics see it."""
+    return (z - z.mean(0)) / z.std(0, unbiased=False)

@@ -8,7 +8,7 @@ import torch
 from hvkit_plugins.losses.byol import BYOLLoss
 from hvkit_plugins.losses.simsiam import prediction_mlp
 
-from .predictor_reference import fix_predictor, predict, views
+from .predictor_reference import fix_predictor, identity_predictor, predict, standardised, views
 
 
 def _loss(d: int, hidden: int, seed: int = 0) -> BYOLLoss:
@@ -49,17 +49,9 @@ def test_the_gradient_reaches_the_online_view_only():
 
 @pytest.mark.parametrize("sign, expected", [(1.0, 0.0), (-1.0, 4.0)])
 def test_identity_predictor_gives_zero_for_identical_views_and_four_for_opposite(sign, expected):
-    # Columns of batch mean 0 and variance 1: BatchNorm leaves them (almost) as they are, and
-    # q(z) = relu(z') - relu(-z') = z' with z' = z / sqrt(1 + eps), a positive multiple of z.
     d = 5
-    z = torch.randn(12, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    z = (z - z.mean(0)) / z.std(0, unbiased=False)
-    loss = BYOLLoss(embedding_dim=d, predictor_dim=2 * d).double()
-    eye = torch.eye(d, dtype=torch.float64)
-    with torch.no_grad():
-        loss.predictor[0].weight.copy_(torch.cat([eye, -eye]))
-        loss.predictor[3].weight.copy_(torch.cat([eye, -eye], dim=1))
-        loss.predictor[3].bias.zero_()
+    z = standardised(torch.randn(12, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    loss = identity_predictor(BYOLLoss(embedding_dim=d, predictor_dim=2 * d).double())
     torch.testing.assert_close(loss(z, sign * z), torch.tensor(expected, dtype=torch.float64))
 
 

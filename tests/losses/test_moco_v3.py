@@ -11,7 +11,7 @@ from hvkit.testing import check_loss
 from hvkit_plugins.losses.moco_v3 import MoCoV3Loss
 from hvkit_plugins.losses.simsiam import prediction_mlp
 
-from .predictor_reference import fix_predictor, predict, views
+from .predictor_reference import fix_predictor, identity_predictor, predict, standardised, views
 
 
 def _loss(d: int, hidden: int, temperature: float = 0.2, seed: int = 0) -> MoCoV3Loss:
@@ -73,13 +73,9 @@ def test_identical_keys_give_two_tau_log_batch(tau):
 def test_a_lower_temperature_sharpens_a_correct_match_towards_zero():
     # Queries equal their own keys and keys are orthogonal: -log softmax = log(1 + (B-1) e^{-1/tau}).
     d = 6
-    loss = MoCoV3Loss(embedding_dim=d, predictor_dim=2 * d).double()
+    loss = identity_predictor(MoCoV3Loss(embedding_dim=d, predictor_dim=2 * d).double())
     eye = torch.eye(d, dtype=torch.float64)
-    with torch.no_grad():  # h(z) = relu(z') - relu(-z') = z' for columns of mean 0 and variance 1
-        loss.predictor[0].weight.copy_(torch.cat([eye, -eye]))
-        loss.predictor[3].weight.copy_(torch.cat([eye, -eye], dim=1))
-    z = torch.cat([eye, -eye])  # 12 rows: each column has mean 0 and variance 1/6
-    z = z / z.std(0, unbiased=False)
+    z = standardised(torch.cat([eye, -eye]))  # 12 rows: each column of mean 0
     values = []
     for tau in (1.0, 0.2, 0.05):
         loss.temperature = tau

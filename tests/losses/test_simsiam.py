@@ -13,7 +13,7 @@ from hvkit_plugins.losses.simsiam import SimSiamLoss
 from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.ssl_pretrain import multi_view_loss
 
-from .predictor_reference import fix_predictor, predict, views
+from .predictor_reference import fix_predictor, identity_predictor, predict, standardised, views
 
 
 def _loss(d: int, hidden: int, seed: int = 0) -> SimSiamLoss:
@@ -58,17 +58,9 @@ def test_the_target_branch_passes_no_gradient():
 
 @pytest.mark.parametrize("sign, expected", [(1.0, -1.0), (-1.0, 1.0)])
 def test_identity_predictor_gives_minus_one_for_identical_views_and_one_for_opposite(sign, expected):
-    # Columns of batch mean 0 and variance 1: BatchNorm leaves them (almost) as they are, and
-    # h(z) = relu(z') - relu(-z') = z' with z' = z / sqrt(1 + eps), a positive multiple of z.
     d = 5
-    z = torch.randn(12, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    z = (z - z.mean(0)) / z.std(0, unbiased=False)
-    loss = SimSiamLoss(embedding_dim=d, predictor_dim=2 * d).double()
-    eye = torch.eye(d, dtype=torch.float64)
-    with torch.no_grad():
-        loss.predictor[0].weight.copy_(torch.cat([eye, -eye]))
-        loss.predictor[3].weight.copy_(torch.cat([eye, -eye], dim=1))
-        loss.predictor[3].bias.zero_()
+    z = standardised(torch.randn(12, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    loss = identity_predictor(SimSiamLoss(embedding_dim=d, predictor_dim=2 * d).double())
     torch.testing.assert_close(loss(z, sign * z), torch.tensor(expected, dtype=torch.float64))
 
 
