@@ -12,14 +12,17 @@ from .cosface import CosFaceLoss
 from .dino import DINOLoss
 from .identitization import IdentitizationLoss
 from .invariant_spreading import InvariantSpreadingLoss
+from .lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from .margin import MarginLoss
 from .moco_v3 import MoCoV3Loss
 from .multi_similarity import MultiSimilarityLoss
 from .nbc_softmax import NBCSoftmaxLoss
+from .npairs import NPairsLoss
 from .ntxent import NTXentLoss
 from .proxy_anchor import ProxyAnchorLoss
 from .proxy_nca import ProxyNCALoss
 from .simsiam import SimSiamLoss
+from .soft_triple import SoftTripleLoss
 from .sphereface import SphereFaceLoss
 from .subcenter_arcface import SubCenterArcFaceLoss
 from .supcon import SupConLoss
@@ -38,16 +41,20 @@ def register_losses(register):
     register("contrastive", ContrastiveLoss)
     register("cosface", CosFaceLoss)
     register("dino", DINOLoss)
+    register("generalized_lifted_structure", GeneralizedLiftedStructureLoss)
     register("identitization", IdentitizationLoss)
     register("invariant_spreading", InvariantSpreadingLoss)
+    register("lifted_structure", LiftedStructureLoss)
     register("margin", MarginLoss)
     register("moco_v3", MoCoV3Loss)
     register("multi_similarity", MultiSimilarityLoss)
     register("nbc_softmax", NBCSoftmaxLoss)
+    register("npairs", NPairsLoss)
     register("ntxent", NTXentLoss)
     register("proxy_anchor", ProxyAnchorLoss)
     register("proxy_nca", ProxyNCALoss)
     register("simsiam", SimSiamLoss)
+    register("soft_triple", SoftTripleLoss)
     register("sphereface", SphereFaceLoss)
     register("subcenter_arcface", SubCenterArcFaceLoss)
     register("supcon", SupConLoss)
