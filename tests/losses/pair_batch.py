@@ -1,10 +1,11 @@
-"""The labelled batch and mined tuples the pair and triplet loss tests share (Triplet, Contrastive)."""
+"""The labelled batch, mined tuples and checks the metric-loss tests share (pair, triplet and proxy losses)."""
 
 from __future__ import annotations
 
 import torch
 
-LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])
+LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])  # class 4 is a singleton
+CLASSES = 7  # for the losses with class weights: classes 5 and 6 are absent from the batch
 TUPLES = [  # a miner's triplets (anchor, positive, negative), then its pairs (a1, p, a2, n)
     (torch.tensor([0, 1, 3, 7]), torch.tensor([3, 5, 8, 2]), torch.tensor([1, 0, 9, 4])),
     (torch.tensor([0, 3, 5]), torch.tensor([3, 8, 6]), torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 0, 11])),
@@ -14,3 +15,32 @@ TUPLES = [  # a miner's triplets (anchor, positive, negative), then its pairs (a
 def batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 7) -> torch.Tensor:
     """A (n, d) Gaussian batch requiring gradients, one per seed."""
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype).requires_grad_()
+
+
+def training_values(loss: torch.nn.Module, steps: int = 30) -> list[float]:
+    """The loss over ``steps`` Adam steps of a linear model (lr 0.01; the loss's own parameters at 0.1) on a
+    fixed batch of 32 samples of 8 classes."""
+    torch.manual_seed(0)
+    inputs, labels = torch.randn(32, 10), torch.arange(32) % 8
+    model = torch.nn.Linear(10, 6)
+    groups = [{"params": model.parameters(), "lr": 0.01}]
+    if any(True for _ in loss.parameters()):
+        groups.append({"params": loss.parameters(), "lr": 0.1})
+    optimiser = torch.optim.Adam(groups)
+    values = []
+    for _ in range(steps):
+        optimiser.zero_grad()
+        value = loss(model(inputs), labels)
+        value.backward()
+        optimiser.step()
+        values.append(value.item())
+    return values
+
+
+def assert_full_precision_under_autocast(loss: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """Under bfloat16 autocast the loss equals its float32 value, and bfloat16 inputs give float32 values."""
+    expected = loss(x, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(loss(x, labels), expected)
+        torch.testing.assert_close(loss(x.bfloat16(), labels), loss(x.bfloat16().float(), labels))
+    assert loss(x.bfloat16(), labels).dtype == torch.float32

@@ -11,7 +11,7 @@ from pytorch_metric_learning import losses as pml_losses
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.circle import CircleLoss
 
-LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])  # class 4 is a singleton: an anchor without positives
+from .pair_batch import LABELS, assert_full_precision_under_autocast, training_values
 
 
 def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 5) -> torch.Tensor:
@@ -112,25 +112,11 @@ def test_all_equal_embeddings_give_a_finite_value_and_gradient():
 
 
 def test_runs_in_float32_under_bfloat16_autocast():
-    x = _batch(dtype=torch.float32)
-    expected = CircleLoss()(x, LABELS)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(CircleLoss()(x, LABELS), expected)
-    assert CircleLoss()(x.bfloat16(), LABELS).dtype == torch.float32
+    assert_full_precision_under_autocast(CircleLoss(), _batch(dtype=torch.float32), LABELS)
 
 
 def test_training_a_few_steps_reduces_the_loss():
-    torch.manual_seed(0)
-    inputs, labels = torch.randn(32, 10), torch.arange(32) % 8
-    model = torch.nn.Linear(10, 6)
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-    values = []
-    for _ in range(30):
-        optimiser.zero_grad()
-        value = CircleLoss()(model(inputs), labels)
-        value.backward()
-        optimiser.step()
-        values.append(value.item())
+    values = training_values(CircleLoss())
     assert values[-1] < 0.8 * values[0]
 
 

@@ -11,8 +11,7 @@ from pytorch_metric_learning import losses as pml_losses
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.proxy_nca import ProxyNCALoss
 
-LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])  # class 4 is a singleton, 5 and 6 are absent
-CLASSES = 7
+from .pair_batch import CLASSES, LABELS, assert_full_precision_under_autocast, training_values
 
 
 def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:
@@ -120,29 +119,13 @@ def test_proxies_start_as_in_proxynca_plus_plus_and_are_trained_in_their_dtype()
 @pytest.mark.parametrize("positive_in_denominator", [True, False])
 def test_runs_in_float32_under_bfloat16_autocast(positive_in_denominator):
     loss = ProxyNCALoss(embedding_dim=6, num_classes=CLASSES, positive_in_denominator=positive_in_denominator)
-    x = _batch(dtype=torch.float32)
-    expected = loss(x, LABELS)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(loss(x, LABELS), expected)
-        torch.testing.assert_close(loss(x.bfloat16(), LABELS), loss(x.bfloat16().float(), LABELS))
-    assert loss(x.bfloat16(), LABELS).dtype == torch.float32
+    assert_full_precision_under_autocast(loss, _batch(dtype=torch.float32), LABELS)
 
 
 @pytest.mark.parametrize("positive_in_denominator", [True, False])
 def test_training_a_few_steps_reduces_the_loss(positive_in_denominator):
-    torch.manual_seed(0)
-    inputs, labels = torch.randn(32, 10), torch.arange(32) % 8
-    model = torch.nn.Linear(10, 6)
-    loss = ProxyNCALoss(embedding_dim=6, num_classes=8, positive_in_denominator=positive_in_denominator)
-    optimiser = torch.optim.Adam([{"params": model.parameters(), "lr": 0.01},
-                                  {"params": loss.parameters(), "lr": 0.1}])
-    values = []
-    for _ in range(30):
-        optimiser.zero_grad()
-        value = loss(model(inputs), labels)
-        value.backward()
-        optimiser.step()
-        values.append(value.item())
+    values = training_values(ProxyNCALoss(embedding_dim=6, num_classes=8,
+                                          positive_in_denominator=positive_in_denominator))
     assert values[-1] < values[0] - 1.0
 
 
