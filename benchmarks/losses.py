@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 from _timing import alternate
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml, miners as pml_miners
+from pytorch_metric_learning import distances as pml_distances, losses as pml, miners as pml_miners, \
+    regularizers as pml_regularizers
 
 from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.barlow_twins import BarlowTwinsLoss
@@ -33,16 +34,20 @@ from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
+from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
+from hvkit_plugins.losses.npairs import NPairsLoss
 from hvkit_plugins.losses.ntxent import NTXentLoss
 from hvkit_plugins.losses.proxy_anchor import ProxyAnchorLoss
 from hvkit_plugins.losses.proxy_nca import ProxyNCALoss
+from hvkit_plugins.losses.soft_triple import SoftTripleLoss
 from hvkit_plugins.losses.sphereface import SphereFaceLoss
 from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 from hvkit_plugins.losses.supcon import SupConLoss
 from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
+from hvkit_plugins.samplers.xbm import CrossBatchMemoryLoss
 
 LossFactory = Callable[[int, int], Callable[..., torch.Tensor]]
 
@@ -127,6 +132,24 @@ def _pml_multi_similarity(dim: int, classes: int) -> Callable[..., torch.Tensor]
     return lambda embeddings, labels: loss(embeddings, labels, miner(embeddings, labels))
 
 
+def _pml_soft_triple(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """PML's SoftTripleLoss plus tau * R computed as the official SoftTriple code does."""
+    loss, k = pml.SoftTripleLoss(classes, dim), 10
+    pairs = torch.zeros(classes * k, classes * k, dtype=torch.bool)
+    for c in range(classes):
+        for j in range(k):
+            pairs[c * k + j, c * k + j + 1:(c + 1) * k] = True
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        centres = F.normalize(loss.fc, dim=0)
+        gram = centres.T @ centres
+        spread = torch.sqrt(2 + 1e-5 - 2 * gram[pairs.to(gram.device)]).sum() / (classes * k * (k - 1))
+        return loss(embeddings, labels) + 0.2 * spread
+    return call
+
+
+XBM_MEMORY = 1024  # two batches of 512: full after the warm-up calls, as it is for most of a run
+
 CASES: list[Case] = [
     Case("vicreg", lambda dim, classes: VICRegLoss(), _pml_vicreg, "PML VICRegLoss", "views"),
     Case("barlow_twins", lambda dim, classes: BarlowTwinsLoss(), _official_barlow_twins,
@@ -168,10 +191,34 @@ CASES: list[Case] = [
     Case("proxy_nca", lambda dim, classes: ProxyNCALoss(dim, classes),
          lambda dim, classes: pml.ProxyNCALoss(classes, dim, softmax_scale=9), "PML ProxyNCALoss, softmax_scale 9",
          "labelled"),
+    Case("soft_triple", lambda dim, classes: SoftTripleLoss(dim, classes, tau=0.0),
+         lambda dim, classes: pml.SoftTripleLoss(classes, dim), "PML SoftTripleLoss (K 10; tau 0: PML has no R)",
+         "labelled"),
+    Case("soft_triple_reg", lambda dim, classes: SoftTripleLoss(dim, classes), _pml_soft_triple,
+         "PML SoftTripleLoss + the official code's tau * R", "labelled",
+         note="PML's SoftTripleLoss has no centre-merging term R; soft_triple_reg adds it to the reference "
+              "as the official code computes it, from the (CK, CK) Gram of all centres"),
     Case("circle", lambda dim, classes: CircleLoss(), lambda dim, classes: pml.CircleLoss(), "PML CircleLoss",
          "labelled"),
     Case("contrastive", lambda dim, classes: ContrastiveLoss(0.0, 1.0),
          lambda dim, classes: pml.ContrastiveLoss(0.0, 1.0), "PML ContrastiveLoss, all pairs", "labelled"),
+    Case("lifted_structure", lambda dim, classes: LiftedStructureLoss(),
+         lambda dim, classes: pml.LiftedStructureLoss(), "PML LiftedStructureLoss, all pairs", "labelled", batch=256,
+         note="batch 256: PML's LiftedStructureLoss builds (positive pairs x negative pairs) matrices, "
+              "4e8 entries each at B=512"),
+    Case("generalized_lifted_structure", lambda dim, classes: GeneralizedLiftedStructureLoss(),
+         lambda dim, classes: pml.GeneralizedLiftedStructureLoss(), "PML GeneralizedLiftedStructureLoss",
+         "labelled"),
+    Case("npairs", lambda dim, classes: NPairsLoss(),
+         lambda dim, classes: pml.NPairsLoss(
+             distance=pml_distances.DotProductSimilarity(normalize_embeddings=False),
+             embedding_regularizer=pml_regularizers.LpRegularizer(power=2), embedding_reg_weight=0.002),
+         "PML NPairsLoss, raw dot product + LpRegularizer(power=2)", "labelled"),
+    Case("xbm", lambda dim, classes: CrossBatchMemoryLoss(ContrastiveLoss(0.0, 1.0), dim, XBM_MEMORY),
+         lambda dim, classes: pml.CrossBatchMemory(pml.ContrastiveLoss(0.0, 1.0), dim, memory_size=XBM_MEMORY),
+         "PML CrossBatchMemory(ContrastiveLoss), memory 1024", "labelled",
+         note="stateful: each call enqueues the batch, so the memory (1024) is full after the warm-up; "
+              "both hand the inner loss the memory as its reference set (ref_emb): a B x M distance matrix"),
 ]
 
 

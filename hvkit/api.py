@@ -15,11 +15,12 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 1)
+API_VERSION: tuple[int, int] = (1, 2)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
-``Trainer.fit(after_step=...)``.
+``Trainer.fit(after_step=...)``. 1.2 added reference sets: ``MetricLoss.accepts_reference`` and
+``forward(..., ref_emb=None, ref_labels=None)``.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -90,9 +91,17 @@ class MetricLoss(nn.Module):
     ``needs_global_batch = True`` when the loss must see the whole batch across
     processes; the core then gathers embeddings and labels before calling it. A loss may
     offer ``terms() -> dict[str, float]``: the parts of its last value, logged by stages.
+
+    A loss with ``accepts_reference = True`` also takes keyword arguments ``ref_emb`` (R, D)
+    and ``ref_labels`` (R,), as in pytorch-metric-learning: the rows of ``embeddings`` are the
+    anchors and the rows of ``ref_emb`` their partners, so it builds a B x R matrix only. An
+    ``indices_tuple`` then indexes (anchor rows of ``embeddings``, partner rows of
+    ``ref_emb``); without one every pair (i, j) of the two sets is used, i = j included (the
+    reference is another set). Cross-batch memory (``xbm``) needs it.
     """
 
     needs_global_batch: ClassVar[bool] = False
+    accepts_reference: ClassVar[bool] = False
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:

@@ -192,6 +192,57 @@ def _metric_loss(where: str, loss: MetricLoss, base: torch.Tensor, labels: torch
     case("a batch of one class", base, torch.zeros_like(labels), edge=True)
     case("one sample per class", base[:num_classes], labels[:num_classes], edge=True)
     case("a collapsed batch (all embeddings equal)", base[:1].expand_as(base), labels, edge=True)
+    if loss.accepts_reference:
+        _reference_set(where, loss, base, labels, num_classes, dtype,
+                       [name for name, message in refused.items() if message is None])
+
+
+def _reference_set(where: str, loss: MetricLoss, base: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   dtype: torch.dtype, formats: list[str]) -> None:
+    """``accepts_reference``: the batch's rows are anchors, ``ref_emb``'s rows their partners."""
+    params = inspect.signature(loss.forward).parameters
+    if not {"ref_emb", "ref_labels"} <= set(params) and not any(
+            p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise AssertionError(f"{where}: accepts_reference is True but forward takes no ref_emb and ref_labels; "
+                             "add them (keyword arguments, default None) or leave accepts_reference False")
+    rows = len(labels) + 3  # another size than the batch: partner indices reach past its rows
+    reference = torch.randn(rows, base.shape[1], generator=_generator(1), dtype=torch.float64)
+    ref_labels = torch.arange(rows).flip(0) % num_classes
+    tuples = {"pair": lmu.get_all_pairs_indices(labels, ref_labels),
+              "triplet": lmu.get_all_triplets_indices(labels, ref_labels)}
+    for name in [None, *formats]:
+        e, r = _leaf(base.to(dtype)), _leaf(reference.to(dtype))
+        _loss_case(where, loss, f"a reference set of {rows} rows and {name or 'no'} indices_tuple ({dtype})",
+                   (e, labels), dtype, {"the embeddings": e, "ref_emb": r}, False,
+                   indices_tuple=tuples.get(name), ref_emb=r, ref_labels=ref_labels)
+    if dtype != torch.float64:
+        return
+
+    def run(call: Callable[[Any, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _leaf(base)
+        value = call(copy.deepcopy(loss).to(dtype), x)
+        return value.detach(), torch.autograd.grad(value, x)[0]
+
+    def same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+        return all(torch.allclose(u, v, rtol=1e-6, atol=1e-9) for u, v in zip(a, b))
+
+    for name in formats:  # the batch as its own reference, with the same tuple: the same pairs
+        batch_tuple = (lmu.get_all_pairs_indices if name == "pair" else lmu.get_all_triplets_indices)(labels)
+        plain = run(lambda f, x: f(x, labels, indices_tuple=batch_tuple))
+        itself = run(lambda f, x: f(x, labels, indices_tuple=batch_tuple, ref_emb=x, ref_labels=labels))
+        if not same(plain, itself):
+            raise AssertionError(f"{where}: with the batch's {name} indices_tuple it gave {plain[0].item():.6g}, "
+                                 f"and {itself[0].item():.6g} (or another gradient) given the batch as ref_emb "
+                                 "and ref_labels too; the tuple must index (anchor rows of embeddings, partner "
+                                 "rows of ref_emb), whatever ref_emb is")
+    order = torch.randperm(rows, generator=_generator(2))
+    first = run(lambda f, x: f(x, labels, ref_emb=reference, ref_labels=ref_labels))
+    shuffled = run(lambda f, x: f(x, labels, ref_emb=reference[order], ref_labels=ref_labels[order]))
+    if not same(first, shuffled):
+        raise AssertionError(f"{where}: shuffling the rows of ref_emb and ref_labels changed the loss from "
+                             f"{first[0].item():.6g} to {shuffled[0].item():.6g} (or its gradient); without an "
+                             "indices_tuple every (anchor, reference row) pair counts, whatever its row: no "
+                             "diagonal, the reference is another set")
 
 
 def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tensor,
@@ -233,15 +284,20 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     scalar in that dtype whose gradient reaches the inputs and every trainable parameter of
     the loss. Edge batches (one class, one sample per class, a collapsed batch of equal
     embeddings, a view batch of one sample) must give a finite value with a gradient path
-    or raise ValueError.
+    or raise ValueError. A MetricLoss with ``accepts_reference`` must take ``ref_emb`` and
+    ``ref_labels``: with a reference set of another size, without and with the indices_tuples
+    it takes, the gradient reaches ``embeddings`` and ``ref_emb``; given the batch's own
+    indices_tuple, passing the batch as the reference too changes nothing (value and
+    gradient, float64); without a tuple, shuffling the reference's rows changes nothing.
     """
     if batch_size < 2 * num_classes:
         raise ValueError(f"batch_size {batch_size} must be at least 2 * num_classes ({2 * num_classes})")
     built, where = _build("loss", loss, params, embedding_dim=embedding_dim, num_classes=num_classes)
     if not callable(built):
         raise AssertionError(f"{where}: built {type(built).__name__}, which is not callable")
-    if not isinstance(getattr(built, "needs_global_batch", False), bool):
-        raise AssertionError(f"{where}: needs_global_batch must be a bool")
+    for flag in ("needs_global_batch", "accepts_reference"):
+        if not isinstance(getattr(built, flag, False), bool):
+            raise AssertionError(f"{where}: {flag} must be a bool")
     g = _generator(seed)
     base = torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
     noise = 0.1 * torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
+from ._pairs import label_masks, reference_set, tuple_masks
 from ._precision import full_precision
-
-
-def pair_masks(labels: torch.Tensor, indices_tuple: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean (B, B) masks of the positive and negative pairs: every pair of the batch, or a miner's."""
-    if indices_tuple is None:
-        same = labels[:, None] == labels[None, :]
-        return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device), ~same
-    a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
-    positive = torch.zeros(len(labels), len(labels), dtype=torch.bool, device=labels.device)
-    negative = torch.zeros_like(positive)
-    positive[a1, p] = True
-    negative[a2, n] = True
-    return positive, negative
 
 
 class CircleLoss(MetricLoss):
@@ -47,10 +34,12 @@ class CircleLoss(MetricLoss):
     Equal to PML's CircleLoss, which averages the non-zero l_i: the same unless an l_i
     underflows to 0, which needs 2 gamma m^2 > 103 in float32 (l_i >= softplus(-2 gamma m^2)).
     A miner's ``indices_tuple`` (pairs or triplets) replaces the batch's pairs, as in PML.
-    Pairs span the batch (``needs_global_batch``).
+    With a reference set (``ref_emb``, ``ref_labels``) s_p and s_n are the anchor's cosines to
+    the reference's rows (PML's ``ref_emb``). Pairs span the batch (``needs_global_batch``).
     """
 
     needs_global_batch = True
+    accepts_reference = True
 
     def __init__(self, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__()
@@ -63,12 +52,15 @@ class CircleLoss(MetricLoss):
         self.m, self.gamma = m, gamma
 
     @full_precision
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                indices_tuple: tuple | None = None) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None,
+                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        ref_emb, ref_labels, is_batch = reference_set("circle", embeddings, labels, ref_emb, ref_labels)
         x = F.normalize(embeddings, dim=1)
-        positive, negative = pair_masks(labels, indices_tuple)
+        partners = x if is_batch else F.normalize(ref_emb, dim=1)
+        positive, negative = (label_masks(labels, ref_labels, is_batch) if indices_tuple is None
+                              else tuple_masks(indices_tuple, labels, len(ref_labels)))
         anchors = positive.any(dim=1) & negative.any(dim=1)
-        s, positive, negative = (x[anchors] @ x.T), positive[anchors], negative[anchors]
+        s, positive, negative = (x[anchors] @ partners.T), positive[anchors], negative[anchors]
         a_p = (1 + self.m - s.detach()).clamp(min=0)
         a_n = (s.detach() + self.m).clamp(min=0)
         pull = (-self.gamma * a_p * (s - (1 - self.m))).masked_fill(~positive, float("-inf")).logsumexp(dim=1)

@@ -10,7 +10,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
-from ._pairs import euclidean_distances, reduce_terms
+from ._pairs import euclidean_distances, label_masks, pair_values, reduce_terms, reference_set
 
 
 class ContrastiveLoss(MetricLoss):
@@ -24,11 +24,14 @@ class ContrastiveLoss(MetricLoss):
     twice), or a miner's ``indices_tuple`` (pairs, or triplets split into pairs). Each sum is
     reduced on its own — ``nonzero_mean`` over the terms with a positive loss
     (pytorch-metric-learning's default), ``mean`` over all of them — and the two are added.
-    Defaults m_pos = 0, m_neg = 1. Equal to pytorch-metric-learning's ContrastiveLoss with
-    ``LpDistance`` in the hinge form, masking one distance matrix instead of gathering its pairs.
+    Defaults m_pos = 0, m_neg = 1. With a reference set (``ref_emb``, ``ref_labels``) the pairs
+    are (batch row, reference row), every one of them or the mined ones. Equal to
+    pytorch-metric-learning's ContrastiveLoss with ``LpDistance`` in the hinge form (reference
+    included), masking one distance matrix instead of gathering its pairs.
     """
 
     needs_global_batch = True  # pairs are a batch-level construction
+    accepts_reference = True
 
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0, squared: bool = False,
                  normalize_embeddings: bool = True,
@@ -42,18 +45,19 @@ class ContrastiveLoss(MetricLoss):
         self.pos_margin, self.neg_margin, self.squared = pos_margin, neg_margin, squared
         self.normalize_embeddings, self.reduction = normalize_embeddings, reduction
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                indices_tuple: tuple | None = None) -> torch.Tensor:
-        distance = euclidean_distances(embeddings, self.normalize_embeddings)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None,
+                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        ref_emb, ref_labels, is_batch = reference_set("contrastive", embeddings, labels, ref_emb, ref_labels)
+        distance = euclidean_distances(embeddings, self.normalize_embeddings, ref_emb)
         if indices_tuple is None:  # whole-matrix terms with the other pairs zeroed: no gather
-            same = labels[:, None] == labels[None, :]
-            positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+            positive, negative = label_masks(labels, ref_labels, is_batch)
             pulled = F.relu(distance - self.pos_margin).masked_fill(~positive, 0)
-            pushed = F.relu(self.neg_margin - distance).masked_fill(same, 0)
-            counts = positive.sum(), (~same).sum()
+            pushed = F.relu(self.neg_margin - distance).masked_fill(~negative, 0)
+            counts = positive.count_nonzero(), negative.count_nonzero()
         else:
             a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
-            pulled, pushed = F.relu(distance[a1, p] - self.pos_margin), F.relu(self.neg_margin - distance[a2, n])
+            pulled = F.relu(pair_values(distance, a1, p) - self.pos_margin)
+            pushed = F.relu(self.neg_margin - pair_values(distance, a2, n))
             counts = len(a1), len(a2)
         if self.squared:
             pulled, pushed = pulled.square() / 2, pushed.square() / 2

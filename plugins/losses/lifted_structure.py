@@ -8,7 +8,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
-from ._pairs import euclidean_distances
+from ._pairs import euclidean_distances, label_masks, reference_set, tuple_masks
 
 
 def _check_margins(name: str, pos_margin: float, neg_margin: float) -> None:
@@ -97,30 +97,29 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
         L   = 1/B sum_a l_a
 
     an empty sum's log taken as 0, every anchor of the batch counted in the mean. Pairs are every
-    pair of the batch or a miner's ``indices_tuple`` (a pair mined twice counts once). Hermans et
-    al.'s form is m_pos = 0, m_neg = m; defaults 0 and 1. Equal to pytorch-metric-learning's
-    GeneralizedLiftedStructureLoss with ``LpDistance``.
+    pair of the batch or a miner's ``indices_tuple`` (a pair mined twice counts once); with a
+    reference set (``ref_emb``, ``ref_labels``) P(a) and N(a) are rows of the reference, and the
+    mean is over the B anchors. Hermans et al.'s form is m_pos = 0, m_neg = m; defaults 0 and 1.
+    Equal to pytorch-metric-learning's GeneralizedLiftedStructureLoss with ``LpDistance``.
     """
 
     needs_global_batch = True  # pairs are a batch-level construction
+    accepts_reference = True
 
     def __init__(self, neg_margin: float = 1.0, pos_margin: float = 0.0, normalize_embeddings: bool = True) -> None:
         super().__init__()
         _check_margins("generalized_lifted_structure", pos_margin, neg_margin)
         self.neg_margin, self.pos_margin, self.normalize_embeddings = neg_margin, pos_margin, normalize_embeddings
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                indices_tuple: tuple | None = None) -> torch.Tensor:
-        distance = euclidean_distances(embeddings, self.normalize_embeddings)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None,
+                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        name = "generalized_lifted_structure"
+        ref_emb, ref_labels, is_batch = reference_set(name, embeddings, labels, ref_emb, ref_labels)
+        distance = euclidean_distances(embeddings, self.normalize_embeddings, ref_emb)
         if indices_tuple is None:
-            same = labels[:, None] == labels[None, :]
-            positive, negative = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device), ~same
+            positive, negative = label_masks(labels, ref_labels, is_batch)
         else:
-            a1, p, a2, n = _pairs(indices_tuple, labels, "generalized_lifted_structure")
-            positive = torch.zeros_like(distance, dtype=torch.bool)
-            negative = torch.zeros_like(distance, dtype=torch.bool)
-            positive[a1, p] = True
-            negative[a2, n] = True
+            positive, negative = tuple_masks(_pairs(indices_tuple, labels, name), labels, len(ref_labels))
         pulled, has_positive = _masked_logsumexp(distance - self.pos_margin, positive)
         pushed, has_negative = _masked_logsumexp(self.neg_margin - distance, negative)
         losses = F.relu(torch.where(has_positive, pulled, 0) + torch.where(has_negative, pushed, 0))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
+
+from ._pairs import cosine_similarities, label_masks, reference_set, tuple_masks
 
 
 def soft_count(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -28,13 +28,16 @@ class MultiSimilarityLoss(MetricLoss):
     ``S_in + epsilon > min_p S_ip`` and the positives with ``S_ip - epsilon < max_n S_in``,
     as pytorch-metric-learning's MultiSimilarityMiner followed by its MultiSimilarityLoss
     (which this equals), in one pass without sorting. With ``mining=False`` every pair is
-    kept; a given ``indices_tuple`` (pairs or triplets) replaces the mining. Defaults alpha 2,
-    beta 50, base 0.5, epsilon 0.1 are the paper's; the official code uses beta 40. Unlike
-    the official code, an anchor whose mined positives or negatives are empty still
+    kept; a given ``indices_tuple`` (pairs or triplets) replaces the mining. With a reference
+    set (``ref_emb``, ``ref_labels``) S is the (B, R) batch-to-reference matrix, mined the same
+    way, and the mean is still over the B anchors (as PML's miner and loss given it). Defaults
+    alpha 2, beta 50, base 0.5, epsilon 0.1 are the paper's; the official code uses beta 40.
+    Unlike the official code, an anchor whose mined positives or negatives are empty still
     contributes its other term (the paper's formula, and PML's rule).
     """
 
     needs_global_batch = True  # mining pairs or triplets is a batch-level operation
+    accepts_reference = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
                  epsilon: float = 0.1, mining: bool = True) -> None:
@@ -46,19 +49,12 @@ class MultiSimilarityLoss(MetricLoss):
             raise ValueError(f"epsilon must be non-negative (the paper uses 0.1), got {epsilon}")
         self.alpha, self.beta, self.base, self.epsilon, self.mining = alpha, beta, base, epsilon, mining
 
-    def pair_masks(self, similarity: torch.Tensor, labels: torch.Tensor,
+    def pair_masks(self, similarity: torch.Tensor, labels: torch.Tensor, ref_labels: torch.Tensor, is_batch: bool,
                    indices_tuple: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean (B, B) masks of the positive and negative pairs the loss uses."""
+        """Boolean (B, R) masks of the positive and negative pairs the loss uses."""
         if indices_tuple is not None:
-            a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
-            positive = torch.zeros_like(similarity, dtype=torch.bool)
-            negative = torch.zeros_like(similarity, dtype=torch.bool)
-            positive[a1, p] = True
-            negative[a2, n] = True
-            return positive, negative
-        same = labels[:, None] == labels[None, :]
-        positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        negative = ~same
+            return tuple_masks(indices_tuple, labels, similarity.shape[1])
+        positive, negative = label_masks(labels, ref_labels, is_batch)
         if self.mining:
             with torch.no_grad():
                 hardest_negative = similarity.masked_fill(~negative, float("-inf")).amax(1, keepdim=True)
@@ -67,11 +63,11 @@ class MultiSimilarityLoss(MetricLoss):
             negative = negative & (similarity + self.epsilon > hardest_positive)
         return positive, negative
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                indices_tuple: tuple | None = None) -> torch.Tensor:
-        normalised = F.normalize(embeddings, dim=1)
-        similarity = normalised @ normalised.T
-        positive, negative = self.pair_masks(similarity, labels, indices_tuple)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None,
+                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        ref_emb, ref_labels, is_batch = reference_set("multi_similarity", embeddings, labels, ref_emb, ref_labels)
+        similarity = cosine_similarities(embeddings, ref_emb)
+        positive, negative = self.pair_masks(similarity, labels, ref_labels, is_batch, indices_tuple)
         positive_term = soft_count(-self.alpha * (similarity - self.base), positive) / self.alpha
         negative_term = soft_count(self.beta * (similarity - self.base), negative) / self.beta
         return (positive_term + negative_term).mean()

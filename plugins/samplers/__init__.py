@@ -1,10 +1,11 @@
-"""First-party batch samplers, and Densely-Anchored Sampling (a wrapper around a miner and a loss)."""
+"""First-party batch samplers, and two loss wrappers: Densely-Anchored Sampling and Cross-Batch Memory."""
 
 from hvkit.api import hookimpl
 
 from .dense_anchor import DenseAnchorLoss
 from .pk import PKSampler
 from .random_batches import RandomBatchSampler
+from .xbm import CrossBatchMemoryLoss
 
 
 @hookimpl
@@ -16,3 +17,4 @@ def register_samplers(register):
 @hookimpl
 def register_losses(register):
     register("dense_anchor", DenseAnchorLoss)
+    register("xbm", CrossBatchMemoryLoss)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])  # class 4 is a singleton
 CLASSES = 7  # for the losses with class weights: classes 5 and 6 are absent from the batch
@@ -44,3 +45,28 @@ def assert_full_precision_under_autocast(loss: torch.nn.Module, x: torch.Tensor,
         torch.testing.assert_close(loss(x, labels), expected)
         torch.testing.assert_close(loss(x.bfloat16(), labels), loss(x.bfloat16().float(), labels))
     assert loss(x.bfloat16(), labels).dtype == torch.float32
+
+
+# A reference set (PML's ref_emb, ref_labels): 16 partners for the 12 anchors, indices past the batch's; label 5 no
+# anchor has. Its tuples index (anchor rows of the batch, partner rows of the reference).
+REF_LABELS = torch.tensor([2, 0, 1, 5, 3, 0, 2, 1, 4, 0, 3, 1, 2, 5, 1, 0])
+REF_TUPLES = [
+    (torch.tensor([0, 0, 1, 4, 9, 7]), torch.tensor([15, 5, 14, 10, 8, 12]), torch.tensor([13, 2, 3, 0, 15, 1])),
+    (torch.tensor([0, 3, 5, 10]), torch.tensor([9, 1, 11, 6]), torch.tensor([0, 0, 2, 11, 6, 5]),
+     torch.tensor([13, 2, 15, 0, 4, 8])),
+]
+ALL_PAIRS_BUT_SELF = lmu.get_all_pairs_indices(LABELS)  # every (i, j) of the batch, i != j: a plain loss's pairs
+REFERENCE_ERRORS = [  # (forward's ref_emb, ref_labels for a (12, 6) batch, the ValueError's text)
+    ((6, 6), None, "ref_emb was given without ref_labels"), (None, 16, "ref_labels was given without ref_emb"),
+    ((16, 5), 16, r"expected ref_emb \(R, 6\)"), ((16, 6), 15, r"expected ref_emb \(R, 6\)")]
+
+
+def reference(n: int = 16, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 11) -> torch.Tensor:
+    """The reference set's (n, d) embeddings, requiring gradients (PML passes them one)."""
+    return batch(n, d, dtype, seed)
+
+
+def reference_error_args(ref_shape: tuple[int, int] | None, labels: int | None) -> dict[str, torch.Tensor | None]:
+    """``ref_emb``, ``ref_labels`` keyword arguments of the given shapes (None: left out) for REFERENCE_ERRORS."""
+    return {"ref_emb": None if ref_shape is None else torch.randn(ref_shape, dtype=torch.float64),
+            "ref_labels": None if labels is None else torch.arange(labels) % 3}

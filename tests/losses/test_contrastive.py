@@ -1,4 +1,5 @@
-"""Contrastive loss: value and gradient against PML ContrastiveLoss, Hadsell's squared form in float64, edges."""
+"""Contrastive loss: value and gradient against PML ContrastiveLoss (with a reference set too), Hadsell's squared
+form in float64, edges."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pytorch_metric_learning import distances, losses as pml_losses, reducers
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 
-from .pair_batch import LABELS, TUPLES, batch
+from .pair_batch import (ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, REFERENCE_ERRORS, TUPLES, batch,
+                         reference, reference_error_args)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -29,6 +31,40 @@ def test_value_and_gradient_equal_pml(dtype, normalize, reduction, indices_tuple
     assert a.item() > 0
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("reduction", ["nonzero_mean", "mean"])
+@pytest.mark.parametrize("indices_tuple", [None, *REF_TUPLES])
+def test_reference_set_value_and_gradient_equal_pml(normalize, reduction, indices_tuple):
+    x, r = batch(), reference()
+    pos_margin, neg_margin = (0.3, 1.1) if normalize else (2.0, 4.0)
+    ours = ContrastiveLoss(pos_margin, neg_margin, normalize_embeddings=normalize, reduction=reduction)
+    reducer = reducers.AvgNonZeroReducer() if reduction == "nonzero_mean" else reducers.MeanReducer()
+    pml = pml_losses.ContrastiveLoss(pos_margin, neg_margin, reducer=reducer,
+                                     distance=distances.LpDistance(normalize_embeddings=normalize))
+    a = ours(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
+    b = pml(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
+    assert a.item() > 0
+    torch.testing.assert_close(a, b)
+    for ours_grad, pml_grad in zip(torch.autograd.grad(a, (x, r)), torch.autograd.grad(b, (x, r))):
+        torch.testing.assert_close(ours_grad, pml_grad)
+
+
+@pytest.mark.parametrize("params", [{}, {"squared": True, "reduction": "mean"}])
+def test_the_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss(params):
+    """Holds for every setting: without a reference the pairs are exactly those."""
+    x = batch()
+    loss = ContrastiveLoss(0.3, 1.1, **params)
+    a, b = loss(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS), loss(x, LABELS)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
+
+
+@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), REFERENCE_ERRORS)
+def test_an_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
+    with pytest.raises(ValueError, match=f"^contrastive: {message}"):
+        ContrastiveLoss()(batch(), LABELS, **reference_error_args(ref_shape, ref_labels))
 
 
 def _hadsell_reference(x: torch.Tensor, labels: torch.Tensor, neg_margin: float) -> float:

@@ -18,7 +18,8 @@ from hvkit.engine.context import build
 from hvkit.registry import get_registry
 
 DIM, CLASSES, BATCH = 16, 4, 32
-WRAPPED = {"dense_anchor": {"name": "dense_anchor", "loss": "multi_similarity"}}
+WRAPPED = {"dense_anchor": {"name": "dense_anchor", "loss": "multi_similarity"},
+           "xbm": {"name": "xbm", "loss": "contrastive"}}
 LOSSES = sorted(get_registry().names("loss"))
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,4 +1,5 @@
-"""Multi-similarity: value and gradient against PML's miner + loss, given tuples, gradcheck, edges, errors."""
+"""Multi-similarity: value and gradient against PML's miner + loss (with a reference set too), given tuples,
+gradcheck, edges, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pytorch_metric_learning import losses as pml_losses, miners as pml_miners
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 
-LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 2, 0, 4, 2, 3])  # class 4 is a singleton
+from .pair_batch import ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, REFERENCE_ERRORS, reference, \
+    reference_error_args
 
 
 def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 5) -> torch.Tensor:
@@ -53,6 +55,40 @@ def test_a_given_tuple_replaces_the_mining(indices_tuple):
     x = _batch()
     _assert_same_value_and_gradient(MultiSimilarityLoss()(x, LABELS, indices_tuple),
                                     _pml(x, LABELS, epsilon=None, indices_tuple=indices_tuple), x)
+
+
+@pytest.mark.parametrize(("epsilon", "indices_tuple"), [(0.1, None), (0.5, None), (None, None),
+                                                     *((None, t) for t in REF_TUPLES)])
+def test_reference_set_value_and_gradient_equal_pml(epsilon, indices_tuple):
+    """The mining (epsilon; None: no mining) or the given tuple over batch x reference, as PML's miner and loss."""
+    x, r = _batch(), reference()
+    if epsilon is not None:
+        indices_tuple = pml_miners.MultiSimilarityMiner(epsilon=epsilon)(x, LABELS, r, REF_LABELS)
+        ours = MultiSimilarityLoss(epsilon=epsilon)(x, LABELS, ref_emb=r, ref_labels=REF_LABELS)
+    else:
+        ours = MultiSimilarityLoss(mining=False)(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
+    pml = pml_losses.MultiSimilarityLoss()(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
+    assert ours.item() > 0
+    torch.testing.assert_close(ours, pml)
+    for ours_grad, pml_grad in zip(torch.autograd.grad(ours, (x, r)), torch.autograd.grad(pml, (x, r))):
+        torch.testing.assert_close(ours_grad, pml_grad)
+
+
+def test_the_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss_without_mining():
+    """Holds with ``mining=False`` only: a given tuple replaces the mining, so with mining the two differ."""
+    x = _batch()
+    loss = MultiSimilarityLoss(mining=False)
+    a, b = loss(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS), loss(x, LABELS)
+    _assert_same_value_and_gradient(a, b, x)
+    mined = MultiSimilarityLoss()
+    assert mined(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS).item() != \
+        pytest.approx(mined(x, LABELS).item())
+
+
+@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), REFERENCE_ERRORS)
+def test_an_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
+    with pytest.raises(ValueError, match=f"^multi_similarity: {message}"):
+        MultiSimilarityLoss()(_batch(), LABELS, **reference_error_args(ref_shape, ref_labels))
 
 
 def test_gradcheck():

@@ -26,6 +26,7 @@ def vae_inputs(dtype: torch.dtype, generator: torch.Generator) -> tuple[torch.Te
 ARGUMENTS = {
     ("backbone", "concat"): {"params": {"members": ["small_cnn", "small_cnn"]}},
     ("loss", "dense_anchor"): {"params": {"loss": "multi_similarity"}},
+    ("loss", "xbm"): {"params": {"loss": "contrastive"}},
     ("loss", "vae_elbo"): {"inputs": vae_inputs},
     ("miner", "pml"): {"params": {"miner": "PairMarginMiner"}},
     ("transform", "compose"): {"params": {"transforms": ["ink_thickness", "gaussian_noise"]}},

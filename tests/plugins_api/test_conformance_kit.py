@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
 from hvkit.api import MetricLoss, ViewLoss
@@ -110,6 +111,72 @@ class RefusesMiners(PullPush):
         return super().forward(embeddings, labels)
 
 
+class Reference(PullPush):
+    """PullPush over (anchor, partner) pairs: the batch's, a reference set's or a miner's (a correct reference loss)."""
+
+    accepts_reference = True
+
+    def reference_terms(self, embeddings, labels, ref_emb, ref_labels):
+        squared = (embeddings[:, None] - ref_emb[None]).pow(2).sum(-1)
+        push = (self.margin - squared.clamp_min(1e-12).sqrt()).clamp_min(0).pow(2)
+        return torch.where(labels[:, None] == ref_labels[None], squared, push)
+
+    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
+        if ref_emb is None:
+            ref_emb, ref_labels = embeddings, labels
+        terms = self.reference_terms(embeddings, labels, ref_emb, ref_labels)
+        if indices_tuple is None:
+            return terms.mean()
+        a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
+        return torch.cat([terms[a1, p], terms[a2, n]]).mean()
+
+
+class NoReferenceArguments(PullPush):
+    """Declares a reference set but takes none."""
+
+    accepts_reference = True
+
+
+class DiagonalReference(Reference):
+    """Leaves out the reference's diagonal, as if its row i were anchor i."""
+
+    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
+        if ref_emb is None or indices_tuple is not None:
+            return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        terms = self.reference_terms(embeddings, labels, ref_emb, ref_labels)
+        return terms[~torch.eye(*terms.shape, dtype=torch.bool)].mean()
+
+
+class IgnoresTupleWithReference(Reference):
+    """Uses every pair when given a reference set, the miner's tuple notwithstanding."""
+
+    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
+        return super().forward(embeddings, labels, None if ref_emb is not None else indices_tuple, ref_emb, ref_labels)
+
+
+class PartnersFromTheBatch(Reference):
+    """Takes a tuple's partners from the batch even when given a reference set."""
+
+    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
+        if indices_tuple is None:
+            return super().forward(embeddings, labels, None, ref_emb, ref_labels)
+        return super().forward(embeddings, labels, indices_tuple)
+
+
+class DetachedReference(Reference):
+    """Detaches the reference set."""
+
+    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
+        ref_emb = None if ref_emb is None else ref_emb.detach()
+        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+
+class NotABool(PullPush):
+    """Declares accepts_reference as a string."""
+
+    accepts_reference = "yes"
+
+
 class PlainModule(nn.Module):
     """A loss that is neither a MetricLoss nor a ViewLoss."""
 
@@ -182,6 +249,7 @@ def test_a_correct_loss_passes_as_factory_and_as_instance():
     check_loss(PullPush, {"margin": 0.5})
     check_loss(PullPush(margin=2.0))
     check_loss(RefusesMiners)
+    check_loss(Reference)
     check_loss(Alignment)
     check_loss(TeacherAlignment)
 
@@ -197,6 +265,14 @@ def test_a_correct_loss_passes_as_factory_and_as_instance():
     (ConstantWhenEmpty, r"on one sample per class \(torch.float32\) the loss has no gradient path"),
     (TripletsOnly, r"it takes a triplet indices_tuple but on a pair one \(torch.float32\) it raised "
                    r"ValueError: too many values to unpack"),
+    (NoReferenceArguments, r"accepts_reference is True but forward takes no ref_emb and ref_labels"),
+    (DiagonalReference, r"shuffling the rows of ref_emb and ref_labels changed the loss"),
+    (IgnoresTupleWithReference, r"with the batch's triplet indices_tuple it gave .* the tuple must index"),
+    (PartnersFromTheBatch, r"on a reference set of 19 rows and triplet indices_tuple \(torch.float32\) it raised "
+                           r"IndexError"),
+    (DetachedReference, r"on a reference set of 19 rows and no indices_tuple \(torch.float32\) no gradient "
+                        r"reaches ref_emb"),
+    (NotABool, r"accepts_reference must be a bool"),
     (OneView, r"no gradient reaches z_b"),
     (TeacherOnly, r"no gradient reaches z_a"),
     (BrokenObserver, r"on two views after observe_teacher \(torch.float32\) it returned nan"),
