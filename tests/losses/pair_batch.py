@@ -70,3 +70,11 @@ def reference_error_args(ref_shape: tuple[int, int] | None, labels: int | None) 
     """``ref_emb``, ``ref_labels`` keyword arguments of the given shapes (None: left out) for REFERENCE_ERRORS."""
     return {"ref_emb": None if ref_shape is None else torch.randn(ref_shape, dtype=torch.float64),
             "ref_labels": None if labels is None else torch.arange(labels) % 3}
+
+
+def assert_same_value_and_gradients(ours: torch.Tensor, expected: torch.Tensor,
+                                    inputs: tuple[torch.Tensor, ...]) -> None:
+    """``ours`` equals ``expected``, and so do their gradients with respect to each of ``inputs``."""
+    torch.testing.assert_close(ours, expected)
+    for got, want in zip(torch.autograd.grad(ours, inputs), torch.autograd.grad(expected, inputs)):
+        torch.testing.assert_close(got, want)

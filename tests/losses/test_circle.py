@@ -11,8 +11,8 @@ from pytorch_metric_learning import losses as pml_losses
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.circle import CircleLoss
 
-from .pair_batch import (ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, REFERENCE_ERRORS,
-                         assert_full_precision_under_autocast, reference, reference_error_args, training_values)
+from .pair_batch import (LABELS, REF_LABELS, REF_TUPLES, assert_full_precision_under_autocast,
+                         assert_same_value_and_gradients, reference, training_values)
 
 
 def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 5) -> torch.Tensor:
@@ -72,22 +72,7 @@ def test_reference_set_value_and_gradient_equal_pml(indices_tuple):
     ours = CircleLoss(0.3, 10.0)(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     pml = pml_losses.CircleLoss(m=0.3, gamma=10.0)(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     assert ours.item() > 0
-    torch.testing.assert_close(ours, pml)
-    for ours_grad, pml_grad in zip(torch.autograd.grad(ours, (x, r)), torch.autograd.grad(pml, (x, r))):
-        torch.testing.assert_close(ours_grad, pml_grad)
-
-
-def test_the_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss():
-    """Holds for every setting: without a reference the pairs are exactly those."""
-    x = _batch()
-    a = CircleLoss()(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS)
-    _assert_same_value_and_gradient(a, CircleLoss()(x, LABELS), x)
-
-
-@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), REFERENCE_ERRORS)
-def test_an_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
-    with pytest.raises(ValueError, match=f"^circle: {message}"):
-        CircleLoss()(_batch(), LABELS, **reference_error_args(ref_shape, ref_labels))
+    assert_same_value_and_gradients(ours, pml, (x, r))
 
 
 def test_hand_computed_case_at_the_lower_bound():

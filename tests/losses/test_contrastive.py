@@ -12,8 +12,7 @@ from pytorch_metric_learning import distances, losses as pml_losses, reducers
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 
-from .pair_batch import (ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, REFERENCE_ERRORS, TUPLES, batch,
-                         reference, reference_error_args)
+from .pair_batch import LABELS, REF_LABELS, REF_TUPLES, TUPLES, assert_same_value_and_gradients, batch, reference
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -46,25 +45,7 @@ def test_reference_set_value_and_gradient_equal_pml(normalize, reduction, indice
     a = ours(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     b = pml(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     assert a.item() > 0
-    torch.testing.assert_close(a, b)
-    for ours_grad, pml_grad in zip(torch.autograd.grad(a, (x, r)), torch.autograd.grad(b, (x, r))):
-        torch.testing.assert_close(ours_grad, pml_grad)
-
-
-@pytest.mark.parametrize("params", [{}, {"squared": True, "reduction": "mean"}])
-def test_the_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss(params):
-    """Holds for every setting: without a reference the pairs are exactly those."""
-    x = batch()
-    loss = ContrastiveLoss(0.3, 1.1, **params)
-    a, b = loss(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS), loss(x, LABELS)
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
-
-
-@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), REFERENCE_ERRORS)
-def test_an_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
-    with pytest.raises(ValueError, match=f"^contrastive: {message}"):
-        ContrastiveLoss()(batch(), LABELS, **reference_error_args(ref_shape, ref_labels))
+    assert_same_value_and_gradients(a, b, (x, r))
 
 
 def _hadsell_reference(x: torch.Tensor, labels: torch.Tensor, neg_margin: float) -> float:

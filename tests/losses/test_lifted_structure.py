@@ -11,8 +11,7 @@ from pytorch_metric_learning import distances, losses as pml_losses
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 
-from .pair_batch import (ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, REFERENCE_ERRORS, TUPLES, batch,
-                         reference, reference_error_args)
+from .pair_batch import LABELS, REF_LABELS, REF_TUPLES, TUPLES, assert_same_value_and_gradients, batch, reference
 
 # A miner's pairs with one negative pair mined twice (it counts twice in the paper form's sum, as in PML's gather)
 REPEATED = (torch.tensor([0, 1, 3]), torch.tensor([3, 6, 0]), torch.tensor([0, 0, 3, 5]), torch.tensor([1, 1, 2, 0]))
@@ -48,24 +47,7 @@ def test_generalized_reference_set_value_and_gradient_equal_pml(normalize, indic
     a = ours(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     b = pml(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     assert a.item() > 0
-    torch.testing.assert_close(a, b)
-    for ours_grad, pml_grad in zip(torch.autograd.grad(a, (x, r)), torch.autograd.grad(b, (x, r))):
-        torch.testing.assert_close(ours_grad, pml_grad)
-
-
-def test_generalized_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss():
-    """Holds for every setting: without a reference the pairs are exactly those."""
-    x = batch()
-    loss = GeneralizedLiftedStructureLoss()
-    a, b = loss(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS), loss(x, LABELS)
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
-
-
-@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), REFERENCE_ERRORS)
-def test_generalized_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
-    with pytest.raises(ValueError, match=f"^generalized_lifted_structure: {message}"):
-        GeneralizedLiftedStructureLoss()(batch(), LABELS, **reference_error_args(ref_shape, ref_labels))
+    assert_same_value_and_gradients(a, b, (x, r))
 
 
 def _distance(x: torch.Tensor, i: int, j: int) -> float:

@@ -10,8 +10,7 @@ from pytorch_metric_learning import losses as pml_losses, miners as pml_miners
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 
-from .pair_batch import ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, REFERENCE_ERRORS, reference, \
-    reference_error_args
+from .pair_batch import ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, assert_same_value_and_gradients, reference
 
 
 def _batch(n: int = 12, d: int = 6, dtype: torch.dtype = torch.float64, seed: int = 5) -> torch.Tensor:
@@ -69,26 +68,15 @@ def test_reference_set_value_and_gradient_equal_pml(epsilon, indices_tuple):
         ours = MultiSimilarityLoss(mining=False)(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     pml = pml_losses.MultiSimilarityLoss()(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     assert ours.item() > 0
-    torch.testing.assert_close(ours, pml)
-    for ours_grad, pml_grad in zip(torch.autograd.grad(ours, (x, r)), torch.autograd.grad(pml, (x, r))):
-        torch.testing.assert_close(ours_grad, pml_grad)
+    assert_same_value_and_gradients(ours, pml, (x, r))
 
 
-def test_the_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss_without_mining():
-    """Holds with ``mining=False`` only: a given tuple replaces the mining, so with mining the two differ."""
-    x = _batch()
-    loss = MultiSimilarityLoss(mining=False)
-    a, b = loss(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS), loss(x, LABELS)
-    _assert_same_value_and_gradient(a, b, x)
-    mined = MultiSimilarityLoss()
+def test_a_given_tuple_replaces_the_mining_even_with_the_batch_as_its_own_reference():
+    """So the batch as its own reference with every pair but self is the plain loss with ``mining=False`` only
+    (test_reference_sets.py)."""
+    x, mined = _batch(), MultiSimilarityLoss()
     assert mined(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS).item() != \
         pytest.approx(mined(x, LABELS).item())
-
-
-@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), REFERENCE_ERRORS)
-def test_an_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
-    with pytest.raises(ValueError, match=f"^multi_similarity: {message}"):
-        MultiSimilarityLoss()(_batch(), LABELS, **reference_error_args(ref_shape, ref_labels))
 
 
 def test_gradcheck():

@@ -101,7 +101,8 @@ def test_proxies_start_kaiming_normal_fan_out_and_are_trained_in_their_dtype():
 
 
 def test_runs_in_float32_under_bfloat16_autocast():
-    assert_full_precision_under_autocast(ProxyAnchorLoss(embedding_dim=6, num_classes=CLASSES), _batch(dtype=torch.float32), LABELS)
+    loss = ProxyAnchorLoss(embedding_dim=6, num_classes=CLASSES)
+    assert_full_precision_under_autocast(loss, _batch(dtype=torch.float32), LABELS)
 
 
 def test_training_a_few_steps_reduces_the_loss():

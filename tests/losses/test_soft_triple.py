@@ -161,7 +161,8 @@ def test_centres_start_as_in_the_official_code_and_are_trained_in_their_dtype():
 
 
 def test_runs_in_float32_under_bfloat16_autocast():
-    assert_full_precision_under_autocast(SoftTripleLoss(embedding_dim=6, num_classes=CLASSES), _batch(dtype=torch.float32), LABELS)
+    loss = SoftTripleLoss(embedding_dim=6, num_classes=CLASSES)
+    assert_full_precision_under_autocast(loss, _batch(dtype=torch.float32), LABELS)
 
 
 def test_training_a_few_steps_reduces_the_loss():

@@ -76,9 +76,7 @@ def test_reference_set_value_and_gradient_equal_pml(indices_tuple):
     ours = SupConLoss(0.3)(x, y, indices_tuple, ref_emb=r, ref_labels=ref_labels)
     pml = pml_losses.SupConLoss(temperature=0.3)(x, y, indices_tuple, ref_emb=r, ref_labels=ref_labels)
     assert ours.item() > 0
-    torch.testing.assert_close(ours, pml)
-    for ours_grad, pml_grad in zip(torch.autograd.grad(ours, (x, r)), torch.autograd.grad(pml, (x, r))):
-        torch.testing.assert_close(ours_grad, pml_grad)
+    pair_batch.assert_same_value_and_gradients(ours, pml, (x, r))
 
 
 def test_an_anchor_whose_only_pair_is_one_positive_counts_as_zero_where_pml_leaves_it_out():
@@ -87,20 +85,6 @@ def test_an_anchor_whose_only_pair_is_one_positive_counts_as_zero_where_pml_leav
     ours = SupConLoss()(x, y, pairs, ref_emb=r, ref_labels=ref_labels)
     pml = pml_losses.SupConLoss(temperature=0.1)(x, y, pairs, ref_emb=r, ref_labels=ref_labels)
     torch.testing.assert_close(ours, pml * 2 / 4)  # anchors 0, 3, 5, 10 have a positive; 3 and 10 nothing else
-
-
-def test_the_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss():
-    """Holds for every setting: without a reference the positives and the denominator are exactly those pairs."""
-    x, y = pair_batch.batch(), pair_batch.LABELS
-    a, b = SupConLoss()(x, y, pair_batch.ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=y), SupConLoss()(x, y)
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
-
-
-@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), pair_batch.REFERENCE_ERRORS)
-def test_an_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
-    with pytest.raises(ValueError, match=f"^supcon: {message}"):
-        SupConLoss()(pair_batch.batch(), pair_batch.LABELS, **pair_batch.reference_error_args(ref_shape, ref_labels))
 
 
 def test_multi_view_against_paper_formula_and_base_temperature():

@@ -12,8 +12,7 @@ from pytorch_metric_learning import distances, losses as pml_losses, reducers
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.triplet import TripletLoss
 
-from .pair_batch import (ALL_PAIRS_BUT_SELF, LABELS, REF_LABELS, REF_TUPLES, REFERENCE_ERRORS, TUPLES, batch,
-                         reference, reference_error_args)
+from .pair_batch import LABELS, REF_LABELS, REF_TUPLES, TUPLES, assert_same_value_and_gradients, batch, reference
 
 
 def _pml(margin: float, soft_margin: bool, normalize: bool, reduction: str) -> pml_losses.TripletMarginLoss:
@@ -48,9 +47,7 @@ def test_reference_set_value_and_gradient_equal_pml(soft_margin, normalize, redu
                                                                   ref_labels=REF_LABELS)
     pml = _pml(margin, soft_margin, normalize, reduction)(x, LABELS, indices_tuple, ref_emb=r, ref_labels=REF_LABELS)
     assert ours.item() > 0
-    torch.testing.assert_close(ours, pml)
-    for ours_grad, pml_grad in zip(torch.autograd.grad(ours, (x, r)), torch.autograd.grad(pml, (x, r))):
-        torch.testing.assert_close(ours_grad, pml_grad)
+    assert_same_value_and_gradients(ours, pml, (x, r))
 
 
 def test_a_pair_given_twice_gives_its_triplets_twice_like_pml():
@@ -60,22 +57,6 @@ def test_a_pair_given_twice_gives_its_triplets_twice_like_pml():
     ours = TripletLoss(1.0, reduction="mean")(x, LABELS, twice)
     torch.testing.assert_close(ours, _pml(1.0, False, True, "mean")(x, LABELS, twice))
     assert ours.item() != pytest.approx(TripletLoss(1.0, reduction="mean")(x, LABELS, TUPLES[1]).item())
-
-
-@pytest.mark.parametrize("params", [{}, {"soft_margin": True, "reduction": "mean"}])
-def test_the_batch_as_its_own_reference_with_every_pair_but_self_is_the_plain_loss(params):
-    """Holds for every setting: those pairs, split into triplets, are all the batch's triplets."""
-    x = batch()
-    loss = TripletLoss(**params)
-    a, b = loss(x, LABELS, ALL_PAIRS_BUT_SELF, ref_emb=x, ref_labels=LABELS), loss(x, LABELS)
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
-
-
-@pytest.mark.parametrize(("ref_shape", "ref_labels", "message"), REFERENCE_ERRORS)
-def test_an_incomplete_or_misshapen_reference_raises(ref_shape, ref_labels, message):
-    with pytest.raises(ValueError, match=f"^triplet: {message}"):
-        TripletLoss()(batch(), LABELS, **reference_error_args(ref_shape, ref_labels))
 
 
 def test_hand_computed_case():
