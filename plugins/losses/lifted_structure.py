@@ -41,7 +41,8 @@ class LiftedStructureLoss(MetricLoss):
     """Lifted structured loss, the paper's smooth form (Oh Song, Xiang, Jegelka & Savarese, CVPR 2016).
 
     With D the Euclidean distance (of L2-normalised embeddings unless ``normalize_embeddings``
-    is off; the paper does not normalise), for each positive pair (i, j)
+    is off; the paper does not normalise, nor must a ``metric_train`` stage then: ``normalize:
+    false``), for each positive pair (i, j)
 
         J_ij = log( sum_{k in N(i)} exp(m_neg - D_ik) + sum_{l in N(j)} exp(m_neg - D_jl) ) + D_ij - m_pos
         L    = 1/(2|P|) sum_{(i,j) in P} max(0, J_ij)^2

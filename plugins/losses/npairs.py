@@ -34,6 +34,8 @@ class NPairsLoss(MetricLoss):
     logits to [-1, 1]; Sohn keeps their norm small with the regulariser instead), ``reg_lambda``
     0.002, the value of TensorFlow's npairs_loss (which scales its term by 1/2 and averages over
     the pairs only). The regulariser covers every embedding of the batch, before any normalisation.
+    A ``metric_train`` stage L2-normalises the embeddings before the loss unless ``normalize: false``;
+    on unit vectors the logits lie in [-1, 1] and the softmax is nearly flat, so turn it off.
     Equal to pytorch-metric-learning's NPairsLoss: its default (cosine) is ``normalize_embeddings:
     true, reg_lambda: 0``; this default is NPairsLoss with ``DotProductSimilarity(normalize_embeddings=False)``,
     ``embedding_regularizer=LpRegularizer(power=2)`` and ``embedding_reg_weight=0.002``.
