@@ -78,3 +78,9 @@ def assert_same_value_and_gradients(ours: torch.Tensor, expected: torch.Tensor,
     torch.testing.assert_close(ours, expected)
     for got, want in zip(torch.autograd.grad(ours, inputs), torch.autograd.grad(expected, inputs)):
         torch.testing.assert_close(got, want)
+
+
+def assert_proxies_stay_float32(loss: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """Given float64 embeddings, the float32 ``proxies`` are not cast (the embeddings are) and get a gradient."""
+    loss(x, labels).backward()
+    assert loss.proxies.dtype == torch.float32 and loss.proxies.grad.abs().sum() > 0
