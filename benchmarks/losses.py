@@ -34,6 +34,7 @@ from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
+from hvkit_plugins.losses.fast_ap import FastAPLoss
 from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
@@ -46,6 +47,7 @@ from hvkit_plugins.losses.sphereface import SphereFaceLoss
 from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 from hvkit_plugins.losses.supcon import SupConLoss
 from hvkit_plugins.losses.triplet import TripletLoss
+from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
 from hvkit_plugins.samplers.xbm import CrossBatchMemoryLoss
 
@@ -202,6 +204,12 @@ CASES: list[Case] = [
          "labelled"),
     Case("contrastive", lambda dim, classes: ContrastiveLoss(0.0, 1.0),
          lambda dim, classes: pml.ContrastiveLoss(0.0, 1.0), "PML ContrastiveLoss, all pairs", "labelled"),
+    Case("fast_ap", lambda dim, classes: FastAPLoss(10),
+         lambda dim, classes: pml.FastAPLoss(10), "PML FastAPLoss, 10 bins", "labelled"),
+    Case("tuplet_margin", lambda dim, classes: TupletMarginLoss(),
+         lambda dim, classes: pml.TupletMarginLoss(), "PML TupletMarginLoss, all pairs", "labelled", batch=256,
+         note="batch 256: PML's TupletMarginLoss builds (positive pairs x negative pairs) matrices, "
+              "4e8 entries each at B=512"),
     Case("lifted_structure", lambda dim, classes: LiftedStructureLoss(),
          lambda dim, classes: pml.LiftedStructureLoss(), "PML LiftedStructureLoss, all pairs", "labelled", batch=256,
          note="batch 256: PML's LiftedStructureLoss builds (positive pairs x negative pairs) matrices, "

@@ -10,6 +10,7 @@ from .contra_x import ContraXLoss
 from .contrastive import ContrastiveLoss
 from .cosface import CosFaceLoss
 from .dino import DINOLoss
+from .fast_ap import FastAPLoss
 from .identitization import IdentitizationLoss
 from .invariant_spreading import InvariantSpreadingLoss
 from .lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
@@ -27,6 +28,7 @@ from .sphereface import SphereFaceLoss
 from .subcenter_arcface import SubCenterArcFaceLoss
 from .supcon import SupConLoss
 from .triplet import TripletLoss
+from .tuplet_margin import TupletMarginLoss
 from .vae_elbo import VAEELBOLoss
 from .vicreg import VICRegLoss
 
@@ -41,6 +43,7 @@ def register_losses(register):
     register("contrastive", ContrastiveLoss)
     register("cosface", CosFaceLoss)
     register("dino", DINOLoss)
+    register("fast_ap", FastAPLoss)
     register("generalized_lifted_structure", GeneralizedLiftedStructureLoss)
     register("identitization", IdentitizationLoss)
     register("invariant_spreading", InvariantSpreadingLoss)
@@ -59,5 +62,6 @@ def register_losses(register):
     register("subcenter_arcface", SubCenterArcFaceLoss)
     register("supcon", SupConLoss)
     register("triplet", TripletLoss)
+    register("tuplet_margin", TupletMarginLoss)
     register("vae_elbo", VAEELBOLoss)
     register("vicreg", VICRegLoss)

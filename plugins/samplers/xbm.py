@@ -28,8 +28,8 @@ class CrossBatchMemoryLoss(MetricLoss):
     the batch's B rows are the anchors, the F memory rows their partners, so it builds only the
     B x F matrix, and a loss that averages over its anchors (multi_similarity) averages over
     the batch, as in PML. Only a loss with ``accepts_reference`` can serve (contrastive,
-    multi_similarity, triplet, circle, generalized_lifted_structure, supcon among hvkit's); any
-    other is refused with ValueError. An ``indices_tuple`` from outside (a stage's miner) covers
+    multi_similarity, triplet, circle, generalized_lifted_structure, supcon, tuplet_margin among
+    hvkit's); any other is refused with ValueError. An ``indices_tuple`` from outside (a stage's miner) covers
     the batch only and is refused: give xbm its ``miner``. PML's ``enqueue_mask`` is left out.
 
     The paper enables the memory after a warm-up (1k iterations), once the features drift

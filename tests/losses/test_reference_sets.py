@@ -16,6 +16,7 @@ from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.supcon import SupConLoss
 from hvkit_plugins.losses.triplet import TripletLoss
+from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
 
 from .pair_batch import (ALL_PAIRS_BUT_SELF, LABELS, REFERENCE_ERRORS, assert_same_value_and_gradients, batch,
                          reference_error_args)
@@ -29,6 +30,7 @@ SELF_REFERENCE = [  # (registered name, loss)
     ("generalized_lifted_structure", GeneralizedLiftedStructureLoss()),
     ("multi_similarity", MultiSimilarityLoss(mining=False)),  # a given tuple replaces the mining
     ("supcon", SupConLoss()),  # the positives and the denominator are exactly those pairs
+    ("tuplet_margin", TupletMarginLoss()),
 ]
 ACCEPTING = sorted(name for name in get_registry().names("loss")
                    if getattr(get_registry().get("loss", name).factory, "accepts_reference", False))
