@@ -43,6 +43,23 @@ def tuple_masks(indices_tuple: tuple, labels: torch.Tensor, partners: int) -> tu
     return positive, negative
 
 
+def masked_logsumexp(values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise ``log sum_k w_k exp(v_k)`` over the entries of positive weight, and which rows have any.
+
+    An empty row's value is finite and meaningless (the caller replaces it); it passes no gradient.
+    """
+    keep = weights if weights.dtype == torch.bool else weights > 0
+    if weights.dtype != torch.bool:  # multiplicities: a pair mined twice counts twice, as in PML's gather
+        values = values + weights.clamp(min=1).log()
+    values = values.masked_fill(~keep, torch.finfo(values.dtype).min)
+    return torch.logsumexp(values, dim=1), keep.any(1)
+
+
+def pair_counts(rows: torch.Tensor, cols: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A matrix shaped and typed as ``like`` holding how often each (row, col) pair occurs: a miner's multiplicities."""
+    return like.new_zeros(like.shape).index_put_((rows, cols), like.new_ones(len(rows)), accumulate=True)
+
+
 def euclidean_distances(embeddings: torch.Tensor, normalize: bool,
                         reference: torch.Tensor | None = None) -> torch.Tensor:
     """(B, R) Euclidean distances from the rows to those of ``reference`` (default: the rows themselves),

@@ -8,7 +8,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
-from ._pairs import euclidean_distances, label_masks, reference_set, tuple_masks
+from ._pairs import euclidean_distances, label_masks, masked_logsumexp, pair_counts, reference_set, tuple_masks
 
 
 def _check_margins(name: str, pos_margin: float, neg_margin: float) -> None:
@@ -23,18 +23,6 @@ def _pairs(indices_tuple: tuple, labels: torch.Tensor, name: str) -> tuple[torch
         raise ValueError(f"{name}: indices_tuple must be a miner's triplets (a, p, n) or pairs (a1, p, a2, n), "
                          f"got a tuple of {len(indices_tuple)}")
     return lmu.convert_to_pairs(indices_tuple, labels)
-
-
-def _masked_logsumexp(values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise ``log sum_k w_k exp(v_k)`` over the entries of positive weight, and which rows have any.
-
-    An empty row's value is finite and meaningless (the caller replaces it); it passes no gradient.
-    """
-    keep = weights if weights.dtype == torch.bool else weights > 0
-    if weights.dtype != torch.bool:  # multiplicities: a pair mined twice counts twice, as in PML's gather
-        values = values + weights.clamp(min=1).log()
-    values = values.masked_fill(~keep, torch.finfo(values.dtype).min)
-    return torch.logsumexp(values, dim=1), keep.any(1)
 
 
 class LiftedStructureLoss(MetricLoss):
@@ -67,14 +55,12 @@ class LiftedStructureLoss(MetricLoss):
                 indices_tuple: tuple | None = None) -> torch.Tensor:
         distance = euclidean_distances(embeddings, self.normalize_embeddings)
         if indices_tuple is None:
-            same = labels[:, None] == labels[None, :]
-            negatives = ~same
-            positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+            positive, negatives = label_masks(labels, labels, is_batch=True)
         else:
             a1, p, a2, n = _pairs(indices_tuple, labels, "lifted_structure")
-            negatives = torch.zeros_like(distance).index_put_((a2, n), distance.new_ones(len(a2)), accumulate=True)
+            negatives = pair_counts(a2, n, distance)
         # S_i = log sum_{k in N(i)} exp(m_neg - D_ik), once per sample; the pair's sum is logaddexp(S_i, S_j).
-        per_sample, has_negative = _masked_logsumexp(self.neg_margin - distance, negatives)
+        per_sample, has_negative = masked_logsumexp(self.neg_margin - distance, negatives)
         if indices_tuple is None:
             # Two writers or more: every sample has a negative. One writer: S ~ -max float, every hinge 0 (PML: 0).
             joint = torch.logaddexp(per_sample[:, None], per_sample[None, :]) + distance - self.pos_margin
@@ -121,7 +107,7 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
             positive, negative = label_masks(labels, ref_labels, is_batch)
         else:
             positive, negative = tuple_masks(_pairs(indices_tuple, labels, name), labels, len(ref_labels))
-        pulled, has_positive = _masked_logsumexp(distance - self.pos_margin, positive)
-        pushed, has_negative = _masked_logsumexp(self.neg_margin - distance, negative)
+        pulled, has_positive = masked_logsumexp(distance - self.pos_margin, positive)
+        pushed, has_negative = masked_logsumexp(self.neg_margin - distance, negative)
         losses = F.relu(torch.where(has_positive, pulled, 0) + torch.where(has_negative, pushed, 0))
         return losses.mean()

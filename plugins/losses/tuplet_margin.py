@@ -10,7 +10,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
-from ._pairs import cosine_similarities, label_masks, reference_set
+from ._pairs import cosine_similarities, label_masks, masked_logsumexp, pair_counts, reference_set
 from ._precision import full_precision
 
 
@@ -55,12 +55,10 @@ class TupletMarginLoss(MetricLoss):
             repeats = None
         else:  # multiplicities: PML sums over its list of pairs, repeats included
             a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
-            repeats = cos.new_zeros(cos.shape).index_put_((a1, p), cos.new_ones(len(a1)), accumulate=True)
-            negatives = cos.new_zeros(cos.shape).index_put_((a2, n), cos.new_ones(len(a2)), accumulate=True)
-            positive, negative = repeats > 0, negatives > 0
-            logits = logits + negatives.log()  # -inf off the negatives, masked next
-        # finite fill: a row without negatives gives a huge negative sum, exp of it 0, and no NaN gradient
-        pushed = logits.masked_fill(~negative, torch.finfo(cos.dtype).min).logsumexp(dim=1, keepdim=True)
+            repeats, negative = pair_counts(a1, p, cos), pair_counts(a2, n, cos)
+            positive = repeats > 0
+        # a row without negatives gives a huge negative sum, exp of it 0, and no NaN gradient
+        pushed = masked_logsumexp(logits, negative)[0][:, None]
         angle = torch.acos(cos.masked_fill(~positive, 0).clamp(-1, 1))
         z = pushed - self.scale * torch.cos(angle - math.radians(self.margin))
         terms = F.softplus(z).masked_fill(~positive, 0)  # l_ap = log(1 + e^z)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from hvkit.api import Component, MetricLoss
+from hvkit.registry import get_registry
 
 
 class CrossBatchMemoryLoss(MetricLoss):
@@ -114,14 +115,16 @@ class CrossBatchMemoryLoss(MetricLoss):
         return tuple(out)
 
 
+def losses_with_reference() -> list[str]:
+    """The registered loss names whose factory declares ``accepts_reference``, in the registry's order."""
+    registry = get_registry()
+    return [n for n in registry.names("loss") if getattr(registry.get("loss", n).factory, "accepts_reference", False)]
+
+
 def _check_accepts_reference(loss: nn.Module) -> None:
     """Raise ValueError unless ``loss`` takes a reference set (``accepts_reference``): the memory is one."""
     if not getattr(loss, "accepts_reference", False):
-        from hvkit.registry import get_registry  # only to name the alternatives
-
-        registry = get_registry()
-        accepting = [n for n in registry.names("loss")
-                     if getattr(registry.get("loss", n).factory, "accepts_reference", False)]
+        accepting = losses_with_reference()
         raise ValueError(f"xbm: {type(loss).__name__} takes no reference set (accepts_reference is not True), "
                          f"so it cannot pair the batch with the memory; wrap a loss that does: "
                          f"{', '.join(accepting) or 'none is installed'}")

@@ -17,6 +17,7 @@ from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.supcon import SupConLoss
 from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
+from hvkit_plugins.samplers.xbm import losses_with_reference
 
 from .pair_batch import (ALL_PAIRS_BUT_SELF, LABELS, REFERENCE_ERRORS, assert_same_value_and_gradients, batch,
                          reference_error_args)
@@ -32,8 +33,7 @@ SELF_REFERENCE = [  # (registered name, loss)
     ("supcon", SupConLoss()),  # the positives and the denominator are exactly those pairs
     ("tuplet_margin", TupletMarginLoss()),
 ]
-ACCEPTING = sorted(name for name in get_registry().names("loss")
-                   if getattr(get_registry().get("loss", name).factory, "accepts_reference", False))
+ACCEPTING = losses_with_reference()
 
 
 def test_every_loss_that_accepts_a_reference_is_checked_here():

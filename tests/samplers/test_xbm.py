@@ -15,7 +15,7 @@ from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.miners.multi_similarity import MultiSimilarityMiner
-from hvkit_plugins.samplers.xbm import CrossBatchMemoryLoss
+from hvkit_plugins.samplers.xbm import CrossBatchMemoryLoss, losses_with_reference
 
 DIM, MEMORY, BATCH, STEPS = 6, 20, 8, 6  # 20 is no multiple of 8: the third batch wraps mid-way
 
@@ -188,9 +188,7 @@ def test_built_from_a_recipe_spec_with_its_context():
 def test_losses_without_a_reference_set_are_refused(name):
     if name not in get_registry().names("loss"):
         pytest.skip(f"{name} is not registered")
-    registry = get_registry()  # the accepting losses, listed in tests/losses/test_reference_sets.py
-    accepting = ", ".join(n for n in registry.names("loss")
-                          if getattr(registry.get("loss", n).factory, "accepts_reference", False))
+    accepting = ", ".join(losses_with_reference())  # each checked in tests/losses/test_reference_sets.py
     assert "contrastive, generalized_lifted_structure" in accepting
     with pytest.raises(ValueError, match=rf"^xbm: \w+ takes no reference set .*: {accepting}$"):
         build(get_registry(), "loss", {"name": "xbm", "loss": name}, embedding_dim=DIM, num_classes=4)
