@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import distances as pml_distances, losses as pml, miners as pml_miners, \
     regularizers as pml_regularizers
 
+from hvkit_plugins.losses.angular import AngularLoss
 from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.barlow_twins import BarlowTwinsLoss
 from hvkit_plugins.losses.circle import CircleLoss
@@ -35,17 +36,25 @@ from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
 from hvkit_plugins.losses.fast_ap import FastAPLoss
+from hvkit_plugins.losses.histogram import HistogramLoss
+from hvkit_plugins.losses.large_margin_softmax import LargeMarginSoftmaxLoss
 from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
+from hvkit_plugins.losses.normalized_softmax import NormalizedSoftmaxLoss
 from hvkit_plugins.losses.npairs import NPairsLoss
 from hvkit_plugins.losses.ntxent import NTXentLoss
+from hvkit_plugins.losses.pnp import PNPLoss
 from hvkit_plugins.losses.proxy_anchor import ProxyAnchorLoss
 from hvkit_plugins.losses.proxy_nca import ProxyNCALoss
+from hvkit_plugins.losses.ranked_list import RankedListLoss
+from hvkit_plugins.losses.smooth_ap import SmoothAPLoss
+from hvkit_plugins.losses.snr_contrastive import SNRContrastiveLoss
 from hvkit_plugins.losses.soft_triple import SoftTripleLoss
 from hvkit_plugins.losses.sphereface import SphereFaceLoss
 from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 from hvkit_plugins.losses.supcon import SupConLoss
+from hvkit_plugins.losses.swav import SwAVLoss
 from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
@@ -120,6 +129,40 @@ def _official_barlow_twins(dim: int, classes: int) -> Callable[..., torch.Tensor
     return call
 
 
+SWAV_PROTOTYPES = 3000  # the paper's K
+
+
+def _official_swav(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official SwAV step: prototypes renormalised in place, a loop over the crops, Sinkhorn in float32."""
+    prototypes = torch.nn.Linear(dim, SWAV_PROTOTYPES, bias=False)
+
+    def sinkhorn(out: torch.Tensor) -> torch.Tensor:
+        q = torch.exp(out / 0.05).t()
+        k, b = q.shape
+        q /= torch.sum(q)
+        for _ in range(3):
+            q /= torch.sum(q, dim=1, keepdim=True)
+            q /= k
+            q /= torch.sum(q, dim=0, keepdim=True)
+            q /= b
+        return (q * b).t()
+
+    def call(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        prototypes.to(z_a.device)
+        with torch.no_grad():
+            prototypes.weight.copy_(F.normalize(prototypes.weight, dim=1))
+        output, bs = prototypes(F.normalize(torch.cat([z_a, z_b]), dim=1)), z_a.shape[0]
+        loss = 0
+        for crop in range(2):
+            with torch.no_grad():
+                q = sinkhorn(output[bs * crop:bs * (crop + 1)].detach())
+            for v in range(2):
+                if v != crop:
+                    loss -= torch.mean(torch.sum(q * F.log_softmax(output[bs * v:bs * (v + 1)] / 0.1, dim=1), dim=1))
+        return loss / 2
+    return call
+
+
 def _contra_x_reference(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     classifier, supcon = torch.nn.Linear(dim, classes), pml.SupConLoss(temperature=0.1)
 
@@ -150,6 +193,28 @@ def _pml_soft_triple(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     return call
 
 
+def _kernel_histogram(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The histogram loss as a (pairs x nodes) kernel: every pair's triangular weight on each of the 101 nodes."""
+    nodes = torch.linspace(-1, 1, 101)
+
+    def histogram(cosines: torch.Tensor) -> torch.Tensor:
+        return F.relu(1 - (cosines[:, None] - nodes.to(cosines)).abs() / 0.02).sum(0) / len(cosines)
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(embeddings, dim=1)
+        cos, same = x @ x.T, labels[:, None] == labels[None, :]
+        upper = torch.ones_like(same).triu(1)
+        return (histogram(cos[~same & upper]) * histogram(cos[same & upper]).cumsum(0)).sum()
+    return call
+
+
+def _pml_large_margin_softmax(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """PML's LargeMarginSoftmaxLoss with W started as hvkit's (MSRA, std sqrt(2 / dim)), not standard normal."""
+    loss = pml.LargeMarginSoftmaxLoss(classes, dim, margin=4)
+    torch.nn.init.kaiming_normal_(loss.W.data, mode="fan_out")  # W is (dim, classes): fan_out = dim
+    return loss
+
+
 XBM_MEMORY = 1024  # two batches of 512: full after the warm-up calls, as it is for most of a run
 
 CASES: list[Case] = [
@@ -161,6 +226,9 @@ CASES: list[Case] = [
          note="256 images (512 embeddings): PML's NTXentLoss builds a (2B, 4B^2) mask, ~20 GB at B=512"),
     Case("supcon", lambda dim, classes: SupConLoss(0.1), lambda dim, classes: pml.SupConLoss(temperature=0.1),
          "PML SupConLoss", "labelled"),
+    Case("swav", lambda dim, classes: SwAVLoss(dim, SWAV_PROTOTYPES), _official_swav,
+         "official code (PML has none), K 3000", "views",
+         note="two views, no queue; ours runs Sinkhorn in float64, the official code in float32"),
     Case("contra_x", lambda dim, classes: ContraXLoss(dim, classes), _contra_x_reference,
          "CE + PML SupConLoss", "labelled"),
     Case("multi_similarity", lambda dim, classes: MultiSimilarityLoss(), _pml_multi_similarity,
@@ -179,6 +247,12 @@ CASES: list[Case] = [
     Case("sphereface", lambda dim, classes: SphereFaceLoss(dim, classes),
          lambda dim, classes: pml.SphereFaceLoss(classes, dim, margin=4), "PML SphereFaceLoss (no annealing)",
          "labelled"),
+    Case("large_margin_softmax", lambda dim, classes: LargeMarginSoftmaxLoss(dim, classes),
+         _pml_large_margin_softmax, "PML LargeMarginSoftmaxLoss, W started as ours", "labelled",
+         note="weights of the same scale in both: with PML's standard normal W the logits reach thousands at dim "
+              "2048, the softmax saturates and its underflowing gradients slow both losses several times"),
+    Case("normalized_softmax", lambda dim, classes: NormalizedSoftmaxLoss(dim, classes),
+         lambda dim, classes: pml.NormalizedSoftmaxLoss(classes, dim), "PML NormalizedSoftmaxLoss", "labelled"),
     Case("arcface", lambda dim, classes: ArcFaceLoss(dim, classes),
          lambda dim, classes: pml.ArcFaceLoss(classes, dim, margin=28.6479, scale=64), "PML ArcFaceLoss",
          "labelled", note="arcface, subcenter_arcface, cosface wrap PML; the rows measure the wrapper's checks"),
@@ -206,10 +280,27 @@ CASES: list[Case] = [
          lambda dim, classes: pml.ContrastiveLoss(0.0, 1.0), "PML ContrastiveLoss, all pairs", "labelled"),
     Case("fast_ap", lambda dim, classes: FastAPLoss(10),
          lambda dim, classes: pml.FastAPLoss(10), "PML FastAPLoss, 10 bins", "labelled"),
+    Case("histogram", lambda dim, classes: HistogramLoss(), lambda dim, classes: pml.HistogramLoss(),
+         "PML HistogramLoss, 100 bins", "labelled"),
+    Case("histogram_kernel", lambda dim, classes: HistogramLoss(), _kernel_histogram,
+         "(pairs x nodes) triangular kernels, 100 bins", "labelled",
+         note="the same loss with every pair's kernel evaluated on all 101 nodes, "
+              "as against scattering each cosine onto its two"),
+    Case("smooth_ap", lambda dim, classes: SmoothAPLoss(), lambda dim, classes: pml.SmoothAPLoss(),
+         "PML SmoothAPLoss, τ 0.01", "labelled", batch=256,
+         note="batch 256: PML's SmoothAPLoss builds several (B, B, B) tensors, 0.5 GB each in float32 at B=512; "
+              "it takes the shuffled classes of 4 (equal sizes) but groups by position, a cost reference only"),
     Case("tuplet_margin", lambda dim, classes: TupletMarginLoss(),
          lambda dim, classes: pml.TupletMarginLoss(), "PML TupletMarginLoss, all pairs", "labelled", batch=256,
          note="batch 256: PML's TupletMarginLoss builds (positive pairs x negative pairs) matrices, "
               "4e8 entries each at B=512"),
+    Case("angular", lambda dim, classes: AngularLoss(), lambda dim, classes: pml.AngularLoss(),
+         "PML AngularLoss, all pairs", "labelled"),
+    Case("snr_contrastive", lambda dim, classes: SNRContrastiveLoss(),
+         lambda dim, classes: pml.SignalToNoiseRatioContrastiveLoss(), "PML SignalToNoiseRatioContrastiveLoss",
+         "labelled", batch=256,
+         note="batch 256: PML's SNRDistance builds (B, B, D) differences; its peak is 1.5 GB at B=256, "
+              "dim 2048, about 6 GB at B=512"),
     Case("lifted_structure", lambda dim, classes: LiftedStructureLoss(),
          lambda dim, classes: pml.LiftedStructureLoss(), "PML LiftedStructureLoss, all pairs", "labelled", batch=256,
          note="batch 256: PML's LiftedStructureLoss builds (positive pairs x negative pairs) matrices, "
@@ -222,6 +313,12 @@ CASES: list[Case] = [
              distance=pml_distances.DotProductSimilarity(normalize_embeddings=False),
              embedding_regularizer=pml_regularizers.LpRegularizer(power=2), embedding_reg_weight=0.002),
          "PML NPairsLoss, raw dot product + LpRegularizer(power=2)", "labelled"),
+    Case("ranked_list", lambda dim, classes: RankedListLoss(0.4, 10.0),
+         lambda dim, classes: pml.RankedListLoss(margin=0.4, Tn=10.0), "PML RankedListLoss, m 0.4, T_n 10",
+         "labelled"),
+    Case("pnp", lambda dim, classes: PNPLoss(), lambda dim, classes: pml.PNPLoss(), "PML PNPLoss, variant O",
+         "labelled", batch=256,
+         note="batch 256: PML's PNPLoss builds several (B, B, B) tensors, 0.5 GB each in float32 at B=512"),
     Case("xbm", lambda dim, classes: CrossBatchMemoryLoss(ContrastiveLoss(0.0, 1.0), dim, XBM_MEMORY),
          lambda dim, classes: pml.CrossBatchMemory(pml.ContrastiveLoss(0.0, 1.0), dim, memory_size=XBM_MEMORY),
          "PML CrossBatchMemory(ContrastiveLoss), memory 1024", "labelled",

@@ -28,10 +28,14 @@ from _timing import alternate
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml
 
+from hvkit_plugins.miners.angular import AngularMiner
 from hvkit_plugins.miners.batch_hard import BatchHardMiner
 from hvkit_plugins.miners.distance_weighted import DistanceWeightedMiner
+from hvkit_plugins.miners.hdc import HDCMiner
 from hvkit_plugins.miners.multi_similarity import MultiSimilarityMiner
+from hvkit_plugins.miners.pair_margin import PairMarginMiner
 from hvkit_plugins.miners.semi_hard import SemiHardMiner
+from hvkit_plugins.miners.triplet_margin import TripletMarginMiner
 from hvkit_plugins.samplers.dense_anchor import DenseAnchorLoss
 
 Step = Callable[[torch.Tensor, torch.Tensor], object]
@@ -71,6 +75,15 @@ CASES: list[Case] = [
          lambda b, d: pml.DistanceWeightedMiner(), "PML DistanceWeightedMiner"),
     Case("multi_similarity", lambda b, d: MultiSimilarityMiner(),
          lambda b, d: pml.MultiSimilarityMiner(), "PML MultiSimilarityMiner (wrapped: same code)"),
+    Case("pair_margin", lambda b, d: PairMarginMiner(), lambda b, d: pml.PairMarginMiner(),
+         "PML PairMarginMiner"),
+    Case("triplet_margin", lambda b, d: TripletMarginMiner(), lambda b, d: pml.TripletMarginMiner(),
+         "PML TripletMarginMiner(all)"),
+    Case("triplet_margin_hard", lambda b, d: TripletMarginMiner(type_of_triplets="hard"),
+         lambda b, d: pml.TripletMarginMiner(type_of_triplets="hard"), "PML TripletMarginMiner(hard)"),
+    Case("angular", lambda b, d: AngularMiner(normalize=False), lambda b, d: pml.AngularMiner(),
+         "PML AngularMiner (both on the raw embeddings)"),
+    Case("hdc", lambda b, d: HDCMiner(), lambda b, d: pml.HDCMiner(), "PML HDCMiner"),
     Case("dense_anchor", _with_and_without_das(True), _with_and_without_das(False),
          "the same PML MS miner + loss without DAS (cost of DAS)"),
 ]

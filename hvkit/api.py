@@ -15,12 +15,13 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 2)
+API_VERSION: tuple[int, int] = (1, 3)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
 ``Trainer.fit(after_step=...)``. 1.2 added reference sets: ``MetricLoss.accepts_reference`` and
-``forward(..., ref_emb=None, ref_labels=None)``.
+``forward(..., ref_emb=None, ref_labels=None)``. 1.3 added ``ViewLoss.takes_local_views`` (multi-crop
+views in one call).
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -112,10 +113,14 @@ class ViewLoss(nn.Module):
     """A self-supervised loss over two views of one batch: ``forward(z_a (B,D), z_b (B,D))``.
 
     ``needs_teacher = True``: ``z_b`` must be a momentum teacher's output, given without gradient (BYOL).
+    ``takes_local_views = True``: ``forward(z_a, z_b, *local_views)`` takes every view of a step
+    at once, the two global views first, and ``ssl_pretrain`` calls it once per step rather than
+    averaging it over pairs of views (SwAV computes each global view's codes once, over the batch).
     """
 
     needs_global_batch: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = False
+    takes_local_views: ClassVar[bool] = False
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from hvkit.api import hookimpl
 
+from .angular import AngularLoss
 from .arcface import ArcFaceLoss
 from .barlow_twins import BarlowTwinsLoss
 from .byol import BYOLLoss
@@ -11,22 +12,30 @@ from .contrastive import ContrastiveLoss
 from .cosface import CosFaceLoss
 from .dino import DINOLoss
 from .fast_ap import FastAPLoss
+from .histogram import HistogramLoss
 from .identitization import IdentitizationLoss
 from .invariant_spreading import InvariantSpreadingLoss
+from .large_margin_softmax import LargeMarginSoftmaxLoss
 from .lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from .margin import MarginLoss
 from .moco_v3 import MoCoV3Loss
 from .multi_similarity import MultiSimilarityLoss
 from .nbc_softmax import NBCSoftmaxLoss
+from .normalized_softmax import NormalizedSoftmaxLoss
 from .npairs import NPairsLoss
 from .ntxent import NTXentLoss
+from .pnp import PNPLoss
 from .proxy_anchor import ProxyAnchorLoss
 from .proxy_nca import ProxyNCALoss
+from .ranked_list import RankedListLoss
 from .simsiam import SimSiamLoss
+from .smooth_ap import SmoothAPLoss
+from .snr_contrastive import SNRContrastiveLoss
 from .soft_triple import SoftTripleLoss
 from .sphereface import SphereFaceLoss
 from .subcenter_arcface import SubCenterArcFaceLoss
 from .supcon import SupConLoss
+from .swav import SwAVLoss
 from .triplet import TripletLoss
 from .tuplet_margin import TupletMarginLoss
 from .vae_elbo import VAEELBOLoss
@@ -35,6 +44,7 @@ from .vicreg import VICRegLoss
 
 @hookimpl
 def register_losses(register):
+    register("angular", AngularLoss)
     register("arcface", ArcFaceLoss)
     register("barlow_twins", BarlowTwinsLoss)
     register("byol", BYOLLoss)
@@ -45,22 +55,30 @@ def register_losses(register):
     register("dino", DINOLoss)
     register("fast_ap", FastAPLoss)
     register("generalized_lifted_structure", GeneralizedLiftedStructureLoss)
+    register("histogram", HistogramLoss)
     register("identitization", IdentitizationLoss)
     register("invariant_spreading", InvariantSpreadingLoss)
+    register("large_margin_softmax", LargeMarginSoftmaxLoss)
     register("lifted_structure", LiftedStructureLoss)
     register("margin", MarginLoss)
     register("moco_v3", MoCoV3Loss)
     register("multi_similarity", MultiSimilarityLoss)
     register("nbc_softmax", NBCSoftmaxLoss)
+    register("normalized_softmax", NormalizedSoftmaxLoss)
     register("npairs", NPairsLoss)
     register("ntxent", NTXentLoss)
+    register("pnp", PNPLoss)
     register("proxy_anchor", ProxyAnchorLoss)
     register("proxy_nca", ProxyNCALoss)
+    register("ranked_list", RankedListLoss)
     register("simsiam", SimSiamLoss)
+    register("smooth_ap", SmoothAPLoss)
+    register("snr_contrastive", SNRContrastiveLoss)
     register("soft_triple", SoftTripleLoss)
     register("sphereface", SphereFaceLoss)
     register("subcenter_arcface", SubCenterArcFaceLoss)
     register("supcon", SupConLoss)
+    register("swav", SwAVLoss)
     register("triplet", TripletLoss)
     register("tuplet_margin", TupletMarginLoss)
     register("vae_elbo", VAEELBOLoss)

@@ -1,19 +1,23 @@
-"""Shared checks of the classifier-based losses, whose class weights are parameters of the loss."""
+"""Shared checks and margin logits of the classifier-based losses, whose class weights are parameters of the loss."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hvkit.api import MetricLoss
 
 
-def check_sizes(embedding_dim: int, num_classes: int) -> None:
-    """Raise ValueError unless ``embedding_dim >= 1`` and ``num_classes >= 2``."""
+def check_sizes(embedding_dim: int, num_classes: int, loss: str | None = None) -> None:
+    """Raise ValueError unless ``embedding_dim >= 1`` and ``num_classes >= 2``; ``loss`` names the loss first."""
+    who = f"{loss}: " if loss else ""
     if embedding_dim < 1:
-        raise ValueError(f"embedding_dim must be at least 1, got {embedding_dim}")
+        raise ValueError(f"{who}embedding_dim must be at least 1, got {embedding_dim}")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2 for a classifier loss, got {num_classes}")
+        raise ValueError(f"{who}num_classes must be at least 2 for a classifier loss, got {num_classes}")
 
 
 def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, embedding_dim: int,
@@ -35,10 +39,54 @@ def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, embedding_dim: i
                              "or set num_classes to their count")
 
 
-def check_scale(scale: float) -> None:
-    """Raise ValueError unless the logit scale is positive."""
+def check_scale(scale: float, loss: str | None = None) -> None:
+    """Raise ValueError unless the logit scale is positive; ``loss`` names the loss first."""
     if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise ValueError(f"{loss + ': ' if loss else ''}scale must be positive, got {scale}")
+
+
+def chebyshev_cos(cosine: torch.Tensor, m: int) -> torch.Tensor:
+    """``cos(m * theta)`` from ``cos(theta)`` by the Chebyshev recurrence T_{n+1} = 2c T_n - T_{n-1}."""
+    previous, current = torch.ones_like(cosine), cosine
+    for _ in range(m - 1):
+        previous, current = current, 2 * cosine * current - previous
+    return current
+
+
+def annealed_lambda(iteration: torch.Tensor, base: float, gamma: float, power: float,
+                    lambda_min: float, dtype: torch.dtype) -> torch.Tensor:
+    """``max(lambda_min, base * (1 + gamma * iteration) ** -power)``, a 0-d tensor in ``dtype`` (no host sync).
+
+    The schedule of the Caffe layers of L-Softmax and SphereFace that anneals their angular margin in.
+    """
+    return (base * (1 + gamma * iteration.to(dtype)) ** -power).clamp(min=lambda_min)
+
+
+def large_margin_logits(embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, margin: int,
+                        lam: torch.Tensor | float, normalize_weights: bool) -> torch.Tensor:
+    """(B, C) logits of L-Softmax (Liu et al. 2016) or, with ``normalize_weights``, A-Softmax (Liu et al. 2017).
+
+    With theta_j the angle between embedding x and class weight w_j (rows of ``weight``),
+    the logit of class j is ``|w_j| |x| cos(theta_j)``, and that of the target y is
+
+        |w_y| |x| (lam cos(theta_y) + psi(theta_y)) / (1 + lam),
+        psi(theta) = (-1)^k cos(m theta) - 2k   on theta in [k pi/m, (k+1) pi/m],
+
+    the monotonic extension of ``cos(m theta)`` (m = ``margin``; k carries no gradient).
+    ``normalize_weights`` takes every ``|w_j|`` as 1. The other logits are the plain products
+    ``x . w_j``; only the targets' cosines are formed (a zero embedding has cosine 0).
+    """
+    if normalize_weights:
+        weight = F.normalize(weight, dim=1)
+    logits = embeddings @ weight.T
+    lengths = embeddings.norm(dim=1, keepdim=True)
+    if not normalize_weights:
+        lengths = lengths * weight.norm(dim=1)[labels, None]
+    cosine = (logits.gather(1, labels[:, None]) / lengths.clamp(min=1e-12)).clamp(-1, 1)
+    with torch.no_grad():
+        k = torch.floor(torch.acos(cosine) * margin / math.pi)
+    psi = (1 - 2 * torch.remainder(k, 2)) * chebyshev_cos(cosine, margin) - 2 * k
+    return logits.scatter(1, labels[:, None], lengths * (lam * cosine + psi) / (1 + lam))
 
 
 class PMLClassifierLoss(MetricLoss):

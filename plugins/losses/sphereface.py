@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
@@ -11,16 +9,8 @@ from torch import nn
 
 from hvkit.api import MetricLoss
 
-from ._classifier import check_batch, check_sizes
+from ._classifier import annealed_lambda, check_batch, check_sizes, large_margin_logits
 from ._precision import full_precision
-
-
-def chebyshev_cos(cosine: torch.Tensor, m: int) -> torch.Tensor:
-    """``cos(m * theta)`` from ``cos(theta)`` by the Chebyshev recurrence T_{n+1} = 2c T_n - T_{n-1}."""
-    previous, current = torch.ones_like(cosine), cosine
-    for _ in range(m - 1):
-        previous, current = current, 2 * cosine * current - previous
-    return current
 
 
 class SphereFaceLoss(MetricLoss):
@@ -65,8 +55,8 @@ class SphereFaceLoss(MetricLoss):
 
     def current_lambda(self) -> torch.Tensor:
         """The annealed lambda at the current iteration (a 0-d tensor in the weights' dtype, no host sync)."""
-        decayed = self.base * (1 + self.gamma * self.iteration.to(self.weight.dtype)) ** -self.power
-        return decayed.clamp(min=self.lambda_min)
+        return annealed_lambda(self.iteration, self.base, self.gamma, self.power, self.lambda_min,
+                               self.weight.dtype)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
@@ -74,14 +64,7 @@ class SphereFaceLoss(MetricLoss):
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes)
         if self.training:
             self.iteration += 1
-        embeddings = embeddings.to(self.weight.dtype)
-        lam = self.current_lambda()
-        norms = embeddings.norm(dim=1, keepdim=True)
-        cosine = (F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).T).clamp(-1, 1)
-        target_cos = cosine.gather(1, labels[:, None])
-        with torch.no_grad():
-            k = torch.floor(torch.acos(target_cos) * self.margin / math.pi)
-        psi = (1 - 2 * torch.remainder(k, 2)) * chebyshev_cos(target_cos, self.margin) - 2 * k
-        logits = cosine.scatter(1, labels[:, None], (lam * target_cos + psi) / (1 + lam))
-        losses = F.cross_entropy(logits * norms, labels, reduction="none")
+        logits = large_margin_logits(embeddings.to(self.weight.dtype), self.weight, labels, self.margin,
+                                     self.current_lambda(), normalize_weights=True)
+        losses = F.cross_entropy(logits, labels, reduction="none")
         return (losses * lmu.convert_to_weights(indices_tuple, labels, dtype=losses.dtype)).mean()

@@ -2,17 +2,25 @@
 
 from hvkit.api import hookimpl
 
+from .angular import AngularMiner
 from .batch_hard import BatchHardMiner
 from .distance_weighted import DistanceWeightedMiner
+from .hdc import HDCMiner
 from .multi_similarity import MultiSimilarityMiner
+from .pair_margin import PairMarginMiner
 from .pml import PMLMiner
 from .semi_hard import SemiHardMiner
+from .triplet_margin import TripletMarginMiner
 
 
 @hookimpl
 def register_miners(register):
+    register("angular", AngularMiner)
     register("batch_hard", BatchHardMiner)
     register("distance_weighted", DistanceWeightedMiner)
+    register("hdc", HDCMiner)
     register("multi_similarity", MultiSimilarityMiner)
+    register("pair_margin", PairMarginMiner)
     register("pml", PMLMiner)
     register("semi_hard", SemiHardMiner)
+    register("triplet_margin", TripletMarginMiner)

@@ -1,4 +1,4 @@
-"""Self-supervised pre-training on two augmented views (VICReg, Barlow Twins, NT-Xent, BYOL, DINO …)."""
+"""Self-supervised pre-training on two augmented views (VICReg, Barlow Twins, NT-Xent, BYOL, DINO, SwAV …)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ class SSLPretrain:
     its own pass with its own batch statistics. With ``local_views`` = k > 0 each image also
     gives k small views (multi-crop, Caron et al. 2020): ``local_transform`` (by default
     crops of 10-40% of the area, a letter or two of a word) resized to ``local_size`` pixels,
-    all k in one more pass, each compared with both global views (:func:`multi_view_loss`) —
+    all k in one more pass, each compared with both global views (:func:`multi_view_loss`; a
+    loss that declares ``takes_local_views``, e.g. ``swav``, gets all views in one call instead) —
     local stroke style has to match the whole word, at ``k (local_size / size)^2`` extra
     image cost; BatchNorm's running statistics then average the global and the local passes,
     so ``precise_bn`` (re-estimate them on the clean training images after training,
@@ -201,6 +202,8 @@ class SSLPretrain:
                     views, local = ([distributed.gather_with_grad(z) for z in zs] for zs in (views, local))
                     targets = [distributed.gather(t) for t in targets]
                 if teacher is None:
+                    if getattr(loss_fn, "takes_local_views", False):
+                        return loss_fn(*views, *local)
                     return multi_view_loss(loss_fn, views, local)
                 loss = teacher_view_loss(loss_fn, views, targets, local)
                 loss_fn.observe_teacher(targets)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 
 from hvkit.registry import get_registry
+from hvkit_plugins.losses.angular import AngularLoss
 from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
+from hvkit_plugins.losses.snr_contrastive import SNRContrastiveLoss
 from hvkit_plugins.losses.supcon import SupConLoss
 from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
@@ -32,6 +34,8 @@ SELF_REFERENCE = [  # (registered name, loss)
     ("multi_similarity", MultiSimilarityLoss(mining=False)),  # a given tuple replaces the mining
     ("supcon", SupConLoss()),  # the positives and the denominator are exactly those pairs
     ("tuplet_margin", TupletMarginLoss()),
+    ("angular", AngularLoss()),  # the positive pairs are those pairs, the negatives every other writer
+    ("snr_contrastive", SNRContrastiveLoss(0.5, 2.5, 0.1)),  # the regulariser covers the batch alone
 ]
 ACCEPTING = losses_with_reference()
 
