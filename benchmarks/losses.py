@@ -35,15 +35,21 @@ from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
+from hvkit_plugins.losses.dynamic_soft_margin import DynamicSoftMarginLoss
 from hvkit_plugins.losses.fast_ap import FastAPLoss
 from hvkit_plugins.losses.histogram import HistogramLoss
+from hvkit_plugins.losses.intra_pair_variance import IntraPairVarianceLoss
 from hvkit_plugins.losses.large_margin_softmax import LargeMarginSoftmaxLoss
 from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from hvkit_plugins.losses.manifold import ManifoldLoss
+from hvkit_plugins.losses.moco_v2 import MoCoV2Loss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
 from hvkit_plugins.losses.nbc_softmax import NBCSoftmaxLoss
+from hvkit_plugins.losses.nca import NCALoss
 from hvkit_plugins.losses.normalized_softmax import NormalizedSoftmaxLoss
 from hvkit_plugins.losses.npairs import NPairsLoss
 from hvkit_plugins.losses.ntxent import NTXentLoss
+from hvkit_plugins.losses.p2sgrad import P2SGradLoss
 from hvkit_plugins.losses.pnp import PNPLoss
 from hvkit_plugins.losses.proxy_anchor import ProxyAnchorLoss
 from hvkit_plugins.losses.proxy_nca import ProxyNCALoss
@@ -55,9 +61,11 @@ from hvkit_plugins.losses.sphereface import SphereFaceLoss
 from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 from hvkit_plugins.losses.supcon import SupConLoss
 from hvkit_plugins.losses.swav import SwAVLoss
+from hvkit_plugins.losses.threshold_consistent_margin import ThresholdConsistentMarginLoss
 from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
+from hvkit_plugins.losses.weighted_sum import WeightedSumLoss
 from hvkit_plugins.samplers.xbm import CrossBatchMemoryLoss
 
 LossFactory = Callable[[int, int], Callable[..., torch.Tensor]]
@@ -163,6 +171,22 @@ def _official_swav(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     return call
 
 
+MOCO_QUEUE = 16384  # a quarter of the paper's K = 65536
+
+
+def _official_moco_v2(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official MoCo code's loss (Algorithm 1): l_pos and l_neg by einsum against a (D, K) queue, concatenated."""
+    queue = F.normalize(torch.randn(dim, MOCO_QUEUE), dim=0)
+
+    def call(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        q, k = F.normalize(z_a, dim=1), F.normalize(z_b.detach(), dim=1)
+        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", q, queue.to(q.device))
+        logits = torch.cat([l_pos, l_neg], dim=1) / 0.2
+        return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.int64, device=q.device))
+    return call
+
+
 def _contra_x_reference(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     classifier, supcon = torch.nn.Linear(dim, classes), pml.SupConLoss(temperature=0.1)
 
@@ -215,6 +239,24 @@ def _pml_large_margin_softmax(dim: int, classes: int) -> Callable[..., torch.Ten
     return loss
 
 
+def _pml_dynamic_soft_margin(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """PML's DynamicSoftMarginLoss, its histogram detached after each call (it keeps the graph: a second backward
+    through the previous call's graph would fail)."""
+    loss = pml.DynamicSoftMarginLoss()
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        value = loss(embeddings, labels)
+        loss.hist_ = loss.hist_.detach()
+        return value
+    return call
+
+
+def _pml_manifold(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """PML's ManifoldLoss with 50 proxies: it takes no labels (its meta-classes are drawn at random per call)."""
+    loss = pml.ManifoldLoss(dim, K=50)
+    return lambda embeddings, labels: loss(embeddings)
+
+
 XBM_MEMORY = 1024  # two batches of 512: full after the warm-up calls, as it is for most of a run
 
 CASES: list[Case] = [
@@ -229,6 +271,9 @@ CASES: list[Case] = [
     Case("swav", lambda dim, classes: SwAVLoss(dim, SWAV_PROTOTYPES), _official_swav,
          "official code (PML has none), K 3000", "views",
          note="two views, no queue; ours runs Sinkhorn in float64, the official code in float32"),
+    Case("moco_v2", lambda dim, classes: MoCoV2Loss(dim, MOCO_QUEUE), _official_moco_v2,
+         "official code's loss (PML has none), queue 16384", "views",
+         note="the loss alone, no enqueueing: one (B, K) logit matrix against the queue in both"),
     Case("contra_x", lambda dim, classes: ContraXLoss(dim, classes), _contra_x_reference,
          "CE + PML SupConLoss", "labelled"),
     Case("multi_similarity", lambda dim, classes: MultiSimilarityLoss(), _pml_multi_similarity,
@@ -319,11 +364,34 @@ CASES: list[Case] = [
     Case("pnp", lambda dim, classes: PNPLoss(), lambda dim, classes: pml.PNPLoss(), "PML PNPLoss, variant O",
          "labelled", batch=256,
          note="batch 256: PML's PNPLoss builds several (B, B, B) tensors, 0.5 GB each in float32 at B=512"),
+    Case("p2sgrad", lambda dim, classes: P2SGradLoss(dim, classes),
+         lambda dim, classes: pml.P2SGradLoss(dim, classes), "PML P2SGradLoss", "labelled"),
+    Case("threshold_consistent_margin", lambda dim, classes: ThresholdConsistentMarginLoss(),
+         lambda dim, classes: pml.ThresholdConsistentMarginLoss(), "PML ThresholdConsistentMarginLoss, all pairs",
+         "labelled", batch=256,
+         note="batch 256: PML's ThresholdConsistentMarginLoss gathers both embeddings of every pair, "
+              "(B^2, D) tensors, 2 GB each at B=512, dim 2048"),
+    Case("dynamic_soft_margin", lambda dim, classes: DynamicSoftMarginLoss(),
+         _pml_dynamic_soft_margin, "PML DynamicSoftMarginLoss, all triplets", "labelled",
+         note="stateful: each call updates the histogram; PML's keeps its autograd graph, so the reference's "
+              "histogram is detached after each call (its second backward would fail)"),
+    Case("manifold", lambda dim, classes: ManifoldLoss(dim, classes, num_proxies=50),
+         _pml_manifold, "PML ManifoldLoss, K 50", "labelled",
+         note="50 proxies in both; PML draws its meta-classes at random per call and ignores the labels"),
     Case("xbm", lambda dim, classes: CrossBatchMemoryLoss(ContrastiveLoss(0.0, 1.0), dim, XBM_MEMORY),
          lambda dim, classes: pml.CrossBatchMemory(pml.ContrastiveLoss(0.0, 1.0), dim, memory_size=XBM_MEMORY),
          "PML CrossBatchMemory(ContrastiveLoss), memory 1024", "labelled",
          note="stateful: each call enqueues the batch, so the memory (1024) is full after the warm-up; "
               "both hand the inner loss the memory as its reference set (ref_emb): a B x M distance matrix"),
+    Case("nca", lambda dim, classes: NCALoss(), lambda dim, classes: pml.NCALoss(), "PML NCALoss, softmax_scale 1",
+         "labelled"),
+    Case("intra_pair_variance", lambda dim, classes: IntraPairVarianceLoss(),
+         lambda dim, classes: pml.IntraPairVarianceLoss(), "PML IntraPairVarianceLoss, all pairs", "labelled"),
+    Case("weighted_sum", lambda dim, classes: WeightedSumLoss([TupletMarginLoss(), IntraPairVarianceLoss()]),
+         lambda dim, classes: pml.MultipleLosses([pml.TupletMarginLoss(), pml.IntraPairVarianceLoss()]),
+         "PML MultipleLosses(TupletMarginLoss, IntraPairVarianceLoss)", "labelled", batch=256,
+         note="batch 256: PML's TupletMarginLoss builds (positive pairs x negative pairs) matrices, "
+              "4e8 entries each at B=512"),
 ]
 
 

@@ -29,6 +29,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml
 
 from hvkit_plugins.miners.angular import AngularMiner
+from hvkit_plugins.miners.batch_easy_hard import BatchEasyHardMiner
 from hvkit_plugins.miners.batch_hard import BatchHardMiner
 from hvkit_plugins.miners.distance_weighted import DistanceWeightedMiner
 from hvkit_plugins.miners.hdc import HDCMiner
@@ -36,6 +37,7 @@ from hvkit_plugins.miners.multi_similarity import MultiSimilarityMiner
 from hvkit_plugins.miners.pair_margin import PairMarginMiner
 from hvkit_plugins.miners.semi_hard import SemiHardMiner
 from hvkit_plugins.miners.triplet_margin import TripletMarginMiner
+from hvkit_plugins.miners.uniform_histogram import UniformHistogramMiner
 from hvkit_plugins.samplers.dense_anchor import DenseAnchorLoss
 
 Step = Callable[[torch.Tensor, torch.Tensor], object]
@@ -84,6 +86,10 @@ CASES: list[Case] = [
     Case("angular", lambda b, d: AngularMiner(normalize=False), lambda b, d: pml.AngularMiner(),
          "PML AngularMiner (both on the raw embeddings)"),
     Case("hdc", lambda b, d: HDCMiner(), lambda b, d: pml.HDCMiner(), "PML HDCMiner"),
+    Case("batch_easy_hard", lambda b, d: BatchEasyHardMiner(), lambda b, d: pml.BatchEasyHardMiner(),
+         "PML BatchEasyHardMiner (easy, semihard)"),
+    Case("uniform_histogram", lambda b, d: UniformHistogramMiner(), lambda b, d: pml.UniformHistogramMiner(),
+         "PML UniformHistogramMiner"),
     Case("dense_anchor", _with_and_without_das(True), _with_and_without_das(False),
          "the same PML MS miner + loss without DAS (cost of DAS)"),
 ]

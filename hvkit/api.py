@@ -21,7 +21,12 @@ API_VERSION: tuple[int, int] = (1, 3)
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
 ``Trainer.fit(after_step=...)``. 1.2 added reference sets: ``MetricLoss.accepts_reference`` and
 ``forward(..., ref_emb=None, ref_labels=None)``. 1.3 added ``ViewLoss.takes_local_views`` (multi-crop
-views in one call).
+views in one call), ``ViewLoss.symmetric`` (a teacher loss whose second global view is no query)
+and reference sets for miners: a miner with ``accepts_reference = True`` is called
+``miner(embeddings, labels, ref_emb=None, ref_labels=None)`` and returns tuples whose anchors index
+``embeddings`` and whose partners index ``ref_emb`` (pytorch-metric-learning's semantics; without a
+reference the batch is its own and no (i, i) pair is returned); ``xbm`` mines the batch against its
+memory through it.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -116,11 +121,15 @@ class ViewLoss(nn.Module):
     ``takes_local_views = True``: ``forward(z_a, z_b, *local_views)`` takes every view of a step
     at once, the two global views first, and ``ssl_pretrain`` calls it once per step rather than
     averaging it over pairs of views (SwAV computes each global view's codes once, over the batch).
+    ``symmetric = False`` (an instance may set it from its settings) on a ``needs_teacher`` loss:
+    only the first global view (and any local view) is compared with the teacher's other global
+    views, ``loss(z_1, t_2)`` rather than ``(loss(z_1, t_2) + loss(z_2, t_1)) / 2`` (MoCo's asymmetric form).
     """
 
     needs_global_batch: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = False
     takes_local_views: ClassVar[bool] = False
+    symmetric: bool = True
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

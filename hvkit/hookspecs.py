@@ -71,7 +71,11 @@ def register_samplers(register: Register) -> None:
 
 @hookspec
 def register_miners(register: Register) -> None:
-    """Miners: ``factory(**params) -> callable(embeddings, labels) -> indices tuple`` (PML format)."""
+    """Miners: ``factory(**params) -> callable(embeddings, labels) -> indices tuple`` (PML format).
+
+    A miner with ``accepts_reference = True`` (API 1.3) is also called ``miner(embeddings, labels,
+    ref_emb=..., ref_labels=...)``: anchors index ``embeddings``, partners ``ref_emb``.
+    """
 
 
 @hookspec

@@ -319,18 +319,26 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
 
 # --- miners -----------------------------------------------------------------------------------
 
-def _check_indices(where: str, case: str, out: Any, labels: torch.Tensor) -> None:
+def _check_indices(where: str, case: str, out: Any, labels: torch.Tensor,
+                   ref_labels: torch.Tensor | None = None) -> None:
+    """Valid PML indices: anchors index ``labels`` (the batch), partners ``ref_labels`` (default: the batch)."""
     if not isinstance(out, tuple) or len(out) not in (3, 4) or not all(
             isinstance(t, torch.Tensor) for t in out):
         raise AssertionError(f"{where}: on {case} it returned {type(out).__name__}; expected a "
                              "tuple of 3 (anchor, positive, negative) or 4 (anchor, positive, "
                              "anchor, negative) index tensors, pytorch-metric-learning's format")
-    for t in out:
+    reference = ref_labels is not None
+    ref_lab = (ref_labels if reference else labels).cpu()
+    for i, t in enumerate(out):
         if t.dim() != 1 or t.dtype != torch.int64:
             raise AssertionError(f"{where}: on {case} an index tensor has shape {tuple(t.shape)} "
                                  f"and dtype {t.dtype}; expected 1-D int64")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= len(labels)):
-            raise AssertionError(f"{where}: on {case} an index is outside 0..{len(labels) - 1}")
+        anchor = i == 0 or (len(out) == 4 and i == 2)
+        rows, what = (len(labels), "an anchor") if anchor else (len(ref_lab), "a partner")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= rows):
+            side = ("the batch's rows" if anchor else "the rows of ref_emb") if reference else "the batch"
+            raise AssertionError(f"{where}: on {case} {what} index is outside 0..{rows - 1}, {side}" +
+                                 ("; anchors index embeddings, partners ref_emb" if reference else ""))
     lab = labels.cpu()
     groups = [(out[0], out[1], out[2])] if len(out) == 3 else [(out[0], out[1], None),
                                                                 (out[2], None, out[3])]
@@ -342,11 +350,76 @@ def _check_indices(where: str, case: str, out: Any, labels: torch.Tensor) -> Non
         a = anchor.cpu()
         if pos is not None:
             p = pos.cpu()
-            if (lab[a] != lab[p]).any() or (a == p).any():
-                raise AssertionError(f"{where}: on {case} a positive has another label than its "
-                                     "anchor, or is the anchor itself")
-        if neg is not None and (lab[a] == lab[neg.cpu()]).any():
+            if (lab[a] != ref_lab[p]).any():
+                raise AssertionError(f"{where}: on {case} a positive has another label than its anchor" +
+                                     (" (a positive's label is ref_labels[p])" if reference else ""))
+            if not reference and (a == p).any():
+                raise AssertionError(f"{where}: on {case} a positive is the anchor itself")
+        if neg is not None and (lab[a] == ref_lab[neg.cpu()]).any():
             raise AssertionError(f"{where}: on {case} a negative has its anchor's label")
+
+
+def _mine(where: str, built: Any, case: str, emb: torch.Tensor, lab: torch.Tensor, edge: bool, seed: int,
+          **reference: torch.Tensor) -> tuple | None:
+    """One checked call (None if an ``edge`` case refused it with ValueError), and the same result a second time."""
+    kept = {name: t.clone() for name, t in (("embeddings", emb), *reference.items())}
+    try:
+        torch.manual_seed(seed)
+        out = built(emb, lab, **reference)
+    except Exception as exc:
+        if edge and isinstance(exc, ValueError):
+            return None
+        hint = "return empty indices or raise ValueError" if edge else "every such batch must work"
+        raise AssertionError(f"{where}: on {case} it raised {type(exc).__name__}: {exc}; "
+                             f"{hint}") from exc
+    for name, t in (("embeddings", emb), *reference.items()):
+        if not torch.equal(t, kept[name]):
+            raise AssertionError(f"{where}: on {case} it modified the {name} in place")
+    _check_indices(where, case, out, lab, reference.get("ref_labels"))
+    torch.manual_seed(seed)
+    again = built(emb, lab, **reference)
+    if not all(torch.equal(x, y) for x, y in zip(out, again)):
+        raise AssertionError(f"{where}: on {case} two calls under the same torch seed mined "
+                             "different indices; draw randomness from torch's generator")
+    return out
+
+
+def _miner_reference(where: str, built: Any, base: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     seed: int) -> None:
+    """``accepts_reference``: anchors index the batch, partners ``ref_emb``, whose rows count in any order."""
+    params = inspect.signature(built.forward if isinstance(built, nn.Module) else built).parameters
+    if not {"ref_emb", "ref_labels"} <= set(params) and not any(
+            p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise AssertionError(f"{where}: accepts_reference is True but it takes no ref_emb and ref_labels; "
+                             "add them (keyword arguments, default None) or leave accepts_reference False")
+    rows = len(labels) + 3  # another size than the batch: partner indices reach past its rows
+    reference = torch.randn(rows, base.shape[1], generator=_generator(seed + 1), dtype=torch.float64)
+    ref_labels = torch.arange(rows).flip(0) % num_classes
+    order = torch.randperm(rows, generator=_generator(seed + 2))
+    for dtype in (torch.float32, torch.float64):
+        e, r = base.to(dtype), reference.to(dtype)
+        _mine(where, built, f"a reference set of one class ({dtype})", e, labels, True, seed, ref_emb=r,
+              ref_labels=torch.zeros_like(ref_labels))
+        name = f"a reference set of {rows} rows ({dtype})"
+        first = _mine(where, built, name, e, labels, False, seed, ref_emb=r, ref_labels=ref_labels)
+        other = _mine(where, built, f"{name} under another seed", e, labels, False, seed + 1, ref_emb=r,
+                      ref_labels=ref_labels)
+        if not all(torch.equal(x, y) for x, y in zip(first, other)):
+            continue  # random: the order of the rows may change its draws too
+        shuffled = _mine(where, built, f"a shuffled reference set ({dtype})", e, labels, False, seed,
+                         ref_emb=r[order], ref_labels=ref_labels[order])
+        mapped = tuple(t if i == 0 or (len(first) == 4 and i == 2) else order[t] for i, t in enumerate(shuffled))
+        if _tuple_sets(first) != _tuple_sets(mapped):
+            raise AssertionError(f"{where}: shuffling the rows of ref_emb and ref_labels changed the tuples it "
+                                 f"mined ({dtype}), though it mines the same ones under any torch seed; every "
+                                 "(anchor, reference row) pair is a candidate whatever its row: no diagonal, "
+                                 "the reference is another set")
+
+
+def _tuple_sets(out: tuple) -> list[list[tuple[int, ...]]]:
+    """The triplets, or the positive and the negative pairs, each sorted: what a miner mined, in any order."""
+    groups = [out] if len(out) == 3 else [out[:2], out[2:]]
+    return [sorted(zip(*(t.tolist() for t in g))) for g in groups]
 
 
 def check_miner(miner: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
@@ -357,9 +430,17 @@ def check_miner(miner: Any, params: Mapping[str, Any] | None = None, *, embeddin
     label and (anchor, negative) of two, every index in the batch, int64. The result must
     be the same twice under the same ``torch.manual_seed`` (a resumed run replays it).
     A batch of one class or of one sample per class gives valid (maybe empty) indices or
-    a ValueError.
+    a ValueError. A miner with ``accepts_reference = True`` must take ``ref_emb`` and
+    ``ref_labels``: given a reference set of another size than the batch, its anchors index
+    the batch and its positives and negatives the reference (a positive may be the anchor's
+    own row number: the reference is another set), it leaves ``ref_emb`` alone, and a miner
+    whose tuples do not depend on the torch seed mines the same (anchor, reference row)
+    tuples from the reference's rows shuffled.
     """
     built, where = _build("miner", miner, params)
+    flag = getattr(built, "accepts_reference", False)
+    if not isinstance(flag, bool):
+        raise AssertionError(f"{where}: accepts_reference must be a bool, got {flag!r}")
     g = _generator(seed)
     base = torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
     labels = torch.arange(batch_size) % num_classes
@@ -370,26 +451,9 @@ def check_miner(miner: Any, params: Mapping[str, Any] | None = None, *, embeddin
     }
     for dtype in (torch.float32, torch.float64):
         for case, (emb, lab, edge) in cases.items():
-            case = f"{case} ({dtype})"
-            e = emb.to(dtype)
-            kept = e.clone()
-            try:
-                torch.manual_seed(seed)
-                out = built(e, lab)
-            except Exception as exc:
-                if edge and isinstance(exc, ValueError):
-                    continue
-                hint = "return empty indices or raise ValueError" if edge else "every such batch must work"
-                raise AssertionError(f"{where}: on {case} it raised {type(exc).__name__}: {exc}; "
-                                     f"{hint}") from exc
-            if not torch.equal(e, kept):
-                raise AssertionError(f"{where}: on {case} it modified the embeddings in place")
-            _check_indices(where, case, out, lab)
-            torch.manual_seed(seed)
-            again = built(e, lab)
-            if not all(torch.equal(x, y) for x, y in zip(out, again)):
-                raise AssertionError(f"{where}: on {case} two calls under the same torch seed mined "
-                                     "different indices; draw randomness from torch's generator")
+            _mine(where, built, f"{case} ({dtype})", emb.to(dtype), lab, edge, seed)
+    if flag:
+        _miner_reference(where, built, base, labels, num_classes, seed)
 
 
 # --- samplers ---------------------------------------------------------------------------------

@@ -11,19 +11,25 @@ from .contra_x import ContraXLoss
 from .contrastive import ContrastiveLoss
 from .cosface import CosFaceLoss
 from .dino import DINOLoss
+from .dynamic_soft_margin import DynamicSoftMarginLoss
 from .fast_ap import FastAPLoss
 from .histogram import HistogramLoss
 from .identitization import IdentitizationLoss
+from .intra_pair_variance import IntraPairVarianceLoss
 from .invariant_spreading import InvariantSpreadingLoss
 from .large_margin_softmax import LargeMarginSoftmaxLoss
 from .lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from .manifold import ManifoldLoss
 from .margin import MarginLoss
+from .moco_v2 import MoCoV2Loss
 from .moco_v3 import MoCoV3Loss
 from .multi_similarity import MultiSimilarityLoss
 from .nbc_softmax import NBCSoftmaxLoss
+from .nca import NCALoss
 from .normalized_softmax import NormalizedSoftmaxLoss
 from .npairs import NPairsLoss
 from .ntxent import NTXentLoss
+from .p2sgrad import P2SGradLoss
 from .pnp import PNPLoss
 from .proxy_anchor import ProxyAnchorLoss
 from .proxy_nca import ProxyNCALoss
@@ -36,10 +42,12 @@ from .sphereface import SphereFaceLoss
 from .subcenter_arcface import SubCenterArcFaceLoss
 from .supcon import SupConLoss
 from .swav import SwAVLoss
+from .threshold_consistent_margin import ThresholdConsistentMarginLoss
 from .triplet import TripletLoss
 from .tuplet_margin import TupletMarginLoss
 from .vae_elbo import VAEELBOLoss
 from .vicreg import VICRegLoss
+from .weighted_sum import WeightedSumLoss
 
 
 @hookimpl
@@ -53,20 +61,26 @@ def register_losses(register):
     register("contrastive", ContrastiveLoss)
     register("cosface", CosFaceLoss)
     register("dino", DINOLoss)
+    register("dynamic_soft_margin", DynamicSoftMarginLoss)
     register("fast_ap", FastAPLoss)
     register("generalized_lifted_structure", GeneralizedLiftedStructureLoss)
     register("histogram", HistogramLoss)
     register("identitization", IdentitizationLoss)
+    register("intra_pair_variance", IntraPairVarianceLoss)
     register("invariant_spreading", InvariantSpreadingLoss)
     register("large_margin_softmax", LargeMarginSoftmaxLoss)
     register("lifted_structure", LiftedStructureLoss)
+    register("manifold", ManifoldLoss)
     register("margin", MarginLoss)
+    register("moco_v2", MoCoV2Loss)
     register("moco_v3", MoCoV3Loss)
     register("multi_similarity", MultiSimilarityLoss)
     register("nbc_softmax", NBCSoftmaxLoss)
+    register("nca", NCALoss)
     register("normalized_softmax", NormalizedSoftmaxLoss)
     register("npairs", NPairsLoss)
     register("ntxent", NTXentLoss)
+    register("p2sgrad", P2SGradLoss)
     register("pnp", PNPLoss)
     register("proxy_anchor", ProxyAnchorLoss)
     register("proxy_nca", ProxyNCALoss)
@@ -79,7 +93,9 @@ def register_losses(register):
     register("subcenter_arcface", SubCenterArcFaceLoss)
     register("supcon", SupConLoss)
     register("swav", SwAVLoss)
+    register("threshold_consistent_margin", ThresholdConsistentMarginLoss)
     register("triplet", TripletLoss)
     register("tuplet_margin", TupletMarginLoss)
     register("vae_elbo", VAEELBOLoss)
     register("vicreg", VICRegLoss)
+    register("weighted_sum", WeightedSumLoss)

@@ -29,11 +29,15 @@ class ProxyLoss(MetricLoss):
         self.num_classes, self.embedding_dim = proxies.shape
         self.proxies = nn.Parameter(proxies)
 
-    def cosines(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                indices_tuple: tuple | None) -> torch.Tensor:
-        """(B, C) cosine similarities of the embeddings with the proxies, after checking the batch."""
+    def check(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None) -> None:
+        """Raise ValueError for a miner's tuple or a batch of the wrong shape or labels."""
         if indices_tuple is not None:
             raise ValueError(f"{self.loss_name}: a proxy loss compares each sample with the class proxies, "
                              "not with mined pairs or triplets: remove the miner")
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes, loss=self.loss_name)
+
+    def cosines(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple | None) -> torch.Tensor:
+        """(B, C) cosine similarities of the embeddings with the proxies, after checking the batch."""
+        self.check(embeddings, labels, indices_tuple)
         return F.normalize(embeddings.to(self.proxies.dtype), dim=1) @ F.normalize(self.proxies, dim=1).T

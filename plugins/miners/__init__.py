@@ -3,6 +3,7 @@
 from hvkit.api import hookimpl
 
 from .angular import AngularMiner
+from .batch_easy_hard import BatchEasyHardMiner
 from .batch_hard import BatchHardMiner
 from .distance_weighted import DistanceWeightedMiner
 from .hdc import HDCMiner
@@ -11,11 +12,13 @@ from .pair_margin import PairMarginMiner
 from .pml import PMLMiner
 from .semi_hard import SemiHardMiner
 from .triplet_margin import TripletMarginMiner
+from .uniform_histogram import UniformHistogramMiner
 
 
 @hookimpl
 def register_miners(register):
     register("angular", AngularMiner)
+    register("batch_easy_hard", BatchEasyHardMiner)
     register("batch_hard", BatchHardMiner)
     register("distance_weighted", DistanceWeightedMiner)
     register("hdc", HDCMiner)
@@ -24,3 +27,4 @@ def register_miners(register):
     register("pml", PMLMiner)
     register("semi_hard", SemiHardMiner)
     register("triplet_margin", TripletMarginMiner)
+    register("uniform_histogram", UniformHistogramMiner)

@@ -10,6 +10,8 @@ from torch import nn
 
 from hvkit_plugins.losses._pairs import label_masks
 
+from ._distances import partners
+
 
 class AngularMiner(nn.Module):
     """Triplets (a, p, n) whose angle at the negative exceeds ``angle`` degrees (Wang et al. 2017).
@@ -31,7 +33,13 @@ class AngularMiner(nn.Module):
     distance but measures the angle on the embeddings as given, so it equals ``normalize=True``
     on unit-length embeddings (what hvkit's ``metric_train`` stage passes by default) and
     ``normalize=False`` on any.
+
+    With a reference set (``ref_emb``, ``ref_labels``: ``accepts_reference``) the anchors are the batch's rows,
+    positives and negatives the reference's (a positive p = a included), G then the batch's products with the
+    reference and the reference's with itself: PML's triplets with that reference, in its order.
     """
+
+    accepts_reference = True
 
     def __init__(self, angle: float = 20.0, normalize: bool = True) -> None:
         super().__init__()
@@ -40,17 +48,24 @@ class AngularMiner(nn.Module):
         self.angle, self.normalize = angle, normalize
 
     @torch.no_grad()
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reference, ref_labels, is_batch = partners("angular", embeddings, labels, ref_emb, ref_labels)
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        x = embeddings.to(dtype)
         x = F.normalize(x, dim=1) if self.normalize else x
-        gram = x @ x.T
-        sq_norm = gram.diagonal()
-        labels = labels.to(x.device)
-        positive, negative = label_masks(labels, labels, True)
+        if reference is None:
+            cross = ref_gram = x @ x.T
+            sq_x = sq_r = cross.diagonal()
+        else:
+            r = reference.to(dtype)
+            r = F.normalize(r, dim=1) if self.normalize else r
+            cross, ref_gram = x @ r.T, r @ r.T
+            sq_x, sq_r = (x * x).sum(dim=1), ref_gram.diagonal()
+        positive, negative = label_masks(labels.to(x.device), ref_labels, is_batch)
         anchors, positives = torch.where(positive & negative.any(dim=1, keepdim=True))
-        g_ap, ends = gram[anchors, positives].unsqueeze(1), (sq_norm[anchors] + sq_norm[positives]).unsqueeze(1)
-        centre_sq = sq_norm - gram[anchors] - gram[positives] + (ends + 2 * g_ap) / 4
+        g_ap, ends = cross[anchors, positives].unsqueeze(1), (sq_x[anchors] + sq_r[positives]).unsqueeze(1)
+        centre_sq = sq_r - cross[anchors] - ref_gram[positives] + (ends + 2 * g_ap) / 4
         wide = ends - 2 * g_ap > 4 * math.tan(math.radians(self.angle)) ** 2 * centre_sq
         pair, negatives = torch.where(wide & negative[anchors])
         return anchors[pair], positives[pair], negatives

@@ -2,8 +2,11 @@
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
+
+from hvkit_plugins.losses._pairs import label_masks
+
+from ._distances import partners
 
 
 class DistanceWeightedMiner(nn.Module):
@@ -23,7 +26,13 @@ class DistanceWeightedMiner(nn.Module):
     to underflow in high dimensions, and drawn for all anchors at once. Draws come from
     ``generator`` when one is passed, else from torch's global generator (which hvkit seeds,
     checkpoints and restores, so a resumed run replays them).
+
+    With a reference set (``ref_emb``, ``ref_labels``: ``accepts_reference``) the anchors are the batch's rows and
+    positives and negatives the reference's: every (anchor, reference positive) pair once, p = a included, with
+    one negative drawn from the reference, as PML's miner draws them given that reference.
     """
+
+    accepts_reference = True
 
     def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> None:
         super().__init__()
@@ -33,23 +42,30 @@ class DistanceWeightedMiner(nn.Module):
         self.cutoff = cutoff
         self.nonzero_loss_cutoff = nonzero_loss_cutoff
 
-    def log_weights(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``log(1/q(d))`` of every (anchor, candidate) pair, ``-inf`` where n may not be drawn."""
-        x = F.normalize(embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)), dim=1)
+    def log_weights(self, embeddings: torch.Tensor, negative: torch.Tensor,
+                    reference: torch.Tensor | None = None) -> torch.Tensor:
+        """``log(1/q(d))`` of every (anchor, candidate) pair, ``-inf`` where n may not be drawn.
+
+        ``negative`` is the (B, R) mask of the pairs of different labels; the candidates are the rows of
+        ``reference`` (default: the batch's).
+        """
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        x = F.normalize(embeddings.to(dtype), dim=1)
+        r = x if reference is None else F.normalize(reference.to(dtype), dim=1)
         n = x.shape[1]
-        sq_dist = (2 - 2 * x @ x.T).clamp(min=self.cutoff ** 2)
+        sq_dist = (2 - 2 * x @ r.T).clamp(min=self.cutoff ** 2)
         log_w = -(n - 2) / 2 * sq_dist.log() - (n - 3) / 2 * torch.log1p(-sq_dist / 4)
-        _, diffs = lmu.get_matches_and_diffs(labels.to(x.device))
-        allowed = diffs.bool() & (sq_dist < self.nonzero_loss_cutoff ** 2) & log_w.isfinite()
+        allowed = negative & (sq_dist < self.nonzero_loss_cutoff ** 2) & log_w.isfinite()
         return log_w.masked_fill(~allowed, float("-inf"))
 
     @torch.no_grad()
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                generator: torch.Generator | None = None
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        log_w = self.log_weights(embeddings, labels)
-        matches, _ = lmu.get_matches_and_diffs(labels.to(log_w.device))
-        pos = matches.bool() & log_w.isfinite().any(dim=1, keepdim=True)
+        reference, ref_labels, is_batch = partners("distance_weighted", embeddings, labels, ref_emb, ref_labels)
+        positive, negative = label_masks(labels.to(embeddings.device), ref_labels, is_batch)
+        log_w = self.log_weights(embeddings, negative, reference)
+        pos = positive & log_w.isfinite().any(dim=1, keepdim=True)
         anchors, positives = torch.where(pos)
         if anchors.numel() == 0:
             return anchors, positives, positives.clone()

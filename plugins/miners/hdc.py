@@ -9,7 +9,7 @@ from torch import nn
 
 from hvkit_plugins.losses._pairs import label_masks
 
-from ._distances import Distance, check_distance, pair_matrix
+from ._distances import Distance, check_distance, pair_matrix, partners
 
 
 class HDCMiner(nn.Module):
@@ -28,8 +28,13 @@ class HDCMiner(nn.Module):
     HDCMiner with ``LpDistance(normalize_embeddings=normalize)`` or ``CosineSimilarity()``: the
     same distances ranked in the same (row-major) order, so that even ties, such as d(a, p) and
     d(p, a), fall alike. PML's cascade hook (``set_idx_externally``, ranking another miner's
-    pairs) has no counterpart: hvkit's miners take embeddings and labels only.
+    pairs) has no counterpart: hvkit's miners take embeddings, labels and a reference set only.
+
+    With a reference set (``ref_emb``, ``ref_labels``: ``accepts_reference``) the pairs are (batch row, reference
+    row), every one a candidate, i = j included: PML's pairs with that reference, in its order.
     """
+
+    accepts_reference = True
 
     def __init__(self, filter_percentage: float = 0.5, distance: Distance = "euclidean",
                  normalize: bool = True) -> None:
@@ -41,12 +46,13 @@ class HDCMiner(nn.Module):
         self.distance, self.normalize = distance, normalize
 
     @torch.no_grad()
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        mat = pair_matrix(embeddings, self.distance, self.normalize)
-        labels = labels.to(mat.device)
+        reference, ref_labels, is_batch = partners("hdc", embeddings, labels, ref_emb, ref_labels)
+        mat = pair_matrix(embeddings, self.distance, self.normalize, reference)
         mined = []
-        for mask, farthest in zip(label_masks(labels, labels, True), (True, False)):
+        for mask, farthest in zip(label_masks(labels.to(mat.device), ref_labels, is_batch), (True, False)):
             rows, cols = torch.where(mask)
             k = math.ceil(self.filter_percentage * len(rows))
             hardest = mat[rows, cols].topk(k, largest=farthest != (self.distance == "cosine")).indices

@@ -9,7 +9,7 @@ from torch import nn
 
 from hvkit_plugins.losses._pairs import label_masks
 
-from ._distances import Distance, check_distance, pair_matrix
+from ._distances import Distance, check_distance, pair_matrix, partners
 
 
 class PairMarginMiner(nn.Module):
@@ -24,7 +24,13 @@ class PairMarginMiner(nn.Module):
     their order (row-major: by anchor, then partner), are those of PML's PairMarginMiner with
     ``LpDistance(normalize_embeddings=normalize)`` or ``CosineSimilarity()``, found by masking
     the distance matrix instead of gathering every pair first.
+
+    With a reference set (``ref_emb``, ``ref_labels``: ``accepts_reference``) the anchors are the batch's rows
+    and their partners the reference's, every (i, j) a candidate, i = j included: PML's pairs with that
+    reference, in its order.
     """
+
+    accepts_reference = True
 
     def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, distance: Distance = "euclidean",
                  normalize: bool = True) -> None:
@@ -38,11 +44,12 @@ class PairMarginMiner(nn.Module):
         self.distance, self.normalize = distance, normalize
 
     @torch.no_grad()
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        mat = pair_matrix(embeddings, self.distance, self.normalize)
-        labels = labels.to(mat.device)
-        positive, negative = label_masks(labels, labels, True)
+        reference, ref_labels, is_batch = partners("pair_margin", embeddings, labels, ref_emb, ref_labels)
+        mat = pair_matrix(embeddings, self.distance, self.normalize, reference)
+        positive, negative = label_masks(labels.to(mat.device), ref_labels, is_batch)
         if self.distance == "cosine":
             positive &= mat < self.pos_margin
             negative &= mat > self.neg_margin

@@ -7,6 +7,8 @@ import torch
 from pytorch_metric_learning import miners
 from torch import nn
 
+from ._distances import partners
+
 PML_MINERS: dict[str, type[miners.BaseMiner]] = {
     name: obj for name, obj in vars(miners).items()
     if isinstance(obj, type) and issubclass(obj, miners.BaseMiner) and obj is not miners.BaseMiner
@@ -18,8 +20,11 @@ class PMLMiner(nn.Module):
 
     ``miner`` is the class name in ``pytorch_metric_learning.miners`` and ``params`` its keyword
     arguments (numbers, strings and lists; PML's own defaults where left out). Calling this
-    module calls the miner; the built PML miner is ``.miner``.
+    module calls the miner; the built PML miner is ``.miner``. A reference set (``ref_emb``, ``ref_labels``:
+    ``accepts_reference``) is passed through: every PML miner mines the batch's anchors against it.
     """
+
+    accepts_reference = True
 
     def __init__(self, miner: str, params: dict | None = None) -> None:
         super().__init__()
@@ -37,5 +42,9 @@ class PMLMiner(nn.Module):
             raise ValueError(f"bad params for pytorch-metric-learning {miner} ({error}); it "
                              f"accepts {', '.join(accepted) or 'no params'}") from None
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.miner(embeddings, labels)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        reference, ref_labels, _ = partners("pml", embeddings, labels, ref_emb, ref_labels)
+        if reference is None:
+            return self.miner(embeddings, labels)
+        return self.miner(embeddings, labels, reference, ref_labels)

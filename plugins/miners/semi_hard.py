@@ -4,8 +4,11 @@ from typing import Literal
 
 import torch
 from pytorch_metric_learning.distances import LpDistance
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
+
+from hvkit_plugins.losses._pairs import label_masks
+
+from ._distances import partners
 
 
 class SemiHardMiner(nn.Module):
@@ -19,7 +22,13 @@ class SemiHardMiner(nn.Module):
     semi-hard negative are left out). d is the Euclidean distance between L2-normalised
     embeddings (``normalize=False``: the raw embeddings), squared when ``squared`` (FaceNet's
     choice; the margin is then in squared units). Default margin 0.2, FaceNet's alpha.
+
+    With a reference set (``ref_emb``, ``ref_labels``: ``accepts_reference``) the anchors are the batch's rows,
+    positives and negatives the reference's, a positive p = a included: ``"all"`` gives PML's triplets with that
+    reference, in its order.
     """
+
+    accepts_reference = True
 
     def __init__(self, margin: float = 0.2, negatives: Literal["all", "hardest"] = "all",
                  normalize: bool = True, squared: bool = False) -> None:
@@ -33,13 +42,14 @@ class SemiHardMiner(nn.Module):
         self.distance = LpDistance(normalize_embeddings=normalize, power=2 if squared else 1)
 
     @torch.no_grad()
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mat = self.distance(embeddings)
-        matches, diffs = lmu.get_matches_and_diffs(labels.to(mat.device))
-        anchors, positives = torch.where(matches.bool())
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reference, ref_labels, is_batch = partners("semi_hard", embeddings, labels, ref_emb, ref_labels)
+        mat = self.distance(embeddings, reference)
+        positive, negative = label_masks(labels.to(mat.device), ref_labels, is_batch)
+        anchors, positives = torch.where(positive)
         gap = mat[anchors] - mat[anchors, positives].unsqueeze(1)
-        semi_hard = diffs.bool()[anchors] & (gap > 0) & (gap <= self.margin)
+        semi_hard = negative[anchors] & (gap > 0) & (gap <= self.margin)
         if self.negatives == "all":
             pair, negatives = torch.where(semi_hard)
             return anchors[pair], positives[pair], negatives

@@ -9,7 +9,7 @@ from torch import nn
 
 from hvkit_plugins.losses._pairs import label_masks
 
-from ._distances import Distance, check_distance, pair_matrix
+from ._distances import Distance, check_distance, pair_matrix, partners
 
 TripletKind = Literal["all", "hard", "semihard", "easy"]
 
@@ -31,7 +31,13 @@ class TripletMarginMiner(nn.Module):
     ``CosineSimilarity()``; they are found per positive pair against each row of the distance
     matrix, in (positive pairs x B) memory, O(B² k) for k per label, where PML enumerates a
     B x B x B cube of candidates.
+
+    With a reference set (``ref_emb``, ``ref_labels``: ``accepts_reference``) the anchors are the batch's rows,
+    positives and negatives the reference's, a positive p = a included: PML's triplets with that reference,
+    in its order.
     """
+
+    accepts_reference = True
 
     def __init__(self, margin: float = 0.2, type_of_triplets: TripletKind = "all", distance: Distance = "euclidean",
                  normalize: bool = True) -> None:
@@ -46,11 +52,11 @@ class TripletMarginMiner(nn.Module):
         self.distance, self.normalize = distance, normalize
 
     @torch.no_grad()
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mat = pair_matrix(embeddings, self.distance, self.normalize)
-        labels = labels.to(mat.device)
-        positive, negative = label_masks(labels, labels, True)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reference, ref_labels, is_batch = partners("triplet_margin", embeddings, labels, ref_emb, ref_labels)
+        mat = pair_matrix(embeddings, self.distance, self.normalize, reference)
+        positive, negative = label_masks(labels.to(mat.device), ref_labels, is_batch)
         anchors, positives = torch.where(positive & negative.any(dim=1, keepdim=True))
         rows, ap = mat[anchors], mat[anchors, positives].unsqueeze(1)
         margin = ap - rows if self.distance == "cosine" else rows - ap

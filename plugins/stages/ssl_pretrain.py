@@ -49,19 +49,22 @@ def multi_view_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 def teacher_view_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                       global_views: Sequence[torch.Tensor], teacher_views: Sequence[torch.Tensor],
-                      local_views: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                      local_views: Sequence[torch.Tensor] = (), symmetric: bool = True) -> torch.Tensor:
     """Momentum teacher (BYOL, Grill et al. 2020): each online view against the teacher's other global views.
 
     With online outputs o_1, o_2 of the global views, o_3 … o_{2+k} of the local views and the
     teacher's outputs t_1, t_2 of the global views, ``L = mean over (v, g), g in {1, 2}, g != v,
     of loss(o_v, t_g)``: ``(loss(o_1, t_2) + loss(o_2, t_1)) / 2`` with no local view, and each
     local view compared with both teacher views (as DINO's multi-crop), 2 + 2k pairs in all.
+    Without ``symmetric`` (MoCo's asymmetric form) o_2 is no query: ``loss(o_1, t_2)`` with no
+    local view, 1 + 2k pairs in all.
     """
     if len(global_views) != 2 or len(teacher_views) != 2:
         raise ValueError(f"teacher_view_loss: needs 2 global views and 2 teacher views, "
                          f"got {len(global_views)} and {len(teacher_views)}")
     online = [*global_views, *local_views]
-    pairs = [(o, t) for v, o in enumerate(online) for g, t in enumerate(teacher_views) if g != v]
+    pairs = [(o, t) for v, o in enumerate(online) for g, t in enumerate(teacher_views)
+             if g != v and (symmetric or v != 1)]
     return torch.stack([loss_fn(o, t) for o, t in pairs]).mean()
 
 
@@ -107,8 +110,10 @@ class SSLPretrain:
     other global views (:func:`teacher_view_loss`), and after each optimiser step the teacher
     moves to ``xi <- tau_k xi + (1 - tau_k) theta``, k the steps done before it, tau_k rising
     from tau_base towards 1 on a cosine over the run's K steps (:func:`teacher_momentum_at`);
-    the teacher is checkpointed. Once per step, after the loss, the loss's ``observe_teacher``
-    receives the teacher's global-view outputs (DINO updates its centre there). The online
+    the teacher is checkpointed. A loss whose ``symmetric`` is False (``moco_v2``'s default)
+    compares only the first online global view (and the local views) with the teacher. Once
+    per step, after the loss, the loss's ``observe_teacher`` receives the teacher's global-view
+    outputs (DINO updates its centre there, MoCo v2 its queue of keys). The online
     backbone and head are saved as this stage's ``encoder`` for later stages, or with
     ``export_teacher`` the teacher's (DINO evaluates its teacher, the better of the two
     there; BYOL and MoCo v3 the online net).
@@ -153,7 +158,7 @@ class SSLPretrain:
             raise ValueError(f"loss {name} needs a momentum teacher; set teacher_momentum (BYOL uses 0.996)")
         if not needs and self.teacher_momentum is not None:
             raise ValueError(f"teacher_momentum is set but loss {name} uses no teacher; remove teacher_momentum "
-                             "or use a loss that needs one (byol, dino, moco_v3)")
+                             "or use a loss that needs one (byol, dino, moco_v2, moco_v3)")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
@@ -205,7 +210,7 @@ class SSLPretrain:
                     if getattr(loss_fn, "takes_local_views", False):
                         return loss_fn(*views, *local)
                     return multi_view_loss(loss_fn, views, local)
-                loss = teacher_view_loss(loss_fn, views, targets, local)
+                loss = teacher_view_loss(loss_fn, views, targets, local, getattr(loss_fn, "symmetric", True))
                 loss_fn.observe_teacher(targets)
                 return loss
 

@@ -16,6 +16,12 @@ def random_batch(seed: int, b: int = 24, d: int = 8, classes: int = 5,
     return x, torch.randint(classes, (b,), generator=g)
 
 
+def random_reference(seed: int, rows: int = 30, d: int = 8, classes: int = 5,
+                     dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reference set (ref_emb, ref_labels) of another size than ``random_batch``'s, drawn apart from it."""
+    return random_batch(1000 + seed, b=rows, d=d, classes=classes, dtype=dtype)
+
+
 def rows(indices: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
     """Triplets as (a, p, n) rows, or pairs (a1, p, a2, n) as the positive rows then the negative ones."""
     if len(indices) == 3:

@@ -10,7 +10,7 @@ from pytorch_metric_learning import miners
 from hvkit.testing import check_miner
 from hvkit_plugins.miners.angular import AngularMiner
 
-from .mined import assert_same_indices, largest_allocation, random_batch, rows
+from .mined import assert_same_indices, largest_allocation, random_batch, random_reference, rows
 
 
 def on_circle(degrees, radii=None):
@@ -33,6 +33,20 @@ def test_same_triplets_in_the_same_order_as_pml(angle, dtype, seed):
     unit = F.normalize(x, dim=1)  # PML measures the angle on the embeddings as given
     assert_same_indices(AngularMiner(angle)(x, y), miners.AngularMiner(angle)(unit, y))
     assert_same_indices(AngularMiner(angle, normalize=False)(x, y), miners.AngularMiner(angle)(x, y))
+
+
+@pytest.mark.parametrize("angle", [20.0, 45.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(2))
+def test_with_a_reference_set_the_triplets_of_pml(angle, dtype, seed):
+    x, y = random_batch(seed, dtype=dtype)
+    r, ry = random_reference(seed, dtype=dtype)
+    pml = miners.AngularMiner(angle)
+    ours = AngularMiner(angle, normalize=False)(x, y, ref_emb=r, ref_labels=ry)
+    assert_same_indices(ours, pml(x, y, r, ry))
+    assert ours[0].max() < len(y) and ours[2].max() >= len(y)
+    unit, unit_r = F.normalize(x, dim=1), F.normalize(r, dim=1)
+    assert_same_indices(AngularMiner(angle)(x, y, ref_emb=r, ref_labels=ry), pml(unit, y, unit_r, ry))
 
 
 def papers_angle(x, a, p, n):

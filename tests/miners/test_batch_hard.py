@@ -25,6 +25,25 @@ def test_same_triplets_as_pml(normalize, seed):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_with_a_reference_set_the_triplets_of_pml(normalize, seed):
+    x, y = random_batch(seed)
+    r, ry = random_batch(100 + seed, b=40)
+    ours = BatchHardMiner(normalize=normalize)(x, y, ref_emb=r, ref_labels=ry)
+    pml = miners.BatchHardMiner(distance=LpDistance(normalize_embeddings=normalize))(x, y, r, ry)
+    assert len(ours) == 3 and len(ours[0]) > 0 and ours[1].max() >= len(y)
+    for a, b in zip(ours, pml):
+        assert torch.equal(a, b)
+
+
+def test_a_copy_of_the_batch_as_reference_is_a_positive_only_when_alone():
+    x = torch.tensor([[0.0], [1.0], [3.0], [9.0]])
+    y = torch.tensor([0, 0, 1, 2])
+    a, p, n = BatchHardMiner(normalize=False)(x, y, ref_emb=x.clone(), ref_labels=y.clone())
+    assert a.tolist() == [0, 1, 2, 3] and p.tolist() == [1, 0, 2, 3] and n.tolist() == [2, 2, 1, 2]
+
+
 def test_hand_made_case_on_a_line():
     x = torch.tensor([[0.0], [1.0], [3.0], [1.5], [2.1], [9.0]])
     y = torch.tensor([0, 0, 0, 1, 1, 2])

@@ -18,14 +18,16 @@ def sphere_batch(per_class=4, classes=4, dim=DIM, seed=0):
     return torch.randn(per_class * classes, dim, generator=g), torch.arange(classes).repeat_interleave(per_class)
 
 
-def analytic_probabilities(x, y, cutoff=0.5, nonzero_loss_cutoff=1.4):
-    """P(n | a) ∝ 1/q(max(d, cutoff)) over the negatives with d < nonzero_loss_cutoff, in float64."""
-    z = F.normalize(x.double(), dim=1)
+def analytic_probabilities(x, y, cutoff=0.5, nonzero_loss_cutoff=1.4, r=None, ry=None):
+    """P(n | a) ∝ 1/q(max(d, cutoff)) over the negatives (rows of the reference r, default x) with
+    d < nonzero_loss_cutoff, in float64."""
+    r, ry = (x, y) if r is None else (r, ry)
+    z, zr = F.normalize(x.double(), dim=1), F.normalize(r.double(), dim=1)
     n = z.shape[1]
-    d = torch.cdist(z, z)
+    d = torch.cdist(z, zr)
     dc = d.clamp(min=cutoff)
     inv_q = dc ** (-(n - 2)) * (1 - dc ** 2 / 4) ** (-(n - 3) / 2)
-    w = inv_q * ((y[:, None] != y[None, :]) & (d < nonzero_loss_cutoff))
+    w = inv_q * ((y[:, None] != ry[None, :]) & (d < nonzero_loss_cutoff))
     return (w / w.sum(dim=1, keepdim=True)).numpy()
 
 
@@ -43,8 +45,9 @@ def chi_square_p_value(anchors, negatives, probabilities):
     return chi2.sf(stat, dof)
 
 
-def draws(miner, x, y, calls, generator=None):
-    out = [miner(x, y, generator) if generator else miner(x, y) for _ in range(calls)]
+def draws(miner, x, y, calls, generator=None, **reference):
+    out = [miner(x, y, generator=generator, **reference) if generator else miner(x, y, **reference)
+           for _ in range(calls)]
     return (torch.cat([a for a, _, _ in out]).numpy(), torch.cat([n for _, _, n in out]).numpy())
 
 
@@ -82,6 +85,50 @@ def test_every_positive_pair_once_with_an_eligible_negative():
     assert (torch.cdist(F.normalize(x), F.normalize(x))[a, n] < 1.4).all()
 
 
+@pytest.fixture(scope="module")
+def reference_setting():
+    """A batch of 8 (two per class) and a reference set of 20 rows of the same 4 classes plus a fifth."""
+    x, y = sphere_batch(per_class=2, seed=2)
+    g = torch.Generator().manual_seed(3)
+    r, ry = torch.randn(20, DIM, generator=g), torch.arange(20) % 5
+    p = analytic_probabilities(x, y, r=r, ry=ry)
+    assert ((p > 0).sum(axis=1) >= 3).all()
+    return x, y, r, ry, p
+
+
+def test_with_a_reference_negatives_follow_the_weights_over_its_rows(reference_setting):
+    x, y, r, ry, p = reference_setting
+    anchors, negatives = draws(DistanceWeightedMiner(), x, y, calls=600, generator=torch.Generator().manual_seed(1),
+                               ref_emb=r, ref_labels=ry)
+    assert chi_square_p_value(anchors, negatives, p) > 1e-3
+    uniform = (p > 0) / (p > 0).sum(axis=1, keepdims=True)
+    assert chi_square_p_value(anchors, negatives, uniform) < 1e-6
+
+
+def test_pml_draws_from_the_same_distribution_given_a_reference(reference_setting):
+    x, y, r, ry, p = reference_setting
+    torch.manual_seed(0)
+    out = [miners.DistanceWeightedMiner()(x, y, r, ry) for _ in range(300)]
+    anchors, negatives = torch.cat([a for a, _, _ in out]).numpy(), torch.cat([n for _, _, n in out]).numpy()
+    assert chi_square_p_value(anchors, negatives, p) > 1e-3
+
+
+def test_with_a_reference_every_anchor_reference_positive_pair_once(reference_setting):
+    x, y, r, ry, _ = reference_setting
+    a, p, n = DistanceWeightedMiner()(x, y, ref_emb=r, ref_labels=ry)
+    assert sorted(zip(a.tolist(), p.tolist())) == [(i, j) for i in range(8) for j in range(20) if y[i] == ry[j]]
+    assert (ry[n] != y[a]).all() and n.max() >= 8  # negatives index the reference, past the batch's rows
+    # with a copy of the batch as reference, (i, i) is a pair: the reference is another set
+    a, p, _ = DistanceWeightedMiner()(x, y, ref_emb=x.clone(), ref_labels=y.clone())
+    assert (a == p).sum() == 8 and len(a) == 16
+
+
+def test_a_reference_without_labels_raises():
+    x, y = sphere_batch()
+    with pytest.raises(ValueError, match="distance_weighted: ref_emb was given without ref_labels"):
+        DistanceWeightedMiner()(x, y, ref_emb=x)
+
+
 def test_anchors_without_eligible_negatives_give_no_triplets():
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 0, 1, 1, 2])  # classes 0 and 1 are antipodal, 2 is at 1.414 from both
@@ -105,9 +152,9 @@ def test_high_dimensions_keep_anchors_far_from_the_closest_pair():
 def test_draws_are_reproducible_from_a_generator_or_the_global_seed():
     x, y = sphere_batch()
     miner = DistanceWeightedMiner()
-    first = miner(x, y, torch.Generator().manual_seed(4))
-    assert all(torch.equal(u, v) for u, v in zip(first, miner(x, y, torch.Generator().manual_seed(4))))
-    assert not torch.equal(first[2], miner(x, y, torch.Generator().manual_seed(5))[2])
+    first = miner(x, y, generator=torch.Generator().manual_seed(4))
+    assert all(torch.equal(u, v) for u, v in zip(first, miner(x, y, generator=torch.Generator().manual_seed(4))))
+    assert not torch.equal(first[2], miner(x, y, generator=torch.Generator().manual_seed(5))[2])
     torch.manual_seed(4)
     again = miner(x, y)
     torch.manual_seed(4)

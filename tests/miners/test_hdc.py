@@ -11,7 +11,7 @@ from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from hvkit.testing import check_miner
 from hvkit_plugins.miners.hdc import HDCMiner
 
-from .mined import assert_same_indices, random_batch
+from .mined import assert_same_indices, random_batch, random_reference
 
 DISTANCES = [  # (params, PML distance)
     ({}, LpDistance()),
@@ -28,6 +28,19 @@ def test_same_pairs_in_the_same_order_as_pml(fraction, params, pml_distance, dty
     x, y = random_batch(seed, b=b, dtype=dtype)
     pml = miners.HDCMiner(filter_percentage=fraction, distance=pml_distance)(x, y)
     assert_same_indices(HDCMiner(fraction, **params)(x, y), pml)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.1])
+@pytest.mark.parametrize("params, pml_distance", DISTANCES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b, seed", [(24, 0), (100, 2)])
+def test_with_a_reference_set_the_pairs_of_pml(fraction, params, pml_distance, dtype, b, seed):
+    x, y = random_batch(seed, b=b, dtype=dtype)
+    r, ry = random_reference(seed, rows=b + 30, dtype=dtype)
+    pml = miners.HDCMiner(filter_percentage=fraction, distance=pml_distance)(x, y, r, ry)
+    ours = HDCMiner(fraction, **params)(x, y, ref_emb=r, ref_labels=ry)
+    assert_same_indices(ours, pml)
+    assert ours[0].max() < b and ours[3].max() >= b
 
 
 def loop_reference(x, y, fraction, cosine):

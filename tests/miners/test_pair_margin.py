@@ -9,7 +9,7 @@ from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from hvkit.testing import check_miner
 from hvkit_plugins.miners.pair_margin import PairMarginMiner
 
-from .mined import assert_same_indices, random_batch, rows
+from .mined import assert_same_indices, random_batch, random_reference, rows
 
 SETTINGS = [  # (params, PML distance)
     ({}, LpDistance()),
@@ -27,6 +27,32 @@ def test_same_pairs_in_the_same_order_as_pml(params, pml_distance, dtype, seed):
     margins = {k: v for k, v in params.items() if k.endswith("margin")}
     pml = miners.PairMarginMiner(**margins, distance=pml_distance)(x, y)
     assert_same_indices(PairMarginMiner(**params)(x, y), pml)
+
+
+@pytest.mark.parametrize("params, pml_distance", SETTINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(2))
+def test_with_a_reference_set_the_pairs_of_pml(params, pml_distance, dtype, seed):
+    x, y = random_batch(seed, dtype=dtype)
+    r, ry = random_reference(seed, dtype=dtype)
+    margins = {k: v for k, v in params.items() if k.endswith("margin")}
+    ours = PairMarginMiner(**params)(x, y, ref_emb=r, ref_labels=ry)
+    assert_same_indices(ours, miners.PairMarginMiner(**margins, distance=pml_distance)(x, y, r, ry))
+    assert ours[0].max() < len(y) and ours[1].max() >= len(y)
+
+
+def test_with_a_copy_of_the_batch_as_reference_row_i_pairs_with_row_i():
+    x, y = random_batch(5)
+    a1, p, _, _ = PairMarginMiner(pos_margin=2.0, distance="cosine")(x, y, ref_emb=x.clone(), ref_labels=y.clone())
+    assert list(zip(a1.tolist(), p.tolist())) == [(i, j) for i in range(24) for j in range(24) if y[i] == y[j]]
+
+
+def test_a_reference_without_labels_raises():
+    x, y = random_batch(0)
+    with pytest.raises(ValueError, match="pair_margin: ref_labels was given without ref_emb"):
+        PairMarginMiner()(x, y, ref_labels=y)
+    with pytest.raises(ValueError, match=r"pair_margin: expected ref_emb \(R, 8\)"):
+        PairMarginMiner()(x, y, ref_emb=x[:, :3], ref_labels=y)
 
 
 def loop_reference(x, y, pos_margin, neg_margin, cosine):

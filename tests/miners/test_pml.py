@@ -19,6 +19,20 @@ def test_builds_the_named_miner_with_its_params():
         assert torch.equal(a, b)
 
 
+def test_passes_a_reference_set_through():
+    wrapper = PMLMiner("BatchEasyHardMiner", {"pos_strategy": "hard", "neg_strategy": "hard"})
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 6, generator=g), torch.arange(20) % 4
+    r, ry = torch.randn(30, 6, generator=g), torch.arange(30) % 5
+    expected = miners.BatchEasyHardMiner("hard", "hard")(x, y, r, ry)
+    mined = wrapper(x, y, ref_emb=r, ref_labels=ry)
+    assert wrapper.accepts_reference and mined[1].max() >= 20
+    for a, b in zip(mined, expected):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="pml: ref_emb was given without ref_labels"):
+        wrapper(x, y, ref_emb=r)
+
+
 def test_params_default_to_pmls():
     assert PMLMiner("TripletMarginMiner").miner.margin == miners.TripletMarginMiner().margin
 

@@ -38,6 +38,23 @@ def test_all_equals_pml_semihard(normalize, squared, margin, seed):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("normalize, squared, margin", [(True, False, 0.2), (False, True, 2.0)])
+@pytest.mark.parametrize("seed", range(2))
+def test_with_a_reference_set_all_equals_pml_semihard(normalize, squared, margin, seed):
+    x, y = random_batch(seed)
+    r, ry = random_batch(100 + seed, b=40)
+    ours = SemiHardMiner(margin=margin, normalize=normalize, squared=squared)(x, y, ref_emb=r, ref_labels=ry)
+    distance = LpDistance(normalize_embeddings=normalize, power=2 if squared else 1)
+    pml = miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard", distance=distance)(x, y, r, ry)
+    assert len(ours[0]) > 0 and ours[2].max() >= len(y)
+    for a, b in zip(ours, pml):
+        assert torch.equal(a, b)
+    hardest = SemiHardMiner(margin=margin, negatives="hardest", normalize=normalize, squared=squared)
+    a, p, n = hardest(x, y, ref_emb=r, ref_labels=ry)
+    assert set(zip(a.tolist(), p.tolist())) == set(zip(ours[0].tolist(), ours[1].tolist()))
+    assert set(zip(a.tolist(), p.tolist(), n.tolist())) <= set(triplets(ours))
+
+
 def test_hand_enumerated_all_and_hardest():
     assert triplets(SemiHardMiner(normalize=False)(LINE, LINE_LABELS)) == ALL
     assert triplets(SemiHardMiner(negatives="hardest", normalize=False)(LINE, LINE_LABELS)) == HARDEST

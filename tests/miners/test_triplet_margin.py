@@ -10,7 +10,7 @@ from hvkit.testing import check_miner
 from hvkit_plugins.miners.semi_hard import SemiHardMiner
 from hvkit_plugins.miners.triplet_margin import TripletMarginMiner
 
-from .mined import assert_same_indices, largest_allocation, random_batch, rows
+from .mined import assert_same_indices, largest_allocation, random_batch, random_reference, rows
 
 KINDS = ["all", "hard", "semihard", "easy"]
 DISTANCES = [  # (params, PML distance, margin)
@@ -38,6 +38,18 @@ def test_same_triplets_in_the_same_order_as_pml(kind, params, pml_distance, marg
     x, y = random_batch(seed, dtype=dtype)
     pml = miners.TripletMarginMiner(margin=margin, type_of_triplets=kind, distance=pml_distance)(x, y)
     assert_same_indices(TripletMarginMiner(margin, kind, **params)(x, y), pml)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("params, pml_distance, margin", DISTANCES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_with_a_reference_set_the_triplets_of_pml(kind, params, pml_distance, margin, dtype):
+    x, y = random_batch(3, dtype=dtype)
+    r, ry = random_reference(3, dtype=dtype)
+    pml = miners.TripletMarginMiner(margin=margin, type_of_triplets=kind, distance=pml_distance)(x, y, r, ry)
+    ours = TripletMarginMiner(margin, kind, **params)(x, y, ref_emb=r, ref_labels=ry)
+    assert_same_indices(ours, pml)
+    assert ours[0].max() < len(y) and max(ours[1].max(), ours[2].max()) >= len(y)
 
 
 def test_same_as_pml_on_a_large_batch():  # 100 rows: torch.cdist switches to its matrix-product form

@@ -27,6 +27,7 @@ ARGUMENTS = {
     ("backbone", "concat"): {"params": {"members": ["small_cnn", "small_cnn"]}},
     ("loss", "dense_anchor"): {"params": {"loss": "multi_similarity"}},
     ("loss", "xbm"): {"params": {"loss": "contrastive"}},
+    ("loss", "weighted_sum"): {"params": {"losses": ["tuplet_margin", "intra_pair_variance"]}},
     ("loss", "vae_elbo"): {"inputs": vae_inputs},
     ("miner", "pml"): {"params": {"miner": "PairMarginMiner"}},
     ("transform", "compose"): {"params": {"transforms": ["ink_thickness", "gaussian_noise"]}},

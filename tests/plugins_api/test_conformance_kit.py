@@ -458,9 +458,74 @@ class InPlace(AllPairs):
         return super().forward(embeddings, labels)
 
 
+class ReferencePairs(nn.Module):
+    """Every (batch row, reference row) pair, (i, i) included: a correct miner accepting a reference set."""
+
+    accepts_reference = True
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        if ref_emb is None:
+            return AllPairs()(embeddings, labels)
+        same = labels[:, None] == ref_labels[None]
+        return (*torch.nonzero(same, as_tuple=True), *torch.nonzero(~same, as_tuple=True))
+
+
+class RandomReferencePairs(ReferencePairs):
+    """Half the pairs, drawn by torch: a correct random miner, spared the shuffled-reference rule."""
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        a1, p, a2, n = super().forward(embeddings, labels, ref_emb, ref_labels)
+        keep, drop = torch.rand(len(a1)) < 0.5, torch.rand(len(a2)) < 0.5
+        return a1[keep], p[keep], a2[drop], n[drop]
+
+
+class NoReferenceMinerArguments(AllPairs):
+    """Declares a reference set but takes none."""
+
+    accepts_reference = True
+
+
+class IgnoresTheReference(ReferencePairs):
+    """Mines the batch whatever the reference."""
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        return super().forward(embeddings, labels)
+
+
+class AnchorsFromTheReference(ReferencePairs):
+    """Swaps the roles: anchors from the reference, partners from the batch."""
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        if ref_emb is None:
+            return super().forward(embeddings, labels)
+        a1, p, a2, n = super().forward(ref_emb, ref_labels, embeddings, labels)
+        return a1, p, a2, n
+
+
+class DiagonalReferenceMiner(ReferencePairs):
+    """Leaves out the pairs (i, i) of a reference set too, as if its row i were anchor i."""
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        a1, p, a2, n = super().forward(embeddings, labels, ref_emb, ref_labels)
+        return a1[a1 != p], p[a1 != p], a2, n
+
+
+class NormalisesTheReference(ReferencePairs):
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        if ref_emb is not None:
+            ref_emb.div_(ref_emb.norm(dim=1, keepdim=True))
+        return super().forward(embeddings, labels, ref_emb, ref_labels)
+
+
+class MinerFlagNotABool(AllPairs):
+    accepts_reference = "yes"
+
+
 def test_a_correct_miner_passes():
     check_miner(AllPairs)
     check_miner(AllPairs())
+    check_miner(ReferencePairs)
+    check_miner(RandomReferencePairs)
 
 
 @pytest.mark.parametrize("miner, message", [
@@ -469,6 +534,14 @@ def test_a_correct_miner_passes():
     (Int32, r"an index tensor has shape \(\d+,\) and dtype torch.int32; expected 1-D int64"),
     (NumpyRandom, r"two calls under the same torch seed mined different indices"),
     (InPlace, r"it modified the embeddings in place"),
+    (NoReferenceMinerArguments, r"accepts_reference is True but it takes no ref_emb and ref_labels"),
+    (IgnoresTheReference, r"on a reference set of one class \(torch.float32\) a positive has another label than "
+                          r"its anchor \(a positive's label is ref_labels\[p\]\)"),
+    (AnchorsFromTheReference, r"on a reference set of one class \(torch.float32\) an anchor index is outside "
+                              r"0..15, the batch's rows; anchors index embeddings, partners ref_emb"),
+    (DiagonalReferenceMiner, r"shuffling the rows of ref_emb and ref_labels changed the tuples it mined"),
+    (NormalisesTheReference, r"it modified the ref_emb in place"),
+    (MinerFlagNotABool, r"accepts_reference must be a bool"),
 ])
 def test_a_broken_miner_fails_with_the_broken_rule(miner, message):
     with pytest.raises(AssertionError, match=r"^check_miner\(" + miner.__qualname__ + r"\): .*" + message):

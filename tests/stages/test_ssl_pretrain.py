@@ -243,10 +243,10 @@ def test_byol_moves_an_unoptimised_teacher_by_momentum_after_each_step(tmp_path:
         momenta.append(momentum)
         update_teacher(teacher, online, momentum)
 
-    def spy_loss(loss_fn, global_views, teacher_views, local_views=()):
+    def spy_loss(loss_fn, global_views, teacher_views, local_views=(), symmetric=True):
         targets.extend(t.requires_grad for t in teacher_views)
         assert all(z.requires_grad for z in global_views)
-        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views, symmetric)
 
     monkeypatch.setattr(ssl_pretrain, "Trainer", Recording)
     monkeypatch.setattr(ssl_pretrain, "update_teacher", spy_update)
@@ -271,9 +271,9 @@ def test_byol_moves_an_unoptimised_teacher_by_momentum_after_each_step(tmp_path:
 def test_byol_with_local_views_feeds_the_teacher_the_global_views_only(tmp_path: Path, monkeypatch) -> None:
     seen: list[tuple[list, list, list]] = []
 
-    def spy(loss_fn, global_views, teacher_views, local_views=()):
+    def spy(loss_fn, global_views, teacher_views, local_views=(), symmetric=True):
         seen.append(tuple([tuple(z.shape) for z in zs] for zs in (global_views, teacher_views, local_views)))
-        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views, symmetric)
 
     sizes: list[int] = []
     monkeypatch.setattr(ssl_pretrain, "teacher_view_loss", spy)
@@ -345,9 +345,9 @@ def test_dino_observes_the_teachers_global_views_once_per_step_and_checkpoints_i
             trainers.append(self)
             return super().fit(batches, step, after_step)
 
-    def spy_loss(loss_fn, global_views, teacher_views, local_views=()):
+    def spy_loss(loss_fn, global_views, teacher_views, local_views=(), symmetric=True):
         events.append(("loss", [id(t) for t in teacher_views]))
-        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+        return teacher_view_loss(loss_fn, global_views, teacher_views, local_views, symmetric)
 
     def spy_observe(self, teacher_views):
         events.append(("observe", [id(t) for t in teacher_views], [tuple(t.shape) for t in teacher_views],
@@ -432,8 +432,8 @@ def test_a_tiny_dino_run_brings_the_student_to_its_teacher(tmp_path: Path, monke
     # sharpening, the KL is what the student learns to shrink.
     kl: list[float] = []
 
-    def spy(loss_fn, global_views, teacher_views, local_views=()):
-        loss = teacher_view_loss(loss_fn, global_views, teacher_views, local_views)
+    def spy(loss_fn, global_views, teacher_views, local_views=(), symmetric=True):
+        loss = teacher_view_loss(loss_fn, global_views, teacher_views, local_views, symmetric)
         kl.append(float(loss.detach()) - _teacher_entropy(loss_fn, teacher_views))
         return loss
 
