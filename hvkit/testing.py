@@ -772,3 +772,17 @@ def check_transform(transform: Any, params: Mapping[str, Any] | None = None, *,
         if random and torch.equal(built(x, _generator(seed + 1)), out):
             raise AssertionError(f"{case}: generator seeds {seed} and {seed + 1} gave the same "
                                  "output; pass random=False for a deterministic transform")
+
+
+# --- recipes ------------------------------------------------------------------------------------
+
+def run_recipe_text(text: str, directory: Path, name: str = "recipe") -> Path:
+    """Run the recipe ``text`` (YAML) quietly on the CPU: a plugin's end-to-end test inside hvkit's pipeline.
+
+    Writes ``directory/<name>.yaml`` and runs it into ``directory/<name>``, which it returns.
+    """
+    from hvkit.pipeline import run
+
+    recipe = Path(directory) / f"{name}.yaml"
+    recipe.write_text(text)
+    return run(recipe, [], run_dir=Path(directory) / name, device="cpu", console=lambda _: None)

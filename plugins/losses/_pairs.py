@@ -83,6 +83,25 @@ def pair_values(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
     return matrix.reshape(-1).index_select(0, torch.add(cols, rows, alpha=matrix.shape[1]))
 
 
+def margin_terms(distance: torch.Tensor, labels: torch.Tensor, ref_labels: torch.Tensor, is_batch: bool,
+                 indices_tuple: tuple | None, pos_margin: float, neg_margin: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | int, torch.Tensor | int]]:
+    """A contrastive loss's hinges ``[d_ap - m_pos]_+`` and ``[m_neg - d_an]_+`` and the counts of their pairs.
+
+    Without ``indices_tuple`` over the whole (B, R) ``distance`` matrix, the entries of other pairs
+    zeroed (no gather); with one, over its pairs (triplets split into pairs, repeats counted).
+    """
+    if indices_tuple is None:
+        positive, negative = label_masks(labels, ref_labels, is_batch)
+        pulled = F.relu(distance - pos_margin).masked_fill(~positive, 0)
+        pushed = F.relu(neg_margin - distance).masked_fill(~negative, 0)
+        return pulled, pushed, (positive.count_nonzero(), negative.count_nonzero())
+    a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
+    pulled = F.relu(pair_values(distance, a1, p) - pos_margin)
+    pushed = F.relu(neg_margin - pair_values(distance, a2, n))
+    return pulled, pushed, (len(a1), len(a2))
+
+
 def reduce_terms(losses: torch.Tensor, terms: torch.Tensor | int, reduction: str) -> torch.Tensor:
     """Sum over the count of positive terms (``nonzero_mean``, PML's AvgNonZeroReducer) or over ``terms``, the
     count of all valid ones (``mean``); 0 when there are none."""

@@ -43,6 +43,7 @@ class LargeMarginSoftmaxLoss(MetricLoss):
     """
 
     loss_name = "large_margin_softmax"
+    normalize_weights = False  # True: SphereFace's unit class weights
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: int = 4, scale: float = 1.0,
                  base: float = 0.0, gamma: float = 2.5e-5, power: float = 35.0, lambda_min: float = 0.0) -> None:
@@ -72,6 +73,6 @@ class LargeMarginSoftmaxLoss(MetricLoss):
         if self.training:
             self.iteration += 1
         logits = large_margin_logits(embeddings.to(self.weight.dtype), self.weight, labels, self.margin,
-                                     self.current_lambda(), normalize_weights=False)
+                                     self.current_lambda(), normalize_weights=self.normalize_weights)
         losses = F.cross_entropy(logits if self.scale == 1 else self.scale * logits, labels, reduction="none")
         return (losses * lmu.convert_to_weights(indices_tuple, labels, dtype=losses.dtype)).mean()

@@ -7,11 +7,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from hvkit.api import MetricLoss
 
-from ._pairs import label_masks, pair_values, reduce_terms, reference_set
+from ._pairs import margin_terms, reduce_terms, reference_set
 from ._precision import full_precision
 
 
@@ -85,16 +84,8 @@ class SNRContrastiveLoss(MetricLoss):
                 ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
         ref_emb, ref_labels, is_batch = reference_set("snr_contrastive", embeddings, labels, ref_emb, ref_labels)
         distance = snr_distances(embeddings, self.normalize_embeddings, None if is_batch else ref_emb)
-        if indices_tuple is None:  # whole-matrix terms with the other pairs zeroed: no gather
-            positive, negative = label_masks(labels, ref_labels, is_batch)
-            pulled = F.relu(distance - self.pos_margin).masked_fill(~positive, 0)
-            pushed = F.relu(self.neg_margin - distance).masked_fill(~negative, 0)
-            counts = positive.count_nonzero(), negative.count_nonzero()
-        else:
-            a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
-            pulled = F.relu(pair_values(distance, a1, p) - self.pos_margin)
-            pushed = F.relu(self.neg_margin - pair_values(distance, a2, n))
-            counts = len(a1), len(a2)
+        pulled, pushed, counts = margin_terms(distance, labels, ref_labels, is_batch, indices_tuple,
+                                              self.pos_margin, self.neg_margin)
         loss = reduce_terms(pulled, counts[0], self.reduction) + reduce_terms(pushed, counts[1], self.reduction)
         if self.regularizer_weight:
             loss = loss + self.regularizer_weight * embeddings.sum(1).abs().mean()

@@ -15,7 +15,7 @@ from hvkit.api import ViewLoss
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.pipeline import run
-from hvkit.testing import check_loss
+from hvkit.testing import check_loss, run_recipe_text
 from hvkit_plugins.losses import moco_v2
 from hvkit_plugins.losses.moco_v2 import MoCoV2Loss, queue_info_nce
 from hvkit_plugins.stages import ssl_pretrain
@@ -302,9 +302,7 @@ stages:
 
 
 def _run(tmp_path: Path, name: str, text: str = MOCO) -> Path:
-    recipe = tmp_path / f"{name}.yaml"
-    recipe.write_text(text)
-    return run(recipe, [], run_dir=tmp_path / name, device="cpu", console=lambda _: None)
+    return run_recipe_text(text, tmp_path, name)
 
 
 @pytest.mark.parametrize("symmetric, calls", [(False, 1), (True, 2)])

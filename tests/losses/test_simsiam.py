@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hvkit.pipeline import run
+from hvkit.testing import run_recipe_text
 from hvkit_plugins.losses.simsiam import SimSiamLoss
 from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.ssl_pretrain import multi_view_loss
@@ -129,9 +129,7 @@ def test_ssl_pretrain_with_simsiam_trains_the_predictor(tmp_path: Path, monkeypa
         return value
 
     monkeypatch.setattr(ssl_pretrain, "multi_view_loss", spy)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE)
-    run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    run_recipe_text(RECIPE, tmp_path)
     assert len(seen) == 4
     loss_fn = seen[-1][0]
     assert isinstance(loss_fn, SimSiamLoss) and loss_fn.embedding_dim == 16

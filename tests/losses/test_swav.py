@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.pipeline import run
-from hvkit.testing import check_loss
+from hvkit.testing import check_loss, run_recipe_text
 from hvkit_plugins.losses.swav import SwAVLoss, sinkhorn_knopp, swapped_prediction
 
 from .pair_batch import assert_full_precision_under_autocast
@@ -353,9 +353,7 @@ stages:
 
 
 def _run(tmp_path: Path, name: str) -> Path:
-    recipe = tmp_path / f"{name}.yaml"
-    recipe.write_text(SWAV)
-    return run(recipe, [], run_dir=tmp_path / name, device="cpu", console=lambda _: None)
+    return run_recipe_text(SWAV, tmp_path, name)
 
 
 def test_the_stage_passes_every_view_in_one_call_per_step(tmp_path: Path, monkeypatch) -> None:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import yaml
 
 from hvkit.errors import HvkitError
-from hvkit.pipeline import run
 from hvkit.registry import get_registry
+from hvkit.testing import run_recipe_text
 from hvkit_plugins.commands.sources import open_encoder
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers
@@ -39,9 +39,7 @@ CPU = torch.device("cpu")
 
 
 def _run(tmp_path: Path, recipe: dict) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return run(path, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    return run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
 
 
 def test_fused_encoder_holds_the_members_centred_on_the_training_images(tmp_path: Path) -> None:

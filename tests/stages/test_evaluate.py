@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from hvkit.engine import load_checkpoint
-from hvkit.pipeline import run
 from hvkit.registry import get_registry
+from hvkit.testing import run_recipe_text
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers
 from hvkit_plugins.heads.cosine_pair import scatter_whitening, within_class_whitening
@@ -32,9 +32,7 @@ RECIPE = {
 
 
 def test_verifiers_centre_on_all_training_images_and_whiten_on_the_labelled(tmp_path: Path) -> None:
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
-    run_dir = run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    run_dir = run_recipe_text(yaml.safe_dump(RECIPE, sort_keys=False), tmp_path)
     fitted = load_checkpoint(run_dir / "stages" / "evaluate" / "verifiers.pt")
     encoder, _ = load_encoder(run_dir / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
     train = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["train"]

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hvkit.errors import HvkitError
-from hvkit.pipeline import run
 from hvkit.registry import get_registry
+from hvkit.testing import run_recipe_text
 from hvkit_plugins.stages.encoder import Encoder, load_encoder
 from hvkit_plugins.stages.metric_train import MetricTrain, _WithExpander
 
@@ -40,9 +40,7 @@ stages:
 
 def _run(tmp_path: Path, text: str) -> Path:
     """Run the recipe ``text`` quietly on the CPU; returns the run directory."""
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(text)
-    return run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    return run_recipe_text(text, tmp_path)
 
 
 def test_step_loss_is_the_metric_loss_plus_the_weighted_view_loss(tmp_path: Path):

@@ -14,6 +14,7 @@ from hvkit.engine import Trainer, load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError
 from hvkit.pipeline import run
+from hvkit.testing import run_recipe_text
 from hvkit_plugins.backbones.small_cnn import SmallCNN
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.losses.byol import BYOLLoss
@@ -93,9 +94,7 @@ def test_local_views_are_small_crops_each_compared_with_both_global_views(tmp_pa
     sizes: list[int] = []
     monkeypatch.setattr(ssl_pretrain, "multi_view_loss", spy)
     monkeypatch.setattr(SmallCNN, "forward", _recording(SmallCNN.forward, sizes))
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(LOCAL)
-    run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    run_recipe_text(LOCAL, tmp_path)
     assert seen == [([(8, 16), (8, 16)], [(8, 16)] * 3)] * 2
     assert sizes == [32, 16] * 2  # the two global views in one pass, then the three local views in one
 
@@ -143,9 +142,7 @@ def test_precise_bn_runs_on_every_pretraining_image_after_training(tmp_path: Pat
     calls: list[tuple[type, int]] = []
     monkeypatch.setattr(ssl_pretrain, "precise_batchnorm",
                         lambda encoder, images, device: calls.append((type(encoder), len(images))))
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(LOCAL.replace("local_views: 3", "local_views: 3\n    precise_bn: true"))
-    run(recipe, [], run_dir=tmp_path / "run", device="cpu", console=lambda _: None)
+    run_recipe_text(LOCAL.replace("local_views: 3", "local_views: 3\n    precise_bn: true"), tmp_path)
     train = cedar_and(synthetic_writers=12, synthetic_samples_per_writer=4, image_size=32, seed=0).splits["train"]
     assert calls == [(Encoder, len(train))]
 
@@ -221,9 +218,7 @@ stages:
 
 
 def _byol_run(tmp_path: Path, name: str, recipe_text: str = BYOL) -> Path:
-    recipe = tmp_path / f"{name}.yaml"
-    recipe.write_text(recipe_text)
-    return run(recipe, [], run_dir=tmp_path / name, device="cpu", console=lambda _: None)
+    return run_recipe_text(recipe_text, tmp_path, name)
 
 
 def test_byol_moves_an_unoptimised_teacher_by_momentum_after_each_step(tmp_path: Path, monkeypatch) -> None:
