@@ -84,3 +84,16 @@ def assert_proxies_stay_float32(loss: torch.nn.Module, x: torch.Tensor, labels: 
     """Given float64 embeddings, the float32 ``proxies`` are not cast (the embeddings are) and get a gradient."""
     loss(x, labels).backward()
     assert loss.proxies.dtype == torch.float32 and loss.proxies.grad.abs().sum() > 0
+
+
+def assert_same_classifier_as_pml(ours: torch.nn.Module, pml: torch.nn.Module, x: torch.Tensor,
+                                  labels: torch.Tensor, indices_tuple: tuple | None = None) -> torch.Tensor:
+    """Value, gradient to the embeddings and to the class weights (ours ``weight``, PML's ``W`` transposed)
+    equal PML's; returns our value."""
+    value, expected = ours(x, labels, indices_tuple), pml(x, labels, indices_tuple)
+    torch.testing.assert_close(value, expected)
+    got_x, got_w = torch.autograd.grad(value, (x, ours.weight), retain_graph=True)
+    want_x, want_w = torch.autograd.grad(expected, (x, pml.W))
+    torch.testing.assert_close(got_x, want_x)
+    torch.testing.assert_close(got_w, want_w.T)
+    return value

@@ -14,7 +14,8 @@ from hvkit.testing import check_loss
 from hvkit_plugins.losses.large_margin_softmax import LargeMarginSoftmaxLoss
 from hvkit_plugins.losses.sphereface import SphereFaceLoss
 
-from .pair_batch import CLASSES, LABELS, TUPLES, assert_full_precision_under_autocast, batch, training_values
+from .pair_batch import (CLASSES, LABELS, TUPLES, assert_full_precision_under_autocast, assert_same_classifier_as_pml,
+                         batch, training_values)
 
 # PML's LargeMarginSoftmaxLoss calls scipy.special.binom on tensors
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -29,18 +30,6 @@ def _pair(margin: int, scale: float = 1.0, dtype: torch.dtype = torch.float64,
                                             scale=scale).to(dtype)
     pml.W.data.copy_(ours.weight.data.T)
     return ours, pml
-
-
-def _assert_same_as_pml(ours: LargeMarginSoftmaxLoss, pml: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                        indices_tuple: tuple | None = None) -> torch.Tensor:
-    """Value, gradient to the embeddings and gradient to the class weights equal PML's; returns our value."""
-    value, expected = ours(x, labels, indices_tuple), pml(x, labels, indices_tuple)
-    torch.testing.assert_close(value, expected)
-    got_x, got_w = torch.autograd.grad(value, (x, ours.weight), retain_graph=True)
-    want_x, want_w = torch.autograd.grad(expected, (x, pml.W))
-    torch.testing.assert_close(got_x, want_x)
-    torch.testing.assert_close(got_w, want_w.T)
-    return value
 
 
 def _paper_reference(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, m: int, scale: float = 1.0,
@@ -72,7 +61,7 @@ def _paper_reference(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
 def test_value_and_gradients_equal_pml(dtype, margin, indices_tuple):
     torch.manual_seed(margin)
     ours, pml = _pair(margin, dtype=dtype)
-    value = _assert_same_as_pml(ours, pml, batch(dtype=dtype), LABELS, indices_tuple)
+    value = assert_same_classifier_as_pml(ours, pml, batch(dtype=dtype), LABELS, indices_tuple)
     assert value.dtype == dtype and value.item() > 0
 
 
@@ -80,7 +69,7 @@ def test_value_and_gradients_equal_pml(dtype, margin, indices_tuple):
 def test_scale_equals_pml(scale):
     torch.manual_seed(0)
     ours, pml = _pair(4, scale)
-    _assert_same_as_pml(ours, pml, batch(), LABELS)
+    assert_same_classifier_as_pml(ours, pml, batch(), LABELS)
 
 
 @pytest.mark.parametrize("margin", [1, 2, 3, 4])
@@ -161,7 +150,7 @@ def test_a_batch_of_one_writer_equals_pml_with_finite_gradients():
     torch.manual_seed(1)
     ours, pml = _pair(4)
     x = batch()
-    value = _assert_same_as_pml(ours, pml, x, torch.full((12,), 3))
+    value = assert_same_classifier_as_pml(ours, pml, x, torch.full((12,), 3))
     value.backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(ours.weight.grad).all()
 

@@ -13,7 +13,8 @@ from hvkit.testing import check_loss
 from hvkit_plugins.losses.normalized_softmax import NormalizedSoftmaxLoss
 from hvkit_plugins.losses.proxy_nca import ProxyNCALoss
 
-from .pair_batch import CLASSES, LABELS, TUPLES, assert_full_precision_under_autocast, batch, training_values
+from .pair_batch import (CLASSES, LABELS, TUPLES, assert_full_precision_under_autocast, assert_same_classifier_as_pml,
+                         batch, training_values)
 
 
 def _pair(temperature: float, dtype: torch.dtype = torch.float64) -> tuple[NormalizedSoftmaxLoss, torch.nn.Module]:
@@ -22,18 +23,6 @@ def _pair(temperature: float, dtype: torch.dtype = torch.float64) -> tuple[Norma
     pml = pml_losses.NormalizedSoftmaxLoss(num_classes=CLASSES, embedding_size=6, temperature=temperature).to(dtype)
     pml.W.data.copy_(ours.weight.data.T)
     return ours, pml
-
-
-def _assert_same_as_pml(ours: NormalizedSoftmaxLoss, pml: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                        indices_tuple: tuple | None = None) -> torch.Tensor:
-    """Value, gradient to the embeddings and gradient to the class weights equal PML's; returns our value."""
-    value, expected = ours(x, labels, indices_tuple), pml(x, labels, indices_tuple)
-    torch.testing.assert_close(value, expected)
-    got_x, got_w = torch.autograd.grad(value, (x, ours.weight), retain_graph=True)
-    want_x, want_w = torch.autograd.grad(expected, (x, pml.W))
-    torch.testing.assert_close(got_x, want_x)
-    torch.testing.assert_close(got_w, want_w.T)
-    return value
 
 
 def _paper_reference(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, temperature: float,
@@ -59,7 +48,7 @@ def _paper_reference(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
 def test_value_and_gradients_equal_pml(dtype, temperature, indices_tuple):
     torch.manual_seed(0)
     ours, pml = _pair(temperature, dtype)
-    value = _assert_same_as_pml(ours, pml, batch(dtype=dtype), LABELS, indices_tuple)
+    value = assert_same_classifier_as_pml(ours, pml, batch(dtype=dtype), LABELS, indices_tuple)
     assert value.dtype == dtype and value.item() > 0
 
 
@@ -105,7 +94,7 @@ def test_a_batch_of_one_writer_equals_pml_with_finite_gradients():
     torch.manual_seed(1)
     ours, pml = _pair(0.05)
     x = batch()
-    value = _assert_same_as_pml(ours, pml, x, torch.full((12,), 3))
+    value = assert_same_classifier_as_pml(ours, pml, x, torch.full((12,), 3))
     value.backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(ours.weight.grad).all()
 
