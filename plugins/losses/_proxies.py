@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hvkit.api import MetricLoss
 
-from ._classifier import check_batch
+from ._classifier import check_batch, cosine_matrix
 
 
 class ProxyLoss(MetricLoss):
@@ -38,6 +37,7 @@ class ProxyLoss(MetricLoss):
 
     def cosines(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None) -> torch.Tensor:
-        """(B, C) cosine similarities of the embeddings with the proxies, after checking the batch."""
+        """(B, C) cosine similarities of the embeddings with the proxies (:func:`cosine_matrix`), after checking the
+        batch."""
         self.check(embeddings, labels, indices_tuple)
-        return F.normalize(embeddings.to(self.proxies.dtype), dim=1) @ F.normalize(self.proxies, dim=1).T
+        return cosine_matrix(embeddings.to(self.proxies.dtype), self.proxies)

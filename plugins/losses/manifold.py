@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._classifier import check_batch, check_sizes
+from ._classifier import check_batch, check_sizes, cosine_matrix
 from ._pairs import masked_logsumexp
 from ._precision import full_precision
 from ._proxies import ProxyLoss
@@ -90,13 +90,13 @@ class ManifoldLoss(ProxyLoss):
                              "not mined pairs or triplets: remove the miner")
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes, loss=self.loss_name)
         n = len(embeddings)
-        nodes = torch.cat([F.normalize(embeddings.to(self.proxies.dtype), dim=1), F.normalize(self.proxies, dim=1)])
+        nodes = torch.cat([embeddings.to(self.proxies.dtype), self.proxies])
         eye = torch.eye(len(nodes), dtype=torch.bool, device=nodes.device)
-        affinity = torch.exp((nodes @ nodes.T).clamp(min=0) / AFFINITY_TEMPERATURE).masked_fill(eye, 0)
+        affinity = torch.exp(cosine_matrix(nodes, nodes).clamp(min=0) / AFFINITY_TEMPERATURE).masked_fill(eye, 0)
         scale = affinity.sum(dim=1).rsqrt()
         walk = eye.to(nodes.dtype) - self.alpha * (affinity * scale[:, None] * scale[None, :])
         similarity = (1 - self.alpha) * torch.cholesky_inverse(torch.linalg.cholesky(walk))
         own = self.meta_classes[labels]
         intrinsic = hinged_softplus(similarity[:n, n:], own, self.margin)
-        context = F.normalize(similarity[:n], dim=1) @ F.normalize(similarity[n:], dim=1).T
+        context = cosine_matrix(similarity[:n], similarity[n:])
         return intrinsic + self.lambda_c * hinged_softplus(context, own, self.margin)

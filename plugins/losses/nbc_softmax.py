@@ -10,7 +10,7 @@ from torch import nn
 
 from hvkit.api import MetricLoss
 
-from ._classifier import check_batch, check_sizes
+from ._classifier import check_batch, check_sizes, cosine_matrix
 
 
 def negative_block_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, tau: float,
@@ -18,10 +18,9 @@ def negative_block_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, t
                                num_classes: int) -> torch.Tensor:
     """The NBC term over the batch's class means; see :class:`NBCSoftmaxLoss` for the formula."""
     classes, inverse = torch.unique(labels, return_inverse=True)
-    # A class mean and its sum have the same direction: normalise the sum.
+    # A class mean and its sum have the same direction: the cosines of the sums.
     sums = embeddings.new_zeros(len(classes), embeddings.shape[1]).index_add_(0, inverse, embeddings)
-    mu = F.normalize(sums, dim=1)
-    logits = mu @ mu.T
+    logits = cosine_matrix(sums, sums)
     logits = logits * tau if form == "faithful" else logits / tau
     # exp(0) = 1 on the diagonal makes each row's logsumexp log(1 + sum over the other classes).
     logits.fill_diagonal_(0)

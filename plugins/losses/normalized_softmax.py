@@ -9,7 +9,7 @@ from torch import nn
 
 from hvkit.api import MetricLoss
 
-from ._classifier import check_batch, check_sizes
+from ._classifier import check_batch, check_sizes, cosine_matrix
 from ._precision import full_precision
 
 
@@ -49,10 +49,7 @@ class NormalizedSoftmaxLoss(MetricLoss):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes, loss=self.loss_name)
-        embeddings = embeddings.to(self.weight.dtype)
-        # x / |x| after the product, on (B, C) rather than (B, D): F.normalize's eps, one pass fewer over x
-        lengths = embeddings.norm(dim=1, keepdim=True).clamp(min=1e-12) * self.temperature
-        logits = (embeddings @ F.normalize(self.weight, dim=1).T) / lengths
+        logits = cosine_matrix(embeddings.to(self.weight.dtype), self.weight) / self.temperature
         if indices_tuple is None:
             return F.cross_entropy(logits, labels)
         losses = F.cross_entropy(logits, labels, reduction="none")

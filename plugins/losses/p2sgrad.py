@@ -41,10 +41,5 @@ class P2SGradLoss(ProxyLoss):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
-        self.check(embeddings, labels, indices_tuple)
-        embeddings = embeddings.to(self.proxies.dtype)
-        # both lengths divided out of the (B, C) product rather than normalising (B, D) and (C, D): at dim 2048 the
-        # backward of normalising the weights cost a third more than the whole of PML's call
-        lengths = embeddings.norm(dim=1, keepdim=True).clamp(min=1e-12) * self.proxies.norm(dim=1).clamp(min=1e-12)
-        cos = ((embeddings @ self.proxies.T) / lengths).clamp(-1, 1)
+        cos = self.cosines(embeddings, labels, indices_tuple).clamp(-1, 1)
         return F.mse_loss(cos, F.one_hot(labels, self.num_classes).to(cos.dtype))

@@ -42,16 +42,23 @@ class RankedListLoss(MetricLoss):
 
     over every anchor of the batch (an empty set's part is 0), with the weights differentiated as well.
     Each weight sum gets pytorch-metric-learning's guard, 1e-5 per batch column. Settings are PML's:
-    ``margin`` m, ``Tn``, ``imbalance`` lambda = 0.5, ``alpha`` = 1 + m / 2 when None, ``Tp`` = 0 (RLL-Simpler:
-    positives weighted alike); PML has no default for m and T_n, hvkit takes the paper's m = 0.4 (so
-    alpha = 1.2) and T_n = 10. Equal to PML's RankedListLoss in value and gradient, save that a pair at distance
-    exactly 0 counts here (PML drops it: a collapsed batch got no negative term), and that the weights are
-    rescaled per row, where PML's exp overflows (it warns above T = 5). A miner is refused, as in PML: the
-    loss chooses its own pairs. O(B^2) memory.
+    ``margin`` m, ``Tn``, ``imbalance`` lambda, ``alpha``, ``Tp``; PML has no default for m and T_n. The
+    defaults are the official code's (XinshaoAmosWang/Ranked-List-Loss-for-DML, RLL-Simpler): m = 0.4
+    (``pn_margin``), alpha = 1 + m / 2 = 1.2 (``negative_threshold``; its loss layer places the two boundaries at
+    1 -/+ m / 2), T_n = 10, T_p = 0 (positives weighted alike), and the positive and negative parts of each
+    anchor weighted equally, lambda = 0.5 (its layer gives each half of an anchor's weight). Its per-dataset files
+    change m and T_n (CUB: m 0.2, T_n 10; In-Shop: m 0.4, T_n 12). It also treats the weights as constants
+    and weights each anchor by its share of all the batch's weights, where this (and PML) differentiates
+    them and averages the anchors. Equal to PML's RankedListLoss in value and gradient, save that a pair at
+    distance exactly 0 counts here (PML drops it: a collapsed batch got no negative term), and that the
+    weights are rescaled per row, where PML's exp overflows (it warns above T = 5). A miner is refused, as
+    in PML: the loss chooses its own pairs. O(B^2) memory.
     """
 
     needs_global_batch = True  # each anchor ranks the whole batch
 
+    # defaults: the official code's caffe.proto (SolverParameter pn_margin 0.4, negative_threshold 1.2,
+    # n_temperature 10, p_temperature 0) and its loss layer, which splits each anchor's weight 0.5 / 0.5
     def __init__(self, margin: float = 0.4, Tn: float = 10.0, imbalance: float = 0.5, alpha: float | None = None,
                  Tp: float = 0.0) -> None:
         super().__init__()

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._classifier import check_batch, check_sizes
+from ._classifier import check_batch, check_sizes, cosine_matrix
 from ._precision import full_precision
 from ._proxies import ProxyLoss
 
@@ -15,17 +15,17 @@ MERGE_EPS = 1e-5  # added to the squared centre distance inside the square root,
 
 
 def centre_spread(centres: torch.Tensor) -> torch.Tensor:
-    """SoftTriple's regulariser R of unit centres (C, K, D): sum_c sum_{k<k'} ||w_ck - w_ck'|| / (C K (K-1)).
+    """SoftTriple's regulariser R of the centres (C, K, D): sum_c sum_{k<k'} ||w_ck - w_ck'|| / (C K (K-1)), w unit.
 
-    Each distance is ``sqrt(2 + eps - 2 <w_ck, w_ck'>)`` with eps = 1e-5 (the official code's;
+    Each distance is ``sqrt(2 + eps - 2 cos(w_ck, w_ck'))`` with eps = 1e-5 (the official code's;
     it keeps the gradient finite when two centres meet). Only the K x K block of each class
-    is formed. 0 when K = 1.
+    is formed, by :func:`cosine_matrix`. 0 when K = 1.
     """
     classes, k, _ = centres.shape
     if k < 2:
         return centres.new_zeros(())
     first, second = torch.triu_indices(k, k, offset=1, device=centres.device)
-    cosines = (centres @ centres.transpose(1, 2))[:, first, second]  # (C, K (K-1) / 2)
+    cosines = cosine_matrix(centres, centres)[:, first, second]  # (C, K (K-1) / 2)
     return torch.sqrt(2 + MERGE_EPS - 2 * cosines).sum() / (classes * k * (k - 1))
 
 
@@ -80,8 +80,7 @@ class SoftTripleLoss(ProxyLoss):
                              "mined pairs or triplets: remove the miner")
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes, loss=self.loss_name)
         k = self.centers_per_class
-        centres = F.normalize(self.proxies, dim=1)  # once, for the cosines and R
-        cos = F.normalize(embeddings.to(centres.dtype), dim=1) @ centres.T  # (B, C K)
+        cos = cosine_matrix(embeddings.to(self.proxies.dtype), self.proxies)  # (B, C K)
         # softmax over k on the (B, K, C) view: on the CPU, 3-4x faster than over a last dim of size K
         per_centre = cos.view(-1, self.num_classes, k).transpose(1, 2)
         relaxed = (torch.softmax(per_centre / self.gamma, dim=1) * per_centre).sum(dim=1)  # (B, C)
@@ -90,7 +89,7 @@ class SoftTripleLoss(ProxyLoss):
         if self.tau == 0 or k == 1:
             self._terms = {"softmax": softmax.detach()}
             return softmax
-        regulariser = centre_spread(centres.view(self.num_classes, k, -1))
+        regulariser = centre_spread(self.proxies.view(self.num_classes, k, -1))
         self._terms = {"softmax": softmax.detach(), "regulariser": regulariser.detach()}
         return softmax + self.tau * regulariser
 
