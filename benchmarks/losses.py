@@ -35,6 +35,7 @@ from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
+from hvkit_plugins.losses.dcl import DCLLoss
 from hvkit_plugins.losses.dynamic_soft_margin import DynamicSoftMarginLoss
 from hvkit_plugins.losses.fast_ap import FastAPLoss
 from hvkit_plugins.losses.histogram import HistogramLoss
@@ -62,9 +63,11 @@ from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 from hvkit_plugins.losses.supcon import SupConLoss
 from hvkit_plugins.losses.swav import SwAVLoss
 from hvkit_plugins.losses.threshold_consistent_margin import ThresholdConsistentMarginLoss
+from hvkit_plugins.losses.tico import TiCoLoss
 from hvkit_plugins.losses.triplet import TripletLoss
 from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
 from hvkit_plugins.losses.vicreg import VICRegLoss
+from hvkit_plugins.losses.w_mse import WMSELoss
 from hvkit_plugins.losses.weighted_sum import WeightedSumLoss
 from hvkit_plugins.samplers.xbm import CrossBatchMemoryLoss
 
@@ -75,7 +78,8 @@ LossFactory = Callable[[int, int], Callable[..., torch.Tensor]]
 class Case:
     """One table row per dim: ``ours`` against ``reference`` on inputs of kind ``inputs``.
 
-    ``batch``, when set, replaces the command line's batch size for this case (say why in ``note``).
+    ``batch``, when set, replaces the command line's batch size for this case (say why in ``note``);
+    ``max_dim``, when set, skips the larger dims (say why in ``note``).
     """
 
     name: str
@@ -85,6 +89,7 @@ class Case:
     inputs: str
     batch: int | None = None
     note: str = ""
+    max_dim: int | None = None
 
 
 def views(batch: int, dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -168,6 +173,42 @@ def _official_swav(dim: int, classes: int) -> Callable[..., torch.Tensor]:
                 if v != crop:
                     loss -= torch.mean(torch.sum(q * F.log_softmax(output[bs * v:bs * (v + 1)] / 0.1, dim=1), dim=1))
         return loss / 2
+    return call
+
+
+W_MSE_SIZE = 256  # the paper's sub-batch for 128-d embeddings: two sub-batches of a batch of 512
+
+
+def _official_w_mse(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official W-MSE step: a loop over sub-batches and views, each whitened by Whitening2d (Cholesky, the inverse
+    factor by a triangular solve against I, applied as a 1x1 convolution), then the normalised MSE."""
+    def whitening(x: torch.Tensor) -> torch.Tensor:
+        xn = (x - x.mean(0))[:, :, None, None]
+        t = xn.permute(1, 0, 2, 3).reshape(dim, -1)
+        eye = torch.eye(dim, dtype=x.dtype, device=x.device)
+        inv_sqrt = torch.linalg.solve_triangular(torch.linalg.cholesky(t @ t.T / (t.shape[-1] - 1)), eye, upper=False)
+        return F.conv2d(xn, inv_sqrt[:, :, None, None]).squeeze(3).squeeze(2)
+
+    def call(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        bs, h = z_a.shape[0], torch.cat([z_a, z_b])
+        z = torch.empty_like(h)
+        for idx in torch.randperm(bs).view(-1, W_MSE_SIZE).to(h.device):
+            for i in range(2):
+                z[idx + i * bs] = whitening(h[idx + i * bs])
+        return 2 - 2 * (F.normalize(z[:bs]) * F.normalize(z[bs:])).sum(dim=-1).mean()
+    return call
+
+
+def _official_tico(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """TiCo's Algorithm 1 as the unofficial code and lightly write it: C = beta C + (1 - beta) z^T z / N, then
+    -mean z . z' + rho mean((z C) * z), C detached and kept for the next call."""
+    state = {"C": torch.zeros(dim, dim)}
+
+    def call(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        z_1, z_2 = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
+        c = 0.9 * state["C"].to(z_1.device) + 0.1 * z_1.T @ z_1 / z_1.shape[0]
+        state["C"] = c.detach()
+        return -(z_1 * z_2).sum(dim=1).mean() + 20.0 * ((z_1 @ c) * z_1).sum(dim=1).mean()
     return call
 
 
@@ -266,6 +307,10 @@ CASES: list[Case] = [
     Case("ntxent", lambda dim, classes: NTXentLoss(0.1), _pml_ntxent, "PML NTXentLoss, instance labels",
          "views", batch=256,
          note="256 images (512 embeddings): PML's NTXentLoss builds a (2B, 4B^2) mask, ~20 GB at B=512"),
+    Case("dcl", lambda dim, classes: DCLLoss(0.1), _pml_ntxent, "PML NTXentLoss, instance labels (cost reference)",
+         "views", batch=256,
+         note="PML has no DCL: its NT-Xent over the same 2B x 2B similarities is the like-for-like cost; batch 256 "
+              "as ntxent's"),
     Case("supcon", lambda dim, classes: SupConLoss(0.1), lambda dim, classes: pml.SupConLoss(temperature=0.1),
          "PML SupConLoss", "labelled"),
     Case("swav", lambda dim, classes: SwAVLoss(dim, SWAV_PROTOTYPES), _official_swav,
@@ -274,6 +319,11 @@ CASES: list[Case] = [
     Case("moco_v2", lambda dim, classes: MoCoV2Loss(dim, MOCO_QUEUE), _official_moco_v2,
          "official code's loss (PML has none), queue 16384", "views",
          note="the loss alone, no enqueueing: one (B, K) logit matrix against the queue in both"),
+    Case("w_mse", lambda dim, classes: WMSELoss(dim, W_MSE_SIZE), _official_w_mse,
+         "official code (PML has none), w_size 256", "views", max_dim=W_MSE_SIZE - 1,
+         note="two views, w_iter 1; dims below 256 only: a sub-batch of 256 whitens at most 255 dimensions"),
+    Case("tico", lambda dim, classes: TiCoLoss(dim), _official_tico, "Algorithm 1 (PML has none), β 0.9, ρ 20",
+         "views", note="stateful in both: each call moves the running covariance"),
     Case("contra_x", lambda dim, classes: ContraXLoss(dim, classes), _contra_x_reference,
          "CE + PML SupConLoss", "labelled"),
     Case("multi_similarity", lambda dim, classes: MultiSimilarityLoss(), _pml_multi_similarity,
@@ -450,7 +500,7 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     notes = []
     for case in cases:
-        for dim in args.dims:
+        for dim in [d for d in args.dims if case.max_dim is None or d <= case.max_dim]:
             ours, reference = measure(case, args.batch, dim, args.repeats, args.warmup, device,
                                       CLOCKS[args.clock])
             print(f"| {case.name} | {case.reference_name} | {case.batch or args.batch} | {dim} | "

@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 3)
+API_VERSION: tuple[int, int] = (1, 4)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -26,7 +26,9 @@ and reference sets for miners: a miner with ``accepts_reference = True`` is call
 ``miner(embeddings, labels, ref_emb=None, ref_labels=None)`` and returns tuples whose anchors index
 ``embeddings`` and whose partners index ``ref_emb`` (pytorch-metric-learning's semantics; without a
 reference the batch is its own and no (i, i) pair is returned); ``xbm`` mines the batch against its
-memory through it.
+memory through it. 1.4 added local features: ``ViewLoss.takes_feature_maps`` (the views' last feature
+maps and their cells' positions in the original image), the loss context argument ``map_channels``
+and the optional backbone methods ``feature_map(images)`` and ``pool(maps)`` with ``map_channels``.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -124,11 +126,18 @@ class ViewLoss(nn.Module):
     ``symmetric = False`` (an instance may set it from its settings) on a ``needs_teacher`` loss:
     only the first global view (and any local view) is compared with the teacher's other global
     views, ``loss(z_1, t_2)`` rather than ``(loss(z_1, t_2) + loss(z_2, t_1)) / 2`` (MoCo's asymmetric form).
+    ``takes_feature_maps = True`` (VICRegL): ``forward(z_a, z_b, maps=(m_a, m_b), positions=(p_a, p_b))``
+    also takes each view's last backbone feature map m (B, C, h, w), the one the backbone pools into
+    its features, and the position p (B, h, w, 2) of every map cell's centre in the original
+    image's normalised (x, y) coordinates ([-1, 1], ``affine_grid``'s); ``positions`` is None when
+    the transform cannot say where its views came from. The loss is built with the context
+    argument ``map_channels`` (C).
     """
 
     needs_global_batch: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = False
     takes_local_views: ClassVar[bool] = False
+    takes_feature_maps: ClassVar[bool] = False
     symmetric: bool = True
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:

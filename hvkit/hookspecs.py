@@ -26,7 +26,9 @@ Register = Callable[[str, Callable], None]
 def register_backbones(register: Register) -> None:
     """Backbones: ``factory(**params) -> nn.Module`` mapping images (B,C,H,W) to features (B,D).
 
-    The module exposes ``embedding_dim`` (D). Context: ``in_channels``.
+    The module exposes ``embedding_dim`` (D). Context: ``in_channels``. A convolutional backbone may
+    also offer its last feature map (API 1.4): ``feature_map(images) -> (B, map_channels, h, w)``
+    and ``pool(maps) -> (B, D)``, with ``pool(feature_map(x))`` equal to ``forward(x)``.
     """
 
 
@@ -82,7 +84,8 @@ def register_miners(register: Register) -> None:
 def register_losses(register: Register) -> None:
     """Losses: ``factory(**params) -> hvkit.api.MetricLoss | hvkit.api.ViewLoss | nn.Module``.
 
-    Context: ``embedding_dim``, ``num_classes``.
+    Context: ``embedding_dim``, ``num_classes``, and ``map_channels`` (the backbone's feature-map
+    channels) for a ``ViewLoss`` that ``takes_feature_maps``.
     """
 
 
@@ -121,7 +124,7 @@ CONTEXT_ARGS: dict[str, frozenset[str]] = {
     "transform": frozenset(),
     "sampler": frozenset({"labels", "batch_size", "seed", "rank", "world_size"}),
     "miner": frozenset(),
-    "loss": frozenset({"embedding_dim", "num_classes"}),
+    "loss": frozenset({"embedding_dim", "num_classes", "map_channels"}),
     "evaluator": frozenset(),
     "stage": frozenset(),
     "command": frozenset(),

@@ -245,16 +245,28 @@ def _reference_set(where: str, loss: MetricLoss, base: torch.Tensor, labels: tor
                              "diagonal, the reference is another set")
 
 
+def _map_inputs(maps: tuple[torch.Tensor, ...], rows: torch.Tensor, dtype: torch.dtype,
+                graded: dict[str, torch.Tensor], positions: bool = True) -> dict[str, Any]:
+    """``maps=(m_a, m_b)`` and ``positions=(p_a, p_b)`` (or None) of the batch's ``rows``; the maps join ``graded``."""
+    m_a, m_b = (_leaf(m[rows].to(dtype)) for m in maps[:2])
+    graded.update({"maps[0]": m_a, "maps[1]": m_b})
+    return {"maps": (m_a, m_b), "positions": tuple(p[rows].to(dtype) for p in maps[2:]) if positions else None}
+
+
 def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tensor,
-               dtype: torch.dtype) -> None:
+               dtype: torch.dtype, maps: tuple[torch.Tensor, ...] | None = None) -> None:
+    n = base.shape[0]
     collapsed = base[:1].expand_as(base)
-    views = {"two views": (base, base + noise, False),
-             "a batch of one sample": (base[:1], base[:1] + noise[:1], True),
-             "a collapsed batch (all embeddings equal)": (collapsed, collapsed, True)}
-    for name, (a, b, edge) in views.items():
+    views = {"two views": (base, base + noise, False, torch.arange(n)),
+             "a batch of one sample": (base[:1], base[:1] + noise[:1], True, torch.arange(1)),
+             "a collapsed batch (all embeddings equal)": (collapsed, collapsed, True, torch.zeros(n, dtype=torch.long))}
+    if maps is not None:
+        views["feature maps without positions"] = (base, base + noise, True, torch.arange(n))
+    for name, (a, b, edge, rows) in views.items():
         za, zb = _leaf(a.to(dtype)), _leaf(b.to(dtype))
         graded = {"z_a": za} if loss.needs_teacher else {"z_a": za, "z_b": zb}  # z_b: the teacher's, no gradient
-        _loss_case(where, loss, f"{name} ({dtype})", (za, zb), dtype, graded, edge)
+        kwargs = {} if maps is None else _map_inputs(maps, rows, dtype, graded, "without positions" not in name)
+        _loss_case(where, loss, f"{name} ({dtype})", (za, zb), dtype, graded, edge, **kwargs)
     if loss.needs_teacher:  # a training step ends with observe_teacher (DINO's centre): the loss must still work
         observed = copy.deepcopy(loss).to(dtype)
         teacher = (base + noise).to(dtype)
@@ -271,7 +283,7 @@ def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tens
 
 def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
                num_classes: int = 4, batch_size: int = 16, inputs: Inputs | None = None,
-               seed: int = 0) -> None:
+               seed: int = 0, map_channels: int = 8) -> None:
     """A loss returns a finite scalar in the inputs' dtype and backpropagates, on every batch hvkit may give it.
 
     A :class:`~hvkit.api.MetricLoss` gets ``(embeddings (B,D), labels (B,))`` with
@@ -279,7 +291,10 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     pytorch-metric-learning formats (triplets and pairs) or refuse both with ValueError. A
     :class:`~hvkit.api.ViewLoss` gets two views ``(z_a, z_b)`` (with ``needs_teacher`` the
     gradient need only reach ``z_a``: ``z_b`` is the teacher's output, and the loss must still
-    work after ``observe_teacher`` of two teacher views, as after a training step). Any other loss needs
+    work after ``observe_teacher`` of two teacher views, as after a training step; with
+    ``takes_feature_maps`` also ``maps`` of 7 x 7 cells of ``map_channels`` and ``positions``, the
+    second view a zoomed and shifted crop of the first, and the gradient must reach the maps;
+    without positions it must work or raise ValueError). Any other loss needs
     ``inputs(dtype, generator) -> args``. In float32 and float64 the value must be a finite
     scalar in that dtype whose gradient reaches the inputs and every trainable parameter of
     the loss. Edge batches (one class, one sample per class, a collapsed batch of equal
@@ -292,7 +307,8 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     """
     if batch_size < 2 * num_classes:
         raise ValueError(f"batch_size {batch_size} must be at least 2 * num_classes ({2 * num_classes})")
-    built, where = _build("loss", loss, params, embedding_dim=embedding_dim, num_classes=num_classes)
+    built, where = _build("loss", loss, params, embedding_dim=embedding_dim, num_classes=num_classes,
+                          map_channels=map_channels)
     if not callable(built):
         raise AssertionError(f"{where}: built {type(built).__name__}, which is not callable")
     for flag in ("needs_global_batch", "accepts_reference"):
@@ -302,11 +318,18 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     base = torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
     noise = 0.1 * torch.randn(batch_size, embedding_dim, generator=g, dtype=torch.float64)
     labels = torch.arange(batch_size) % num_classes
+    maps = None
+    if getattr(built, "takes_feature_maps", False):
+        m_a = torch.randn(batch_size, map_channels, 7, 7, generator=g, dtype=torch.float64)
+        m_b = m_a + 0.1 * torch.randn(m_a.shape, generator=g, dtype=torch.float64)
+        identity = torch.eye(3, dtype=torch.float64)[:2].expand(batch_size, 2, 3)
+        p_a = torch.nn.functional.affine_grid(identity, [batch_size, 1, 7, 7], align_corners=False)
+        maps = (m_a, m_b, p_a, 0.8 * p_a + 0.1)
     for dtype in (torch.float32, torch.float64):
         if isinstance(built, MetricLoss):
             _metric_loss(where, built, base, labels, num_classes, dtype)
         elif isinstance(built, ViewLoss):
-            _view_loss(where, built, base, noise, dtype)
+            _view_loss(where, built, base, noise, dtype, maps)
         elif inputs is not None:
             args = tuple(_leaf(a) if a.is_floating_point() else a for a in inputs(dtype, _generator(seed)))
             graded = {f"argument {i}": a for i, a in enumerate(args) if a.requires_grad}

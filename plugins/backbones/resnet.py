@@ -25,7 +25,9 @@ class ResNet(nn.Module):
     fine-tuned and evaluated at a higher feature resolution (the same move as training and
     testing at different input sizes: Touvron et al. 2019, "Fixing the train-test resolution
     discrepancy"); ``zero_init_residual`` starts each residual branch's last BN at zero
-    (Goyal et al. 2017). Subclasses pick the depth.
+    (Goyal et al. 2017). ``feature_map`` is layer4's output (``map_channels`` = ``embedding_dim``
+    channels, 1/32 of the input's side with the standard stem) and ``pool`` its global average:
+    ``pool(feature_map(x))`` is ``forward(x)``. Subclasses pick the depth.
     """
 
     name: ClassVar[str]
@@ -45,12 +47,22 @@ class ResNet(nn.Module):
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
         if small_stem or not max_pool:
             net.maxpool = nn.Identity()
-        self.embedding_dim = net.fc.in_features
+        self.embedding_dim = self.map_channels = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last residual stage's output (B, map_channels, h, w), before the global pooling."""
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """Features (B, embedding_dim) of a ``feature_map``: its global average, as ``forward``."""
+        return torch.flatten(self.net.avgpool(maps), 1)
 
 
 class ResNet18(ResNet):

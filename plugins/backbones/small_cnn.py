@@ -16,6 +16,9 @@ class SmallCNN(nn.Module):
     channels (capped at ``8 * width``). Defaults: 4 blocks of 32-256 channels, 128-d embedding,
     about 0.4 M parameters. ``norm``: BatchNorm (default), GroupNorm (8 groups; per sample, so
     several processes compute exactly what one does without SyncBatchNorm) or none.
+    ``feature_map`` is the last block's output (``map_channels`` channels, 1/2^(depth-1) of the
+    input's side) and ``pool`` the global average and the linear map: ``pool(feature_map(x))``
+    is ``forward(x)``.
     """
 
     def __init__(self, in_channels: int = 1, embedding_dim: int = 128, width: int = 32, depth: int = 4,
@@ -37,9 +40,18 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.project = nn.Linear(channels, embedding_dim)
         self.embedding_dim = embedding_dim
+        self.map_channels = channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(images))
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last block's output (B, map_channels, h, w), before the global pooling."""
+        return self.features[:-2](images)
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """Features (B, embedding_dim) of a ``feature_map``: global average, then the linear map."""
+        return self.project(self.features[-2:](maps))
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

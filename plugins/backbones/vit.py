@@ -65,17 +65,28 @@ class ViT(nn.Module):
         self.embedding_dim = hidden_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_tokens(images)[:, 0]
+
+    def encode_tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The output token sequence (B, 1 + n, D), the class token first, of the patches ``keep`` (B, n) names.
+
+        The masked forward of MAE (He et al. 2022): each image's patches (numbered row by row)
+        are embedded with their position embeddings, only the ``keep`` ones (in that order)
+        join the class token through the blocks; every weight is the normal forward's, and
+        ``keep=None`` (every patch) is its sequence, whose first token is ``forward``'s feature.
+        """
         height, width = images.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"vit: image size {height} x {width} is not a multiple of patch_size={self.patch_size}")
         tokens = self.net.conv_proj(images)
         grid_h, grid_w = tokens.shape[-2:]
-        tokens = tokens.flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.net.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         position = self.net.encoder.pos_embedding
-        position = torch.cat([position[:, :1], resize_position_embedding(position[:, 1:], grid_h, grid_w)], dim=1)
+        patches = tokens.flatten(2).transpose(1, 2) + resize_position_embedding(position[:, 1:], grid_h, grid_w)
+        if keep is not None:
+            patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        first = (self.net.class_token + position[:, :1]).expand(patches.shape[0], -1, -1)
         encoder = self.net.encoder
-        return encoder.ln(encoder.layers(encoder.dropout(tokens + position)))[:, 0]
+        return encoder.ln(encoder.layers(encoder.dropout(torch.cat([first, patches], dim=1))))
 
 
 class ViTSmall(ViT):

@@ -2,6 +2,7 @@
 
 from hvkit.api import hookimpl
 
+from .align_uniform import AlignUniformLoss
 from .angular import AngularLoss
 from .arcface import ArcFaceLoss
 from .barlow_twins import BarlowTwinsLoss
@@ -10,6 +11,7 @@ from .circle import CircleLoss
 from .contra_x import ContraXLoss
 from .contrastive import ContrastiveLoss
 from .cosface import CosFaceLoss
+from .dcl import DCLLoss
 from .dino import DINOLoss
 from .dynamic_soft_margin import DynamicSoftMarginLoss
 from .fast_ap import FastAPLoss
@@ -26,6 +28,7 @@ from .moco_v3 import MoCoV3Loss
 from .multi_similarity import MultiSimilarityLoss
 from .nbc_softmax import NBCSoftmaxLoss
 from .nca import NCALoss
+from .nnclr import NNCLRLoss
 from .normalized_softmax import NormalizedSoftmaxLoss
 from .npairs import NPairsLoss
 from .ntxent import NTXentLoss
@@ -43,15 +46,19 @@ from .subcenter_arcface import SubCenterArcFaceLoss
 from .supcon import SupConLoss
 from .swav import SwAVLoss
 from .threshold_consistent_margin import ThresholdConsistentMarginLoss
+from .tico import TiCoLoss
 from .triplet import TripletLoss
 from .tuplet_margin import TupletMarginLoss
 from .vae_elbo import VAEELBOLoss
 from .vicreg import VICRegLoss
+from .vicregl import VICRegLLoss
+from .w_mse import WMSELoss
 from .weighted_sum import WeightedSumLoss
 
 
 @hookimpl
 def register_losses(register):
+    register("align_uniform", AlignUniformLoss)
     register("angular", AngularLoss)
     register("arcface", ArcFaceLoss)
     register("barlow_twins", BarlowTwinsLoss)
@@ -60,6 +67,7 @@ def register_losses(register):
     register("contra_x", ContraXLoss)
     register("contrastive", ContrastiveLoss)
     register("cosface", CosFaceLoss)
+    register("dcl", DCLLoss)
     register("dino", DINOLoss)
     register("dynamic_soft_margin", DynamicSoftMarginLoss)
     register("fast_ap", FastAPLoss)
@@ -77,6 +85,7 @@ def register_losses(register):
     register("multi_similarity", MultiSimilarityLoss)
     register("nbc_softmax", NBCSoftmaxLoss)
     register("nca", NCALoss)
+    register("nnclr", NNCLRLoss)
     register("normalized_softmax", NormalizedSoftmaxLoss)
     register("npairs", NPairsLoss)
     register("ntxent", NTXentLoss)
@@ -94,8 +103,11 @@ def register_losses(register):
     register("supcon", SupConLoss)
     register("swav", SwAVLoss)
     register("threshold_consistent_margin", ThresholdConsistentMarginLoss)
+    register("tico", TiCoLoss)
     register("triplet", TripletLoss)
     register("tuplet_margin", TupletMarginLoss)
     register("vae_elbo", VAEELBOLoss)
     register("vicreg", VICRegLoss)
+    register("vicregl", VICRegLLoss)
+    register("w_mse", WMSELoss)
     register("weighted_sum", WeightedSumLoss)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from hvkit import distributed
 from hvkit.api import ViewLoss
 
+from .._ring_buffer import ring_slots, ring_write
 from ._precision import full_precision
 from ._views import check_views
 
@@ -104,12 +105,9 @@ class MoCoV2Loss(ViewLoss):
         for view in views:
             self._check_dim(view)
         keys = F.normalize(torch.cat([distributed.gather(view) for view in views]).to(self.queue.dtype), dim=1)
-        count = keys.shape[0]
-        kept = keys[-self.queue_size:]  # of more keys than the queue holds, only the newest stay
-        start = self.position + count - kept.shape[0]
-        slots = (start + torch.arange(kept.shape[0], device=self.queue.device)) % self.queue_size
-        self.queue = self.queue.index_copy(0, slots, kept)
-        self.position.copy_((self.position + count) % self.queue_size)
+        slots = ring_slots(self.position, keys.shape[0], self.queue_size)  # of more keys than fit, the newest
+        self.queue = ring_write(self.queue, keys, slots, in_place=False)
+        self.position.copy_((self.position + keys.shape[0]) % self.queue_size)
 
     def _check_dim(self, z: torch.Tensor) -> None:
         if z.shape[1] != self.embedding_dim:

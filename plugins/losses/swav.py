@@ -24,6 +24,7 @@ from torch import nn
 
 from hvkit.api import ViewLoss
 
+from .._ring_buffer import push_front
 from ._precision import full_precision
 from ._views import check_views
 
@@ -159,6 +160,6 @@ class SwAVLoss(ViewLoss):
     def _push(self, global_views: torch.Tensor) -> None:
         """From call ``queue_start_steps`` on, the (2, B, D) global embeddings enter the queue, newest first."""
         if self.queue_size and int(self.steps) >= self.queue_start_steps:
-            self.queue.copy_(torch.cat([global_views, self.queue], dim=1)[:, :self.queue_size])
+            push_front(self.queue.transpose(0, 1), global_views.transpose(0, 1))
             self.queued.copy_((self.queued + global_views.shape[1]).clamp(max=self.queue_size))
         self.steps += 1

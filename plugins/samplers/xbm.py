@@ -8,6 +8,8 @@ from torch import nn
 from hvkit.api import Component, MetricLoss
 from hvkit.registry import get_registry
 
+from .._ring_buffer import filled, ring_slots, ring_write
+
 
 class CrossBatchMemoryLoss(MetricLoss):
     """Cross-Batch Memory (XBM, Wang, Zhang, Huang & Scott 2020): the batch's anchors against a memory of past batches.
@@ -103,8 +105,8 @@ class CrossBatchMemoryLoss(MetricLoss):
             reference, reference_labels, own = keys.detach(), key_labels, None
         else:
             slots = self.enqueue(keys, key_labels)
-            filled = int(self.enqueued.clamp(max=self.memory_size))
-            reference, reference_labels = self.memory[:filled].to(embeddings.dtype), self.memory_labels[:filled]
+            reference = filled(self.memory, self.enqueued).to(embeddings.dtype)
+            reference_labels = filled(self.memory_labels, self.enqueued)
             own = slots if enqueue_mask is None else None
         pairs = self.pairs(embeddings, labels, reference, reference_labels, own)
         return self.loss(embeddings, labels, pairs, ref_emb=reference, ref_labels=reference_labels)
@@ -126,12 +128,12 @@ class CrossBatchMemoryLoss(MetricLoss):
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Write the batch over the oldest memory entries; return the (B,) slots it took."""
-        slots = (self.enqueued + torch.arange(len(labels), device=labels.device)) % self.memory_size
-        self.memory[slots] = embeddings.detach().to(self.memory.dtype)
-        self.memory_labels[slots] = labels
+        """Write the batch over the oldest memory entries (a ring, in place); return the (B,) slots it took."""
+        slots = ring_slots(self.enqueued, len(labels), self.memory_size)
+        ring_write(self.memory, embeddings, slots)
+        ring_write(self.memory_labels, labels, slots)
         self.enqueued += len(labels)
-        return slots
+        return slots.to(labels.device)
 
     @torch.no_grad()
     def pairs(self, embeddings: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor,

@@ -4,6 +4,7 @@ from hvkit.api import hookimpl
 
 from .ensemble import Ensemble
 from .evaluate import Evaluate
+from .mae_pretrain import MAEPretrain
 from .metric_train import MetricTrain
 from .ssl_pretrain import SSLPretrain
 from .vae_pretrain import VAEPretrain
@@ -13,6 +14,7 @@ from .vae_pretrain import VAEPretrain
 def register_stages(register):
     register("ensemble", Ensemble)
     register("evaluate", Evaluate)
+    register("mae_pretrain", MAEPretrain)
     register("metric_train", MetricTrain)
     register("ssl_pretrain", SSLPretrain)
     register("vae_pretrain", VAEPretrain)

@@ -16,14 +16,24 @@ ENCODER_FILE = "encoder.pt"
 
 
 class Encoder(nn.Module):
-    """Backbone, optionally followed by a projection head; ``features`` picks which output embeds."""
+    """Backbone, optionally followed by a projection head; ``features`` picks which output embeds.
+
+    ``features="head_and_map"`` returns ``(head output, feature map)`` from one pass: the
+    backbone's ``feature_map`` and its ``pool`` (a backbone that offers them), so a loss on
+    local features (VICRegL) is still one forward call of the (DDP-wrapped) encoder.
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, images: torch.Tensor, features: str = "head") -> torch.Tensor:
+    def forward(self, images: torch.Tensor,
+                features: str = "head") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if features == "head_and_map":
+            maps = self.backbone.feature_map(images)
+            out = self.backbone.pool(maps)
+            return (self.head(out) if self.head is not None else out), maps
         out = self.backbone(images)
         if features == "head" and self.head is not None:
             out = self.head(out)

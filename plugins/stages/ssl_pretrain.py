@@ -32,6 +32,34 @@ def encode_views(model: torch.nn.Module, view_a: torch.Tensor, view_b: torch.Ten
     return model(view_a).float(), model(view_b).float()
 
 
+def encode_views_with_maps(model: torch.nn.Module, view_a: torch.Tensor, view_b: torch.Tensor,
+                           joint: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Both views' head outputs and last feature maps (float32), as :func:`encode_views` (mode ``head_and_map``)."""
+    if joint:
+        z, maps = model(torch.cat([view_a, view_b]), "head_and_map")
+        return list(z.float().chunk(2)), list(maps.float().chunk(2))
+    outputs = [model(view, "head_and_map") for view in (view_a, view_b)]
+    return [z.float() for z, _ in outputs], [maps.float() for _, maps in outputs]
+
+
+def view_with_geometry(transform: Callable, images: torch.Tensor,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A view and its output->input map theta (B, 3, 3) from the transform's ``with_geometry``, else theta None."""
+    if hasattr(transform, "with_geometry"):
+        return transform.with_geometry(images, generator)
+    return transform(images, generator), None
+
+
+def cell_positions(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Where the cells of a view's (height, width) feature map lie in the original image: (B, h, w, 2).
+
+    Cell (i, j)'s centre in the view, ``((2j + 1) / w - 1, (2i + 1) / h - 1)`` in normalised (x, y)
+    coordinates, mapped by the view's output->input map ``theta`` (B, 3, 3): ``affine_grid``'s
+    sampling grid at the map's resolution.
+    """
+    return F.affine_grid(theta[:, :2].float(), [theta.shape[0], 1, height, width], align_corners=False)
+
+
 def multi_view_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     global_views: Sequence[torch.Tensor],
                     local_views: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -113,7 +141,12 @@ class SSLPretrain:
     the teacher is checkpointed. A loss whose ``symmetric`` is False (``moco_v2``'s default)
     compares only the first online global view (and the local views) with the teacher. Once
     per step, after the loss, the loss's ``observe_teacher`` receives the teacher's global-view
-    outputs (DINO updates its centre there, MoCo v2 its queue of keys). The online
+    outputs (DINO updates its centre there, MoCo v2 its queue of keys). A loss that declares
+    ``takes_feature_maps`` (``vicregl``) also gets each view's last backbone feature map and its
+    cells' positions in the original image (:func:`cell_positions`, from the transform's
+    ``with_geometry``; None for a transform without it), and is built with the backbone's
+    ``map_channels``; it needs a backbone with ``feature_map`` (``small_cnn``, the ResNets) and
+    takes neither a teacher nor local views. The online
     backbone and head are saved as this stage's ``encoder`` for later stages, or with
     ``export_teacher`` the teacher's (DINO evaluates its teacher, the better of the two
     there; BYOL and MoCo v3 the online net).
@@ -160,6 +193,20 @@ class SSLPretrain:
             raise ValueError(f"teacher_momentum is set but loss {name} uses no teacher; remove teacher_momentum "
                              "or use a loss that needs one (byol, dino, moco_v2, moco_v3)")
 
+    def _map_context(self, ctx: StageContext, backbone: nn.Module, backbone_spec: str | dict) -> dict[str, int]:
+        """``{"map_channels": C}`` for a loss that ``takes_feature_maps`` (checked against the stage), else ``{}``."""
+        name = self.loss if isinstance(self.loss, str) else self.loss["name"]
+        if not getattr(ctx.registry.get("loss", name).factory, "takes_feature_maps", False):
+            return {}
+        backbone_name = backbone_spec if isinstance(backbone_spec, str) else backbone_spec["name"]
+        if not (hasattr(backbone, "feature_map") and hasattr(backbone, "pool")):
+            raise ValueError(f"loss {name} takes feature maps but backbone {backbone_name} has none (no feature_map "
+                             "and pool); use small_cnn or a ResNet")
+        if self.teacher_momentum is not None or self.local_views:
+            raise ValueError(f"loss {name} takes feature maps, which ssl_pretrain gives without a teacher or "
+                             "local views; remove teacher_momentum and local_views")
+        return {"map_channels": int(backbone.map_channels)}
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
         missing = [s for s in self.splits if s not in data.splits]
@@ -171,7 +218,8 @@ class SSLPretrain:
         backbone = ctx.build_backbone(backbone_spec)
         head = ctx.build("head", self.head, in_dim=backbone.embedding_dim).to(ctx.device)
         encoder = Encoder(backbone, head)
-        loss_fn = ctx.build("loss", self.loss, embedding_dim=head.out_dim).to(ctx.device)
+        loss_fn = ctx.build("loss", self.loss, embedding_dim=head.out_dim,
+                            **self._map_context(ctx, backbone, backbone_spec)).to(ctx.device)
         self._check_teacher(loss_fn)
         teacher = momentum_teacher(encoder) if self.teacher_momentum is not None else None
         transform = ctx.build("transform", self.transform)
@@ -187,8 +235,21 @@ class SSLPretrain:
             sampler.set_epoch(epoch)
             return iter(sampler)
 
+        def feature_map_step(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            (view_a, theta_a), (view_b, theta_b) = (view_with_geometry(transform, x, generator) for _ in range(2))
+            views, maps = encode_views_with_maps(model, view_a, view_b, self.joint_views)
+            with full_precision(ctx.device):
+                positions = None if theta_a is None else [cell_positions(theta, *m.shape[2:])
+                                                          for theta, m in zip((theta_a, theta_b), maps)]
+                if gathered:
+                    views, maps = ([distributed.gather_with_grad(t) for t in ts] for ts in (views, maps))
+                    positions = None if positions is None else [distributed.gather(p) for p in positions]
+                return loss_fn(*views, maps=tuple(maps), positions=None if positions is None else tuple(positions))
+
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
+            if getattr(loss_fn, "takes_feature_maps", False):
+                return feature_map_step(x, generator)
             inputs = transform(x, generator), transform(x, generator)
             views = list(encode_views(model, *inputs, self.joint_views))
             targets = []
@@ -209,7 +270,10 @@ class SSLPretrain:
                 if teacher is None:
                     if getattr(loss_fn, "takes_local_views", False):
                         return loss_fn(*views, *local)
-                    return multi_view_loss(loss_fn, views, local)
+                    loss = multi_view_loss(loss_fn, views, local)
+                    if hasattr(loss_fn, "terms") and not local:  # one call: its parts are the step's (logged)
+                        return loss, loss_fn.terms()
+                    return loss
                 loss = teacher_view_loss(loss_fn, views, targets, local, getattr(loss_fn, "symmetric", True))
                 loss_fn.observe_teacher(targets)
                 return loss

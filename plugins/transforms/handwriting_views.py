@@ -23,7 +23,8 @@ class HandwritingViews:
     recipe SSL-HV used (VICRegTransform: flips, colour jitter, solarisation on 224 px RGB):
     no flips, no colour, and mild geometry, since slant, size and stroke width are part of a
     writer's style that the views should not wash out. Setting every strength to zero (and the
-    crop to (1, 1), (1, 1)) gives the identity.
+    crop to (1, 1), (1, 1)) gives the identity. ``with_geometry`` also returns where each view
+    came from (VICRegL's location matching).
     """
 
     def __init__(self, crop_scale: tuple[float, float] = (0.7, 1.0), crop_ratio: tuple[float, float] = (0.8, 1.25),
@@ -36,8 +37,15 @@ class HandwritingViews:
                           GaussianBlur(p=blur), GaussianNoise(noise))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.with_geometry(images, generator)[0]
+
+    def with_geometry(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The views and their output->input maps theta (B, 3, 3) in normalised coordinates (crop and affine).
+
+        The same views as ``__call__`` for the same generator state; the pixel-wise steps move no pixel.
+        """
         theta = self.affine.theta(images, generator) @ self.crop.theta(images, generator)
         images = resample(images, theta)
         for t in self.pixelwise:
             images = t(images, generator)
-        return images
+        return images, theta

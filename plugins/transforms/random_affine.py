@@ -46,4 +46,9 @@ class RandomAffine:
         return torch.linalg.inv(forward)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return resample(images, self.theta(images, generator))
+        return self.with_geometry(images, generator)[0]
+
+    def with_geometry(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The resampled images and their output->input maps theta (B, 3, 3), as ``__call__`` draws them."""
+        theta = self.theta(images, generator)
+        return resample(images, theta), theta

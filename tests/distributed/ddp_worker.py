@@ -19,6 +19,7 @@ from hvkit.engine.context import build
 from hvkit.registry import get_registry
 
 BATCH, IN_DIM, DIM, CLASSES = 16, 12, 8, 4
+SPECS = {"vicregl": {"name": "vicregl", "num_matches": 3, "local_dims": [8, 8]}}  # maps of 2 x 2 cells
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,7 +34,8 @@ def gradients(name: str, rank: int, world_size: int) -> dict[str, torch.Tensor]:
     """One step of loss ``name`` on this rank's share; world_size 1 is the whole batch."""
     torch.manual_seed(0)
     model = nn.Linear(IN_DIM, DIM).double()
-    loss_fn = build(get_registry(), "loss", name, embedding_dim=DIM, num_classes=CLASSES).double()
+    loss_fn = build(get_registry(), "loss", SPECS.get(name, name), embedding_dim=DIM, num_classes=CLASSES,
+                    map_channels=DIM // 4).double()
     wrapped = distributed.wrap(model, torch.device("cpu"))
     x_a, x_b, labels = batch()
     share = slice(rank * BATCH // world_size, (rank + 1) * BATCH // world_size)
@@ -41,7 +43,13 @@ def gradients(name: str, rank: int, world_size: int) -> dict[str, torch.Tensor]:
     gather = distributed.gather_with_grad if gathered else (lambda t: t)
     if isinstance(loss_fn, ViewLoss):
         z_a, z_b = wrapped(torch.cat([x_a[share], x_b[share]])).chunk(2)
-        loss = loss_fn(gather(z_a), gather(z_b))
+        maps = {}
+        if getattr(loss_fn, "takes_feature_maps", False):  # each embedding seen as a (DIM / 4, 2, 2) map
+            cells = torch.tensor([-0.5, 0.5], dtype=torch.float64)
+            grid = torch.stack(torch.meshgrid(cells, cells, indexing="xy"), -1).expand(BATCH, 2, 2, 2)
+            maps = {"maps": tuple(gather(z.view(-1, DIM // 4, 2, 2)) for z in (z_a, z_b)),
+                    "positions": (grid, 0.7 * grid + 0.1)}
+        loss = loss_fn(gather(z_a), gather(z_b), **maps)
     else:
         y = distributed.gather(labels[share]) if gathered else labels[share]
         loss = loss_fn(gather(wrapped(x_a[share])), y)

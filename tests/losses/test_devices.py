@@ -4,7 +4,8 @@ On CUDA (skipped without it) the float64 value and every gradient (inputs and th
 parameters, e.g. proxies) must equal the CPU's to rounding, random draws included (they are
 taken on the CPU for both). Under bf16 autocast, on the CPU and on CUDA, the value must stay
 finite and within 2% of float32's. A loss with a momentum teacher also sees
-``observe_teacher`` once, and its next value must agree too (DINO's centre). A loss that is
+``observe_teacher`` once, and its next value must agree too (DINO's centre). A loss that takes
+feature maps (VICRegL) also gets two 5 x 5 maps and their cells' positions. A loss that is
 neither a metric nor a view loss takes the inputs ``OWN_INPUTS`` makes for it (the VAE's ELBO).
 """
 
@@ -44,7 +45,8 @@ OWN_INPUTS = {"vae_elbo": _vae_inputs}
 
 def _built(name: str, device: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    loss = build(get_registry(), "loss", WRAPPED.get(name, name), embedding_dim=DIM, num_classes=CLASSES)
+    loss = build(get_registry(), "loss", WRAPPED.get(name, name), embedding_dim=DIM, num_classes=CLASSES,
+                 map_channels=DIM)
     if not isinstance(loss, (MetricLoss, ViewLoss)) and name not in OWN_INPUTS:
         pytest.fail(f"{name} is neither a MetricLoss nor a ViewLoss: give its inputs in OWN_INPUTS")
     return loss.to(device)
@@ -59,12 +61,21 @@ def _run(name: str, device: str, dtype: torch.dtype, autocast: bool = False) -> 
     a = a.to(device, dtype).requires_grad_()
     teacher = getattr(loss, "needs_teacher", False)
     b = b.to(device, dtype).requires_grad_(not teacher)
-    leaves = [a] + ([] if teacher else [b]) + [p for p in loss.parameters() if p.requires_grad]
+    maps = {}
+    if getattr(loss, "takes_feature_maps", False):
+        m_a = torch.randn(BATCH, DIM, 5, 5, generator=g, dtype=torch.float64)
+        m_b = m_a + 0.3 * torch.randn(m_a.shape, generator=g, dtype=torch.float64)
+        cells = torch.linspace(-0.8, 0.8, 5, dtype=torch.float64)
+        p_a = torch.stack(torch.meshgrid(cells, cells, indexing="xy"), -1).expand(BATCH, 5, 5, 2)
+        maps = {"maps": tuple(m.to(device, dtype).requires_grad_() for m in (m_a, m_b)),
+                "positions": (p_a.to(device, dtype), (0.7 * p_a + 0.1).to(device, dtype))}
+    leaves = [a] + ([] if teacher else [b]) + list(maps.get("maps", ())) + [
+        p for p in loss.parameters() if p.requires_grad]
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
         if isinstance(loss, MetricLoss):
             value = loss(a, (torch.arange(BATCH) % CLASSES).to(device))
         elif isinstance(loss, ViewLoss):
-            value = loss(a, b)
+            value = loss(a, b, **maps)
         else:
             value = loss(*OWN_INPUTS[name](a, b))
     grads = torch.autograd.grad(value, leaves, allow_unused=True)

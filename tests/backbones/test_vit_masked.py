@@ -1,0 +1,85 @@
+"""The ViT's masked forward (MAE): the visible patches and the class token through the normal forward's weights."""
+
+from __future__ import annotations
+
+import torch
+
+from hvkit_plugins.backbones.vit import ViT, resize_position_embedding
+
+TINY = {"image_size": 16, "patch_size": 4, "hidden_dim": 32, "layers": 2, "heads": 4}
+
+
+def _full_sequence(vit: ViT, images: torch.Tensor) -> torch.Tensor:
+    """The normal forward's token sequence, written out step by step as vit.py computed it before encode_tokens."""
+    tokens = vit.net.conv_proj(images)
+    grid_h, grid_w = tokens.shape[-2:]
+    tokens = tokens.flatten(2).transpose(1, 2)
+    tokens = torch.cat([vit.net.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+    position = vit.net.encoder.pos_embedding
+    position = torch.cat([position[:, :1], resize_position_embedding(position[:, 1:], grid_h, grid_w)], dim=1)
+    encoder = vit.net.encoder
+    return encoder.ln(encoder.layers(encoder.dropout(tokens + position)))
+
+
+def _vit(**kwargs) -> ViT:
+    torch.manual_seed(0)
+    vit = ViT(**{**TINY, **kwargs}).eval()
+    with torch.no_grad():  # torchvision starts the class token at zero: make it count
+        vit.net.class_token.normal_()
+    return vit
+
+
+def test_every_patch_kept_is_the_normal_forwards_sequence_bit_for_bit() -> None:
+    vit = _vit()
+    for shape in [(3, 1, 16, 16), (2, 1, 8, 16)]:  # its own grid, and a resized one
+        x = torch.rand(*shape)
+        full = _full_sequence(vit, x)
+        n = full.shape[1] - 1
+        assert torch.equal(vit.encode_tokens(x), full)
+        assert torch.equal(vit.encode_tokens(x, torch.arange(n).expand(shape[0], n)), full)
+        assert torch.equal(vit(x), full[:, 0])
+
+
+def test_the_normal_forward_is_unchanged_in_float64_and_under_autocast() -> None:
+    vit = _vit(in_channels=3).double()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    assert torch.equal(vit(x), _full_sequence(vit, x)[:, 0])
+    vit = _vit().to(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(vit(x), _full_sequence(vit, x)[:, 0])
+
+
+def test_kept_patches_carry_their_own_positions_in_any_order() -> None:
+    vit = _vit()
+    x = torch.rand(2, 1, 16, 16)
+    full = _full_sequence(vit, x)
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(s)) for s in range(2)])
+    out = vit.encode_tokens(x, order)
+    torch.testing.assert_close(out[:, 0], full[:, 0])  # attention is blind to the order
+    for b in range(2):
+        torch.testing.assert_close(out[b, 1:], full[b, 1 + order[b]])
+
+
+def test_a_subset_equals_the_blocks_on_those_tokens_alone() -> None:
+    vit = _vit()
+    x = torch.rand(2, 1, 16, 16)
+    keep = torch.tensor([[5, 0, 11, 3], [15, 14, 2, 7]])
+    position = vit.net.encoder.pos_embedding[0]
+    patches = vit.net.conv_proj(x).flatten(2).transpose(1, 2)
+    for b in range(2):
+        tokens = [vit.net.class_token[0, 0] + position[0]] + [patches[b, j] + position[1 + j] for j in keep[b]]
+        encoder = vit.net.encoder
+        expected = encoder.ln(encoder.layers(torch.stack(tokens)[None]))[0]
+        torch.testing.assert_close(vit.encode_tokens(x, keep)[b], expected)
+
+
+def test_the_masked_forward_trains_the_normal_forwards_weights() -> None:
+    vit = _vit().train()
+    names = set(dict(vit.named_parameters()))
+    vit.encode_tokens(torch.rand(2, 1, 16, 16), torch.tensor([[1, 2], [3, 4]])).square().sum().backward()
+    assert set(dict(vit.named_parameters())) == names
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vit.parameters()), \
+        [n for n, p in vit.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    grad = vit.net.encoder.pos_embedding.grad[0]
+    assert grad[[2, 3, 4, 5]].abs().sum(1).gt(0).all() and grad[[6, 7, 8]].abs().sum() == 0  # hidden patches
