@@ -30,7 +30,12 @@ class ViT(nn.Module):
     The image is cut into ``patch_size`` squares, each linearly embedded, a learnt class token
     prepended and learnt position embeddings added; ``layers`` pre-norm transformer blocks
     (``heads`` attention heads, a GELU MLP of ``mlp_ratio`` x ``hidden_dim``, no dropout) and a
-    final LayerNorm follow, and the class token's output is the feature. torchvision's
+    final LayerNorm follow. ``pool`` picks the feature: ``cls``, the class token's output;
+    ``mean``, the average of the patch tokens' block outputs, then the final LayerNorm — MAE's
+    ``global_pool`` (He et al. 2022, official ``models_vit.py``: average, then ``fc_norm``), whose
+    class token saw only the decoder during pre-training; the official code starts a fresh
+    ``fc_norm`` where this reuses the trained final norm, so every weight stays in use and a
+    ``cls`` checkpoint loads unchanged. torchvision's
     ``VisionTransformer`` with ``weights=None`` and its initialisation; the patch embedding takes
     ``in_channels``. Defaults are ViT-Tiny (DeiT-Ti, Touvron et al. 2021: 192-d, 12 blocks,
     3 heads) with 8-pixel patches, 64 tokens for a 64 x 64 word. Position embeddings are learnt
@@ -43,8 +48,10 @@ class ViT(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, hidden_dim: int = 192,
-                 layers: int = 12, heads: int = 3, mlp_ratio: float = 4.0):
+                 layers: int = 12, heads: int = 3, mlp_ratio: float = 4.0, pool: str = "cls"):
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"vit: pool={pool!r} must be 'cls' (ViT, DINO) or 'mean' (MAE's global_pool)")
         if in_channels < 1 or layers < 1 or heads < 1 or patch_size < 1:
             raise ValueError(f"vit: in_channels={in_channels}, layers={layers}, heads={heads} and "
                              f"patch_size={patch_size} must all be >= 1")
@@ -63,9 +70,12 @@ class ViT(nn.Module):
         self.net = net
         self.patch_size = patch_size
         self.embedding_dim = hidden_dim
+        self.pool = pool
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encode_tokens(images)[:, 0]
+        if self.pool == "cls":
+            return self.encode_tokens(images)[:, 0]
+        return self.net.encoder.ln(self._blocks(images)[:, 1:].mean(dim=1))
 
     def encode_tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """The output token sequence (B, 1 + n, D), the class token first, of the patches ``keep`` (B, n) names.
@@ -73,8 +83,12 @@ class ViT(nn.Module):
         The masked forward of MAE (He et al. 2022): each image's patches (numbered row by row)
         are embedded with their position embeddings, only the ``keep`` ones (in that order)
         join the class token through the blocks; every weight is the normal forward's, and
-        ``keep=None`` (every patch) is its sequence, whose first token is ``forward``'s feature.
+        ``keep=None`` (every patch) is its sequence, whose first token is the ``cls`` feature.
         """
+        return self.net.encoder.ln(self._blocks(images, keep))
+
+    def _blocks(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`encode_tokens` before the final LayerNorm."""
         height, width = images.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"vit: image size {height} x {width} is not a multiple of patch_size={self.patch_size}")
@@ -86,12 +100,12 @@ class ViT(nn.Module):
             patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         first = (self.net.class_token + position[:, :1]).expand(patches.shape[0], -1, -1)
         encoder = self.net.encoder
-        return encoder.ln(encoder.layers(encoder.dropout(torch.cat([first, patches], dim=1))))
+        return encoder.layers(encoder.dropout(torch.cat([first, patches], dim=1)))
 
 
 class ViTSmall(ViT):
     """ViT-Small (DeiT-S: 384-d, 12 blocks, 6 heads), DINO's smallest model; the rest as ``vit``."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, hidden_dim: int = 384,
-                 layers: int = 12, heads: int = 6, mlp_ratio: float = 4.0):
-        super().__init__(in_channels, image_size, patch_size, hidden_dim, layers, heads, mlp_ratio)
+                 layers: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pool: str = "cls"):
+        super().__init__(in_channels, image_size, patch_size, hidden_dim, layers, heads, mlp_ratio, pool)

@@ -67,7 +67,8 @@ def embed_files(encoder: Encoder, state: dict[str, Any], files: list[Path], devi
                 features: str, invert: bool) -> torch.Tensor:
     """Embeddings of image files, preprocessed as the encoder's training data was."""
     try:
-        images, _ = read_images(files, int(state.get("image_size", 64)), int(state["in_channels"]), invert)
+        images, _ = read_images(files, state.get("image_size", 64), int(state["in_channels"]), invert,
+                                keep_aspect=bool(state.get("keep_aspect", False)))
     except ValueError as exc:
         raise HvkitError(str(exc)) from None
     return embed(encoder, images, device, features)

@@ -1,4 +1,4 @@
-"""First-party datasets: CEDAR AND, a generic writer-labelled image folder, and synthetic handwriting.
+"""First-party datasets: CEDAR AND, IAM, a generic writer-labelled image folder, and synthetic handwriting.
 
 Each returns writer-disjoint in-memory splits (:class:`hvkit.api.Split`) with ink bright on a
 dark background; :mod:`.pairs` holds the SSL-HV labelled-writer and pair protocol.
@@ -7,6 +7,7 @@ dark background; :mod:`.pairs` holds the SSL-HV labelled-writer and pair protoco
 from hvkit.api import hookimpl
 
 from .cedar_and import cedar_and
+from .iam import iam
 from .image_folder import image_folder
 from .synthetic import synthetic_handwriting
 
@@ -14,5 +15,6 @@ from .synthetic import synthetic_handwriting
 @hookimpl
 def register_datasets(register):
     register("cedar_and", cedar_and)
+    register("iam", iam)
     register("image_folder", image_folder)
     register("synthetic_handwriting", synthetic_handwriting)

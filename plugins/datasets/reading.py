@@ -89,13 +89,38 @@ def make_splits(images: torch.Tensor, writer_of: Sequence[str], paths: Sequence[
     return {name: make_split(images, writer_of, paths, writers) for name, writers in assignment.items()}
 
 
-def decode_image(data: bytes, source: str, image_size: int, channels: int, invert: bool) -> np.ndarray:
-    """PNG/JPEG/... bytes -> uint8 (channels, image_size, image_size), ink bright when ``invert``.
+def pixel_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``image_size`` as (height, width): an int S is S x S."""
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def fit_and_pad(grey: Image.Image, height: int, width: int, background: int = 255) -> Image.Image:
+    """Resize ``grey`` to fit ``height`` x ``width`` with its aspect ratio kept, centred on ``background``.
+
+    The scale is ``min(height / h, width / w)`` (enlarging small crops too); the scaled sides
+    are rounded (at least 1 pixel) and the image is placed at ``((height - h') // 2, (width - w') // 2)``.
+    """
+    w, h = grey.size
+    scale = min(height / h, width / w)
+    new_w, new_h = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    if (new_w, new_h) != (w, h):
+        grey = grey.resize((new_w, new_h), Image.BILINEAR)
+    canvas = Image.new("L", (width, height), background)
+    canvas.paste(grey, ((width - new_w) // 2, (height - new_h) // 2))
+    return canvas
+
+
+def decode_image(data: bytes, source: str, image_size: int | Sequence[int], channels: int, invert: bool,
+                 keep_aspect: bool = False) -> np.ndarray:
+    """PNG/JPEG/... bytes -> uint8 (channels, H, W), ink bright when ``invert``.
 
     Transparent pixels are composited onto white; colour is converted to grey (ITU-R 601 luma,
-    exact for CEDAR's equal-channel RGB); the image is resized bilinearly (antialiased) when its
-    size differs; with ``invert`` dark-on-white becomes bright-on-dark (255 - x, SSL-HV's 1 - x).
+    exact for CEDAR's equal-channel RGB); the image is resized bilinearly (antialiased) to
+    ``image_size`` (an int S is S x S, or [H, W]) when its size differs — stretched, or with
+    ``keep_aspect`` fitted and padded with white paper (:func:`fit_and_pad`); with ``invert``
+    dark-on-white becomes bright-on-dark (255 - x, SSL-HV's 1 - x).
     """
+    height, width = pixel_size(image_size)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -105,26 +130,29 @@ def decode_image(data: bytes, source: str, image_size: int, channels: int, inver
             grey = img.convert("L")
     except (OSError, ValueError, SyntaxError) as err:
         raise ValueError(f"cannot read image {source}: {type(err).__name__}: {err}".replace("\n", " ")) from None
-    if grey.size != (image_size, image_size):
-        grey = grey.resize((image_size, image_size), Image.BILINEAR)
+    if keep_aspect:
+        grey = fit_and_pad(grey, height, width)
+    elif grey.size != (width, height):
+        grey = grey.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(grey, dtype=np.uint8)
     if invert:
         pixels = 255 - pixels
     return np.repeat(pixels[None], channels, axis=0)
 
 
-def read_images(paths: Sequence[Path], image_size: int, channels: int,
-                invert: bool) -> tuple[torch.Tensor, list[str]]:
-    """Decode ``paths`` (in parallel threads) -> (uint8 tensor (N, C, S, S), SHA-1 of each file's bytes)."""
+def read_images(paths: Sequence[Path], image_size: int | Sequence[int], channels: int, invert: bool,
+                keep_aspect: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Decode ``paths`` (in parallel threads) -> (uint8 tensor (N, C, H, W), SHA-1 of each file's bytes)."""
 
     def one(path: Path) -> tuple[np.ndarray, str]:
         data = path.read_bytes()
-        return decode_image(data, str(path), image_size, channels, invert), hashlib.sha1(data).hexdigest()
+        return (decode_image(data, str(path), image_size, channels, invert, keep_aspect),
+                hashlib.sha1(data).hexdigest())
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(one, paths))
     if not results:
-        return torch.zeros((0, channels, image_size, image_size), dtype=torch.uint8), []
+        return torch.zeros((0, channels, *pixel_size(image_size)), dtype=torch.uint8), []
     return torch.from_numpy(np.stack([r[0] for r in results])), [r[1] for r in results]
 
 

@@ -48,11 +48,13 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def save_encoder(ctx: StageContext, encoder: Encoder, backbone_spec: dict, head_spec: dict | None) -> str:
     """Write the encoder's weights and specs into the stage directory; returns the relative path."""
     path = ctx.stage_dir / ENCODER_FILE
+    height, width = (int(s) for s in ctx.dataset.splits["train"].images.shape[-2:])
     if ctx.is_main:
         save_checkpoint(path, {
             "backbone_spec": backbone_spec, "head_spec": head_spec,
             "in_channels": int(ctx.dataset.splits["train"].images.shape[1]),
-            "image_size": int(ctx.dataset.splits["train"].images.shape[-1]),
+            "image_size": height if height == width else [height, width],
+            "keep_aspect": bool(ctx.dataset.info.get("keep_aspect", False)),
             "backbone": encoder.backbone.state_dict(),
             "head": encoder.head.state_dict() if encoder.head is not None else None,
         })

@@ -247,6 +247,29 @@ def test_the_stage_trains_and_saves_the_vit_for_later_stages(tmp_path: Path) -> 
     assert all(torch.equal(v, tuned["backbone"][k]) for k, v in encoder.backbone.state_dict().items())
 
 
+def test_mean_pooling_leaves_pre_training_alone_and_travels_with_the_encoder(tmp_path: Path) -> None:
+    tuned = """
+  tuned:
+    stage: metric_train
+    init_from: pretrain
+    label_fraction: 0.5
+    batch_size: 8
+    train: {epochs: 1, max_steps: 1}
+"""
+    cls_dir = run_recipe_text(MAE, tmp_path, "cls")
+    mean_dir = run_recipe_text(MAE.replace("heads: 2}", "heads: 2, pool: mean}") + tuned, tmp_path, "mean")
+    cls, _ = load_encoder(cls_dir / "stages" / "pretrain" / "encoder.pt", get_registry(), torch.device("cpu"))
+    mean, state = load_encoder(mean_dir / "stages" / "pretrain" / "encoder.pt", get_registry(), torch.device("cpu"))
+    assert state["backbone_spec"]["pool"] == "mean" and mean.backbone.pool == "mean" and cls.backbone.pool == "cls"
+    for key, value in cls.backbone.state_dict().items():  # the masked forward never pools: the same training
+        assert torch.equal(value, mean.backbone.state_dict()[key]), key
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(mean(x), mean.backbone.net.encoder.ln(mean.backbone._blocks(x)[:, 1:].mean(1)))
+    assert not torch.allclose(mean(x), cls(x))
+    tuned_state = load_checkpoint(mean_dir / "stages" / "tuned" / "encoder.pt")
+    assert tuned_state["backbone_spec"]["pool"] == "mean"
+
+
 def test_a_tiny_run_lowers_the_reconstruction_loss(tmp_path: Path) -> None:
     text = MAE.replace("max_steps: 6, checkpoint_every: 2", "epochs: 8, max_steps: 40").replace("epochs: 2, ", "")
     run_dir = run_recipe_text(text, tmp_path, "run")
