@@ -105,11 +105,7 @@ class NNCLRLoss(ViewLoss):
 
     @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, *local_views: torch.Tensor) -> torch.Tensor:
-        check_views("nnclr", z_a, z_b, min_batch=2)
-        for z in local_views:
-            if z.shape != z_a.shape:
-                raise ValueError(f"nnclr: a local view has shape {tuple(z.shape)}, the global views "
-                                 f"{tuple(z_a.shape)}; every view needs the same (B, D)")
+        check_views("nnclr", z_a, z_b, min_batch=2, local_views=local_views)
         check_predictor_input("nnclr", z_a, self.embedding_dim)
         predictions = [self.predictor(z) for z in (z_a, z_b, *local_views)]
         support = filled(self.support, self.written).to(z_a.dtype)

@@ -126,11 +126,7 @@ class SwAVLoss(ViewLoss):
 
     @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, *local_views: torch.Tensor) -> torch.Tensor:
-        check_views("swav", z_a, z_b)
-        for z in local_views:
-            if z.shape != z_a.shape:
-                raise ValueError(f"swav: a local view has shape {tuple(z.shape)}, the global views "
-                                 f"{tuple(z_a.shape)}; every view needs the same (B, D)")
+        check_views("swav", z_a, z_b, local_views=local_views)
         if z_a.shape[1] != self.embedding_dim:
             raise ValueError(f"swav: views have {z_a.shape[1]} features but the prototypes {self.embedding_dim}; "
                              "set embedding_dim to the head's out_dim")

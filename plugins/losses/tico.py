@@ -73,11 +73,7 @@ class TiCoLoss(ViewLoss):
 
     @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, *local_views: torch.Tensor) -> torch.Tensor:
-        check_views("tico", z_a, z_b)
-        for z in local_views:
-            if z.shape != z_a.shape:
-                raise ValueError(f"tico: a local view has shape {tuple(z.shape)}, the global views "
-                                 f"{tuple(z_a.shape)}; every view needs the same (B, D)")
+        check_views("tico", z_a, z_b, local_views=local_views)
         if z_a.shape[1] != self.embedding_dim:
             raise ValueError(f"tico: views have {z_a.shape[1]} features but the covariance is built for "
                              f"embedding_dim = {self.embedding_dim}; set embedding_dim to the head's out_dim")

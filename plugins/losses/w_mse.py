@@ -100,11 +100,7 @@ class WMSELoss(ViewLoss):
 
     @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, *local_views: torch.Tensor) -> torch.Tensor:
-        check_views("w_mse", z_a, z_b, min_batch=2)
-        for z in local_views:
-            if z.shape != z_a.shape:
-                raise ValueError(f"w_mse: a local view has shape {tuple(z.shape)}, the global views "
-                                 f"{tuple(z_a.shape)}; every view needs the same (B, D)")
+        check_views("w_mse", z_a, z_b, min_batch=2, local_views=local_views)
         views = torch.stack([z_a, z_b, *local_views])
         count, batch, dim = views.shape
         if dim != self.embedding_dim:
