@@ -1,21 +1,35 @@
 """Same-writer and different-writer cosine histograms over all N(N-1)/2 pairs, streamed.
 
 The Gram matrix is computed block by block over its upper triangle only; each block is
-quantised into ``bins`` equal bins over [-1, 1] and counted with ``torch.bincount``, so
-memory stays at one block per thread plus the counts while ROC AUC and EER cover every
-pair. On the CPU the blocks are shared among torch's threads, each computing and counting
-whole blocks on its own (``torch.bincount`` is serial, so splitting blocks beats splitting
-each product). The
-embeddings are first sorted by label: same-label pairs then form a few rectangles near
-the diagonal, counted separately, and the different-label counts are the total minus
-those.
+quantised into ``bins`` equal bins over [low, high] (first [-1, 1]) and counted with
+``torch.bincount``, so memory stays at one block per thread plus the counts while ROC AUC
+and EER cover every pair. On the CPU the blocks are shared among torch's threads, each
+computing and counting whole blocks on its own (``torch.bincount`` is serial, so splitting
+blocks beats splitting each product). The embeddings are first sorted by label: same-label
+pairs then form a few rectangles near the diagonal, counted separately, and the
+different-label counts are the total minus those.
 
 Binning error: ROC AUC from the histograms counts a same/different couple that shares
 a bin as ½, so it differs from the exact AUC by at most ½ Σ_b same_b · diff_b / (P · N)
 (P same pairs, N different; :meth:`hvkit.evaluation.RocCounts.auc_error_bound` computes
-it), about ½ · w · ∫ p_same p_diff for bin width w: below 1e-5 for cosine scores with the
-default 2^16 bins (w = 3.05e-5). EER is exact at bin edges and off by at most the share
-of pairs in the one bin where the error rates cross.
+it), about ½ · w · ∫ p_same p_diff for bin width w: below 1e-5 for cosine scores spread
+over [-1, 1] with the default 2^16 bins (w = 3.05e-5). EER is exact at bin edges and off by
+at most the share of pairs in the one bin where the error rates cross.
+
+Range refinement: features sharing one dominant direction have all their cosines in a
+sliver such as [0.999, 1], a few bins of [-1, 1], and the bound above is then large
+(∫ p_same p_diff grows as 1 / the sliver's width). So after counting over [low, high], if
+the bound exceeds ``tolerance``, the occupied bins b0 … b1 are at most half of them and a bin
+is wider than ε = 2^-23 (float32's resolution of the cosine of unit vectors), the pairs are
+counted again over [low + b0·w, low + (b1 + 1)·w]. Every score lies in that range, so the
+result is still a histogram of every pair, with bins narrower by bins / (b1 - b0 + 1) >= 2;
+the bound then comes down to the ties of the float32 cosines themselves, as bins narrower
+than ε hold a value or two each: for cosines in [0.999, 1] (~15,000 float32 values) from
+~0.02 to ~1e-4, for the fine-tuned MAE ViT of docs/benchmarks.md (cosines in [0.99996, 1],
+~1,000 values) from 0.5 to 2e-3; the bound still holds. A pass is made only after one whose
+bins were wider than ε, and each at least halves them, so there are at most
+1 + ⌈log2(2 / (bins · ε))⌉ passes (9 for 2^16 bins): one for ordinary features, two or three
+for degenerate ones; identical scores (every pair in one bin) stop after the second.
 """
 
 from __future__ import annotations
@@ -28,6 +42,8 @@ import torch
 
 from .backend import as_matrix, prepare, torch_device
 from .blocks import score_blocks
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
 @dataclass
@@ -46,15 +62,13 @@ class ScoreHistogram:
 
 
 def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, *, bins: int = 1 << 16,
-                        block_size: int = 1024, device: str = "cpu") -> ScoreHistogram:
+                        block_size: int = 1024, device: str = "cpu", tolerance: float = 1e-4) -> ScoreHistogram:
     """Histograms of the cosine similarity of every unordered pair ``i < j``, split by ``labels[i] == labels[j]``.
 
-    A score ``s`` goes to bin ``floor((s + 1) · bins / 2)`` (1.0 into the last bin). With
-    the default 2^16 bins a bin is 3.05e-5 wide; see
-    :meth:`hvkit.evaluation.roc.RocCounts.auc_error_bound` for what that means for the AUC.
-    The bin index comes straight out of the matrix product: the query side is
-    ``[x · bins/2, bins/2]`` and the reference side ``[x, 1]``, so each product is
-    ``(s + 1) · bins/2`` and one float-to-int conversion (truncation) gives the bin.
+    Counted over [-1, 1], then again over the occupied range while the AUC error bound
+    exceeds ``tolerance`` (see the module docstring); the returned histogram's ``low`` and
+    ``high`` say which range. With the default 2^16 bins a bin of [-1, 1] is 3.05e-5 wide;
+    see :meth:`hvkit.evaluation.roc.RocCounts.auc_error_bound` for what that means for the AUC.
     """
     x = as_matrix(embeddings, "embeddings")
     labels = np.asarray(labels)
@@ -62,18 +76,66 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
         raise ValueError(f"labels must have shape ({len(x)},), got {labels.shape}")
     if bins < 2:
         raise ValueError(f"bins={bins} must be >= 2")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance={tolerance} must be >= 0")
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or infinite values")
     order = np.argsort(labels, kind="stable")
     unit = prepare(x[order], "cosine", "embeddings")
     _, starts = np.unique(labels[order], return_index=True)
     bounds = np.append(starts, len(labels))  # class c holds sorted rows bounds[c] .. bounds[c+1]-1
-    half = bins / 2.0
-    ones = np.ones((len(unit), 1), np.float32)
-    scaled = np.hstack([unit * np.float32(half), ones * np.float32(half)])
+    low, high = -1.0, 1.0
+    while True:
+        same, total = _count(unit, bounds, low, high, bins, block_size, device)
+        hist = ScoreHistogram(same=same, diff=total - same, low=low, high=high)
+        narrower = _occupied_range(hist, tolerance)
+        if narrower is None:
+            return hist
+        low, high = narrower
+
+
+def _occupied_range(hist: ScoreHistogram, tolerance: float) -> tuple[float, float] | None:
+    """The edges around the occupied bins when counting again over them is worthwhile, else None."""
+    bins = len(hist.same)
+    positives, negatives = float(hist.same.sum()), float(hist.diff.sum())
+    if positives == 0 or negatives == 0:  # no ROC to make exact
+        return None
+    if 0.5 * np.dot(hist.same.astype(np.float64), hist.diff) / (positives * negatives) <= tolerance:
+        return None
+    if (hist.high - hist.low) / bins <= FLOAT32_EPS:  # narrower bins would sort float32 rounding noise
+        return None
+    occupied = np.flatnonzero(hist.same + hist.diff)
+    first, last = int(occupied[0]), int(occupied[-1]) + 1
+    if 2 * (last - first) > bins:  # shrinking the bins by less than half is not worth a pass
+        return None
+    edges = hist.edges
+    return float(edges[first]), float(edges[last])
+
+
+def _count(unit: np.ndarray, bounds: np.ndarray, low: float, high: float, bins: int, block_size: int,
+           device: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(same, total)`` pair counts per bin of [low, high] of the label-sorted unit rows ``unit``.
+
+    A score ``s`` goes to bin ``floor((s - low) · c)``, ``c = bins / (high - low)`` (``s = high``
+    into the last bin), and the bin index comes straight out of the matrix product: the
+    query side is ``[x · c, -low · c]`` and the reference side ``[x, 1]``, so each product is
+    ``(s - low) · c`` and one float-to-int conversion (truncation) gives the bin. Truncation
+    is floor for products >= 0 and also sends (-1, 0) to bin 0. In exact arithmetic the
+    products of scores in [low, high] lie in [0, bins]; float32 rounds them by a few ε ·
+    (|s| + |low|) · c, so a score goes to the bin of a value within a few ε of it, as s itself
+    is only known to a few ε. Over [-1, 1] that is a few thousandths of a bin and the products
+    stay in range (a score at -1 rounds into (-1, 0)); over a refined range it can be many
+    (narrow) bins, so the codes are clamped to [0, bins]: a score at ``low`` or ``high``,
+    computed a little outside, stays in the end bin, as do the scores beyond it.
+    """
+    n = len(unit)
+    scale = bins / (high - low)
+    ones = np.ones((n, 1), np.float32)
+    scaled = np.hstack([unit * np.float32(scale), ones * np.float32(-low * scale)])
     unit = np.hstack([unit, ones])
+    clamp = (low, high) != (-1.0, 1.0)
     dev = torch_device(device)
-    slots = bins + 2  # the bins, then s = 1.0 exactly (folded into the last bin), then "not a pair"
+    slots = bins + 2  # the bins, then s = high exactly (folded into the last bin), then "not a pair"
     caller_threads = torch.get_num_threads()
     threads = caller_threads if dev.type == "cpu" else 1
 
@@ -81,13 +143,15 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
         """Counts over every ``threads``-th block, each block's products and counts on one thread."""
         total = torch.zeros(slots, dtype=torch.int64, device=dev)
         same = torch.zeros(slots, dtype=torch.int64, device=dev)
-        codes = torch.empty(min(block_size, len(x)) ** 2, dtype=torch.int32, device=dev)
+        codes = torch.empty(min(block_size, n) ** 2, dtype=torch.int32, device=dev)
         lower = {}  # per diagonal-block size: the mask of pairs j <= i, which are not counted
 
         def count(products: torch.Tensor, q0: int, r0: int) -> None:
             nq, nr = products.shape
             block = codes[:nq * nr].view(nq, nr)
-            block.copy_(products)  # truncation = floor, as the products are >= 0 (up to rounding at s = -1)
+            block.copy_(products)  # truncation = floor for the products >= 0
+            if clamp:
+                block.clamp_(0, bins)
             if q0 == r0:
                 if nq not in lower:
                     lower[nq] = torch.ones(nq, nq, dtype=torch.bool, device=dev).tril()
@@ -117,4 +181,4 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
     total, same = total.cpu().numpy(), same.cpu().numpy()
     total[bins - 1] += total[bins]
     same[bins - 1] += same[bins]
-    return ScoreHistogram(same=same[:bins], diff=total[:bins] - same[:bins])
+    return same[:bins], total[:bins]

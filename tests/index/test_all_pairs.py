@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
+from hvkit.evaluation import RocCounts
+from hvkit.index import all_pairs as all_pairs_module
 from hvkit.index import all_pairs_histogram
 
 from .conftest import clustered
@@ -79,3 +84,113 @@ def test_threads_share_the_blocks_and_the_thread_count_is_restored():
         torch.set_num_threads(before)
     np.testing.assert_array_equal(shared.same, alone.same)
     np.testing.assert_array_equal(shared.diff, alone.diff)
+
+
+def brute_force_roc(x: np.ndarray, labels: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Float64 AUC (sklearn over every pair), EER (exact levels) and the scores."""
+    scores, _, same = exact_bins(x, labels, 2)
+    return roc_auc_score(same, scores), RocCounts.from_scores(scores, same).eer(), scores
+
+
+def counted_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
+    """The (low, high) of every counting pass all_pairs_histogram makes from now on."""
+    passes, count = [], all_pairs_module._count
+
+    def spy(unit, bounds, low, high, *args):
+        passes.append((low, high))
+        return count(unit, bounds, low, high, *args)
+
+    monkeypatch.setattr(all_pairs_module, "_count", spy)
+    return passes
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_common_component_refines_the_range_until_the_auc_is_exact(seed, monkeypatch):
+    x, labels = clustered(n=300, dim=12, classes=7, seed=seed)
+    x = x + np.float32(70.0)  # one dominant direction: every cosine in [0.999, 1]
+    auc, eer, scores = brute_force_roc(x, labels)
+    assert 0.999 < scores.min() and scores.max() < 1
+    fixed = RocCounts.from_histogram(all_pairs_histogram(x, labels, tolerance=np.inf))
+    assert fixed.auc_error_bound() > 0.01  # a handful of [-1, 1] bins
+    passes = counted_passes(monkeypatch)
+    hist = all_pairs_histogram(x, labels)
+    roc = RocCounts.from_histogram(hist)
+    assert 2 <= len(passes) <= 3 and passes[0] == (-1.0, 1.0)
+    assert (hist.low, hist.high) == passes[-1]
+    assert hist.low - 1e-6 <= scores.min() and scores.max() <= hist.high + 1e-6  # up to float32 rounding
+    assert hist.high - hist.low < 2e-3
+    sizes = np.bincount(labels)
+    assert hist.same.sum() == np.sum(sizes * (sizes - 1) // 2)
+    assert hist.same.sum() + hist.diff.sum() == len(x) * (len(x) - 1) // 2
+    assert roc.auc_error_bound() < 1e-3  # the ties of the float32 cosines: ~1e-4
+    assert abs(roc.auc() - auc) <= roc.auc_error_bound()
+    crossing = max(hist.same.max() / roc.positives, hist.diff.max() / roc.negatives)
+    assert abs(roc.eer() - eer) <= crossing
+    assert abs(fixed.auc() - auc) > 10 * abs(roc.auc() - auc)
+
+
+def test_identical_embeddings_stop_after_one_refinement(monkeypatch):
+    x = np.tile(np.float32([[3.0, -1.0, 2.0]]), (20, 1))
+    labels = np.arange(20) % 4
+    passes = counted_passes(monkeypatch)
+    hist = all_pairs_histogram(x, labels)
+    assert len(passes) == 2  # everything in the last bin of [-1, 1], then bins narrower than float32's ε
+    assert hist.low == 1 - 2 / 2 ** 16 and hist.high == 1
+    roc = RocCounts.from_histogram(hist)
+    assert roc.positives == 4 * 10 and roc.negatives == 190 - 40
+    assert roc.auc() == 0.5 and roc.auc_error_bound() == 0.5  # every couple tied, as in the exact scores
+    assert roc.eer() == pytest.approx(0.5)
+
+
+def test_ordinary_embeddings_take_one_pass_over_minus_one_to_one(monkeypatch):
+    x, labels = clustered(n=300, dim=10, classes=7, seed=4)
+    passes = counted_passes(monkeypatch)
+    hist = all_pairs_histogram(x, labels)
+    assert passes == [(-1.0, 1.0)] and (hist.low, hist.high) == (-1.0, 1.0)
+    single = all_pairs_histogram(x, labels, tolerance=np.inf)
+    np.testing.assert_array_equal(hist.same, single.same)
+    np.testing.assert_array_equal(hist.diff, single.diff)
+    scores, index, same = exact_bins(x, labels, 1 << 16)
+    position = (scores + 1) * 2 ** 15  # float32 rounding moves only scores within ~1e-7 of an edge
+    near_edge = np.abs(position - np.round(position)) < 1e-2
+    assert np.abs(hist.same - np.bincount(index[same], minlength=1 << 16)).sum() <= 2 * near_edge[same].sum()
+    assert np.abs(hist.diff - np.bincount(index[~same], minlength=1 << 16)).sum() <= 2 * near_edge[~same].sum()
+
+
+def dyadic_embeddings() -> tuple[np.ndarray, np.ndarray]:
+    """±1 rows of dimension 16 whose cosines 1 - (differing signs) / 8 are exact in float32: 1, 0.875, …, 0.5."""
+    flips = np.array([0, 0, 1, 2, 3, 4])
+    x = np.where(np.arange(16)[None, :] < flips[:, None], -1.0, 1.0).astype(np.float32)
+    return x, np.array([0, 1, 0, 1, 0, 1])
+
+
+def test_refined_bins_put_scores_at_low_high_and_edges_in_the_right_bin():
+    x, labels = dyadic_embeddings()
+    bins = 4  # [-1, 1]: every cosine (0.5 is an edge) in the last bin, then [0.5, 1] in bins of 0.125
+    hist = all_pairs_histogram(x, labels, bins=bins)
+    assert (hist.low, hist.high) == (0.5, 1.0)
+    expected = {True: [0] * bins, False: [0] * bins}
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            cosine = 1 - Fraction(int(np.sum(x[i] != x[j])), 8)  # 0.5 at low, 0.625 … 0.875 at edges, 1 at high
+            expected[bool(labels[i] == labels[j])][min(int((cosine - Fraction(1, 2)) * 8), bins - 1)] += 1
+    np.testing.assert_array_equal(hist.same, expected[True])
+    np.testing.assert_array_equal(hist.diff, expected[False])
+    np.testing.assert_array_equal(hist.same + hist.diff, [2, 3, 4, 5 + 1])
+
+
+def test_scores_outside_the_counted_range_go_to_the_end_bins():
+    x, _ = dyadic_embeddings()
+    unit = x / np.float32(4)
+    bounds = np.array([0, 3, 6])  # labels 0, 0, 0, 1, 1, 1
+    same, total = all_pairs_module._count(unit, bounds, 0.6, 0.9, 3, 1024, "cpu")  # bins of 0.1 from 0.6 to 0.9
+    # cosines 0.5 (2 pairs, below the range), 0.625 (3), 0.75 (4), 0.875 (5) and 1 (1, above)
+    np.testing.assert_array_equal(total, [2 + 3, 4, 5 + 1])
+    # same pairs: rows 0-2 flip 0, 0, 1 signs (cosines 1, 0.875, 0.875), rows 3-5 flip 2, 3, 4 (0.875, 0.75, 0.875)
+    np.testing.assert_array_equal(same, [0, 1, 4 + 1])
+
+
+def test_tolerance_must_not_be_negative():
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="tolerance"):
+        all_pairs_histogram(x, np.zeros(4), tolerance=-1e-4)
