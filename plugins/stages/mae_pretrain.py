@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock
@@ -29,6 +28,7 @@ from torchvision.models.vision_transformer import EncoderBlock
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
+from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
 
 
@@ -180,8 +180,7 @@ class MAEPretrain:
         self.batch_size, self.train = batch_size, train
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        data = ctx.dataset
-        images = torch.cat([data.splits[s].images for s in self.splits])
+        images = split_images(ctx, self.splits)
         backbone_spec = self.backbone or ctx.recipe["model"]["backbone"]
         backbone = ctx.build_backbone(backbone_spec)
         if not hasattr(backbone, "encode_tokens") or not hasattr(backbone, "patch_size"):
@@ -203,16 +202,10 @@ class MAEPretrain:
         decoder = MAEDecoder(backbone.embedding_dim, p * p * channels, self.decoder_dim, self.decoder_layers,
                              self.decoder_heads).to(ctx.device)
         transform = ctx.build("transform", self.transform) if self.transform is not None else None
-        sampler = ctx.build("sampler", self.sampler, labels=np.arange(len(images)),
-                            batch_size=self.batch_size, seed=ctx.seed, rank=ctx.rank,
-                            world_size=ctx.world_size)
+        sampler = image_sampler(ctx, self.sampler, len(images), self.batch_size)
         model = distributed.wrap(_MaskedAutoencoder(backbone, decoder), ctx.device)
         ctx.log(f"{len(images)} images of {length} patches, {n_keep} visible; "
                 f"{len(sampler)} batches of {self.batch_size} per epoch")
-
-        def batches(epoch: int):
-            sampler.set_epoch(epoch)
-            return iter(sampler)
 
         def step(index: list[int], generator: torch.Generator) -> torch.Tensor:
             x = to_float(images[torch.as_tensor(index)], ctx.device)
@@ -225,6 +218,6 @@ class MAEPretrain:
                 return mae_loss(pred.float(), patchify(x.float(), p), mask, self.norm_pix_loss)
 
         trainer = Trainer(ctx, {"mae": model}, self.train, steps_per_epoch=len(sampler))
-        last = trainer.fit(batches, step)
+        last = trainer.fit(epoch_batches(sampler), step)
         path = save_encoder(ctx, Encoder(backbone), backbone_spec, None)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

@@ -12,6 +12,7 @@ from hvkit import distributed
 from hvkit.api import Component, StageOutput
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.datasets.pairs import labelled_writers
+from hvkit_plugins.stages.batches import epoch_batches
 from hvkit_plugins.stages.encoder import Encoder, load_encoder, save_encoder, to_float
 
 
@@ -103,10 +104,6 @@ class MetricTrain:
         ctx.log(f"{len(writers)} labelled writers ({self.label_fraction:.0%}), {len(split)} images, "
                 f"{len(sampler)} batches per epoch")
 
-        def batches(epoch: int):
-            sampler.set_epoch(epoch)
-            return iter(sampler)
-
         def step(index: list[int], generator: torch.Generator):
             index_t = torch.as_tensor(index)
             if self.freeze_backbone:
@@ -136,7 +133,7 @@ class MetricTrain:
 
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
-        last = trainer.fit(batches, step)
+        last = trainer.fit(epoch_batches(sampler), step)
         path = save_encoder(ctx, encoder, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step,
                                              "labelled_writers": len(writers)}}

@@ -7,7 +7,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +14,7 @@ from torch import nn
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
+from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm, save_encoder, to_float
 
 
@@ -208,12 +208,7 @@ class SSLPretrain:
         return {"map_channels": int(backbone.map_channels)}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        data = ctx.dataset
-        missing = [s for s in self.splits if s not in data.splits]
-        if missing:
-            raise ValueError(f"stage {ctx.name}: dataset has no split {missing[0]!r} "
-                             f"(has {', '.join(data.splits)})")
-        images = torch.cat([data.splits[s].images for s in self.splits])
+        images = split_images(ctx, self.splits)
         backbone_spec = self.backbone or ctx.recipe["model"]["backbone"]
         backbone = ctx.build_backbone(backbone_spec)
         head = ctx.build("head", self.head, in_dim=backbone.embedding_dim).to(ctx.device)
@@ -224,16 +219,10 @@ class SSLPretrain:
         teacher = momentum_teacher(encoder) if self.teacher_momentum is not None else None
         transform = ctx.build("transform", self.transform)
         local_transform = ctx.build("transform", self.local_transform) if self.local_views else None
-        sampler = ctx.build("sampler", self.sampler, labels=np.arange(len(images)),
-                            batch_size=self.batch_size, seed=ctx.seed, rank=ctx.rank,
-                            world_size=ctx.world_size)
+        sampler = image_sampler(ctx, self.sampler, len(images), self.batch_size)
         model = distributed.wrap(encoder, ctx.device)
         gathered = getattr(loss_fn, "needs_global_batch", False) and ctx.world_size > 1
         ctx.log(f"{len(images)} images, {len(sampler)} batches of {self.batch_size} per epoch")
-
-        def batches(epoch: int):
-            sampler.set_epoch(epoch)
-            return iter(sampler)
 
         def feature_map_step(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             (view_a, theta_a), (view_b, theta_b) = (view_with_geometry(transform, x, generator) for _ in range(2))
@@ -284,7 +273,7 @@ class SSLPretrain:
         modules = {"encoder": model, "loss": loss_fn} | ({"teacher": teacher} if teacher is not None else {})
         trainer = Trainer(ctx, modules, self.train, steps_per_epoch=len(sampler), loss_modules=("loss",),
                           global_batch=gathered)
-        last = trainer.fit(batches, step, after_step if teacher is not None else None)
+        last = trainer.fit(epoch_batches(sampler), step, after_step if teacher is not None else None)
         exported = teacher if self.export_teacher else encoder
         if self.precise_bn:
             precise_batchnorm(exported, images, ctx.device)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
+from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
 
 
@@ -47,8 +47,7 @@ class VAEPretrain:
         self.splits, self.batch_size, self.train = splits, batch_size, train
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        data = ctx.dataset
-        images = torch.cat([data.splits[s].images for s in self.splits])
+        images = split_images(ctx, self.splits)
         backbone = ctx.build_backbone(self.backbone)
         if not hasattr(backbone, "vae_forward"):
             raise ValueError(f"stage {ctx.name}: backbone {self.backbone!r} has no vae_forward; "
@@ -60,14 +59,8 @@ class VAEPretrain:
                              f"{size}, or the backbone's image_size)")
         loss_fn = ctx.build("loss", self.loss, embedding_dim=backbone.embedding_dim).to(ctx.device)
         transform = ctx.build("transform", self.transform) if self.transform is not None else None
-        sampler = ctx.build("sampler", self.sampler, labels=np.arange(len(images)),
-                            batch_size=self.batch_size, seed=ctx.seed, rank=ctx.rank,
-                            world_size=ctx.world_size)
+        sampler = image_sampler(ctx, self.sampler, len(images), self.batch_size)
         model = distributed.wrap(_Reconstruct(backbone), ctx.device)
-
-        def batches(epoch: int):
-            sampler.set_epoch(epoch)
-            return iter(sampler)
 
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
@@ -81,6 +74,6 @@ class VAEPretrain:
 
         trainer = Trainer(ctx, {"vae": model, "loss": loss_fn}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",))
-        last = trainer.fit(batches, step)
+        last = trainer.fit(epoch_batches(sampler), step)
         path = save_encoder(ctx, Encoder(backbone), self.backbone, None)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}
