@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hvkit.index import ScoreHistogram
+from hvkit.index import ScoreHistogram, auc_tie_bound
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,13 @@ class RocCounts:
     def auc_error_bound(self) -> float:
         """Largest possible gap between :meth:`auc` and the AUC of the scores that were binned.
 
-        Pairs in different bins are ordered correctly; a same/different couple inside one
-        bin is counted ½ where the truth is 0, ½ or 1, so the error is at most
-        ``½ Σ_l same[l]·diff[l] / (P·N)``. For smooth score densities that is about
-        ``½ · w · ∫ p_same p_diff`` with ``w`` the bin width (3.05e-5 for 2^16 bins over
-        [-1, 1]), i.e. below 1e-5 for typical cosine scores; 0 for exact levels.
+        ``½ Σ_l same[l]·diff[l] / (P·N)`` (:func:`hvkit.index.auc_tie_bound`). For smooth
+        score densities that is about ``½ · w · ∫ p_same p_diff`` with ``w`` the bin width
+        (3.05e-5 for 2^16 bins over [-1, 1]), i.e. below 1e-5 for typical cosine scores; 0
+        for exact levels.
         """
         self._check()
-        return float(0.5 * np.sum(self.same * self.diff) / (self.positives * self.negatives))
+        return auc_tie_bound(self.same, self.diff)
 
     def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(far, tar, thresholds)``, from threshold +inf (accept nothing) down to the lowest level."""

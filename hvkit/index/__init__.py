@@ -6,7 +6,7 @@ only approximate indexes (IVF, HNSW) ask for ``pip install faiss-cpu``. Exact se
 on the CPU scores each pair once, through a native selection kernel (``symmetric``).
 """
 
-from .all_pairs import ScoreHistogram, all_pairs_histogram
+from .all_pairs import ScoreHistogram, all_pairs_histogram, auc_tie_bound
 from .backend import INSTALL_HINT, faiss_gpu, faiss_module, require_faiss, resolve_engine
 from .blocks import blocked_topk, score_blocks
 from .kmeans import kmeans_assign
@@ -15,7 +15,7 @@ from .symmetric import symmetric_topk
 from .vector_index import VectorIndex, knn
 
 __all__ = [
-    "INSTALL_HINT", "ScoreHistogram", "VectorIndex", "all_pairs_histogram", "blocked_topk", "faiss_gpu",
+    "INSTALL_HINT", "ScoreHistogram", "VectorIndex", "all_pairs_histogram", "auc_tie_bound", "blocked_topk", "faiss_gpu",
     "faiss_module", "kmeans_assign", "knn", "require_faiss", "resolve_engine", "score_blocks", "score_pairs",
     "symmetric_topk",
 ]

@@ -11,8 +11,7 @@ different-label counts are the total minus those.
 
 Binning error: ROC AUC from the histograms counts a same/different couple that shares
 a bin as ½, so it differs from the exact AUC by at most ½ Σ_b same_b · diff_b / (P · N)
-(P same pairs, N different; :meth:`hvkit.evaluation.RocCounts.auc_error_bound` computes
-it), about ½ · w · ∫ p_same p_diff for bin width w: below 1e-5 for cosine scores spread
+(P same pairs, N different; :func:`auc_tie_bound` computes it), about ½ · w · ∫ p_same p_diff for bin width w: below 1e-5 for cosine scores spread
 over [-1, 1] with the default 2^16 bins (w = 3.05e-5). EER is exact at bin edges and off by
 at most the share of pairs in the one bin where the error rates cross.
 
@@ -61,6 +60,17 @@ class ScoreHistogram:
         return np.linspace(self.low, self.high, len(self.same) + 1)
 
 
+def auc_tie_bound(same: np.ndarray, diff: np.ndarray) -> float:
+    """Largest gap between the ROC AUC of pair counts per level and the AUC of the scores they stand for.
+
+    Pairs at different levels are ordered correctly; a same/different couple at one level
+    is counted ½ where the truth is 0, ½ or 1, so the error is at most
+    ``½ Σ_l same[l]·diff[l] / (P·N)`` (P same pairs, N different; both must be positive).
+    """
+    same, diff = np.asarray(same, np.float64), np.asarray(diff, np.float64)
+    return float(0.5 * np.dot(same, diff) / (same.sum() * diff.sum()))
+
+
 def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, *, bins: int = 1 << 16,
                         block_size: int = 1024, device: str = "cpu", tolerance: float = 1e-4) -> ScoreHistogram:
     """Histograms of the cosine similarity of every unordered pair ``i < j``, split by ``labels[i] == labels[j]``.
@@ -68,7 +78,7 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
     Counted over [-1, 1], then again over the occupied range while the AUC error bound
     exceeds ``tolerance`` (see the module docstring); the returned histogram's ``low`` and
     ``high`` say which range. With the default 2^16 bins a bin of [-1, 1] is 3.05e-5 wide;
-    see :meth:`hvkit.evaluation.roc.RocCounts.auc_error_bound` for what that means for the AUC.
+    see :func:`auc_tie_bound` for what that means for the AUC.
     """
     x = as_matrix(embeddings, "embeddings")
     labels = np.asarray(labels)
@@ -100,7 +110,7 @@ def _occupied_range(hist: ScoreHistogram, tolerance: float) -> tuple[float, floa
     positives, negatives = float(hist.same.sum()), float(hist.diff.sum())
     if positives == 0 or negatives == 0:  # no ROC to make exact
         return None
-    if 0.5 * np.dot(hist.same.astype(np.float64), hist.diff) / (positives * negatives) <= tolerance:
+    if auc_tie_bound(hist.same, hist.diff) <= tolerance:
         return None
     if (hist.high - hist.low) / bins <= FLOAT32_EPS:  # narrower bins would sort float32 rounding noise
         return None

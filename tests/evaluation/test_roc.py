@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from hvkit.evaluation import RocCounts
-from hvkit.index import all_pairs_histogram
+from hvkit.index import all_pairs_histogram, auc_tie_bound
 
 from .reference import clustered, sklearn_eer, sklearn_tar_at_far
 
@@ -71,6 +71,14 @@ def test_streamed_all_pairs_auc_and_eer_match_sklearn_on_exact_scores(bins):
     assert abs(roc.auc() - exact) <= roc.auc_error_bound() + 1e-9
     assert abs(roc.auc() - exact) < 1e-4
     assert abs(roc.eer() - sklearn_eer(same, scores)) < 1e-3
+
+
+def test_auc_error_bound_hand_computed():
+    # level 0: 1 same, 2 different; level 1: 3 same, 1 different. P = 4, N = 3.
+    # Tied couples: 1·2 + 3·1 = 5, each off by at most ½: bound 5 / (2 · 12).
+    roc = RocCounts(np.array([0.0, 1.0]), np.array([1.0, 3.0]), np.array([2.0, 1.0]))
+    assert roc.auc_error_bound() == pytest.approx(5 / 24)
+    assert auc_tie_bound(roc.same, roc.diff) == roc.auc_error_bound()
 
 
 def test_auc_error_bound_holds_for_coarse_bins():
