@@ -15,11 +15,11 @@ from hvkit.engine import StageContext
 def split_images(ctx: StageContext, splits: list[str]) -> torch.Tensor:
     """The images of the dataset's ``splits``, concatenated in that order (labels unused: pre-training).
 
-    A split the dataset lacks is a one-line error naming the stage and the splits it has.
+    A split the dataset lacks is a ValueError naming the splits it has (the pipeline names the stage).
     """
     missing = [s for s in splits if s not in ctx.dataset.splits]
     if missing:
-        raise ValueError(f"stage {ctx.name}: dataset has no split {missing[0]!r} "
+        raise ValueError(f"dataset has no split {missing[0]!r} "
                          f"(has {', '.join(ctx.dataset.splits)})")
     return torch.cat([ctx.dataset.splits[s].images for s in splits])
 

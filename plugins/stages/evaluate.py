@@ -59,7 +59,7 @@ class Evaluate:
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
         if "val" not in data.splits and self.protocol == "clean":
-            raise ValueError(f"stage {ctx.name}: the clean protocol needs a 'val' split of writers")
+            raise ValueError("the clean protocol needs a 'val' split of writers")
         if self.model_from is not None:
             self.encoder, _ = load_encoder(ctx.output_path(self.model_from, "encoder"), ctx.registry, ctx.device)
         train = data.splits["train"]

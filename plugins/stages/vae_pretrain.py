@@ -50,11 +50,11 @@ class VAEPretrain:
         images = split_images(ctx, self.splits)
         backbone = ctx.build_backbone(self.backbone)
         if not hasattr(backbone, "vae_forward"):
-            raise ValueError(f"stage {ctx.name}: backbone {self.backbone!r} has no vae_forward; "
+            raise ValueError(f"backbone {self.backbone!r} has no vae_forward; "
                              "use a VAE backbone such as resnet_vae")
         size = getattr(backbone, "image_size", None)
         if size is not None and tuple(images.shape[-2:]) != (size, size):
-            raise ValueError(f"stage {ctx.name}: {self.backbone!r} reconstructs {size} x {size} images, the data's are "
+            raise ValueError(f"{self.backbone!r} reconstructs {size} x {size} images, the data's are "
                              f"{images.shape[-2]} x {images.shape[-1]}; make them square and equal (data image_size: "
                              f"{size}, or the backbone's image_size)")
         loss_fn = ctx.build("loss", self.loss, embedding_dim=backbone.embedding_dim).to(ctx.device)

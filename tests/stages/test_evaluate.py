@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
 from hvkit.engine import load_checkpoint
+from hvkit.errors import HvkitError
 from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text
 from hvkit_plugins.datasets.cedar_and import cedar_and
@@ -48,3 +51,10 @@ def test_verifiers_centre_on_all_training_images_and_whiten_on_the_labelled(tmp_
     expected = scatter_whitening(centred.T @ centred / len(centred), 0.01, 0.5, "flat")
     torch.testing.assert_close(fitted["pcaw_pair"]["state"]["transform"], expected, rtol=1e-4, atol=1e-5)
     assert set(fitted["cosine_pair"]["state"]) == {"mean"}
+
+
+def test_the_clean_protocol_without_validation_writers_is_a_one_line_error(tmp_path: Path) -> None:
+    recipe = copy.deepcopy(RECIPE)
+    recipe["data"]["val_fraction"] = 0.0
+    with pytest.raises(HvkitError, match=r"^stage 'evaluate': the clean protocol needs a 'val' split of writers$"):
+        run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
