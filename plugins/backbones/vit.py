@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
+
+
+def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine embeddings (grid_h * grid_w, dim), patches row by row (MAE / MoCo v3).
+
+    With omega_k = 10000^(-k / (dim/4)), k = 0 … dim/4 - 1, the patch in row i, column j gets
+    ``[sin(j omega), cos(j omega), sin(i omega), cos(i omega)]``: the first half encodes the
+    column, the second the row, as MAE's official code. Computed in float64, returned in float32.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_position_embedding: dim={dim} must be a multiple of 4")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
+                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+    parts = []
+    for coordinate in (cols, rows):
+        angle = coordinate.reshape(-1, 1) * omega
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float()
 
 
 def resize_position_embedding(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -24,11 +44,16 @@ def resize_position_embedding(grid: torch.Tensor, height: int, width: int) -> to
     return resized.to(grid.dtype).flatten(2).transpose(1, 2)
 
 
+def _with_class_token(patches: torch.Tensor) -> torch.Tensor:
+    """Patch embeddings (n, D) -> (1, 1 + n, D) with the class token's zero row first, as MAE's ``pos_embed``."""
+    return torch.cat([patches.new_zeros(1, patches.shape[1]), patches])[None]
+
+
 class ViT(nn.Module):
     """Vision Transformer (Dosovitskiy et al., ICLR 2021): images (B, in_channels, H, W) -> (B, hidden_dim).
 
     The image is cut into ``patch_size`` squares, each linearly embedded, a learnt class token
-    prepended and learnt position embeddings added; ``layers`` pre-norm transformer blocks
+    prepended and position embeddings added; ``layers`` pre-norm transformer blocks
     (``heads`` attention heads, a GELU MLP of ``mlp_ratio`` x ``hidden_dim``, no dropout) and a
     final LayerNorm follow. ``pool`` picks the feature: ``cls``, the class token's output;
     ``mean``, the average of the patch tokens' block outputs, then the final LayerNorm — MAE's
@@ -38,20 +63,33 @@ class ViT(nn.Module):
     ``cls`` checkpoint loads unchanged. torchvision's
     ``VisionTransformer`` with ``weights=None`` and its initialisation; the patch embedding takes
     ``in_channels``. Defaults are ViT-Tiny (DeiT-Ti, Touvron et al. 2021: 192-d, 12 blocks,
-    3 heads) with 8-pixel patches, 64 tokens for a 64 x 64 word. Position embeddings are learnt
-    for ``image_size`` and bicubically resized for any other size whose sides are multiples of
-    the patch (:func:`resize_position_embedding`), so DINO's smaller multi-crop views and a
-    different evaluation size need no other model. Without BatchNorm a sample's features never
-    depend on its batch. Train it as DINO's code with ``train.weight_decay_1d: false``: biases
-    and LayerNorm scales without weight decay (the class token and position embeddings, 3-d,
-    are decayed there too).
+    3 heads) with 8-pixel patches, 64 tokens for a 64 x 64 word. ``position``: ``learned``
+    (ViT, DINO) learns the embeddings for ``image_size`` and bicubically resizes them for any
+    other size whose sides are multiples of the patch (:func:`resize_position_embedding`), so
+    DINO's smaller multi-crop views and a different evaluation size need no other model;
+    ``sincos`` fixes them, as MAE (He et al. 2022) and MoCo v3 (Chen, Xie & He 2021): the patch
+    in row i, column j of whatever grid the image gives gets
+    ``[sin(j omega), cos(j omega), sin(i omega), cos(i omega)]``,
+    omega_k = 10000^(-k / (hidden_dim/4)) (:func:`sincos_position_embedding`; ``hidden_dim`` a
+    multiple of 4), the class token zero. They are neither parameters (no gradient, no weight
+    decay) nor in the state dict: a non-persistent buffer keeps the ``image_size`` grid's on the
+    model's device and dtype, another grid's are computed when met. Without BatchNorm a sample's
+    features never depend on its batch. Train it as DINO's code with ``train.weight_decay_1d:
+    false``: biases and LayerNorm scales without weight decay (the class token and learnt
+    position embeddings, 3-d, are decayed there too).
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, hidden_dim: int = 192,
-                 layers: int = 12, heads: int = 3, mlp_ratio: float = 4.0, pool: str = "cls"):
+                 layers: int = 12, heads: int = 3, mlp_ratio: float = 4.0, pool: str = "cls",
+                 position: Literal["learned", "sincos"] = "learned"):
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"vit: pool={pool!r} must be 'cls' (ViT, DINO) or 'mean' (MAE's global_pool)")
+        if position not in ("learned", "sincos"):
+            raise ValueError(f"vit: position={position!r} must be 'learned' (ViT, DINO) or 'sincos' "
+                             "(MAE, MoCo v3)")
+        if position == "sincos" and hidden_dim % 4:
+            raise ValueError(f"vit: position='sincos' needs hidden_dim={hidden_dim} to be a multiple of 4")
         if in_channels < 1 or layers < 1 or heads < 1 or patch_size < 1:
             raise ValueError(f"vit: in_channels={in_channels}, layers={layers}, heads={heads} and "
                              f"patch_size={patch_size} must all be >= 1")
@@ -71,6 +109,12 @@ class ViT(nn.Module):
         self.patch_size = patch_size
         self.embedding_dim = hidden_dim
         self.pool = pool
+        self.position = position
+        self.grid_size = image_size // patch_size
+        if position == "sincos":
+            del net.encoder.pos_embedding
+            self.register_buffer("sincos_embedding", _with_class_token(
+                sincos_position_embedding(hidden_dim, self.grid_size, self.grid_size)), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.pool == "cls":
@@ -93,19 +137,29 @@ class ViT(nn.Module):
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"vit: image size {height} x {width} is not a multiple of patch_size={self.patch_size}")
         tokens = self.net.conv_proj(images)
-        grid_h, grid_w = tokens.shape[-2:]
-        position = self.net.encoder.pos_embedding
-        patches = tokens.flatten(2).transpose(1, 2) + resize_position_embedding(position[:, 1:], grid_h, grid_w)
+        position = self._position_embedding(*tokens.shape[-2:])
+        patches = tokens.flatten(2).transpose(1, 2) + position[:, 1:]
         if keep is not None:
             patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         first = (self.net.class_token + position[:, :1]).expand(patches.shape[0], -1, -1)
         encoder = self.net.encoder
         return encoder.layers(encoder.dropout(torch.cat([first, patches], dim=1)))
 
+    def _position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Position embeddings (1, 1 + grid_h * grid_w, D) of a grid_h x grid_w patch grid, the class token's first."""
+        if self.position == "learned":
+            learnt = self.net.encoder.pos_embedding
+            return torch.cat([learnt[:, :1], resize_position_embedding(learnt[:, 1:], grid_h, grid_w)], dim=1)
+        if (grid_h, grid_w) == (self.grid_size, self.grid_size):
+            return self.sincos_embedding
+        fixed = sincos_position_embedding(self.embedding_dim, grid_h, grid_w)
+        return _with_class_token(fixed).to(self.sincos_embedding)
+
 
 class ViTSmall(ViT):
     """ViT-Small (DeiT-S: 384-d, 12 blocks, 6 heads), DINO's smallest model; the rest as ``vit``."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, hidden_dim: int = 384,
-                 layers: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pool: str = "cls"):
-        super().__init__(in_channels, image_size, patch_size, hidden_dim, layers, heads, mlp_ratio, pool)
+                 layers: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pool: str = "cls",
+                 position: Literal["learned", "sincos"] = "learned"):
+        super().__init__(in_channels, image_size, patch_size, hidden_dim, layers, heads, mlp_ratio, pool, position)

@@ -28,27 +28,9 @@ from torchvision.models.vision_transformer import EncoderBlock
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
+from hvkit_plugins.backbones.vit import sincos_position_embedding
 from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
-
-
-def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine embeddings (grid_h * grid_w, dim), patches row by row (MAE / MoCo v3).
-
-    With omega_k = 10000^(-k / (dim/4)), k = 0 … dim/4 - 1, the patch in row i, column j gets
-    ``[sin(j omega), cos(j omega), sin(i omega), cos(i omega)]``: the first half encodes the
-    column, the second the row, as the official code. Computed in float64, returned in float32.
-    """
-    if dim % 4:
-        raise ValueError(f"sincos_position_embedding: dim={dim} must be a multiple of 4")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
-                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
-    parts = []
-    for coordinate in (cols, rows):
-        angle = coordinate.reshape(-1, 1) * omega
-        parts += [angle.sin(), angle.cos()]
-    return torch.cat(parts, dim=1).float()
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -147,7 +129,8 @@ class MAEPretrain:
     ViT-L, here 128-d, 2 blocks and 4 heads, 32 dimensions a head as the paper's, for the
     192-d ViT-Tiny) is trained with the encoder and dropped; the loss is the MSE on the masked
     patches (``norm_pix_loss``: per-patch normalised targets, the paper's default). The
-    encoder keeps its own (learnt) position embeddings, where the paper fixes sine-cosine ones.
+    encoder's position embeddings are the backbone's: the paper's fixed sine-cosine ones with
+    ``vit``'s ``position: sincos`` (``recipes/mae_cedar.yaml``), learnt ones with its default.
     The default optimiser is the paper's AdamW (betas 0.9, 0.95; weight decay 0.05, none on
     biases and norms) at a learning rate for short runs (1e-3, the paper's 1.5e-4 x batch / 256 is for
     800 epochs). The ViT is saved as this stage's

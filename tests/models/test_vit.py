@@ -1,15 +1,19 @@
-"""ViT backbones: torchvision equivalence, channels, position embeddings resized for other image sizes."""
+"""ViT backbones: torchvision equivalence, channels, position embeddings resized for other image sizes or fixed."""
 
 from __future__ import annotations
 
 import copy
+import io
+import math
 
 import pytest
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
+from hvkit.engine import TrainConfig
+from hvkit.engine.trainer import parameter_groups
 from hvkit.testing import check_backbone
-from hvkit_plugins.backbones.vit import ViT, ViTSmall, resize_position_embedding
+from hvkit_plugins.backbones.vit import ViT, ViTSmall, resize_position_embedding, sincos_position_embedding
 
 TINY = {"image_size": 16, "patch_size": 4, "hidden_dim": 32, "layers": 2, "heads": 4}
 
@@ -178,3 +182,124 @@ def test_mean_pool_under_autocast_stays_close_to_float32() -> None:
 def test_pool_must_be_cls_or_mean(backbone: type) -> None:
     with pytest.raises(ValueError, match=r"vit: pool='avg' must be 'cls' \(ViT, DINO\) or 'mean'"):
         backbone(**TINY, pool="avg")
+
+
+# --- position: sincos (MAE, MoCo v3) -------------------------------------------------------------------------------
+
+def _loop_sincos(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """float64, entry by entry: patch (i, j), row by row, gets sin(j w_k), cos(j w_k), sin(i w_k), cos(i w_k)
+    in the four quarters, w_k = 10000^(-k / (dim / 4)) (MAE's get_2d_sincos_pos_embed)."""
+    quarter = dim // 4
+    table = []
+    for i in range(grid_h):
+        for j in range(grid_w):
+            row = [0.0] * dim
+            for k in range(quarter):
+                omega = 10000.0 ** (-k / quarter)
+                row[k], row[quarter + k] = math.sin(j * omega), math.cos(j * omega)
+                row[2 * quarter + k], row[3 * quarter + k] = math.sin(i * omega), math.cos(i * omega)
+            table.append(row)
+    return torch.tensor(table, dtype=torch.float64)
+
+
+def _sincos_vit(**kwargs) -> ViT:
+    torch.manual_seed(0)
+    vit = ViT(**{**TINY, "position": "sincos", **kwargs}).eval()
+    with torch.no_grad():  # torchvision starts the class token at zero: make it count
+        vit.net.class_token.normal_()
+    return vit
+
+
+def _ref_sincos_tokens(vit: ViT, images: torch.Tensor) -> torch.Tensor:
+    """float64, written out: each patch plus the loop's embedding, the class token plus zero, blocks, final norm."""
+    vit = copy.deepcopy(vit).double()
+    grid = vit.net.conv_proj(images.double())
+    patches = grid.flatten(2).transpose(1, 2) + _loop_sincos(vit.embedding_dim, *grid.shape[-2:])
+    first = vit.net.class_token.expand(patches.shape[0], -1, -1)
+    encoder = vit.net.encoder
+    return encoder.ln(encoder.layers(torch.cat([first, patches], dim=1)))
+
+
+@pytest.mark.parametrize("dim, grid_h, grid_w", [(4, 1, 1), (4, 2, 3), (8, 3, 2), (32, 4, 4), (192, 8, 5)])
+def test_sincos_embedding_matches_the_float64_loop(dim: int, grid_h: int, grid_w: int) -> None:
+    ours = sincos_position_embedding(dim, grid_h, grid_w)
+    assert ours.dtype == torch.float32 and ours.shape == (grid_h * grid_w, dim)
+    torch.testing.assert_close(ours.double(), _loop_sincos(dim, grid_h, grid_w), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 16, 16), (2, 1, 8, 16), (2, 1, 12, 8)])  # its own grid, non-square ones
+def test_sincos_forward_matches_the_float64_reference_on_any_grid(shape: tuple[int, ...]) -> None:
+    vit = _sincos_vit()
+    x = torch.rand(*shape)
+    expected = _ref_sincos_tokens(vit, x)
+    tokens = vit.encode_tokens(x)
+    torch.testing.assert_close(tokens.double(), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(vit(x), tokens[:, 0])
+
+
+def test_sincos_class_token_gets_zero() -> None:
+    vit = _sincos_vit()
+    alone = vit.encode_tokens(torch.rand(2, 1, 16, 16), torch.empty(2, 0, dtype=torch.long))
+    encoder = vit.net.encoder
+    expected = encoder.ln(encoder.layers(vit.net.class_token))  # the class token with no position added
+    torch.testing.assert_close(alone, expected.expand(2, -1, -1), rtol=0, atol=1e-6)
+
+
+def test_sincos_positions_matter_where_the_learnt_ones_zeroed_do_not() -> None:
+    x = torch.rand(2, 1, 16, 16)
+    # the same patches, rotated 180 degrees on the 4 x 4 grid (rows and columns of patches reversed)
+    moved = x.reshape(2, 1, 4, 4, 4, 4).flip(2, 4).reshape(2, 1, 16, 16)
+    blind = ViT(**TINY).eval()
+    with torch.no_grad():
+        blind.net.encoder.pos_embedding.zero_()
+    torch.testing.assert_close(blind(moved), blind(x))  # attention alone cannot see where a patch is
+    vit = _sincos_vit()
+    assert (vit(moved) - vit(x)).abs().amax() > 1e-2
+
+
+def _optimised(vit: ViT) -> list[torch.Tensor]:
+    """Every tensor the trainer hands the optimiser, decayed or not (``train.weight_decay_1d: false``)."""
+    groups = parameter_groups({"backbone": vit}, TrainConfig(weight_decay_1d=False), ())
+    return [p for group in groups for p in group["params"]]
+
+
+def test_sincos_positions_are_neither_parameters_nor_state() -> None:
+    learned, fixed = ViT(**TINY), ViT(**TINY, position="sincos")
+    learnt = learned.net.encoder.pos_embedding
+    assert learnt.requires_grad and any(p is learnt for p in _optimised(learned))  # decayed, as DINO's code
+    names = set(dict(fixed.named_parameters()))
+    assert names == set(dict(learned.named_parameters())) - {"net.encoder.pos_embedding"}
+    assert set(fixed.state_dict()) == names  # the fixed buffer is not saved
+    buffers = list(fixed.buffers())
+    assert buffers and not any(b.requires_grad for b in buffers)
+    assert len(_optimised(fixed)) == len(names) == len(_optimised(learned)) - 1
+    fixed.train()
+    fixed.encode_tokens(torch.rand(2, 1, 16, 16)).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fixed.parameters())
+    assert {b.dtype for b in fixed.double().buffers()} == {torch.float64}  # follows the model
+
+
+def test_sincos_contract_and_state_dict_round_trip() -> None:
+    check_backbone(ViT, {**TINY, "position": "sincos"}, in_channels=(1, 3), image_size=16, batch_size=2)
+    check_backbone(ViTSmall, {**TINY, "position": "sincos", "pool": "mean"}, in_channels=(1,), image_size=16,
+                   batch_size=2)
+    saved = _sincos_vit()
+    buffer = io.BytesIO()
+    torch.save(saved.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(1)
+    loaded = ViT(**TINY, position="sincos").eval()
+    loaded.load_state_dict(torch.load(buffer))  # strict: nothing missing, nothing unexpected
+    x = torch.rand(2, 1, 8, 16)
+    assert torch.equal(loaded(x), saved(x))
+    with pytest.raises(RuntimeError, match="pos_embedding"):  # a learnt checkpoint is another model
+        loaded.load_state_dict(ViT(**TINY).state_dict())
+
+
+@pytest.mark.parametrize("backbone", [ViT, ViTSmall])
+def test_position_must_be_learned_or_sincos(backbone: type) -> None:
+    with pytest.raises(ValueError, match=r"vit: position='fixed' must be 'learned' \(ViT, DINO\) or 'sincos'"):
+        backbone(**TINY, position="fixed")
+    with pytest.raises(ValueError, match="vit: position='sincos' needs hidden_dim=6 to be a multiple of 4"):
+        backbone(**{**TINY, "hidden_dim": 6, "heads": 2}, position="sincos")
+    assert ViT().position == ViTSmall().position == "learned"
