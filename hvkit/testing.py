@@ -17,6 +17,18 @@ its parameters and type hints must resolve, each parameter must carry a type hin
 docstring's first line is the summary users see. A parameter typed ``Component[kind]``
 may be given as a recipe spec (``{"loss": "triplet"}``): it is built from the installed
 plugins, as at run time.
+
+End to end, :func:`run_recipe_text` runs a recipe through hvkit's pipeline, and
+:func:`tiny_recipe` writes one on a few synthetic writers around the stages under test::
+
+    def test_trains(tmp_path):
+        run_recipe_text(tiny_recipe('''
+          pretrain:
+            stage: ssl_pretrain
+            loss: {name: my_loss, margin: 0.3}
+            batch_size: 8
+            train: {epochs: 1, max_steps: 2}
+        '''), tmp_path)
 """
 
 from __future__ import annotations
@@ -25,11 +37,13 @@ import copy
 import functools
 import inspect
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import yaml
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
@@ -42,7 +56,7 @@ from hvkit.registry import get_registry
 Inputs = Callable[[torch.dtype, torch.Generator], tuple[torch.Tensor, ...]]
 
 __all__ = ["check_backbone", "check_evaluator", "check_head", "check_loss", "check_miner",
-           "check_sampler", "check_transform", "evaluation_data"]
+           "check_sampler", "check_transform", "evaluation_data", "run_recipe_text", "tiny_recipe"]
 
 
 def _is_factory(obj: Any) -> bool:
@@ -809,3 +823,31 @@ def run_recipe_text(text: str, directory: Path, name: str = "recipe") -> Path:
     recipe = Path(directory) / f"{name}.yaml"
     recipe.write_text(text)
     return run(recipe, [], run_dir=Path(directory) / name, device="cpu", console=lambda _: None)
+
+
+def tiny_recipe(stages: str, *, name: str = "tiny", seed: int = 0, backbone: str = "small_cnn",
+                writers: int = 12, samples_per_writer: int = 4, image_size: int | None = 32) -> str:
+    """A recipe (YAML text) of ``stages`` on ``cedar_and``'s embedded synthetic writers, for :func:`run_recipe_text`.
+
+    ``stages`` is the YAML of the ``stages:`` mapping at any common indentation: it is dedented
+    and placed under ``stages:``. A ``ValueError`` says when the result is not valid YAML or
+    does not read as stage names each mapped to its settings (a line indented less than the first).
+    ``backbone`` is a YAML value: a plugin name or a flow mapping such as
+    ``"{name: vit, image_size: 32}"``. ``image_size=None`` keeps the dataset's default size.
+    """
+    size = "" if image_size is None else f", image_size: {image_size}"
+    body = textwrap.indent(textwrap.dedent(stages).strip("\n"), "  ")
+    text = (f"name: {name}\nseed: {seed}\n"
+            f"data: {{name: cedar_and, synthetic_writers: {writers}, "
+            f"synthetic_samples_per_writer: {samples_per_writer}{size}}}\n"
+            f"model: {{backbone: {backbone}}}\nstages:\n{body}\n")
+    hint = "give the stages one common indentation and each stage's settings a deeper one"
+    try:
+        parsed = yaml.safe_load(text)["stages"]
+    except yaml.YAMLError as exc:
+        raise ValueError(f"tiny_recipe: the recipe is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                         f"{hint}") from None
+    if not isinstance(parsed, dict) or not parsed or not all(isinstance(v, dict) for v in parsed.values()):
+        raise ValueError(f"tiny_recipe: stages read as {parsed!r}, not stage names each mapped to "
+                         f"its settings; {hint}")
+    return text

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hvkit.engine.trainer import read_log
-from hvkit.testing import check_loss, run_recipe_text
+from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.align_uniform import AlignUniformLoss, alignment, uniformity
 
 from .pair_batch import assert_full_precision_under_autocast
@@ -172,19 +172,14 @@ def test_invalid_views_raise():
         AlignUniformLoss()(torch.randn(4, 4), torch.randn(3, 4))
 
 
-RECIPE = """
-name: align_uniform
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+RECIPE = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: align_uniform
     head: {name: mlp, dims: [16, 16]}
     batch_size: 8
     train: {epochs: 1, max_steps: 3, log_every: 1}
-"""
+""", name="align_uniform")
 
 
 def test_ssl_pretrain_logs_the_terms_of_each_step(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from hvkit.api import ViewLoss
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.pipeline import run
-from hvkit.testing import check_loss, run_recipe_text
+from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses import moco_v2
 from hvkit_plugins.losses.moco_v2 import MoCoV2Loss, queue_info_nce
 from hvkit_plugins.stages import ssl_pretrain
@@ -285,12 +285,7 @@ def test_the_asymmetric_form_queries_with_the_first_view_and_each_local_view_aga
                                one_way(o_a, t_b))
 
 
-MOCO = """
-name: moco_v2
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+MOCO = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: {name: moco_v2, queue_size: 20}
@@ -298,7 +293,7 @@ stages:
     head: {name: mlp, dims: [16, 16]}
     batch_size: 8
     train: {epochs: 2, max_steps: 6, checkpoint_every: 2, log_every: 1}
-"""
+""", name="moco_v2")
 
 
 def _run(tmp_path: Path, name: str, text: str = MOCO) -> Path:

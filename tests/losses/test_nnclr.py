@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import NTXentLoss
 
 from hvkit.engine import load_checkpoint
-from hvkit.testing import check_loss, run_recipe_text
+from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.nnclr import NNCLRLoss, nearest_neighbours, neighbour_info_nce
 from hvkit_plugins.losses.simsiam import prediction_mlp
 
@@ -287,12 +287,7 @@ def test_invalid_views_raise():
         loss(torch.randn(3, 5), torch.randn(3, 5))
 
 
-NNCLR = """
-name: nnclr
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+NNCLR = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: {name: nnclr, support_size: 20, predictor_dim: 16}
@@ -301,7 +296,7 @@ stages:
     local_views: 2
     local_size: 16
     train: {epochs: 1, max_steps: 4, log_every: 1}
-"""
+""", name="nnclr")
 
 
 def test_the_stage_passes_every_view_in_one_call_and_the_support_set_advances_once_a_step(tmp_path: Path,

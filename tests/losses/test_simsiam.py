@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hvkit.testing import run_recipe_text
+from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.simsiam import SimSiamLoss
 from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.ssl_pretrain import multi_view_loss
@@ -102,19 +102,14 @@ def test_errors():
         SimSiamLoss(embedding_dim=0)
 
 
-RECIPE = """
-name: simsiam
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+RECIPE = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: {name: simsiam, predictor_dim: 8}
     head: {name: mlp, dims: [16, 16]}
     batch_size: 8
     train: {epochs: 1, max_steps: 4}
-"""
+""", name="simsiam")
 
 
 def test_ssl_pretrain_with_simsiam_trains_the_predictor(tmp_path: Path, monkeypatch) -> None:

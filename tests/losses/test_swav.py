@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.pipeline import run
-from hvkit.testing import check_loss, run_recipe_text
+from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.swav import SwAVLoss, sinkhorn_knopp, swapped_prediction
 
 from .pair_batch import assert_full_precision_under_autocast
@@ -335,12 +335,7 @@ def test_invalid_views_raise():
         loss(torch.randn(3, 5), torch.randn(3, 5))
 
 
-SWAV = """
-name: swav
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+SWAV = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: {name: swav, num_prototypes: 6, queue_size: 16, queue_start_steps: 1}
@@ -349,7 +344,7 @@ stages:
     local_views: 2
     local_size: 16
     train: {epochs: 2, max_steps: 6, checkpoint_every: 2, log_every: 1}
-"""
+""", name="swav")
 
 
 def _run(tmp_path: Path, name: str) -> Path:

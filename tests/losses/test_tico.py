@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hvkit.engine import load_checkpoint
-from hvkit.testing import check_loss, run_recipe_text
+from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.tico import TiCoLoss, covariance_contrast, second_moment
 from hvkit_plugins.stages.ssl_pretrain import multi_view_loss
 
@@ -232,12 +232,7 @@ def test_flags_and_defaults():
 
 # --- in the ssl_pretrain stage ------------------------------------------------------------------
 
-TICO = """
-name: tico
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+TICO = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: tico
@@ -246,7 +241,7 @@ stages:
     local_views: 2
     local_size: 16
     train: {epochs: 1, max_steps: 3, log_every: 1}
-"""
+""", name="tico")
 
 
 def test_with_multi_crop_the_stage_calls_the_loss_and_moves_the_covariance_once_per_step(tmp_path: Path,

@@ -14,7 +14,7 @@ import torch
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.pipeline import run
-from hvkit.testing import check_loss, run_recipe_text
+from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.w_mse import WMSELoss, whiten
 
 
@@ -295,19 +295,14 @@ def test_flags_and_defaults():
 
 # --- in the ssl_pretrain stage ------------------------------------------------------------------
 
-W_MSE = """
-name: w_mse
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+W_MSE = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: {name: w_mse, w_size: 8, w_iter: 2}
     head: {name: mlp, dims: [16, 4]}
     batch_size: 16
     train: {epochs: 3, max_steps: 6, checkpoint_every: 2, log_every: 1}
-"""
+""", name="w_mse")
 
 
 def test_a_resumed_run_draws_the_same_partitions(tmp_path: Path, monkeypatch) -> None:

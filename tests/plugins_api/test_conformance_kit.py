@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
 from hvkit.api import MetricLoss, ViewLoss
 from hvkit.testing import (check_backbone, check_evaluator, check_head, check_loss, check_miner,
-                           check_sampler, check_transform)
+                           check_sampler, check_transform, tiny_recipe)
 
 
 # --- losses -----------------------------------------------------------------------------------
@@ -738,3 +739,49 @@ def test_a_correct_evaluator_passes():
 def test_a_broken_evaluator_fails_with_the_broken_rule(evaluator, message):
     with pytest.raises(AssertionError, match=r"^check_evaluator\(" + evaluator.__qualname__ + r"\): " + message):
         check_evaluator(evaluator)
+
+
+# --- recipes ------------------------------------------------------------------------------------
+
+STAGES = """
+pretrain:
+  stage: ssl_pretrain
+  loss: {name: nnclr, support_size: 20}
+  batch_size: 8
+tuned:
+  stage: metric_train
+  init_from: pretrain
+"""
+PARSED = {"pretrain": {"stage": "ssl_pretrain", "loss": {"name": "nnclr", "support_size": 20}, "batch_size": 8},
+          "tuned": {"stage": "metric_train", "init_from": "pretrain"}}
+
+
+def test_tiny_recipe_puts_the_stages_under_a_header_of_embedded_synthetic_writers():
+    assert yaml.safe_load(tiny_recipe(STAGES)) == {
+        "name": "tiny", "seed": 0, "model": {"backbone": "small_cnn"}, "stages": PARSED,
+        "data": {"name": "cedar_and", "synthetic_writers": 12, "synthetic_samples_per_writer": 4, "image_size": 32}}
+    recipe = yaml.safe_load(tiny_recipe(STAGES, name="mine", seed=3, backbone="{name: vit, layers: 1}", writers=6,
+                                        samples_per_writer=2, image_size=None))
+    assert recipe["name"] == "mine" and recipe["seed"] == 3
+    assert recipe["data"] == {"name": "cedar_and", "synthetic_writers": 6, "synthetic_samples_per_writer": 2}
+    assert recipe["model"] == {"backbone": {"name": "vit", "layers": 1}}
+
+
+@pytest.mark.parametrize("indent", ["", "  ", "      "])
+def test_tiny_recipe_takes_the_stages_at_any_common_indentation(indent):
+    stages = "\n".join(indent + line if line else line for line in STAGES.splitlines())
+    text = tiny_recipe(stages)
+    assert yaml.safe_load(text)["stages"] == PARSED
+    assert "stages:\n  pretrain:\n    stage: ssl_pretrain\n" in text
+
+
+@pytest.mark.parametrize("stages, message", [
+    ("  pretrain:\nstage: ssl_pretrain\n", "the recipe is not valid YAML"),
+    ("  pretrain:\n  stage: ssl_pretrain\n", r"stages read as \{'pretrain': None, 'stage': 'ssl_pretrain'\}"),
+    ("pretrain: ssl_pretrain\n", r"stages read as \{'pretrain': 'ssl_pretrain'\}"),
+    ("\n", "stages read as None"),
+])
+def test_tiny_recipe_refuses_stages_with_settings_not_indented_under_their_stage(stages, message):
+    with pytest.raises(ValueError, match=message + ".*; give the stages one common indentation and each stage's "
+                                                   "settings a deeper one"):
+        tiny_recipe(stages)

@@ -10,25 +10,20 @@ import torch.nn.functional as F
 
 from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError
-from hvkit.testing import run_recipe_text
+from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.vicregl import VICRegLLoss
 from hvkit_plugins.stages.ssl_pretrain import cell_positions
 from hvkit_plugins.transforms import HandwritingViews
 from hvkit_plugins.transforms.batched import resample
 
-RECIPE = """
-name: vicregl
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+RECIPE = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: {name: vicregl, num_matches: 6, local_dims: [16, 8]}
     head: {name: mlp, dims: [16, 16]}
     batch_size: 8
     train: {epochs: 1, max_steps: 3, log_every: 1}
-"""
+""", name="vicregl")
 
 
 def test_cell_positions_of_the_identity_are_the_cell_centres() -> None:

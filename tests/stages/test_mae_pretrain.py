@@ -15,7 +15,7 @@ from hvkit.engine.context import derive_seed
 from hvkit.engine.trainer import read_log
 from hvkit.pipeline import run
 from hvkit.registry import get_registry
-from hvkit.testing import run_recipe_text
+from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.stages import mae_pretrain
 from hvkit_plugins.stages.encoder import load_encoder
 from hvkit_plugins.stages.mae_pretrain import (MAEDecoder, MAEPretrain, mae_loss, patchify, random_masking,
@@ -208,12 +208,7 @@ def test_decoder_is_initialised_as_the_paper() -> None:
 
 # --- the stage ---------------------------------------------------------------------------------------------------
 
-MAE = """
-name: mae
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: {name: vit, image_size: 32, patch_size: 8, hidden_dim: 32, layers: 2, heads: 2}}
-stages:
+MAE = tiny_recipe("""
   pretrain:
     stage: mae_pretrain
     decoder_dim: 16
@@ -221,7 +216,7 @@ stages:
     decoder_heads: 2
     batch_size: 8
     train: {epochs: 2, max_steps: 6, checkpoint_every: 2, log_every: 1}
-"""
+""", name="mae", backbone="{name: vit, image_size: 32, patch_size: 8, hidden_dim: 32, layers: 2, heads: 2}")
 
 
 def test_the_stage_trains_and_saves_the_vit_for_later_stages(tmp_path: Path) -> None:

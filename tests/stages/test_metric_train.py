@@ -11,16 +11,11 @@ from torch import nn
 
 from hvkit.errors import HvkitError
 from hvkit.registry import get_registry
-from hvkit.testing import run_recipe_text
+from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.stages.encoder import Encoder, load_encoder
 from hvkit_plugins.stages.metric_train import MetricTrain, _WithExpander
 
-RECIPE = """
-name: semi
-seed: 3
-data: {name: cedar_and, synthetic_writers: 30, synthetic_samples_per_writer: 6}
-model: {backbone: small_cnn}
-stages:
+RECIPE = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     head: {name: mlp, dims: [32, 32]}
@@ -35,7 +30,7 @@ stages:
     unlabelled_weight: 0.5
     unlabelled_batch_size: 12
     train: {epochs: 3, max_steps: 3, log_every: 1}
-"""
+""", name="semi", seed=3, writers=30, samples_per_writer=6, image_size=None)
 
 
 def _run(tmp_path: Path, text: str) -> Path:
@@ -69,12 +64,7 @@ def test_unlabelled_loss_needs_a_pretrained_expander():
         MetricTrain(unlabelled_loss="vicreg", init_from="pretrain", unlabelled_batch_size=1)
 
 
-TRANSPLANT = """
-name: transplant
-seed: 1
-data: {name: cedar_and, synthetic_writers: 16, synthetic_samples_per_writer: 4}
-model: {backbone: resnet18}
-stages:
+TRANSPLANT = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     head: {name: mlp, dims: [16, 16]}
@@ -87,7 +77,7 @@ stages:
     label_fraction: 1.0
     batch_size: 16
     train: {epochs: 1, max_steps: 1, optimizer: {name: AdamW, lr: 0.0}}
-"""
+""", name="transplant", seed=1, backbone="resnet18", writers=16, image_size=None)
 
 
 def test_backbone_variant_starts_from_the_pretrained_weights(tmp_path: Path):

@@ -14,7 +14,7 @@ from hvkit.engine import Trainer, load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError
 from hvkit.pipeline import run
-from hvkit.testing import run_recipe_text
+from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.backbones.small_cnn import SmallCNN
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.losses.byol import BYOLLoss
@@ -68,12 +68,7 @@ def test_multi_view_loss_needs_two_global_views() -> None:
         multi_view_loss(VICRegLoss(), [torch.randn(4, 3)])
 
 
-LOCAL = """
-name: local
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+LOCAL = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     head: {name: mlp, dims: [16, 16]}
@@ -81,7 +76,7 @@ stages:
     local_views: 3
     local_size: 16
     train: {epochs: 1, max_steps: 2}
-"""
+""", name="local")
 
 
 def test_local_views_are_small_crops_each_compared_with_both_global_views(tmp_path: Path, monkeypatch) -> None:
@@ -201,12 +196,7 @@ def test_teacher_view_loss_needs_two_global_and_two_teacher_views() -> None:
         teacher_view_loss(VICRegLoss(), [torch.randn(4, 3)] * 2, [torch.randn(4, 3)])
 
 
-BYOL = """
-name: byol
-seed: 0
-data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}
-model: {backbone: small_cnn}
-stages:
+BYOL = tiny_recipe("""
   pretrain:
     stage: ssl_pretrain
     loss: {name: byol, predictor_dim: 8}
@@ -214,7 +204,7 @@ stages:
     head: {name: mlp, dims: [16, 16]}
     batch_size: 8
     train: {epochs: 2, max_steps: 6, checkpoint_every: 2, log_every: 1}
-"""
+""", name="byol")
 
 
 def _byol_run(tmp_path: Path, name: str, recipe_text: str = BYOL) -> Path:
