@@ -130,7 +130,8 @@ class MAEPretrain:
     192-d ViT-Tiny) is trained with the encoder and dropped; the loss is the MSE on the masked
     patches (``norm_pix_loss``: per-patch normalised targets, the paper's default). The
     encoder's position embeddings are the backbone's: the paper's fixed sine-cosine ones with
-    ``vit``'s ``position: sincos`` (``recipes/mae_cedar.yaml``), learnt ones with its default.
+    ``vit``'s ``position: sincos``, learnt ones with its default (``recipes/mae_cedar.yaml``'s:
+    at its 160 steps the fixed ones outweigh the blank-heavy patches' content).
     The default optimiser is the paper's AdamW (betas 0.9, 0.95; weight decay 0.05, none on
     biases and norms) at a learning rate for short runs (1e-3, the paper's 1.5e-4 x batch / 256 is for
     800 epochs). The ViT is saved as this stage's
