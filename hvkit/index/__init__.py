@@ -15,7 +15,7 @@ from .symmetric import symmetric_topk
 from .vector_index import VectorIndex, knn
 
 __all__ = [
-    "INSTALL_HINT", "ScoreHistogram", "VectorIndex", "all_pairs_histogram", "auc_tie_bound", "blocked_topk", "faiss_gpu",
-    "faiss_module", "kmeans_assign", "knn", "require_faiss", "resolve_engine", "score_blocks", "score_pairs",
-    "symmetric_topk",
+    "INSTALL_HINT", "ScoreHistogram", "VectorIndex", "all_pairs_histogram", "auc_tie_bound", "blocked_topk",
+    "faiss_gpu", "faiss_module", "kmeans_assign", "knn", "require_faiss", "resolve_engine", "score_blocks",
+    "score_pairs", "symmetric_topk",
 ]

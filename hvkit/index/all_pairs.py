@@ -11,9 +11,10 @@ different-label counts are the total minus those.
 
 Binning error: ROC AUC from the histograms counts a same/different couple that shares
 a bin as ½, so it differs from the exact AUC by at most ½ Σ_b same_b · diff_b / (P · N)
-(P same pairs, N different; :func:`auc_tie_bound` computes it), about ½ · w · ∫ p_same p_diff for bin width w: below 1e-5 for cosine scores spread
-over [-1, 1] with the default 2^16 bins (w = 3.05e-5). EER is exact at bin edges and off by
-at most the share of pairs in the one bin where the error rates cross.
+(P same pairs, N different; :func:`auc_tie_bound` computes it), about ½ · w · ∫ p_same p_diff
+for bin width w: below 1e-5 for cosine scores spread over [-1, 1] with the default 2^16 bins
+(w = 3.05e-5). EER is exact at bin edges and off by at most the share of pairs in the one
+bin where the error rates cross.
 
 Range refinement: features sharing one dominant direction have all their cosines in a
 sliver such as [0.999, 1], a few bins of [-1, 1], and the bound above is then large
