@@ -44,8 +44,8 @@ def resize_position_embedding(grid: torch.Tensor, height: int, width: int) -> to
     return resized.to(grid.dtype).flatten(2).transpose(1, 2)
 
 
-def _with_class_token(patches: torch.Tensor) -> torch.Tensor:
-    """Patch embeddings (n, D) -> (1, 1 + n, D) with the class token's zero row first, as MAE's ``pos_embed``."""
+def with_class_token(patches: torch.Tensor) -> torch.Tensor:
+    """Patch position embeddings (n, D) -> (1, 1 + n, D), the class token's zero row first, as MAE's ``pos_embed``."""
     return torch.cat([patches.new_zeros(1, patches.shape[1]), patches])[None]
 
 
@@ -113,7 +113,7 @@ class ViT(nn.Module):
         self.grid_size = image_size // patch_size
         if position == "sincos":
             del net.encoder.pos_embedding
-            self.register_buffer("sincos_embedding", _with_class_token(
+            self.register_buffer("sincos_embedding", with_class_token(
                 sincos_position_embedding(hidden_dim, self.grid_size, self.grid_size)), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ class ViT(nn.Module):
         if (grid_h, grid_w) == (self.grid_size, self.grid_size):
             return self.sincos_embedding
         fixed = sincos_position_embedding(self.embedding_dim, grid_h, grid_w)
-        return _with_class_token(fixed).to(self.sincos_embedding)
+        return with_class_token(fixed).to(self.sincos_embedding)
 
 
 class ViTSmall(ViT):

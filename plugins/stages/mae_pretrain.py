@@ -28,7 +28,7 @@ from torchvision.models.vision_transformer import EncoderBlock
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
-from hvkit_plugins.backbones.vit import sincos_position_embedding
+from hvkit_plugins.backbones.vit import sincos_position_embedding, with_class_token
 from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
 
@@ -95,8 +95,7 @@ class MAEDecoder(nn.Module):
     def forward(self, tokens: torch.Tensor, restore: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         x = self.embed(tokens)
         x = torch.cat([x[:, :1], unshuffle(x[:, 1:], self.mask_token, restore)], dim=1)
-        position = sincos_position_embedding(x.shape[-1], grid_h, grid_w).to(x.device)
-        x = x + torch.cat([position.new_zeros(1, x.shape[-1]), position])
+        x = x + with_class_token(sincos_position_embedding(x.shape[-1], grid_h, grid_w)).to(x.device)
         return self.pred(self.norm(self.blocks(x)))[:, 1:]
 
 
