@@ -70,11 +70,13 @@ class CosinePair(nn.Module):
                                                "the training embeddings do not vary").to(device)
         return self
 
+    def embed(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``W(e − μ)`` per row: the space whose cosine this verifier scores."""
+        centred = embeddings - self.mean
+        return centred @ self.transform if self.whiten != "none" else centred
+
     def forward(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
-        a, b = e1 - self.mean, e2 - self.mean
-        if self.whiten != "none":
-            a, b = a @ self.transform, b @ self.transform
-        return F.cosine_similarity(a, b, dim=1)
+        return F.cosine_similarity(self.embed(e1), self.embed(e2), dim=1)
 
 
 def within_class_whitening(embeddings: torch.Tensor, labels: torch.Tensor, shrinkage: float,

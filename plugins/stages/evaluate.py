@@ -31,6 +31,11 @@ class Evaluate:
     validation split; ``protocol: sslhv`` reproduces the study, which stopped on its test
     pairs — never use it to report a result you want to trust.
 
+    The evaluators that score embeddings themselves (retrieval, the all-pairs ROC, the
+    embedding map) see the raw embeddings, or with ``space`` naming one of the cosine
+    verifiers (e.g. ``cosine_pair``, ``wccn_pair``) the embeddings as that verifier scores
+    them, ``W(e − μ)``: the all-pairs AUC is then that verifier's over every test pair.
+
     Under several processes each rank embeds a share of the images; the embeddings are
     gathered once and rank 0 alone trains the verifiers, scores and writes.
     """
@@ -38,6 +43,7 @@ class Evaluate:
     def __init__(self, model_from: StageOutput | None = None,
                  features: Literal["backbone", "head", "pixels"] = "backbone",
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
+                 space: str | None = None,
                  evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],
                  label_fraction: float = 0.1,
                  protocol: Literal["clean", "sslhv"] = "clean",
@@ -45,7 +51,7 @@ class Evaluate:
                  plots: bool = True):
         if features != "pixels" and model_from is None:
             raise ValueError("model_from must name an earlier stage unless features is 'pixels'")
-        self.model_from, self.features, self.verifiers = model_from, features, verifiers
+        self.model_from, self.features, self.verifiers, self.space = model_from, features, verifiers, space
         self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
         self.pair_training, self.plots = pair_training, plots
 
@@ -62,12 +68,18 @@ class Evaluate:
             raise ValueError("the clean protocol needs a 'val' split of writers")
         if self.model_from is not None:
             self.encoder, _ = load_encoder(ctx.output_path(self.model_from, "encoder"), ctx.registry, ctx.device)
+        names = _verifier_names(self.verifiers)
+        if self.space is not None and self.space not in names:
+            raise ValueError(f"space: {self.space!r} is not one of this stage's verifiers {names}")
         train = data.splits["train"]
         parts = {"train": labelled_writers(train, self.label_fraction), "test": data.splits["test"]}
         if "val" in data.splits:
             parts["val"] = data.splits["val"]
         emb = {k: self._embed(ctx, s) for k, s in parts.items() if k != "train"}
         heads = [ctx.build("head", spec, in_dim=emb["test"].shape[1]) for spec in self.verifiers]
+        if self.space is not None and not hasattr(heads[names.index(self.space)], "embed"):
+            raise ValueError(f"space: verifier {self.space!r} scores pairs without an embedding space of its "
+                             "own; name a cosine verifier (cosine_pair, wccn_pair, pcaw_pair)")
         unlabelled = None
         if any(hasattr(head, "fit") for head in heads):
             unlabelled = self._embed(ctx, train)  # every training image once; the labelled rows are a subset
@@ -81,8 +93,7 @@ class Evaluate:
         verifiers: dict[str, dict[str, PairSet]] = {}
         fitted: dict[str, tuple[dict, torch.nn.Module]] = {}
         training: dict[str, Any] = {}
-        for n, (spec, head) in enumerate(zip(self.verifiers, heads)):
-            name = spec["name"] if spec["name"] not in verifiers else f"{spec['name']}_{n}"
+        for name, spec, head in zip(names, self.verifiers, heads):
             if hasattr(head, "fit"):
                 head.fit(emb["train"], torch.as_tensor(np.asarray(parts["train"].labels)), unlabelled)
             if any(p.requires_grad for p in head.parameters()):
@@ -90,20 +101,22 @@ class Evaluate:
                                                  self.pair_training, ctx.generator("pairs", name, device="cpu"))
             verifiers[name] = {k: _pair_set(head, emb[k], pairs[k], parts[k]) for k in parts if k != "train"}
             fitted[name] = (spec, head)
+        seen = _in_space(self.space, fitted, emb)
         eval_data = EvalData(
-            embeddings=emb["test"].numpy(), labels=np.asarray(parts["test"].labels),
-            val_embeddings=emb["val"].numpy() if "val" in emb else None,
+            embeddings=seen["test"].numpy(), labels=np.asarray(parts["test"].labels),
+            val_embeddings=seen["val"].numpy() if "val" in seen else None,
             val_labels=np.asarray(parts["val"].labels) if "val" in parts else None,
             verifiers=verifiers, out_dir=ctx.stage_dir if self.plots else None,
             device=str(ctx.device))
         evaluators = [ctx.build("evaluator", spec) for spec in self.evaluators]
         metrics = evaluate(evaluators, eval_data)
         metrics["protocol"] = self.protocol
+        metrics["space"] = self.space or "raw"
         metrics["pairs"] = {k: int(len(p[0])) for k, p in pairs.items()}
         if training:
             metrics["verifier_training"] = training
         verifiers_path = ctx.stage_dir / "verifiers.pt"
-        np.save(ctx.stage_dir / "test_embeddings.npy", eval_data.embeddings)
+        np.save(ctx.stage_dir / "test_embeddings.npy", emb["test"].numpy())
         np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
         thresholds = {name: metrics.get("verification", {}).get(name, {}).get("threshold") for name in verifiers}
         scores_path = ctx.stage_dir / PAIR_SCORES
@@ -160,6 +173,25 @@ def load_pairs_digest(path: Path) -> str | None:
     """The saved pairs' :func:`pairs_digest`, or None for files written before hvkit saved it."""
     with np.load(path) as data:
         return str(data["pairs_digest"]) if "pairs_digest" in data.files else None
+
+
+def _verifier_names(specs: list[dict]) -> list[str]:
+    """Each verifier's key in the metrics: its plugin name, suffixed by its position when repeated."""
+    names: list[str] = []
+    for n, spec in enumerate(specs):
+        names.append(spec["name"] if spec["name"] not in names else f"{spec['name']}_{n}")
+    return names
+
+
+def _in_space(space: str | None, fitted: dict[str, tuple[dict, torch.nn.Module]],
+              emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The test and val embeddings as verifier ``space`` scores them (its ``embed``), or as they are."""
+    if space is None:
+        return emb
+    head = fitted[space][1]
+    device = next(iter(head.buffers()), torch.empty(0)).device
+    with torch.no_grad():
+        return {k: head.embed(e.to(device)).float().cpu() for k, e in emb.items() if k != "train"}
 
 
 def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -54,6 +54,7 @@ def test_wccn_matches_the_float64_formula() -> None:
     za, zb = (xd[:10] - mu) @ transform, (xd[10:20] - mu) @ transform
     expected = (za * zb).sum(1) / np.linalg.norm(za, axis=1) / np.linalg.norm(zb, axis=1)
     np.testing.assert_allclose(head(x[:10], x[10:20]).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.embed(x[:10]).numpy(), za, rtol=1e-5, atol=1e-5)
 
 
 def test_unshrunk_wccn_is_invariant_to_a_linear_map() -> None:

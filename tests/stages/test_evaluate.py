@@ -58,3 +58,44 @@ def test_the_clean_protocol_without_validation_writers_is_a_one_line_error(tmp_p
     recipe["data"]["val_fraction"] = 0.0
     with pytest.raises(HvkitError, match=r"^stage 'evaluate': the clean protocol needs a 'val' split of writers$"):
         run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
+
+
+def _pair_auc(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of the cosine over every unordered test pair: P(s_same > s_diff) + P(tie) / 2, in float64."""
+    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    i, j = np.triu_indices(len(x), k=1)
+    scores, same = (x[i] * x[j]).sum(1), labels[i] == labels[j]
+    diff = scores[same][:, None] - scores[~same][None, :]
+    return float((diff > 0).mean() + (diff == 0).mean() / 2)
+
+
+def test_space_scores_all_pairs_as_the_named_verifier(tmp_path: Path) -> None:
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["evaluate"]["space"] = "wccn_pair"
+    run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
+    metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["evaluate"]
+    fitted = load_checkpoint(run_dir / "stages" / "evaluate" / "verifiers.pt")["wccn_pair"]["state"]
+    encoder, _ = load_encoder(run_dir / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
+    test = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["test"]
+    raw = embed(encoder, test.images, torch.device("cpu")).double().numpy()
+    seen = (raw - fitted["mean"].double().numpy()) @ fitted["transform"].double().numpy()
+    labels = np.asarray(test.labels)
+    assert metrics["space"] == "wccn_pair"
+    auc = metrics["verification"]["all_pairs"]["roc_auc"]
+    assert abs(auc - _pair_auc(seen, labels)) < 1e-4
+    assert abs(auc - _pair_auc(raw, labels)) > 1e-2
+    np.testing.assert_allclose(np.load(run_dir / "stages" / "evaluate" / "test_embeddings.npy"), raw, rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("space, message", [
+    ("wccn", r"space: 'wccn' is not one of this stage's verifiers \['cosine_pair', 'wccn_pair', 'pcaw_pair'\]"),
+    ("sslhv_pair", r"space: verifier 'sslhv_pair' scores pairs without an embedding space of its own; "
+                   r"name a cosine verifier \(cosine_pair, wccn_pair, pcaw_pair\)")])
+def test_space_names_a_cosine_verifier_of_the_stage(tmp_path: Path, space: str, message: str) -> None:
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["evaluate"]["space"] = space
+    if space == "sslhv_pair":
+        recipe["stages"]["evaluate"]["verifiers"] = ["cosine_pair", "wccn_pair", "pcaw_pair", "sslhv_pair"]
+    with pytest.raises(HvkitError, match=rf"^stage 'evaluate': {message}$"):
+        run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
