@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 4)
+API_VERSION: tuple[int, int] = (1, 5)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -29,6 +29,8 @@ reference the batch is its own and no (i, i) pair is returned); ``xbm`` mines th
 memory through it. 1.4 added local features: ``ViewLoss.takes_feature_maps`` (the views' last feature
 maps and their cells' positions in the original image), the loss context argument ``map_channels``
 and the optional backbone methods ``feature_map(images)`` and ``pool(maps)`` with ``map_channels``.
+1.5 added samplers that learn from the model: ``BatchSampler``'s optional ``needs_embeddings``,
+``refresh_every``, ``observe_embeddings``, ``state_dict`` and ``load_state_dict``.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -131,7 +133,8 @@ class ViewLoss(nn.Module):
     its features, and the position p (B, h, w, 2) of every map cell's centre in the original
     image's normalised (x, y) coordinates ([-1, 1], ``affine_grid``'s); ``positions`` is None when
     the transform cannot say where its views came from. The loss is built with the context
-    argument ``map_channels`` (C).
+    argument ``map_channels`` (C). With ``takes_local_views`` too it gets multi-crop views in one
+    call, ``forward(z_1, z_2, *local, maps=(m_1, m_2, *local maps), positions=(p_1, p_2, ...))``.
     """
 
     needs_global_batch: ClassVar[bool] = True
@@ -195,6 +198,15 @@ class BatchSampler(Protocol):
     """Yields lists of dataset indices, one list a batch; deterministic given seed and epoch.
 
     Under several processes each rank yields its own disjoint share of every epoch.
+
+    A sampler that learns from the model (1.5; ``hard_class``) declares ``needs_embeddings = True``,
+    an int ``refresh_every`` (epochs) and ``observe_embeddings(embeddings)``: before each epoch
+    whose index is a multiple of ``refresh_every``, the training stage (``metric_train``) passes
+    the current L2-normalised embeddings (N, D) float numpy array of every image its ``labels``
+    index, rows in their order, computed in eval mode without augmentation on rank 0 and the same
+    on every rank. Batches then depend on (seed, epoch, the embeddings last observed). Its
+    ``state_dict() -> dict[str, np.ndarray]`` and ``load_state_dict(state)`` carry what it learnt
+    into the stage's checkpoints, so a run resumed inside an epoch draws that epoch's batches again.
     """
 
     def __iter__(self) -> Iterator[list[int]]: ...

@@ -3,6 +3,7 @@
 from hvkit.api import hookimpl
 
 from .dense_anchor import DenseAnchorLoss
+from .hard_class import HardClassSampler
 from .pk import PKSampler
 from .random_batches import RandomBatchSampler
 from .xbm import CrossBatchMemoryLoss
@@ -11,6 +12,7 @@ from .xbm import CrossBatchMemoryLoss
 @hookimpl
 def register_samplers(register):
     register("pk", PKSampler)
+    register("hard_class", HardClassSampler)
     register("random", RandomBatchSampler)
 
 

@@ -54,7 +54,7 @@ class PKSampler(ShardedBatchSampler):
         keep = counts >= k if small_classes == "skip" else np.ones(len(classes), dtype=bool)
         self.skipped_classes: list[int] = classes[~keep].tolist()
         if self.skipped_classes:
-            warnings.warn(f"PKSampler skips {len(self.skipped_classes)} writers with fewer than "
+            warnings.warn(f"{type(self).__name__} skips {len(self.skipped_classes)} writers with fewer than "
                           f"{k} images (small_classes='skip'): labels {self.skipped_classes[:10]}"
                           f"{' …' if len(self.skipped_classes) > 10 else ''}", stacklevel=2)
         self._members = [m for m, kept in zip(members, keep) if kept]
@@ -95,9 +95,26 @@ class PKSampler(ShardedBatchSampler):
             if np.count_nonzero(left) < p:
                 for c in np.flatnonzero(left == 0):
                     new_round(c)
-            with np.errstate(divide="ignore"):
-                keys = np.log(left) + rng.gumbel(size=n_classes)
-            chosen = np.argpartition(keys, n_classes - p)[n_classes - p:]
+            chosen = self._choose_writers(rng, left)
             left[chosen] -= 1
             batches.append(np.concatenate([queues[c][left[c]] for c in chosen]))
         return batches
+
+    def _choose_writers(self, rng: np.random.Generator, left: np.ndarray) -> np.ndarray:
+        """A batch's P distinct writers (indices into the sampled writers), in batch order.
+
+        ``left`` counts each writer's chunks left in its round; at least P writers have one.
+        """
+        return gumbel_top(rng, left, self.classes_per_batch)
+
+
+def gumbel_top(rng: np.random.Generator, weights: np.ndarray, k: int) -> np.ndarray:
+    """``k`` distinct indices drawn without replacement with probability proportional to ``weights``.
+
+    The Gumbel top-k trick: the k largest ``log w_i + G_i``, G_i standard Gumbel; a zero weight is
+    never drawn, so ``weights`` must hold at least k positive entries.
+    """
+    n = len(weights)
+    with np.errstate(divide="ignore"):
+        keys = np.log(weights) + rng.gumbel(size=n)
+    return np.argpartition(keys, n - k)[n - k:]

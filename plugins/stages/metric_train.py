@@ -12,8 +12,8 @@ from hvkit import distributed
 from hvkit.api import Component, StageOutput
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.datasets.pairs import labelled_writers
-from hvkit_plugins.stages.batches import epoch_batches
-from hvkit_plugins.stages.encoder import Encoder, load_encoder, save_encoder, to_float
+from hvkit_plugins.stages.batches import sampler_batches
+from hvkit_plugins.stages.encoder import Encoder, embed, load_encoder, save_encoder, to_float
 
 
 def _default_train() -> TrainConfig:
@@ -30,8 +30,9 @@ class MetricTrain:
     supervised baseline. ``backbone`` together with ``init_from`` builds that backbone and
     loads the pre-trained weights into it — a variant with the same parameters, e.g. a
     ResNet-18 without its max-pool, fine-tuned at twice the feature resolution. Batches come
-    from ``sampler`` (P writers × K images by default); an optional ``miner`` picks the pairs
-    the loss sees.
+    from ``sampler`` (P writers × K images by default; a sampler that ``needs_embeddings``, such as
+    ``hard_class``, is shown the encoder's embeddings of the labelled images, without augmentation,
+    before every ``refresh_every``-th epoch); an optional ``miner`` picks the pairs the loss sees.
 
     ``unlabelled_loss`` (e.g. ``vicreg``) makes it semi-supervised, as S4L (Zhai et al.
     2019, "S4L: Self-Supervised Semi-Supervised Learning"): each step also draws
@@ -131,9 +132,11 @@ class MetricTrain:
                 local = view / distributed.global_loss_scale() if gathered else view
                 return metric + self.unlabelled_weight * local, {"metric": metric.item(), "unlabelled": view.item()}
 
-        trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn}, self.train,
+        batches, sampler_state = sampler_batches(ctx, sampler,
+                                                 lambda: embed(encoder, split.images, ctx.device, "head"))
+        trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn, **sampler_state}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
-        last = trainer.fit(epoch_batches(sampler), step)
+        last = trainer.fit(batches, step)
         path = save_encoder(ctx, encoder, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step,
                                              "labelled_writers": len(writers)}}

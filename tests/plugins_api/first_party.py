@@ -30,6 +30,7 @@ ARGUMENTS = {
     ("loss", "weighted_sum"): {"params": {"losses": ["tuplet_margin", "intra_pair_variance"]}},
     ("loss", "vae_elbo"): {"inputs": vae_inputs},
     ("miner", "pml"): {"params": {"miner": "PairMarginMiner"}},
+    ("sampler", "hard_class"): {"params": {"samples_per_class": 2}},  # P = 4: room for a group of 2 on each of 2 ranks
     ("transform", "compose"): {"params": {"transforms": ["ink_thickness", "gaussian_noise"]}},
 }
 SIZES = {"backbone": {"image_size": 32, "batch_size": 2, "in_channels": (1,)}}  # seconds, not minutes

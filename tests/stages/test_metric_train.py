@@ -1,17 +1,27 @@
-"""metric_train's options: the semi-supervised term, and a pre-trained backbone loaded into a variant."""
+"""metric_train's options: the semi-supervised term, a pre-trained backbone loaded into a variant, and a
+sampler that learns from the encoder (hard_class)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from hvkit.engine import Trainer, load_checkpoint
+from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError
+from hvkit.pipeline import run
 from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit_plugins.datasets.pairs import labelled_writers
+from hvkit_plugins.samplers.hard_class import HardClassSampler
+from hvkit_plugins.stages import metric_train
 from hvkit_plugins.stages.encoder import Encoder, load_encoder
 from hvkit_plugins.stages.metric_train import MetricTrain, _WithExpander
 
@@ -98,3 +108,79 @@ def test_backbone_variant_starts_from_the_pretrained_weights(tmp_path: Path):
 def test_backbone_variant_must_fit_the_pretrained_weights(tmp_path: Path):
     with pytest.raises(HvkitError, match="weights of stage 'pretrain' do not fit"):
         _run(tmp_path, TRANSPLANT.replace("model: {backbone: resnet18}", "model: {backbone: small_cnn}"))
+
+
+HARD = tiny_recipe("""
+  train:
+    stage: metric_train
+    label_fraction: 1.0
+    batch_size: 8
+    sampler: {name: hard_class, samples_per_class: 2, hard_fraction: 1.0, refresh_every: 2}
+    head: {name: mlp, dims: [16, 8]}
+    train: {epochs: 3, checkpoint_every: 2, log_every: 1, amp: false}
+""", name="hard", seed=2, writers=12, samples_per_writer=4)  # 9 labelled writers, 36 images, 4 steps an epoch
+
+
+def test_a_hard_class_sampler_observes_the_encoders_clean_embeddings_every_refresh(tmp_path: Path, monkeypatch):
+    trainers: list[Trainer] = []
+    seen: list[tuple[int, bool, np.ndarray, torch.Tensor]] = []
+
+    class Recording(Trainer):
+        def fit(self, batches, step, after_step=None):
+            trainers.append(self)
+            return super().fit(batches, step, after_step)
+
+    def spy(sampler: HardClassSampler, embeddings: np.ndarray) -> None:
+        trainer = trainers[-1]
+        encoder = trainer.modules["encoder"]
+        images = labelled_writers(trainer.ctx.dataset.splits["train"], 1.0).images
+        with torch.no_grad():  # the encoder as it is now, on the images without augmentation
+            expected = F.normalize(copy.deepcopy(encoder).eval()(images.float() / 255), dim=1)
+        seen.append((trainer.step, encoder.training, embeddings, expected))
+        observe(sampler, embeddings)
+
+    observe = HardClassSampler.observe_embeddings
+    monkeypatch.setattr(HardClassSampler, "observe_embeddings", spy)
+    monkeypatch.setattr(metric_train, "Trainer", Recording)
+    run_dir = _run(tmp_path, HARD)
+    assert [s[0] for s in seen] == [0, 8]  # before epochs 0 and 2 (refresh_every: 2)
+    for _, training, embeddings, expected in seen:
+        assert training  # train mode restored after embedding
+        assert isinstance(embeddings, np.ndarray) and embeddings.shape == (36, 8)
+        np.testing.assert_allclose(embeddings, expected.numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(seen[0][2], seen[1][2], atol=1e-3)  # the weights moved in between
+    sampler = trainers[0].modules["sampler"].sampler
+    assert sampler.nearest_writers is not None
+    state = load_checkpoint(run_dir / "stages" / "train" / "last.pt")["modules"]["sampler"]["_extra_state"]
+    assert state["epoch"] == 2
+    assert torch.equal(state["state"]["nearest"], torch.from_numpy(sampler.state_dict()["nearest"]))
+
+
+def test_a_run_with_a_hard_class_sampler_resumes_inside_an_epoch_to_the_same_result(tmp_path: Path, monkeypatch):
+    text = HARD.replace("refresh_every: 2", "refresh_every: 1")
+    straight = run_recipe_text(text, tmp_path, "straight")
+    one_step = Trainer._one_step
+
+    def fails_at_step_7(self, step, batch, generator):
+        if self.step == 6:  # after step 6's checkpoint, inside epoch 1 (steps 5-8)
+            raise RuntimeError("injected failure")
+        return one_step(self, step, batch, generator)
+
+    monkeypatch.setattr(Trainer, "_one_step", fails_at_step_7)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_recipe_text(text, tmp_path, "broken")
+    monkeypatch.setattr(Trainer, "_one_step", one_step)
+    broken = tmp_path / "broken"
+    assert load_checkpoint(broken / "stages" / "train" / "last.pt")["step"] == 6
+    lines: list[str] = []
+    run(None, resume=broken, device="cpu", console=lines.append)
+    assert "[train] resumed at step 6" in lines
+    assert "[train] epoch 1: the sampler observed the embeddings of 36 images" not in lines  # restored, not recomputed
+    assert "[train] epoch 2: the sampler observed the embeddings of 36 images" in lines
+    a = load_checkpoint(straight / "stages" / "train" / "last.pt")
+    b = load_checkpoint(broken / "stages" / "train" / "last.pt")
+    assert a["step"] == b["step"] == 12
+    for key, value in a["modules"]["encoder"].items():
+        assert torch.equal(value, b["modules"]["encoder"][key]), key
+    log = [(row["step"], row["loss"]) for row in read_log(straight / "stages" / "train" / "log.jsonl")]
+    assert log == [(row["step"], row["loss"]) for row in read_log(broken / "stages" / "train" / "log.jsonl")]
