@@ -50,6 +50,20 @@ def view_with_geometry(transform: Callable, images: torch.Tensor,
     return transform(images, generator), None
 
 
+def local_crops(transform: Callable, images: torch.Tensor, generator: torch.Generator, count: int,
+                size: int) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """``count`` views of every image resized to ``size`` pixels, stacked view by view, and each view's theta.
+
+    Made in float32 with autocast off (autocast has no bfloat16 antialiased resize); the resize
+    moves no normalised coordinate, so each theta (:func:`view_with_geometry`) still maps the
+    small view's cells into the original image.
+    """
+    with full_precision(images.device):
+        crops = [view_with_geometry(transform, images, generator) for _ in range(count)]
+        small = torch.cat([F.interpolate(crop, size=size, mode="bilinear", antialias=True) for crop, _ in crops])
+    return small, [theta for _, theta in crops]
+
+
 def cell_positions(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Where the cells of a view's (height, width) feature map lie in the original image: (B, h, w, 2).
 
@@ -146,7 +160,12 @@ class SSLPretrain:
     cells' positions in the original image (:func:`cell_positions`, from the transform's
     ``with_geometry``; None for a transform without it), and is built with the backbone's
     ``map_channels``; it needs a backbone with ``feature_map`` (``small_cnn``, the ResNets) and
-    takes neither a teacher nor local views. The online
+    takes no teacher. With local views such a loss must also declare ``takes_local_views``: it
+    gets every view in one call, ``loss(z_1, z_2, *local, maps=(m_1, m_2, *local maps),
+    positions=(...))``, each local view's map at its own (smaller) size and its cells' positions
+    mapped back to the original image through the local transform's ``with_geometry`` (the
+    resize to ``local_size`` moves no normalised coordinate), which is what lets the loss match a
+    global view's cells with a local view's (VICRegL's multi-crop pairs). The online
     backbone and head are saved as this stage's ``encoder`` for later stages, or with
     ``export_teacher`` the teacher's (DINO evaluates its teacher, the better of the two
     there; BYOL and MoCo v3 the online net).
@@ -196,15 +215,19 @@ class SSLPretrain:
     def _map_context(self, ctx: StageContext, backbone: nn.Module, backbone_spec: str | dict) -> dict[str, int]:
         """``{"map_channels": C}`` for a loss that ``takes_feature_maps`` (checked against the stage), else ``{}``."""
         name = self.loss if isinstance(self.loss, str) else self.loss["name"]
-        if not getattr(ctx.registry.get("loss", name).factory, "takes_feature_maps", False):
+        factory = ctx.registry.get("loss", name).factory
+        if not getattr(factory, "takes_feature_maps", False):
             return {}
         backbone_name = backbone_spec if isinstance(backbone_spec, str) else backbone_spec["name"]
         if not (hasattr(backbone, "feature_map") and hasattr(backbone, "pool")):
             raise ValueError(f"loss {name} takes feature maps but backbone {backbone_name} has none (no feature_map "
                              "and pool); use small_cnn or a ResNet")
-        if self.teacher_momentum is not None or self.local_views:
-            raise ValueError(f"loss {name} takes feature maps, which ssl_pretrain gives without a teacher or "
-                             "local views; remove teacher_momentum and local_views")
+        if self.teacher_momentum is not None:
+            raise ValueError(f"loss {name} takes feature maps, which ssl_pretrain gives without a teacher; "
+                             "remove teacher_momentum")
+        if self.local_views and not getattr(factory, "takes_local_views", False):
+            raise ValueError(f"loss {name} takes feature maps but not local views (it does not declare "
+                             "takes_local_views); remove local_views")
         return {"map_channels": int(backbone.map_channels)}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
@@ -227,9 +250,16 @@ class SSLPretrain:
         def feature_map_step(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             (view_a, theta_a), (view_b, theta_b) = (view_with_geometry(transform, x, generator) for _ in range(2))
             views, maps = encode_views_with_maps(model, view_a, view_b, self.joint_views)
+            thetas = [theta_a, theta_b]
+            if local_transform is not None:  # the global views first, then the local views, all k in one pass
+                small, local_thetas = local_crops(local_transform, x, generator, self.local_views, self.local_size)
+                local, local_maps = model(small, "head_and_map")
+                views += list(local.float().chunk(self.local_views))
+                maps += list(local_maps.float().chunk(self.local_views))
+                thetas += local_thetas
             with full_precision(ctx.device):
-                positions = None if theta_a is None else [cell_positions(theta, *m.shape[2:])
-                                                          for theta, m in zip((theta_a, theta_b), maps)]
+                positions = None if any(t is None for t in thetas) else [cell_positions(theta, *m.shape[2:])
+                                                                         for theta, m in zip(thetas, maps)]
                 if gathered:
                     views, maps = ([distributed.gather_with_grad(t) for t in ts] for ts in (views, maps))
                     positions = None if positions is None else [distributed.gather(p) for p in positions]
@@ -247,10 +277,7 @@ class SSLPretrain:
                     targets = list(encode_views(teacher, *inputs, self.joint_views))
             local = []
             if local_transform is not None:
-                with full_precision(ctx.device):  # autocast has no bfloat16 antialiased resize
-                    small = torch.cat([F.interpolate(local_transform(x, generator), size=self.local_size,
-                                                     mode="bilinear", antialias=True)
-                                       for _ in range(self.local_views)])
+                small, _ = local_crops(local_transform, x, generator, self.local_views, self.local_size)
                 local = list(model(small).float().chunk(self.local_views))
             with full_precision(ctx.device):
                 if gathered:

@@ -1,4 +1,5 @@
-"""VICRegL: matching and loss against a float64 loop reference of the official code, hand cases, errors, training."""
+"""VICRegL: matching and loss (two views and multi-crop) against a float64 loop reference of the official code,
+hand cases, errors, training."""
 
 from __future__ import annotations
 
@@ -300,3 +301,183 @@ def test_the_positions_of_identity_views_make_location_matching_pair_each_cell_w
     p = _grid(3, 3, 3)
     queries, partners = nearest_pairs(torch.cdist(p.flatten(1, 2), p.flatten(1, 2)), 9)
     assert torch.equal(queries, torch.arange(9).expand(3, 9)) and torch.equal(partners, queries)
+
+
+# --- multi-crop: 2 global and k local views, against the official code's pairs in loops ------------
+
+def _ref_var_cov(z: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view's variance and covariance terms (B vectors), the official ``global_loss``'s per view."""
+    n, d = len(z), z[0].shape[0]
+    mean = sum(z) / n
+    zc = [v - mean for v in z]
+    std = [torch.sqrt(sum(v[j] ** 2 for v in zc) / (n - 1) + 1e-4) for j in range(d)]
+    cov = sum((sum(v[j] * v[k] for v in zc) / (n - 1)) ** 2 for j in range(d) for k in range(d) if j != k)
+    return sum(torch.relu(1 - s) for s in std) / d, cov / d
+
+
+def _multi_inputs(b: int, d: int, c: int, global_hw, local_hw, dtype: torch.dtype, seed: int = 0):
+    """Two global views over most of the image, local views on small parts of it: maps of their own sizes."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(b, d, generator=g, dtype=torch.float64)
+    zs = [0.7 * base + 0.5 * torch.randn(b, d, generator=g, dtype=torch.float64) for _ in range(2 + len(local_hw))]
+    ms, ps = [], []
+    for i, (h, w) in enumerate([*global_hw, *local_hw]):
+        ms.append(torch.randn(b, c, h, w, generator=g, dtype=torch.float64))
+        zoom = (0.8 if i < 2 else 0.25) + 0.2 * torch.rand(b, 1, 1, 1, generator=g, dtype=torch.float64)
+        shift = (0.1 if i < 2 else 0.5) * (2 * torch.rand(b, 1, 1, 2, generator=g, dtype=torch.float64) - 1)
+        ps.append((zoom * _grid(b, h, w) + shift).to(dtype))
+    return [t.to(dtype).requires_grad_() for t in zs], [t.to(dtype).requires_grad_() for t in ms], ps
+
+
+def _reference_views(loss: VICRegLLoss, zs, ms, ps, alpha, num_matches, local_matches=4, feature_matches=None,
+                     matching="both", weights=(25.0, 25.0, 1.0)) -> torch.Tensor:
+    """The official ``global_loss`` and ``local_loss`` (after its issue #6 fix) over 2 global and k local views.
+
+    Ordered pairs (i, j), i one of the two global views, j any other view, as the official loops;
+    in ``_local_loss(i, j)`` the matches from i's cells keep ``num_matches`` (``feature_matches``),
+    those from j's cells ``local_matches`` when j is a local view (feature: only if
+    ``feature_matches`` is set), else the same as from i's.
+    """
+    zs, ms, ps = ([t.double() for t in ts] for ts in (zs, ms, ps))
+    lam, mu, nu = weights
+    ordered = [(i, j) for i in range(2) for j in range(len(zs)) if j != i]
+    invariance = sum(((zs[i] - zs[j]) ** 2).mean() for i, j in ordered) / len(ordered)
+    var_cov = [_ref_var_cov(list(z)) for z in zs]
+    glob = (lam * invariance + mu * sum(v for v, _ in var_cov) / len(zs)
+            + nu * sum(c for _, c in var_cov) / len(zs))
+    us = [_ref_embed(loss, m) for m in ms]
+    qs = [p.flatten(1, 2) for p in ps]
+
+    def loc(x, y):
+        return lambda s, i, j: ((qs[x][s, i] - qs[y][s, j]) ** 2).sum()
+
+    def feat(x, y):
+        return lambda s, i, j: torch.dist(us[x][s][i], us[y][s][j])
+
+    local = 0
+    for i, j in ordered:
+        if matching != "feature":
+            back = local_matches if j >= 2 else num_matches
+            local = local + (_ref_direction(us[i], us[j], loc(i, j), num_matches, weights)
+                             + _ref_direction(us[j], us[i], loc(j, i), back, weights)) / 2
+        if matching != "location":
+            back = local_matches if j >= 2 and feature_matches is not None else feature_matches
+            local = local + (_ref_direction(us[i], us[j], feat(i, j), feature_matches, weights)
+                             + _ref_direction(us[j], us[i], feat(j, i), back, weights)) / 2
+    return alpha * glob + (1 - alpha) * local / len(ordered)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [
+    {"local_hw": [(2, 2), (2, 2)], "alpha": 0.75, "num_matches": 4, "local_matches": 2},
+    {"local_hw": [(2, 2)], "alpha": 0.4, "num_matches": 5, "local_matches": 3, "feature_matches": 3},
+    {"local_hw": [(1, 3), (2, 2), (2, 1)], "alpha": 0.6, "num_matches": 3, "local_matches": 1},  # sizes differ
+])
+def test_multi_crop_value_and_gradient_against_the_official_pairs(dtype, case):
+    """Global maps 3 x 3, local maps smaller: every term, its pairing and its weights against the loop reference."""
+    case = dict(case)
+    zs, ms, ps = _multi_inputs(5, 4, 3, [(3, 3), (3, 3)], case.pop("local_hw"), dtype)
+    loss = _loss(3, dtype, **case)
+    ours = loss(*zs, maps=tuple(ms), positions=tuple(ps))
+    ref = _reference_views(loss, zs, ms, ps, **case)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours.double(), ref, **tol)
+    leaves = (*zs, *ms, *loss.parameters())
+    grads = torch.autograd.grad(ours, leaves)
+    for g_ours, g_ref in zip(grads, torch.autograd.grad(ref, leaves)):
+        torch.testing.assert_close(g_ours.double(), g_ref.double(), **tol)
+    assert all(g.abs().sum() > 0 for g in grads[2:len(zs)] + grads[len(zs) + 2:2 * len(zs)])  # the local views learn
+
+
+@pytest.mark.parametrize("matching", ["location", "feature"])
+def test_multi_crop_one_matching_alone_against_the_reference(matching):
+    zs, ms, ps = _multi_inputs(5, 3, 3, [(3, 3), (2, 3)], [(2, 2), (2, 2)], torch.float64, seed=7)
+    kwargs = {"num_matches": 4, "local_matches": 2, "feature_matches": None if matching == "location" else 4}
+    loss = _loss(3, matching=matching, invariance_weight=2.0, variance_weight=3.0, covariance_weight=4.0, **kwargs)
+    ours = loss(*zs, maps=tuple(ms), positions=tuple(ps))
+    ref = _reference_views(loss, zs, ms, ps, 0.75, matching=matching, weights=(2.0, 3.0, 4.0), **kwargs)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_the_multi_crop_reference_without_local_views_is_the_two_view_loss():
+    """k = 0: the official pairs (1, 2) and (2, 1) give the two-view loss, which the loss computes unchanged."""
+    zs, ms, ps = _multi_inputs(6, 4, 3, [(3, 3), (2, 3)], [], torch.float64, seed=8)
+    loss = _loss(3, num_matches=5)
+    two_view = loss(*zs, maps=tuple(ms), positions=tuple(ps))
+    torch.testing.assert_close(two_view, _reference(loss, *zs, *ms, *ps, 0.75, 5), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(two_view, _reference_views(loss, zs, ms, ps, 0.75, 5), rtol=1e-12, atol=1e-12)
+
+
+def test_local_views_change_the_loss_and_receive_its_gradient():
+    zs, ms, ps = _multi_inputs(6, 4, 3, [(3, 3), (3, 3)], [(2, 2), (2, 2)], torch.float64, seed=9)
+    loss = _loss(3, num_matches=5, local_matches=2)
+    two_view = loss(*zs[:2], maps=tuple(ms[:2]), positions=tuple(ps[:2]))
+    multi = loss(*zs, maps=tuple(ms), positions=tuple(ps))
+    assert abs((multi - two_view).item()) > 1e-3
+    moved = [p.detach().clone() for p in ps]
+    moved[3] = moved[3] + 0.3  # another place of the image for the second local view: other location matches
+    assert abs((loss(*zs, maps=tuple(ms), positions=tuple(moved)) - multi).item()) > 1e-6
+    grads = torch.autograd.grad(multi, [*zs[2:], *ms[2:]])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_multi_crop_gradcheck():
+    zs, ms, ps = _multi_inputs(4, 3, 2, [(2, 2), (2, 2)], [(1, 2)], torch.float64, seed=10)
+    loss = _loss(2, num_matches=3, local_matches=1, local_dims=[3])
+
+    def f(z_local, m_local, z_a):
+        return loss(z_a, zs[1], z_local, maps=(ms[0], ms[1], m_local), positions=tuple(ps))
+
+    assert torch.autograd.gradcheck(f, (zs[2], ms[2], zs[0]))
+
+
+def test_multi_crop_is_symmetric_in_the_global_views_and_in_the_order_of_the_local_views():
+    zs, ms, ps = _multi_inputs(6, 4, 3, [(3, 3), (3, 3)], [(2, 2), (2, 2)], torch.float64, seed=11)
+    loss = _loss(3, num_matches=5, local_matches=2)
+    value = loss(*zs, maps=tuple(ms), positions=tuple(ps))
+    order = [1, 0, 3, 2]
+    swapped = loss(*(zs[i] for i in order), maps=tuple(ms[i] for i in order), positions=tuple(ps[i] for i in order))
+    torch.testing.assert_close(value, swapped, rtol=1e-12, atol=1e-12)
+
+
+def test_multi_crop_errors():
+    zs, ms, ps = _multi_inputs(6, 4, 3, [(3, 3), (3, 3)], [(2, 2), (1, 1)], torch.float64, seed=12)
+    with pytest.raises(ValueError, match=r"vicregl: local_matches=2 exceeds the 1 cells of a local view's 1x1"):
+        _loss(3, num_matches=5, local_matches=2)(*zs, maps=tuple(ms), positions=tuple(ps))
+    assert torch.isfinite(_loss(3, num_matches=5, local_matches=1)(*zs, maps=tuple(ms), positions=tuple(ps)))
+    assert torch.isfinite(_loss(3, matching="feature", local_matches=2)(*zs, maps=tuple(ms)))  # every cell: no limit
+    with pytest.raises(ValueError, match=r"vicregl: maps must be 4 \(B, 3, h, w\) maps, one per view"):
+        _loss(3, num_matches=5, local_matches=1)(*zs, maps=tuple(ms[:3]), positions=tuple(ps))
+    with pytest.raises(ValueError, match="vicregl: 3 positions for 4 views"):
+        _loss(3, num_matches=5, local_matches=1)(*zs, maps=tuple(ms), positions=tuple(ps[:3]))
+    with pytest.raises(ValueError, match=r"vicregl: matching='both' needs each map cell's position .* local_transform"):
+        _loss(3, num_matches=5, local_matches=1)(*zs, maps=tuple(ms))
+    with pytest.raises(ValueError, match="vicregl: a local view has shape"):
+        _loss(3, num_matches=5, local_matches=1)(*zs[:3], zs[3][:, :2], maps=tuple(ms), positions=tuple(ps))
+    with pytest.raises(ValueError, match="^vicregl: local_matches=0 must be at least 1"):
+        VICRegLLoss(4, local_matches=0)
+
+
+def test_multi_crop_training_lowers_the_loss():
+    """Two views of random 4 x 4 images and two local 2 x 2 crops of them: the multi-crop loss falls as it learns."""
+    torch.manual_seed(0)
+    images = torch.randn(24, 6, 4, 4)
+    conv, head = nn.Conv2d(6, 8, 1), nn.Linear(8, 8)
+    loss = VICRegLLoss(8, num_matches=6, local_matches=2, local_dims=[8, 8])
+    whole = _grid(24, 4, 4, torch.float32)
+    corners = [(slice(0, 2), slice(0, 2)), (slice(2, 4), slice(1, 3))]
+    positions = (whole, whole, *(whole[:, r, c] for r, c in corners))
+    optimiser = torch.optim.Adam([*conv.parameters(), *head.parameters(), *loss.parameters()], lr=1e-2)
+    values = []
+    for _ in range(30):
+        views = [images + 0.3 * torch.randn_like(images) for _ in range(2)]
+        views += [images[:, :, r, c] + 0.3 * torch.randn(24, 6, 2, 2) for r, c in corners]
+        maps = [conv(v) for v in views]
+        value = loss(*(head(m.mean((2, 3))) for m in maps), maps=tuple(maps), positions=positions)
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+        values.append(value.item())
+    assert all(math.isfinite(v) for v in values)
+    assert sum(values[-5:]) < 0.9 * sum(values[:5]), values  # a corner's pooled features never equal the whole's
