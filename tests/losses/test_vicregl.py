@@ -232,6 +232,21 @@ def test_runs_in_float32_under_autocast():
     torch.testing.assert_close(mixed, plain, rtol=2e-2, atol=1e-3)
 
 
+def _train(conv: nn.Module, head: nn.Module, loss: VICRegLLoss, views, positions: tuple) -> list[float]:
+    """30 Adam steps of encoder ``conv`` → mean pool → ``head`` on fresh ``views()``; the finite loss values."""
+    optimiser = torch.optim.Adam([*conv.parameters(), *head.parameters(), *loss.parameters()], lr=1e-2)
+    values = []
+    for _ in range(30):
+        maps = [conv(v) for v in views()]
+        value = loss(*(head(m.mean((2, 3))) for m in maps), maps=tuple(maps), positions=positions)
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+        values.append(value.item())
+    assert all(math.isfinite(v) for v in values)
+    return values
+
+
 def test_training_lowers_the_loss():
     """A 1x1-conv encoder of two noisy views of random 3 x 3 images: the loss falls as it learns."""
     torch.manual_seed(0)
@@ -239,16 +254,7 @@ def test_training_lowers_the_loss():
     conv, head = nn.Conv2d(6, 8, 1), nn.Linear(8, 8)
     loss = VICRegLLoss(8, num_matches=4, local_dims=[8, 8])
     positions = (_grid(24, 3, 3, torch.float32),) * 2
-    optimiser = torch.optim.Adam([*conv.parameters(), *head.parameters(), *loss.parameters()], lr=1e-2)
-    values = []
-    for _ in range(30):
-        maps = [conv(images + 0.3 * torch.randn_like(images)) for _ in range(2)]
-        value = loss(*(head(m.mean((2, 3))) for m in maps), maps=tuple(maps), positions=positions)
-        optimiser.zero_grad()
-        value.backward()
-        optimiser.step()
-        values.append(value.item())
-    assert all(math.isfinite(v) for v in values)
+    values = _train(conv, head, loss, lambda: [images + 0.3 * torch.randn_like(images) for _ in range(2)], positions)
     assert sum(values[-5:]) < 0.8 * sum(values[:5]), values
 
 
@@ -468,16 +474,6 @@ def test_multi_crop_training_lowers_the_loss():
     whole = _grid(24, 4, 4, torch.float32)
     corners = [(slice(0, 2), slice(0, 2)), (slice(2, 4), slice(1, 3))]
     positions = (whole, whole, *(whole[:, r, c] for r, c in corners))
-    optimiser = torch.optim.Adam([*conv.parameters(), *head.parameters(), *loss.parameters()], lr=1e-2)
-    values = []
-    for _ in range(30):
-        views = [images + 0.3 * torch.randn_like(images) for _ in range(2)]
-        views += [images[:, :, r, c] + 0.3 * torch.randn(24, 6, 2, 2) for r, c in corners]
-        maps = [conv(v) for v in views]
-        value = loss(*(head(m.mean((2, 3))) for m in maps), maps=tuple(maps), positions=positions)
-        optimiser.zero_grad()
-        value.backward()
-        optimiser.step()
-        values.append(value.item())
-    assert all(math.isfinite(v) for v in values)
+    values = _train(conv, head, loss, lambda: [images + 0.3 * torch.randn_like(images) for _ in range(2)]
+                    + [images[:, :, r, c] + 0.3 * torch.randn(24, 6, 2, 2) for r, c in corners], positions)
     assert sum(values[-5:]) < 0.9 * sum(values[:5]), values  # a corner's pooled features never equal the whole's
