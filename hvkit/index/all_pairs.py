@@ -108,8 +108,7 @@ def all_pairs_histogram(embeddings: np.ndarray | torch.Tensor, labels: np.ndarra
 def _occupied_range(hist: ScoreHistogram, tolerance: float) -> tuple[float, float] | None:
     """The edges around the occupied bins when counting again over them is worthwhile, else None."""
     bins = len(hist.same)
-    positives, negatives = float(hist.same.sum()), float(hist.diff.sum())
-    if positives == 0 or negatives == 0:  # no ROC to make exact
+    if not hist.same.any() or not hist.diff.any():  # no ROC to make exact
         return None
     if auc_tie_bound(hist.same, hist.diff) <= tolerance:
         return None
