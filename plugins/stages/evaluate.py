@@ -204,14 +204,20 @@ def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray,
 def _report(metrics: dict[str, Any], protocol: str) -> str:
     rows = ["| verifier | accuracy (val threshold) | ROC AUC | EER |", "|---|---|---|---|"]
     level = None
+    space = metrics.get("space", "raw")
+    seen = "" if space == "raw" else f" in the {space} space"
     for name, values in metrics.get("verification", {}).items():
         if isinstance(values, dict) and "roc_auc" in values:
             ci = values.get("ci", {})
             level = ci.get("confidence", level)
             cells = [_with_interval(values.get(key), ci.get(key)) for key in ("accuracy", "roc_auc", "eer")]
-            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+            rows.append(f"| {name}{seen if name == 'all_pairs' else ''} | " + " | ".join(cells) + " |")
     if level is not None:
         rows.append(f"\n({level:.0%} intervals from resampling test writers.)")
+    found = metrics.get("retrieval", {})
+    if "precision_at_1" in found:
+        rows.append(f"\nRetrieval among the test writers{seen}: precision@1 {found['precision_at_1']:.4f}, "
+                    f"MAP@R {found['map_at_r']:.4f}.")
     note = "" if protocol == "clean" else "\n\n*SSL-HV protocol: early stopping on test pairs.*"
     return "\n".join(rows) + note
 

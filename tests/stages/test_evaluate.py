@@ -72,6 +72,7 @@ def _pair_auc(embeddings: np.ndarray, labels: np.ndarray) -> float:
 def test_space_scores_all_pairs_as_the_named_verifier(tmp_path: Path) -> None:
     recipe = copy.deepcopy(RECIPE)
     recipe["stages"]["evaluate"]["space"] = "wccn_pair"
+    recipe["stages"]["evaluate"]["evaluators"] = ["verification", "retrieval"]
     run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
     metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["evaluate"]
     fitted = load_checkpoint(run_dir / "stages" / "evaluate" / "verifiers.pt")["wccn_pair"]["state"]
@@ -86,6 +87,15 @@ def test_space_scores_all_pairs_as_the_named_verifier(tmp_path: Path) -> None:
     assert abs(auc - _pair_auc(raw, labels)) > 1e-2
     np.testing.assert_allclose(np.load(run_dir / "stages" / "evaluate" / "test_embeddings.npy"), raw, rtol=1e-5,
                                atol=1e-6)
+    unit = seen / np.linalg.norm(seen, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    assert metrics["retrieval"]["precision_at_1"] == pytest.approx((labels[similarity.argmax(1)] == labels).mean())
+    report = (run_dir / "report.md").read_text()
+    assert f"| all_pairs in the wccn_pair space | — | {auc:.4f} |" in report
+    found = metrics["retrieval"]
+    assert (f"Retrieval among the test writers in the wccn_pair space: precision@1 {found['precision_at_1']:.4f}, "
+            f"MAP@R {found['map_at_r']:.4f}.") in report
 
 
 @pytest.mark.parametrize("space, message", [
