@@ -217,7 +217,7 @@ class VICRegLLoss(ViewLoss):
         self._check(z_a, len(local_views), maps, positions)
         u = [self.local_embeddings(m.to(z_a.dtype)) for m in maps]
         p = [None] * len(u) if positions is None else [q.to(z_a.dtype).flatten(1, 2) for q in positions]
-        if not local_views:
+        if not local_views:  # equal to the general form below, whose gradient differs in the last bit: kept bit-stable
             return self.alpha * self.vicreg(z_a, z_b) + (1 - self.alpha) * self.pair_local(u[0], u[1], p[0], p[1])
         pairs = [(0, j) for j in range(2, len(u))] + [(1, j) for j in range(2, len(u))]
         local = 2 * self.pair_local(u[0], u[1], p[0], p[1])

@@ -121,6 +121,8 @@ def nearest_rows(unit: np.ndarray, count: int, block: int = 1024) -> np.ndarray:
     """Each row's ``count`` most cosine-similar other rows of ``unit`` (unit-norm rows), most similar first.
 
     Computed ``block`` rows at a time, so memory stays O(block × rows); ties go to the lower index.
+    Not :func:`hvkit.index.knn`: that searches in float32 with an engine-dependent order of ties,
+    and every rank and every resumed run must draw the same batches from the same embeddings.
     """
     n = len(unit)
     out = np.empty((n, count), dtype=np.int64)
