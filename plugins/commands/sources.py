@@ -12,6 +12,7 @@ from hvkit.errors import HvkitError
 from hvkit.registry import get_registry
 from hvkit_plugins.datasets.reading import read_images
 from hvkit_plugins.stages.encoder import ENCODER_FILE, Encoder, embed, load_encoder
+from hvkit_plugins.stages.test_views import TestViews
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -64,11 +65,11 @@ def image_files(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
 
 
 def embed_files(encoder: Encoder, state: dict[str, Any], files: list[Path], device: torch.device,
-                features: str, invert: bool) -> torch.Tensor:
-    """Embeddings of image files, preprocessed as the encoder's training data was."""
+                features: str, invert: bool, views: TestViews | None = None) -> torch.Tensor:
+    """Embeddings of image files, preprocessed as the encoder's training data was (``views``: as :func:`embed`)."""
     try:
         images, _ = read_images(files, state.get("image_size", 64), int(state["in_channels"]), invert,
                                 keep_aspect=bool(state.get("keep_aspect", False)))
     except ValueError as exc:
         raise HvkitError(str(exc)) from None
-    return embed(encoder, images, device, features)
+    return embed(encoder, images, device, features, views=views)

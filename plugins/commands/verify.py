@@ -13,6 +13,7 @@ from hvkit.errors import HvkitError
 from hvkit.registry import get_registry
 from hvkit.engine.context import build
 from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_outputs
+from hvkit_plugins.stages.test_views import TestViews
 
 
 @click.command("verify")
@@ -46,15 +47,15 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
         if verifier not in fitted:
             raise HvkitError(f"stage {name!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
         encoder, state = open_encoder(source / outputs["encoder"], None, device)
-        features = outputs.get("features", "backbone")
+        features, views = outputs.get("features", "backbone"), TestViews(**outputs.get("tta", {}))
         entry = fitted[verifier]
         limit = threshold if threshold is not None else entry["threshold"]
     else:
         encoder, state = open_encoder(source, None, device)
-        features, entry, limit = "backbone", None, threshold
+        features, views, entry, limit = "backbone", None, None, threshold
         if limit is None:
             raise HvkitError("an encoder checkpoint has no validated threshold: give --threshold")
-    emb = embed_files(encoder, state, [image_a, image_b], device, features, invert)
+    emb = embed_files(encoder, state, [image_a, image_b], device, features, invert, views)
     if entry is None:
         score = float(torch.nn.functional.cosine_similarity(emb[:1], emb[1:]).item())
     else:

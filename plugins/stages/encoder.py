@@ -11,6 +11,7 @@ from torch import nn
 from hvkit.engine import StageContext, load_checkpoint, save_checkpoint
 from hvkit.engine.context import build
 from hvkit.registry import Registry
+from hvkit_plugins.stages.test_views import TestViews
 
 ENCODER_FILE = "encoder.pt"
 
@@ -75,14 +76,20 @@ def load_encoder(path: Path, registry: Registry, device: torch.device) -> tuple[
 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, features: str = "backbone",
-          batch_size: int = 256) -> torch.Tensor:
-    """Embeddings (N, D) float32 on the CPU of uint8 images, in eval mode, in batches."""
+          batch_size: int = 256, views: TestViews | None = None) -> torch.Tensor:
+    """Embeddings (N, D) float32 on the CPU of uint8 images, in eval mode, in batches.
+
+    With ``views`` each embedding is the mean over the image and its test-time views
+    (:class:`~hvkit_plugins.stages.test_views.TestViews`).
+    """
     was_training = encoder.training
     encoder.eval()
     parts = []
-    for start in range(0, images.shape[0], batch_size):
-        x = to_float(images[start:start + batch_size], device)
-        parts.append(encoder(x, features).float().cpu())
+    step = max(1, batch_size // views.count) if views is not None else batch_size  # ~batch_size images a pass
+    for start in range(0, images.shape[0], step):
+        x = to_float(images[start:start + step], device)
+        out = encoder(x if views is None else views.apply(x), features).float()
+        parts.append((out if views is None else views.average(out)).cpu())
     encoder.train(was_training)
     if not parts:
         return torch.empty(0, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from hvkit.evaluation import EvalData, PairSet, evaluate
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.stages.encoder import embed, load_encoder, pixels
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
+from hvkit_plugins.stages.test_views import TestViews
 
 
 class Evaluate:
@@ -36,6 +38,11 @@ class Evaluate:
     verifiers (e.g. ``cosine_pair``, ``wccn_pair``) the embeddings as that verifier scores
     them, ``W(e − μ)``: the all-pairs AUC is then that verifier's over every test pair.
 
+    ``tta`` embeds every image (training, validation and test alike, so the verifiers fit the
+    space they score in) as the mean over the image and fixed shifted and zoomed copies
+    (:class:`~hvkit_plugins.stages.test_views.TestViews`, e.g. ``{shifts: 2, zooms: [0.9, 1.1]}``:
+    7 passes per image); ``hvkit verify`` then embeds its two images the same way.
+
     Under several processes each rank embeds a share of the images; the embeddings are
     gathered once and rank 0 alone trains the verifiers, scores and writes.
     """
@@ -48,19 +55,22 @@ class Evaluate:
                  label_fraction: float = 0.1,
                  protocol: Literal["clean", "sslhv"] = "clean",
                  pair_training: PairTraining = PairTraining(),
+                 tta: TestViews = TestViews(),
                  plots: bool = True):
         if features != "pixels" and model_from is None:
             raise ValueError("model_from must name an earlier stage unless features is 'pixels'")
+        if features == "pixels" and tta.count > 1:
+            raise ValueError("tta averages a network's embeddings; raw pixels (features: pixels) take none")
         self.model_from, self.features, self.verifiers, self.space = model_from, features, verifiers, space
         self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
-        self.pair_training, self.plots = pair_training, plots
+        self.pair_training, self.tta, self.plots = pair_training, tta, plots
 
     def _embed(self, ctx: StageContext, split: Split) -> torch.Tensor:
         """Embeddings of a split: each rank embeds its share, gathered once in split order."""
         if self.features == "pixels":
             return pixels(split.images)
         share = split.images[distributed.shard(len(split))]
-        return distributed.gather_shards(embed(self.encoder, share, ctx.device, self.features))
+        return distributed.gather_shards(embed(self.encoder, share, ctx.device, self.features, views=self.tta))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         data = ctx.dataset
@@ -112,6 +122,7 @@ class Evaluate:
         metrics = evaluate(evaluators, eval_data)
         metrics["protocol"] = self.protocol
         metrics["space"] = self.space or "raw"
+        metrics["tta"] = asdict(self.tta)
         metrics["pairs"] = {k: int(len(p[0])) for k, p in pairs.items()}
         if training:
             metrics["verifier_training"] = training
@@ -126,7 +137,7 @@ class Evaluate:
                                          for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
                 "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(scores_path),
-                "features": self.features,
+                "features": self.features, "tta": asdict(self.tta),
                 "encoder": ctx.outputs[self.model_from]["encoder"] if self.model_from else None,
                 "report": _report(metrics, self.protocol)}
 
@@ -218,6 +229,10 @@ def _report(metrics: dict[str, Any], protocol: str) -> str:
     if "precision_at_1" in found:
         rows.append(f"\nRetrieval among the test writers{seen}: precision@1 {found['precision_at_1']:.4f}, "
                     f"MAP@R {found['map_at_r']:.4f}.")
+    tta = TestViews(**metrics.get("tta", {}))
+    if tta.count > 1:
+        rows.append(f"\nEach embedding is the mean over {tta.count} views of its image (test-time augmentation: "
+                    f"shifts of {tta.shifts} px, zooms {tta.zooms}).")
     note = "" if protocol == "clean" else "\n\n*SSL-HV protocol: early stopping on test pairs.*"
     return "\n".join(rows) + note
 
