@@ -39,6 +39,7 @@ from hvkit_plugins.losses.dcl import DCLLoss
 from hvkit_plugins.losses.dynamic_soft_margin import DynamicSoftMarginLoss
 from hvkit_plugins.losses.fast_ap import FastAPLoss
 from hvkit_plugins.losses.histogram import HistogramLoss
+from hvkit_plugins.losses.instance import InstanceLoss
 from hvkit_plugins.losses.intra_pair_variance import IntraPairVarianceLoss
 from hvkit_plugins.losses.large_margin_softmax import LargeMarginSoftmaxLoss
 from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
@@ -435,6 +436,10 @@ CASES: list[Case] = [
               "both hand the inner loss the memory as its reference set (ref_emb): a B x M distance matrix"),
     Case("nca", lambda dim, classes: NCALoss(), lambda dim, classes: pml.NCALoss(), "PML NCALoss, softmax_scale 1",
          "labelled"),
+    Case("instance", lambda dim, classes: InstanceLoss(), lambda dim, classes: pml.InstanceLoss(),
+         "PML InstanceLoss, γ 64", "labelled",
+         note="the shuffled classes of 4 are not in PML's order (one sample of each label first, ascending), so "
+              "PML's targets and values differ from ours: a cost reference, the work is the same"),
     Case("intra_pair_variance", lambda dim, classes: IntraPairVarianceLoss(),
          lambda dim, classes: pml.IntraPairVarianceLoss(), "PML IntraPairVarianceLoss, all pairs", "labelled"),
     Case("weighted_sum", lambda dim, classes: WeightedSumLoss([TupletMarginLoss(), IntraPairVarianceLoss()]),

@@ -17,6 +17,7 @@ from .dynamic_soft_margin import DynamicSoftMarginLoss
 from .fast_ap import FastAPLoss
 from .histogram import HistogramLoss
 from .identitization import IdentitizationLoss
+from .instance import InstanceLoss
 from .intra_pair_variance import IntraPairVarianceLoss
 from .invariant_spreading import InvariantSpreadingLoss
 from .large_margin_softmax import LargeMarginSoftmaxLoss
@@ -74,6 +75,7 @@ def register_losses(register):
     register("generalized_lifted_structure", GeneralizedLiftedStructureLoss)
     register("histogram", HistogramLoss)
     register("identitization", IdentitizationLoss)
+    register("instance", InstanceLoss)
     register("intra_pair_variance", IntraPairVarianceLoss)
     register("invariant_spreading", InvariantSpreadingLoss)
     register("large_margin_softmax", LargeMarginSoftmaxLoss)
