@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 5)
+API_VERSION: tuple[int, int] = (1, 6)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -30,7 +30,10 @@ memory through it. 1.4 added local features: ``ViewLoss.takes_feature_maps`` (th
 maps and their cells' positions in the original image), the loss context argument ``map_channels``
 and the optional backbone methods ``feature_map(images)`` and ``pool(maps)`` with ``map_channels``.
 1.5 added samplers that learn from the model: ``BatchSampler``'s optional ``needs_embeddings``,
-``refresh_every``, ``observe_embeddings``, ``state_dict`` and ``load_state_dict``.
+``refresh_every``, ``observe_embeddings``, ``state_dict`` and ``load_state_dict``. 1.6 added the
+momentum teacher in one call: a ``ViewLoss`` that declares both ``needs_teacher`` and
+``takes_local_views`` gets every view of a step at once, ``forward(o_1, o_2, *local, teacher=(t_1, t_2))``,
+and pairs them itself; ``needs_teacher`` may be set per instance (``tico``'s ``teacher``).
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -121,13 +124,21 @@ class MetricLoss(nn.Module):
 class ViewLoss(nn.Module):
     """A self-supervised loss over two views of one batch: ``forward(z_a (B,D), z_b (B,D))``.
 
-    ``needs_teacher = True``: ``z_b`` must be a momentum teacher's output, given without gradient (BYOL).
+    ``needs_teacher = True`` (an instance may set it from its settings): ``z_b`` must be a momentum
+    teacher's output, given without gradient (BYOL).
     ``takes_local_views = True``: ``forward(z_a, z_b, *local_views)`` takes every view of a step
     at once, the two global views first, and ``ssl_pretrain`` calls it once per step rather than
     averaging it over pairs of views (SwAV computes each global view's codes once, over the batch).
     ``symmetric = False`` (an instance may set it from its settings) on a ``needs_teacher`` loss:
     only the first global view (and any local view) is compared with the teacher's other global
     views, ``loss(z_1, t_2)`` rather than ``(loss(z_1, t_2) + loss(z_2, t_1)) / 2`` (MoCo's asymmetric form).
+    ``needs_teacher`` and ``takes_local_views`` both (1.6; TiCo's momentum variant, whose running
+    covariance moves once a step): ``forward(o_1, o_2, *local_views, teacher=(t_1, t_2))`` takes
+    every view of a step in one call, the online outputs of the two global views and of the local
+    views and the teacher's of the two global views (no gradient), and the loss pairs them
+    itself; ``ssl_pretrain``'s pairs, which such a loss should follow, are each online view
+    against the teacher's other global views — (o_1, t_2), (o_2, t_1) (without ``symmetric``
+    not the latter) and each local view against both t_1 and t_2.
     ``takes_feature_maps = True`` (VICRegL): ``forward(z_a, z_b, maps=(m_a, m_b), positions=(p_a, p_b))``
     also takes each view's last backbone feature map m (B, C, h, w), the one the backbone pools into
     its features, and the position p (B, h, w, 2) of every map cell's centre in the original
@@ -138,7 +149,7 @@ class ViewLoss(nn.Module):
     """
 
     needs_global_batch: ClassVar[bool] = True
-    needs_teacher: ClassVar[bool] = False
+    needs_teacher: bool = False
     takes_local_views: ClassVar[bool] = False
     takes_feature_maps: ClassVar[bool] = False
     symmetric: bool = True

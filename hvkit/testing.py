@@ -276,10 +276,13 @@ def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tens
              "a collapsed batch (all embeddings equal)": (collapsed, collapsed, True, torch.zeros(n, dtype=torch.long))}
     if maps is not None:
         views["feature maps without positions"] = (base, base + noise, True, torch.arange(n))
+    one_call = loss.needs_teacher and getattr(loss, "takes_local_views", False)
     for name, (a, b, edge, rows) in views.items():
         za, zb = _leaf(a.to(dtype)), _leaf(b.to(dtype))
         graded = {"z_a": za} if loss.needs_teacher else {"z_a": za, "z_b": zb}  # z_b: the teacher's, no gradient
         kwargs = {} if maps is None else _map_inputs(maps, rows, dtype, graded, "without positions" not in name)
+        if one_call:  # both online views in the call, the teacher's as a keyword (API 1.6)
+            kwargs["teacher"] = (b.to(dtype), a.to(dtype))
         _loss_case(where, loss, f"{name} ({dtype})", (za, zb), dtype, graded, edge, **kwargs)
     if loss.needs_teacher:  # a training step ends with observe_teacher (DINO's centre): the loss must still work
         observed = copy.deepcopy(loss).to(dtype)
@@ -291,8 +294,9 @@ def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tens
             raise AssertionError(f"{where}: observe_teacher on two teacher views ({dtype}) raised "
                                  f"{type(exc).__name__}: {exc}") from exc
         za = _leaf(base.to(dtype))
-        _loss_case(where, observed, f"two views after observe_teacher ({dtype})", (za, teacher), dtype,
-                   {"z_a": za}, edge=False)
+        online, kwargs = ((za, _leaf(teacher)), {"teacher": (teacher, base.to(dtype))}) if one_call else ((za, teacher), {})
+        _loss_case(where, observed, f"two views after observe_teacher ({dtype})", online, dtype,
+                   {"z_a": za}, edge=False, **kwargs)
 
 
 def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_dim: int = 8,
@@ -305,7 +309,8 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, embedding_
     pytorch-metric-learning formats (triplets and pairs) or refuse both with ValueError. A
     :class:`~hvkit.api.ViewLoss` gets two views ``(z_a, z_b)`` (with ``needs_teacher`` the
     gradient need only reach ``z_a``: ``z_b`` is the teacher's output, and the loss must still
-    work after ``observe_teacher`` of two teacher views, as after a training step; with
+    work after ``observe_teacher`` of two teacher views, as after a training step; one that also
+    ``takes_local_views`` gets both online views and ``teacher=(t_1, t_2)`` in one call; with
     ``takes_feature_maps`` also ``maps`` of 7 x 7 cells of ``map_channels`` and ``positions``, the
     second view a zoomed and shifted crop of the first, and the gradient must reach the maps;
     without positions it must work or raise ValueError). Any other loss needs

@@ -153,10 +153,13 @@ class SSLPretrain:
     moves to ``xi <- tau_k xi + (1 - tau_k) theta``, k the steps done before it, tau_k rising
     from tau_base towards 1 on a cosine over the run's K steps (:func:`teacher_momentum_at`);
     the teacher is checkpointed. A loss whose ``symmetric`` is False (``moco_v2``'s default)
-    compares only the first online global view (and the local views) with the teacher. Once
-    per step, after the loss, the loss's ``observe_teacher`` receives the teacher's global-view
-    outputs (DINO updates its centre there, MoCo v2 its queue of keys). A loss that declares
-    ``takes_feature_maps`` (``vicregl``) also gets each view's last backbone feature map and its
+    compares only the first online global view (and the local views) with the teacher. A loss
+    that declares both ``needs_teacher`` and ``takes_local_views`` (``tico`` with ``teacher``)
+    gets every view of the step in one call, ``loss(o_1, o_2, *local, teacher=(t_1, t_2))``, and
+    pairs them itself, so state it keeps (TiCo's covariance) moves once per step, not once per
+    pair. Once per step, after the loss, the loss's ``observe_teacher`` receives the teacher's
+    global-view outputs (DINO updates its centre there, MoCo v2 its queue of keys). A loss that
+    declares ``takes_feature_maps`` (``vicregl``) also gets each view's last backbone feature map and its
     cells' positions in the original image (:func:`cell_positions`, from the transform's
     ``with_geometry``; None for a transform without it), and is built with the backbone's
     ``map_channels``; it needs a backbone with ``feature_map`` (``small_cnn``, the ResNets) and
@@ -210,7 +213,7 @@ class SSLPretrain:
             raise ValueError(f"loss {name} needs a momentum teacher; set teacher_momentum (BYOL uses 0.996)")
         if not needs and self.teacher_momentum is not None:
             raise ValueError(f"teacher_momentum is set but loss {name} uses no teacher; remove teacher_momentum "
-                             "or use a loss that needs one (byol, dino, moco_v2, moco_v3)")
+                             "or use a loss that needs one (byol, dino, moco_v2, moco_v3, tico with teacher: true)")
 
     def _map_context(self, ctx: StageContext, backbone: nn.Module, backbone_spec: str | dict) -> dict[str, int]:
         """``{"map_channels": C}`` for a loss that ``takes_feature_maps`` (checked against the stage), else ``{}``."""
@@ -290,7 +293,10 @@ class SSLPretrain:
                     if hasattr(loss_fn, "terms") and not local:  # one call: its parts are the step's (logged)
                         return loss, loss_fn.terms()
                     return loss
-                loss = teacher_view_loss(loss_fn, views, targets, local, getattr(loss_fn, "symmetric", True))
+                if getattr(loss_fn, "takes_local_views", False):  # it pairs the views itself
+                    loss = loss_fn(*views, *local, teacher=tuple(targets))
+                else:
+                    loss = teacher_view_loss(loss_fn, views, targets, local, getattr(loss_fn, "symmetric", True))
                 loss_fn.observe_teacher(targets)
                 return loss
 

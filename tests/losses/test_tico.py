@@ -1,6 +1,7 @@
 """TiCo: the covariance's trajectory and each step's value and gradient against a float64 loop reference of the
 paper's Algorithm 1, a hand-computed first and second step from C = 0, no gradient to C_{t-1}, eval mode, one move of
-C per step under multi-crop (in the stage too), checkpoints, conformance, errors."""
+C per step under multi-crop (in the stage too), checkpoints, conformance, errors; the momentum-encoder variant
+against a float64 loop reference over its documented pairs, and in the stage with a teacher and local views."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from hvkit.engine import load_checkpoint
+from hvkit.errors import HvkitError
 from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.tico import TiCoLoss, covariance_contrast, second_moment
+from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.ssl_pretrain import multi_view_loss
 
 
@@ -205,8 +208,9 @@ def test_a_linear_encoder_learns_invariance_and_the_loss_falls():
     assert sum(values[-5:]) < sum(values[5:10]) - 0.4, values  # seed 0: -2.41 against -1.67
 
 
-def test_conformance():
-    check_loss(TiCoLoss)
+@pytest.mark.parametrize("params", [{}, {"teacher": True}, {"teacher": True, "symmetric": True}])
+def test_conformance(params: dict) -> None:
+    check_loss(TiCoLoss, params)
 
 
 def test_errors():
@@ -228,6 +232,110 @@ def test_flags_and_defaults():
     assert TiCoLoss.needs_global_batch and TiCoLoss.takes_local_views and not TiCoLoss.needs_teacher
     assert (loss.beta, loss.rho) == (0.9, 20.0)
     assert torch.equal(loss.covariance, torch.zeros(8, 8))
+
+
+# --- the momentum-encoder variant (teacher: true) -------------------------------------------------
+
+def _teacher_reference(online: list[torch.Tensor], teacher: list[torch.Tensor], previous: list[list[float]],
+                       beta: float, rho: float, symmetric: bool) -> tuple[torch.Tensor, list[list[float]]]:
+    """One step of the teacher variant entry by entry in float64: C moved by the first online view's unit rows,
+    the mean over the documented pairs (o_1, t_2), [(o_2, t_1) if symmetric], (l_j, t_1), (l_j, t_2) of
+    -mean_i o_i . t_i + rho mean_i o_i C o_i^T. Returns (loss, C_t as numbers)."""
+    n, d = online[0].shape
+
+    def unit(rows: torch.Tensor) -> list[list[torch.Tensor]]:
+        out = []
+        for row in rows.double():
+            norm = torch.sqrt(sum(row[k] * row[k] for k in range(d)))
+            out.append([row[k] / norm for k in range(d)])
+        return out
+
+    o, t = [unit(z) for z in online], [unit(z.detach()) for z in teacher]
+    c = [[beta * previous[p][q] + (1 - beta) * sum(o[0][i][p] * o[0][i][q] for i in range(n)) / n for q in range(d)]
+         for p in range(d)]
+    pairs = [(0, 1)] + ([(1, 0)] if symmetric else []) + [(v, g) for v in range(2, len(online)) for g in (0, 1)]
+    total = 0
+    for v, g in pairs:
+        invariance = sum(sum(o[v][i][k] * t[g][i][k] for k in range(d)) for i in range(n)) / n
+        contrast = sum(sum(o[v][i][p] * c[p][q] * o[v][i][q] for p in range(d) for q in range(d))
+                       for i in range(n)) / n
+        total = total - invariance + rho * contrast
+    return total / len(pairs), [[float(x.detach()) for x in row] for row in c]
+
+
+@pytest.mark.parametrize("local, symmetric, beta, rho", [(0, False, 0.9, 20.0), (0, True, 0.5, 8.0),
+                                                         (2, False, 0.9, 20.0), (2, True, 0.0, 3.0)])
+def test_the_teacher_variant_against_a_float64_reference_over_its_pairs(local, symmetric, beta, rho):
+    loss = TiCoLoss(3, beta=beta, rho=rho, teacher=True, symmetric=symmetric).double()
+    previous = [[0.0] * 3 for _ in range(3)]
+    for step in range(3):
+        *online, t_1, t_2 = _views(5, 3, count=4 + local, seed=step)
+        value = loss(*online, teacher=(t_1, t_2))
+        expected, previous = _teacher_reference(online, [t_1, t_2], previous, beta, rho, symmetric)
+        torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(loss.covariance, torch.tensor(previous, dtype=torch.float64), rtol=1e-12,
+                                   atol=1e-14)
+        assert torch.autograd.grad(value, (t_1, t_2), allow_unused=True, retain_graph=True) == (None, None)
+        got = torch.autograd.grad(value, online, allow_unused=True)
+        want = torch.autograd.grad(expected, online, allow_unused=True)
+        for g, w in zip(got, want):
+            assert (g is None) == (w is None)
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        assert (got[1] is None) != symmetric  # o_2 is a query only in the symmetric form
+
+
+def test_the_asymmetric_teacher_variant_is_algorithm_1_with_the_teachers_second_view():
+    # The references' call: loss(z_0 online, z_1 teacher) once a step; o_2 and t_1 play no part.
+    loss, shadow = TiCoLoss(4, teacher=True).double(), TiCoLoss(4, teacher=True).double()
+    previous = [[0.0] * 4 for _ in range(4)]
+    for step in range(3):
+        o_1, o_2, t_1, t_2 = _views(6, 4, count=4, seed=step)
+        expected, previous = _algorithm_1(o_1, t_2, previous, 0.9, 20.0)
+        torch.testing.assert_close(loss(o_1, o_2, teacher=(t_1, t_2)), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(shadow(o_1, 3 - o_2, teacher=(t_1.flip(0), t_2)), expected, rtol=1e-12,
+                                   atol=1e-12)
+        torch.testing.assert_close(loss.covariance, torch.tensor(previous, dtype=torch.float64))
+
+
+def test_the_teacher_variant_moves_the_covariance_once_per_call_by_the_first_online_view_only():
+    loss = TiCoLoss(3, teacher=True, symmetric=True).double()
+    o_1, o_2, l_1, t_1, t_2 = (z.detach() for z in _views(6, 3, count=5, seed=3))
+    loss(o_1, o_2, l_1, teacher=(t_1, t_2))
+    unit = torch.nn.functional.normalize(o_1, dim=1)
+    torch.testing.assert_close(loss.covariance, 0.1 * unit.T @ unit / 6)
+    other = TiCoLoss(3, teacher=True, symmetric=True).double()
+    other(o_1, 3 * o_2.flip(0), l_1.flip(1), teacher=(t_2, t_1))  # other views but o_1: the same C
+    torch.testing.assert_close(other.covariance, loss.covariance)
+
+
+def test_the_teacher_variant_runs_in_float32_with_bfloat16_teacher_views_under_autocast():
+    o_1, o_2, t_1, t_2 = [z.detach().float() for z in _views(16, 8, count=4)]
+    expected = TiCoLoss(8, teacher=True)(o_1, o_2, teacher=(t_1.bfloat16().float(), t_2.bfloat16().float()))
+    loss = TiCoLoss(8, teacher=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(o_1, o_2, teacher=(t_1.bfloat16(), t_2.bfloat16()))
+    assert value.dtype == torch.float32 and loss.covariance.dtype == torch.float32
+    torch.testing.assert_close(value, expected)
+
+
+def test_teacher_variant_errors_and_flags():
+    loss = TiCoLoss(4, teacher=True)
+    assert loss.needs_teacher and not loss.symmetric and not TiCoLoss.needs_teacher
+    assert not TiCoLoss(4).needs_teacher and TiCoLoss(4, teacher=True, symmetric=True).symmetric
+    z = torch.randn(8, 4)
+    with pytest.raises(ValueError, match=r"^tico: built with teacher: true, it needs the momentum teacher's views"):
+        loss(z, z)
+    with pytest.raises(ValueError, match="^tico: got teacher views but was built without teacher: true"):
+        TiCoLoss(4)(z, z, teacher=(z, z))
+    with pytest.raises(ValueError, match=r"^tico: teacher needs the two global views' outputs of shape \(8, 4\), "
+                                         r"got \[\(8, 4\)\]"):
+        loss(z, z, teacher=(z,))
+    with pytest.raises(ValueError, match=r"^tico: teacher needs .* got \[\(8, 4\), \(7, 4\)\]"):
+        loss(z, z, teacher=(z, z[:7]))
+    with pytest.raises(ValueError, match="^tico: symmetric applies to the momentum-teacher variant only"):
+        TiCoLoss(4, symmetric=True)
+    assert torch.equal(loss.covariance, torch.zeros(4, 4))  # no failed call moved it
 
 
 # --- in the ssl_pretrain stage ------------------------------------------------------------------
@@ -263,3 +371,54 @@ def test_with_multi_crop_the_stage_calls_the_loss_and_moves_the_covariance_once_
     saved = load_checkpoint(run_dir / "stages" / "pretrain" / "last.pt")["modules"]["loss"]["covariance"]
     torch.testing.assert_close(saved, covariance)
     assert math.isclose(float(saved.trace()), 1 - 0.9 ** 3, rel_tol=1e-5)  # unit rows: trace(Z^T Z / B) = 1
+
+
+TICO_MOMENTUM = TICO.replace("loss: tico", "loss: {name: tico, teacher: true}\n    teacher_momentum: 0.9")
+
+
+def test_with_a_teacher_and_multi_crop_the_stage_calls_the_loss_and_moves_the_covariance_once_per_step(
+        tmp_path: Path, monkeypatch) -> None:
+    forward, calls = TiCoLoss.forward, []
+
+    def spy(self, *views, teacher=None):
+        value = forward(self, *views, teacher=teacher)
+        calls.append(([v.detach().clone() for v in views], teacher, self.covariance.clone(), value.detach()))
+        return value
+
+    def no_pairs(*args, **kwargs):
+        raise AssertionError("teacher_view_loss was called: the loss takes every view in one call")
+
+    monkeypatch.setattr(TiCoLoss, "forward", spy)
+    monkeypatch.setattr(ssl_pretrain, "teacher_view_loss", no_pairs)
+    run_dir = run_recipe_text(TICO_MOMENTUM, tmp_path)
+    assert [(len(views), len(teacher)) for views, teacher, _, _ in calls] == [(4, 2)] * 3
+    covariance = torch.zeros(8, 8)
+    for views, teacher, after, value in calls:  # once per step, from the first online view
+        assert not any(t.requires_grad for t in teacher)
+        expected, moved = _teacher_reference(views, list(teacher), covariance.tolist(), 0.9, 20.0, False)
+        assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+        a = torch.nn.functional.normalize(views[0], dim=1)
+        covariance = 0.9 * covariance + 0.1 * a.T @ a / a.shape[0]
+        torch.testing.assert_close(after, covariance)
+        torch.testing.assert_close(torch.tensor(moved, dtype=torch.float32), covariance)
+    saved = load_checkpoint(run_dir / "stages" / "pretrain" / "last.pt")["modules"]
+    torch.testing.assert_close(saved["loss"]["covariance"], covariance)
+    assert "teacher" in saved
+    assert math.isclose(float(saved["loss"]["covariance"].trace()), 1 - 0.9 ** 3, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("\n    teacher_momentum: 0.9", ""),
+     "stage 'pretrain': loss tico needs a momentum teacher; set teacher_momentum"),
+    (("{name: tico, teacher: true}", "tico"),
+     r"stage 'pretrain': teacher_momentum is set but loss tico uses no teacher; remove teacher_momentum or use a "
+     r"loss that needs one \(byol, dino, moco_v2, moco_v3, tico with teacher: true\)"),
+    (("{name: tico, teacher: true}", "{name: tico, symmetric: true}"),
+     "stage 'pretrain': tico: symmetric applies to the momentum-teacher variant only; set teacher: true or remove symmetric"),
+])
+def test_a_teacher_setting_without_its_counterpart_is_refused_before_training(tmp_path: Path, edit: tuple[str, str],
+                                                                             message: str) -> None:
+    with pytest.raises(HvkitError, match=message) as raised:
+        run_recipe_text(TICO_MOMENTUM.replace(*edit), tmp_path)
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "recipe" / "stages" / "pretrain" / "last.pt").exists()

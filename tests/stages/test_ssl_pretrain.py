@@ -269,6 +269,41 @@ def test_byol_with_local_views_feeds_the_teacher_the_global_views_only(tmp_path:
     assert sizes == [32, 32, 16] * 2  # online global views, teacher global views, online local views
 
 
+@pytest.mark.parametrize("one_call", [False, True])
+def test_only_a_teacher_loss_that_takes_local_views_gets_every_view_and_the_teachers_in_one_call(
+        tmp_path: Path, monkeypatch, one_call: bool) -> None:
+    # BYOL declared to take local views too: one call a step, loss(o_1, o_2, *local, teacher=(t_1, t_2)), then
+    # observe_teacher on the very teacher outputs; as itself, a call per (online, teacher) pair, no keyword.
+    events: list[tuple] = []
+    forward, observe = BYOLLoss.forward, BYOLLoss.observe_teacher
+
+    def spy(self, *views, **kwargs):
+        teacher = kwargs.get("teacher")
+        events.append(("loss", [tuple(v.shape) for v in views], [v.requires_grad for v in views], set(kwargs),
+                       None if teacher is None else ([id(t) for t in teacher], [t.requires_grad for t in teacher])))
+        if teacher is None:
+            return forward(self, *views)
+        return teacher_view_loss(lambda o, t: forward(self, o, t), views[:2], teacher, views[2:])
+
+    def spy_observe(self, teacher_views):
+        events.append(("observe", [id(t) for t in teacher_views]))
+        observe(self, teacher_views)
+
+    monkeypatch.setattr(BYOLLoss, "takes_local_views", one_call)
+    monkeypatch.setattr(BYOLLoss, "forward", spy)
+    monkeypatch.setattr(BYOLLoss, "observe_teacher", spy_observe)
+    _byol_run(tmp_path, "run", BYOL.replace("batch_size: 8", "batch_size: 8\n    local_views: 2\n    local_size: 16")
+              .replace("max_steps: 6", "max_steps: 2"))
+    if one_call:
+        assert [e[0] for e in events] == ["loss", "observe"] * 2
+        for (_, shapes, graded, keywords, (ids, teacher_graded)), (_, observed) in zip(events[::2], events[1::2]):
+            assert shapes == [(8, 16)] * 4 and all(graded) and keywords == {"teacher"}
+            assert ids == observed and teacher_graded == [False, False]
+    else:
+        assert [e[0] for e in events] == ["loss"] * 6 + ["observe"] + ["loss"] * 6 + ["observe"]  # 2 + 2k pairs
+        assert all(e[1] == [(8, 16)] * 2 and e[3] == set() for e in events if e[0] == "loss")
+
+
 def test_byol_resumes_to_the_same_result(tmp_path: Path, monkeypatch) -> None:
     straight = _byol_run(tmp_path, "straight")
     updates: list[float] = []
