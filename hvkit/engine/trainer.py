@@ -4,8 +4,9 @@ A stage supplies the modules to train, a ``batches(epoch)`` iterator, a
 ``step(batch, generator) -> loss | (loss, {name: value})`` function and optionally an
 ``after_step(steps_done)`` callback run after each optimiser step (a momentum teacher's
 update); the trainer owns the optimiser and scheduler, the weight-decay schedule, frozen
-parameters, gradient clipping, AMP on CUDA, NaN/inf detection, periodic JSONL logs, atomic
-checkpoints every N steps and at the end, and exact resumption.
+parameters, gradient clipping, AMP on CUDA, NaN/inf detection, an exponential moving average
+of the weights, periodic JSONL logs, atomic checkpoints every N steps and at the end, and
+exact resumption.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hvkit import distributed
 from hvkit.api import OptimizerSpec, SchedulerSpec
 from hvkit.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from hvkit.engine.context import StageContext
+from hvkit.engine.ema import ModelEma
 from hvkit.engine.optim import build_optimizer, build_scheduler
 from hvkit.errors import HvkitError
 
@@ -49,6 +51,13 @@ class TrainConfig:
     weight_decay_end: float | None = None
     weight_decay_1d: bool = True
     frozen_epochs: dict[str, int] = field(default_factory=dict)
+    ema: float | None = None
+    ema_warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ValueError(f"train.ema={self.ema} must lie in [0, 1): the decay of the weights' moving "
+                             "average (0.999 averages about the last 1000 steps; null: off)")
 
 
 def cosine_weight_decay(base: float, end: float, step: int, total_steps: int) -> float:
@@ -108,6 +117,17 @@ class Trainer:
     then its parameter path: ``encoder.head.prototypes``) to a number of epochs during which
     those parameters get no update at all, their gradient dropped before the optimiser
     step (DINO freezes its prototypes for the first epoch).
+
+    ``ema`` = tau keeps an exponential moving average of the weights (:class:`ModelEma`:
+    Polyak averaging, the "model EMA" of timm and of Tarvainen & Valpola 2017),
+    ``bar_theta <- tau_k bar_theta + (1 - tau_k) theta`` after each optimiser step and its
+    ``after_step``, with tau_k = min(tau, (1 + k) / (10 + k)) at the k-th update when
+    ``ema_warmup`` (else tau). It averages the modules that have trainable parameters and
+    are not ``loss_modules``; a momentum teacher (no trainable parameter) is not averaged
+    and, as the modules keep their raw weights during training, follows the online raw
+    weights. The average is checkpointed with the raw weights; at the end of :meth:`fit`,
+    after the final checkpoint, it is copied into the modules, so what the stage saves
+    afterwards (its encoder) is the averaged model.
     """
 
     def __init__(self, ctx: StageContext, modules: dict[str, nn.Module], config: TrainConfig,
@@ -139,6 +159,7 @@ class Trainer:
         if config.channels_last:
             for module in modules.values():
                 module.to(memory_format=torch.channels_last)
+        self.ema = self._model_ema()
         self.amp_dtype = getattr(torch, config.amp_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and config.amp_dtype == "float16")
         self.step = 0
@@ -162,6 +183,17 @@ class Trainer:
             frozen.append((params, epochs * self.steps_per_epoch))
         return frozen
 
+    def _model_ema(self) -> ModelEma | None:
+        """``train.ema``'s average of the trained modules other than the losses, or None when it is off."""
+        if self.config.ema is None:
+            return None
+        averaged = {name: module for name, module in self.modules.items() if name not in self.loss_modules
+                    and any(p.requires_grad for p in module.parameters())}
+        if not averaged:
+            raise HvkitError(f"stage {self.ctx.name}: train.ema is set but no module other than the losses "
+                             f"has trainable parameters (modules: {', '.join(self.modules)})")
+        return ModelEma(averaged, self.config.ema, self.config.ema_warmup)
+
     def state(self) -> dict[str, Any]:
         return {
             "modules": {k: distributed.unwrap(m).state_dict() for k, m in self.modules.items()},
@@ -169,6 +201,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "step": self.step,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "torch_rng": distributed.gather_objects(torch.get_rng_state()),
             "cuda_rng": distributed.gather_objects(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
         }
@@ -181,6 +214,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         rank = self.ctx.rank if len(state["torch_rng"]) == self.ctx.world_size else 0
         torch.set_rng_state(state["torch_rng"][rank].cpu())  # the checkpoint was mapped to the run's device
         if state["cuda_rng"][rank] and torch.cuda.is_available():
@@ -197,7 +232,8 @@ class Trainer:
         """Run to ``epochs`` (or ``max_steps``); returns the last logged values.
 
         ``after_step(steps_done)`` runs after each optimiser step, before the step is logged or
-        checkpointed, so a checkpoint holds what it changed.
+        checkpointed, so a checkpoint holds what it changed. With ``train.ema`` the modules hold
+        the averaged weights when ``fit`` returns (the final checkpoint holds both).
         """
         if self.ctx.resume and self.checkpoint_path.is_file():
             self.load_state(load_checkpoint(self.checkpoint_path, self.ctx.device))
@@ -221,6 +257,8 @@ class Trainer:
                 self.step += 1
                 if after_step is not None:
                     after_step(self.step)
+                if self.ema is not None:
+                    self.ema.update()
                 window_steps += 1
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
@@ -234,6 +272,10 @@ class Trainer:
                     self.save()
         progress.close()
         self.save()
+        if self.ema is not None:
+            self.ema.copy_to()
+            self.ctx.log(f"the stage exports the moving average of the weights of {', '.join(self.ema.modules)} "
+                         f"(train.ema={self.config.ema}), not the last step's")
         return last
 
     def _one_step(self, step: StepFn, batch: Any, generator: torch.Generator) -> tuple[float, dict[str, float]]:

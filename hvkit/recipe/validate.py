@@ -177,7 +177,8 @@ class Validator:
         """A mapping checked against a dataclass's fields (e.g. a stage's ``train:`` options).
 
         Keys not given come from ``default`` (the factory's own instance) when there is one,
-        else from the dataclass's field defaults.
+        else from the dataclass's field defaults. The dataclass is then built from the result,
+        so a range its ``__post_init__`` checks (``ValueError``) is reported here, before any work.
         """
         hints = typing.get_type_hints(config, include_extras=True)
         if isinstance(default, config):
@@ -193,6 +194,10 @@ class Validator:
         for name, default in defaults.items():
             if name not in out:
                 out[name] = self.value(default, hints[name], f"{path}.{name}") if default is not None else None
+        try:
+            config(**out)
+        except ValueError as exc:
+            raise self.error(path, str(exc)) from None
         return out
 
     def torch_spec(self, value: Any, path: str, choices: dict[str, type], kind: str, skip: set[str],
