@@ -26,20 +26,22 @@ def _views(n: int, d: int, count: int = 2, dtype: torch.dtype = torch.float64, s
     return [(base + 0.6 * torch.randn(n, d, generator=g, dtype=dtype)).requires_grad_() for _ in range(count)]
 
 
+def _unit(rows: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Each row divided by its length, entry by entry in float64."""
+    out = []
+    for row in rows.double():
+        norm = torch.sqrt(sum(row[k] * row[k] for k in range(len(row))))
+        out.append([row[k] / norm for k in range(len(row))])
+    return out
+
+
 def _algorithm_1(z_a: torch.Tensor, z_b: torch.Tensor, previous: list[list[float]], beta: float,
                  rho: float) -> tuple[torch.Tensor, list[list[float]]]:
     """One step of the paper's Algorithm 1, entry by entry in float64: z = a / |a|; C = beta C + (1 - beta) z^T z / N;
     loss = -mean_i z_i . z'_i + rho mean_i z_i C z_i^T; C_{t-1} a constant. Returns (loss, C_t as numbers)."""
     n, d = z_a.shape
 
-    def unit(rows: torch.Tensor) -> list[list[torch.Tensor]]:
-        out = []
-        for row in rows.double():
-            norm = torch.sqrt(sum(row[k] * row[k] for k in range(d)))
-            out.append([row[k] / norm for k in range(d)])
-        return out
-
-    za, zb = unit(z_a), unit(z_b)
+    za, zb = _unit(z_a), _unit(z_b)
     c = [[beta * previous[p][q] + (1 - beta) * sum(za[i][p] * za[i][q] for i in range(n)) / n for q in range(d)]
          for p in range(d)]
     invariance = sum(sum(za[i][k] * zb[i][k] for k in range(d)) for i in range(n)) / n
@@ -243,14 +245,7 @@ def _teacher_reference(online: list[torch.Tensor], teacher: list[torch.Tensor], 
     -mean_i o_i . t_i + rho mean_i o_i C o_i^T. Returns (loss, C_t as numbers)."""
     n, d = online[0].shape
 
-    def unit(rows: torch.Tensor) -> list[list[torch.Tensor]]:
-        out = []
-        for row in rows.double():
-            norm = torch.sqrt(sum(row[k] * row[k] for k in range(d)))
-            out.append([row[k] / norm for k in range(d)])
-        return out
-
-    o, t = [unit(z) for z in online], [unit(z.detach()) for z in teacher]
+    o, t = [_unit(z) for z in online], [_unit(z.detach()) for z in teacher]
     c = [[beta * previous[p][q] + (1 - beta) * sum(o[0][i][p] * o[0][i][q] for i in range(n)) / n for q in range(d)]
          for p in range(d)]
     pairs = [(0, 1)] + ([(1, 0)] if symmetric else []) + [(v, g) for v in range(2, len(online)) for g in (0, 1)]
