@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from hvkit.engine import load_checkpoint
 
 RECIPE = Path(__file__).with_name("tiny_ddp.yaml")
 
@@ -52,6 +55,21 @@ def test_two_processes_match_one(single, tmp_path):
     assert abs(auc_one - auc_two) < 1e-3
     assert sorted(p.name for p in (tmp_path / "run" / "stages" / "train").iterdir()) == \
         ["encoder.pt", "last.pt", "log.jsonl", "outputs.json"]
+
+
+def test_two_processes_average_the_weights_as_one(tmp_path):
+    """``train.ema``: every rank averages the same weights, and the saved encoder is the average."""
+    ema = ["--set", "stages.train.train.ema=0.5"]
+    for name, nproc in (("one", 1), ("two", 2)):
+        hvkit(["run", str(RECIPE), "--run-dir", str(tmp_path / name), *ema], nproc, tmp_path)
+    one, two = (load_checkpoint(tmp_path / name / "stages" / "train" / "encoder.pt")["backbone"]
+                for name in ("one", "two"))
+    average = load_checkpoint(tmp_path / "two" / "stages" / "train" / "last.pt")["ema"]["shadow"]["encoder"]
+    raw = load_checkpoint(tmp_path / "two" / "stages" / "train" / "last.pt")["modules"]["encoder"]
+    for key, value in two.items():
+        torch.testing.assert_close(value, one[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(value, average[f"backbone.{key}"], rtol=0, atol=0)
+    assert any(not torch.allclose(value, raw[f"backbone.{key}"]) for key, value in two.items())
 
 
 CRASH_PLUGIN = '''
