@@ -294,7 +294,10 @@ def _view_loss(where: str, loss: ViewLoss, base: torch.Tensor, noise: torch.Tens
             raise AssertionError(f"{where}: observe_teacher on two teacher views ({dtype}) raised "
                                  f"{type(exc).__name__}: {exc}") from exc
         za = _leaf(base.to(dtype))
-        online, kwargs = ((za, _leaf(teacher)), {"teacher": (teacher, base.to(dtype))}) if one_call else ((za, teacher), {})
+        if one_call:
+            online, kwargs = (za, _leaf(teacher)), {"teacher": (teacher, base.to(dtype))}
+        else:
+            online, kwargs = (za, teacher), {}
         _loss_case(where, observed, f"two views after observe_teacher ({dtype})", online, dtype,
                    {"z_a": za}, edge=False, **kwargs)
 
