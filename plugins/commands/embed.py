@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from hvkit.cli import user_errors
-from hvkit_plugins.commands.sources import embed_files, image_files, open_encoder
+from hvkit_plugins.commands.sources import embed_files, image_files, open_encoder, test_views, tta_options
 
 
 @click.command("embed")
@@ -19,14 +19,20 @@ from hvkit_plugins.commands.sources import embed_files, image_files, open_encode
 @click.option("--stage", help="Which stage's encoder (default: the last trained one).")
 @click.option("--features", type=click.Choice(["backbone", "head"]), default="backbone", show_default=True)
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
+@tta_options
 @user_errors
 def embed_command(source: Path, images: tuple[Path, ...], out: Path, stage: str | None, features: str,
-                  invert: bool) -> None:
-    """Embed images with the encoder of a run, a stage or a checkpoint; writes (N, D) .npy and a file list."""
+                  invert: bool, tta_shifts: int, tta_zooms: tuple[float, ...]) -> None:
+    """Embed images with the encoder of a run, a stage or a checkpoint; writes (N, D) .npy and a file list.
+
+    With ``--tta-shifts``/``--tta-zoom`` each embedding is the mean over the image and its
+    shifted and zoomed copies, as the ``evaluate`` stage's ``tta`` option.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    views = test_views(tta_shifts, tta_zooms)
     encoder, state = open_encoder(source, stage, device)
     files = image_files(images)
-    vectors = embed_files(encoder, state, files, device, features, invert).numpy()
+    vectors = embed_files(encoder, state, files, device, features, invert, views).numpy()
     np.save(out, vectors)
     out.with_suffix(".txt").write_text("\n".join(str(f) for f in files) + "\n")
     click.echo(f"{len(files)} embeddings of dimension {vectors.shape[1]} → {out} (files: {out.with_suffix('.txt')})")

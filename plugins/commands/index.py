@@ -11,7 +11,8 @@ import torch
 from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
 from hvkit.index import VectorIndex
-from hvkit_plugins.commands.sources import embed_files, encoder_path, image_files, open_encoder
+from hvkit_plugins.commands.sources import (embed_files, encoder_path, image_files, open_encoder, test_views,
+                                            tta_options)
 
 INDEX_FILE, META_FILE = "index.npz", "index.json"
 
@@ -33,15 +34,21 @@ def index_command() -> None:
 @click.option("--kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat", show_default=True)
 @click.option("--features", type=click.Choice(["backbone", "head"]), default="backbone", show_default=True)
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
+@tta_options
 @user_errors
 def build_index(source: Path, images: tuple[Path, ...], out: Path, stage: str | None, kind: str,
-                features: str, invert: bool) -> None:
-    """Embed every image under IMAGES with SOURCE's encoder and index them (cosine similarity)."""
+                features: str, invert: bool, tta_shifts: int, tta_zooms: tuple[float, ...]) -> None:
+    """Embed every image under IMAGES with SOURCE's encoder and index them (cosine similarity).
+
+    ``--tta-shifts``/``--tta-zoom`` embed each image as the mean over its test-time views;
+    the index remembers them and embeds its queries the same way.
+    """
     device = _device()
+    views = test_views(tta_shifts, tta_zooms)
     checkpoint = encoder_path(source, stage)
     encoder, state = open_encoder(checkpoint, None, device)
     files = image_files(images)
-    vectors = embed_files(encoder, state, files, device, features, invert)
+    vectors = embed_files(encoder, state, files, device, features, invert, views)
     options = {"nlist": max(1, min(1024, len(files) // 39))} if kind == "ivf" else {}
     try:
         index = VectorIndex(vectors.shape[1], metric="cosine", kind=kind, **options)
@@ -51,7 +58,8 @@ def build_index(source: Path, images: tuple[Path, ...], out: Path, stage: str | 
     out.mkdir(parents=True, exist_ok=True)
     index.save(out / INDEX_FILE)
     (out / META_FILE).write_text(json.dumps({"encoder": str(checkpoint.resolve()), "features": features,
-                                             "invert": invert, "files": [str(f) for f in files]}, indent=1))
+                                             "invert": invert, "tta": {"shifts": tta_shifts, "zooms": list(tta_zooms)},
+                                             "files": [str(f) for f in files]}, indent=1))
     click.echo(f"indexed {len(files)} images ({kind}, dimension {vectors.shape[1]}) in {out}")
 
 
@@ -68,7 +76,9 @@ def search_index(index_dir: Path, queries: tuple[Path, ...], k: int) -> None:
     device = _device()
     encoder, state = open_encoder(Path(meta["encoder"]), None, device)
     files = image_files(queries)
-    vectors = embed_files(encoder, state, files, device, meta["features"], meta["invert"])
+    tta = meta.get("tta", {})
+    views = test_views(tta.get("shifts", 0), tuple(tta.get("zooms", ())))
+    vectors = embed_files(encoder, state, files, device, meta["features"], meta["invert"], views)
     index = VectorIndex.load(index_dir / INDEX_FILE)
     scores, ids = index.search(vectors.numpy(), min(k, index.ntotal))
     for query, row_scores, row_ids in zip(files, scores, ids):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import click
 import torch
 
 from hvkit.errors import HvkitError
@@ -73,3 +74,21 @@ def embed_files(encoder: Encoder, state: dict[str, Any], files: list[Path], devi
     except ValueError as exc:
         raise HvkitError(str(exc)) from None
     return embed(encoder, images, device, features, views=views)
+
+
+def tta_options(command: Callable) -> Callable:
+    """``--tta-shifts`` and ``--tta-zoom``: the ``evaluate`` stage's test-time views, for a command that embeds."""
+    command = click.option("--tta-zoom", "tta_zooms", type=float, multiple=True,
+                           help="Also average a copy zoomed by this factor (repeatable).")(command)
+    return click.option("--tta-shifts", type=click.IntRange(min=0), default=0, show_default=True,
+                        help="Also average the image moved by this many pixels left, right, up and down.")(command)
+
+
+def test_views(shifts: int, zooms: tuple[float, ...]) -> TestViews | None:
+    """The views of ``--tta-shifts``/``--tta-zoom``, or None for the image alone."""
+    if not shifts and not zooms:
+        return None
+    try:
+        return TestViews(shifts=shifts, zooms=list(zooms))
+    except ValueError as exc:
+        raise HvkitError(str(exc)) from None

@@ -1,0 +1,111 @@
+"""``hvkit embed`` and ``hvkit index build|search``: the files' embeddings, the index's neighbours, test-time views."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from hvkit.cli import main
+from hvkit.registry import get_registry
+from hvkit.testing import run_recipe_text
+from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.stages.test_views import TestViews
+
+from .test_evaluate import RECIPE
+
+PICKED = [0, 3, 7, 12, 20, 31]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, list[Path], torch.Tensor]:
+    """A tiny run, six test images written as scans (dark ink on white), and those images as the dataset holds them."""
+    tmp = tmp_path_factory.mktemp("embed_index")
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["evaluate"]["verifiers"] = ["cosine_pair"]
+    recipe["stages"]["train"]["head"] = {"name": "linear", "out_dim": 8}  # signed features: cosines spread out
+    recipe["stages"]["train"]["train"] |= {"epochs": 30, "max_steps": None, "optimizer": {"name": "AdamW", "lr": 3e-3}}
+    run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp)
+    images = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["test"].images
+    files = []
+    for k in PICKED:
+        files.append(tmp / "words" / f"word{k:02d}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(255 - images[k, 0].numpy()).save(files[-1])
+    return run_dir, files, images[PICKED]
+
+
+def reference(run_dir: Path, images: torch.Tensor, views: TestViews | None, features: str = "backbone") -> np.ndarray:
+    encoder, _ = load_encoder(run_dir / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
+    return embed(encoder, images, torch.device("cpu"), features, views=views).numpy()
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("options, views", [([], None),
+                                            (["--tta-shifts", 2, "--tta-zoom", 1.2], TestViews(shifts=2, zooms=[1.2]))])
+def test_embed_writes_each_files_embedding_in_order(trained, tmp_path, options, views) -> None:
+    run_dir, files, images = trained
+    out = tmp_path / "emb.npy"
+    result = invoke("embed", run_dir, files[0].parent, "--out", out, *options)
+    assert result.exit_code == 0, result.output
+    assert f"{len(files)} embeddings of dimension 16" in result.output
+    assert out.with_suffix(".txt").read_text().split() == [str(f) for f in files]
+    expected = reference(run_dir, images, views)
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-4, atol=1e-5)
+    if views is not None:
+        assert np.abs(reference(run_dir, images, None) - expected).max() > 1e-3
+
+
+def neighbours(output: str) -> dict[str, list[tuple[float, str]]]:
+    """``index search``'s printout: each query's (score, file) lines."""
+    found: dict[str, list[tuple[float, str]]] = {}
+    for line in output.splitlines():
+        hit = re.match(r"^  (\S+)  (.+)$", line)
+        if hit:
+            found[query].append((float(hit.group(1)), hit.group(2)))
+        else:
+            query = line
+            found[query] = []
+    return found
+
+
+@pytest.mark.parametrize("options, views", [([], None), (["--tta-shifts", 1], TestViews(shifts=1))])
+def test_index_ranks_by_the_cosine_of_the_embeddings_and_embeds_queries_as_it_was_built(trained, tmp_path, options,
+                                                                                        views) -> None:
+    run_dir, files, images = trained
+    built = invoke("index", "build", run_dir, *files, "--out", tmp_path / "index", "--features", "head", *options)
+    assert built.exit_code == 0, built.output
+    meta = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert meta["tta"] == {"shifts": views.shifts if views else 0, "zooms": []}
+    result = invoke("index", "search", tmp_path / "index", files[1], files[4], "-k", 3)
+    assert result.exit_code == 0, result.output
+    emb = reference(run_dir, images, views, "head")
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    cosines = unit @ unit.T
+    for query, row in zip((files[1], files[4]), (1, 4)):
+        hits = neighbours(result.output)[str(query)]
+        order = np.argsort(-cosines[row])[:3]
+        assert [name for _, name in hits] == [str(files[j]) for j in order]
+        np.testing.assert_allclose([score for score, _ in hits], cosines[row, order], atol=1e-4)
+
+
+def test_bad_test_time_views_are_one_line_errors(trained, tmp_path) -> None:
+    run_dir, files, _ = trained
+    result = invoke("embed", run_dir, files[0], "--out", tmp_path / "emb.npy", "--tta-zoom", 0)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: tta.zooms=[0.0] must all be > 0 (1.1 magnifies by 10%)"]
+    assert not (tmp_path / "emb.npy").exists()
+    result = invoke("index", "build", run_dir, files[0], "--out", tmp_path / "index", "--tta-shifts", -1)
+    assert result.exit_code == 2 and "--tta-shifts" in result.stderr
