@@ -51,6 +51,7 @@ class TrainConfig:
     weight_decay_end: float | None = None
     weight_decay_1d: bool = True
     frozen_epochs: dict[str, int] = field(default_factory=dict)
+    lr_scale: dict[str, float] = field(default_factory=dict)
     ema: float | None = None
     ema_warmup: bool = True
 
@@ -58,6 +59,10 @@ class TrainConfig:
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ValueError(f"train.ema={self.ema} must lie in [0, 1): the decay of the weights' moving "
                              "average (0.999 averages about the last 1000 steps; null: off)")
+        for prefix, scale in self.lr_scale.items():
+            if not scale > 0:
+                raise ValueError(f"train.lr_scale[{prefix!r}]={scale} must be > 0 (a multiplier of the "
+                                 "learning rate; frozen_epochs stops a part's updates)")
 
 
 def cosine_weight_decay(base: float, end: float, step: int, total_steps: int) -> float:
@@ -83,18 +88,45 @@ def full_precision(device: torch.device) -> torch.autocast:
 
 def parameter_groups(modules: dict[str, nn.Module], config: TrainConfig,
                      loss_modules: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One optimiser group per module with trainable parameters (``loss_lr`` for losses), its 1-d
-    parameters in a second group without weight decay (``no_decay``) unless ``weight_decay_1d``."""
+    """Optimiser groups: one per module with trainable parameters (``loss_lr`` for losses).
+
+    ``lr_scale`` moves the parameters under each prefix (the module's name, then the parameter
+    path, as ``frozen_epochs``; the longest matching prefix wins) into a group of their own whose
+    learning rate is the module's times the scale, e.g. ``{encoder.backbone: 0.1}``: a pre-trained
+    backbone fine-tuned at a tenth of its head's rate. Unless ``weight_decay_1d``, each group's
+    1-d parameters form a further group without weight decay (``no_decay``).
+    """
+    base = config.optimizer.get("lr")
+    prefixes = sorted(config.lr_scale, key=len, reverse=True)
+    named = {name: [(f"{name}.{path}", p) for path, p in distributed.unwrap(module).named_parameters()
+                    if p.requires_grad] for name, module in modules.items()}
+    for prefix in prefixes:
+        if not any(full == prefix or full.startswith(prefix + ".") for params in named.values() for full, _ in params):
+            raise HvkitError(f"train.lr_scale names {prefix!r}, which is no trainable parameter nor a prefix "
+                             "of one (they are named <module>.<parameter path>, e.g. encoder.backbone)")
     groups = []
-    for name, module in modules.items():
-        params = [p for p in module.parameters() if p.requires_grad]
-        plain = [p for p in params if config.weight_decay_1d or p.ndim > 1]
-        bare = [p for p in params if not config.weight_decay_1d and p.ndim <= 1]
-        extra = {"lr": config.loss_lr} if name in loss_modules and config.loss_lr is not None else {}
-        if plain:
-            groups.append({"params": plain, "name": name, **extra})
-        if bare:
-            groups.append({"params": bare, "name": f"{name}.no_decay", "weight_decay": 0.0, "no_decay": True, **extra})
+    for name, params in named.items():
+        lr = config.loss_lr if name in loss_modules and config.loss_lr is not None else None
+        buckets: dict[str | None, list[nn.Parameter]] = {None: []}
+        for full, p in params:
+            prefix = next((q for q in prefixes if full == q or full.startswith(q + ".")), None)
+            buckets.setdefault(prefix, []).append(p)
+        module_lr = lr if lr is not None else base
+        for prefix, bucket in buckets.items():
+            extra = {} if lr is None else {"lr": lr}
+            if prefix is not None:
+                if module_lr is None:
+                    raise HvkitError(f"train.lr_scale needs the optimizer's lr ({config.optimizer['name']} "
+                                     "has none in the recipe)")
+                extra = {"lr": module_lr * config.lr_scale[prefix]}
+            label = name if prefix is None else prefix
+            plain = [p for p in bucket if config.weight_decay_1d or p.ndim > 1]
+            bare = [p for p in bucket if not config.weight_decay_1d and p.ndim <= 1]
+            if plain:
+                groups.append({"params": plain, "name": label, **extra})
+            if bare:
+                groups.append({"params": bare, "name": f"{label}.no_decay", "weight_decay": 0.0,
+                               "no_decay": True, **extra})
     return groups
 
 
@@ -116,7 +148,9 @@ class Trainer:
     decay; ``frozen_epochs`` maps parameter-name prefixes (the module's name in the stage,
     then its parameter path: ``encoder.head.prototypes``) to a number of epochs during which
     those parameters get no update at all, their gradient dropped before the optimiser
-    step (DINO freezes its prototypes for the first epoch).
+    step (DINO freezes its prototypes for the first epoch). ``lr_scale`` maps such prefixes to
+    learning-rate multipliers (:func:`parameter_groups`); with ``frozen_epochs`` on the
+    backbone it gives LP-FT (Kumar et al. 2022: the head first, then everything).
 
     ``ema`` = tau keeps an exponential moving average of the weights (:class:`ModelEma`:
     Polyak averaging, the "model EMA" of timm and of Tarvainen & Valpola 2017),
@@ -142,7 +176,10 @@ class Trainer:
         self.total_steps = steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        groups = parameter_groups(modules, config, loss_modules)
+        try:
+            groups = parameter_groups(modules, config, loss_modules)
+        except HvkitError as error:
+            raise HvkitError(f"stage {ctx.name}: {error}") from None
         if not groups:
             raise HvkitError(f"stage {ctx.name}: nothing to train (all parameters are frozen)")
         self.optimizer = build_optimizer(config.optimizer, groups)

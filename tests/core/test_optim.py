@@ -14,7 +14,10 @@ from hvkit.engine import TrainConfig, Trainer
 from hvkit.engine.lars import LARS
 from hvkit.engine.optim import build_optimizer, build_scheduler
 from hvkit.engine.trainer import cosine_weight_decay
-from hvkit.errors import HvkitError
+from hvkit.errors import HvkitError, RecipeError
+from hvkit.pipeline import prepare
+
+from .conftest import make_registry
 
 
 def lrs(scheduler, optimizer, steps: int) -> list[list[float]]:
@@ -268,3 +271,83 @@ def test_weight_decay_end_needs_an_optimizer_with_weight_decay(stage_context):
     config = TrainConfig(optimizer={"name": "Rprop", "lr": 0.1}, weight_decay_end=0.4)
     with pytest.raises(HvkitError, match="weight_decay_end is set but optimizer Rprop has no weight_decay"):
         Trainer(stage_context, {"model": nn.Linear(2, 2)}, config, steps_per_epoch=1)
+
+
+def test_lr_scale_gives_each_prefix_its_share_of_the_rate_the_longest_prefix_first(stage_context):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)).double()
+    loss = nn.Linear(1, 1).double()
+    config = TrainConfig(epochs=1, optimizer={"name": "SGD", "lr": 0.1}, loss_lr=0.02, amp=False, channels_last=False,
+                         lr_scale={"model.0": 0.1, "model.0.bias": 0.5, "loss": 3.0},
+                         scheduler={"name": "CosineAnnealingLR", "warmup_steps": 2})
+    trainer = Trainer(stage_context, {"model": model, "loss": loss}, config, steps_per_epoch=5, loss_modules=("loss",))
+    groups = trainer.optimizer.param_groups
+    assert [(g["name"], len(g["params"])) for g in groups] == [("model", 2), ("model.0", 1), ("model.0.bias", 1),
+                                                              ("loss", 2)]
+    assert [g["lr"] for g in groups] == pytest.approx([0.1e-3, 0.01e-3, 0.05e-3, 0.06e-3])  # warm-up's first step
+    x = torch.randn(4, 3, dtype=torch.float64)
+    seen = []
+
+    def step(batch, generator):
+        before = [p.detach().clone() for p in (*model.parameters(), *loss.parameters())]
+        value = loss(model(x)).pow(2).mean()
+        grads = torch.autograd.grad(value, [*model.parameters(), *loss.parameters()], retain_graph=True)
+        lr = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+        seen.append((before, grads, [lr["model.0"], lr["model.0.bias"], lr["model"], lr["model"], lr["loss"], lr["loss"]]))
+        return value
+
+    trainer.fit(lambda epoch: iter(range(5)), step)
+    after = [p.detach() for p in (*model.parameters(), *loss.parameters())]
+    for k, (before, grads, rates) in enumerate(seen):
+        following = seen[k + 1][0] if k + 1 < len(seen) else after
+        for p0, g, rate, p1 in zip(before, grads, rates, following):
+            assert torch.allclose(p1, p0 - rate * g, rtol=0, atol=1e-15)
+        assert rates[0] / rates[2] == pytest.approx(0.1) and rates[1] / rates[2] == pytest.approx(0.5)
+        assert rates[4] / rates[2] == pytest.approx(0.02 * 3 / 0.1)
+    assert seen[3][2][2] < seen[2][2][2]  # the schedule moves every group together
+
+
+def test_lr_scale_must_name_a_parameter_and_be_positive(stage_context):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    with pytest.raises(HvkitError, match=r"^stage fit: train.lr_scale names 'model.2', which is no trainable "
+                                         r"parameter nor a prefix of one"):
+        Trainer(stage_context, {"model": model}, TrainConfig(lr_scale={"model.2": 0.1}), steps_per_epoch=1)
+    with pytest.raises(HvkitError, match="lr_scale names 'model.1.w'"):  # a prefix ends at a dot
+        Trainer(stage_context, {"model": model}, TrainConfig(lr_scale={"model.1.w": 0.1}), steps_per_epoch=1)
+    with pytest.raises(HvkitError, match=r"^stage fit: train.lr_scale needs the optimizer's lr \(SGD has none"):
+        Trainer(stage_context, {"model": model}, TrainConfig(optimizer={"name": "SGD"}, lr_scale={"model.1": 0.1}),
+                steps_per_epoch=1)
+    for scale in (0.0, -1.0):
+        with pytest.raises(ValueError, match=rf"^train.lr_scale\['model.1'\]={scale} must be > 0"):
+            TrainConfig(lr_scale={"model.1": scale})
+
+
+def test_lr_scale_splits_the_undecayed_group_too(stage_context):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    config = TrainConfig(optimizer={"name": "AdamW", "lr": 0.1, "weight_decay": 0.5}, weight_decay_1d=False,
+                         lr_scale={"model.1": 0.5})
+    trainer = Trainer(stage_context, {"model": model}, config, steps_per_epoch=1)
+    assert [(g["name"], g["weight_decay"], g["lr"], len(g["params"])) for g in trainer.optimizer.param_groups] == [
+        ("model", 0.5, 0.1, 1), ("model.no_decay", 0.0, 0.1, 1), ("model.1", 0.5, 0.05, 1),
+        ("model.1.no_decay", 0.0, 0.05, 1)]
+
+
+def toy_stage(train: TrainConfig = TrainConfig(epochs=2)):
+    """A stage with the shared training options."""
+
+
+@pytest.mark.parametrize("scale, error", [("{encoder.backbone: 0.1}", None),
+                                          ("{encoder.backbone: 0}", "train.lr_scale['encoder.backbone']=0"),
+                                          ("{encoder.backbone: fast}", "lr_scale: expected dict[str, float], got {'encoder.backbone': 'fast'}")])
+def test_recipe_takes_lr_scale_and_refuses_a_bad_one_in_one_line(tmp_path, scale, error):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("data: {name: toy_data}\n"
+                    f"stages:\n  first: {{stage: toy_stage, train: {{lr_scale: {scale}}}}}\n", encoding="utf-8")
+    registry = make_registry(dataset={"toy_data": lambda: None}, stage={"toy_stage": toy_stage})
+    if error is None:
+        assert prepare(path, registry=registry)["stages"]["first"]["train"]["lr_scale"] == {"encoder.backbone": 0.1}
+        return
+    with pytest.raises(RecipeError) as info:
+        prepare(path, registry=registry)
+    assert str(info.value).startswith(f"{path}:stages.first.train") and error in str(info.value)
+    assert "\n" not in str(info.value)
