@@ -38,6 +38,7 @@ from .pnp import PNPLoss
 from .proxy_anchor import ProxyAnchorLoss
 from .proxy_nca import ProxyNCALoss
 from .ranked_list import RankedListLoss
+from .regularized import RegularizedLoss
 from .simsiam import SimSiamLoss
 from .smooth_ap import SmoothAPLoss
 from .snr_contrastive import SNRContrastiveLoss
@@ -96,6 +97,7 @@ def register_losses(register):
     register("proxy_anchor", ProxyAnchorLoss)
     register("proxy_nca", ProxyNCALoss)
     register("ranked_list", RankedListLoss)
+    register("regularized", RegularizedLoss)
     register("simsiam", SimSiamLoss)
     register("smooth_ap", SmoothAPLoss)
     register("snr_contrastive", SNRContrastiveLoss)

@@ -126,6 +126,7 @@ class PMLClassifierLoss(MetricLoss):
 
     Embeddings are cast to the weight's dtype before the call: PML would otherwise cast ``W``
     itself to the embeddings' dtype (fp16 under autocast), in place and for good.
+    :meth:`class_weights` is the hook through which ``regularized`` finds them.
     """
 
     def __init__(self, loss: nn.Module, embedding_dim: int, num_classes: int) -> None:
@@ -138,3 +139,9 @@ class PMLClassifierLoss(MetricLoss):
                 indices_tuple: tuple | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes)
         return self.loss(embeddings.to(self.loss.W.dtype), labels, indices_tuple)
+
+    def class_weights(self) -> torch.Tensor:
+        """PML's ``W`` (D, C K) as rows: (C, D), or (C, K, D) for a loss with K sub-centres per class (a view)."""
+        weights = self.loss.W.T
+        sub_centers = getattr(self.loss, "sub_centers", None)
+        return weights if sub_centers is None else weights.view(self.num_classes, sub_centers, -1)

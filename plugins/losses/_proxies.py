@@ -41,3 +41,7 @@ class ProxyLoss(MetricLoss):
         batch."""
         self.check(embeddings, labels, indices_tuple)
         return cosine_matrix(embeddings.to(self.proxies.dtype), self.proxies)
+
+    def class_weights(self) -> torch.Tensor:
+        """The proxies (C, D), one row per class (per group of classes for ``manifold``), for ``regularized``."""
+        return self.proxies

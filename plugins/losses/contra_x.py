@@ -57,6 +57,10 @@ class ContraXLoss(MetricLoss):
         self.contrastive = contrastive
         self._terms: dict[str, torch.Tensor] = {}
 
+    def class_weights(self) -> torch.Tensor:
+        """The softmax classifier's weight (C, D), for ``regularized``."""
+        return self.classifier.weight
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, self.classifier.in_features, self.classifier.out_features)

@@ -66,6 +66,10 @@ class LargeMarginSoftmaxLoss(MetricLoss):
         return annealed_lambda(self.iteration, self.base, self.gamma, self.power, self.lambda_min,
                                self.weight.dtype)
 
+    def class_weights(self) -> torch.Tensor:
+        """The class weights ``weight`` (C, D), for ``regularized``."""
+        return self.weight
+
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:

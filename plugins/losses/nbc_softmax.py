@@ -67,6 +67,10 @@ class NBCSoftmaxLoss(MetricLoss):
         self.ce_weight, self.tau, self.form = ce_weight, tau, form
         self.classifier = nn.Linear(embedding_dim, num_classes)
 
+    def class_weights(self) -> torch.Tensor:
+        """The softmax classifier's weight (C, D), for ``regularized``."""
+        return self.classifier.weight
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
         if indices_tuple is not None:

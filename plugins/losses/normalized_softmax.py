@@ -45,6 +45,10 @@ class NormalizedSoftmaxLoss(MetricLoss):
         self.embedding_dim, self.num_classes, self.temperature = embedding_dim, num_classes, temperature
         self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim))
 
+    def class_weights(self) -> torch.Tensor:
+        """The class weights ``weight`` (C, D), for ``regularized``."""
+        return self.weight
+
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:

@@ -93,6 +93,10 @@ class SoftTripleLoss(ProxyLoss):
         self._terms = {"softmax": softmax.detach(), "regulariser": regulariser.detach()}
         return softmax + self.tau * regulariser
 
+    def class_weights(self) -> torch.Tensor:
+        """The centres as (C, K, D), a view of ``proxies``: centre k of class c at [c, k] (``regularized``)."""
+        return self.proxies.view(self.num_classes, self.centers_per_class, -1)
+
     def terms(self) -> dict[str, torch.Tensor]:
         """The last call's detached ``softmax`` part and (unweighted, when computed) ``regulariser`` R."""
         return dict(self._terms)

@@ -28,6 +28,8 @@ ARGUMENTS = {
     ("loss", "dense_anchor"): {"params": {"loss": "multi_similarity"}},
     ("loss", "xbm"): {"params": {"loss": "contrastive"}},
     ("loss", "weighted_sum"): {"params": {"losses": ["tuplet_margin", "intra_pair_variance"]}},
+    ("loss", "regularized"): {"params": {"loss": "arcface", "weight_regularizer": "regular_face",
+                                         "embedding_regularizer": "lp"}},
     ("loss", "vae_elbo"): {"inputs": vae_inputs},
     ("miner", "pml"): {"params": {"miner": "PairMarginMiner"}},
     ("sampler", "hard_class"): {"params": {"samples_per_class": 2}},  # P = 4: room for a group of 2 on each of 2 ranks
