@@ -6,6 +6,7 @@ from .concat import Concat
 from .resnet import ResNet18, ResNet34, ResNet50
 from .resnet_vae import ResNetVAE
 from .small_cnn import SmallCNN
+from .torchvision_model import TorchvisionModel
 from .vit import ViT, ViTSmall
 
 
@@ -17,5 +18,6 @@ def register_backbones(register):
     register("resnet50", ResNet50)
     register("resnet_vae", ResNetVAE)
     register("small_cnn", SmallCNN)
+    register("torchvision", TorchvisionModel)
     register("vit", ViT)
     register("vit_small", ViTSmall)

@@ -17,6 +17,7 @@ SPECS = {
     "resnet34": [({}, 2)],
     "resnet50": [({}, 2)],
     "small_cnn": [({}, 8), ({"depth": 3, "norm": "group"}, 16)],
+    "torchvision": [({"arch": "mobilenet_v3_small"}, 2), ({"arch": "densenet121"}, 2), ({"arch": "squeezenet1_1"}, 3)],
 }
 CASES = [(name, params, side) for name, specs in SPECS.items() for params, side in specs]
 

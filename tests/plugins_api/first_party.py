@@ -25,6 +25,7 @@ def vae_inputs(dtype: torch.dtype, generator: torch.Generator) -> tuple[torch.Te
 # What a component needs beyond its defaults: a required parameter, or its own inputs.
 ARGUMENTS = {
     ("backbone", "concat"): {"params": {"members": ["small_cnn", "small_cnn"]}},
+    ("backbone", "torchvision"): {"params": {"arch": "mobilenet_v3_small"}},
     ("loss", "dense_anchor"): {"params": {"loss": "multi_similarity"}},
     ("loss", "xbm"): {"params": {"loss": "contrastive"}},
     ("loss", "weighted_sum"): {"params": {"losses": ["tuplet_margin", "intra_pair_variance"]}},
