@@ -162,7 +162,7 @@ class SSLPretrain:
     declares ``takes_feature_maps`` (``vicregl``) also gets each view's last backbone feature map and its
     cells' positions in the original image (:func:`cell_positions`, from the transform's
     ``with_geometry``; None for a transform without it), and is built with the backbone's
-    ``map_channels``; it needs a backbone with ``feature_map`` (``small_cnn``, the ResNets) and
+    ``map_channels``; it needs a backbone with ``feature_map`` (``small_cnn``, the ResNets, ``torchvision``) and
     takes no teacher. With local views such a loss must also declare ``takes_local_views``: it
     gets every view in one call, ``loss(z_1, z_2, *local, maps=(m_1, m_2, *local maps),
     positions=(...))``, each local view's map at its own (smaller) size and its cells' positions
