@@ -6,17 +6,19 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .calibration import cllr_terms
 from .data import PairSet
 from .roc import RocCounts
 
 
 class _Weighted:
-    """Accuracy (at a threshold), ROC AUC and EER of one pair set under per-pair weights."""
+    """Accuracy (at a threshold), ROC AUC, EER and Cllr (of given log LRs) of one pair set under per-pair weights."""
 
-    def __init__(self, pairs: PairSet, threshold: float | None):
+    def __init__(self, pairs: PairSet, threshold: float | None, log_lr: np.ndarray | None = None):
         self.levels, self.level = np.unique(pairs.scores, return_inverse=True)
         self.same = pairs.same.astype(np.float64)
         self.correct = None if threshold is None else ((pairs.scores >= threshold) == pairs.same).astype(np.float64)
+        self.cost = None if log_lr is None else cllr_terms(log_lr, pairs.same)
 
     def __call__(self, weight: np.ndarray) -> dict[str, float] | None:
         """The metrics, or None when the weighted pairs lack same or different ones."""
@@ -27,6 +29,9 @@ class _Weighted:
         out = {"roc_auc": roc.auc(), "eer": roc.eer()}
         if self.correct is not None:
             out["accuracy"] = float(np.dot(weight, self.correct) / weight.sum())
+        if self.cost is not None:
+            same, diff = weight * self.same, weight * (1.0 - self.same)
+            out["cllr"] = float(0.5 * (np.dot(same, self.cost) / same.sum() + np.dot(diff, self.cost) / diff.sum()))
         return out
 
 
@@ -54,19 +59,21 @@ def _check(resamples: int, confidence: float) -> None:
 
 
 def writer_bootstrap(pairs: PairSet, threshold: float | None, resamples: int = 1000, confidence: float = 0.95,
-                     seed: int = 0) -> dict[str, float | int | list[float]]:
-    """Percentile intervals of accuracy (at ``threshold``), ROC AUC and EER over resampled writers.
+                     seed: int = 0, log_lr: np.ndarray | None = None) -> dict[str, float | int | list[float]]:
+    """Percentile intervals of accuracy (at ``threshold``), ROC AUC, EER and Cllr over resampled writers.
 
     Pairs are not independent — a writer's pairs share its images — so the unit of resampling
     is the writer (of each pair's first image), as in a cluster bootstrap (Field & Welsh 2007):
     each of ``resamples`` draws picks as many writers as there are, uniformly with replacement,
     and weights every pair by how often its writer was drawn. The interval is the
     ``(1 ± confidence) / 2`` percentiles of the metric over the draws (Efron's percentile
-    interval). ``accuracy`` is left out when ``threshold`` is None; draws with no same or no
-    different pair are skipped (reported as ``resamples_used``).
+    interval). ``accuracy`` is left out when ``threshold`` is None, ``cllr`` when ``log_lr`` (the
+    pairs' natural log LRs from a calibration fitted elsewhere, held fixed) is None; draws with
+    no same or no different pair are skipped (reported as ``resamples_used``). ``min Cllr`` has
+    no interval: its PAV refit per draw would cost a Python loop over every score level.
     """
     _check(resamples, confidence)
-    metrics = _Weighted(pairs, threshold)
+    metrics = _Weighted(pairs, threshold, log_lr)
     draws = [m for w in _writer_weights(pairs.writers, resamples, seed) if (m := metrics(w)) is not None]
     return _percentiles(draws, confidence)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ import torch
 from hvkit.cli import user_errors
 from hvkit.engine import load_checkpoint
 from hvkit.errors import HvkitError
+from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit.engine.context import build
 from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_outputs
@@ -30,7 +32,9 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
     """Score whether two handwriting images share a writer, and decide at the validation threshold.
 
     SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used)
-    or an encoder checkpoint (plain cosine similarity; give --threshold).
+    or an encoder checkpoint (plain cosine similarity; give --threshold). When the run's
+    verifier carries a calibration fitted on validation writers, the likelihood ratio
+    p(score | one writer) / p(score | two writers) is printed too.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if source.is_dir() and (source / "stages").is_dir():
@@ -67,3 +71,21 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
         score = float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])
     same = score >= limit
     click.echo(f"score {score:.4f}  threshold {limit:.4f}  → {'same writer' if same else 'different writers'}")
+    if entry is not None and entry.get("calibration"):  # runs before hvkit calibrated have none
+        click.echo(likelihood_ratio_line(float(Calibration(**entry["calibration"]).log_lr(score))))
+
+
+def likelihood_ratio_line(log_lr: float) -> str:
+    """The LR of a natural log LR in words: how many times more likely the score is for one writer than for two."""
+    log10 = log_lr / math.log(10)
+
+    def times(exponent: float) -> str:
+        return f"{10 ** exponent:.3g}" if abs(exponent) < 300 else f"10^{exponent:.1f}"
+
+    if times(abs(log10)) == "1":
+        meaning = "the score is about as likely for one writer as for two"
+    elif log10 > 0:
+        meaning = f"the score is {times(log10)} times more likely for one writer than for two"
+    else:
+        meaning = f"the score is {times(-log10)} times more likely for two writers than for one"
+    return f"LR {times(log10)} (log10 {log10:.2f}): {meaning}"

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from hvkit.evaluation import EvalData, PairSet, RocCounts
+from hvkit.evaluation import EvalData, PairSet, RocCounts, cllr, fit_calibration, min_cllr
 from hvkit.evaluation.bootstrap import writer_bootstrap
 from hvkit.evaluation.plots import new_figure
 
 
 class Verification:
-    """Verification: accuracy, ROC AUC, EER, TAR@FAR, precision/recall/F1, per-writer EER; ROC/DET plots.
+    """Verification: accuracy, ROC AUC, EER, TAR@FAR, precision/recall/F1, per-writer EER, Cllr; ROC/DET/Tippett plots.
 
     For each verifier of ``data.verifiers`` (scores: higher = same writer; accepted when
     score ≥ threshold): accuracy at the threshold that maximises accuracy on the verifier's
@@ -22,13 +22,23 @@ class Verification:
     SSL-HV protocol for probability outputs); ROC AUC (Mann–Whitney, ties ½); EER (where
     FAR = FRR on the ROC); TAR at each FAR of ``far_targets`` (default 1e-2, 1e-3);
     precision, recall and F1 of "same" at the val threshold; EER per writer of the pair's
-    first image, averaged over writers with both kinds of pairs. With ``all_pairs`` (on by
-    default) every unordered pair of test embeddings is also scored by cosine similarity
-    through streamed 2^16-bin histograms (AUC error bound reported). With ``bootstrap`` > 0
-    (default 1,000 draws) each verifier also gets ``ci``: ``confidence`` intervals of its
-    accuracy, AUC and EER from resampling test writers (:func:`writer_bootstrap`; ``hvkit
-    compare`` tests the difference of two models). ROC/DET curves and score histograms go
-    to ``out_dir`` as PNG.
+    first image, averaged over writers with both kinds of pairs.
+
+    Likelihood ratios (:mod:`hvkit.evaluation.calibration`): ``calibration`` ``{slope, offset}``
+    maps a score to its natural log LR, fitted by logistic regression on the same val pairs as
+    the threshold; ``cllr`` is the log-LR cost (Brümmer & du Preez 2006) of the test pairs' LRs
+    under it; ``min_cllr`` the Cllr after the best non-decreasing recalibration of the test
+    scores themselves (PAV), the discrimination loss (also without val pairs); ``cllr_cal`` =
+    ``cllr`` − ``min_cllr``, the calibration loss. Cllr is 1 for LRs that say nothing, 0 for
+    perfect ones.
+
+    With ``all_pairs`` (on by default) every unordered pair of test embeddings is also scored by
+    cosine similarity through streamed 2^16-bin histograms (AUC error bound reported). With
+    ``bootstrap`` > 0 (default 1,000 draws) each verifier also gets ``ci``: ``confidence``
+    intervals of its accuracy, AUC, EER and Cllr from resampling test writers
+    (:func:`writer_bootstrap`, the val calibration held fixed; ``hvkit compare`` tests the
+    difference of two models). ROC/DET curves, score histograms and Tippett plots (with val
+    pairs) go to ``out_dir`` as PNG.
     """
 
     name = "verification"
@@ -58,6 +68,7 @@ class Verification:
         out: dict[str, Any] = {"pairs": len(test.scores), "same_pairs": int(test.same.sum()), **self._roc_metrics(roc)}
         out["accuracy_at_fixed_threshold"] = float(np.mean((test.scores >= self.fixed_threshold) == test.same))
         out["fixed_threshold"] = self.fixed_threshold
+        log_lr = None
         if "val" in sets:
             threshold, val_accuracy = RocCounts.from_scores(sets["val"].scores, sets["val"].same).best_threshold()
             accepted = test.scores >= threshold
@@ -67,13 +78,22 @@ class Verification:
             out.update(threshold=threshold, val_accuracy=val_accuracy,
                        accuracy=float(np.mean(accepted == test.same)), precision=precision, recall=recall,
                        f1=2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+            calibration = fit_calibration(sets["val"].scores, sets["val"].same)
+            log_lr = calibration.log_lr(test.scores)
+            out.update(cllr=cllr(log_lr, test.same), calibration=calibration.as_dict())
+        out["min_cllr"] = min_cllr(test.scores, test.same)
+        if log_lr is not None:
+            out["cllr_cal"] = out["cllr"] - out["min_cllr"]
         out.update(per_writer_eer(test))
         if self.bootstrap:
-            out["ci"] = writer_bootstrap(test, out.get("threshold"), self.bootstrap, self.confidence)
+            out["ci"] = writer_bootstrap(test, out.get("threshold"), self.bootstrap, self.confidence, log_lr=log_lr)
         if out_dir is not None:
             stem = re.sub(r"[^\w.-]", "_", name)
             plot_roc(roc, out_dir / f"verification_{stem}_roc_det.png", name)
             plot_scores(roc, out_dir / f"verification_{stem}_scores.png", name)
+            if log_lr is not None:
+                plot_tippett(log_lr, test.same, out_dir / f"verification_{stem}_tippett.png", name,
+                             out["cllr"], out["min_cllr"])
         return out
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
@@ -136,5 +156,31 @@ def plot_scores(roc: RocCounts, path: Path, title: str, bins: int = 100) -> None
         axes.hist(roc.levels, bins=edges, weights=counts, density=True, alpha=0.5, label=label)
     axes.set(xlabel="score", ylabel="density", title=f"scores — {title}")
     axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+
+
+def plot_tippett(log_lr: np.ndarray, same: np.ndarray, path: Path, title: str, cost: float, least: float) -> None:
+    """Tippett plot: the share of same-writer and of different-writer pairs whose log10 LR exceeds x.
+
+    Read at x = 0: the same-writer curve's shortfall from 1 is the share of same-writer pairs
+    with misleading LRs (< 1), the different-writer curve's height the share of misleading
+    different-writer ones (> 1). Well-separated curves far from 0 mean strong evidence.
+    """
+    log10 = np.asarray(log_lr, dtype=np.float64) / np.log(10.0)
+    low, high = float(log10.min()), float(log10.max())
+    pad = max(0.05 * (high - low), 0.1)
+    figure = new_figure(6.0, 4.0)
+    axes = figure.subplots()
+    for rows, label in ((same, "same writer"), (~same, "different writers")):
+        values = np.sort(log10[rows])
+        above = 1.0 - np.arange(1, len(values) + 1) / len(values)  # share strictly above each value
+        axes.step(np.concatenate([[low - pad], values, [high + pad]]), np.concatenate([[1.0], above, [0.0]]),
+                  where="post", label=label)
+    axes.axvline(0.0, color="grey", linewidth=0.8)
+    axes.set(xlim=(low - pad, high + pad), ylim=(0, 1.01), xlabel="log10 LR", ylabel="share of pairs above",
+             title=f"Tippett — {title}: Cllr {cost:.3f} (min {least:.3f})")
+    axes.legend()
+    axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=100)

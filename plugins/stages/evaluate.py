@@ -129,11 +129,13 @@ class Evaluate:
         verifiers_path = ctx.stage_dir / "verifiers.pt"
         np.save(ctx.stage_dir / "test_embeddings.npy", emb["test"].numpy())
         np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
-        thresholds = {name: metrics.get("verification", {}).get(name, {}).get("threshold") for name in verifiers}
+        found = {name: metrics.get("verification", {}).get(name, {}) for name in verifiers}
+        thresholds = {name: values.get("threshold") for name, values in found.items()}
         scores_path = ctx.stage_dir / PAIR_SCORES
         save_pair_scores(scores_path, {name: sets["test"] for name, sets in verifiers.items()}, thresholds,
                          pairs_digest(parts["test"], *pairs["test"][:2]))
-        save_checkpoint(verifiers_path, {name: {"spec": spec, "state": head.state_dict(), "threshold": thresholds[name]}
+        save_checkpoint(verifiers_path, {name: {"spec": spec, "state": head.state_dict(), "threshold": thresholds[name],
+                                                "calibration": found[name].get("calibration")}
                                          for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
                 "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(scores_path),
@@ -213,7 +215,7 @@ def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray,
 
 
 def _report(metrics: dict[str, Any], protocol: str) -> str:
-    rows = ["| verifier | accuracy (val threshold) | ROC AUC | EER |", "|---|---|---|---|"]
+    rows = ["| verifier | accuracy (val threshold) | ROC AUC | EER | Cllr | min Cllr |", "|---|---|---|---|---|---|"]
     level = None
     space = metrics.get("space", "raw")
     seen = "" if space == "raw" else f" in the {space} space"
@@ -221,10 +223,14 @@ def _report(metrics: dict[str, Any], protocol: str) -> str:
         if isinstance(values, dict) and "roc_auc" in values:
             ci = values.get("ci", {})
             level = ci.get("confidence", level)
-            cells = [_with_interval(values.get(key), ci.get(key)) for key in ("accuracy", "roc_auc", "eer")]
+            cells = [_with_interval(values.get(key), ci.get(key))
+                     for key in ("accuracy", "roc_auc", "eer", "cllr", "min_cllr")]
             rows.append(f"| {name}{seen if name == 'all_pairs' else ''} | " + " | ".join(cells) + " |")
     if level is not None:
         rows.append(f"\n({level:.0%} intervals from resampling test writers.)")
+    if any(isinstance(v, dict) and "cllr" in v for v in metrics.get("verification", {}).values()):
+        rows.append("\nCllr: cost in bits of the likelihood ratios calibrated on validation writers (1: no "
+                    "information, 0: perfect); min Cllr: after the best monotone recalibration on test.")
     found = metrics.get("retrieval", {})
     if "precision_at_1" in found:
         rows.append(f"\nRetrieval among the test writers{seen}: precision@1 {found['precision_at_1']:.4f}, "

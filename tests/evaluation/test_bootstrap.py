@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from hvkit.evaluation import EvalData, PairSet, evaluate
+from hvkit.evaluation import EvalData, PairSet, cllr, evaluate, fit_calibration
 from hvkit.evaluation.bootstrap import paired_writer_bootstrap, seeded_paired_bootstrap, writer_bootstrap
 from hvkit_plugins.evaluators.verification import Verification
 from hvkit_plugins.stages.evaluate import _report
@@ -24,15 +24,17 @@ def pairs(writers: int, per_writer: int, seed: int, shift: float = 1.0) -> PairS
 
 def test_intervals_equal_copying_the_drawn_writers_pairs():
     data, threshold, resamples = pairs(12, 15, seed=0), 0.45, 40
-    out = writer_bootstrap(data, threshold, resamples, confidence=0.8, seed=3)
+    log_lr = 1.7 * data.scores - 0.6  # a calibration fitted elsewhere, held fixed across draws
+    out = writer_bootstrap(data, threshold, resamples, confidence=0.8, seed=3, log_lr=log_lr)
     rng, ids = np.random.default_rng(3), np.unique(data.writers)
-    draws = {"accuracy": [], "roc_auc": [], "eer": []}
+    draws = {"accuracy": [], "roc_auc": [], "eer": [], "cllr": []}
     for _ in range(resamples):
         rows = np.concatenate([np.flatnonzero(data.writers == ids[k]) for k in rng.integers(0, len(ids), len(ids))])
         scores, same = data.scores[rows], data.same[rows]
         draws["accuracy"].append(np.mean((scores >= threshold) == same))
         draws["roc_auc"].append(roc_auc_score(same, scores))
         draws["eer"].append(sklearn_eer(same, scores))
+        draws["cllr"].append(cllr(log_lr[rows], same))
     assert out["resamples_used"] == resamples and out["confidence"] == 0.8
     for name, values in draws.items():
         np.testing.assert_allclose(out[name], np.percentile(values, [10, 90]), rtol=0, atol=1e-12)
@@ -53,7 +55,7 @@ def test_intervals_hold_the_estimate_and_narrow_with_more_writers():
 def test_without_threshold_no_accuracy_and_same_draws_every_time():
     data = pairs(10, 10, seed=2)
     first, again = writer_bootstrap(data, None, 50), writer_bootstrap(data, None, 50)
-    assert "accuracy" not in first and first == again
+    assert "accuracy" not in first and "cllr" not in first and first == again
 
 
 def test_draws_without_both_kinds_of_pairs_are_skipped_or_refused():
@@ -70,10 +72,13 @@ def test_verification_reports_intervals_and_can_leave_them_out():
     val, test = pairs(8, 20, seed=4), pairs(30, 20, seed=5)
     data = EvalData(np.zeros((1, 4), np.float32), np.zeros(1), verifiers={"head": {"val": val, "test": test}})
     out = evaluate([Verification(bootstrap=100)], data)["verification"]["head"]
-    assert out["ci"] == writer_bootstrap(test, out["threshold"], 100)
+    log_lr = fit_calibration(val.scores, val.same).log_lr(test.scores)
+    assert out["ci"] == writer_bootstrap(test, out["threshold"], 100, log_lr=log_lr)
     report = _report({"verification": {"head": out}}, "clean")
     low, high = out["ci"]["accuracy"]
     assert f"{out['accuracy']:.4f} ({low:.3f}–{high:.3f})" in report and "95% intervals" in report
+    low, high = out["ci"]["cllr"]
+    assert f"| {out['cllr']:.4f} ({low:.3f}–{high:.3f}) | {out['min_cllr']:.4f} |" in report
     plain = evaluate([Verification(bootstrap=0)], data)["verification"]["head"]
     assert "ci" not in plain and "intervals" not in _report({"verification": {"head": plain}}, "clean")
     with pytest.raises(ValueError, match="bootstrap"):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from hvkit.evaluation import EvalData, PairSet, evaluate
+from hvkit.evaluation import EvalData, PairSet, cllr, evaluate, fit_calibration, min_cllr
 from hvkit_plugins.evaluators import register_evaluators
 from hvkit_plugins.evaluators.verification import Verification
 
@@ -71,6 +71,33 @@ def test_per_writer_eer_on_a_hand_made_case():
     assert "threshold" not in out and "accuracy" not in out, "no val pairs: no val threshold"
 
 
+def test_likelihood_ratios_are_calibrated_on_val_and_scored_on_test():
+    val, test = pair_set(400, 0), pair_set(1000, 1, shift=1.5)
+    out = run({"head": {"val": val, "test": test}})["head"]
+    fit = fit_calibration(val.scores, val.same)
+    assert out["calibration"] == {"slope": fit.slope, "offset": fit.offset}
+    assert out["cllr"] == pytest.approx(cllr(fit.log_lr(test.scores), test.same), abs=1e-12)
+    assert out["min_cllr"] == pytest.approx(min_cllr(test.scores, test.same), abs=1e-12)
+    assert out["cllr_cal"] == pytest.approx(out["cllr"] - out["min_cllr"], abs=1e-12)
+    assert 0 < out["min_cllr"] <= out["cllr"] < 1
+    assert out["ci"]["cllr"][0] < out["cllr"] < out["ci"]["cllr"][1]
+    on_test = run({"head": {"val": test, "test": test}})["head"]  # fitted on test itself: nearly no calibration loss
+    assert 0 <= on_test["cllr_cal"] < out["cllr_cal"]
+
+
+def test_without_val_pairs_only_the_discrimination_loss():
+    out = run({"head": {"test": pair_set(300, 2)}})["head"]
+    assert "min_cllr" in out and not {"cllr", "cllr_cal", "calibration"} & set(out)
+    assert "cllr" not in out["ci"]
+
+
+def test_val_pairs_of_one_kind_are_a_one_line_error():
+    val = PairSet([0.7, 0.6], [True, True], [0, 1])
+    with pytest.raises(ValueError, match=r"^ROC statistics need both same and different pairs; got 2 same and 0 "
+                                         r"different$"):
+        run({"head": {"val": val, "test": pair_set(100, 3)}})
+
+
 def test_all_pairs_scores_every_test_pair():
     x, labels = clustered(n=300, classes=10, noise=1.5, seed=3)
     out = run({}, x, labels)["all_pairs"]
@@ -88,7 +115,7 @@ def test_plots_are_valid_pngs(tmp_path):
     run({"head": {"val": pair_set(200, 2), "test": pair_set(300, 3)}}, x, labels, out_dir=tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["verification_all_pairs_roc_det.png", "verification_all_pairs_scores.png",
-                     "verification_head_roc_det.png", "verification_head_scores.png"]
+                     "verification_head_roc_det.png", "verification_head_scores.png", "verification_head_tippett.png"]
     for name in names:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(tmp_path / name) as image:
@@ -97,7 +124,7 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 def test_plot_names_are_safe_file_names(tmp_path):
-    run({"ssl/hv pair": {"test": pair_set(100, 5)}}, out_dir=tmp_path, all_pairs=False)
+    run({"ssl/hv pair": {"test": pair_set(100, 5)}}, out_dir=tmp_path, all_pairs=False)  # no val: no Tippett plot
     assert sorted(p.name for p in tmp_path.iterdir()) == ["verification_ssl_hv_pair_roc_det.png",
                                                          "verification_ssl_hv_pair_scores.png"]
 

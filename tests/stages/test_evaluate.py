@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import copy
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
+from PIL import Image
 
-from hvkit.engine import load_checkpoint
+from hvkit.cli import main
+from hvkit.engine import load_checkpoint, save_checkpoint
+from hvkit.engine.context import build
 from hvkit.errors import HvkitError
+from hvkit.evaluation import Calibration, cllr, fit_calibration, min_cllr
 from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text
 from hvkit_plugins.datasets.cedar_and import cedar_and
-from hvkit_plugins.datasets.pairs import labelled_writers
+from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.heads.cosine_pair import scatter_whitening, within_class_whitening
 from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.stages.evaluate import load_pair_scores
+from hvkit_plugins.stages.pair_training import pair_probability
 
 RECIPE = {
     "name": "tiny_evaluate", "seed": 1, "device": "cpu",
@@ -109,3 +118,55 @@ def test_space_names_a_cosine_verifier_of_the_stage(tmp_path: Path, space: str, 
         recipe["stages"]["evaluate"]["verifiers"] = ["cosine_pair", "wccn_pair", "pcaw_pair", "sslhv_pair"]
     with pytest.raises(HvkitError, match=rf"^stage 'evaluate': {message}$"):
         run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
+
+
+def test_likelihood_ratios_calibrated_on_val_reach_metrics_verifiers_and_verify(tmp_path: Path) -> None:
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["evaluate"]["plots"] = True
+    run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
+    stage_dir = run_dir / "stages" / "evaluate"
+    metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["evaluate"]["verification"]
+    fitted = load_checkpoint(stage_dir / "verifiers.pt")
+    encoder, _ = load_encoder(run_dir / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
+    val = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["val"]
+    val_emb = embed(encoder, val.images, torch.device("cpu"))
+    i, j, val_same = sslhv_pairs(np.asarray(val.labels), seed=RECIPE["seed"])
+    test_pairs = load_pair_scores(stage_dir / "test_pair_scores.npz")
+    for name in ("cosine_pair", "wccn_pair", "pcaw_pair"):
+        found = metrics[name]
+        assert fitted[name]["calibration"] == found["calibration"]
+        head = build(get_registry(), "head", fitted[name]["spec"], in_dim=16)
+        head.load_state_dict(fitted[name]["state"])
+        refit = fit_calibration(pair_probability(head, val_emb, i, j), val_same.astype(bool))
+        assert (refit.slope, refit.offset) == pytest.approx(tuple(found["calibration"].values()), rel=1e-5, abs=1e-6)
+        test = test_pairs[name][0]
+        log_lr = Calibration(**found["calibration"]).log_lr(test.scores)
+        assert found["cllr"] == pytest.approx(cllr(log_lr, test.same), abs=1e-12)
+        assert found["min_cllr"] == pytest.approx(min_cllr(test.scores, test.same), abs=1e-12)
+        assert found["cllr_cal"] == pytest.approx(found["cllr"] - found["min_cllr"], abs=1e-12)
+        assert (stage_dir / f"verification_{name}_tippett.png").is_file()
+    cells = [f"{metrics['wccn_pair'][key]:.4f}" for key in ("cllr", "min_cllr")]
+    assert re.search(rf"\| wccn_pair \|.*\| {cells[0]} \([^)]*\) \| {cells[1]} \|$",
+                     (run_dir / "report.md").read_text(), re.M)  # Cllr with its interval; min Cllr has none
+
+    test = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["test"]
+    files = []
+    for k in (0, 7):
+        files.append(tmp_path / f"word{k}.png")
+        Image.fromarray(255 - test.images[k, 0].numpy()).save(files[-1])  # dark ink on white, as scanned
+    command = ["verify", str(run_dir), *map(str, files), "--verifier", "wccn_pair"]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0, result.output
+    score = float(re.match(r"score (\S+)", result.output).group(1))
+    lr, log10 = map(float, re.search(r"^LR (\S+) \(log10 (\S+)\): the score is ", result.output, re.M).groups())
+    calibration = Calibration(**fitted["wccn_pair"]["calibration"])
+    expected = float(calibration.log_lr(score)) / math.log(10)
+    assert abs(log10 - expected) <= 0.005 + abs(calibration.slope) * 5e-5 / math.log(10)  # printed to 2 and 4 places
+    assert lr == pytest.approx(10 ** log10, rel=0.02)
+
+    for entry in fitted.values():  # a run saved before hvkit calibrated: no calibration in verifiers.pt
+        del entry["calibration"]
+    save_checkpoint(stage_dir / "verifiers.pt", fitted)
+    old = CliRunner().invoke(main, command)
+    assert old.exit_code == 0, old.output
+    assert old.output.startswith(f"score {score:.4f}  threshold ") and "LR" not in old.output

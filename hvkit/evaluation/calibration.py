@@ -1,0 +1,190 @@
+"""Scores to likelihood ratios, and the log-likelihood-ratio cost Cllr.
+
+A forensic comparison reports its evidence as a likelihood ratio
+``LR(s) = p(s | same writer) / p(s | different writers)``: how many times more probable the
+score ``s`` is if one writer wrote both images than if two did. It is independent of the prior
+odds, which the court supplies (posterior odds = LR × prior odds). Log LRs here are natural
+logarithms unless a name says log10.
+
+Cllr (Brümmer & du Preez 2006, "Application-independent evaluation of speaker detection",
+Computer Speech & Language 20) measures LRs in bits:
+``Cllr = ½ [mean_same log2(1 + 1/LR) + mean_diff log2(1 + LR)]``. A system that always says
+LR = 1 scores exactly 1, perfect LRs (∞ for same, 0 for different) score 0, and misleading
+confident LRs cost without bound. Its minimum over every non-decreasing recalibration of the
+scores (``min Cllr``, found by the pool-adjacent-violators algorithm) is the loss due to
+discrimination; ``Cllr − min Cllr`` is the loss due to calibration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+from .roc import RocCounts
+
+_LN2 = float(np.log(2.0))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The affine map of a score to its natural log LR: ``log LR(s) = slope · s + offset``."""
+
+    slope: float
+    offset: float
+
+    def log_lr(self, scores: np.ndarray | float) -> np.ndarray:
+        """Natural log LRs of ``scores`` (float64)."""
+        return self.slope * np.asarray(scores, dtype=np.float64) + self.offset
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"slope": …, "offset": …}``, as stored in ``metrics.json`` and ``verifiers.pt``."""
+        return {"slope": float(self.slope), "offset": float(self.offset)}
+
+
+def _check_pairs(scores: np.ndarray, same: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
+    if scores.ndim != 1 or same.shape != scores.shape:
+        raise ValueError(f"{what}: scores and same must be 1-D of equal length, got {scores.shape} and {same.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{what}: scores contain NaN or infinite values")
+    positives = int(same.sum())
+    if positives == 0 or positives == len(same):
+        raise ValueError(f"{what} needs both same-writer and different-writer pairs; got {positives} same "
+                         f"and {len(same) - positives} different")
+    return scores, same
+
+
+def fit_calibration(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -> Calibration:
+    """Linear logistic-regression calibration of scores to log LRs (float64, Newton's method).
+
+    Fits ``z = a·s + b`` by minimising the prior-weighted cross-entropy
+    ``½ mean_same ℓ(z, t₊) + ½ mean_diff ℓ(z, t₋)``, ``ℓ(z, t) = t softplus(−z) + (1−t) softplus(z)``;
+    with targets t₊ = 1, t₋ = 0 that is the Cllr of the calibrated scores (times ln 2), as
+    Brümmer's FoCal/BOSARIS toolkits and Morrison's "Tutorial on logistic-regression calibration
+    and fusion" (Australian Journal of Forensic Sciences 45, 2013) do. Each class weighs ½
+    whatever its count, so the fit does not depend on the share of same-writer pairs and ``z`` is
+    a log LR, not log posterior odds. With balanced pairs it is exactly plain (unweighted)
+    logistic regression on the same targets, whose log prior odds are then 0; with unbalanced
+    ones it is still the affine map of least Cllr (up to the smoothing below), which plain
+    regression minus the log prior odds is not.
+
+    The targets follow Platt ("Probabilistic outputs for support vector machines", 1999):
+    ``t₊ = (N₊ + 1)/(N₊ + 2)`` instead of 1 and ``t₋ = 1/(N₋ + 2)`` instead of 0 (Laplace's rule
+    of succession). Without them perfectly separated pairs have no finite fit; with them the fit
+    is always finite, its largest LRs growing with the number of pairs that support them, and it
+    differs from the unsmoothed one by O(1/N). The returned map subtracts the log prior odds of
+    the weighted targets, ``logit(½ t₊ + ½ t₋)`` (0 when N₊ = N₋, as in the SSL-HV pair protocol),
+    so ``log LR = a·s + b − logit(½ t₊ + ½ t₋)``: scores whose mean is the same for both classes
+    (constant ones included) get slope 0 and LR exactly 1.
+
+    Raises ``ValueError`` (one line) for non-finite scores or pairs of one kind only.
+    """
+    scores, same = _check_pairs(scores, same, "calibration")
+    n_same, n_diff = float(same.sum()), float((~same).sum())
+    target = np.where(same, (n_same + 1) / (n_same + 2), 1 / (n_diff + 2))
+    weight = np.where(same, 0.5 / n_same, 0.5 / n_diff)
+    prior = float(np.dot(weight, target))  # the weighted targets' mean
+    prior_log_odds = float(np.log(prior) - np.log1p(-prior))
+    if scores.min() == scores.max():  # (np.std of equal floats need not be 0)
+        return Calibration(0.0, 0.0)
+    centre, spread = float(np.mean(scores)), float(np.std(scores))
+    x = (scores - centre) / spread  # standardised: a well-conditioned Newton system
+
+    def loss(p: np.ndarray) -> float:
+        z = p[0] * x + p[1]
+        return float(np.dot(weight, target * np.logaddexp(0.0, -z) + (1 - target) * np.logaddexp(0.0, z)))
+
+    params = np.zeros(2)
+    current = loss(params)
+    for _ in range(max_iter):
+        z = params[0] * x + params[1]
+        p = expit(z)
+        residual, curvature = weight * (p - target), weight * p * (1 - p)
+        gradient = np.array([np.dot(residual, x), residual.sum()])
+        hessian = np.array([[np.dot(curvature, x * x), np.dot(curvature, x)],
+                            [np.dot(curvature, x), curvature.sum()]])
+        step = np.linalg.solve(hessian, gradient)
+        size = 1.0
+        while True:  # backtracking (Armijo) keeps every step a descent
+            trial = params - size * step
+            value = loss(trial)
+            if value <= current - 1e-4 * size * float(np.dot(gradient, step)) or size < 1e-10:
+                break
+            size /= 2
+        params, current = trial, value
+        if np.max(np.abs(size * step)) < 1e-12 or np.max(np.abs(gradient)) < 1e-15:
+            break
+    else:
+        raise ValueError(f"calibration: logistic regression did not converge in {max_iter} Newton steps")
+    a, b = params
+    return Calibration(slope=float(a / spread), offset=float(b - a * centre / spread - prior_log_odds))
+
+
+def cllr_terms(log_lr: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """Each pair's cost in bits: ``log2(1 + 1/LR)`` for same-writer, ``log2(1 + LR)`` for different-writer pairs.
+
+    Computed as ``softplus(∓ log LR) / ln 2``, exact for LRs of 0 and ∞ on the side they are
+    right (cost 0) and ∞ on the side they are wrong.
+    """
+    log_lr, same = np.asarray(log_lr, dtype=np.float64), np.asarray(same, dtype=bool)
+    return np.logaddexp(0.0, np.where(same, -log_lr, log_lr)) / _LN2
+
+
+def cllr(log_lr: np.ndarray, same: np.ndarray) -> float:
+    """Log-likelihood-ratio cost ``½ [mean_same log2(1 + 1/LR) + mean_diff log2(1 + LR)]`` of natural log LRs.
+
+    Brümmer & du Preez (2006). Each class weighs ½ whatever its count; LR = 1 everywhere gives 1.
+    """
+    log_lr, same = np.asarray(log_lr, dtype=np.float64), np.asarray(same, dtype=bool)
+    if log_lr.ndim != 1 or same.shape != log_lr.shape:
+        raise ValueError(f"cllr: log_lr and same must be 1-D of equal length, got {log_lr.shape} and {same.shape}")
+    if np.isnan(log_lr).any():
+        raise ValueError("cllr: log_lr contains NaN")
+    if same.all() or not same.any():
+        raise ValueError(f"cllr needs both same-writer and different-writer pairs; got {int(same.sum())} same "
+                         f"and {int((~same).sum())} different")
+    cost = cllr_terms(log_lr, same)
+    return float(0.5 * (cost[same].mean() + cost[~same].mean()))
+
+
+def pav_log_lr(scores: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """The optimal non-decreasing recalibration of ``scores`` to natural log LRs, by pool-adjacent-violators.
+
+    Isotonic regression of the labels (1 same, 0 different) on the scores gives the posterior
+    ``P`` of "same" that no other non-decreasing function of the score beats under any proper
+    scoring rule; Brümmer & du Preez (2006) convert it with the pairs' own prior odds,
+    ``log LR = logit(P) − log(N₊/N₋)``, and the resulting LRs are then optimal for Cllr at every
+    prior. Tied scores are pooled first (a function of the score cannot split them; BOSARIS's
+    stable sort instead puts different-writer pairs first among ties, an optimistic split: the
+    two agree without ties). A block of only different-writer pairs gets −∞ and one of only
+    same-writer pairs +∞ — never charged, as :func:`cllr_terms` costs them 0.
+    """
+    scores, same = _check_pairs(scores, same, "min_cllr")
+    counts = RocCounts.from_scores(scores, same)  # one level per distinct score, ascending
+    # Stack-based PAV over the levels: each block holds its same and total counts.
+    block_same: list[float] = []
+    block_total: list[float] = []
+    block_levels: list[int] = []
+    for k_same, k_total in zip(counts.same, counts.same + counts.diff):
+        s, t, n = float(k_same), float(k_total), 1
+        while block_same and block_same[-1] * t >= s * block_total[-1]:  # previous mean ≥ this one: pool
+            s, t, n = s + block_same.pop(), t + block_total.pop(), n + block_levels.pop()
+        block_same.append(s)
+        block_total.append(t)
+        block_levels.append(n)
+    bs, bt = np.array(block_same), np.array(block_total)
+    with np.errstate(divide="ignore"):
+        block_llr = np.log(bs) - np.log(bt - bs) - np.log(counts.positives / counts.negatives)
+    level_llr = np.repeat(block_llr, block_levels)
+    return level_llr[np.searchsorted(counts.levels, scores)]
+
+
+def min_cllr(scores: np.ndarray, same: np.ndarray) -> float:
+    """Cllr after the optimal non-decreasing recalibration (:func:`pav_log_lr`): the discrimination loss.
+
+    Invariant to any strictly increasing transform of the scores; 0 for perfectly separated
+    pairs, 1 for scores that do not separate them at all, and never above 1.
+    """
+    return cllr(pav_log_lr(scores, same), same)

@@ -1,0 +1,158 @@
+"""Scores to likelihood ratios and Cllr: against scikit-learn, hand-computed float64 cases, and their invariances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+from hvkit.evaluation import Calibration, cllr, fit_calibration, min_cllr
+from hvkit.evaluation.calibration import cllr_terms, pav_log_lr
+
+
+def scored(n_same: int, n_diff: int, seed: int, shift: float = 1.0, decimals: int | None = None):
+    """Gaussian scores, same-writer pairs ``shift`` higher; rounded to ``decimals`` for ties."""
+    rng = np.random.default_rng(seed)
+    same = np.r_[np.ones(n_same, bool), np.zeros(n_diff, bool)]
+    scores = rng.normal(size=len(same)) + shift * same
+    return (scores if decimals is None else np.round(scores, decimals)), same
+
+
+def sklearn_calibration(scores: np.ndarray, same: np.ndarray, balance: bool) -> tuple[float, float]:
+    """The fit's definition written with scikit-learn: Platt's soft targets as two weighted rows per pair.
+
+    ``balance``: each class weighs ½ (the prior-weighted fit) and the targets' log prior odds
+    are subtracted; without it, plain unweighted logistic regression minus the log prior odds
+    of the (soft) targets, which is what the balanced fit must equal on balanced pairs.
+    """
+    n_same, n_diff = same.sum(), (~same).sum()
+    target = np.where(same, (n_same + 1) / (n_same + 2), 1 / (n_diff + 2))
+    weight = np.where(same, 0.5 / n_same, 0.5 / n_diff) if balance else np.full(len(same), 1 / len(same))
+    model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    model.fit(np.r_[scores, scores][:, None], np.r_[np.ones(len(scores)), np.zeros(len(scores))],
+              sample_weight=len(scores) * np.r_[weight * target, weight * (1 - target)])
+    prior = np.dot(weight, target)
+    return float(model.coef_[0, 0]), float(model.intercept_[0] - np.log(prior / (1 - prior)))
+
+
+@pytest.mark.parametrize("n_same, n_diff, decimals", [(300, 300, None), (80, 400, 2), (500, 60, 1)])
+def test_fit_equals_weighted_logistic_regression_in_sklearn(n_same, n_diff, decimals):
+    scores, same = scored(n_same, n_diff, seed=n_diff, decimals=decimals)
+    fit = fit_calibration(0.3 * scores + 0.5, same)  # cosine-like scale
+    slope, offset = sklearn_calibration(0.3 * scores + 0.5, same, balance=True)
+    assert (fit.slope, fit.offset) == pytest.approx((slope, offset), abs=1e-9)
+    if n_same == n_diff:  # balanced pairs: plain logistic regression minus log prior odds is the same fit
+        assert (fit.slope, fit.offset) == pytest.approx(sklearn_calibration(0.3 * scores + 0.5, same, False), abs=1e-9)
+
+
+def test_fit_on_hand_computed_cases():
+    # one pair each: targets 2/3 (same, s=1) and 1/3 (diff, s=0) are met exactly: σ(a + b) = 2/3, σ(b) = 1/3
+    fit = fit_calibration(np.array([1.0, 0.0]), np.array([True, False]))
+    assert fit.slope == pytest.approx(2 * np.log(2), abs=1e-12) and fit.offset == pytest.approx(-np.log(2), abs=1e-12)
+    # unbalanced: one same (s=1, target 2/3), two diff (s=0, target 1/4); weights ½, ¼, ¼;
+    # σ(b) = 1/4, σ(a + b) = 2/3; prior of the weighted targets ½·2/3 + ½·1/4 = 11/24
+    fit = fit_calibration(np.array([1.0, 0.0, 0.0]), np.array([True, False, False]))
+    assert fit.slope == pytest.approx(np.log(6), abs=1e-12)
+    assert fit.offset == pytest.approx(-np.log(3) - np.log(11 / 13), abs=1e-12)
+    assert fit.log_lr(np.array([0.0, 1.0])) == pytest.approx([fit.offset, fit.offset + fit.slope], abs=0)
+
+
+def test_scores_that_do_not_separate_get_lr_one_and_cllr_one():
+    values = np.array([0.1, 0.4, 0.4, 0.9, 0.2])
+    scores = np.r_[values, values, values, values]  # the same values for both classes, 5 same and 15 different
+    same = np.r_[np.ones(5, bool), np.zeros(15, bool)]
+    fit = fit_calibration(scores, same)
+    assert abs(fit.slope) < 1e-12 and abs(fit.offset) < 1e-12
+    assert cllr(fit.log_lr(scores), same) == pytest.approx(1.0, abs=1e-12)
+    assert fit_calibration(np.full(7, 0.1), np.arange(7) < 2) == Calibration(0.0, 0.0)  # np.std: 1.4e-17
+    assert cllr(np.zeros(7), np.arange(7) < 2) == 1.0  # LR = 1 always: exactly 1 bit
+    assert min_cllr(np.full(7, 0.5), np.arange(7) < 2) == pytest.approx(1.0, abs=1e-15)
+    assert min_cllr(scores, same) == pytest.approx(1.0, abs=1e-15)  # every level holds the prior mix
+
+
+def test_cllr_on_a_hand_computed_case():
+    # same-writer LRs 1 and 3: log2(2) = 1 and log2(4/3); different-writer LRs 1/3, 1, 1/3: log2(4/3), 1, log2(4/3)
+    log_lr = np.log([1.0, 3.0, 1 / 3, 1.0, 1 / 3])
+    same = np.array([True, True, False, False, False])
+    expected = 0.5 * ((1 + np.log2(4 / 3)) / 2 + (1 + 2 * np.log2(4 / 3)) / 3)
+    assert cllr(log_lr, same) == pytest.approx(expected, abs=1e-15)
+    np.testing.assert_allclose(cllr_terms(log_lr, same), [1, np.log2(4 / 3), np.log2(4 / 3), 1, np.log2(4 / 3)],
+                               rtol=0, atol=1e-15)
+
+
+def test_perfect_and_confidently_wrong_lrs():
+    same = np.array([True, True, False, False])
+    assert cllr(np.array([np.inf, 30.0, -np.inf, -30.0]), same) == pytest.approx(0.0, abs=1e-12)
+    assert cllr(np.array([np.inf, 30.0, np.inf, -30.0]), same) == np.inf  # LR ∞ for a different-writer pair
+    assert min_cllr(np.array([0.9, 0.8, 0.1, 0.2]), same) == 0.0
+    assert list(pav_log_lr(np.array([0.9, 0.8, 0.1, 0.2]), same)) == [np.inf, np.inf, -np.inf, -np.inf]
+
+
+def reference_pav(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, float]:
+    """Log LRs and min Cllr from scikit-learn's isotonic regression (ties pooled), in float64."""
+    posterior = IsotonicRegression().fit(scores, same.astype(np.float64)).predict(scores)
+    odds = same.sum() / (~same).sum()
+    with np.errstate(divide="ignore"):
+        log_lr = np.log(posterior) - np.log1p(-posterior) - np.log(odds)
+        # log2(1 + 1/LR) = log2(1 + (1 − P) / (P · odds⁻¹)), 0 where P = 1; log2(1 + LR) likewise, 0 where P = 0
+        cost_same = np.log2(1 + (1 - posterior[same]) * odds / posterior[same])
+        cost_diff = np.log2(1 + posterior[~same] / ((1 - posterior[~same]) * odds))
+    return log_lr, 0.5 * (cost_same.mean() + cost_diff.mean())
+
+
+@pytest.mark.parametrize("n_same, n_diff, decimals, shift", [(400, 400, None, 1.0), (150, 700, 1, 1.5),
+                                                              (60, 40, 0, 3.0)])
+def test_min_cllr_equals_sklearn_isotonic_regression(n_same, n_diff, decimals, shift):
+    scores, same = scored(n_same, n_diff, seed=n_same, shift=shift, decimals=decimals)
+    log_lr, expected = reference_pav(scores, same)
+    np.testing.assert_allclose(pav_log_lr(scores, same), log_lr, rtol=0, atol=1e-12)  # ±∞ must match too
+    assert min_cllr(scores, same) == pytest.approx(expected, abs=1e-12)
+    if decimals == 0:
+        assert np.isinf(log_lr).any(), "the case meant to test the ends has no infinite log LR"
+    ordered = pav_log_lr(scores, same)[np.argsort(scores, kind="stable")]
+    np.testing.assert_array_equal(ordered, np.sort(ordered))  # non-decreasing in the score
+
+
+@pytest.mark.parametrize("transform", [lambda s: 5 * s - 2, np.exp, lambda s: s ** 3, np.arctan,
+                                       lambda s: np.unique(s, return_inverse=True)[1].astype(float)])
+def test_min_cllr_is_invariant_to_increasing_transforms(transform):
+    scores, same = scored(300, 500, seed=7, decimals=1)
+    assert min_cllr(transform(scores), same) == pytest.approx(min_cllr(scores, same), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cllr_of_any_increasing_calibration_is_at_least_min_cllr(seed):
+    val, val_same = scored(200, 300, seed=seed)
+    test, test_same = scored(250, 250, seed=seed + 100, shift=1.3)
+    least = min_cllr(test, test_same)
+    assert 0.0 < least < 1.0
+    assert cllr(fit_calibration(val, val_same).log_lr(test), test_same) >= least
+    rng = np.random.default_rng(seed)
+    for slope, offset in zip(rng.uniform(0.01, 10, 20), rng.normal(0, 3, 20)):
+        assert cllr(Calibration(slope, offset).log_lr(test), test_same) >= least - 1e-12
+
+
+def test_separated_val_pairs_still_give_a_finite_calibration():
+    scores = np.r_[np.linspace(0.6, 1.0, 50), np.linspace(-0.2, 0.4, 50)]
+    same = np.arange(100) < 50
+    fit = fit_calibration(scores, same)
+    assert np.isfinite([fit.slope, fit.offset]).all() and fit.slope > 0
+    assert 0.0 < cllr(fit.log_lr(scores), same) < 0.1
+    assert min_cllr(scores, same) == 0.0
+
+
+@pytest.mark.parametrize("call", [fit_calibration, min_cllr, lambda s, y: cllr(np.zeros(len(s)), y)])
+def test_pairs_of_one_kind_are_a_one_line_error(call):
+    with pytest.raises(ValueError, match=r"needs both same-writer and different-writer pairs; got 3 same and 0 "
+                                         r"different$"):
+        call(np.array([0.1, 0.2, 0.3]), np.array([True, True, True]))
+
+
+def test_bad_scores_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"^calibration: scores contain NaN or infinite values$"):
+        fit_calibration(np.array([0.1, np.nan]), np.array([True, False]))
+    with pytest.raises(ValueError, match=r"^min_cllr: scores and same must be 1-D of equal length"):
+        min_cllr(np.zeros(3), np.zeros(2, bool))
+    with pytest.raises(ValueError, match=r"^cllr: log_lr contains NaN$"):
+        cllr(np.array([np.nan, 0.0]), np.array([True, False]))
