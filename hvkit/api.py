@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 6)
+API_VERSION: tuple[int, int] = (1, 7)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -33,7 +33,8 @@ and the optional backbone methods ``feature_map(images)`` and ``pool(maps)`` wit
 ``refresh_every``, ``observe_embeddings``, ``state_dict`` and ``load_state_dict``. 1.6 added the
 momentum teacher in one call: a ``ViewLoss`` that declares both ``needs_teacher`` and
 ``takes_local_views`` gets every view of a step at once, ``forward(o_1, o_2, *local, teacher=(t_1, t_2))``,
-and pairs them itself; ``needs_teacher`` may be set per instance (``tico``'s ``teacher``).
+and pairs them itself; ``needs_teacher`` may be set per instance (``tico``'s ``teacher``). 1.7 added
+recipe checks across stages: a stage factory's optional ``check_recipe(spec, earlier)`` (see :class:`Stage`).
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -229,7 +230,14 @@ class BatchSampler(Protocol):
 
 @runtime_checkable
 class Stage(Protocol):
-    """A pipeline step. ``run`` returns its outputs (JSON-serialisable; paths relative to the run dir)."""
+    """A pipeline step. ``run`` returns its outputs (JSON-serialisable; paths relative to the run dir).
+
+    The factory (a class) may offer a static ``check_recipe(spec, earlier)`` (1.7), called when the
+    recipe is validated, before any work: ``spec`` is the stage's resolved settings, ``earlier``
+    maps each earlier stage's name to ``(factory, resolved spec)``. It raises ``ValueError`` for a
+    setting that cannot work with those stages (e.g. a name that an earlier stage does not
+    produce), or ``hvkit.errors.RecipeError(message, path="key.0")`` to name the key.
+    """
 
     def run(self, ctx: Any) -> dict[str, Any]: ...
 

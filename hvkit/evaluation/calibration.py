@@ -13,6 +13,10 @@ LR = 1 scores exactly 1, perfect LRs (∞ for same, 0 for different) score 0, an
 confident LRs cost without bound. Its minimum over every non-decreasing recalibration of the
 scores (``min Cllr``, found by the pool-adjacent-violators algorithm) is the loss due to
 discrimination; ``Cllr − min Cllr`` is the loss due to calibration.
+
+Calibration (:func:`fit_calibration`) maps one score to a log LR; fusion (:func:`fit_fusion`)
+maps several systems' scores of the same pairs to one, ``Σ_k w_k s_k + b``. Both are one
+prior-weighted logistic regression, fitted by one Newton solver.
 """
 
 from __future__ import annotations
@@ -43,17 +47,30 @@ class Calibration:
         return {"slope": float(self.slope), "offset": float(self.offset)}
 
 
+def _check_same(same: np.ndarray, what: str) -> None:
+    positives = int(same.sum())
+    if positives == 0 or positives == len(same):
+        raise ValueError(f"{what} needs both same-writer and different-writer pairs; got {positives} same "
+                         f"and {len(same) - positives} different")
+
+
 def _check_pairs(scores: np.ndarray, same: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
     if scores.ndim != 1 or same.shape != scores.shape:
         raise ValueError(f"{what}: scores and same must be 1-D of equal length, got {scores.shape} and {same.shape}")
     if not np.isfinite(scores).all():
         raise ValueError(f"{what}: scores contain NaN or infinite values")
-    positives = int(same.sum())
-    if positives == 0 or positives == len(same):
-        raise ValueError(f"{what} needs both same-writer and different-writer pairs; got {positives} same "
-                         f"and {len(same) - positives} different")
+    _check_same(same, what)
     return scores, same
+
+
+def _check_columns(scores: np.ndarray, what: str) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise ValueError(f"{what}: scores must be (pairs, systems), got shape {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{what}: scores contain NaN or infinite values")
+    return scores
 
 
 def fit_calibration(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -> Calibration:
@@ -79,32 +96,130 @@ def fit_calibration(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -
     so ``log LR = a·s + b − logit(½ t₊ + ½ t₋)``: scores whose mean is the same for both classes
     (constant ones included) get slope 0 and LR exactly 1.
 
+    It is :func:`fit_fusion` of one system, by the same Newton solver and bit for bit.
     Raises ``ValueError`` (one line) for non-finite scores or pairs of one kind only.
     """
     scores, same = _check_pairs(scores, same, "calibration")
+    (slope,), offset = _fit_linear([scores], same, "calibration", max_iter)
+    return Calibration(slope=slope, offset=offset)
+
+
+@dataclass(frozen=True)
+class LinearFusion:
+    """K systems' scores fused into one natural log LR: ``log LR(s) = Σ_k w_k s_k + offset``.
+
+    ``weights`` apply to the raw scores, so they depend on each system's scale; ``weights[k] ·
+    std(s_k)`` compares the systems. :func:`fit_fusion` fits it; :class:`Calibration` is the K = 1 case.
+    """
+
+    weights: tuple[float, ...]
+    offset: float
+
+    def log_lr(self, scores: np.ndarray) -> np.ndarray:
+        """Natural log LRs (float64, (N,)) of ``scores`` (N, K), one column per system."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 2 or scores.shape[1] != len(self.weights):
+            raise ValueError(f"fusion: scores must be (pairs, {len(self.weights)}), got shape {scores.shape}")
+        return scores @ np.asarray(self.weights, dtype=np.float64) + self.offset
+
+    def as_dict(self) -> dict[str, list[float] | float]:
+        """``{"weights": […], "offset": …}``."""
+        return {"weights": [float(w) for w in self.weights], "offset": float(self.offset)}
+
+
+def fit_fusion(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -> LinearFusion:
+    """Linear logistic-regression fusion of K systems' scores (N, K) into one log LR (float64, Newton's method).
+
+    ``log LR = Σ_k w_k s_k + b``, fitted exactly as :func:`fit_calibration` fits one score —
+    prior-weighted cross-entropy (each class ½), Platt's smoothed targets, the weighted targets'
+    log prior odds subtracted from the offset — so the fused LRs are the affine combination of
+    least (smoothed) Cllr on these pairs. This is the fusion of Pigeon, Druyts & Verlinde
+    ("Applying logistic regression to the fusion of the NIST'99 1-speaker submissions", Digital
+    Signal Processing 10, 2000) in the prior-weighted form of Brümmer et al. ("Fusion of
+    heterogeneous speaker recognition systems in the STBU submission for the NIST SRE 2006", IEEE
+    TASLP 15, 2007) and the FoCal toolkit. Unregularised, it is equivariant to any affine rescaling
+    of a system's scores (the fused LRs do not change), so standardising them is left to the
+    solver. A constant column gets weight 0; columns that are affine functions of each other leave
+    the weights undetermined and raise ``ValueError``, as do non-finite scores and pairs of one
+    kind only.
+    """
+    scores = _check_columns(scores, "fusion")
+    same = np.asarray(same, dtype=bool)
+    if same.shape != scores.shape[:1]:
+        raise ValueError(f"fusion: same must have one entry per row of scores, got {same.shape} and {scores.shape}")
+    _check_same(same, "fusion")
+    weights, offset = _fit_linear([np.ascontiguousarray(column) for column in scores.T], same, "fusion", max_iter)
+    return LinearFusion(weights=tuple(weights), offset=offset)
+
+
+def mean_fusion(scores: np.ndarray) -> LinearFusion:
+    """The unweighted mean of K systems' z-scores, ``(1/K) Σ_k (s_k − μ_k)/σ_k``, μ_k, σ_k from ``scores`` (N, K).
+
+    The baseline of score fusion with no labels: every system weighs the same per standard
+    deviation. Its output is not a log LR; calibrate it (:func:`fit_calibration`) to get one.
+    Raises ``ValueError`` when a column is constant or not finite.
+    """
+    scores = _check_columns(scores, "mean fusion")
+    centre, spread = scores.mean(0), scores.std(0)
+    constant = [k for k in range(scores.shape[1]) if scores[:, k].min() == scores[:, k].max()]
+    if constant:
+        raise ValueError(f"mean fusion: column {constant[0]} of the scores is constant; it cannot be z-scored")
+    k = scores.shape[1]
+    return LinearFusion(weights=tuple(float(w) for w in 1.0 / (k * spread)),
+                        offset=float(-np.sum(centre / spread) / k))
+
+
+def _fit_linear(columns: list[np.ndarray], same: np.ndarray, what: str, max_iter: int) -> tuple[list[float], float]:
+    """Newton core of :func:`fit_calibration` and :func:`fit_fusion`: weights and offset of ``log LR = Σ w_k x_k + b``.
+
+    ``columns`` are finite float64 score vectors, ``same`` has pairs of both kinds. Each varying
+    column is standardised (a well-conditioned Newton system), the prior-weighted smoothed
+    cross-entropy is minimised by Newton steps with Armijo backtracking, and the result is mapped
+    back to the raw scores. Written column by column so that one column takes the very same
+    floating-point operations as the one-score calibration always has.
+    """
     n_same, n_diff = float(same.sum()), float((~same).sum())
     target = np.where(same, (n_same + 1) / (n_same + 2), 1 / (n_diff + 2))
     weight = np.where(same, 0.5 / n_same, 0.5 / n_diff)
     prior = float(np.dot(weight, target))  # the weighted targets' mean
     prior_log_odds = float(np.log(prior) - np.log1p(-prior))
-    if scores.min() == scores.max():  # (np.std of equal floats need not be 0)
-        return Calibration(0.0, 0.0)
-    centre, spread = float(np.mean(scores)), float(np.std(scores))
-    x = (scores - centre) / spread  # standardised: a well-conditioned Newton system
+    weights = [0.0] * len(columns)
+    # constant columns keep weight 0 (tested by min = max: np.std of equal floats need not be 0)
+    varying = [k for k, column in enumerate(columns) if column.min() != column.max()]
+    if not varying:
+        return weights, 0.0
+    centre = [float(np.mean(columns[k])) for k in varying]
+    spread = [float(np.std(columns[k])) for k in varying]
+    x = [(columns[k] - c) / s for k, c, s in zip(varying, centre, spread)]  # standardised
+    for n in range(1, len(x)):
+        if np.linalg.matrix_rank(np.column_stack(x[:n + 1])) <= n:
+            earlier = f"column {varying[0]}" if n == 1 else f"columns {', '.join(map(str, varying[:n]))}"
+            raise ValueError(f"{what}: score column {varying[n]} is an affine function of {earlier} on these pairs, "
+                             "so the weights are not determined; drop it")
+    m = len(x)
+
+    def linear(p: np.ndarray) -> np.ndarray:
+        z = p[0] * x[0]
+        for k in range(1, m):
+            z = z + p[k] * x[k]
+        return z + p[m]
 
     def loss(p: np.ndarray) -> float:
-        z = p[0] * x + p[1]
+        z = linear(p)
         return float(np.dot(weight, target * np.logaddexp(0.0, -z) + (1 - target) * np.logaddexp(0.0, z)))
 
-    params = np.zeros(2)
+    params = np.zeros(m + 1)
     current = loss(params)
     for _ in range(max_iter):
-        z = params[0] * x + params[1]
-        p = expit(z)
+        p = expit(linear(params))
         residual, curvature = weight * (p - target), weight * p * (1 - p)
-        gradient = np.array([np.dot(residual, x), residual.sum()])
-        hessian = np.array([[np.dot(curvature, x * x), np.dot(curvature, x)],
-                            [np.dot(curvature, x), curvature.sum()]])
+        gradient = np.array([*(np.dot(residual, column) for column in x), residual.sum()])
+        hessian = np.empty((m + 1, m + 1))
+        for k in range(m):
+            for j in range(k, m):
+                hessian[k, j] = hessian[j, k] = np.dot(curvature, x[k] * x[j])
+            hessian[k, m] = hessian[m, k] = np.dot(curvature, x[k])
+        hessian[m, m] = curvature.sum()
         step = np.linalg.solve(hessian, gradient)
         size = 1.0
         while True:  # backtracking (Armijo) keeps every step a descent
@@ -117,9 +232,12 @@ def fit_calibration(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -
         if np.max(np.abs(size * step)) < 1e-12 or np.max(np.abs(gradient)) < 1e-15:
             break
     else:
-        raise ValueError(f"calibration: logistic regression did not converge in {max_iter} Newton steps")
-    a, b = params
-    return Calibration(slope=float(a / spread), offset=float(b - a * centre / spread - prior_log_odds))
+        raise ValueError(f"{what}: logistic regression did not converge in {max_iter} Newton steps")
+    offset = params[m]
+    for k, (c, s) in enumerate(zip(centre, spread)):
+        weights[varying[k]] = float(params[k] / s)
+        offset = offset - params[k] * c / s
+    return weights, float(offset - prior_log_odds)
 
 
 def cllr_terms(log_lr: np.ndarray, same: np.ndarray) -> np.ndarray:

@@ -92,9 +92,30 @@ class Validator:
             path = f"stages.{name}"
             if not isinstance(spec, dict) or "stage" not in spec:
                 raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
-            out["stages"][name] = self.component("stage", spec, path, name_key="stage")
+            resolved = self.component("stage", spec, path, name_key="stage")
+            self.check_stage(resolved, out["stages"], path)
+            out["stages"][name] = resolved
             self.stages_seen.append(name)
         return out
+
+    def check_stage(self, spec: dict[str, Any], earlier: dict[str, dict[str, Any]], path: str) -> None:
+        """The stage plugin's own check of its settings against the earlier stages, when it has one.
+
+        A stage factory may offer ``check_recipe(spec, earlier)`` (API 1.7): ``spec`` is its resolved
+        settings, ``earlier`` maps each earlier stage's name to ``(factory, resolved spec)``. It
+        raises ``ValueError``, reported at the stage, or :class:`RecipeError` with ``path`` relative
+        to the stage (``members.1``), reported there.
+        """
+        check = getattr(self.registry.get("stage", spec["stage"]).factory, "check_recipe", None)
+        if check is None:
+            return
+        stages = {name: (self.registry.get("stage", s["stage"]).factory, s) for name, s in earlier.items()}
+        try:
+            check(spec, stages)
+        except RecipeError as exc:
+            raise self.error(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
+        except ValueError as exc:
+            raise self.error(path, str(exc)) from None
 
     def component(self, kind: str, spec: Any, path: str, name_key: str = "name") -> dict[str, Any]:
         if isinstance(spec, str):

@@ -1,4 +1,4 @@
-"""First-party pipeline stages: pre-training, metric training, fusion and evaluation."""
+"""First-party pipeline stages: pre-training, metric training, evaluation, and feature- and score-level fusion."""
 
 from hvkit.api import hookimpl
 
@@ -6,6 +6,7 @@ from .ensemble import Ensemble
 from .evaluate import Evaluate
 from .mae_pretrain import MAEPretrain
 from .metric_train import MetricTrain
+from .score_fusion import ScoreFusion
 from .ssl_pretrain import SSLPretrain
 from .vae_pretrain import VAEPretrain
 
@@ -16,5 +17,6 @@ def register_stages(register):
     register("evaluate", Evaluate)
     register("mae_pretrain", MAEPretrain)
     register("metric_train", MetricTrain)
+    register("score_fusion", ScoreFusion)
     register("ssl_pretrain", SSLPretrain)
     register("vae_pretrain", VAEPretrain)

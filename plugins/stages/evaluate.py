@@ -43,6 +43,9 @@ class Evaluate:
     (:class:`~hvkit_plugins.stages.test_views.TestViews`, e.g. ``{shifts: 2, zooms: [0.9, 1.1]}``:
     7 passes per image); ``hvkit verify`` then embeds its two images the same way.
 
+    Each verifier's scores of the test and the val pairs are saved (``test_pair_scores.npz``,
+    ``val_pair_scores.npz``) for ``hvkit compare`` and the ``score_fusion`` stage.
+
     Under several processes each rank embeds a share of the images; the embeddings are
     gathered once and rank 0 alone trains the verifiers, scores and writes.
     """
@@ -64,6 +67,11 @@ class Evaluate:
         self.model_from, self.features, self.verifiers, self.space = model_from, features, verifiers, space
         self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
         self.pair_training, self.tta, self.plots = pair_training, tta, plots
+
+    @staticmethod
+    def pair_score_names(spec: dict[str, Any]) -> list[str]:
+        """The verifiers whose pair scores a stage of resolved ``spec`` saves (what ``score_fusion`` may fuse)."""
+        return _verifier_names(spec["verifiers"])
 
     def _embed(self, ctx: StageContext, split: Split) -> torch.Tensor:
         """Embeddings of a split: each rank embeds its share, gathered once in split order."""
@@ -131,24 +139,28 @@ class Evaluate:
         np.save(ctx.stage_dir / "test_labels.npy", eval_data.labels)
         found = {name: metrics.get("verification", {}).get(name, {}) for name in verifiers}
         thresholds = {name: values.get("threshold") for name, values in found.items()}
-        scores_path = ctx.stage_dir / PAIR_SCORES
-        save_pair_scores(scores_path, {name: sets["test"] for name, sets in verifiers.items()}, thresholds,
-                         pairs_digest(parts["test"], *pairs["test"][:2]))
+        saved = {part: ctx.stage_dir / PAIR_SCORE_FILES[part] for part in ("test", "val") if part in parts}
+        for part, path in saved.items():
+            save_pair_scores(path, {name: sets[part] for name, sets in verifiers.items()}, thresholds,
+                             pairs_digest(parts[part], *pairs[part][:2]))
         save_checkpoint(verifiers_path, {name: {"spec": spec, "state": head.state_dict(), "threshold": thresholds[name],
                                                 "calibration": found[name].get("calibration")}
                                          for name, (spec, head) in fitted.items()})
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
-                "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(scores_path),
+                "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(saved["test"]),
+                "val_pair_scores": ctx.relative(saved["val"]) if "val" in saved else None,
                 "features": self.features, "tta": asdict(self.tta),
                 "encoder": ctx.outputs[self.model_from]["encoder"] if self.model_from else None,
-                "report": _report(metrics, self.protocol)}
+                "report": verification_report(metrics, self.protocol)}
 
 
 PAIR_SCORES = "test_pair_scores.npz"
+PAIR_SCORE_FILES = {"test": PAIR_SCORES, "val": "val_pair_scores.npz"}
+"""Each split's pair-score file in an evaluation stage's directory (outputs ``pair_scores``, ``val_pair_scores``)."""
 
 
 def pairs_digest(split: Split, first: np.ndarray, second: np.ndarray) -> str:
-    """SHA-256 of the test images and of which two make each pair: equal exactly when two runs scored the same pairs."""
+    """SHA-256 of a split's images and of which two make each pair: equal exactly when both are the same."""
     digest = hashlib.sha256(split.images.numpy().tobytes())
     for index in (first, second):
         digest.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
@@ -157,9 +169,12 @@ def pairs_digest(split: Split, first: np.ndarray, second: np.ndarray) -> str:
 
 def save_pair_scores(path: Path, sets: dict[str, PairSet], thresholds: dict[str, float | None],
                      digest: str) -> None:
-    """Every verifier's test-pair scores and val threshold, for comparing models afterwards (``hvkit compare``).
+    """Every verifier's scores on one split's pairs, with its val threshold.
 
-    ``digest`` (:func:`pairs_digest`) identifies the pairs, so runs on other pairs are never compared.
+    The test pairs' (``test_pair_scores.npz``) serve for comparing models afterwards (``hvkit
+    compare``), the val pairs' (``val_pair_scores.npz``) for fitting a score fusion on them
+    (``score_fusion``). ``digest`` (:func:`pairs_digest`) identifies the pairs, so scores of other
+    pairs are never compared or fused.
     """
     first = next(iter(sets.values()), PairSet(np.empty(0), np.empty(0, bool), np.empty(0, np.int64)))
     arrays = {"same": first.same, "writers": first.writers, "pairs_digest": np.array(digest)}
@@ -170,7 +185,7 @@ def save_pair_scores(path: Path, sets: dict[str, PairSet], thresholds: dict[str,
 
 
 def load_pair_scores(path: Path) -> dict[str, tuple[PairSet, float | None]]:
-    """``{verifier: (test pairs, val threshold or None)}`` as written by :func:`save_pair_scores`."""
+    """``{verifier: (pairs, val threshold or None)}`` as written by :func:`save_pair_scores`."""
     with np.load(path) as data:
         same, writers = data["same"], data["writers"]
         out = {}
@@ -214,7 +229,8 @@ def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray,
                    writers=np.asarray(split.labels)[i])
 
 
-def _report(metrics: dict[str, Any], protocol: str) -> str:
+def verification_report(metrics: dict[str, Any], protocol: str) -> str:
+    """``report.md``'s section: a row per verifier of ``metrics["verification"]``, then retrieval and TTA notes."""
     rows = ["| verifier | accuracy (val threshold) | ROC AUC | EER | Cllr | min Cllr |", "|---|---|---|---|---|---|"]
     level = None
     space = metrics.get("space", "raw")

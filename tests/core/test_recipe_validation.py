@@ -44,12 +44,29 @@ def needs_count(count: int, label: str = "x"):
     """A stage with a required parameter."""
 
 
+class CheckedStage:
+    """A stage that checks its ``source`` against the earlier stages (``check_recipe``, API 1.7)."""
+
+    seen: list = []
+
+    def __init__(self, source: str = "first"):
+        self.source = source
+
+    @staticmethod
+    def check_recipe(spec, earlier):
+        CheckedStage.seen.append((spec, earlier))
+        if spec["source"] == "itself":
+            raise ValueError("a stage cannot read its own outputs")
+        if spec["source"] not in earlier:
+            raise RecipeError(f"{spec['source']!r} is no earlier stage", path="source")
+
+
 @pytest.fixture
 def registry():
     return make_registry(dataset={"toy_data": toy_data, "echo_seed": lambda seed=0: seed},
                          miner={"toy_miner": toy_miner},
                          loss={"toy_loss": toy_loss},
-                         stage={"toy_stage": toy_stage, "needs_count": needs_count})
+                         stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage})
 
 
 BASE = """
@@ -115,6 +132,15 @@ def test_valid_values_pass(tmp_path, registry):
     assert first["members"] == ["pre", "pre"]
 
 
+def test_a_stage_check_sees_its_resolved_spec_and_each_earlier_stage(tmp_path, registry):
+    CheckedStage.seen.clear()
+    text = "data: {name: toy_data}\nstages:\n  first: {stage: toy_stage, epochs: 2}\n  second: {stage: checked}\n"
+    resolved = prepare(write(tmp_path, text), registry=registry)
+    [(spec, earlier)] = CheckedStage.seen
+    assert spec == {"stage": "checked", "source": "first"} == resolved["stages"]["second"]
+    assert list(earlier) == ["first"] and earlier["first"] == (toy_stage, resolved["stages"]["first"])
+
+
 def test_lars_is_a_recipe_optimiser(tmp_path, registry):
     recipe = write(tmp_path, f"""
         data: {{name: toy_data, root: {tmp_path}}}
@@ -171,6 +197,12 @@ CASES = {
     "later stage in a list": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage, members: [second]}\n"
                               "  second: {stage: toy_stage}\n", "stages.first.members.0",
                               "'second' is not an earlier stage"),
+    "a stage's own check, at a key": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
+                                      "  second: {stage: checked, source: frist}\n", "stages.second.source",
+                                      "'frist' is no earlier stage"),
+    "a stage's own check, at the stage": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
+                                          "  second: {stage: checked, source: itself}\n", "stages.second",
+                                          "a stage cannot read its own outputs"),
     "unknown optimizer": (stage(optimizer="{name: Adamw}"), "stages.first.optimizer.name",
                           "unknown optimiser 'Adamw'; did you mean 'AdamW'"),
     "unknown optimizer argument": (stage(optimizer="{name: SGD, lr: 0.1, betas: [0.9, 0.9]}"),

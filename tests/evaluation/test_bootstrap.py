@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from hvkit.evaluation import EvalData, PairSet, cllr, evaluate, fit_calibration
 from hvkit.evaluation.bootstrap import paired_writer_bootstrap, seeded_paired_bootstrap, writer_bootstrap
 from hvkit_plugins.evaluators.verification import Verification
-from hvkit_plugins.stages.evaluate import _report
+from hvkit_plugins.stages.evaluate import verification_report
 
 from .reference import sklearn_eer
 
@@ -74,13 +74,13 @@ def test_verification_reports_intervals_and_can_leave_them_out():
     out = evaluate([Verification(bootstrap=100)], data)["verification"]["head"]
     log_lr = fit_calibration(val.scores, val.same).log_lr(test.scores)
     assert out["ci"] == writer_bootstrap(test, out["threshold"], 100, log_lr=log_lr)
-    report = _report({"verification": {"head": out}}, "clean")
+    report = verification_report({"verification": {"head": out}}, "clean")
     low, high = out["ci"]["accuracy"]
     assert f"{out['accuracy']:.4f} ({low:.3f}–{high:.3f})" in report and "95% intervals" in report
     low, high = out["ci"]["cllr"]
     assert f"| {out['cllr']:.4f} ({low:.3f}–{high:.3f}) | {out['min_cllr']:.4f} |" in report
     plain = evaluate([Verification(bootstrap=0)], data)["verification"]["head"]
-    assert "ci" not in plain and "intervals" not in _report({"verification": {"head": plain}}, "clean")
+    assert "ci" not in plain and "intervals" not in verification_report({"verification": {"head": plain}}, "clean")
     with pytest.raises(ValueError, match="bootstrap"):
         Verification(bootstrap=-1)
 

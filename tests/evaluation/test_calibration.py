@@ -1,4 +1,5 @@
-"""Scores to likelihood ratios and Cllr: against scikit-learn, hand-computed float64 cases, and their invariances."""
+"""Scores to likelihood ratios (one system's or several fused) and Cllr: against scikit-learn, hand-computed float64
+cases, and their invariances."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from hvkit.evaluation import Calibration, cllr, fit_calibration, min_cllr
+from hvkit.evaluation import Calibration, LinearFusion, cllr, fit_calibration, fit_fusion, mean_fusion, min_cllr
 from hvkit.evaluation.calibration import cllr_terms, pav_log_lr
+
+from .reference import fit_calibration_before_fusion
 
 
 def scored(n_same: int, n_diff: int, seed: int, shift: float = 1.0, decimals: int | None = None):
@@ -156,3 +159,115 @@ def test_bad_scores_are_one_line_errors():
         min_cllr(np.zeros(3), np.zeros(2, bool))
     with pytest.raises(ValueError, match=r"^cllr: log_lr contains NaN$"):
         cllr(np.array([np.nan, 0.0]), np.array([True, False]))
+
+
+def systems(n_same: int, n_diff: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` correlated systems' scores (N, k) on very different scales: a pair's shared difficulty plus own noise."""
+    rng = np.random.default_rng(seed)
+    same = np.r_[np.ones(n_same, bool), np.zeros(n_diff, bool)]
+    shared = rng.normal(size=len(same))
+    scale, shift, offset = rng.uniform(0.05, 20, k), rng.uniform(0.3, 2, k), rng.normal(0, 3, k)
+    return scale * (shared[:, None] + rng.normal(size=(len(same), k)) + shift * same[:, None]) + offset, same
+
+
+def sklearn_fusion(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, float]:
+    """The K-score fit's definition in scikit-learn: each class ½, Platt's targets as two weighted rows per pair."""
+    n_same, n_diff = same.sum(), (~same).sum()
+    target = np.where(same, (n_same + 1) / (n_same + 2), 1 / (n_diff + 2))
+    weight = np.where(same, 0.5 / n_same, 0.5 / n_diff)
+    model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    model.fit(np.r_[scores, scores], np.r_[np.ones(len(scores)), np.zeros(len(scores))],
+              sample_weight=len(scores) * np.r_[weight * target, weight * (1 - target)])
+    prior = np.dot(weight, target)
+    return model.coef_[0], float(model.intercept_[0] - np.log(prior / (1 - prior)))
+
+
+@pytest.mark.parametrize("n_same, n_diff, k", [(300, 300, 2), (80, 400, 3), (500, 60, 4)])
+def test_fusion_equals_weighted_logistic_regression_in_sklearn(n_same, n_diff, k):
+    scores, same = systems(n_same, n_diff, k, seed=k)
+    fit = fit_fusion(scores, same)
+    weights, offset = sklearn_fusion(scores, same)
+    np.testing.assert_allclose(fit.weights, weights, rtol=1e-8, atol=1e-10)
+    assert fit.offset == pytest.approx(offset, abs=1e-8)
+    np.testing.assert_allclose(fit.log_lr(scores), scores @ weights + offset, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_system_fusion_is_the_calibration_as_it_was_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    n_same, n_diff = rng.integers(1, 400, 2)
+    scores, same = scored(n_same, n_diff, seed=seed, shift=rng.uniform(0, 3), decimals=1 if seed % 2 else None)
+    scores = rng.uniform(0.01, 10) * scores + rng.normal(0, 5)
+    slope, offset = fit_calibration_before_fusion(scores, same)
+    assert fit_calibration(scores, same) == Calibration(slope, offset)
+    assert fit_fusion(scores[:, None], same) == LinearFusion((slope,), offset)
+    separated = np.where(same, 1 + scores ** 2, -1 - scores ** 2)  # perfectly separated: Platt's targets bound it
+    slope, offset = fit_calibration_before_fusion(separated, same)
+    assert fit_fusion(separated[:, None], same) == LinearFusion((slope,), offset)
+
+
+def test_fusion_on_a_hand_computed_case():
+    # same pairs s = (2, 0), (0, 1) with targets 3/4, weights ¼; one different pair s = (0, 0), target 1/3, weight ½.
+    # Three pairs, three parameters: the fit meets the targets, σ(b) = 1/3, σ(2 w₁ + b) = σ(w₂ + b) = 3/4, so
+    # b = −log 2, w₁ = log(6)/2, w₂ = log 6; the weighted targets' prior ½·3/4 + ½·1/3 = 13/24 is removed from b.
+    fit = fit_fusion(np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), np.array([True, True, False]))
+    np.testing.assert_allclose(fit.weights, [np.log(6) / 2, np.log(6)], rtol=0, atol=1e-12)
+    assert fit.offset == pytest.approx(-np.log(2) - np.log(13 / 11), abs=1e-12)
+    np.testing.assert_allclose(fit.log_lr(np.array([[1.0, 1.0]])), [1.5 * np.log(6) + fit.offset], rtol=0, atol=1e-12)
+
+
+def test_fusion_is_equivariant_to_affine_rescaling_and_order_of_the_systems():
+    scores, same = systems(200, 300, 3, seed=11)
+    fit = fit_fusion(scores, same)
+    moved = scores * np.array([1.0, -4.0, 0.01]) + np.array([0.0, 7.0, -3.0])
+    refit = fit_fusion(moved, same)
+    np.testing.assert_allclose(refit.weights, np.array(fit.weights) / [1.0, -4.0, 0.01], rtol=1e-8)
+    np.testing.assert_allclose(refit.log_lr(moved), fit.log_lr(scores), rtol=0, atol=1e-8)
+    swapped = fit_fusion(scores[:, ::-1], same)
+    np.testing.assert_allclose(swapped.weights[::-1], fit.weights, rtol=1e-8)
+
+
+def test_a_constant_system_gets_weight_zero_and_leaves_the_others_fit_exactly():
+    scores, same = scored(150, 250, seed=3)
+    calibration = fit_calibration(scores, same)
+    constant = np.full(len(scores), 0.7)
+    assert fit_fusion(np.c_[constant, scores], same) == LinearFusion((0.0, calibration.slope), calibration.offset)
+    assert fit_fusion(np.c_[constant, constant], same) == LinearFusion((0.0, 0.0), 0.0)  # LR 1 everywhere
+
+
+def test_fused_cllr_is_at_most_each_systems_own_on_the_fitting_pairs():
+    scores, same = systems(300, 300, 3, seed=5)
+    fused = cllr(fit_fusion(scores, same).log_lr(scores), same)
+    for column in scores.T:  # each system's calibration is a fusion with the other weights 0
+        assert fused <= cllr(fit_calibration(column, same).log_lr(column), same) + 1e-12
+
+
+def test_mean_fusion_on_a_hand_computed_case():
+    # column 0: mean 1, sd 1; column 1: mean 20, sd 10 → z-scores (−1, 1) each, their mean (−1, 1)
+    fusion = mean_fusion(np.array([[0.0, 10.0], [2.0, 30.0]]))
+    assert fusion == LinearFusion((0.5, 0.05), -1.5)
+    np.testing.assert_allclose(fusion.log_lr(np.array([[0.0, 10.0], [2.0, 30.0], [1.0, 20.0]])), [-1, 1, 0],
+                               rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: fit_fusion(np.zeros(3), np.array([True, False, True])),
+     r"^fusion: scores must be \(pairs, systems\), got shape \(3,\)$"),
+    (lambda: fit_fusion(np.array([[0.1, np.inf], [0.2, 0.3]]), np.array([True, False])),
+     r"^fusion: scores contain NaN or infinite values$"),
+    (lambda: fit_fusion(np.zeros((3, 2)), np.array([True, False])),
+     r"^fusion: same must have one entry per row of scores, got \(2,\) and \(3, 2\)$"),
+    (lambda: fit_fusion(np.zeros((3, 2)), np.array([True, True, True])),
+     r"^fusion needs both same-writer and different-writer pairs; got 3 same and 0 different$"),
+    (lambda: fit_fusion(np.c_[np.arange(4.0), np.ones(4), [0, 1, 0, 1], 2 + 3 * np.arange(4.0) - [0, 1, 0, 1]],
+                        np.array([True, False, True, False])),  # column 3 = 2 + 3 · column 0 − column 2
+     r"^fusion: score column 3 is an affine function of columns 0, 2 on these pairs, so the weights are not "
+     r"determined; drop it$"),
+    (lambda: mean_fusion(np.c_[np.arange(3.0), np.ones(3)]),
+     r"^mean fusion: column 1 of the scores is constant; it cannot be z-scored$"),
+    (lambda: LinearFusion((1.0, 2.0), 0.0).log_lr(np.zeros((4, 3))),
+     r"^fusion: scores must be \(pairs, 2\), got shape \(4, 3\)$"),
+])
+def test_bad_fusion_input_is_a_one_line_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.heads.cosine_pair import scatter_whitening, within_class_whitening
 from hvkit_plugins.stages.encoder import embed, load_encoder
-from hvkit_plugins.stages.evaluate import load_pair_scores
+from hvkit_plugins.stages.evaluate import load_pair_scores, load_pairs_digest, pairs_digest
 from hvkit_plugins.stages.pair_training import pair_probability
 
 RECIPE = {
@@ -132,12 +133,22 @@ def test_likelihood_ratios_calibrated_on_val_reach_metrics_verifiers_and_verify(
     val_emb = embed(encoder, val.images, torch.device("cpu"))
     i, j, val_same = sslhv_pairs(np.asarray(val.labels), seed=RECIPE["seed"])
     test_pairs = load_pair_scores(stage_dir / "test_pair_scores.npz")
+    val_pairs = load_pair_scores(stage_dir / "val_pair_scores.npz")  # what score_fusion fits on
+    assert load_pairs_digest(stage_dir / "val_pair_scores.npz") == pairs_digest(val, i, j)
+    outputs = json.loads((stage_dir / "outputs.json").read_text())
+    assert (outputs["pair_scores"], outputs["val_pair_scores"]) == ("stages/evaluate/test_pair_scores.npz",
+                                                                    "stages/evaluate/val_pair_scores.npz")
     for name in ("cosine_pair", "wccn_pair", "pcaw_pair"):
         found = metrics[name]
         assert fitted[name]["calibration"] == found["calibration"]
         head = build(get_registry(), "head", fitted[name]["spec"], in_dim=16)
         head.load_state_dict(fitted[name]["state"])
-        refit = fit_calibration(pair_probability(head, val_emb, i, j), val_same.astype(bool))
+        val_scores = pair_probability(head, val_emb, i, j)
+        np.testing.assert_allclose(val_pairs[name][0].scores, val_scores, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(val_pairs[name][0].same, val_same.astype(bool))
+        np.testing.assert_array_equal(val_pairs[name][0].writers, np.asarray(val.labels)[i])
+        assert val_pairs[name][1] == test_pairs[name][1] == found["threshold"]
+        refit = fit_calibration(val_scores, val_same.astype(bool))
         assert (refit.slope, refit.offset) == pytest.approx(tuple(found["calibration"].values()), rel=1e-5, abs=1e-6)
         test = test_pairs[name][0]
         log_lr = Calibration(**found["calibration"]).log_lr(test.scores)

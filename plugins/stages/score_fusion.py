@@ -1,0 +1,197 @@
+"""Fuse earlier evaluations' verifier scores into one likelihood ratio (score-level fusion)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from hvkit.api import Component
+from hvkit.engine import StageContext
+from hvkit.errors import RecipeError
+from hvkit.evaluation import EvalData, LinearFusion, PairSet, evaluate, fit_fusion, mean_fusion
+from hvkit_plugins.stages.evaluate import (PAIR_SCORE_FILES, load_pair_scores, load_pairs_digest, save_pair_scores,
+                                           verification_report)
+
+FUSED = "fused"
+"""The fused scores' verifier name in the metrics and the pair-score files."""
+
+
+class ScoreFusion:
+    """Score-level fusion: several verifiers' pair scores → one log LR, by logistic regression on the val pairs.
+
+    ``members`` names two or more verifiers of earlier evaluation stages as ``STAGE/VERIFIER``
+    (``[vicreg/wccn_pair, vicreg_finetuned/wccn_pair, supervised_10pct/cosine_pair]``); they must
+    have scored the same val and the same test pairs (one run's evaluations do; the pair files'
+    digests are compared). ``fit: logistic`` fits ``log LR = Σ_k w_k s_k + b`` on the val pairs by
+    prior-weighted logistic regression with Platt's targets
+    (:func:`~hvkit.evaluation.fit_fusion`; Pigeon et al. 2000, Brümmer et al. 2007, the FoCal
+    toolkit): the fused score is a calibrated natural log LR. ``fit: mean`` is the label-free
+    baseline, the mean of the members' z-scores by their val mean and deviation
+    (:func:`~hvkit.evaluation.mean_fusion`), calibrated by the evaluator like any verifier.
+
+    The fused val and test scores are the verifier ``fused`` of the ``verification`` evaluator
+    (accuracy at the val threshold and at ``fixed_threshold``, here 0 — LR 1, the even-odds
+    decision — AUC, EER, TAR@FAR, Cllr, min Cllr, writer-bootstrap intervals, plots). Its own
+    calibration of a logistic fusion is the identity (slope 1, offset 0 to solver precision): the
+    fusion already minimised that cost on those pairs. ``fusion`` in the metrics holds each
+    member's weight on its raw scores (scale-dependent) and ``weights_per_sd``, the weight times
+    the member's val standard deviation, which compares members; no ``standardize`` option, since
+    the logistic fit is affine-equivariant and standardising would not change the fused LRs.
+
+    The fused scores are saved as an evaluation's are (``test_pair_scores.npz``,
+    ``val_pair_scores.npz``), so ``hvkit compare RUN STAGE/fused EVAL/wccn_pair`` works and a later
+    fusion may take this one as a member. A trainable verifier early-stopped on the val pairs
+    (``sslhv_pair`` under ``protocol: clean``) scores them a little better than unseen pairs, and
+    the fusion may over-weight it.
+    """
+
+    def __init__(self, members: list[str], fit: Literal["logistic", "mean"] = "logistic",
+                 verification: Component["evaluator"] = {"name": "verification", "fixed_threshold": 0.0,
+                                                         "all_pairs": False},
+                 plots: bool = True):
+        _check_members(members)
+        for member in members:
+            _split(member)
+        if fit not in ("logistic", "mean"):
+            raise ValueError(f"fit={fit!r} must be 'logistic' or 'mean'")
+        self.members, self.fit, self.verification, self.plots = list(members), fit, verification, plots
+
+    @staticmethod
+    def pair_score_names(spec: dict[str, Any]) -> list[str]:
+        """The one verifier whose pair scores this stage saves: ``fused``."""
+        return [FUSED]
+
+    @staticmethod
+    def check_recipe(spec: dict[str, Any], earlier: dict[str, tuple[Callable, dict[str, Any]]]) -> None:
+        """Each member must name a verifier whose pair scores an earlier stage saves (checked by ``hvkit validate``)."""
+        members = spec["members"]
+        try:
+            _check_members(members)
+        except ValueError as exc:
+            raise RecipeError(str(exc), path="members") from None
+        for i, member in enumerate(members):
+            where = f"members.{i}"
+            try:
+                stage, verifier = _split(member)
+            except ValueError as exc:
+                raise RecipeError(str(exc), path=where) from None
+            if stage not in earlier:
+                raise RecipeError(f"{member!r}: {stage!r} is not an earlier stage" + _nearest(stage, list(earlier)),
+                                  path=where)
+            factory, stage_spec = earlier[stage]
+            names = getattr(factory, "pair_score_names", None)
+            if names is None:
+                raise RecipeError(f"{member!r}: stage {stage!r} ({stage_spec['stage']}) saves no pair scores; "
+                                  "name an evaluate (or score_fusion) stage", path=where)
+            names = names(stage_spec)
+            if verifier not in names:
+                raise RecipeError(f"{member!r}: stage {stage!r} has no verifier {verifier!r}; it has "
+                                  f"{', '.join(names)}", path=where)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        if not ctx.is_main:
+            return {"scored_on_rank": 0}
+        loaded = [_member_scores(ctx, member) for member in self.members]
+        for part in ("val", "test"):
+            _same_pairs(self.members, [found[part] for found in loaded], part)
+        scores = {part: np.column_stack([found[part][0].scores for found in loaded]) for part in ("val", "test")}
+        reference = {part: loaded[0][part][0] for part in ("val", "test")}
+        try:
+            if self.fit == "logistic":
+                fusion = fit_fusion(scores["val"], reference["val"].same)
+            else:
+                fusion = mean_fusion(scores["val"])
+        except ValueError as exc:  # the message names a column: say which member that is
+            raise ValueError(f"members {', '.join(f'{k}: {m}' for k, m in enumerate(self.members))}: {exc}") from None
+        fused = {part: PairSet(fusion.log_lr(scores[part]), pairs.same, pairs.writers)
+                 for part, pairs in reference.items()}
+        data = EvalData(embeddings=np.zeros((0, 1), np.float32), labels=np.zeros(0, np.int64),  # pair scores only
+                        verifiers={FUSED: fused}, out_dir=ctx.stage_dir if self.plots else None)
+        metrics = evaluate([ctx.build("evaluator", self.verification)], data)
+        metrics["fusion"] = _weights(self.fit, self.members, fusion, scores["val"].std(0))
+        metrics["pairs"] = {part: len(sets.scores) for part, sets in fused.items()}
+        protocols = {ctx.outputs[_split(m)[0]].get("metrics", {}).get("protocol", "clean") for m in self.members}
+        metrics["protocol"] = "sslhv" if "sslhv" in protocols else "clean"  # a member stopped on test taints it
+        threshold = metrics.get("verification", {}).get(FUSED, {}).get("threshold")
+        saved = {}
+        for part, sets in fused.items():
+            saved[part] = ctx.stage_dir / PAIR_SCORE_FILES[part]
+            save_pair_scores(saved[part], {FUSED: sets}, {FUSED: threshold}, loaded[0][part][1])
+        ctx.log(f"fused {len(self.members)} verifiers on {len(scores['val'])} val pairs: "
+                + ", ".join(f"{m} {w:+.3g}/sd" for m, w in metrics["fusion"]["weights_per_sd"].items()))
+        return {"metrics": metrics, "pair_scores": ctx.relative(saved["test"]),
+                "val_pair_scores": ctx.relative(saved["val"]), "report": self._report(ctx, metrics)}
+
+    def _report(self, ctx: StageContext, metrics: dict[str, Any]) -> str:
+        """The members' rows (from their stages' metrics) above the fused one, then the fused log LR's formula."""
+        rows: dict[str, Any] = {}
+        for member in self.members:
+            stage, verifier = _split(member)
+            found = ctx.outputs[stage].get("metrics", {}).get("verification", {}).get(verifier)
+            if isinstance(found, dict):
+                rows[member] = found
+        rows[FUSED] = metrics.get("verification", {}).get(FUSED, {})
+        table = verification_report({"verification": rows}, metrics["protocol"])
+        fit = metrics["fusion"]
+        terms = " ".join(f"{w:+.4g} · {m}" for m, w in fit["weights"].items())
+        pairs = metrics["pairs"]["val"]
+        what = (f"natural log LR, by logistic regression on {pairs} val pairs" if self.fit == "logistic"
+                else f"the mean of the members' z-scores on {pairs} val pairs; its LRs are the evaluator's calibration")
+        per_sd = ", ".join(f"{m} {w:.3g}" for m, w in fit["weights_per_sd"].items())
+        return f"{table}\n\nfused = {terms} {fit['offset']:+.4g} ({what}; weight per val standard deviation: {per_sd})."
+
+
+def _split(member: str) -> tuple[str, str]:
+    stage, _, verifier = member.partition("/") if isinstance(member, str) else ("", "", "")
+    if not stage or not verifier:
+        raise ValueError(f"member {member!r} must read STAGE/VERIFIER, e.g. evaluate/wccn_pair")
+    return stage, verifier
+
+
+def _check_members(members: list[str]) -> None:
+    if len(members) < 2 or len(set(members)) != len(members):
+        raise ValueError(f"members must name at least two different verifiers as STAGE/VERIFIER, got {members}")
+
+
+def _nearest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return "; did you mean " + ", ".join(repr(c) for c in close) + "?" if close else ""
+
+
+def _member_scores(ctx: StageContext, member: str) -> dict[str, tuple[PairSet, str | None]]:
+    """``{"val": (pairs, digest), "test": (pairs, digest)}`` of one member, from its stage's saved files."""
+    stage, verifier = _split(member)
+    outputs = ctx.outputs.get(stage, {})
+    found = {}
+    for part, key in (("val", "val_pair_scores"), ("test", "pair_scores")):
+        if not outputs.get(key):
+            why = "name an evaluate stage"
+            if outputs.get("pair_scores"):
+                why = (f"it ran without val writers, or before hvkit saved val scores: re-run it with hvkit eval "
+                       f"{ctx.run_dir} --stage {stage}")
+            raise ValueError(f"member {member!r}: stage {stage!r} saved no {part} pair scores ({why})")
+        path = ctx.run_dir / outputs[key]
+        scores = load_pair_scores(path)
+        if verifier not in scores:
+            raise ValueError(f"member {member!r}: {path} has no verifier {verifier!r}; it holds {', '.join(scores)}")
+        found[part] = (scores[verifier][0], load_pairs_digest(path))
+    return found
+
+
+def _same_pairs(members: list[str], found: list[tuple[PairSet, str | None]], part: str) -> None:
+    """Refuse members whose ``part`` pairs differ: by digest, and by the pairs' labels and writers."""
+    (first, digest), name = found[0], members[0]
+    for member, (pairs, other) in zip(members[1:], found[1:]):
+        digests_differ = digest is not None and other is not None and digest != other
+        same_labels = np.array_equal(pairs.same, first.same) and np.array_equal(pairs.writers, first.writers)
+        if digests_differ or not same_labels:
+            raise ValueError(f"members {name!r} and {member!r} scored different {part} pairs (another split, data.seed "
+                             "or dataset); fuse evaluations of the same pairs")
+
+
+def _weights(fit: str, members: list[str], fusion: LinearFusion, spread: np.ndarray) -> dict[str, Any]:
+    return {"fit": fit, "members": list(members), "weights": dict(zip(members, map(float, fusion.weights))),
+            "weights_per_sd": {m: float(w * s) for m, w, s in zip(members, fusion.weights, spread)},
+            "offset": float(fusion.offset)}
