@@ -71,13 +71,13 @@ def test_embed_writes_each_files_embedding_in_order(trained, tmp_path, options, 
 def neighbours(output: str) -> dict[str, list[tuple[float, str]]]:
     """``index search``'s printout: each query's (score, file) lines."""
     found: dict[str, list[tuple[float, str]]] = {}
+    hits: list[tuple[float, str]] = []
     for line in output.splitlines():
         hit = re.match(r"^  (\S+)  (.+)$", line)
         if hit:
-            found[query].append((float(hit.group(1)), hit.group(2)))
+            hits.append((float(hit.group(1)), hit.group(2)))
         else:
-            query = line
-            found[query] = []
+            hits = found[line] = []
     return found
 
 
