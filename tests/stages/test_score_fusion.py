@@ -18,24 +18,19 @@ from hvkit.pipeline import reevaluate, run
 from hvkit_plugins.stages.evaluate import PAIR_SCORE_FILES, load_pair_scores, load_pairs_digest
 from hvkit_plugins.stages.score_fusion import ScoreFusion
 
-TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
-         "label_fraction": 0.5, "train": {"epochs": 1, "max_steps": 2, "amp": False}}
-EVAL = {"stage": "evaluate", "label_fraction": 0.5, "plots": False, "verifiers": ["cosine_pair", "wccn_pair"],
-        "evaluators": [{"name": "verification", "all_pairs": False, "bootstrap": 50}]}
+from .test_compare import EVAL, TRAIN
+from .test_compare import RECIPE as COMPARED
+
 MEMBERS = ["eval_first/wccn_pair", "eval_second/wccn_pair", "eval_first/cosine_pair"]
 RECIPE = {
-    "name": "tiny_score_fusion", "seed": 4, "device": "cpu",
-    "data": {"name": "cedar_and", "synthetic_writers": 30, "synthetic_samples_per_writer": 6},
-    "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
-    "stages": {"first": TRAIN, "eval_first": {**EVAL, "model_from": "first"},
-               "second": {**TRAIN, "train": {**TRAIN["train"], "max_steps": 4}},
-               "eval_second": {**EVAL, "model_from": "second"},
+    **COMPARED, "name": "tiny_score_fusion",
+    "stages": {**COMPARED["stages"],  # two small models, each evaluated with cosine_pair and wccn_pair
                "fusion": {"stage": "score_fusion", "members": MEMBERS, "plots": True,
                           "verification": {"bootstrap": 50}},
                "fusion_mean": {"stage": "score_fusion", "fit": "mean", "plots": False,
                                "members": ["eval_first/cosine_pair", "eval_second/cosine_pair"]},
                "fused_again": {"stage": "score_fusion", "members": ["fusion/fused", "eval_second/cosine_pair"],
-                           "plots": False, "verification": {"bootstrap": 0}}},
+                               "plots": False, "verification": {"bootstrap": 0}}},
 }
 
 
