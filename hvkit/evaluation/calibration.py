@@ -96,11 +96,11 @@ def fit_calibration(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -
     so ``log LR = a·s + b − logit(½ t₊ + ½ t₋)``: scores whose mean is the same for both classes
     (constant ones included) get slope 0 and LR exactly 1.
 
-    It is :func:`fit_fusion` of one system, by the same Newton solver and bit for bit.
+    It is :func:`fit_fusion` of one system, by the same Newton solver.
     Raises ``ValueError`` (one line) for non-finite scores or pairs of one kind only.
     """
     scores, same = _check_pairs(scores, same, "calibration")
-    (slope,), offset = _fit_linear([scores], same, "calibration", max_iter)
+    (slope,), offset = _fit_linear(scores[:, None], same, "calibration", max_iter)
     return Calibration(slope=slope, offset=offset)
 
 
@@ -148,7 +148,7 @@ def fit_fusion(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -> Lin
     if same.shape != scores.shape[:1]:
         raise ValueError(f"fusion: same must have one entry per row of scores, got {same.shape} and {scores.shape}")
     _check_same(same, "fusion")
-    weights, offset = _fit_linear([np.ascontiguousarray(column) for column in scores.T], same, "fusion", max_iter)
+    weights, offset = _fit_linear(scores, same, "fusion", max_iter)
     return LinearFusion(weights=tuple(weights), offset=offset)
 
 
@@ -169,57 +169,42 @@ def mean_fusion(scores: np.ndarray) -> LinearFusion:
                         offset=float(-np.sum(centre / spread) / k))
 
 
-def _fit_linear(columns: list[np.ndarray], same: np.ndarray, what: str, max_iter: int) -> tuple[list[float], float]:
-    """Newton core of :func:`fit_calibration` and :func:`fit_fusion`: weights and offset of ``log LR = Σ w_k x_k + b``.
+def _fit_linear(scores: np.ndarray, same: np.ndarray, what: str, max_iter: int) -> tuple[list[float], float]:
+    """Newton core of :func:`fit_calibration` and :func:`fit_fusion`: weights and offset of ``log LR = Σ w_k s_k + b``.
 
-    ``columns`` are finite float64 score vectors, ``same`` has pairs of both kinds. Each varying
-    column is standardised (a well-conditioned Newton system), the prior-weighted smoothed
-    cross-entropy is minimised by Newton steps with Armijo backtracking, and the result is mapped
-    back to the raw scores. Written column by column so that one column takes the very same
-    floating-point operations as the one-score calibration always has.
+    ``scores`` (N, K) are finite float64, ``same`` has pairs of both kinds. Each varying column is
+    standardised (a well-conditioned Newton system), the prior-weighted smoothed cross-entropy is
+    minimised by Newton steps with Armijo backtracking, and the result is mapped back to the raw
+    scores; a constant column keeps weight 0.
     """
     n_same, n_diff = float(same.sum()), float((~same).sum())
     target = np.where(same, (n_same + 1) / (n_same + 2), 1 / (n_diff + 2))
     weight = np.where(same, 0.5 / n_same, 0.5 / n_diff)
     prior = float(np.dot(weight, target))  # the weighted targets' mean
     prior_log_odds = float(np.log(prior) - np.log1p(-prior))
-    weights = [0.0] * len(columns)
+    weights = [0.0] * scores.shape[1]
     # constant columns keep weight 0 (tested by min = max: np.std of equal floats need not be 0)
-    varying = [k for k, column in enumerate(columns) if column.min() != column.max()]
+    varying = [k for k in range(scores.shape[1]) if scores[:, k].min() != scores[:, k].max()]
     if not varying:
         return weights, 0.0
-    centre = [float(np.mean(columns[k])) for k in varying]
-    spread = [float(np.std(columns[k])) for k in varying]
-    x = [(columns[k] - c) / s for k, c, s in zip(varying, centre, spread)]  # standardised
-    for n in range(1, len(x)):
-        if np.linalg.matrix_rank(np.column_stack(x[:n + 1])) <= n:
+    centre, spread = scores[:, varying].mean(0), scores[:, varying].std(0)
+    x = np.column_stack([(scores[:, varying] - centre) / spread, np.ones(len(scores))])  # standardised, then 1
+    for n in range(1, len(varying)):
+        if np.linalg.matrix_rank(x[:, :n + 1]) <= n:
             earlier = f"column {varying[0]}" if n == 1 else f"columns {', '.join(map(str, varying[:n]))}"
             raise ValueError(f"{what}: score column {varying[n]} is an affine function of {earlier} on these pairs, "
                              "so the weights are not determined; drop it")
-    m = len(x)
-
-    def linear(p: np.ndarray) -> np.ndarray:
-        z = p[0] * x[0]
-        for k in range(1, m):
-            z = z + p[k] * x[k]
-        return z + p[m]
 
     def loss(p: np.ndarray) -> float:
-        z = linear(p)
+        z = x @ p
         return float(np.dot(weight, target * np.logaddexp(0.0, -z) + (1 - target) * np.logaddexp(0.0, z)))
 
-    params = np.zeros(m + 1)
+    params = np.zeros(x.shape[1])
     current = loss(params)
     for _ in range(max_iter):
-        p = expit(linear(params))
-        residual, curvature = weight * (p - target), weight * p * (1 - p)
-        gradient = np.array([*(np.dot(residual, column) for column in x), residual.sum()])
-        hessian = np.empty((m + 1, m + 1))
-        for k in range(m):
-            for j in range(k, m):
-                hessian[k, j] = hessian[j, k] = np.dot(curvature, x[k] * x[j])
-            hessian[k, m] = hessian[m, k] = np.dot(curvature, x[k])
-        hessian[m, m] = curvature.sum()
+        p = expit(x @ params)
+        gradient = x.T @ (weight * (p - target))
+        hessian = (x * (weight * p * (1 - p))[:, None]).T @ x
         step = np.linalg.solve(hessian, gradient)
         size = 1.0
         while True:  # backtracking (Armijo) keeps every step a descent
@@ -233,11 +218,10 @@ def _fit_linear(columns: list[np.ndarray], same: np.ndarray, what: str, max_iter
             break
     else:
         raise ValueError(f"{what}: logistic regression did not converge in {max_iter} Newton steps")
-    offset = params[m]
-    for k, (c, s) in enumerate(zip(centre, spread)):
-        weights[varying[k]] = float(params[k] / s)
-        offset = offset - params[k] * c / s
-    return weights, float(offset - prior_log_odds)
+    raw = params[:-1] / spread
+    for k, w in zip(varying, raw):
+        weights[k] = float(w)
+    return weights, float(params[-1] - np.dot(raw, centre) - prior_log_odds)
 
 
 def cllr_terms(log_lr: np.ndarray, same: np.ndarray) -> np.ndarray:
