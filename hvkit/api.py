@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 7)
+API_VERSION: tuple[int, int] = (1, 8)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -35,6 +35,8 @@ momentum teacher in one call: a ``ViewLoss`` that declares both ``needs_teacher`
 ``takes_local_views`` gets every view of a step at once, ``forward(o_1, o_2, *local, teacher=(t_1, t_2))``,
 and pairs them itself; ``needs_teacher`` may be set per instance (``tico``'s ``teacher``). 1.7 added
 recipe checks across stages: a stage factory's optional ``check_recipe(spec, earlier)`` (see :class:`Stage`).
+1.8 calls ``check_recipe(spec, earlier)`` on the factory of every kind, so a plugin checks at validation
+what its signature's types cannot say (the ``torchvision`` backbone's ``arch`` and ``kwargs``).
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

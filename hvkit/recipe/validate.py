@@ -55,6 +55,7 @@ class Validator:
         self.registry = registry
         self.file = file
         self.stages_seen: list[str] = []
+        self.earlier: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def error(self, path: str, message: str) -> RecipeError:
         return RecipeError(message, self.file, path)
@@ -92,26 +93,24 @@ class Validator:
             path = f"stages.{name}"
             if not isinstance(spec, dict) or "stage" not in spec:
                 raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
-            resolved = self.component("stage", spec, path, name_key="stage")
-            self.check_stage(resolved, out["stages"], path)
-            out["stages"][name] = resolved
+            out["stages"][name] = self.component("stage", spec, path, name_key="stage")
             self.stages_seen.append(name)
+            self.earlier[name] = (self.registry.get("stage", spec["stage"]).factory, out["stages"][name])
         return out
 
-    def check_stage(self, spec: dict[str, Any], earlier: dict[str, dict[str, Any]], path: str) -> None:
-        """The stage plugin's own check of its settings against the earlier stages, when it has one.
+    def check_component(self, factory: Any, spec: dict[str, Any], path: str) -> None:
+        """The plugin's own check of its resolved settings, when its factory has one.
 
-        A stage factory may offer ``check_recipe(spec, earlier)`` (API 1.7): ``spec`` is its resolved
-        settings, ``earlier`` maps each earlier stage's name to ``(factory, resolved spec)``. It
-        raises ``ValueError``, reported at the stage, or :class:`RecipeError` with ``path`` relative
-        to the stage (``members.1``), reported there.
+        A factory of any kind may offer ``check_recipe(spec, earlier)`` (stages since API 1.7,
+        every kind since 1.8): ``spec`` is its resolved settings, ``earlier`` maps each earlier
+        stage's name to ``(factory, resolved spec)``. It raises ``ValueError``, reported at the
+        component, or :class:`RecipeError` with ``path`` relative to it (``members.1``), reported there.
         """
-        check = getattr(self.registry.get("stage", spec["stage"]).factory, "check_recipe", None)
+        check = getattr(factory, "check_recipe", None)
         if check is None:
             return
-        stages = {name: (self.registry.get("stage", s["stage"]).factory, s) for name, s in earlier.items()}
         try:
-            check(spec, stages)
+            check(spec, dict(self.earlier))
         except RecipeError as exc:
             raise self.error(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
         except ValueError as exc:
@@ -149,6 +148,7 @@ class Validator:
                 raise self.error(f"{path}.{p.name}", f"missing required parameter of {kind} {name!r} "
                                                      f"(expected {describe(p.hint)})")
             resolved[p.name] = self._default(p.default, p.hint, f"{path}.{p.name}")
+        self.check_component(entry.factory, resolved, path)
         return resolved
 
     def _default(self, default: Any, hint: Any, path: str) -> Any:

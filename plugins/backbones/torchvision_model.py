@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from hvkit.errors import RecipeError
+
 
 @dataclass(frozen=True)
 class _Family:
@@ -124,13 +126,9 @@ class TorchvisionModel(nn.Module):
         family = _resolve(arch)
         spec = _FAMILIES[family]
         kwargs = dict(kwargs or {})
-        for key, value in kwargs.items():
-            if key not in spec.kwargs:
-                valid = ", ".join(sorted(spec.kwargs)) or "none"
-                raise ValueError(f"{where}: unknown kwarg {key!r} for {family}; valid: {valid}")
-            if not _fits(value, spec.kwargs[key]):
-                kind = getattr(spec.kwargs[key], "__name__", spec.kwargs[key])
-                raise ValueError(f"{where}: kwargs.{key}={value!r} must be a {kind}")
+        problem = _kwargs_problem(family, kwargs)
+        if problem:
+            raise ValueError(f"{where}: kwargs.{problem[0]}: {problem[1]}")
         try:
             net = models.get_model_builder(arch)(weights=None, **kwargs)
         except (TypeError, ValueError, NotImplementedError) as exc:
@@ -145,6 +143,17 @@ class TorchvisionModel(nn.Module):
         self.map_channels = self.embedding_dim
         self.net, self.arch, self._head, self._trunk, self._relu = net, arch, head_name, spec.trunk, spec.relu
 
+    @staticmethod
+    def check_recipe(spec: dict[str, Any], earlier: dict[str, Any]) -> None:
+        """``arch`` and ``kwargs`` checked when the recipe is validated, before any work (API 1.8)."""
+        try:
+            family = _resolve(spec["arch"])
+        except ValueError as exc:
+            raise RecipeError(str(exc), path="arch") from None
+        problem = _kwargs_problem(family, spec.get("kwargs") or {})
+        if problem:
+            raise RecipeError(f"torchvision({spec['arch']}): {problem[1]}", path=f"kwargs.{problem[0]}")
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.pool(self.feature_map(images))
 
@@ -158,6 +167,17 @@ class TorchvisionModel(nn.Module):
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         """Features (B, embedding_dim) of a ``feature_map``: its global average (then ConvNeXt's LayerNorm)."""
         return torch.flatten(getattr(self.net, self._head)(F.adaptive_avg_pool2d(maps, 1)), 1)
+
+
+def _kwargs_problem(family: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, what is wrong) for the first builder argument ``family`` does not take as given, else None."""
+    accepted = _FAMILIES[family].kwargs
+    for key, value in kwargs.items():
+        if key not in accepted:
+            return key, f"unknown kwarg for {family}; valid: {', '.join(sorted(accepted)) or 'none'}"
+        if not _fits(value, accepted[key]):
+            return key, f"{value!r} must be a {getattr(accepted[key], '__name__', accepted[key])}"
+    return None
 
 
 def _resolve(arch: str) -> str:

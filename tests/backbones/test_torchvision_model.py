@@ -14,6 +14,8 @@ from torchvision import models
 
 from hvkit.engine import load_checkpoint
 from hvkit.engine.context import build
+from hvkit.errors import RecipeError
+from hvkit.recipe import load_recipe, validate
 from hvkit.registry import get_registry
 from hvkit.testing import check_backbone, run_recipe_text, tiny_recipe
 from hvkit_plugins.backbones.resnet import ResNet18
@@ -180,11 +182,11 @@ def test_kwargs_reach_the_builder():
     ("resnet", None, r"unknown arch 'resnet'; nearest: resnet"),
     ("vgg16", None, r"arch 'vgg16' \(VGG\) is not supported: .*MLP.*; supported families.*resnet18"),
     ("vit_b_16", None, r"\(VisionTransformer\) is not supported: a transformer \(use the vit backbone\)"),
-    ("mobilenet_v3_small", {"widht_mult": 0.5}, r"unknown kwarg 'widht_mult' for MobileNetV3; valid: dilated, "
-                                               r"reduced_tail, width_mult"),
-    ("regnet_y_400mf", {"weights": "IMAGENET1K_V1"}, r"unknown kwarg 'weights' for RegNet; valid: none"),
-    ("mobilenet_v2", {"width_mult": "half"}, r"kwargs.width_mult='half' must be a float"),
-    ("densenet121", {"memory_efficient": 1}, r"kwargs.memory_efficient=1 must be a bool"),
+    ("mobilenet_v3_small", {"widht_mult": 0.5}, r"kwargs.widht_mult: unknown kwarg for MobileNetV3; valid: "
+                                               r"dilated, reduced_tail, width_mult"),
+    ("regnet_y_400mf", {"weights": "IMAGENET1K_V1"}, r"kwargs.weights: unknown kwarg for RegNet; valid: none"),
+    ("mobilenet_v2", {"width_mult": "half"}, r"kwargs.width_mult: 'half' must be a float"),
+    ("densenet121", {"memory_efficient": 1}, r"kwargs.memory_efficient: 1 must be a bool"),
     ("resnet50", {"replace_stride_with_dilation": [True]}, r"must be a list of 3 bools"),
     ("resnet18", {"replace_stride_with_dilation": [False, False, True]},
      r"torchvision rejected kwargs .*Dilation > 1 not supported in BasicBlock"),
@@ -193,6 +195,26 @@ def test_errors_are_one_line_value_errors(arch, kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
         TorchvisionModel(arch, kwargs=kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backbone,where,match", [
+    ("{name: torchvision, arch: densenet12}", "stages.train.backbone.arch",
+     r"unknown arch 'densenet12'; nearest: densenet1\d\d"),
+    ("{name: torchvision, arch: vgg11}", "stages.train.backbone.arch", r"\(VGG\) is not supported"),
+    ("{name: torchvision, arch: mobilenet_v2, kwargs: {width_mult: half}}", "stages.train.backbone.kwargs.width_mult",
+     r"torchvision\(mobilenet_v2\): 'half' must be a float"),
+])
+def test_a_recipe_names_a_bad_arch_or_kwarg_when_validated(tmp_path: Path, backbone, where, match):
+    text = tiny_recipe("""
+      train:
+        stage: metric_train
+        backbone: BACKBONE
+    """.replace("BACKBONE", backbone))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RecipeError, match=match) as info:
+        validate(load_recipe(path), get_registry(), str(path))
+    assert info.value.path == where and "\n" not in str(info.value)
 
 
 def test_in_channels_must_be_positive():

@@ -61,11 +61,25 @@ class CheckedStage:
             raise RecipeError(f"{spec['source']!r} is no earlier stage", path="source")
 
 
+class CheckedLoss:
+    """A loss that checks its own settings when the recipe is validated (``check_recipe`` on any kind, API 1.8)."""
+
+    def __init__(self, low: float = 0.0, high: float = 1.0):
+        self.low, self.high = low, high
+
+    @staticmethod
+    def check_recipe(spec, earlier):
+        if spec["low"] > spec["high"]:
+            raise RecipeError(f"low={spec['low']} is above high={spec['high']}", path="low")
+        if "first" in earlier:
+            raise ValueError("only the first stage may use it")
+
+
 @pytest.fixture
 def registry():
     return make_registry(dataset={"toy_data": toy_data, "echo_seed": lambda seed=0: seed},
                          miner={"toy_miner": toy_miner},
-                         loss={"toy_loss": toy_loss},
+                         loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss},
                          stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage})
 
 
@@ -203,6 +217,12 @@ CASES = {
     "a stage's own check, at the stage": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
                                           "  second: {stage: checked, source: itself}\n", "stages.second",
                                           "a stage cannot read its own outputs"),
+    "a loss's own check, at a key": ("data: {name: toy_data}\nstages:\n"
+                                     "  first: {stage: toy_stage, loss: {name: checked_loss, low: 2}}\n",
+                                     "stages.first.loss.low", "low=2 is above high=1.0"),
+    "a loss's own check against the earlier stages": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
+                                                      "  second: {stage: toy_stage, loss: checked_loss}\n",
+                                                      "stages.second.loss", "only the first stage may use it"),
     "unknown optimizer": (stage(optimizer="{name: Adamw}"), "stages.first.optimizer.name",
                           "unknown optimiser 'Adamw'; did you mean 'AdamW'"),
     "unknown optimizer argument": (stage(optimizer="{name: SGD, lr: 0.1, betas: [0.9, 0.9]}"),
