@@ -127,7 +127,7 @@ class LinearFusion:
         return {"weights": [float(w) for w in self.weights], "offset": float(self.offset)}
 
 
-def fit_fusion(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -> LinearFusion:
+def fit_fusion(scores: np.ndarray, same: np.ndarray, max_iter: int = 100, l2: float = 0.0) -> LinearFusion:
     """Linear logistic-regression fusion of K systems' scores (N, K) into one log LR (float64, Newton's method).
 
     ``log LR = Σ_k w_k s_k + b``, fitted exactly as :func:`fit_calibration` fits one score —
@@ -142,13 +142,22 @@ def fit_fusion(scores: np.ndarray, same: np.ndarray, max_iter: int = 100) -> Lin
     solver. A constant column gets weight 0; columns that are affine functions of each other leave
     the weights undetermined and raise ``ValueError``, as do non-finite scores and pairs of one
     kind only.
+
+    ``l2 > 0`` adds the ridge penalty ``½ l2 Σ_k (w_k σ_k)²`` on the weights per standard deviation
+    (σ_k the column's deviation on these pairs, so the fit stays equivariant to rescaling a
+    system): near-collinear systems — models trained on the same writers — then share their weight
+    instead of taking large opposite ones, and exactly collinear ones are allowed (equal columns get
+    equal weights). It shrinks the fused log LRs towards 0, so calibrate them again when ``l2`` is
+    large against the cross-entropy (whose value is ~0.3-0.7 nats).
     """
     scores = _check_columns(scores, "fusion")
     same = np.asarray(same, dtype=bool)
     if same.shape != scores.shape[:1]:
         raise ValueError(f"fusion: same must have one entry per row of scores, got {same.shape} and {scores.shape}")
+    if not (np.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"fusion: l2={l2} must be a finite number >= 0")
     _check_same(same, "fusion")
-    weights, offset = _fit_linear(scores, same, "fusion", max_iter)
+    weights, offset = _fit_linear(scores, same, "fusion", max_iter, l2)
     return LinearFusion(weights=tuple(weights), offset=offset)
 
 
@@ -169,13 +178,14 @@ def mean_fusion(scores: np.ndarray) -> LinearFusion:
                         offset=float(-np.sum(centre / spread) / k))
 
 
-def _fit_linear(scores: np.ndarray, same: np.ndarray, what: str, max_iter: int) -> tuple[list[float], float]:
+def _fit_linear(scores: np.ndarray, same: np.ndarray, what: str, max_iter: int,
+                l2: float = 0.0) -> tuple[list[float], float]:
     """Newton core of :func:`fit_calibration` and :func:`fit_fusion`: weights and offset of ``log LR = Σ w_k s_k + b``.
 
     ``scores`` (N, K) are finite float64, ``same`` has pairs of both kinds. Each varying column is
-    standardised (a well-conditioned Newton system), the prior-weighted smoothed cross-entropy is
-    minimised by Newton steps with Armijo backtracking, and the result is mapped back to the raw
-    scores; a constant column keeps weight 0.
+    standardised (a well-conditioned Newton system), the prior-weighted smoothed cross-entropy plus
+    ``½ l2 ‖standardised weights‖²`` is minimised by Newton steps with Armijo backtracking, and the
+    result is mapped back to the raw scores; a constant column keeps weight 0.
     """
     n_same, n_diff = float(same.sum()), float((~same).sum())
     target = np.where(same, (n_same + 1) / (n_same + 2), 1 / (n_diff + 2))
@@ -189,22 +199,26 @@ def _fit_linear(scores: np.ndarray, same: np.ndarray, what: str, max_iter: int) 
         return weights, 0.0
     centre, spread = scores[:, varying].mean(0), scores[:, varying].std(0)
     x = np.column_stack([(scores[:, varying] - centre) / spread, np.ones(len(scores))])  # standardised, then 1
-    for n in range(1, len(varying)):
+    for n in range(1, len(varying) if l2 == 0 else 0):
         if np.linalg.matrix_rank(x[:, :n + 1]) <= n:
             earlier = f"column {varying[0]}" if n == 1 else f"columns {', '.join(map(str, varying[:n]))}"
             raise ValueError(f"{what}: score column {varying[n]} is an affine function of {earlier} on these pairs, "
                              "so the weights are not determined; drop it")
 
+    ridge = np.full(x.shape[1], float(l2))
+    ridge[-1] = 0.0  # the offset is not penalised
+
     def loss(p: np.ndarray) -> float:
         z = x @ p
-        return float(np.dot(weight, target * np.logaddexp(0.0, -z) + (1 - target) * np.logaddexp(0.0, z)))
+        cross_entropy = np.dot(weight, target * np.logaddexp(0.0, -z) + (1 - target) * np.logaddexp(0.0, z))
+        return float(cross_entropy + 0.5 * np.dot(ridge, p * p))
 
     params = np.zeros(x.shape[1])
     current = loss(params)
     for _ in range(max_iter):
         p = expit(x @ params)
-        gradient = x.T @ (weight * (p - target))
-        hessian = (x * (weight * p * (1 - p))[:, None]).T @ x
+        gradient = x.T @ (weight * (p - target)) + ridge * params
+        hessian = (x * (weight * p * (1 - p))[:, None]).T @ x + np.diag(ridge)
         step = np.linalg.solve(hessian, gradient)
         size = 1.0
         while True:  # backtracking (Armijo) keeps every step a descent

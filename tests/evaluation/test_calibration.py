@@ -190,6 +190,40 @@ def test_fusion_equals_weighted_logistic_regression_in_sklearn(n_same, n_diff, k
     np.testing.assert_allclose(fit.log_lr(scores), scores @ weights + offset, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("l2", [1e-3, 0.05, 2.0])
+def test_ridge_fusion_equals_l2_logistic_regression_in_sklearn_on_standardised_scores(l2):
+    scores, same = systems(150, 350, 3, seed=4)
+    centre, spread = scores.mean(0), scores.std(0)
+    n_same, n_diff = same.sum(), (~same).sum()
+    target = np.where(same, (n_same + 1) / (n_same + 2), 1 / (n_diff + 2))
+    weight = np.where(same, 0.5 / n_same, 0.5 / n_diff)
+    # sklearn minimises ½‖w‖²/C + Σ sample_weight · log loss = N (cross-entropy + ½‖w‖²/(C N)): C = 1/(l2 N)
+    model = LogisticRegression(C=1 / (l2 * len(scores)), solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    standard = (scores - centre) / spread
+    model.fit(np.r_[standard, standard], np.r_[np.ones(len(scores)), np.zeros(len(scores))],
+              sample_weight=len(scores) * np.r_[weight * target, weight * (1 - target)])
+    prior = np.dot(weight, target)
+    weights = model.coef_[0] / spread
+    offset = model.intercept_[0] - np.dot(weights, centre) - np.log(prior / (1 - prior))
+    fit = fit_fusion(scores, same, l2=l2)
+    np.testing.assert_allclose(fit.weights, weights, rtol=1e-7)
+    assert fit.offset == pytest.approx(offset, abs=1e-8)
+    assert np.linalg.norm(np.array(fit.weights) * spread) < np.linalg.norm(np.array(fit_fusion(scores, same).weights) * spread)
+
+
+def test_ridge_fusion_splits_a_duplicated_system_evenly():
+    # [s, s] with weights (a, a) costs ½ l2 · 2 a² σ², one column with weight 2a costs ½ (l2/2) · 4 a² σ²: the same fit
+    scores, same = scored(120, 200, seed=8)
+    single = fit_fusion(scores[:, None], same, l2=0.2)
+    double = fit_fusion(np.c_[scores, scores], same, l2=0.4)
+    np.testing.assert_allclose(double.weights, [single.weights[0] / 2] * 2, rtol=1e-9)
+    assert double.offset == pytest.approx(single.offset, abs=1e-10)
+    with pytest.raises(ValueError, match=r"score column 1 is an affine function of column 0"):
+        fit_fusion(np.c_[scores, scores], same)
+    with pytest.raises(ValueError, match=r"^fusion: l2=-1.0 must be a finite number >= 0$"):
+        fit_fusion(np.c_[scores, scores], same, l2=-1.0)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_one_system_fusion_is_the_calibration(seed):
     rng = np.random.default_rng(seed)

@@ -30,7 +30,7 @@ RECIPE = {
                "fusion_mean": {"stage": "score_fusion", "fit": "mean", "plots": False,
                                "members": ["eval_first/cosine_pair", "eval_second/cosine_pair"]},
                "fused_again": {"stage": "score_fusion", "members": ["fusion/fused", "eval_second/cosine_pair"],
-                               "plots": False, "verification": {"bootstrap": 0}}},
+                               "plots": False, "verification": {"bootstrap": 0}, "l2": 0.3}},
 }
 
 
@@ -116,10 +116,32 @@ def test_mean_fusion_is_the_mean_of_the_val_z_scores_calibrated_by_the_evaluator
     assert metrics["verification"]["fused"]["roc_auc"] == RocCounts.from_scores(expected, got.same).auc()
 
 
-def test_a_fusion_may_be_fused_again(run_dir: Path) -> None:
+def test_a_fusion_may_be_fused_again_with_a_ridge(run_dir: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())["fused_again"]
-    assert metrics["fusion"]["members"] == ["fusion/fused", "eval_second/cosine_pair"]
+    members = ["fusion/fused", "eval_second/cosine_pair"]
+    assert metrics["fusion"]["members"] == members and metrics["fusion"]["l2"] == 0.3
     assert "ci" not in metrics["verification"]["fused"]
+    found = [saved(run_dir, m)["val"] for m in members]
+    ridge = fit_fusion(np.column_stack([f.scores for f in found]), found[0].same, l2=0.3)
+    assert metrics["fusion"]["weights"] == dict(zip(members, ridge.weights))
+    assert metrics["fusion"]["offset"] == ridge.offset
+    plain = fit_fusion(np.column_stack([f.scores for f in found]), found[0].same)
+    assert ridge.weights != pytest.approx(plain.weights, rel=1e-3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("l2: -0.5", "l2=-0.5 must be a finite number >= 0"),
+    ("{fit: mean, l2: 0.1}", "l2=0.1 applies to fit: logistic, not fit: mean"),
+])
+def test_a_bad_ridge_is_an_error_of_hvkit_validate(tmp_path: Path, settings: str, message: str) -> None:
+    recipe = {**RECIPE, "stages": {**COMPARED["stages"], "fusion": {"stage": "score_fusion", "members": MEMBERS,
+                                                                    **yaml.safe_load("{" + settings.strip("{}") + "}")}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and result.stderr == f"error: {path}:stages.fusion.l2: {message}\n"
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        ScoreFusion(MEMBERS, **yaml.safe_load("{" + settings.strip("{}") + "}"))
 
 
 def test_compare_takes_the_fused_verifier(run_dir: Path) -> None:
