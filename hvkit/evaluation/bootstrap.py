@@ -92,13 +92,17 @@ def paired_writer_bootstrap(a: PairSet, b: PairSet, threshold_a: float | None, t
     return seeded_paired_bootstrap([(a, threshold_a)], [(b, threshold_b)], resamples, confidence, seed)
 
 
-def seeded_paired_bootstrap(a: Sequence[tuple[PairSet, float | None]], b: Sequence[tuple[PairSet, float | None]],
-                            resamples: int = 1000, confidence: float = 0.95,
+Run = tuple[PairSet, float | None] | tuple[PairSet, float | None, np.ndarray | None]
+"""One training run's test pairs, val threshold and, optionally, the pairs' natural log LRs (a val calibration)."""
+
+
+def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int = 1000, confidence: float = 0.95,
                             seed: int = 0) -> dict[str, float | int | list[float]]:
     """:func:`paired_writer_bootstrap` over several training runs (seeds) of each side.
 
-    ``a`` and ``b`` hold one ``(pairs, threshold)`` per training run, all scored on the same
-    test pairs. A two-level (hierarchical) bootstrap, the test writers and the training runs
+    ``a`` and ``b`` hold one ``(pairs, threshold)`` or ``(pairs, threshold, log_lr)`` per training
+    run, all scored on the same test pairs; ``accuracy`` needs every threshold, ``cllr`` (lower is
+    better, like ``eer``) every run's log LRs. A two-level (hierarchical) bootstrap, the test writers and the training runs
     being the two independent sources of noise: each draw resamples the writers (shared by
     every run, as in the paired bootstrap) and, independently for each side, as many runs as
     it has, with replacement; the draw's difference is the mean metric over A's drawn runs
@@ -112,11 +116,13 @@ def seeded_paired_bootstrap(a: Sequence[tuple[PairSet, float | None]], b: Sequen
     if not a or not b:
         raise ValueError("paired bootstrap: each side needs at least one run")
     reference = a[0][0]
-    for pairs, _ in (*a, *b):
+    for pairs, *_ in (*a, *b):
         if not (np.array_equal(pairs.same, reference.same) and np.array_equal(pairs.writers, reference.writers)):
             raise ValueError("paired bootstrap: every run must hold the same pairs (same labels and writers)")
-    with_accuracy = all(t is not None for _, t in (*a, *b))
-    sides = [[_Weighted(pairs, t if with_accuracy else None) for pairs, t in side] for side in (a, b)]
+    with_accuracy = all(run[1] is not None for run in (*a, *b))
+    with_cllr = all(len(run) > 2 and run[2] is not None for run in (*a, *b))
+    sides = [[_Weighted(run[0], run[1] if with_accuracy else None, run[2] if with_cllr else None) for run in side]
+             for side in (a, b)]
     runs = np.random.default_rng([seed, 1])
 
     def mean_over(metrics: list[_Weighted], picks: np.ndarray, weight: np.ndarray) -> dict[str, float] | None:
@@ -134,7 +140,7 @@ def seeded_paired_bootstrap(a: Sequence[tuple[PairSet, float | None]], b: Sequen
             draws.append({name: ma[name] - mb[name] for name in ma})
     out = _percentiles(draws, confidence)
     for name in draws[0]:
-        worse = [(d[name] >= 0) if name == "eer" else (d[name] <= 0) for d in draws]
+        worse = [(d[name] >= 0) if name in ("eer", "cllr") else (d[name] <= 0) for d in draws]
         out[f"share_a_not_better_{name}"] = float(np.mean(worse))
     if len(a) > 1 or len(b) > 1:
         everyone = np.ones(len(reference.writers))

@@ -10,12 +10,13 @@ import numpy as np
 
 from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
-from hvkit.evaluation import PairSet, RocCounts
+from hvkit.evaluation import PairSet, RocCounts, cllr
 from hvkit.evaluation.bootstrap import seeded_paired_bootstrap
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores, load_pairs_digest
 
 
-def _load(run_dir: Path, ref: str) -> tuple[tuple[PairSet, float | None], str | None]:
+def _load(run_dir: Path, ref: str) -> tuple[tuple[PairSet, float | None, np.ndarray | None], str | None]:
+    """((test pairs, val threshold, log LRs by the val calibration or None), pairs digest) of ``STAGE/VERIFIER``."""
     stage, _, verifier = ref.partition("/")
     if not stage or not verifier:
         raise HvkitError(f"{ref!r} must read STAGE/VERIFIER, e.g. fused_10pct/cosine_pair")
@@ -26,7 +27,20 @@ def _load(run_dir: Path, ref: str) -> tuple[tuple[PairSet, float | None], str | 
     found = load_pair_scores(path)
     if verifier not in found:
         raise HvkitError(f"{path}: no verifier {verifier!r}; it holds {', '.join(sorted(found))}")
-    return found[verifier], load_pairs_digest(path)
+    pairs, threshold = found[verifier]
+    calibration = _calibration(run_dir, stage, verifier)
+    log_lr = None if calibration is None else calibration["slope"] * pairs.scores + calibration["offset"]
+    return (pairs, threshold, log_lr), load_pairs_digest(path)
+
+
+def _calibration(run_dir: Path, stage: str, verifier: str) -> dict[str, float] | None:
+    """The verifier's val calibration ``{slope, offset}`` from the run's metrics.json, when it has one."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    calibration = metrics.get(stage, {}).get("verification", {}).get(verifier, {}).get("calibration")
+    return calibration if isinstance(calibration, dict) and {"slope", "offset"} <= set(calibration) else None
 
 
 def _same_pairs(loaded: list[tuple[Path, tuple[tuple[PairSet, float | None], str | None]]]) -> None:
@@ -39,17 +53,19 @@ def _same_pairs(loaded: list[tuple[Path, tuple[tuple[PairSet, float | None], str
                          f"dataset); fix data.seed and vary seed to compare training runs")
 
 
-def _point(pairs: PairSet, threshold: float | None) -> dict[str, float]:
+def _point(pairs: PairSet, threshold: float | None, log_lr: np.ndarray | None) -> dict[str, float]:
     roc = RocCounts.from_scores(pairs.scores, pairs.same)
     out = {"roc_auc": roc.auc(), "eer": roc.eer()}
     if threshold is not None:
         out["accuracy"] = float(((pairs.scores >= threshold) == pairs.same).mean())
+    if log_lr is not None:
+        out["cllr"] = cllr(log_lr, pairs.same)
     return out
 
 
-def _mean_point(runs: list[tuple[PairSet, float | None]]) -> dict[str, float]:
-    points = [_point(pairs, threshold) for pairs, threshold in runs]
-    return {name: float(np.mean([p[name] for p in points])) for name in points[0]}
+def _mean_point(runs: list[tuple[PairSet, float | None, np.ndarray | None]]) -> dict[str, float]:
+    points = [_point(*run) for run in runs]
+    return {name: float(np.mean([p[name] for p in points])) for name in points[0] if all(name in p for p in points)}
 
 
 @click.command("compare")
@@ -71,9 +87,10 @@ def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], se
                     resamples: int, confidence: float, as_json: bool) -> None:
     """Compare verifier A with B (each STAGE/VERIFIER) on the same test pairs, by a paired writer bootstrap.
 
-    Prints each one's accuracy (at its validation threshold), ROC AUC and EER, and the
-    interval of A − B over draws of the test writers, with the share of draws where A is not
-    better (a one-sided bootstrap p-value). Given several runs a side (``--seed-run``,
+    Prints each one's accuracy (at its validation threshold), ROC AUC, EER and Cllr (of the log
+    LRs by its validation calibration, from the run's metrics.json), and the interval of A − B
+    over draws of the test writers, with the share of draws where A is not better (a one-sided
+    bootstrap p-value). Given several runs a side (``--seed-run``,
     repeated ``--against``), each draw also resamples the runs, and the figures are means
     over them.
     """
@@ -90,7 +107,7 @@ def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], se
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    names = [n for n in ("accuracy", "roc_auc", "eer") if n in diff]
+    names = [n for n in ("accuracy", "roc_auc", "eer", "cllr") if n in diff]
     for key in ("a", "b"):
         runs = f" (mean of {result[key]['runs']} runs)" if result[key]["runs"] > 1 else ""
         click.echo(f"{key.upper()} {result[key]['ref']}{runs}: "

@@ -108,6 +108,22 @@ def test_paired_intervals_equal_copying_the_drawn_writers_pairs():
     assert paired_writer_bootstrap(noisier, big, None, None, 200)["share_a_not_better_roc_auc"] == 1
 
 
+def test_paired_cllr_interval_equals_copying_the_drawn_writers_pairs():
+    a = pairs(14, 12, seed=21)
+    b = PairSet(np.round(a.scores + np.random.default_rng(22).normal(0, 0.8, len(a.scores)), 1), a.same, a.writers)
+    lr_a, lr_b = 1.3 * a.scores - 0.7, 0.8 * b.scores - 0.4  # calibrations fitted elsewhere, held fixed
+    out = seeded_paired_bootstrap([(a, None, lr_a)], [(b, None, lr_b)], resamples=40, confidence=0.9, seed=3)
+    assert "accuracy" not in out and "runs" not in out
+    rng, ids = np.random.default_rng(3), np.unique(a.writers)
+    diffs = []
+    for _ in range(40):
+        rows = np.concatenate([np.flatnonzero(a.writers == ids[k]) for k in rng.integers(0, len(ids), len(ids))])
+        diffs.append(cllr(lr_a[rows], a.same[rows]) - cllr(lr_b[rows], a.same[rows]))
+    np.testing.assert_allclose(out["cllr"], np.percentile(diffs, [5, 95]), rtol=0, atol=1e-12)
+    assert out["share_a_not_better_cllr"] == np.mean(np.greater_equal(diffs, 0))  # lower Cllr is better
+    assert "cllr" not in seeded_paired_bootstrap([(a, None, lr_a)], [(b, None)], resamples=5)
+
+
 def test_paired_bootstrap_needs_the_same_pairs():
     a = pairs(5, 10, seed=8)
     shuffled = PairSet(a.scores, a.same[::-1], a.writers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,19 +53,43 @@ def test_saved_scores_reproduce_the_stage_metrics(run_dir: Path) -> None:
         assert len(pairs.scores) == metrics[name]["pairs"]
 
 
+def calibrated(run_dir: Path, stage: str, verifier: str) -> tuple:
+    """(test pairs, val threshold, log LRs by the evaluator's val calibration) of one verifier."""
+    pairs, threshold = load_pair_scores(run_dir / "stages" / stage / PAIR_SCORES)[verifier]
+    fit = json.loads((run_dir / "metrics.json").read_text())[stage]["verification"][verifier]["calibration"]
+    return pairs, threshold, fit["slope"] * pairs.scores + fit["offset"]
+
+
 def test_compare_prints_the_paired_bootstrap_of_two_stages(run_dir: Path) -> None:
     result = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--resamples", 200, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    (a, ta), (b, tb) = (load_pair_scores(run_dir / "stages" / s / PAIR_SCORES)[v]
-                        for s, v in (("eval_second", "wccn_pair"), ("eval_first", "cosine_pair")))
-    assert out["a_minus_b"] == paired_writer_bootstrap(a, b, ta, tb, 200)
+    (a, ta, la), (b, tb, lb) = (calibrated(run_dir, s, v)
+                                for s, v in (("eval_second", "wccn_pair"), ("eval_first", "cosine_pair")))
+    assert out["a_minus_b"] == seeded_paired_bootstrap([(a, ta, la)], [(b, tb, lb)], 200)
+    without_cllr = paired_writer_bootstrap(a, b, ta, tb, 200)
+    assert {k: v for k, v in out["a_minus_b"].items() if "cllr" not in k} == without_cllr
     assert out["a"]["roc_auc"] == RocCounts.from_scores(a.scores, a.same).auc()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert out["a"]["cllr"] == pytest.approx(metrics["eval_second"]["verification"]["wccn_pair"]["cllr"], rel=1e-12)
+    assert out["b"]["cllr"] == pytest.approx(metrics["eval_first"]["verification"]["cosine_pair"]["cllr"], rel=1e-12)
     low, high = out["a_minus_b"]["roc_auc"]
     assert low <= out["a"]["roc_auc"] - out["b"]["roc_auc"] <= high
     text = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--resamples", 200)
     assert text.exit_code == 0 and "A − B, 95% interval over 200 draws of the test writers" in text.stdout
     assert f"{out['a']['roc_auc'] - out['b']['roc_auc']:+.4f}" in text.stdout
+    assert f"cllr     {out['a']['cllr'] - out['b']['cllr']:+.4f}" in text.stdout
+
+
+def test_a_verifier_without_a_saved_calibration_is_compared_without_cllr(run_dir: Path, tmp_path: Path) -> None:
+    copied = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    metrics = json.loads((copied / "metrics.json").read_text())
+    del metrics["eval_first"]["verification"]["cosine_pair"]["calibration"]  # as written before hvkit had Cllr
+    (copied / "metrics.json").write_text(json.dumps(metrics))
+    out = json.loads(invoke(copied, "eval_second/wccn_pair", "eval_first/cosine_pair", "--json",
+                            "--resamples", 20).stdout)
+    assert "cllr" in out["a"] and "cllr" not in out["b"]
+    assert not any("cllr" in key for key in out["a_minus_b"]) and "roc_auc" in out["a_minus_b"]
 
 
 def test_paired_interval_is_narrower_than_either_own_interval(run_dir: Path) -> None:
@@ -97,8 +122,9 @@ def test_seed_runs_share_the_split_through_data_seed_and_widen_the_comparison(ru
                     "--resamples", 100, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    b_runs = [load_pair_scores(d / "stages" / "eval_first" / PAIR_SCORES)["cosine_pair"] for d in (run_dir, other)]
-    assert out["a_minus_b"] == seeded_paired_bootstrap([first, second], b_runs, 100)
+    a_runs = [calibrated(d, "eval_second", "wccn_pair") for d in (run_dir, other)]
+    b_runs = [calibrated(d, "eval_first", "cosine_pair") for d in (run_dir, other)]
+    assert out["a_minus_b"] == seeded_paired_bootstrap(a_runs, b_runs, 100)
     assert out["a"]["runs"] == 2 and out["a"]["roc_auc"] == pytest.approx(
         np.mean([RocCounts.from_scores(p.scores, p.same).auc() for p, _ in (first, second)]))
     text = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--seed-run", other, "--resamples", 100)
