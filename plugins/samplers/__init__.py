@@ -6,6 +6,7 @@ from .dense_anchor import DenseAnchorLoss
 from .hard_class import HardClassSampler
 from .pk import PKSampler
 from .random_batches import RandomBatchSampler
+from .tuples_to_weights import TuplesToWeightsSampler
 from .xbm import CrossBatchMemoryLoss
 
 
@@ -14,6 +15,7 @@ def register_samplers(register):
     register("pk", PKSampler)
     register("hard_class", HardClassSampler)
     register("random", RandomBatchSampler)
+    register("tuples_to_weights", TuplesToWeightsSampler)
 
 
 @hookimpl
