@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .calibration import cllr_terms
+from .calibration import cllr_terms, min_cllr_of_counts
 from .data import PairSet
 from .roc import RocCounts
 
@@ -20,10 +20,14 @@ class _Weighted:
         self.correct = None if threshold is None else ((pairs.scores >= threshold) == pairs.same).astype(np.float64)
         self.cost = None if log_lr is None else cllr_terms(log_lr, pairs.same)
 
-    def __call__(self, weight: np.ndarray) -> dict[str, float] | None:
+    def counts(self, weight: np.ndarray) -> RocCounts:
+        """The weighted same- and different-writer pairs at each score level."""
+        return RocCounts(self.levels, np.bincount(self.level, weight * self.same, len(self.levels)),
+                         np.bincount(self.level, weight * (1.0 - self.same), len(self.levels)))
+
+    def __call__(self, weight: np.ndarray, roc: RocCounts | None = None) -> dict[str, float] | None:
         """The metrics, or None when the weighted pairs lack same or different ones."""
-        roc = RocCounts(self.levels, np.bincount(self.level, weight * self.same, len(self.levels)),
-                        np.bincount(self.level, weight * (1.0 - self.same), len(self.levels)))
+        roc = self.counts(weight) if roc is None else roc
         if roc.positives == 0 or roc.negatives == 0:
             return None
         out = {"roc_auc": roc.auc(), "eer": roc.eer()}
@@ -59,8 +63,9 @@ def _check(resamples: int, confidence: float) -> None:
 
 
 def writer_bootstrap(pairs: PairSet, threshold: float | None, resamples: int = 1000, confidence: float = 0.95,
-                     seed: int = 0, log_lr: np.ndarray | None = None) -> dict[str, float | int | list[float]]:
-    """Percentile intervals of accuracy (at ``threshold``), ROC AUC, EER and Cllr over resampled writers.
+                     seed: int = 0, log_lr: np.ndarray | None = None,
+                     chunk: int = 250) -> dict[str, float | int | list[float]]:
+    """Percentile intervals of accuracy (at ``threshold``), ROC AUC, EER, Cllr and min Cllr over resampled writers.
 
     Pairs are not independent — a writer's pairs share its images — so the unit of resampling
     is the writer (of each pair's first image), as in a cluster bootstrap (Field & Welsh 2007):
@@ -69,12 +74,29 @@ def writer_bootstrap(pairs: PairSet, threshold: float | None, resamples: int = 1
     ``(1 ± confidence) / 2`` percentiles of the metric over the draws (Efron's percentile
     interval). ``accuracy`` is left out when ``threshold`` is None, ``cllr`` when ``log_lr`` (the
     pairs' natural log LRs from a calibration fitted elsewhere, held fixed) is None; draws with
-    no same or no different pair are skipped (reported as ``resamples_used``). ``min Cllr`` has
-    no interval: its PAV refit per draw would cost a Python loop over every score level.
+    no same or no different pair are skipped (reported as ``resamples_used``). ``min_cllr`` refits
+    the PAV recalibration in every draw (:func:`min_cllr_of_counts`, ``chunk`` draws at a time).
     """
     _check(resamples, confidence)
     metrics = _Weighted(pairs, threshold, log_lr)
-    draws = [m for w in _writer_weights(pairs.writers, resamples, seed) if (m := metrics(w)) is not None]
+    draws: list[dict[str, float]] = []
+    waiting: list[RocCounts] = []
+
+    def refit() -> None:  # the waiting draws' min Cllr, all at once
+        found = min_cllr_of_counts(np.stack([c.same for c in waiting]), np.stack([c.diff for c in waiting]))
+        for draw, value in zip(draws[len(draws) - len(waiting):], found):
+            draw["min_cllr"] = float(value)
+        waiting.clear()
+
+    for weight in _writer_weights(pairs.writers, resamples, seed):
+        roc = metrics.counts(weight)
+        if (found := metrics(weight, roc)) is not None:
+            draws.append(found)
+            waiting.append(roc)
+            if len(waiting) == chunk:
+                refit()
+    if waiting:
+        refit()
     return _percentiles(draws, confidence)
 
 

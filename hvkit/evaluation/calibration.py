@@ -297,6 +297,52 @@ def pav_log_lr(scores: np.ndarray, same: np.ndarray) -> np.ndarray:
     return level_llr[np.searchsorted(counts.levels, scores)]
 
 
+def min_cllr_of_counts(same: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    """min Cllr of R weighted pair sets at once, from their same- and different-writer weight at each score level.
+
+    ``same`` and ``diff`` (R, L) hold, for each set, the (non-negative) weight of same-writer and of
+    different-writer pairs at each of L distinct score levels, ascending — e.g. one writer-bootstrap
+    draw per row. Each row is recalibrated by pool-adjacent-violators (as :func:`pav_log_lr`) and
+    its Cllr returned (R,), every row advancing level by level together, so the Python loop runs
+    over levels, not over rows × levels. A run of adjacent levels holding one kind of pair in every
+    row is pooled first, which is exact: an isotonic fit gives equal values to adjacent levels of
+    equal mean (the last level of a block lies at or below its mean, the first of the next at or
+    above). A row whose weights lack same or different pairs gets NaN.
+    """
+    same, diff = np.asarray(same, dtype=np.float64), np.asarray(diff, dtype=np.float64)
+    if same.ndim != 2 or same.shape != diff.shape:
+        raise ValueError(f"min_cllr_of_counts: same and diff must be (sets, levels) of equal shape, got "
+                         f"{same.shape} and {diff.shape}")
+    kind = np.where(~diff.any(0), 1, np.where(~same.any(0), 0, 2))  # 1 same pairs only, 0 different only, 2 both
+    starts = np.flatnonzero(np.r_[True, (kind[1:] != kind[:-1]) | (kind[1:] == 2)]) if kind.size else np.empty(0, int)
+    same, total = np.add.reduceat(same, starts, axis=1), np.add.reduceat(same + diff, starts, axis=1)
+    rows, n = np.arange(len(same)), same.shape[1]
+    block_same, block_total = np.zeros((len(same), n)), np.zeros((len(same), n))
+    depth = np.zeros(len(same), dtype=np.int64)
+    for level in range(n):
+        block_same[rows, depth], block_total[rows, depth] = same[:, level], total[:, level]
+        depth += 1
+        while True:  # pool the top two blocks of each row whose means decrease (or tie)
+            r = rows[depth >= 2]
+            top = depth[r] - 1
+            pool = block_same[r, top - 1] * block_total[r, top] >= block_same[r, top] * block_total[r, top - 1]
+            r, top = r[pool], top[pool]
+            if not len(r):
+                break
+            block_same[r, top - 1] += block_same[r, top]
+            block_total[r, top - 1] += block_total[r, top]
+            depth[r] -= 1
+    kept = np.arange(n)[None, :] < depth[:, None]
+    b_same, b_diff = np.where(kept, block_same, 0.0), np.where(kept, block_total - block_same, 0.0)
+    positives, negatives = b_same.sum(1), b_diff.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_lr = np.log(b_same) - np.log(b_diff) - np.log(positives / negatives)[:, None]
+        cost_same = np.where(b_same > 0, b_same * np.logaddexp(0.0, -log_lr), 0.0).sum(1)
+        cost_diff = np.where(b_diff > 0, b_diff * np.logaddexp(0.0, log_lr), 0.0).sum(1)
+        out = 0.5 * (cost_same / positives + cost_diff / negatives) / _LN2
+    return np.where((positives > 0) & (negatives > 0), out, np.nan)
+
+
 def min_cllr(scores: np.ndarray, same: np.ndarray) -> float:
     """Cllr after the optimal non-decreasing recalibration (:func:`pav_log_lr`): the discrimination loss.
 

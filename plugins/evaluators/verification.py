@@ -35,8 +35,8 @@ class Verification:
     With ``all_pairs`` (on by default) every unordered pair of test embeddings is also scored by
     cosine similarity through streamed 2^16-bin histograms (AUC error bound reported). With
     ``bootstrap`` > 0 (default 1,000 draws) each verifier also gets ``ci``: ``confidence``
-    intervals of its accuracy, AUC, EER and Cllr from resampling test writers
-    (:func:`writer_bootstrap`, the val calibration held fixed; ``hvkit compare`` tests the
+    intervals of its accuracy, AUC, EER, Cllr and min Cllr from resampling test writers
+    (:func:`writer_bootstrap`, the val calibration held fixed, the PAV refitted per draw; ``hvkit compare`` tests the
     difference of two models). ROC/DET curves, score histograms and Tippett plots (with val
     pairs) go to ``out_dir`` as PNG.
     """

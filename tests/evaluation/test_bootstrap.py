@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from hvkit.evaluation import EvalData, PairSet, cllr, evaluate, fit_calibration
+from hvkit.evaluation import EvalData, PairSet, cllr, evaluate, fit_calibration, min_cllr
 from hvkit.evaluation.bootstrap import paired_writer_bootstrap, seeded_paired_bootstrap, writer_bootstrap
 from hvkit_plugins.evaluators.verification import Verification
 from hvkit_plugins.stages.evaluate import verification_report
@@ -25,9 +25,10 @@ def pairs(writers: int, per_writer: int, seed: int, shift: float = 1.0) -> PairS
 def test_intervals_equal_copying_the_drawn_writers_pairs():
     data, threshold, resamples = pairs(12, 15, seed=0), 0.45, 40
     log_lr = 1.7 * data.scores - 0.6  # a calibration fitted elsewhere, held fixed across draws
-    out = writer_bootstrap(data, threshold, resamples, confidence=0.8, seed=3, log_lr=log_lr)
+    out = writer_bootstrap(data, threshold, resamples, confidence=0.8, seed=3, log_lr=log_lr, chunk=7)
+    assert writer_bootstrap(data, threshold, resamples, confidence=0.8, seed=3, log_lr=log_lr) == out
     rng, ids = np.random.default_rng(3), np.unique(data.writers)
-    draws = {"accuracy": [], "roc_auc": [], "eer": [], "cllr": []}
+    draws = {"accuracy": [], "roc_auc": [], "eer": [], "cllr": [], "min_cllr": []}
     for _ in range(resamples):
         rows = np.concatenate([np.flatnonzero(data.writers == ids[k]) for k in rng.integers(0, len(ids), len(ids))])
         scores, same = data.scores[rows], data.same[rows]
@@ -35,6 +36,7 @@ def test_intervals_equal_copying_the_drawn_writers_pairs():
         draws["roc_auc"].append(roc_auc_score(same, scores))
         draws["eer"].append(sklearn_eer(same, scores))
         draws["cllr"].append(cllr(log_lr[rows], same))
+        draws["min_cllr"].append(min_cllr(scores, same))  # PAV refitted on the copied pairs
     assert out["resamples_used"] == resamples and out["confidence"] == 0.8
     for name, values in draws.items():
         np.testing.assert_allclose(out[name], np.percentile(values, [10, 90]), rtol=0, atol=1e-12)
@@ -78,7 +80,9 @@ def test_verification_reports_intervals_and_can_leave_them_out():
     low, high = out["ci"]["accuracy"]
     assert f"{out['accuracy']:.4f} ({low:.3f}–{high:.3f})" in report and "95% intervals" in report
     low, high = out["ci"]["cllr"]
-    assert f"| {out['cllr']:.4f} ({low:.3f}–{high:.3f}) | {out['min_cllr']:.4f} |" in report
+    least, most = out["ci"]["min_cllr"]
+    assert least <= out["min_cllr"] <= most
+    assert f"| {out['cllr']:.4f} ({low:.3f}–{high:.3f}) | {out['min_cllr']:.4f} ({least:.3f}–{most:.3f}) |" in report
     plain = evaluate([Verification(bootstrap=0)], data)["verification"]["head"]
     assert "ci" not in plain and "intervals" not in verification_report({"verification": {"head": plain}}, "clean")
     with pytest.raises(ValueError, match="bootstrap"):

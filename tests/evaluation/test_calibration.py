@@ -9,7 +9,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from hvkit.evaluation import Calibration, LinearFusion, cllr, fit_calibration, fit_fusion, mean_fusion, min_cllr
-from hvkit.evaluation.calibration import cllr_terms, pav_log_lr
+from hvkit.evaluation.calibration import cllr_terms, min_cllr_of_counts, pav_log_lr
 
 
 def scored(n_same: int, n_diff: int, seed: int, shift: float = 1.0, decimals: int | None = None):
@@ -114,6 +114,27 @@ def test_min_cllr_equals_sklearn_isotonic_regression(n_same, n_diff, decimals, s
     ordered = pav_log_lr(scores, same)[np.argsort(scores, kind="stable")]
     np.testing.assert_array_equal(ordered, np.sort(ordered))  # non-decreasing in the score
 
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_min_cllr_of_counts_equals_min_cllr_of_each_weighted_set(seed):
+    rng = np.random.default_rng(seed)
+    scores, same = scored(int(rng.integers(5, 300)), int(rng.integers(5, 300)), seed=seed,
+                          shift=rng.uniform(0, 3), decimals=1 if seed % 2 else None)
+    levels, level = np.unique(scores, return_inverse=True)
+    copies = rng.poisson(1.0, size=(6, len(scores)))  # six sets: each pair taken 0, 1, 2 … times
+    copies[0] = 1
+    rows_same = np.stack([np.bincount(level, c * same, len(levels)) for c in copies])
+    rows_diff = np.stack([np.bincount(level, c * ~same, len(levels)) for c in copies])
+    found = min_cllr_of_counts(rows_same, rows_diff)
+    for c, value in zip(copies, found):
+        rows = np.repeat(np.arange(len(scores)), c)
+        assert value == pytest.approx(min_cllr(scores[rows], same[rows]), abs=1e-12)
+    assert found[0] == pytest.approx(cllr(pav_log_lr(scores, same), same), abs=1e-12)
+    one_kind = min_cllr_of_counts(rows_same[:1], np.zeros((1, len(levels))))
+    assert np.isnan(one_kind).all()
+    with pytest.raises(ValueError, match="equal shape"):
+        min_cllr_of_counts(rows_same, rows_diff[:, 1:])
 
 @pytest.mark.parametrize("transform", [lambda s: 5 * s - 2, np.exp, lambda s: s ** 3, np.arctan,
                                        lambda s: np.unique(s, return_inverse=True)[1].astype(float)])
