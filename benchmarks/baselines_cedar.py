@@ -2,7 +2,7 @@
 
 Checks the ``cedar_and`` reader and :mod:`hvkit_plugins.datasets.pairs` against the SSL-HV paper
 (Chauhan et al. 2024, Table: HOG 0.72 accuracy, raw pixels 0.63-0.65). For raw pixels and HOG
-(skimage: 9 orientations, 8 x 8 cells, 2 x 2 blocks, as SSL-HV's OpenCV HOG) it reports, on the
+(the evaluate stage's ``features: hog``: 9 orientations, 8 x 8 cells, 2 x 2 blocks, as SSL-HV's OpenCV HOG) it reports, on the
 balanced SSL-HV pairs of the *test* writers:
 
 - ``cosine``: cosine similarity of the two raw feature vectors, no training;
@@ -19,7 +19,7 @@ balanced SSL-HV pairs of the *test* writers:
   epoch on the validation pairs); accuracy at the validation threshold, as the pipeline reports
   it, and (``head p>0.5``) at p > 0.5.
 
-Usage (needs the real data, which tests never do; scikit-image for HOG)::
+Usage (needs the real data, which tests never do)::
 
     python benchmarks/baselines_cedar.py --root /work/shared/data/cedar_and_dev
     python benchmarks/baselines_cedar.py --synthetic     # the embedded synthetic default
@@ -32,23 +32,14 @@ import time
 
 import numpy as np
 import torch
-from skimage.feature import hog
 from sklearn.metrics import roc_auc_score
 
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.heads.cosine_pair import CosinePair
 from hvkit_plugins.heads.sslhv_pair import SSLHVPairHead
+from hvkit_plugins.stages.handcrafted import hog, pixels
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
-
-
-def raw_features(images: torch.Tensor) -> np.ndarray:
-    return images[:, 0].reshape(len(images), -1).numpy().astype(np.float32) / 255.0
-
-
-def hog_features(images: torch.Tensor) -> np.ndarray:
-    return np.stack([hog(img, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
-                     for img in images[:, 0].numpy()]).astype(np.float32)
 
 
 def cosine_verifiers(feats: dict[str, np.ndarray], labels10: np.ndarray) -> dict[str, CosinePair]:
@@ -89,8 +80,8 @@ def main() -> None:
     print("pairs: " + "  ".join(f"{k}: {len(v[0])}" for k, v in pairs.items())
           + f"  (labelled writers: {len(np.unique(train.labels))})")
     print(f"{'feature':8} {'method':12} {'test AUC':>8} {'test acc':>8}")
-    for name, extract in (("raw", raw_features), ("hog", hog_features)):
-        feats = {k: extract(s.images) for k, s in (("train10", train), ("train", data.splits["train"]),
+    for name, extract in (("raw", pixels), ("hog", hog)):
+        feats = {k: extract(s.images).numpy() for k, s in (("train10", train), ("train", data.splits["train"]),
                                                    ("val", data.splits["val"]), ("test", data.splits["test"]))}
         ti, tj, tsame = pairs["test"]
         for method, verifier in cosine_verifiers(feats, train.labels).items():

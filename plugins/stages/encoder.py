@@ -120,8 +120,3 @@ def precise_batchnorm(encoder: nn.Module, images: torch.Tensor, device: torch.de
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     encoder.train(was_training)
-
-
-def pixels(images: torch.Tensor) -> torch.Tensor:
-    """Raw-pixel features: flattened images in [0, 1] (the study's weakest baseline)."""
-    return images.float().div(255.0).flatten(1)

@@ -16,13 +16,17 @@ from hvkit.engine import StageContext, save_checkpoint
 from hvkit.engine.checkpoint import atomic_write
 from hvkit.evaluation import EvalData, PairSet, evaluate
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
-from hvkit_plugins.stages.encoder import embed, load_encoder, pixels
+from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.stages.handcrafted import HANDCRAFTED
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
 from hvkit_plugins.stages.test_views import TestViews
 
 
 class Evaluate:
     """Verification (every verifier) and retrieval on test writers, from a frozen encoder.
+
+    ``features``: the encoder's backbone output (default) or its head's, or, without a model, the
+    hand-crafted baselines of the study: raw ``pixels`` or ``hog`` (:mod:`~hvkit_plugins.stages.handcrafted`).
 
     Pairs follow SSL-HV: all same-writer combinations, each with one different-writer
     partner, so pairs are balanced. Trainable verifiers (the SSL-HV head: e1−e2 → MLP)
@@ -51,7 +55,7 @@ class Evaluate:
     """
 
     def __init__(self, model_from: StageOutput | None = None,
-                 features: Literal["backbone", "head", "pixels"] = "backbone",
+                 features: Literal["backbone", "head", "pixels", "hog"] = "backbone",
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
                  space: str | None = None,
                  evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],
@@ -60,10 +64,11 @@ class Evaluate:
                  pair_training: PairTraining = PairTraining(),
                  tta: TestViews = TestViews(),
                  plots: bool = True):
-        if features != "pixels" and model_from is None:
-            raise ValueError("model_from must name an earlier stage unless features is 'pixels'")
-        if features == "pixels" and tta.count > 1:
-            raise ValueError("tta averages a network's embeddings; raw pixels (features: pixels) take none")
+        if features not in HANDCRAFTED and model_from is None:
+            raise ValueError(f"model_from must name an earlier stage unless features is one of {sorted(HANDCRAFTED)}")
+        if features in HANDCRAFTED and tta.count > 1:
+            raise ValueError(f"tta averages a network's embeddings; hand-crafted features (features: {features}) "
+                             "take none")
         self.model_from, self.features, self.verifiers, self.space = model_from, features, verifiers, space
         self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
         self.pair_training, self.tta, self.plots = pair_training, tta, plots
@@ -75,8 +80,8 @@ class Evaluate:
 
     def _embed(self, ctx: StageContext, split: Split) -> torch.Tensor:
         """Embeddings of a split: each rank embeds its share, gathered once in split order."""
-        if self.features == "pixels":
-            return pixels(split.images)
+        if self.features in HANDCRAFTED:
+            return HANDCRAFTED[self.features](split.images)
         share = split.images[distributed.shard(len(split))]
         return distributed.gather_shards(embed(self.encoder, share, ctx.device, self.features, views=self.tta))
 
