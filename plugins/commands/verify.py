@@ -22,7 +22,7 @@ from hvkit_plugins.stages.test_views import TestViews
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stage", help="Evaluation stage whose verifier to use (default: the last one).")
+@click.option("--stage", help="Evaluation stage whose verifier to use (default: the last one with an encoder).")
 @click.option("--verifier", default="cosine_pair", show_default=True, help="Verifier name in that stage.")
 @click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
@@ -41,12 +41,17 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
         evaluations = {n: o for n, o in stage_outputs(source).items() if "verifiers" in o}
         if not evaluations:
             raise HvkitError(f"{source}: no completed evaluation stage")
-        name = stage or list(evaluations)[-1]
+        encoded = [n for n, o in evaluations.items() if o.get("encoder")]
+        if stage is None and not encoded:
+            raise HvkitError(f"{source}: every evaluation stage scored hand-crafted features, which verify does "
+                             "not compute; it needs one with an encoder")
+        name = stage or encoded[-1]
         if name not in evaluations:
             raise HvkitError(f"{source}: no evaluation stage {name!r}; have {', '.join(evaluations)}")
         outputs = evaluations[name]
         if not outputs.get("encoder"):
-            raise HvkitError(f"{source}: stage {name!r} scored raw pixels; pick a stage with an encoder")
+            raise HvkitError(f"{source}: stage {name!r} scored hand-crafted features ({outputs.get('features')}), "
+                             f"which verify does not compute; pick a stage with an encoder: {', '.join(encoded)}")
         fitted = load_checkpoint(source / outputs["verifiers"])
         if verifier not in fitted:
             raise HvkitError(f"stage {name!r} has no verifier {verifier!r}; have {', '.join(fitted)}")

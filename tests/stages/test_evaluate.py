@@ -124,6 +124,8 @@ def test_space_names_a_cosine_verifier_of_the_stage(tmp_path: Path, space: str, 
 def test_likelihood_ratios_calibrated_on_val_reach_metrics_verifiers_and_verify(tmp_path: Path) -> None:
     recipe = copy.deepcopy(RECIPE)
     recipe["stages"]["evaluate"]["plots"] = True
+    recipe["stages"]["hog"] = {"stage": "evaluate", "features": "hog", "label_fraction": 0.5, "plots": False,
+                               "verifiers": ["cosine_pair"], "evaluators": ["verification"]}  # last, no encoder
     run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
     stage_dir = run_dir / "stages" / "evaluate"
     metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["evaluate"]["verification"]
@@ -157,8 +159,8 @@ def test_likelihood_ratios_calibrated_on_val_reach_metrics_verifiers_and_verify(
         assert found["cllr_cal"] == pytest.approx(found["cllr"] - found["min_cllr"], abs=1e-12)
         assert (stage_dir / f"verification_{name}_tippett.png").is_file()
     cells = [f"{metrics['wccn_pair'][key]:.4f}" for key in ("cllr", "min_cllr")]
-    assert re.search(rf"\| wccn_pair \|.*\| {cells[0]} \([^)]*\) \| {cells[1]} \|$",
-                     (run_dir / "report.md").read_text(), re.M)  # Cllr with its interval; min Cllr has none
+    assert re.search(rf"\| wccn_pair \|.*\| {cells[0]} \([^)]*\) \| {cells[1]} \([^)]*\) \|$",
+                     (run_dir / "report.md").read_text(), re.M)  # Cllr and min Cllr, each with its interval
 
     test = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["test"]
     files = []
@@ -166,8 +168,12 @@ def test_likelihood_ratios_calibrated_on_val_reach_metrics_verifiers_and_verify(
         files.append(tmp_path / f"word{k}.png")
         Image.fromarray(255 - test.images[k, 0].numpy()).save(files[-1])  # dark ink on white, as scanned
     command = ["verify", str(run_dir), *map(str, files), "--verifier", "wccn_pair"]
-    result = CliRunner().invoke(main, command)
+    result = CliRunner().invoke(main, command)  # the last stage with an encoder: evaluate, not hog
     assert result.exit_code == 0, result.output
+    refused = CliRunner().invoke(main, [*command, "--stage", "hog"])
+    assert refused.exit_code == 2 and refused.stderr == (
+        f"error: {run_dir}: stage 'hog' scored hand-crafted features (hog), which verify does not compute; "
+        "pick a stage with an encoder: evaluate\n")
     score = float(re.match(r"score (\S+)", result.output).group(1))
     lr, log10 = map(float, re.search(r"^LR (\S+) \(log10 (\S+)\): the score is ", result.output, re.M).groups())
     calibration = Calibration(**fitted["wccn_pair"]["calibration"])

@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage.feature import hog as skimage_hog
 
+from click.testing import CliRunner
+
+from hvkit.cli import main
 from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.stages.handcrafted import hog, pixels
 
@@ -83,5 +87,10 @@ def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
     assert set(found) >= {"cosine_pair", "wccn_pair"}
     assert found["cosine_pair"]["roc_auc"] > 0.6  # synthetic writers differ in slant and stroke: HOG sees it
     assert found["cosine_pair"]["roc_auc"] != metrics["pixels"]["verification"]["cosine_pair"]["roc_auc"]
+    images = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    for path in images:
+        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(path)
+    result = CliRunner().invoke(main, ["verify", str(run_dir), *images])
+    assert result.exit_code == 2 and "every evaluation stage scored hand-crafted features" in result.stderr
     with pytest.raises(Exception, match="model_from must name an earlier stage unless features is one of"):
         run_recipe_text(text.replace("features: hog", "features: backbone"), tmp_path, "no_model")
