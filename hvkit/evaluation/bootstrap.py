@@ -25,9 +25,14 @@ class _Weighted:
         return RocCounts(self.levels, np.bincount(self.level, weight * self.same, len(self.levels)),
                          np.bincount(self.level, weight * (1.0 - self.same), len(self.levels)))
 
-    def __call__(self, weight: np.ndarray, roc: RocCounts | None = None) -> dict[str, float] | None:
+    def min_cllr(self, weights: Sequence[np.ndarray]) -> np.ndarray:
+        """min Cllr under each of several weightings, the PAV refits batched (:func:`min_cllr_of_counts`)."""
+        counts = [self.counts(w) for w in weights]
+        return min_cllr_of_counts(np.stack([c.same for c in counts]), np.stack([c.diff for c in counts]))
+
+    def __call__(self, weight: np.ndarray) -> dict[str, float] | None:
         """The metrics, or None when the weighted pairs lack same or different ones."""
-        roc = self.counts(weight) if roc is None else roc
+        roc = self.counts(weight)
         if roc.positives == 0 or roc.negatives == 0:
             return None
         out = {"roc_auc": roc.auc(), "eer": roc.eer()}
@@ -80,19 +85,17 @@ def writer_bootstrap(pairs: PairSet, threshold: float | None, resamples: int = 1
     _check(resamples, confidence)
     metrics = _Weighted(pairs, threshold, log_lr)
     draws: list[dict[str, float]] = []
-    waiting: list[RocCounts] = []
+    waiting: list[np.ndarray] = []
 
     def refit() -> None:  # the waiting draws' min Cllr, all at once
-        found = min_cllr_of_counts(np.stack([c.same for c in waiting]), np.stack([c.diff for c in waiting]))
-        for draw, value in zip(draws[len(draws) - len(waiting):], found):
+        for draw, value in zip(draws[len(draws) - len(waiting):], metrics.min_cllr(waiting)):
             draw["min_cllr"] = float(value)
         waiting.clear()
 
     for weight in _writer_weights(pairs.writers, resamples, seed):
-        roc = metrics.counts(weight)
-        if (found := metrics(weight, roc)) is not None:
+        if (found := metrics(weight)) is not None:
             draws.append(found)
-            waiting.append(roc)
+            waiting.append(weight)
             if len(waiting) == chunk:
                 refit()
     if waiting:
@@ -119,12 +122,13 @@ Run = tuple[PairSet, float | None] | tuple[PairSet, float | None, np.ndarray | N
 
 
 def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int = 1000, confidence: float = 0.95,
-                            seed: int = 0) -> dict[str, float | int | list[float]]:
+                            seed: int = 0, chunk: int = 250) -> dict[str, float | int | list[float]]:
     """:func:`paired_writer_bootstrap` over several training runs (seeds) of each side.
 
     ``a`` and ``b`` hold one ``(pairs, threshold)`` or ``(pairs, threshold, log_lr)`` per training
-    run, all scored on the same test pairs; ``accuracy`` needs every threshold, ``cllr`` (lower is
-    better, like ``eer``) every run's log LRs. A two-level (hierarchical) bootstrap, the test writers and the training runs
+    run, all scored on the same test pairs; ``accuracy`` needs every threshold, ``cllr`` every
+    run's log LRs; ``min_cllr`` refits each run's PAV in every draw (``chunk`` draws batched).
+    Lower is better for ``eer``, ``cllr`` and ``min_cllr``. A two-level (hierarchical) bootstrap, the test writers and the training runs
     being the two independent sources of noise: each draw resamples the writers (shared by
     every run, as in the paired bootstrap) and, independently for each side, as many runs as
     it has, with replacement; the draw's difference is the mean metric over A's drawn runs
@@ -153,20 +157,36 @@ def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int =
             return None
         return {name: float(np.mean([v[name] for v in values])) for name in values[0]}
 
-    draws = []
+    draws: list[dict[str, float]] = []
+    waiting: list[tuple[np.ndarray, list[np.ndarray]]] = []  # (writer weights, picks) of draws without min Cllr
+
+    def refit() -> None:  # each run's min Cllr in the waiting draws, then each draw's mean over its picks
+        found = [[m.min_cllr([w for w, _ in waiting]) for m in side] for side in sides]
+        for draw, (j, (_, picks)) in zip(draws[len(draws) - len(waiting):], enumerate(waiting)):
+            means = [np.mean([values[k][j] for k in pick]) for values, pick in zip(found, picks)]
+            draw["min_cllr"] = float(means[0] - means[1])
+        waiting.clear()
+
     for weight in _writer_weights(reference.writers, resamples, seed):
         picks = [np.arange(len(s)) if len(s) == 1 else runs.integers(0, len(s), len(s)) for s in sides]
         ma = mean_over(sides[0], picks[0], weight)
         if ma is not None:
             mb = mean_over(sides[1], picks[1], weight)
             draws.append({name: ma[name] - mb[name] for name in ma})
+            waiting.append((weight, picks))
+            if len(waiting) == chunk:
+                refit()
+    if waiting:
+        refit()
     out = _percentiles(draws, confidence)
     for name in draws[0]:
-        worse = [(d[name] >= 0) if name in ("eer", "cllr") else (d[name] <= 0) for d in draws]
+        worse = [(d[name] >= 0) if name in ("eer", "cllr", "min_cllr") else (d[name] <= 0) for d in draws]
         out[f"share_a_not_better_{name}"] = float(np.mean(worse))
     if len(a) > 1 or len(b) > 1:
         everyone = np.ones(len(reference.writers))
         whole = [mean_over(s, np.arange(len(s)), everyone) for s in sides]
+        for side, found in zip(sides, whole):
+            found["min_cllr"] = float(np.mean([m.min_cllr([everyone])[0] for m in side]))
         out["runs"] = [len(a), len(b)]
         for name in draws[0]:
             out[f"estimate_{name}"] = whole[0][name] - whole[1][name]

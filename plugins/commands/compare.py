@@ -10,7 +10,7 @@ import numpy as np
 
 from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
-from hvkit.evaluation import PairSet, RocCounts, cllr
+from hvkit.evaluation import PairSet, RocCounts, cllr, min_cllr
 from hvkit.evaluation.bootstrap import seeded_paired_bootstrap
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores, load_pairs_digest
 
@@ -55,7 +55,7 @@ def _same_pairs(loaded: list[tuple[Path, tuple[tuple[PairSet, float | None], str
 
 def _point(pairs: PairSet, threshold: float | None, log_lr: np.ndarray | None) -> dict[str, float]:
     roc = RocCounts.from_scores(pairs.scores, pairs.same)
-    out = {"roc_auc": roc.auc(), "eer": roc.eer()}
+    out = {"roc_auc": roc.auc(), "eer": roc.eer(), "min_cllr": min_cllr(pairs.scores, pairs.same)}
     if threshold is not None:
         out["accuracy"] = float(((pairs.scores >= threshold) == pairs.same).mean())
     if log_lr is not None:
@@ -87,8 +87,8 @@ def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], se
                     resamples: int, confidence: float, as_json: bool) -> None:
     """Compare verifier A with B (each STAGE/VERIFIER) on the same test pairs, by a paired writer bootstrap.
 
-    Prints each one's accuracy (at its validation threshold), ROC AUC, EER and Cllr (of the log
-    LRs by its validation calibration, from the run's metrics.json), and the interval of A − B
+    Prints each one's accuracy (at its validation threshold), ROC AUC, EER, Cllr (of the log
+    LRs by its validation calibration, from the run's metrics.json) and min Cllr, and the interval of A − B
     over draws of the test writers, with the share of draws where A is not better (a one-sided
     bootstrap p-value). Given several runs a side (``--seed-run``,
     repeated ``--against``), each draw also resamples the runs, and the figures are means
@@ -107,7 +107,7 @@ def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], se
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    names = [n for n in ("accuracy", "roc_auc", "eer", "cllr") if n in diff]
+    names = [n for n in ("accuracy", "roc_auc", "eer", "cllr", "min_cllr") if n in diff]
     for key in ("a", "b"):
         runs = f" (mean of {result[key]['runs']} runs)" if result[key]["runs"] > 1 else ""
         click.echo(f"{key.upper()} {result[key]['ref']}{runs}: "

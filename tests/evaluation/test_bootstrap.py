@@ -119,12 +119,15 @@ def test_paired_cllr_interval_equals_copying_the_drawn_writers_pairs():
     out = seeded_paired_bootstrap([(a, None, lr_a)], [(b, None, lr_b)], resamples=40, confidence=0.9, seed=3)
     assert "accuracy" not in out and "runs" not in out
     rng, ids = np.random.default_rng(3), np.unique(a.writers)
-    diffs = []
+    diffs, least = [], []
     for _ in range(40):
         rows = np.concatenate([np.flatnonzero(a.writers == ids[k]) for k in rng.integers(0, len(ids), len(ids))])
         diffs.append(cllr(lr_a[rows], a.same[rows]) - cllr(lr_b[rows], a.same[rows]))
+        least.append(min_cllr(a.scores[rows], a.same[rows]) - min_cllr(b.scores[rows], a.same[rows]))
     np.testing.assert_allclose(out["cllr"], np.percentile(diffs, [5, 95]), rtol=0, atol=1e-12)
     assert out["share_a_not_better_cllr"] == np.mean(np.greater_equal(diffs, 0))  # lower Cllr is better
+    np.testing.assert_allclose(out["min_cllr"], np.percentile(least, [5, 95]), rtol=0, atol=1e-12)
+    assert out["share_a_not_better_min_cllr"] == np.mean(np.greater_equal(least, 0))
     assert "cllr" not in seeded_paired_bootstrap([(a, None, lr_a)], [(b, None)], resamples=5)
 
 
@@ -149,7 +152,8 @@ def test_seeded_bootstrap_equals_resampling_writers_and_runs_by_hand():
     def metrics(run, rows):
         data, threshold = run
         same, scores = data.same[rows], data.scores[rows]
-        return np.array([np.mean((scores >= threshold) == same), roc_auc_score(same, scores), sklearn_eer(same, scores)])
+        return np.array([np.mean((scores >= threshold) == same), roc_auc_score(same, scores), sklearn_eer(same, scores),
+                         min_cllr(scores, same)])
 
     diffs = []
     for _ in range(30):
@@ -162,7 +166,7 @@ def test_seeded_bootstrap_equals_resampling_writers_and_runs_by_hand():
     every = np.arange(len(base.same))
     whole = (np.mean([metrics(r, every) for r in runs_a], 0) - np.mean([metrics(r, every) for r in runs_b], 0))
     assert out["runs"] == [3, 2]
-    for k, name in enumerate(("accuracy", "roc_auc", "eer")):
+    for k, name in enumerate(("accuracy", "roc_auc", "eer", "min_cllr")):
         np.testing.assert_allclose(out[name], np.percentile(diffs[:, k], [5, 95]), rtol=0, atol=1e-12)
         assert out[f"estimate_{name}"] == pytest.approx(whole[k], abs=1e-12)
 

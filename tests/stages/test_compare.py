@@ -53,6 +53,10 @@ def test_saved_scores_reproduce_the_stage_metrics(run_dir: Path) -> None:
         assert len(pairs.scores) == metrics[name]["pairs"]
 
 
+def metrics_of(run_dir: Path, stage: str, verifier: str) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())[stage]["verification"][verifier]
+
+
 def calibrated(run_dir: Path, stage: str, verifier: str) -> tuple:
     """(test pairs, val threshold, log LRs by the evaluator's val calibration) of one verifier."""
     pairs, threshold = load_pair_scores(run_dir / "stages" / stage / PAIR_SCORES)[verifier]
@@ -67,10 +71,15 @@ def test_compare_prints_the_paired_bootstrap_of_two_stages(run_dir: Path) -> Non
     (a, ta, la), (b, tb, lb) = (calibrated(run_dir, s, v)
                                 for s, v in (("eval_second", "wccn_pair"), ("eval_first", "cosine_pair")))
     assert out["a_minus_b"] == seeded_paired_bootstrap([(a, ta, la)], [(b, tb, lb)], 200)
-    without_cllr = paired_writer_bootstrap(a, b, ta, tb, 200)
-    assert {k: v for k, v in out["a_minus_b"].items() if "cllr" not in k} == without_cllr
+    def uncalibrated(found: dict) -> dict:  # what needs no calibration: min Cllr stays, Cllr goes
+        return {k: v for k, v in found.items() if "cllr" not in k or "min_cllr" in k}
+
+    assert uncalibrated(out["a_minus_b"]) == paired_writer_bootstrap(a, b, ta, tb, 200)
+    assert out["a"]["min_cllr"] == pytest.approx(metrics_of(run_dir, "eval_second", "wccn_pair")["min_cllr"], abs=1e-12)
     assert out["a"]["roc_auc"] == RocCounts.from_scores(a.scores, a.same).auc()
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "min_cllr" in out["a_minus_b"] and f"min_cllr {out['a']['min_cllr'] - out['b']['min_cllr']:+.4f}" in \
+        invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--resamples", 20).stdout
     assert out["a"]["cllr"] == pytest.approx(metrics["eval_second"]["verification"]["wccn_pair"]["cllr"], rel=1e-12)
     assert out["b"]["cllr"] == pytest.approx(metrics["eval_first"]["verification"]["cosine_pair"]["cllr"], rel=1e-12)
     low, high = out["a_minus_b"]["roc_auc"]
@@ -89,7 +98,8 @@ def test_a_verifier_without_a_saved_calibration_is_compared_without_cllr(run_dir
     out = json.loads(invoke(copied, "eval_second/wccn_pair", "eval_first/cosine_pair", "--json",
                             "--resamples", 20).stdout)
     assert "cllr" in out["a"] and "cllr" not in out["b"]
-    assert not any("cllr" in key for key in out["a_minus_b"]) and "roc_auc" in out["a_minus_b"]
+    assert not {"cllr", "share_a_not_better_cllr"} & set(out["a_minus_b"])
+    assert {"roc_auc", "min_cllr"} <= set(out["a_minus_b"])  # min Cllr needs no calibration
 
 
 def test_paired_interval_is_narrower_than_either_own_interval(run_dir: Path) -> None:
