@@ -15,6 +15,11 @@ may be shared). Three measurements:
    (chunks of 2^20 pairs: whole it would need 2 × P × D floats) and against the memory
    floor: bytes that must be read (two rows and two int64 ids per pair) / copy bandwidth
    (bytes read + written per second by a 1 GiB ``np.copyto``).
+4. min Cllr in ``--draws`` writer-bootstrap draws of ``--test-pairs`` scored pairs from
+   ``--test-writers`` writers (the real CEDAR AND test set's sizes by default): the batched PAV
+   (:func:`~hvkit.evaluation.calibration.min_cllr_of_counts`, 250 draws at a time, as the
+   ``verification`` evaluator computes its interval) against refitting PAV on each draw's copied
+   pairs (``hvkit.evaluation.min_cllr``, one draw at a time); the values must agree.
 
 Data: ``--n`` embeddings of dimension ``--dim`` from writers of ``--per-writer`` samples
 on average (uniform between half and 1.5 times that), writer centre + Gaussian noise
@@ -23,6 +28,7 @@ on average (uniform between half and 1.5 times that), writer centre + Gaussian n
     python benchmarks/eval.py                 # N = 100,000, 10^7 pairs
     python benchmarks/eval.py --n 20000       # smaller, for a 2-core machine
     python benchmarks/eval.py --only retrieval --per-writer 1000   # 100 writers, k ~ 1500
+    python benchmarks/eval.py --only min_cllr                      # the bootstrap of min Cllr alone
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ import numpy as np
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from hvkit.evaluation import EvalData, RocCounts, evaluate
+from hvkit.evaluation import EvalData, PairSet, RocCounts, evaluate, min_cllr
+from hvkit.evaluation.calibration import min_cllr_of_counts
 from hvkit.index import all_pairs_histogram, score_blocks, score_pairs
 from hvkit_plugins.evaluators.retrieval import Retrieval
 
@@ -127,6 +134,40 @@ def numpy_pairs(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
+def scored_pairs(count: int, writers: int, seed: int = 0) -> PairSet:
+    """Balanced pairs, a writer's pairs together, scored by a Gaussian shift of 1.6 (AUC about 0.87)."""
+    rng = np.random.default_rng(seed)
+    same = rng.random(count) < 0.5
+    return PairSet(rng.standard_normal(count) + 1.6 * same, same, np.sort(rng.integers(0, writers, count)))
+
+
+def draw_weights(pairs: PairSet, draws: int) -> np.ndarray:
+    """Each draw's weight per pair: how often its writer was drawn (as the writer bootstrap draws)."""
+    ids, index = np.unique(pairs.writers, return_inverse=True)
+    rng = np.random.default_rng(2)
+    return np.stack([np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))[index]
+                     for _ in range(draws)]).astype(np.float64)
+
+
+def batched_min_cllr(pairs: PairSet, weights: np.ndarray) -> np.ndarray:
+    levels, level = np.unique(pairs.scores, return_inverse=True)
+    out = []
+    for chunk in np.array_split(weights, max(1, len(weights) // 250)):
+        same = np.stack([np.bincount(level, w * pairs.same, len(levels)) for w in chunk])
+        diff = np.stack([np.bincount(level, w * ~pairs.same, len(levels)) for w in chunk])
+        out.append(min_cllr_of_counts(same, diff))
+    return np.concatenate(out)
+
+
+def per_draw_min_cllr(pairs: PairSet, weights: np.ndarray) -> np.ndarray:
+    rows = np.arange(len(pairs.scores))
+    out = []
+    for w in weights:
+        copied = np.repeat(rows, w.astype(np.int64))
+        out.append(min_cllr(pairs.scores[copied], pairs.same[copied]))
+    return np.array(out)
+
+
 def copy_bandwidth() -> float:
     """Bytes read + written per second by ``np.copyto`` of 1 GiB (best of 3)."""
     src = np.ones(1 << 28, np.float32)
@@ -146,7 +187,10 @@ def main() -> None:
     parser.add_argument("--per-writer", type=int, default=100, help="mean samples per writer (default 100)")
     parser.add_argument("--pairs", type=int, default=10_000_000, help="explicit pairs (default 10^7)")
     parser.add_argument("--block", type=int, default=1024, help="all-pairs block size (default: the function's, 1024)")
-    parser.add_argument("--only", default="retrieval,all_pairs,pairs", help="comma-separated subset")
+    parser.add_argument("--test-pairs", type=int, default=24_342, help="pairs of the min Cllr bootstrap")
+    parser.add_argument("--test-writers", type=int, default=227, help="their writers")
+    parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws of min Cllr")
+    parser.add_argument("--only", default="retrieval,all_pairs,pairs,min_cllr", help="comma-separated subset")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs; the best time is kept")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -189,7 +233,20 @@ def main() -> None:
         print(f"| memory floor ({bandwidth / 1e9:.1f} GB/s copy) | {floor_s:.2f} | {args.pairs / floor_s / 1e6:.1f} | | | 1.00 |")
         print(f"| NumPy gather + einsum | {numpy_s:.2f} | {args.pairs / numpy_s / 1e6:.1f} | {numpy_mb:.0f} | 1.00 | {floor_s / numpy_s:.2f} |")
         print(f"| hvkit score_pairs | {ours_s:.2f} | {args.pairs / ours_s / 1e6:.1f} | {ours_mb:.0f} | {numpy_s / ours_s:.2f} | {floor_s / ours_s:.2f} |")
-        print(f"\nmax |hvkit - NumPy| = {gap:.1e}")
+        print(f"\nmax |hvkit - NumPy| = {gap:.1e}\n")
+
+    if "min_cllr" in only:
+        test = scored_pairs(args.test_pairs, args.test_writers)
+        weights = draw_weights(test, args.draws)
+        (ref_s, ref_mb, reference), (ours_s, ours_mb, found) = compare(
+            args.repeats, (per_draw_min_cllr, test, weights), (batched_min_cllr, test, weights))
+        gap = float(np.abs(found - reference).max())
+        print(f"| min Cllr of {args.draws} writer-bootstrap draws ({args.test_pairs} pairs, {args.test_writers} "
+              "writers) | seconds | peak MiB | speed-up |\n|---|---|---|---|")
+        print(f"| PAV refitted on each draw's copied pairs (`min_cllr`) | {ref_s:.1f} | {ref_mb:.0f} | 1.00 |")
+        print(f"| batched PAV (`min_cllr_of_counts`, 250 draws at a time) | {ours_s:.1f} | {ours_mb:.0f} | "
+              f"{ref_s / ours_s:.1f} |")
+        print(f"\nmedian min Cllr {np.median(found):.4f}; max |batched - per draw| = {gap:.1e}")
 
 
 if __name__ == "__main__":
