@@ -2,8 +2,8 @@
 
 Checks the ``cedar_and`` reader and :mod:`hvkit_plugins.datasets.pairs` against the SSL-HV paper
 (Chauhan et al. 2024, Table: HOG 0.72 accuracy, raw pixels 0.63-0.65). For raw pixels and HOG
-(the evaluate stage's ``features: hog``: 9 orientations, 8 x 8 cells, 2 x 2 blocks, as SSL-HV's OpenCV HOG) it reports, on the
-balanced SSL-HV pairs of the *test* writers:
+(the evaluate stage's ``features: hog``: 9 orientations, 8 x 8 cells, 2 x 2 blocks, as SSL-HV's
+OpenCV HOG) it reports, on the balanced SSL-HV pairs of the *test* writers:
 
 - ``cosine``: cosine similarity of the two raw feature vectors, no training;
 - ``centred cos``: the pipeline's ``cosine_pair`` verifier, the cosine after subtracting the

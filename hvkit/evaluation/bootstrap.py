@@ -128,7 +128,9 @@ def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int =
     ``a`` and ``b`` hold one ``(pairs, threshold)`` or ``(pairs, threshold, log_lr)`` per training
     run, all scored on the same test pairs; ``accuracy`` needs every threshold, ``cllr`` every
     run's log LRs; ``min_cllr`` refits each run's PAV in every draw (``chunk`` draws batched).
-    Lower is better for ``eer``, ``cllr`` and ``min_cllr``. A two-level (hierarchical) bootstrap, the test writers and the training runs
+    Lower is better for ``eer``, ``cllr`` and ``min_cllr``.
+
+    A two-level (hierarchical) bootstrap, the test writers and the training runs
     being the two independent sources of noise: each draw resamples the writers (shared by
     every run, as in the paired bootstrap) and, independently for each side, as many runs as
     it has, with replacement; the draw's difference is the mean metric over A's drawn runs
