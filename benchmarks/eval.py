@@ -210,7 +210,7 @@ def main() -> None:
         print("| retrieval (self, k = largest class) | seconds | peak MiB | speed-up |\n|---|---|---|---|")
         print(f"| PML AccuracyCalculator (faiss-cpu) | {pml_s:.1f} | {pml_mb:.0f} | 1.00 |")
         print(f"| hvkit retrieval evaluator | {ours_s:.1f} | {ours_mb:.0f} | {pml_s / ours_s:.2f} |")
-        print(f"\nvalues: " + ", ".join(f"{a} {ours[a]:.6f}" for a in keys) + f"; max |hvkit - PML| = {gap:.2e}\n")
+        print("\nvalues: " + ", ".join(f"{a} {ours[a]:.6f}" for a in keys) + f"; max |hvkit - PML| = {gap:.2e}\n")
 
     if "all_pairs" in only:
         (floor_s, floor_mb, _), (ours_s, ours_mb, roc) = compare(
