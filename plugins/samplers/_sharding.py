@@ -48,6 +48,16 @@ class ShardedBatchSampler(ABC):
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         self.epoch = epoch
 
+    def _checked_embeddings(self, embeddings: np.ndarray, dtype: type) -> np.ndarray:
+        """A model-aware sampler's observed embeddings as ``dtype``: finite, one row of D > 0 values per label."""
+        emb = np.asarray(embeddings, dtype=dtype)
+        if emb.ndim != 2 or emb.shape[0] != len(self.labels) or emb.shape[1] == 0:
+            raise ValueError(f"embeddings must have shape ({len(self.labels)}, D), one row per label, "
+                             f"got {emb.shape}")
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings hold NaN or inf values")
+        return emb
+
     @property
     def local_batch_size(self) -> int:
         return self.batch_size // self.world_size

@@ -65,13 +65,7 @@ class HardClassSampler(PKSampler):
 
     def observe_embeddings(self, embeddings: np.ndarray) -> None:
         """Learn each writer's nearest writers from the embeddings (N, D) of all images, rows in ``labels``' order."""
-        emb = np.asarray(embeddings, dtype=np.float64)
-        if emb.ndim != 2 or emb.shape[0] != len(self.labels) or emb.shape[1] == 0:
-            raise ValueError(f"embeddings must have shape ({len(self.labels)}, D), one row per label, "
-                             f"got {emb.shape}")
-        if not np.isfinite(emb).all():
-            raise ValueError("embeddings hold NaN or inf values")
-        emb = _unit(emb)
+        emb = _unit(self._checked_embeddings(embeddings, np.float64))
         sizes = np.array([len(m) for m in self._members])
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         means = np.add.reduceat(emb[np.concatenate(self._members)], offsets, axis=0) / sizes[:, None]

@@ -66,12 +66,8 @@ class TuplesToWeightsSampler(ShardedBatchSampler):
 
     def observe_embeddings(self, embeddings: np.ndarray) -> None:
         """Weigh each image by its count in the miner's tuples on the embeddings (N, D), rows in ``labels``' order."""
-        emb = np.asarray(embeddings, dtype=np.float32)
+        emb = self._checked_embeddings(embeddings, np.float32)
         n = len(self.labels)
-        if emb.ndim != 2 or emb.shape[0] != n or emb.shape[1] == 0:
-            raise ValueError(f"embeddings must have shape ({n}, D), one row per label, got {emb.shape}")
-        if not np.isfinite(emb).all():
-            raise ValueError("embeddings hold NaN or inf values")
         if self.subset_size is None:
             subset = np.arange(n)
         else:
