@@ -54,8 +54,7 @@ class Validator:
     def __init__(self, registry: Registry, file: str | None):
         self.registry = registry
         self.file = file
-        self.stages_seen: list[str] = []
-        self.earlier: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self.earlier: dict[str, tuple[Any, dict[str, Any]]] = {}  # each stage resolved so far: (factory, spec)
 
     def error(self, path: str, message: str) -> RecipeError:
         return RecipeError(message, self.file, path)
@@ -94,7 +93,6 @@ class Validator:
             if not isinstance(spec, dict) or "stage" not in spec:
                 raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
             out["stages"][name] = self.component("stage", spec, path, name_key="stage")
-            self.stages_seen.append(name)
             self.earlier[name] = (self.registry.get("stage", spec["stage"]).factory, out["stages"][name])
         return out
 
@@ -174,9 +172,10 @@ class Validator:
             if isinstance(marker, StageRef):
                 names = value if isinstance(value, list) else [value]
                 for i, name in enumerate(names):
-                    if not isinstance(name, str) or name not in self.stages_seen:
+                    if not isinstance(name, str) or name not in self.earlier:
                         where = f"{path}.{i}" if isinstance(value, list) else path
-                        raise self.error(where, f"{name!r} is not an earlier stage" + _nearest(str(name), self.stages_seen))
+                        raise self.error(where, f"{name!r} is not an earlier stage"
+                                         + _nearest(str(name), list(self.earlier)))
                 return value
             if isinstance(marker, ExistingPath):
                 if not isinstance(value, str) or not Path(value).expanduser().exists():
