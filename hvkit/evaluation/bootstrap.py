@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -52,6 +53,12 @@ def _writer_weights(writers: np.ndarray, resamples: int, seed: int) -> Iterator[
         yield np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))[index].astype(np.float64)
 
 
+def _chunks(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    """``items`` in consecutive lists of ``size`` (the last may be shorter)."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
 def _percentiles(draws: list[dict[str, float]], confidence: float) -> dict[str, float | int | list[float]]:
     if not draws:
         raise ValueError("bootstrap: no resample held both same-writer and different-writer pairs")
@@ -85,21 +92,11 @@ def writer_bootstrap(pairs: PairSet, threshold: float | None, resamples: int = 1
     _check(resamples, confidence)
     metrics = _Weighted(pairs, threshold, log_lr)
     draws: list[dict[str, float]] = []
-    waiting: list[np.ndarray] = []
-
-    def refit() -> None:  # the waiting draws' min Cllr, all at once
-        for draw, value in zip(draws[len(draws) - len(waiting):], metrics.min_cllr(waiting)):
-            draw["min_cllr"] = float(value)
-        waiting.clear()
-
-    for weight in _writer_weights(pairs.writers, resamples, seed):
-        if (found := metrics(weight)) is not None:
-            draws.append(found)
-            waiting.append(weight)
-            if len(waiting) == chunk:
-                refit()
-    if waiting:
-        refit()
+    for weights in _chunks(_writer_weights(pairs.writers, resamples, seed), chunk):
+        kept = [(w, found) for w in weights if (found := metrics(w)) is not None]
+        if kept:
+            for (_, found), value in zip(kept, metrics.min_cllr([w for w, _ in kept])):
+                draws.append({**found, "min_cllr": float(value)})
     return _percentiles(draws, confidence)
 
 
@@ -160,26 +157,19 @@ def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int =
         return {name: float(np.mean([v[name] for v in values])) for name in values[0]}
 
     draws: list[dict[str, float]] = []
-    waiting: list[tuple[np.ndarray, list[np.ndarray]]] = []  # (writer weights, picks) of draws without min Cllr
-
-    def refit() -> None:  # each run's min Cllr in the waiting draws, then each draw's mean over its picks
-        found = [[m.min_cllr([w for w, _ in waiting]) for m in side] for side in sides]
-        for draw, (j, (_, picks)) in zip(draws[len(draws) - len(waiting):], enumerate(waiting)):
-            means = [np.mean([values[k][j] for k in pick]) for values, pick in zip(found, picks)]
-            draw["min_cllr"] = float(means[0] - means[1])
-        waiting.clear()
-
-    for weight in _writer_weights(reference.writers, resamples, seed):
-        picks = [np.arange(len(s)) if len(s) == 1 else runs.integers(0, len(s), len(s)) for s in sides]
-        ma = mean_over(sides[0], picks[0], weight)
-        if ma is not None:
-            mb = mean_over(sides[1], picks[1], weight)
-            draws.append({name: ma[name] - mb[name] for name in ma})
-            waiting.append((weight, picks))
-            if len(waiting) == chunk:
-                refit()
-    if waiting:
-        refit()
+    for weights in _chunks(_writer_weights(reference.writers, resamples, seed), chunk):
+        kept = []  # (writer weights, runs picked per side, A − B) of the draws holding both kinds of pair
+        for weight in weights:
+            picks = [np.arange(len(s)) if len(s) == 1 else runs.integers(0, len(s), len(s)) for s in sides]
+            ma = mean_over(sides[0], picks[0], weight)
+            if ma is not None:
+                mb = mean_over(sides[1], picks[1], weight)
+                kept.append((weight, picks, {name: ma[name] - mb[name] for name in ma}))
+        if kept:  # each run's min Cllr in these draws, then each draw's mean over the runs it picked
+            found = [[m.min_cllr([w for w, _, _ in kept]) for m in side] for side in sides]
+            for j, (_, picks, draw) in enumerate(kept):
+                means = [np.mean([values[k][j] for k in pick]) for values, pick in zip(found, picks)]
+                draws.append({**draw, "min_cllr": float(means[0] - means[1])})
     out = _percentiles(draws, confidence)
     for name in draws[0]:
         worse = [(d[name] >= 0) if name in ("eer", "cllr", "min_cllr") else (d[name] <= 0) for d in draws]
