@@ -65,15 +65,20 @@ def image_files(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
     return files
 
 
+def read_files(files: list[Path], input_format: dict[str, Any], invert: bool) -> torch.Tensor:
+    """uint8 (N, C, H, W) images of files, read as a run's dataset was (:func:`~hvkit_plugins.stages.encoder.input_format`)."""
+    try:
+        images, _ = read_images(files, input_format.get("image_size", 64), int(input_format["in_channels"]), invert,
+                                keep_aspect=bool(input_format.get("keep_aspect", False)))
+    except ValueError as exc:
+        raise HvkitError(str(exc)) from None
+    return images
+
+
 def embed_files(encoder: Encoder, state: dict[str, Any], files: list[Path], device: torch.device,
                 features: str, invert: bool, views: TestViews | None = None) -> torch.Tensor:
     """Embeddings of image files, preprocessed as the encoder's training data was (``views``: as :func:`embed`)."""
-    try:
-        images, _ = read_images(files, state.get("image_size", 64), int(state["in_channels"]), invert,
-                                keep_aspect=bool(state.get("keep_aspect", False)))
-    except ValueError as exc:
-        raise HvkitError(str(exc)) from None
-    return embed(encoder, images, device, features, views=views)
+    return embed(encoder, read_files(files, state, invert), device, features, views=views)
 
 
 def tta_options(command: Callable) -> Callable:

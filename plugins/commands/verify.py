@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -14,7 +15,8 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit.engine.context import build
-from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_outputs
+from hvkit_plugins.commands.sources import embed_files, open_encoder, read_files, stage_outputs
+from hvkit_plugins.stages.handcrafted import HANDCRAFTED
 from hvkit_plugins.stages.test_views import TestViews
 
 
@@ -22,7 +24,8 @@ from hvkit_plugins.stages.test_views import TestViews
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stage", help="Evaluation stage whose verifier to use (default: the last one with an encoder).")
+@click.option("--stage", help="Evaluation stage whose verifier to use (default: the last one with an encoder, "
+              "else the last one).")
 @click.option("--verifier", default="cosine_pair", show_default=True, help="Verifier name in that stage.")
 @click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
@@ -31,40 +34,39 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
                    threshold: float | None, invert: bool) -> None:
     """Score whether two handwriting images share a writer, and decide at the validation threshold.
 
-    SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used)
-    or an encoder checkpoint (plain cosine similarity; give --threshold). When the run's
+    SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used;
+    a stage of hand-crafted features, pixels or HOG, computes them from the two images read as
+    its dataset was) or an encoder checkpoint (plain cosine similarity; give --threshold). When the run's
     verifier carries a calibration fitted on validation writers, the likelihood ratio
     p(score | one writer) / p(score | two writers) is printed too.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    files = [image_a, image_b]
     if source.is_dir() and (source / "stages").is_dir():
         evaluations = {n: o for n, o in stage_outputs(source).items() if "verifiers" in o}
         if not evaluations:
             raise HvkitError(f"{source}: no completed evaluation stage")
-        encoded = [n for n, o in evaluations.items() if o.get("encoder")]
-        if stage is None and not encoded:
-            raise HvkitError(f"{source}: every evaluation stage scored hand-crafted features, which verify does "
-                             "not compute; it needs one with an encoder")
-        name = stage or encoded[-1]
+        name = stage or ([n for n, o in evaluations.items() if o.get("encoder")] or list(evaluations))[-1]
         if name not in evaluations:
             raise HvkitError(f"{source}: no evaluation stage {name!r}; have {', '.join(evaluations)}")
         outputs = evaluations[name]
-        if not outputs.get("encoder"):
-            raise HvkitError(f"{source}: stage {name!r} scored hand-crafted features ({outputs.get('features')}), "
-                             f"which verify does not compute; pick a stage with an encoder: {', '.join(encoded)}")
         fitted = load_checkpoint(source / outputs["verifiers"])
         if verifier not in fitted:
             raise HvkitError(f"stage {name!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
-        encoder, state = open_encoder(source / outputs["encoder"], None, device)
-        features, views = outputs.get("features", "backbone"), TestViews(**outputs.get("tta", {}))
         entry = fitted[verifier]
         limit = threshold if threshold is not None else entry["threshold"]
+        if outputs.get("encoder"):
+            encoder, state = open_encoder(source / outputs["encoder"], None, device)
+            emb = embed_files(encoder, state, files, device, outputs.get("features", "backbone"), invert,
+                              TestViews(**outputs.get("tta", {})))
+        else:
+            emb = handcrafted_files(source, name, outputs, files, invert)
     else:
         encoder, state = open_encoder(source, None, device)
-        features, views, entry, limit = "backbone", None, None, threshold
+        entry, limit = None, threshold
         if limit is None:
             raise HvkitError("an encoder checkpoint has no validated threshold: give --threshold")
-    emb = embed_files(encoder, state, [image_a, image_b], device, features, invert, views)
+        emb = embed_files(encoder, state, files, device, "backbone", invert)
     if entry is None:
         score = float(torch.nn.functional.cosine_similarity(emb[:1], emb[1:]).item())
     else:
@@ -78,6 +80,15 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
     click.echo(f"score {score:.4f}  threshold {limit:.4f}  → {'same writer' if same else 'different writers'}")
     if entry is not None and entry.get("calibration"):  # runs before hvkit calibrated have none
         click.echo(likelihood_ratio_line(float(Calibration(**entry["calibration"]).log_lr(score))))
+
+
+def handcrafted_files(source: Path, stage: str, outputs: dict[str, Any], files: list[Path],
+                      invert: bool) -> torch.Tensor:
+    """The hand-crafted features (``pixels``, ``hog``) a stage scored, of image files read as its dataset was."""
+    if "input" not in outputs:
+        raise HvkitError(f"{source}: stage {stage!r} scored {outputs.get('features')} features before runs recorded "
+                         f"how their images were read; run it again: hvkit eval {source} --stage {stage}")
+    return HANDCRAFTED[outputs["features"]](read_files(files, outputs["input"], invert))
 
 
 def likelihood_ratio_line(log_lr: float) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hvkit.api import WriterDataset
 from hvkit.engine import StageContext, load_checkpoint, save_checkpoint
 from hvkit.engine.context import build
 from hvkit.registry import Registry
@@ -46,16 +47,21 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).float().div_(255.0)
 
 
+def input_format(dataset: WriterDataset) -> dict[str, Any]:
+    """How a dataset's images were read (``in_channels``, ``image_size``, ``keep_aspect``): what an image file
+    must be turned into before a model of it, or its hand-crafted features, can score it."""
+    height, width = (int(s) for s in dataset.splits["train"].images.shape[-2:])
+    return {"in_channels": int(dataset.splits["train"].images.shape[1]),
+            "image_size": height if height == width else [height, width],
+            "keep_aspect": bool(dataset.info.get("keep_aspect", False))}
+
+
 def save_encoder(ctx: StageContext, encoder: Encoder, backbone_spec: dict, head_spec: dict | None) -> str:
     """Write the encoder's weights and specs into the stage directory; returns the relative path."""
     path = ctx.stage_dir / ENCODER_FILE
-    height, width = (int(s) for s in ctx.dataset.splits["train"].images.shape[-2:])
     if ctx.is_main:
         save_checkpoint(path, {
-            "backbone_spec": backbone_spec, "head_spec": head_spec,
-            "in_channels": int(ctx.dataset.splits["train"].images.shape[1]),
-            "image_size": height if height == width else [height, width],
-            "keep_aspect": bool(ctx.dataset.info.get("keep_aspect", False)),
+            "backbone_spec": backbone_spec, "head_spec": head_spec, **input_format(ctx.dataset),
             "backbone": encoder.backbone.state_dict(),
             "head": encoder.head.state_dict() if encoder.head is not None else None,
         })

@@ -16,7 +16,7 @@ from hvkit.engine import StageContext, save_checkpoint
 from hvkit.engine.checkpoint import atomic_write
 from hvkit.evaluation import EvalData, PairSet, evaluate
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
-from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.stages.encoder import embed, input_format, load_encoder
 from hvkit_plugins.stages.handcrafted import HANDCRAFTED
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
 from hvkit_plugins.stages.test_views import TestViews
@@ -154,7 +154,7 @@ class Evaluate:
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
                 "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(saved["test"]),
                 "val_pair_scores": ctx.relative(saved["val"]) if "val" in saved else None,
-                "features": self.features, "tta": asdict(self.tta),
+                "features": self.features, "tta": asdict(self.tta), "input": input_format(data),
                 "encoder": ctx.outputs[self.model_from]["encoder"] if self.model_from else None,
                 "report": verification_report(metrics, self.protocol)}
 

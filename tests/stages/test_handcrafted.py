@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from click.testing import CliRunner
 
 from hvkit.cli import main
 from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.datasets.pairs import sslhv_pairs
+from hvkit_plugins.stages.evaluate import load_pair_scores
 from hvkit_plugins.stages.handcrafted import hog, pixels
 
 
@@ -87,10 +91,30 @@ def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
     assert set(found) >= {"cosine_pair", "wccn_pair"}
     assert found["cosine_pair"]["roc_auc"] > 0.6  # synthetic writers differ in slant and stroke: HOG sees it
     assert found["cosine_pair"]["roc_auc"] != metrics["pixels"]["verification"]["cosine_pair"]["roc_auc"]
-    images = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
-    for path in images:
-        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(path)
-    result = CliRunner().invoke(main, ["verify", str(run_dir), *images])
-    assert result.exit_code == 2 and "every evaluation stage scored hand-crafted features" in result.stderr
+    test = cedar_and(synthetic_writers=24, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"]
+    first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0)
+    saved = {stage: load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz") for stage in ("hog", "pixels")}
+    for k in (int(np.argmax(same)), int(np.argmin(same))):  # a same-writer pair, then a different-writer one
+        images = []
+        for index in (first[k], second[k]):
+            images.append(str(tmp_path / f"word{index}.png"))
+            Image.fromarray(255 - test.images[index, 0].numpy()).save(images[-1])  # dark ink on white, as scanned
+        for stage, verifier in (("hog", "wccn_pair"), ("hog", "cosine_pair"), ("pixels", "cosine_pair")):
+            result = CliRunner().invoke(main, ["verify", str(run_dir), *images, "--stage", stage,
+                                               "--verifier", verifier])
+            assert result.exit_code == 0, result.output
+            score = float(re.match(r"score (\S+)", result.output).group(1))
+            assert score == pytest.approx(saved[stage][verifier][0].scores[k], abs=5e-5)  # printed to 4 places
+        default = CliRunner().invoke(main, ["verify", str(run_dir), *images])  # no encoder anywhere: the last stage
+        assert default.output == result.output
+    outputs = run_dir / "stages" / "hog" / "outputs.json"
+    recorded = json.loads(outputs.read_text())
+    assert recorded["input"] == {"in_channels": 1, "image_size": 32, "keep_aspect": False}
+    del recorded["input"]  # a run from before the input format was recorded
+    outputs.write_text(json.dumps(recorded))
+    old = CliRunner().invoke(main, ["verify", str(run_dir), *images, "--stage", "hog"])
+    assert old.exit_code == 2 and old.stderr == (
+        f"error: {run_dir}: stage 'hog' scored hog features before runs recorded how their images were read; "
+        f"run it again: hvkit eval {run_dir} --stage hog\n")
     with pytest.raises(Exception, match="model_from must name an earlier stage unless features is one of"):
         run_recipe_text(text.replace("features: hog", "features: backbone"), tmp_path, "no_model")
