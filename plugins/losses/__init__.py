@@ -39,6 +39,7 @@ from .proxy_anchor import ProxyAnchorLoss
 from .proxy_nca import ProxyNCALoss
 from .ranked_list import RankedListLoss
 from .regularized import RegularizedLoss
+from .self_supervised import SelfSupervisedLoss
 from .simsiam import SimSiamLoss
 from .smooth_ap import SmoothAPLoss
 from .snr_contrastive import SNRContrastiveLoss
@@ -98,6 +99,7 @@ def register_losses(register):
     register("proxy_nca", ProxyNCALoss)
     register("ranked_list", RankedListLoss)
     register("regularized", RegularizedLoss)
+    register("self_supervised", SelfSupervisedLoss)
     register("simsiam", SimSiamLoss)
     register("smooth_ap", SmoothAPLoss)
     register("snr_contrastive", SNRContrastiveLoss)
