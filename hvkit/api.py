@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 8)
+API_VERSION: tuple[int, int] = (1, 9)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -37,6 +37,9 @@ and pairs them itself; ``needs_teacher`` may be set per instance (``tico``'s ``t
 recipe checks across stages: a stage factory's optional ``check_recipe(spec, earlier)`` (see :class:`Stage`).
 1.8 calls ``check_recipe(spec, earlier)`` on the factory of every kind, so a plugin checks at validation
 what its signature's types cannot say (the ``torchvision`` backbone's ``arch`` and ``kwargs``).
+1.9 gave each stage an optional ``data`` of its own (a dataset spec in place of the recipe's): the
+stage's ``ctx.dataset`` and ``ctx.data_seed`` are then that collection's, and ``data`` is no longer
+a name a stage factory may take as a parameter.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

@@ -11,6 +11,7 @@ and every plugin package used, the seed), each stage's files under ``stages/<nam
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
@@ -28,6 +29,7 @@ from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.engine.context import StageContext, build, derive_seed
 from hvkit.errors import HvkitError
 from hvkit.recipe import apply_overrides, load_recipe, validate
+from hvkit.recipe.validate import STAGE_DATA
 from hvkit.registry import Registry, get_registry
 
 RESOLVED = "recipe.resolved.yaml"
@@ -115,22 +117,24 @@ class Run:
         self.device, self.resume = device, resume
         self.rank, _, self.world_size = distributed.world()
         self.console = console if self.rank == 0 else (lambda _: None)
-        self._dataset: WriterDataset | None = None
+        self._datasets: dict[str, WriterDataset] = {}
 
-    def dataset(self) -> WriterDataset:
-        if self._dataset is None:
+    def dataset(self, spec: dict[str, Any] | None = None, where: str = "data") -> WriterDataset:
+        """The dataset of ``spec`` (default: the recipe's ``data``), built once per distinct spec."""
+        spec = spec or self.resolved["data"]
+        key = _data_key(spec)
+        if key not in self._datasets:
             try:
-                data = build(self.registry, "dataset", self.resolved["data"], seed=self.resolved["seed"])
+                data = build(self.registry, "dataset", spec, seed=self.resolved["seed"])
             except ValueError as exc:
-                raise HvkitError(f"data ({self.resolved['data']['name']}): {exc}") from exc
+                raise HvkitError(f"{where} ({spec['name']}): {exc}") from exc
             if not isinstance(data, WriterDataset):
-                raise HvkitError(f"dataset {self.resolved['data']['name']!r} returned "
-                                 f"{type(data).__name__}, not a WriterDataset")
+                raise HvkitError(f"dataset {spec['name']!r} returned {type(data).__name__}, not a WriterDataset")
             if data.synthetic:
                 _banner(self.console, f"SYNTHETIC DATA ({data.name}): these are NOT results on real "
-                                      "handwriting; set data.root to use a real dataset")
-            self._dataset = data
-        return self._dataset
+                                      f"handwriting; set {where}.root to use a real dataset")
+            self._datasets[key] = data
+        return self._datasets[key]
 
     def execute(self, rerun: frozenset[str] = frozenset()) -> dict[str, Any]:
         outputs: dict[str, dict[str, Any]] = {}
@@ -144,13 +148,16 @@ class Run:
             else:
                 ctx = StageContext(name=name, spec=spec, recipe=self.resolved, run_dir=self.run_dir,
                                    device=self.device, registry=self.registry, outputs=outputs,
-                                   data_fn=self.dataset, resume=self.resume, rank=self.rank,
+                                   data_fn=functools.partial(self.dataset, spec.get(STAGE_DATA),
+                                                             f"stages.{name}.{STAGE_DATA}"),
+                                   resume=self.resume, rank=self.rank,
                                    world_size=self.world_size, console=self.console)
                 self.console(f"[{name}] {spec['stage']} …")
                 started = time.perf_counter()
                 seed_everything(derive_seed(self.resolved["seed"], name))
                 try:
-                    stage = build(self.registry, "stage", spec, name_key="stage")
+                    stage = build(self.registry, "stage", {k: v for k, v in spec.items() if k != STAGE_DATA},
+                                  name_key="stage")
                     result = stage.run(ctx) or {}
                 except ValueError as exc:
                     raise HvkitError(f"stage {name!r}: {exc}") from exc
@@ -159,20 +166,34 @@ class Run:
                 if self.rank == 0:
                     write_json(done_file, result)
                 distributed.barrier()
+            own = self.dataset(spec[STAGE_DATA], f"stages.{name}.{STAGE_DATA}") if STAGE_DATA in spec else None
             if "metrics" in outputs[name]:
                 metrics[name] = outputs[name]["metrics"]
+                if own is not None:
+                    metrics[name] = {**metrics[name], "data": _data_record(own)}
             if outputs[name].get("report"):
-                reports.append(f"## {name}\n\n{outputs[name]['report']}\n")
-        if self._dataset is not None or any("metrics" in o for o in outputs.values()):
-            data = self.dataset()
-            metrics["data"] = {"name": data.name, "synthetic": bool(data.synthetic), **data.info}
+                note = f"Data: {own.name}{' (synthetic)' if own.synthetic else ''}.\n\n" if own is not None else ""
+                reports.append(f"## {name}\n\n{note}{outputs[name]['report']}\n")
+        uses_recipe_data = any(STAGE_DATA not in s for s in self.resolved["stages"].values())
+        if uses_recipe_data and (_data_key(self.resolved["data"]) in self._datasets
+                                 or any("metrics" in o for o in outputs.values())):
+            metrics["data"] = _data_record(self.dataset())
         if self.rank == 0:
             write_json(self.run_dir / "metrics.json", metrics)
             header = f"# {self.resolved['name']}\n\n"
-            if metrics.get("data", {}).get("synthetic"):
+            if any(data.synthetic for data in self._datasets.values()):
                 header += "**Synthetic data: not results on real handwriting.**\n\n"
             atomic_write(self.run_dir / "report.md", lambda f: f.write(header + "\n".join(reports)), "w")
         return metrics
+
+
+def _data_key(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def _data_record(data: WriterDataset) -> dict[str, Any]:
+    """What ``metrics.json`` says of a dataset: its name, whether it is synthetic, and its own info."""
+    return {"name": data.name, "synthetic": bool(data.synthetic), **data.info}
 
 
 def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: str | Path | None = None,

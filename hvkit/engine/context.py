@@ -75,8 +75,9 @@ class StageContext:
 
     @property
     def data_seed(self) -> int:
-        """The seed of the data protocol (split, pairs): ``data.seed`` when the recipe sets it, else ``seed``."""
-        return int(self.recipe["data"].get("seed", self.recipe["seed"]))
+        """The seed of the data protocol (split, pairs): the ``seed`` of this stage's data (its own ``data``, else the
+        recipe's) when set, else the recipe's ``seed``."""
+        return int(self.spec.get("data", self.recipe["data"]).get("seed", self.recipe["seed"]))
 
     @property
     def stage_dir(self) -> Path:

@@ -25,6 +25,8 @@ from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type
 from hvkit.registry import Registry
 
 TOP_LEVEL = {"name", "description", "seed", "device", "data", "model", "stages"}
+STAGE_DATA = "data"
+"""A stage's own dataset, in place of the recipe's ``data`` (e.g. evaluation on another collection)."""
 MODEL_KEYS = {"backbone"}
 
 
@@ -92,8 +94,16 @@ class Validator:
             path = f"stages.{name}"
             if not isinstance(spec, dict) or "stage" not in spec:
                 raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
-            out["stages"][name] = self.component("stage", spec, path, name_key="stage")
-            self.earlier[name] = (self.registry.get("stage", spec["stage"]).factory, out["stages"][name])
+            own_data = spec.get(STAGE_DATA)
+            out["stages"][name] = self.component("stage", {k: v for k, v in spec.items() if k != STAGE_DATA},
+                                                 path, name_key="stage")
+            factory = self.registry.get("stage", spec["stage"]).factory
+            if STAGE_DATA in parameters(factory)[0]:
+                raise self.error(path, f"stage plugin {spec['stage']!r} takes a parameter {STAGE_DATA!r}, which hvkit "
+                                       "reserves for a stage's own dataset (API 1.9); the plugin must rename it")
+            if own_data is not None:
+                out["stages"][name][STAGE_DATA] = self.component("dataset", own_data, f"{path}.{STAGE_DATA}")
+            self.earlier[name] = (factory, out["stages"][name])
         return out
 
     def check_component(self, factory: Any, spec: dict[str, Any], path: str) -> None:

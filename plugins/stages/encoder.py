@@ -80,6 +80,21 @@ def load_encoder(path: Path, registry: Registry, device: torch.device) -> tuple[
     return Encoder(backbone, head).to(device).eval(), state
 
 
+def load_stage_encoder(ctx: StageContext, stage: str) -> tuple[Encoder, dict[str, Any]]:
+    """The encoder an earlier ``stage`` saved, as :func:`load_encoder`, checked against this stage's data.
+
+    A stage with data of its own (another collection) must read images of as many channels as
+    the encoder was trained on; their size may differ (a CNN pools any size).
+    """
+    encoder, state = load_encoder(ctx.output_path(stage, "encoder"), ctx.registry, ctx.device)
+    channels = int(ctx.dataset.splits["train"].images.shape[1])
+    if int(state["in_channels"]) != channels:
+        raise ValueError(f"the encoder of stage {stage!r} reads {state['in_channels']}-channel images, but this "
+                         f"stage's data ({ctx.dataset.name}) has {channels}; give the data channels: "
+                         f"{state['in_channels']}")
+    return encoder, state
+
+
 @torch.no_grad()
 def embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, features: str = "backbone",
           batch_size: int = 256, views: TestViews | None = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from hvkit.api import StageOutput
 from hvkit.engine import StageContext
 from hvkit_plugins.datasets.pairs import labelled_writers
 from hvkit_plugins.heads.cosine_pair import within_class_whitening
-from hvkit_plugins.stages.encoder import Encoder, embed, load_encoder, save_encoder
+from hvkit_plugins.stages.encoder import Encoder, embed, load_stage_encoder, save_encoder
 
 
 class Ensemble:
@@ -43,7 +43,7 @@ class Ensemble:
         self.label_fraction, self.shrinkage = label_fraction, shrinkage
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        loaded = [load_encoder(ctx.output_path(name, "encoder"), ctx.registry, ctx.device) for name in self.members]
+        loaded = [load_stage_encoder(ctx, name) for name in self.members]
         spec = {"name": "concat", "members": [state["backbone_spec"] for _, state in loaded],
                 "whiten": self.whiten == "within_class"}
         fused = ctx.build_backbone(spec)

@@ -16,7 +16,7 @@ from hvkit.engine import StageContext, save_checkpoint
 from hvkit.engine.checkpoint import atomic_write
 from hvkit.evaluation import EvalData, PairSet, evaluate
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
-from hvkit_plugins.stages.encoder import embed, input_format, load_encoder
+from hvkit_plugins.stages.encoder import embed, input_format, load_stage_encoder
 from hvkit_plugins.stages.handcrafted import HANDCRAFTED
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
 from hvkit_plugins.stages.test_views import TestViews
@@ -90,7 +90,7 @@ class Evaluate:
         if "val" not in data.splits and self.protocol == "clean":
             raise ValueError("the clean protocol needs a 'val' split of writers")
         if self.model_from is not None:
-            self.encoder, _ = load_encoder(ctx.output_path(self.model_from, "encoder"), ctx.registry, ctx.device)
+            self.encoder, _ = load_stage_encoder(ctx, self.model_from)
         names = _verifier_names(self.verifiers)
         if self.space is not None and self.space not in names:
             raise ValueError(f"space: {self.space!r} is not one of this stage's verifiers {names}")

@@ -13,7 +13,7 @@ from hvkit.api import Component, StageOutput
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.datasets.pairs import labelled_writers
 from hvkit_plugins.stages.batches import sampler_batches
-from hvkit_plugins.stages.encoder import Encoder, embed, load_encoder, save_encoder, to_float
+from hvkit_plugins.stages.encoder import Encoder, embed, load_stage_encoder, save_encoder, to_float
 
 
 def _default_train() -> TrainConfig:
@@ -79,7 +79,7 @@ class MetricTrain:
         split = labelled_writers(ctx.dataset.splits["train"], self.label_fraction)
         writers, labels = torch.unique(torch.as_tensor(split.labels), return_inverse=True)
         if self.init_from is not None:
-            pretrained, state = load_encoder(ctx.output_path(self.init_from, "encoder"), ctx.registry, ctx.device)
+            pretrained, state = load_stage_encoder(ctx, self.init_from)
             backbone, backbone_spec = pretrained.backbone, state["backbone_spec"]
             if self.backbone is not None:
                 backbone_spec = self.backbone

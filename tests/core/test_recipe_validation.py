@@ -118,6 +118,25 @@ def test_data_seed_may_fix_the_split_apart_from_the_training_seed(tmp_path, regi
     assert built == 3 and build(registry, "dataset", {"name": "echo_seed"}, seed=5) == 5
 
 
+def takes_data(data: int = 0):
+    """A stage whose parameter is named as hvkit's own ``data`` key."""
+
+
+def test_a_stage_may_read_its_own_data(tmp_path, registry):
+    text = BASE + "  second: {stage: toy_stage, epochs: 2, data: {name: toy_data, writers: 7, seed: 4}}\n"
+    resolved = prepare(write(tmp_path, text), registry=registry)
+    assert resolved["stages"]["second"]["data"] == {"name": "toy_data", "writers": 7, "root": None, "seed": 4}
+    assert resolved["stages"]["second"]["epochs"] == 2 and "data" not in resolved["stages"]["first"]
+    with pytest.raises(RecipeError, match=r"recipe.yaml:stages.second.data.writers: expected int"):
+        prepare(write(tmp_path, BASE + "  second: {stage: toy_stage, data: {name: toy_data, writers: many}}\n"),
+                registry=registry)
+    registry = make_registry(dataset={"toy_data": toy_data}, loss={"toy_loss": toy_loss},
+                             stage={"toy_stage": toy_stage, "takes_data": takes_data})
+    with pytest.raises(RecipeError, match=r"recipe.yaml:stages.second: stage plugin 'takes_data' takes a parameter "
+                                          r"'data', which hvkit reserves for a stage's own dataset \(API 1.9\)"):
+        prepare(write(tmp_path, BASE + "  second: {stage: takes_data}\n"), registry=registry)
+
+
 def test_valid_values_pass(tmp_path, registry):
     weights = write(tmp_path, "", "weights.bin")
     recipe = write(tmp_path, f"""
