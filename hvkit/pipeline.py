@@ -140,6 +140,7 @@ class Run:
         outputs: dict[str, dict[str, Any]] = {}
         metrics: dict[str, Any] = {"recipe": self.resolved["name"]}
         reports: list[str] = []
+        synthetic = False
         for name, spec in self.resolved["stages"].items():
             done_file = self.run_dir / "stages" / name / "outputs.json"
             if self.resume and done_file.is_file() and name not in rerun:
@@ -162,26 +163,29 @@ class Run:
                 except ValueError as exc:
                     raise HvkitError(f"stage {name!r}: {exc}") from exc
                 result.setdefault("seconds", round(time.perf_counter() - started, 2))
+                if STAGE_DATA in spec:  # recorded with the outputs, so a resumed run need not read it again
+                    result[STAGE_DATA] = _data_record(ctx.dataset)
                 outputs[name] = result
                 if self.rank == 0:
                     write_json(done_file, result)
                 distributed.barrier()
-            own = self.dataset(spec[STAGE_DATA], f"stages.{name}.{STAGE_DATA}") if STAGE_DATA in spec else None
+            own = outputs[name].get(STAGE_DATA) if STAGE_DATA in spec else None
+            if own is not None:
+                synthetic = synthetic or own["synthetic"]
             if "metrics" in outputs[name]:
-                metrics[name] = outputs[name]["metrics"]
-                if own is not None:
-                    metrics[name] = {**metrics[name], "data": _data_record(own)}
+                metrics[name] = outputs[name]["metrics"] | ({STAGE_DATA: own} if own is not None else {})
             if outputs[name].get("report"):
-                note = f"Data: {own.name}{' (synthetic)' if own.synthetic else ''}.\n\n" if own is not None else ""
+                note = f"Data: {own['name']}{' (synthetic)' if own['synthetic'] else ''}.\n\n" if own else ""
                 reports.append(f"## {name}\n\n{note}{outputs[name]['report']}\n")
         uses_recipe_data = any(STAGE_DATA not in s for s in self.resolved["stages"].values())
         if uses_recipe_data and (_data_key(self.resolved["data"]) in self._datasets
                                  or any("metrics" in o for o in outputs.values())):
             metrics["data"] = _data_record(self.dataset())
+            synthetic = synthetic or metrics["data"]["synthetic"]
         if self.rank == 0:
             write_json(self.run_dir / "metrics.json", metrics)
             header = f"# {self.resolved['name']}\n\n"
-            if any(data.synthetic for data in self._datasets.values()):
+            if synthetic:
                 header += "**Synthetic data: not results on real handwriting.**\n\n"
             atomic_write(self.run_dir / "report.md", lambda f: f.write(header + "\n".join(reports)), "w")
         return metrics

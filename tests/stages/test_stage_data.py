@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hvkit.errors import HvkitError, RecipeError
+from hvkit.pipeline import run
 from hvkit.recipe import load_recipe, validate
 from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text, tiny_recipe
@@ -61,6 +62,10 @@ def test_an_evaluation_stage_scores_another_collection(tmp_path: Path):
     assert "## away\n\nData: cedar_and (synthetic).\n\n" in report and "## home\n\nData:" not in report
     outputs = json.loads((run_dir / "stages" / "away" / "outputs.json").read_text())
     assert outputs["input"] == {"in_channels": 1, "image_size": 32, "keep_aspect": False}
+    assert outputs["data"] == metrics["away"]["data"]  # kept with the outputs: a resumed run reads it from there
+    run(None, resume=run_dir, console=lambda _: None)
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    assert (run_dir / "report.md").read_text() == report
 
 
 @pytest.mark.parametrize("data,where,match", [
