@@ -197,6 +197,9 @@ class SSLPretrain:
             raise ValueError(f"teacher_momentum={teacher_momentum} must lie strictly between 0 and 1; BYOL uses 0.996")
         if export_teacher and teacher_momentum is None:
             raise ValueError("export_teacher needs a momentum teacher; set teacher_momentum (DINO uses 0.996)")
+        if export_teacher and train.ema is not None:
+            raise ValueError("export_teacher exports the momentum teacher, itself a moving average of the online "
+                             "net, while train.ema averages the online net, which is then not exported; set one")
         self.loss, self.head, self.transform, self.sampler = loss, head, transform, sampler
         self.splits, self.batch_size, self.backbone, self.train = splits, batch_size, backbone, train
         self.joint_views = joint_views

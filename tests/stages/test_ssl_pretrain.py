@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hvkit.engine import Trainer, load_checkpoint
+from hvkit.engine import TrainConfig, Trainer, load_checkpoint
 from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError
 from hvkit.pipeline import run
@@ -440,6 +440,10 @@ def test_the_stage_saves_the_online_net_or_with_export_teacher_the_teacher(tmp_p
 def test_export_teacher_needs_a_teacher() -> None:
     with pytest.raises(ValueError, match="export_teacher needs a momentum teacher; set teacher_momentum"):
         SSLPretrain(loss="dino", export_teacher=True)
+    with pytest.raises(ValueError, match=r"^export_teacher exports the momentum teacher, itself a moving average of "
+                                         r"the online net, while train.ema averages the online net"):
+        SSLPretrain(loss="dino", teacher_momentum=0.996, export_teacher=True, train=TrainConfig(ema=0.999))
+    SSLPretrain(loss="byol", teacher_momentum=0.996, train=TrainConfig(ema=0.999))  # BYOL exports the online net
 
 
 def _teacher_entropy(loss_fn: DINOLoss, teacher_views) -> float:
