@@ -39,7 +39,7 @@ recipe checks across stages: a stage factory's optional ``check_recipe(spec, ear
 what its signature's types cannot say (the ``torchvision`` backbone's ``arch`` and ``kwargs``).
 1.9 gave each stage an optional ``data`` of its own (a dataset spec in place of the recipe's): the
 stage's ``ctx.dataset`` and ``ctx.data_seed`` are then that collection's, and ``data`` is no longer
-a name a stage factory may take as a parameter.
+a name a stage factory may take as a parameter; and ``Split.groups``, each writer's group.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -179,12 +179,16 @@ class Split:
 
     ``images`` is (N, C, H, W) uint8 with ink bright (high values) on a dark background;
     ``labels`` (N,) int64 indexes ``writers``; ``paths`` names each image's source.
+    ``groups`` (1.9), when the dataset has them, names each writer's group, parallel to
+    ``writers`` — e.g. an Omniglot drawer's alphabet: what a writer shares with others that is
+    not their hand, so a pair protocol can draw different-writer partners from the same group.
     """
 
     images: torch.Tensor
     labels: np.ndarray
     writers: list[str]
     paths: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -192,7 +196,14 @@ class Split:
     def subset(self, index: np.ndarray) -> "Split":
         index = np.asarray(index, dtype=np.int64)
         return Split(self.images[torch.from_numpy(index)], self.labels[index], self.writers,
-                     [self.paths[i] for i in index] if self.paths else [])
+                     [self.paths[i] for i in index] if self.paths else [], self.groups)
+
+    def image_groups(self) -> np.ndarray:
+        """(N,) int64: each image's writer's group, as an index into the sorted distinct ``groups``."""
+        if not self.groups:
+            raise ValueError("the data names no writer groups (Split.groups is empty)")
+        _, code = np.unique(np.asarray(self.groups), return_inverse=True)
+        return code.astype(np.int64)[self.labels]
 
 
 @runtime_checkable

@@ -24,7 +24,9 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     With ``pattern`` the writer comes from ``re.search`` on the path relative to ``root`` (with
     ``/`` separators): the named group ``writer`` if there is one, else all groups joined by
     ``_`` — e.g. Omniglot drawers, where a drawer is (alphabet, DD):
-    ``^(?P<a>[^/]+)/character\\d+/\\d+_(?P<d>\\d+)\\.png$``. Files the pattern does not match
+    ``^(?P<a>[^/]+)/character\\d+/\\d+_(?P<d>\\d+)\\.png$``. A named group ``group`` also gives each
+    writer's group (``Split.groups``; one per writer), e.g. ``(?P<group>[^/]+)`` for the alphabet in
+    place of ``(?P<a>...)``, so pairs can meet other writers of one alphabet. Files the pattern does not match
     are skipped (and counted). ``invert`` makes dark ink on a light background bright; images
     are grey, resized to ``image_size``; ``exclude`` lists file names to leave out. Writers are
     split writer-disjointly with ``seed`` (``val_fraction``/``test_fraction`` of the writers).
@@ -43,7 +45,7 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     suffixes = {e.lower() if e.startswith(".") else "." + e.lower()
                 for e in extensions}
     excluded = {Path(e).name for e in exclude or []} | {Path(e).stem for e in exclude or []}
-    paths, writer_of, skipped = [], [], 0
+    paths, writer_of, group_of, skipped = [], [], {}, 0
     for path in sorted(base.rglob("*")):
         if path.suffix.lower() not in suffixes or not path.is_file() or excluded & {path.name, path.stem}:
             continue
@@ -57,6 +59,11 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
         if writer is None:
             skipped += 1
             continue
+        if regex is not None and "group" in regex.groupindex:
+            group = match.group("group") or ""
+            if group_of.setdefault(writer, group) != group:
+                raise ValueError(f"image_folder: writer {writer!r} falls in two groups, {group_of[writer]!r} and "
+                                 f"{group!r} (at {rel}); a writer's group must be one")
         paths.append(path)
         writer_of.append(writer)
     if not paths:
@@ -70,7 +77,7 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     duplicates = byte_duplicates(rel_paths, digests, writer_of)
     warn_duplicates("image_folder", duplicates)
     splits = make_splits(images, writer_of, rel_paths,
-                         split_writers("image_folder", writer_of, val_fraction, test_fraction, seed))
+                         split_writers("image_folder", writer_of, val_fraction, test_fraction, seed), group_of)
     info = {"source": str(base), "synthetic": False, "pattern": pattern, "skipped_unlabelled": skipped,
             "byte_duplicates": duplicates["groups"], "cross_writer_duplicates": duplicates["cross_writer"],
             "splits": split_info(splits)}

@@ -31,14 +31,17 @@ def labelled_writers(split: Split, fraction: float = 0.1) -> Split:
     return split.subset(np.flatnonzero(np.isin(split.labels, codes)))
 
 
-def sslhv_pairs(labels: np.ndarray, seed: int,
-                max_pairs_per_writer: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sslhv_pairs(labels: np.ndarray, seed: int, max_pairs_per_writer: int | None = None,
+                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SSL-HV balanced pairs over ``labels``: returns ``(i, j, same)`` index arrays (int64).
 
     First every same-writer pair ``(a, b)``, ``a < b`` in index order within each writer (all
     combinations, or a seeded random ``max_pairs_per_writer`` of them), then for each of those
     one different-writer pair ``(a, k)`` with ``k`` drawn uniformly from the images of all other
-    writers. ``same`` is 1 for the first half and 0 for the second. Deterministic by ``seed``.
+    writers — with ``groups`` (each image's writer's group, (N,)) from the other writers of
+    ``a``'s group only, so no pair tells writers apart by their group; the same-writer pairs of a
+    writer alone in their group are then left out, having no such partner. ``same`` is 1 for the
+    first half and 0 for the second. Deterministic by ``seed``.
     """
     labels = np.asarray(labels)
     if max_pairs_per_writer is not None and max_pairs_per_writer < 1:
@@ -60,8 +63,39 @@ def sslhv_pairs(labels: np.ndarray, seed: int,
     j = np.concatenate(second).astype(np.int64)
     if len(i) == 0:
         raise ValueError("sslhv_pairs: no writer has two images, so there are no same-writer pairs")
-    block = np.searchsorted(writers, labels[i])
-    draw = rng.integers(0, len(labels) - count[block])
-    k = order[np.where(draw < start[block], draw, draw + count[block])]
+    if groups is None:
+        block = np.searchsorted(writers, labels[i])
+        draw = rng.integers(0, len(labels) - count[block])
+        k = order[np.where(draw < start[block], draw, draw + count[block])]
+    else:
+        i, j, k = _partners_in_group(labels, np.asarray(groups), i, j, rng)
     same = np.concatenate([np.ones(len(i), np.int64), np.zeros(len(i), np.int64)])
     return np.concatenate([i, i]), np.concatenate([j, k]).astype(np.int64), same
+
+
+def _partners_in_group(labels: np.ndarray, groups: np.ndarray, first: np.ndarray, second: np.ndarray,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same-writer pairs whose writer shares a group with another, and for each anchor one image
+    drawn uniformly from the other writers of its group: ``(first, second, partner)``."""
+    if groups.shape != labels.shape:
+        raise ValueError(f"sslhv_pairs: groups must give one group per image, got {groups.shape} for "
+                         f"{labels.shape} labels")
+    pools = {}
+    for group in np.unique(groups):
+        pool = np.flatnonzero(groups == group)
+        pool = pool[np.argsort(labels[pool], kind="stable")]
+        if len(np.unique(labels[pool])) > 1:
+            pools[group] = pool
+    kept = np.isin(groups[first], list(pools))
+    if not kept.any():
+        raise ValueError("sslhv_pairs: no writer with two images shares a group with another writer, so there "
+                         "are no different-writer partners within a group")
+    first, second = first[kept], second[kept]
+    partners = np.empty(len(first), np.int64)
+    for group, pool in pools.items():
+        writers, start, count = np.unique(labels[pool], return_index=True, return_counts=True)
+        mine = np.flatnonzero(groups[first] == group)
+        block = np.searchsorted(writers, labels[first[mine]])
+        draw = rng.integers(0, len(pool) - count[block])
+        partners[mine] = pool[np.where(draw < start[block], draw, draw + count[block])]
+    return first, second, partners

@@ -33,7 +33,10 @@ class Evaluate:
     learn on pairs of the first ``label_fraction`` of sorted training writers; verifiers with
     ``fit`` get those writers' embeddings and labels and the embeddings of every training
     image (labels unused: the cosine verifiers centre on their mean). With
-    ``protocol: clean`` (default) early stopping and thresholds use the writer-disjoint
+    ``negatives: same_group`` draws each different-writer partner from the anchor's writer's group
+    (``Split.groups``, e.g. an Omniglot drawer's alphabet), so that no pair is told apart by the
+    group alone; the writers alone in their group then give no pairs. ``protocol: clean`` (default)
+    early stopping and thresholds use the writer-disjoint
     validation split; ``protocol: sslhv`` reproduces the study, which stopped on its test
     pairs — never use it to report a result you want to trust.
 
@@ -61,6 +64,7 @@ class Evaluate:
                  evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],
                  label_fraction: float = 0.1,
                  protocol: Literal["clean", "sslhv"] = "clean",
+                 negatives: Literal["any", "same_group"] = "any",
                  pair_training: PairTraining = PairTraining(),
                  tta: TestViews = TestViews(),
                  plots: bool = True):
@@ -71,6 +75,7 @@ class Evaluate:
                              "take none")
         self.model_from, self.features, self.verifiers, self.space = model_from, features, verifiers, space
         self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
+        self.negatives = negatives
         self.pair_training, self.tta, self.plots = pair_training, tta, plots
 
     @staticmethod
@@ -89,6 +94,9 @@ class Evaluate:
         data = ctx.dataset
         if "val" not in data.splits and self.protocol == "clean":
             raise ValueError("the clean protocol needs a 'val' split of writers")
+        if self.negatives == "same_group" and not data.splits["test"].groups:
+            raise ValueError(f"negatives: same_group needs writer groups, and the data ({data.name}) names none "
+                             "(image_folder takes them from a pattern's named group 'group')")
         if self.model_from is not None:
             self.encoder, _ = load_stage_encoder(ctx, self.model_from)
         names = _verifier_names(self.verifiers)
@@ -111,7 +119,9 @@ class Evaluate:
             emb["train"] = self._embed(ctx, parts["train"])
         if not ctx.is_main:
             return {"scored_on_rank": 0}
-        pairs = {k: sslhv_pairs(s.labels, seed=ctx.data_seed) for k, s in parts.items()}
+        pairs = {k: sslhv_pairs(s.labels, seed=ctx.data_seed,
+                                groups=s.image_groups() if self.negatives == "same_group" else None)
+                 for k, s in parts.items()}
         stop = "val" if self.protocol == "clean" else "test"
         verifiers: dict[str, dict[str, PairSet]] = {}
         fitted: dict[str, tuple[dict, torch.nn.Module]] = {}
@@ -134,6 +144,7 @@ class Evaluate:
         evaluators = [ctx.build("evaluator", spec) for spec in self.evaluators]
         metrics = evaluate(evaluators, eval_data)
         metrics["protocol"] = self.protocol
+        metrics["negatives"] = self.negatives
         metrics["space"] = self.space or "raw"
         metrics["tta"] = asdict(self.tta)
         metrics["pairs"] = {k: int(len(p[0])) for k, p in pairs.items()}
@@ -256,6 +267,8 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
     if "precision_at_1" in found:
         rows.append(f"\nRetrieval among the test writers{seen}: precision@1 {found['precision_at_1']:.4f}, "
                     f"MAP@R {found['map_at_r']:.4f}.")
+    if metrics.get("negatives") == "same_group":
+        rows.append("\nEach different-writer partner is drawn from the anchor's writer's group.")
     tta = TestViews(**metrics.get("tta", {}))
     if tta.count > 1:
         rows.append(f"\nEach embedding is the mean over {tta.count} views of its image (test-time augmentation: "

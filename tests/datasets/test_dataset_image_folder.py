@@ -42,6 +42,22 @@ def test_writer_from_regex_groups_joined(omniglot_like: Path) -> None:
         assert split.images.shape[1:] == (1, 64, 64)
 
 
+def test_writer_groups_from_the_named_group(omniglot_like: Path) -> None:
+    pattern = r"^(?P<group>[^/]+)/character\d+/\d+_(?P<d>\d+)\.png$"
+    data = image_folder(str(omniglot_like), pattern=pattern, val_fraction=0.1, test_fraction=0.2, seed=4)
+    for split in data.splits.values():
+        assert split.writers and split.groups == [w.split("_")[0] for w in split.writers]  # drawer Greek_03: Greek
+        names = sorted(set(split.groups))
+        assert [names[g] for g in split.image_groups()] == [split.writers[k].split("_")[0] for k in split.labels]
+    plain = image_folder(str(omniglot_like), pattern=r"^(?P<a>[^/]+)/character\d+/\d+_(?P<d>\d+)\.png$",
+                         val_fraction=0.1, test_fraction=0.2, seed=4)
+    assert [s.writers for s in plain.splits.values()] == [s.writers for s in data.splits.values()]
+    assert all(not s.groups for s in plain.splits.values())
+    with pytest.raises(ValueError, match=r"image_folder: writer '01' falls in two groups, 'character01' and "
+                                         r"'character02' \(at Greek/character02/0002_01.png\)"):
+        image_folder(str(omniglot_like), pattern=r"^Greek/(?P<group>character\d+)/\d+_(?P<writer>\d+)\.png$")
+
+
 def test_named_writer_group_and_unmatched_files(omniglot_like: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="hvkit.datasets"):
         data = image_folder(str(omniglot_like), pattern=r"^Greek/.*_(?P<writer>\d+)\.png$",

@@ -89,3 +89,41 @@ def test_cap_per_writer() -> None:
 def test_pair_errors(labels: np.ndarray, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sslhv_pairs(labels, seed=0, **kwargs)
+
+
+def test_partners_within_the_group_are_uniform_over_its_other_writers_images() -> None:
+    labels = np.array([0, 0, 1, 2, 2, 2, 3, 3, 4, 4, 4])
+    groups = np.array([7, 7, 7, 7, 7, 7, 9, 9, 5, 5, 5])  # writers 0-2 in group 7, 3 in 9, 4 in 5 (each alone)
+    partners = []
+    for seed in range(3000):
+        i, j, same = sslhv_pairs(labels, seed=seed, groups=groups)
+        assert set(labels[i[same == 1]]) == {0, 2}  # writers 3 and 4 are alone in their groups: no pairs
+        assert (groups[i] == groups[j]).all() and (labels[i[same == 0]] != labels[j[same == 0]]).all()
+        assert same.sum() == len(same) - same.sum() == 1 + 3
+        partners.append(j[(same == 0) & (i == 0)])  # the partner of anchor 0 (writer 0, group 7)
+    partners = np.concatenate(partners)
+    freq = np.bincount(partners, minlength=11) / len(partners)
+    np.testing.assert_allclose(freq, [0, 0, 0.25, 0.25, 0.25, 0.25, 0, 0, 0, 0, 0], atol=0.03)
+
+
+def test_partners_within_groups_equal_the_plain_draw_with_one_group() -> None:
+    labels = np.repeat(np.arange(6), [4, 3, 5, 2, 3, 4])
+    plain = sslhv_pairs(labels, seed=3)
+    grouped = sslhv_pairs(labels, seed=3, groups=np.zeros(len(labels), np.int64))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, grouped))
+
+
+def test_group_errors() -> None:
+    with pytest.raises(ValueError, match=r"groups must give one group per image, got \(3,\) for \(4,\) labels"):
+        sslhv_pairs(np.array([0, 0, 1, 1]), seed=0, groups=np.zeros(3))
+    with pytest.raises(ValueError, match="no writer with two images shares a group with another writer"):
+        sslhv_pairs(np.array([0, 0, 1, 1]), seed=0, groups=np.array([0, 0, 1, 1]))
+
+
+def test_split_image_groups_follow_labels_and_subsets() -> None:
+    split = make_split({"b": 2, "a": 1, "c": 2})
+    split.groups = ["latin", "greek", "latin"]
+    np.testing.assert_array_equal(split.image_groups(), [1, 1, 0, 1, 1])  # greek 0, latin 1
+    np.testing.assert_array_equal(split.subset(np.array([2, 3])).image_groups(), [0, 1])
+    with pytest.raises(ValueError, match="the data names no writer groups"):
+        make_split({"a": 2}).image_groups()

@@ -1,0 +1,66 @@
+"""The evaluate stage's ``negatives: same_group``: different-writer partners from the anchor's writer's group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hvkit.errors import HvkitError
+from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.datasets.image_folder import image_folder
+from hvkit_plugins.datasets.pairs import sslhv_pairs
+from hvkit_plugins.stages.evaluate import load_pairs_digest, pairs_digest
+
+PATTERN = r"^(?P<group>g\d)/(?P<writer>w\d+)/\d+\.png$"
+STAGE = """
+  pixels:
+    stage: evaluate
+    features: pixels
+    negatives: same_group
+    label_fraction: 0.5
+    verifiers: [cosine_pair]
+    evaluators: [verification]
+    plots: false
+"""
+
+
+def grouped_folder(root: Path) -> Path:
+    """30 synthetic writers' words as PNGs (dark ink on white) under g<n % 3>/w<n>/<k>.png, writer n."""
+    data = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=4, image_size=32, seed=0)
+    writers = [(split, label) for split in data.splits.values() for label in np.unique(split.labels)]
+    for n, (split, label) in enumerate(writers):
+        folder = root / f"g{n % 3}" / f"w{n:02d}"
+        folder.mkdir(parents=True)
+        for k, image in enumerate(split.images[torch.from_numpy(np.flatnonzero(split.labels == label))]):
+            Image.fromarray(255 - image[0].numpy()).save(folder / f"{k}.png")
+    return root
+
+
+def test_partners_come_from_the_anchor_writers_group(tmp_path: Path):
+    root = grouped_folder(tmp_path / "words")
+    text = tiny_recipe(STAGE, name="groups").replace(
+        "data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}",
+        f"data: {{name: image_folder, root: {root}, pattern: '{PATTERN}', image_size: 32}}")
+    run_dir = run_recipe_text(text, tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())["pixels"]
+    test = image_folder(str(root), pattern=PATTERN, image_size=32).splits["test"]
+    groups = test.image_groups()
+    first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0, groups=groups)
+    assert len(set(test.groups)) > 1 and (groups[first] == groups[second]).all()
+    assert load_pairs_digest(run_dir / "stages" / "pixels" / "test_pair_scores.npz") == pairs_digest(
+        test, first, second)
+    assert metrics["negatives"] == "same_group" and metrics["pairs"]["test"] == len(first)
+    assert "Each different-writer partner is drawn from the anchor's writer's group." in (
+        run_dir / "report.md").read_text()
+
+
+def test_data_without_groups_is_refused(tmp_path: Path):
+    with pytest.raises(HvkitError, match=r"^stage 'pixels': negatives: same_group needs writer groups, and the "
+                                         r"data \(cedar_and\) names none"):
+        run_recipe_text(tiny_recipe(STAGE, writers=24), tmp_path)
