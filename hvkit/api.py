@@ -39,7 +39,8 @@ recipe checks across stages: a stage factory's optional ``check_recipe(spec, ear
 what its signature's types cannot say (the ``torchvision`` backbone's ``arch`` and ``kwargs``).
 1.9 gave each stage an optional ``data`` of its own (a dataset spec in place of the recipe's): the
 stage's ``ctx.dataset`` and ``ctx.data_seed`` are then that collection's, and ``data`` is no longer
-a name a stage factory may take as a parameter; and ``Split.groups``, each writer's group.
+a name a stage factory may take as a parameter; and ``Split.groups``, each writer's group, which
+``metric_train`` gives a sampler as the context argument ``groups`` (each image's group, or None).
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

@@ -122,7 +122,7 @@ CONTEXT_ARGS: dict[str, frozenset[str]] = {
     "head": frozenset({"in_dim"}),
     "dataset": frozenset({"seed"}),
     "transform": frozenset(),
-    "sampler": frozenset({"labels", "batch_size", "seed", "rank", "world_size"}),
+    "sampler": frozenset({"labels", "batch_size", "seed", "rank", "world_size", "groups"}),
     "miner": frozenset(),
     "loss": frozenset({"embedding_dim", "num_classes", "map_channels"}),
     "evaluator": frozenset(),

@@ -4,6 +4,7 @@ from hvkit.api import hookimpl
 
 from .dense_anchor import DenseAnchorLoss
 from .hard_class import HardClassSampler
+from .hierarchical import HierarchicalSampler
 from .pk import PKSampler
 from .random_batches import RandomBatchSampler
 from .tuples_to_weights import TuplesToWeightsSampler
@@ -14,6 +15,7 @@ from .xbm import CrossBatchMemoryLoss
 def register_samplers(register):
     register("pk", PKSampler)
     register("hard_class", HardClassSampler)
+    register("hierarchical", HierarchicalSampler)
     register("random", RandomBatchSampler)
     register("tuples_to_weights", TuplesToWeightsSampler)
 

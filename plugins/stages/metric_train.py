@@ -97,7 +97,8 @@ class MetricTrain:
         miner = ctx.build("miner", self.miner) if self.miner is not None else None
         transform = ctx.build("transform", self.transform) if self.transform is not None else None
         sampler = ctx.build("sampler", self.sampler, labels=labels.numpy(), batch_size=self.batch_size,
-                            seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
+                            seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
+                            groups=split.image_groups() if split.groups else None)
         model = distributed.wrap(encoder if unlabelled is None else _WithExpander(encoder, unlabelled.expander),
                                  ctx.device)
         gathered = (getattr(loss_fn, "needs_global_batch", False) or miner is not None) and ctx.world_size > 1

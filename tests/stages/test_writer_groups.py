@@ -1,4 +1,4 @@
-"""The evaluate stage's ``negatives: same_group``: different-writer partners from the anchor's writer's group."""
+"""Writer groups in the stages: evaluate's ``negatives: same_group`` and metric_train's ``hierarchical`` batches."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.image_folder import image_folder
 from hvkit_plugins.datasets.pairs import sslhv_pairs
+from hvkit_plugins.samplers.hierarchical import HierarchicalSampler
 from hvkit_plugins.stages.evaluate import load_pairs_digest, pairs_digest
 
 PATTERN = r"^(?P<group>g\d)/(?P<writer>w\d+)/\d+\.png$"
@@ -42,12 +43,15 @@ def grouped_folder(root: Path) -> Path:
     return root
 
 
-def test_partners_come_from_the_anchor_writers_group(tmp_path: Path):
-    root = grouped_folder(tmp_path / "words")
-    text = tiny_recipe(STAGE, name="groups").replace(
+def grouped_recipe(stages: str, root: Path) -> str:
+    return tiny_recipe(stages, name="groups").replace(
         "data: {name: cedar_and, synthetic_writers: 12, synthetic_samples_per_writer: 4, image_size: 32}",
         f"data: {{name: image_folder, root: {root}, pattern: '{PATTERN}', image_size: 32}}")
-    run_dir = run_recipe_text(text, tmp_path)
+
+
+def test_partners_come_from_the_anchor_writers_group(tmp_path: Path):
+    root = grouped_folder(tmp_path / "words")
+    run_dir = run_recipe_text(grouped_recipe(STAGE, root), tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())["pixels"]
     test = image_folder(str(root), pattern=PATTERN, image_size=32).splits["test"]
     groups = test.image_groups()
@@ -64,3 +68,32 @@ def test_data_without_groups_is_refused(tmp_path: Path):
     with pytest.raises(HvkitError, match=r"^stage 'pixels': negatives: same_group needs writer groups, and the "
                                          r"data \(cedar_and\) names none"):
         run_recipe_text(tiny_recipe(STAGE, writers=24), tmp_path)
+
+
+TRAIN = """
+  train:
+    stage: metric_train
+    label_fraction: 1.0
+    sampler: {name: hierarchical, samples_per_class: 2, groups_per_batch: 2}
+    batch_size: 8
+    train: {max_steps: 3, log_every: 1}
+"""
+
+
+def test_metric_train_gives_the_sampler_each_images_group(tmp_path: Path, monkeypatch):
+    root = grouped_folder(tmp_path / "words")
+    seen = []
+    original = HierarchicalSampler.__init__
+
+    def spy(self, labels, *args, groups=None, **kwargs):
+        seen.append((np.asarray(labels), groups))
+        original(self, labels, *args, groups=groups, **kwargs)
+
+    monkeypatch.setattr(HierarchicalSampler, "__init__", spy)
+    run_recipe_text(grouped_recipe(TRAIN, root), tmp_path)
+    train = image_folder(str(root), pattern=PATTERN, image_size=32).splits["train"]
+    (labels, groups), = seen
+    np.testing.assert_array_equal(groups, train.image_groups())
+    assert len(labels) == len(train)
+    with pytest.raises(HvkitError, match=r"^stage 'train': hierarchical needs writer groups, and the data names none"):
+        run_recipe_text(tiny_recipe(TRAIN, writers=24), tmp_path, "plain")
