@@ -23,7 +23,8 @@ WRAPPED = {"dense_anchor": {"name": "dense_anchor", "loss": "multi_similarity"},
            "xbm": {"name": "xbm", "loss": "contrastive"},
            "weighted_sum": {"name": "weighted_sum", "losses": ["tuplet_margin", "intra_pair_variance"]},
            "regularized": {"name": "regularized", "loss": "arcface", "weight_regularizer": "regular_face",
-                           "embedding_regularizer": "lp"}}
+                           "embedding_regularizer": "lp"},
+           "self_supervised": {"name": "self_supervised", "loss": "triplet"}}
 LOSSES = sorted(get_registry().names("loss"))
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
