@@ -64,9 +64,7 @@ def sslhv_pairs(labels: np.ndarray, seed: int, max_pairs_per_writer: int | None 
     if len(i) == 0:
         raise ValueError("sslhv_pairs: no writer has two images, so there are no same-writer pairs")
     if groups is None:
-        block = np.searchsorted(writers, labels[i])
-        draw = rng.integers(0, len(labels) - count[block])
-        k = order[np.where(draw < start[block], draw, draw + count[block])]
+        k = _other_writers_image(order, labels, i, rng)
     else:
         i, j, k = _partners_in_group(labels, np.asarray(groups), i, j, rng)
     same = np.concatenate([np.ones(len(i), np.int64), np.zeros(len(i), np.int64)])
@@ -93,9 +91,17 @@ def _partners_in_group(labels: np.ndarray, groups: np.ndarray, first: np.ndarray
     first, second = first[kept], second[kept]
     partners = np.empty(len(first), np.int64)
     for group, pool in pools.items():
-        writers, start, count = np.unique(labels[pool], return_index=True, return_counts=True)
         mine = np.flatnonzero(groups[first] == group)
-        block = np.searchsorted(writers, labels[first[mine]])
-        draw = rng.integers(0, len(pool) - count[block])
-        partners[mine] = pool[np.where(draw < start[block], draw, draw + count[block])]
+        partners[mine] = _other_writers_image(pool, labels, first[mine], rng)
     return first, second, partners
+
+
+def _other_writers_image(pool: np.ndarray, labels: np.ndarray, anchors: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+    """For each anchor, one image of ``pool`` (image indices sorted by label) drawn uniformly from the images
+    of the writers other than the anchor's: one draw below the pool's size less the anchor writer's images,
+    shifted past that writer's block."""
+    writers, start, count = np.unique(labels[pool], return_index=True, return_counts=True)
+    block = np.searchsorted(writers, labels[anchors])
+    draw = rng.integers(0, len(pool) - count[block])
+    return pool[np.where(draw < start[block], draw, draw + count[block])]
