@@ -66,7 +66,8 @@ def image_files(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
 
 
 def read_files(files: list[Path], input_format: dict[str, Any], invert: bool) -> torch.Tensor:
-    """uint8 (N, C, H, W) images of files, read as a run's dataset was (:func:`~hvkit_plugins.stages.encoder.input_format`)."""
+    """uint8 (N, C, H, W) images of files, read as a run's dataset was
+    (:func:`~hvkit_plugins.stages.encoder.input_format`)."""
     try:
         images, _ = read_images(files, input_format.get("image_size", 64), int(input_format["in_channels"]), invert,
                                 keep_aspect=bool(input_format.get("keep_aspect", False)))

@@ -35,8 +35,8 @@ ARGUMENTS = {
     ("miner", "pml"): {"params": {"miner": "PairMarginMiner"}},
     ("loss", "self_supervised"): {"params": {"loss": "triplet"}},
     ("sampler", "hard_class"): {"params": {"samples_per_class": 2}},  # P = 4: room for a group of 2 on each of 2 ranks
-    ("sampler", "hierarchical"): {"params": {"samples_per_class": 2},  # the kit's labels are i % 12: writer w in group w % 3
-                                  "groups": [i % 3 for i in range(96)]},
+    ("sampler", "hierarchical"): {"params": {"samples_per_class": 2},  # the kit's writers are i % 12:
+                                  "groups": [i % 3 for i in range(96)]},   # writer w in group w % 3
     ("transform", "compose"): {"params": {"transforms": ["ink_thickness", "gaussian_noise"]}},
 }
 SIZES = {"backbone": {"image_size": 32, "batch_size": 2, "in_channels": (1,)}}  # seconds, not minutes

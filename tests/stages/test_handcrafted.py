@@ -93,7 +93,8 @@ def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
     assert found["cosine_pair"]["roc_auc"] != metrics["pixels"]["verification"]["cosine_pair"]["roc_auc"]
     test = cedar_and(synthetic_writers=24, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"]
     first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0)
-    saved = {stage: load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz") for stage in ("hog", "pixels")}
+    saved = {stage: load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz")
+             for stage in ("hog", "pixels")}
     for k in (int(np.argmax(same)), int(np.argmin(same))):  # a same-writer pair, then a different-writer one
         images = []
         for index in (first[k], second[k]):
