@@ -22,7 +22,8 @@ class SelfSupervisedLoss(ViewLoss):
     ``L(z_a, i, ref_emb=z_b, ref_labels=i)``: B positive pairs and B(B − 1) negative ones, none
     within a view, so the loss must accept a reference set. Equal to pytorch-metric-learning's
     ``SelfSupervisedLoss(loss, symmetric)``, for any hvkit metric loss PML lists there (triplet,
-    contrastive, multi-similarity, SupCon, NCA, circle …).
+    contrastive, multi-similarity, SupCon, NCA, circle …) at PML's settings (hvkit's
+    multi-similarity mines its pairs unless ``mining: false``).
 
     ``loss`` is a metric loss without class weights: a classifier or proxy loss learns a fixed
     set of classes, while here every batch brings new ones. Its ``terms()`` are this loss's.
