@@ -132,3 +132,6 @@ CONTEXT_ARGS: dict[str, frozenset[str]] = {
 
 RECIPE_CONTEXT_ARGS: dict[str, frozenset[str]] = {"dataset": frozenset({"seed"})}
 """Context arguments a recipe may set: ``data.seed`` fixes the split and the evaluation pairs."""
+
+STAGE_DATA = "data"
+"""The stage key hvkit keeps for a stage's own dataset, in place of the recipe's ``data`` (API 1.9)."""

@@ -28,8 +28,8 @@ from hvkit.api import WriterDataset
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.engine.context import StageContext, build, derive_seed
 from hvkit.errors import HvkitError
+from hvkit.hookspecs import STAGE_DATA
 from hvkit.recipe import apply_overrides, load_recipe, validate
-from hvkit.recipe.validate import STAGE_DATA
 from hvkit.registry import Registry, get_registry
 
 RESOLVED = "recipe.resolved.yaml"

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from hvkit.api import ComponentKind, WriterDataset
-from hvkit.hookspecs import CONTEXT_ARGS
+from hvkit.hookspecs import CONTEXT_ARGS, STAGE_DATA
 from hvkit.recipe.schema import dataclass_type, parameters, special_marker
 from hvkit.registry import Registry
 
@@ -77,7 +77,7 @@ class StageContext:
     def data_seed(self) -> int:
         """The seed of the data protocol (split, pairs): the ``seed`` of this stage's data (its own ``data``, else the
         recipe's) when set, else the recipe's ``seed``."""
-        return int(self.spec.get("data", self.recipe["data"]).get("seed", self.recipe["seed"]))
+        return int(self.spec.get(STAGE_DATA, self.recipe["data"]).get("seed", self.recipe["seed"]))
 
     @property
     def stage_dir(self) -> Path:

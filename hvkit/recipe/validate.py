@@ -19,14 +19,12 @@ from typing import Any
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
 from hvkit.engine.optim import optimizer_classes, scheduler_classes
 from hvkit.errors import HvkitError, RecipeError
-from hvkit.hookspecs import CONTEXT_ARGS, RECIPE_CONTEXT_ARGS
+from hvkit.hookspecs import CONTEXT_ARGS, RECIPE_CONTEXT_ARGS, STAGE_DATA
 from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
 
 TOP_LEVEL = {"name", "description", "seed", "device", "data", "model", "stages"}
-STAGE_DATA = "data"
-"""A stage's own dataset, in place of the recipe's ``data`` (e.g. evaluation on another collection)."""
 MODEL_KEYS = {"backbone"}
 
 
