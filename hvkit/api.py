@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 9)
+API_VERSION: tuple[int, int] = (1, 10)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -41,6 +41,9 @@ what its signature's types cannot say (the ``torchvision`` backbone's ``arch`` a
 stage's ``ctx.dataset`` and ``ctx.data_seed`` are then that collection's, and ``data`` is no longer
 a name a stage factory may take as a parameter; and ``Split.groups``, each writer's group, which
 ``metric_train`` gives a sampler as the context argument ``groups`` (each image's group, or None).
+1.10 added set verifiers: a pair verifier (head) with ``score_pairs(embeddings, first, second) ->
+scores (P,)`` scores the pairs ``(first[n], second[n])`` among every row of ``embeddings`` (its
+split's images), in place of ``forward(e1, e2)``; ``hvkit verify`` refuses it for two files.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

@@ -96,6 +96,9 @@ def _build(kind: str, obj: Any, params: Mapping[str, Any] | None = None,
                                  "checked against the hints, so annotate it (int, float, "
                                  "Literal[...], list[int], X | None …)")
     kwargs = dict(params or {})
+    for key, p in schema.items():  # a component default is built, as a recipe's resolved default is
+        if key not in kwargs and isinstance(special_marker(p.hint), ComponentKind) and p.default is not None:
+            kwargs[key] = p.default
     for key, value in kwargs.items():
         marker = special_marker(schema[key].hint) if key in schema else None
         if isinstance(marker, ComponentKind) and isinstance(value, (str, dict, list)):
@@ -742,7 +745,9 @@ def check_head(head: Any, params: Mapping[str, Any] | None = None, *, in_dim: in
     """A head maps (B, ``in_dim``) to (B, ``out_dim``): finite, per sample in eval mode, differentiable.
 
     A pair verifier (``pair_verifier = True``) maps two (B, ``in_dim``) batches to logits
-    (B, 2) or scores (B,), per pair, and the same pair scores the same in either batch.
+    (B, 2) or scores (B,), per pair, and the same pair scores the same in either batch; one
+    that scores pairs within their set (``score_pairs(embeddings, first, second)``, API 1.10)
+    returns finite (P,) scores that do not depend on the order of the set's rows.
     """
     built, where = _build("head", head, params, in_dim=in_dim)
     x = torch.randn(batch_size, in_dim, generator=_generator(seed))
@@ -759,6 +764,9 @@ def _check_pair_verifier(where: str, module: Any, a: torch.Tensor, b: torch.Tens
         writers = torch.arange(a.shape[0])
         module.fit(torch.cat([a, b]), torch.cat([writers, writers]), torch.cat([a, b, a - b]))
     module.eval()
+    if hasattr(module, "score_pairs"):
+        _check_set_verifier(where, module, torch.cat([a, b]))
+        return
     try:
         with torch.no_grad():
             out, single = module(a, b), module(a[:1], b[:1])
@@ -780,6 +788,24 @@ def _check_pair_verifier(where: str, module: Any, a: torch.Tensor, b: torch.Tens
         module(a, b).square().mean().backward()
         if all(p.grad is None for p in trainable):
             raise AssertionError(f"{where}: no gradient reaches its trainable parameters")
+
+
+def _check_set_verifier(where: str, module: Any, rows: torch.Tensor) -> None:
+    half = len(rows) // 2
+    first, second = np.arange(half), np.arange(half, 2 * half)
+    try:
+        scores = np.asarray(module.score_pairs(rows, first, second))
+    except Exception as exc:
+        raise AssertionError(f"{where}: score_pairs on a set of {len(rows)} rows raised "
+                             f"{type(exc).__name__}: {exc}") from exc
+    if scores.shape != (half,) or not np.isfinite(scores).all():
+        raise AssertionError(f"{where}: score_pairs returned {scores.dtype} {scores.shape}; expected {half} "
+                             "finite scores")
+    order = np.random.default_rng(0).permutation(len(rows))
+    moved = np.argsort(order)
+    again = np.asarray(module.score_pairs(rows[torch.as_tensor(order)], moved[first], moved[second]))
+    if not np.allclose(again, scores, rtol=1e-4, atol=1e-5):
+        raise AssertionError(f"{where}: a pair's score depends on the order of the rows of its set")
 
 
 def check_transform(transform: Any, params: Mapping[str, Any] | None = None, *,

@@ -26,7 +26,7 @@ def build(registry: Registry, kind: str, spec: str | dict, name_key: str = "name
 
     Context arguments are passed when the factory accepts them and the spec does not set
     them (see :data:`hvkit.hookspecs.RECIPE_CONTEXT_ARGS`); nested component
-    parameters of non-stage factories are built first with the same context.
+    parameters of non-stage factories, given or defaulted, are built first with the same context.
     """
     if isinstance(spec, str):
         spec = {name_key: spec}
@@ -38,6 +38,9 @@ def build(registry: Registry, kind: str, spec: str | dict, name_key: str = "name
         if config is not None and isinstance(value, dict):
             kwargs[key] = config(**value)
     if kind != "stage":
+        for key, param in params.items():  # a component default not in the spec, as the validator resolves it
+            if key not in kwargs and isinstance(special_marker(param.hint), ComponentKind) and param.default is not None:
+                kwargs[key] = param.default
         for key, value in list(kwargs.items()):
             marker = special_marker(params[key].hint) if key in params else None
             if isinstance(marker, ComponentKind) and value is not None:

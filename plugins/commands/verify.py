@@ -54,6 +54,10 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
         if verifier not in fitted:
             raise HvkitError(f"stage {name!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
         entry = fitted[verifier]
+        if hasattr(get_registry().get("head", entry["spec"]["name"]).factory, "score_pairs"):
+            raise HvkitError(f"verifier {verifier!r} of stage {name!r} scores a pair among the other images of its "
+                             "set; two files alone are none: choose a verifier that scores a pair by itself "
+                             f"({', '.join(n for n, e in fitted.items() if n != verifier)})")
         limit = threshold if threshold is not None else entry["threshold"]
         if outputs.get("encoder"):
             encoder, state = open_encoder(source / outputs["encoder"], None, device)

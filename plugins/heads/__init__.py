@@ -7,6 +7,7 @@ from .dino_head import DINOHead
 from .linear import Linear
 from .mlp import MLP
 from .normalize import Normalize
+from .rerank_pair import RerankPair
 from .sslhv_pair import SSLHVPairHead
 
 
@@ -18,5 +19,6 @@ def register_heads(register):
     register("mlp", MLP)
     register("normalize", Normalize)
     register("pcaw_pair", PCAWPair)
+    register("rerank_pair", RerankPair)
     register("sslhv_pair", SSLHVPairHead)
     register("wccn_pair", WCCNPair)

@@ -32,7 +32,8 @@ class Evaluate:
     partner, so pairs are balanced. Trainable verifiers (the SSL-HV head: e1−e2 → MLP)
     learn on pairs of the first ``label_fraction`` of sorted training writers; verifiers with
     ``fit`` get those writers' embeddings and labels and the embeddings of every training
-    image (labels unused: the cosine verifiers centre on their mean). With
+    image (labels unused: the cosine verifiers centre on their mean). A set verifier (``score_pairs``,
+    e.g. ``rerank_pair``) scores each split's pairs among that split's embeddings. With
     ``negatives: same_group`` draws each different-writer partner from the anchor's writer's group
     (``Split.groups``, e.g. an Omniglot drawer's alphabet), so that no pair is told apart by the
     group alone; the writers alone in their group then give no pairs. ``protocol: clean`` (default)

@@ -24,8 +24,13 @@ class PairTraining:
 
 def pair_probability(head: nn.Module, emb: torch.Tensor, i: np.ndarray, j: np.ndarray,
                      batch_size: int = 65536) -> np.ndarray:
-    """Score of "same writer" for each pair: softmax probability for 2-logit heads, else the output."""
+    """Score of "same writer" for each pair: softmax probability for 2-logit heads, else the output.
+
+    A verifier that scores pairs within their set (``score_pairs``, API 1.10) gets every row of ``emb``.
+    """
     head.eval()
+    if hasattr(head, "score_pairs"):
+        return head.score_pairs(emb, np.asarray(i), np.asarray(j))
     out = []
     with torch.no_grad():
         for start in range(0, len(i), batch_size):

@@ -1,0 +1,81 @@
+"""The re-ranked verifier in a run: each split's pairs scored within that split, fused, refused by ``hvkit verify``."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from hvkit.cli import main
+from hvkit.engine import load_checkpoint
+from hvkit.engine.context import build
+from hvkit.errors import HvkitError
+from hvkit.index.rerank import k_reciprocal_scores
+from hvkit.registry import get_registry
+from hvkit.testing import run_recipe_text
+from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.datasets.pairs import sslhv_pairs
+from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.stages.evaluate import load_pair_scores
+
+SEED = 2
+RECIPE = {
+    "name": "tiny_rerank", "seed": SEED, "device": "cpu",
+    "data": {"name": "cedar_and", "synthetic_writers": 40, "synthetic_samples_per_writer": 6},
+    "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 16}},
+    "stages": {
+        "train": {"stage": "metric_train", "loss": "supcon", "head": None, "transform": None, "batch_size": 32,
+                  "label_fraction": 0.5,
+                  "train": {"epochs": 1, "max_steps": 2, "amp": False, "optimizer": {"name": "SGD", "lr": 0.01}}},
+        "evaluate": {"stage": "evaluate", "model_from": "train", "label_fraction": 0.5, "plots": False,
+                     "verifiers": ["wccn_pair", {"name": "rerank_pair", "k1": 6, "k2": 2}],
+                     "evaluators": ["verification"]},
+        "fusion": {"stage": "score_fusion", "fit": "mean", "members": ["evaluate/wccn_pair", "evaluate/rerank_pair"],
+                   "plots": False},
+    },
+}
+
+
+def test_each_splits_pairs_are_re_ranked_within_that_split(tmp_path: Path) -> None:
+    run_dir = run_recipe_text(yaml.safe_dump(RECIPE, sort_keys=False), tmp_path)
+    stage_dir = run_dir / "stages" / "evaluate"
+    fitted = load_checkpoint(stage_dir / "verifiers.pt")
+    head = build(get_registry(), "head", fitted["rerank_pair"]["spec"], in_dim=16)
+    head.load_state_dict(fitted["rerank_pair"]["state"])
+    torch.testing.assert_close(head.base.transform, fitted["wccn_pair"]["state"]["transform"])
+    encoder, _ = load_encoder(run_dir / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
+    data = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=SEED)
+    for part, file in (("test", "test_pair_scores.npz"), ("val", "val_pair_scores.npz")):
+        split = data.splits[part]
+        i, j, _ = sslhv_pairs(np.asarray(split.labels), seed=SEED)
+        space = head.base.embed(embed(encoder, split.images, torch.device("cpu")))
+        expected = k_reciprocal_scores(space, np.stack([i, j], 1), k1=6, k2=2, weight=0.3)
+        saved = load_pair_scores(stage_dir / file)["rerank_pair"][0].scores
+        np.testing.assert_allclose(saved, expected, rtol=1e-5, atol=1e-5)
+    metrics = yaml.safe_load((run_dir / "metrics.json").read_text())
+    assert metrics["evaluate"]["verification"]["rerank_pair"]["threshold"] == fitted["rerank_pair"]["threshold"]
+    assert 0.0 < metrics["fusion"]["verification"]["fused"]["roc_auc"] <= 1.0
+
+    test = data.splits["test"]
+    files = []
+    for k in (0, 5):
+        files.append(tmp_path / f"word{k}.png")
+        Image.fromarray(255 - test.images[k, 0].numpy()).save(files[-1])
+    result = CliRunner().invoke(main, ["verify", str(run_dir), *map(str, files), "--verifier", "rerank_pair"])
+    assert result.exit_code != 0
+    assert ("verifier 'rerank_pair' of stage 'evaluate' scores a pair among the other images of its set; two files "
+            "alone are none: choose a verifier that scores a pair by itself (wccn_pair)") in result.output
+
+
+def test_it_has_no_space_of_its_own(tmp_path: Path) -> None:
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["evaluate"]["space"] = "rerank_pair"
+    del recipe["stages"]["fusion"]
+    with pytest.raises(HvkitError, match="verifier 'rerank_pair' scores pairs without an embedding space"):
+        run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
