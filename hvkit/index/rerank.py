@@ -34,10 +34,7 @@ def k_reciprocal_scores(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray
     ``d ∈ [0, 4]`` as it is, so ``weight = 1`` gives ``2 cos − 1``. The score of a pair thus
     depends on every row of ``embeddings``: it is transductive. ``k1`` is clipped to N − 1.
     """
-    if k1 < 1 or k2 < 1:
-        raise ValueError(f"k-reciprocal re-ranking: k1={k1} and k2={k2} must be >= 1")
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"k-reciprocal re-ranking: weight={weight} must lie in [0, 1]")
+    check_settings(k1, k2, weight, "k-reciprocal re-ranking")
     x = prepare(embeddings, "cosine", "embeddings").astype(np.float64)
     n = len(x)
     if n < 2:
@@ -70,6 +67,14 @@ def k_reciprocal_scores(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray
         jaccard = 1.0 - shared / (mass[p] + mass[g] - shared)
         out[start:start + len(p)] = 1.0 - (1.0 - weight) * jaccard - weight * _distances(x, p, g, chunk_size)
     return out
+
+
+def check_settings(k1: int, k2: int, weight: float, who: str) -> None:
+    """ValueError, prefixed by ``who``, unless k1, k2 >= 1 and weight lies in [0, 1]."""
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"{who}: k1={k1} and k2={k2} must be >= 1")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"{who}: weight={weight} must lie in [0, 1]")
 
 
 def _reciprocal(near: np.ndarray, k: int) -> sparse.csr_matrix:

@@ -57,7 +57,7 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
         if hasattr(get_registry().get("head", entry["spec"]["name"]).factory, "score_pairs"):
             raise HvkitError(f"verifier {verifier!r} of stage {name!r} scores a pair among the other images of its "
                              "set; two files alone are none: choose a verifier that scores a pair by itself "
-                             f"({', '.join(n for n, e in fitted.items() if n != verifier)})")
+                             f"({', '.join(n for n in fitted if n != verifier)})")
         limit = threshold if threshold is not None else entry["threshold"]
         if outputs.get("encoder"):
             encoder, state = open_encoder(source / outputs["encoder"], None, device)

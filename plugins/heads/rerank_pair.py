@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hvkit.api import Component
-from hvkit.index.rerank import k_reciprocal_scores
+from hvkit.index.rerank import check_settings, k_reciprocal_scores
 
 
 class RerankPair(nn.Module):
@@ -34,10 +34,7 @@ class RerankPair(nn.Module):
         if not hasattr(base, "embed"):
             raise ValueError(f"rerank_pair: base verifier {type(base).__name__} has no embedding space to re-rank "
                              "in; use cosine_pair, wccn_pair or pcaw_pair")
-        if k1 < 1 or k2 < 1:
-            raise ValueError(f"rerank_pair: k1={k1} and k2={k2} must be >= 1")
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"rerank_pair: weight={weight} must lie in [0, 1]")
+        check_settings(k1, k2, weight, "rerank_pair")
         self.base, self.k1, self.k2, self.weight = base, k1, k2, weight
         self.out_dim = 1
 
