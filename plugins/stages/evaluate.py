@@ -266,7 +266,8 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
                     "information, 0: perfect); min Cllr: after the best monotone recalibration on test.")
     found = metrics.get("retrieval", {})
     if "precision_at_1" in found:
-        rows.append(f"\nRetrieval among the test writers{seen}: precision@1 {found['precision_at_1']:.4f}, "
+        ranked = ", k-reciprocal re-ranked" if "rerank" in found else ""
+        rows.append(f"\nRetrieval among the test writers{seen}{ranked}: precision@1 {found['precision_at_1']:.4f}, "
                     f"MAP@R {found['map_at_r']:.4f}.")
     if metrics.get("negatives") == "same_group":
         rows.append("\nEach different-writer partner is drawn from the anchor's writer's group.")

@@ -8,7 +8,8 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from hvkit.evaluation import EvalData, evaluate
-from hvkit_plugins.evaluators.retrieval import Retrieval
+from hvkit.index.rerank import k_reciprocal_scores
+from hvkit_plugins.evaluators.retrieval import Rerank, Retrieval
 
 from .reference import clustered
 
@@ -84,3 +85,39 @@ def test_all_queries_lone_gives_nan():
 def test_invalid_recall_ranks(recall_at):
     with pytest.raises(ValueError, match="recall_at"):
         Retrieval(recall_at=recall_at)
+
+
+def test_reranked_retrieval_ranks_by_the_re_ranked_scores():
+    """With the whole set as the pool, the metrics are PML's definitions on the ranking by k-reciprocal scores."""
+    x, labels = clustered(n=240, classes=12, noise=1.4, seed=6)
+    n = len(x)
+    rerank = Rerank(pool=n - 1, k1=10, k2=4, weight=0.2)
+    ours = evaluate([Retrieval(recall_at=[1, 4], clustering=False, rerank=rerank)], EvalData(x, labels))["retrieval"]
+    q, g = np.nonzero(~np.eye(n, dtype=bool))
+    scores = np.full((n, n), -np.inf)
+    scores[q, g] = k_reciprocal_scores(x, np.stack([q, g], 1), k1=10, k2=4, weight=0.2)
+    relevant = labels[np.argsort(-scores, axis=1, kind="stable")] == labels[:, None]
+    r = np.bincount(labels)[labels] - 1
+    hits = relevant & (np.arange(n)[None, :] < r[:, None])
+    map_at_r = np.mean((np.cumsum(hits, axis=1) / np.arange(1, n + 1) * hits).sum(axis=1) / r)
+    assert ours["precision_at_1"] == pytest.approx(relevant[:, 0].mean(), abs=1e-12)
+    assert ours["recall_at_4"] == pytest.approx(relevant[:, :4].any(axis=1).mean(), abs=1e-12)
+    assert ours["r_precision"] == pytest.approx(np.mean(hits.sum(axis=1) / r), abs=1e-12)
+    assert ours["map_at_r"] == pytest.approx(map_at_r, abs=1e-12)
+    assert ours["rerank"] == {"pool": n - 1, "k1": 10, "k2": 4, "weight": 0.2}
+    plain = evaluate([Retrieval(recall_at=[1, 4], clustering=False)], EvalData(x, labels))["retrieval"]
+    assert ours["map_at_r"] > plain["map_at_r"] + 0.02  # neighbourhoods help on noisy clusters
+    assert Retrieval(rerank=Rerank(pool=150)).knn_k(EvalData(x, labels)) == 150
+
+
+def test_reranking_refuses_a_reference_set_another_metric_and_a_negative_pool():
+    x, labels = clustered(n=100, classes=5, seed=7)
+    retrieval = Retrieval(clustering=False, rerank=Rerank(pool=50))
+    with pytest.raises(ValueError, match="this evaluation searches a reference set"):
+        evaluate([retrieval], EvalData(x[:50], labels[:50], reference_embeddings=x[50:], reference_labels=labels[50:]))
+    with pytest.raises(ValueError, match="this evaluation's metric is 'l2'"):
+        evaluate([retrieval], EvalData(x, labels, metric="l2"))
+    with pytest.raises(ValueError, match="rerank.pool=-1"):
+        Rerank(pool=-1)
+    with pytest.raises(ValueError, match="rerank: weight=2"):
+        Rerank(weight=2)

@@ -1,4 +1,4 @@
-"""The re-ranked verifier in a run: each split's pairs scored within that split, fused, refused by ``hvkit verify``."""
+"""Re-ranking in a run: each split's pairs scored within that split, fused, refused by ``hvkit verify``; retrieval."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from hvkit.cli import main
 from hvkit.engine import load_checkpoint
 from hvkit.engine.context import build
 from hvkit.errors import HvkitError
+from hvkit.evaluation import EvalData, evaluate
 from hvkit.index.rerank import k_reciprocal_scores
 from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import sslhv_pairs
 from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.evaluators.retrieval import Rerank, Retrieval
 from hvkit_plugins.stages.evaluate import load_pair_scores
 
 SEED = 2
@@ -34,8 +36,9 @@ RECIPE = {
                   "label_fraction": 0.5,
                   "train": {"epochs": 1, "max_steps": 2, "amp": False, "optimizer": {"name": "SGD", "lr": 0.01}}},
         "evaluate": {"stage": "evaluate", "model_from": "train", "label_fraction": 0.5, "plots": False,
-                     "verifiers": ["wccn_pair", {"name": "rerank_pair", "k1": 6, "k2": 2}],
-                     "evaluators": ["verification"]},
+                     "verifiers": ["wccn_pair", {"name": "rerank_pair", "k1": 6, "k2": 2}], "space": "wccn_pair",
+                     "evaluators": ["verification", {"name": "retrieval", "clustering": False,
+                                                     "rerank": {"pool": 20, "k1": 6, "k2": 2}}]},
         "fusion": {"stage": "score_fusion", "fit": "mean", "members": ["evaluate/wccn_pair", "evaluate/rerank_pair"],
                    "plots": False},
     },
@@ -51,7 +54,7 @@ def test_each_splits_pairs_are_re_ranked_within_that_split(tmp_path: Path) -> No
     torch.testing.assert_close(head.base.transform, fitted["wccn_pair"]["state"]["transform"])
     encoder, _ = load_encoder(run_dir / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
     data = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=SEED)
-    for part, file in (("test", "test_pair_scores.npz"), ("val", "val_pair_scores.npz")):
+    for part, file in (("val", "val_pair_scores.npz"), ("test", "test_pair_scores.npz")):
         split = data.splits[part]
         i, j, _ = sslhv_pairs(np.asarray(split.labels), seed=SEED)
         space = head.base.embed(embed(encoder, split.images, torch.device("cpu")))
@@ -59,6 +62,12 @@ def test_each_splits_pairs_are_re_ranked_within_that_split(tmp_path: Path) -> No
         saved = load_pair_scores(stage_dir / file)["rerank_pair"][0].scores
         np.testing.assert_allclose(saved, expected, rtol=1e-5, atol=1e-5)
     metrics = yaml.safe_load((run_dir / "metrics.json").read_text())
+    retrieval = evaluate([Retrieval(clustering=False, rerank=Rerank(pool=20, k1=6, k2=2))],
+                         EvalData(space.numpy(), np.asarray(split.labels)))["retrieval"]  # the test split, last
+    for key in ("precision_at_1", "map_at_r", "rerank"):
+        assert metrics["evaluate"]["retrieval"][key] == pytest.approx(retrieval[key], abs=1e-6)
+    assert (f"Retrieval among the test writers in the wccn_pair space, k-reciprocal re-ranked: precision@1 "
+            f"{retrieval['precision_at_1']:.4f}") in (run_dir / "report.md").read_text()
     assert metrics["evaluate"]["verification"]["rerank_pair"]["threshold"] == fitted["rerank_pair"]["threshold"]
     assert 0.0 < metrics["fusion"]["verification"]["fused"]["roc_auc"] <= 1.0
 
