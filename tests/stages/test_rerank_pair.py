@@ -22,27 +22,19 @@ from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import sslhv_pairs
-from hvkit_plugins.stages.encoder import embed, load_encoder
 from hvkit_plugins.evaluators.retrieval import Rerank, Retrieval
+from hvkit_plugins.stages.encoder import embed, load_encoder
 from hvkit_plugins.stages.evaluate import load_pair_scores
 
-SEED = 2
-RECIPE = {
-    "name": "tiny_rerank", "seed": SEED, "device": "cpu",
-    "data": {"name": "cedar_and", "synthetic_writers": 40, "synthetic_samples_per_writer": 6},
-    "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 16}},
-    "stages": {
-        "train": {"stage": "metric_train", "loss": "supcon", "head": None, "transform": None, "batch_size": 32,
-                  "label_fraction": 0.5,
-                  "train": {"epochs": 1, "max_steps": 2, "amp": False, "optimizer": {"name": "SGD", "lr": 0.01}}},
-        "evaluate": {"stage": "evaluate", "model_from": "train", "label_fraction": 0.5, "plots": False,
-                     "verifiers": ["wccn_pair", {"name": "rerank_pair", "k1": 6, "k2": 2}], "space": "wccn_pair",
-                     "evaluators": ["verification", {"name": "retrieval", "clustering": False,
-                                                     "rerank": {"pool": 20, "k1": 6, "k2": 2}}]},
-        "fusion": {"stage": "score_fusion", "fit": "mean", "members": ["evaluate/wccn_pair", "evaluate/rerank_pair"],
-                   "plots": False},
-    },
-}
+from .test_evaluate import RECIPE as EVALUATE
+
+SEED = EVALUATE["seed"]
+RECIPE = copy.deepcopy(EVALUATE)
+RECIPE["stages"]["evaluate"].update(
+    verifiers=["wccn_pair", {"name": "rerank_pair", "k1": 6, "k2": 2}], space="wccn_pair",
+    evaluators=["verification", {"name": "retrieval", "clustering": False, "rerank": {"pool": 20, "k1": 6, "k2": 2}}])
+RECIPE["stages"]["fusion"] = {"stage": "score_fusion", "fit": "mean", "plots": False,
+                              "members": ["evaluate/wccn_pair", "evaluate/rerank_pair"]}
 
 
 def test_each_splits_pairs_are_re_ranked_within_that_split(tmp_path: Path) -> None:
