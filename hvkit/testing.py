@@ -50,7 +50,7 @@ from torch import nn
 from hvkit.api import ComponentKind, MetricLoss, ViewLoss
 from hvkit.engine.context import build as build_component
 from hvkit.hookspecs import CONTEXT_ARGS
-from hvkit.recipe.schema import parameters, special_marker
+from hvkit.recipe.schema import component_defaults, parameters, special_marker
 from hvkit.registry import get_registry
 
 Inputs = Callable[[torch.dtype, torch.Generator], tuple[torch.Tensor, ...]]
@@ -96,9 +96,7 @@ def _build(kind: str, obj: Any, params: Mapping[str, Any] | None = None,
                                  "checked against the hints, so annotate it (int, float, "
                                  "Literal[...], list[int], X | None …)")
     kwargs = dict(params or {})
-    for key, p in schema.items():  # a component default is built, as a recipe's resolved default is
-        if key not in kwargs and isinstance(special_marker(p.hint), ComponentKind) and p.default is not None:
-            kwargs[key] = p.default
+    kwargs.update(component_defaults(schema, kwargs))
     for key, value in kwargs.items():
         marker = special_marker(schema[key].hint) if key in schema else None
         if isinstance(marker, ComponentKind) and isinstance(value, (str, dict, list)):

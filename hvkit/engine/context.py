@@ -11,7 +11,7 @@ import torch
 
 from hvkit.api import ComponentKind, WriterDataset
 from hvkit.hookspecs import CONTEXT_ARGS, STAGE_DATA
-from hvkit.recipe.schema import dataclass_type, parameters, special_marker
+from hvkit.recipe.schema import component_defaults, dataclass_type, parameters, special_marker
 from hvkit.registry import Registry
 
 
@@ -38,9 +38,7 @@ def build(registry: Registry, kind: str, spec: str | dict, name_key: str = "name
         if config is not None and isinstance(value, dict):
             kwargs[key] = config(**value)
     if kind != "stage":
-        for key, param in params.items():  # a component default not in the spec, as the validator resolves it
-            if key not in kwargs and isinstance(special_marker(param.hint), ComponentKind) and param.default is not None:
-                kwargs[key] = param.default
+        kwargs.update(component_defaults(params, kwargs))
         for key, value in list(kwargs.items()):
             marker = special_marker(params[key].hint) if key in params else None
             if isinstance(marker, ComponentKind) and value is not None:

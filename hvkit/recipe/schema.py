@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Mapping, Union
 
 from torch import nn
 
@@ -89,6 +89,16 @@ def special_marker(hint: Any) -> Any:
             if found is not None:
                 return found
     return None
+
+
+def component_defaults(params: dict[str, Param], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The default spec of each component parameter ``given`` lacks, to be built as a given one is.
+
+    The recipe validator resolves these defaults into the spec; a builder handed a spec without
+    them (a direct call, the conformance kit) fills them in here.
+    """
+    return {key: p.default for key, p in params.items()
+            if key not in given and p.default is not None and isinstance(special_marker(p.hint), ComponentKind)}
 
 
 def plain_type_ok(value: Any, hint: Any) -> bool:
