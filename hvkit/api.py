@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 10)
+API_VERSION: tuple[int, int] = (1, 11)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -44,6 +44,8 @@ a name a stage factory may take as a parameter; and ``Split.groups``, each write
 1.10 added set verifiers: a pair verifier (head) with ``score_pairs(embeddings, first, second) ->
 scores (P,)`` scores the pairs ``(first[n], second[n])`` among every row of ``embeddings`` (its
 split's images), in place of ``forward(e1, e2)``; ``hvkit verify`` refuses it for two files.
+1.11 passes ``check_recipe`` the registry the recipe is validated against when it declares a
+parameter ``registry``: ``check_recipe(spec, earlier, registry)`` looks up nested components there.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

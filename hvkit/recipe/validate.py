@@ -109,17 +109,20 @@ class Validator:
 
         A factory of any kind may offer ``check_recipe(spec, earlier)`` (stages since API 1.7,
         every kind since 1.8): ``spec`` is its resolved settings, ``earlier`` maps each earlier
-        stage's name to ``(factory, resolved spec)``. It raises ``ValueError``, reported at the
-        component, or :class:`RecipeError` with ``path`` relative to it (``members.1``), reported there.
+        stage's name to ``(factory, resolved spec)``; a check with a parameter ``registry`` (1.11)
+        also gets the registry the recipe is validated against, to look up a nested component's
+        factory. It raises ``ValueError`` (or a registry's ``HvkitError``), reported at the component,
+        or :class:`RecipeError` with ``path`` relative to it (``members.1``), reported there.
         """
         check = getattr(factory, "check_recipe", None)
         if check is None:
             return
+        extra = {"registry": self.registry} if "registry" in inspect.signature(check).parameters else {}
         try:
-            check(spec, dict(self.earlier))
+            check(spec, dict(self.earlier), **extra)
         except RecipeError as exc:
             raise self.error(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
-        except ValueError as exc:
+        except (ValueError, HvkitError) as exc:
             raise self.error(path, str(exc)) from None
 
     def component(self, kind: str, spec: Any, path: str, name_key: str = "name") -> dict[str, Any]:

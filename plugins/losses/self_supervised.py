@@ -9,7 +9,7 @@ import torch
 from hvkit.api import Component, MetricLoss, ViewLoss
 from hvkit.errors import RecipeError
 from hvkit.recipe.schema import parameters
-from hvkit.registry import get_registry
+from hvkit.registry import Registry
 
 
 class SelfSupervisedLoss(ViewLoss):
@@ -43,10 +43,10 @@ class SelfSupervisedLoss(ViewLoss):
         self.loss, self.symmetric = loss, symmetric
 
     @staticmethod
-    def check_recipe(spec: dict[str, Any], earlier: dict[str, Any]) -> None:
-        """The inner loss checked when the recipe is validated (API 1.8), before it would fail to build."""
+    def check_recipe(spec: dict[str, Any], earlier: dict[str, Any], registry: Registry) -> None:
+        """The inner loss checked when the recipe is validated (API 1.11), before it would fail to build."""
         name = spec["loss"]["name"]
-        factory = get_registry().get("loss", name).factory
+        factory = registry.get("loss", name).factory
         if not (isinstance(factory, type) and issubclass(factory, MetricLoss)):
             raise RecipeError(_not_metric(name), path="loss")
         if "num_classes" in parameters(factory)[0] or callable(getattr(factory, "class_weights", None)):

@@ -75,11 +75,25 @@ class CheckedLoss:
             raise ValueError("only the first stage may use it")
 
 
+class RegistryCheckedLoss:
+    """A loss whose check declares ``registry`` (API 1.11): it looks up its nested ``partner`` loss there."""
+
+    seen: list = []
+
+    def __init__(self, partner: str = "toy_loss"):
+        self.partner = partner
+
+    @staticmethod
+    def check_recipe(spec, earlier, registry):
+        RegistryCheckedLoss.seen.append(registry)
+        registry.get("loss", spec["partner"])
+
+
 @pytest.fixture
 def registry():
     return make_registry(dataset={"toy_data": toy_data, "echo_seed": lambda seed=0: seed},
                          miner={"toy_miner": toy_miner},
-                         loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss},
+                         loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss, "registry_checked": RegistryCheckedLoss},
                          stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage})
 
 
@@ -172,6 +186,15 @@ def test_a_stage_check_sees_its_resolved_spec_and_each_earlier_stage(tmp_path, r
     [(spec, earlier)] = CheckedStage.seen
     assert spec == {"stage": "checked", "source": "first"} == resolved["stages"]["second"]
     assert list(earlier) == ["first"] and earlier["first"] == (toy_stage, resolved["stages"]["first"])
+
+
+def test_a_check_that_declares_registry_gets_the_validating_one(tmp_path, registry):
+    RegistryCheckedLoss.seen.clear()
+    prepare(write(tmp_path, stage(loss="{name: registry_checked}")), registry=registry)
+    assert RegistryCheckedLoss.seen == [registry]
+    with pytest.raises(RecipeError, match="unknown loss 'toy_los'; did you mean 'toy_loss'") as info:
+        prepare(write(tmp_path, stage(loss="{name: registry_checked, partner: toy_los}")), registry=registry)
+    assert info.value.path == "stages.first.loss"
 
 
 def test_lars_is_a_recipe_optimiser(tmp_path, registry):

@@ -12,7 +12,8 @@ from pytorch_metric_learning import distances, losses as pml_losses, reducers
 
 from hvkit.errors import RecipeError
 from hvkit.recipe import load_recipe, validate
-from hvkit.registry import get_registry
+from hvkit.api import hookimpl
+from hvkit.registry import Registry, get_registry, load_entry_points
 from hvkit.testing import check_loss, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.circle import CircleLoss
@@ -128,6 +129,31 @@ def test_a_recipe_names_an_unfit_inner_loss_when_validated(tmp_path: Path, inner
     with pytest.raises(RecipeError, match=match) as info:
         validate(load_recipe(path), get_registry(), str(path))
     assert info.value.path == "stages.pretrain.loss.loss" and "\n" not in str(info.value)
+
+
+class _ThirdPartyProxyLoss(ArcFaceLoss):
+    """A class-weight loss that only a non-global registry knows."""
+
+
+class _ThirdParty:
+    @hookimpl
+    def register_losses(self, register):
+        register("third_party_proxy", _ThirdPartyProxyLoss)
+
+
+def test_the_inner_loss_is_looked_up_in_the_validating_registry(tmp_path: Path):
+    registry = load_entry_points(Registry())
+    assert registry.add_plugin(_ThirdParty(), name="third:party", package="third-party"), registry.problems
+    assert "third_party_proxy" not in get_registry().names("loss")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(tiny_recipe("""
+      pretrain:
+        stage: ssl_pretrain
+        loss: {name: self_supervised, loss: third_party_proxy}
+    """), encoding="utf-8")
+    with pytest.raises(RecipeError, match="loss third_party_proxy learns weights for a fixed set of classes") as info:
+        validate(load_recipe(path), registry, str(path))
+    assert info.value.path == "stages.pretrain.loss.loss"
 
 
 def test_ssl_pretrain_trains_with_it(tmp_path: Path):
