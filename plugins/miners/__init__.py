@@ -8,6 +8,7 @@ from .batch_hard import BatchHardMiner
 from .distance_weighted import DistanceWeightedMiner
 from .hdc import HDCMiner
 from .multi_similarity import MultiSimilarityMiner
+from .packaged_triplets import PackagedTripletsMiner
 from .pair_margin import PairMarginMiner
 from .pml import PMLMiner
 from .semi_hard import SemiHardMiner
@@ -23,6 +24,7 @@ def register_miners(register):
     register("distance_weighted", DistanceWeightedMiner)
     register("hdc", HDCMiner)
     register("multi_similarity", MultiSimilarityMiner)
+    register("packaged_triplets", PackagedTripletsMiner)
     register("pair_margin", PairMarginMiner)
     register("pml", PMLMiner)
     register("semi_hard", SemiHardMiner)

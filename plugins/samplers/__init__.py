@@ -3,6 +3,7 @@
 from hvkit.api import hookimpl
 
 from .dense_anchor import DenseAnchorLoss
+from .fixed_triplets import FixedTripletSampler
 from .hard_class import HardClassSampler
 from .hierarchical import HierarchicalSampler
 from .pk import PKSampler
@@ -14,6 +15,7 @@ from .xbm import CrossBatchMemoryLoss
 @hookimpl
 def register_samplers(register):
     register("pk", PKSampler)
+    register("fixed_triplets", FixedTripletSampler)
     register("hard_class", HardClassSampler)
     register("hierarchical", HierarchicalSampler)
     register("random", RandomBatchSampler)

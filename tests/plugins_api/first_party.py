@@ -34,6 +34,7 @@ ARGUMENTS = {
     ("loss", "vae_elbo"): {"inputs": vae_inputs},
     ("miner", "pml"): {"params": {"miner": "PairMarginMiner"}},
     ("loss", "self_supervised"): {"params": {"loss": "triplet"}},
+    ("sampler", "fixed_triplets"): {"params": {"triplets": 40}, "batch_size": 12, "allow_repeats": True},
     ("sampler", "hard_class"): {"params": {"samples_per_class": 2}},  # P = 4: room for a group of 2 on each of 2 ranks
     ("sampler", "hierarchical"): {"params": {"samples_per_class": 2},  # the kit's writers are i % 12:
                                   "groups": [i % 3 for i in range(96)]},   # writer w in group w % 3
