@@ -45,7 +45,9 @@ a name a stage factory may take as a parameter; and ``Split.groups``, each write
 scores (P,)`` scores the pairs ``(first[n], second[n])`` among every row of ``embeddings`` (its
 split's images), in place of ``forward(e1, e2)``; ``hvkit verify`` refuses it for two files.
 1.11 passes ``check_recipe`` the registry the recipe is validated against when it declares a
-parameter ``registry``: ``check_recipe(spec, earlier, registry)`` looks up nested components there.
+parameter ``registry``: ``check_recipe(spec, earlier, registry)`` looks up nested components there;
+and it reserves the stage key ``like`` (a stage starting from an earlier stage's settings), which a
+stage factory may no longer take as a parameter.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

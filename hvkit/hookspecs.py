@@ -135,3 +135,6 @@ RECIPE_CONTEXT_ARGS: dict[str, frozenset[str]] = {"dataset": frozenset({"seed"})
 
 STAGE_DATA = "data"
 """The stage key hvkit keeps for a stage's own dataset, in place of the recipe's ``data`` (API 1.9)."""
+
+STAGE_LIKE = "like"
+"""The stage key naming an earlier stage whose settings this one starts from (API 1.11)."""

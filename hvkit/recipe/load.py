@@ -65,13 +65,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` on top of ``base``; mappings merge key by key, anything else replaces.
 
     A component named alone (``loss: triplet``) under a mapping without a name
-    (``loss: {margin: 0.3}``) counts as ``{name: triplet}``.
+    (``loss: {margin: 0.3}``) counts as ``{name: triplet}``; a mapping naming another component
+    (``loss: {name: ntxent}`` over ``loss: {name: vicreg, …}``) replaces it, settings and all.
     """
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and "name" not in value and isinstance(out.get(key), str):
             out[key] = {"name": out[key]}
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        renamed = isinstance(value, dict) and isinstance(out.get(key), dict) and \
+            value.get("name", out[key].get("name")) != out[key].get("name")
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not renamed:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

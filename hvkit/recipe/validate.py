@@ -19,7 +19,7 @@ from typing import Any
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
 from hvkit.engine.optim import optimizer_classes, scheduler_classes
 from hvkit.errors import HvkitError, RecipeError
-from hvkit.hookspecs import CONTEXT_ARGS, RECIPE_CONTEXT_ARGS, STAGE_DATA
+from hvkit.hookspecs import CONTEXT_ARGS, RECIPE_CONTEXT_ARGS, STAGE_DATA, STAGE_LIKE
 from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
@@ -88,21 +88,36 @@ class Validator:
         if not isinstance(stages, dict) or not stages:
             raise self.error("stages", "expected a mapping of stage name → {stage: <plugin>, ...}")
         out["stages"] = {}
+        written: dict[str, dict[str, Any]] = {}
         for name, spec in stages.items():
             path = f"stages.{name}"
+            if isinstance(spec, dict) and STAGE_LIKE in spec:
+                spec = self.like(spec, written, path)
             if not isinstance(spec, dict) or "stage" not in spec:
                 raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
+            written[name] = spec
             own_data = spec.get(STAGE_DATA)
             out["stages"][name] = self.component("stage", {k: v for k, v in spec.items() if k != STAGE_DATA},
                                                  path, name_key="stage")
             factory = self.registry.get("stage", spec["stage"]).factory
-            if STAGE_DATA in parameters(factory)[0]:
-                raise self.error(path, f"stage plugin {spec['stage']!r} takes a parameter {STAGE_DATA!r}, which hvkit "
-                                       "reserves for a stage's own dataset (API 1.9); the plugin must rename it")
+            for key, use in ((STAGE_DATA, "a stage's own dataset (API 1.9)"),
+                             (STAGE_LIKE, "the stage a stage starts from (API 1.11)")):
+                if key in parameters(factory)[0]:
+                    raise self.error(path, f"stage plugin {spec['stage']!r} takes a parameter {key!r}, which hvkit "
+                                           f"reserves for {use}; the plugin must rename it")
             if own_data is not None:
                 out["stages"][name][STAGE_DATA] = self.component("dataset", own_data, f"{path}.{STAGE_DATA}")
             self.earlier[name] = (factory, out["stages"][name])
         return out
+
+    def like(self, spec: dict[str, Any], written: dict[str, dict[str, Any]], path: str) -> dict[str, Any]:
+        """A stage with ``like: <earlier stage>``: that stage's settings as written (after ``extends``
+        and ``--set``, its own ``like`` expanded), with this stage's keys deep-merged on top."""
+        base = spec[STAGE_LIKE]
+        if not isinstance(base, str) or base not in written:
+            earlier = ", ".join(written) or "none"
+            raise self.error(f"{path}.{STAGE_LIKE}", f"expected the name of an earlier stage ({earlier}), got {base!r}")
+        return deep_merge(written[base], {k: v for k, v in spec.items() if k != STAGE_LIKE})
 
     def check_component(self, factory: Any, spec: dict[str, Any], path: str) -> None:
         """The plugin's own check of its resolved settings, when its factory has one.

@@ -91,6 +91,18 @@ def test_extends_deep_merges_with_later_files_winning(tmp_path):
     }
 
 
+def test_a_child_naming_another_component_replaces_the_parents_settings(tmp_path):
+    write(tmp_path, "stages: {first: {stage: toy_stage, loss: {name: vicreg, invariance_weight: 25.0}}}\n", "base.yaml")
+    child = write(tmp_path, """
+        extends: base.yaml
+        stages:
+          first: {loss: {name: ntxent, temperature: 0.1}}
+        """)
+    assert load_recipe(child)["stages"]["first"]["loss"] == {"name": "ntxent", "temperature": 0.1}
+    same = write(tmp_path, "extends: base.yaml\nstages: {first: {loss: {name: vicreg, gamma: 2.0}}}\n", "same.yaml")
+    assert load_recipe(same)["stages"]["first"]["loss"] == {"name": "vicreg", "invariance_weight": 25.0, "gamma": 2.0}
+
+
 def test_a_file_may_be_extended_twice_without_being_a_cycle(tmp_path):
     write(tmp_path, "seed: 1\nname: base\n", "base.yaml")
     write(tmp_path, "extends: base.yaml\nseed: 2\n", "left.yaml")

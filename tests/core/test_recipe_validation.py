@@ -17,7 +17,7 @@ from hvkit.errors import RecipeError
 from hvkit.pipeline import prepare
 from hvkit.recipe.load import safe_load
 
-from .conftest import make_registry
+from .conftest import make_registry, plugin_module
 
 
 def toy_data(writers: int = 4, root: FilePath | None = None, seed: int = 0):
@@ -197,6 +197,37 @@ def test_a_check_that_declares_registry_gets_the_validating_one(tmp_path, regist
     assert info.value.path == "stages.first.loss"
 
 
+def test_a_stage_like_an_earlier_one_starts_from_its_settings_as_written(tmp_path, registry):
+    text = """
+        data: {name: toy_data}
+        stages:
+          first: {stage: toy_stage, epochs: 3, widths: [2], loss: {name: toy_loss, margin: 0.5}}
+          second: {like: first, lr: 0.5, loss: {miner: toy_miner}}
+          fourth: {like: first, loss: {name: registry_checked}}
+        """
+    resolved = prepare(write(tmp_path, text), ["stages.first.epochs=4"], registry=registry)["stages"]
+    first, second = resolved["first"], resolved["second"]
+    assert first["epochs"] == second["epochs"] == 4 and second["widths"] == [2] and second["lr"] == 0.5
+    assert first["lr"] == 0.1 and first["loss"]["miner"] is None
+    assert second["loss"] == {"name": "toy_loss", "margin": 0.5, "miner": {"name": "toy_miner", "k": 1}}
+    assert resolved["fourth"]["loss"] == {"name": "registry_checked", "partner": "toy_loss"}  # margin gone
+    assert "like" not in second
+    with pytest.raises(RecipeError, match="unknown parameter for stage 'checked'") as info:
+        prepare(write(tmp_path, text.rstrip(" ") + "          third: {like: second, stage: checked}\n"), registry=registry)
+    assert info.value.path == "stages.third.epochs"
+
+
+def test_like_is_a_key_no_stage_plugin_may_take(tmp_path, registry):
+    def liking(like: str = "x"):
+        """A stage whose parameter clashes with the recipe key."""
+
+    registry.add_plugin(plugin_module("liking", stage={"liking": liking}), name="liking:test", package="liking")
+    with pytest.raises(RecipeError, match="takes a parameter 'like', which hvkit reserves for the stage a stage "
+                                          "starts from") as info:
+        prepare(write(tmp_path, "data: {name: toy_data}\nstages: {first: {stage: liking}}\n"), registry=registry)
+    assert info.value.path == "stages.first"
+
+
 def test_lars_is_a_recipe_optimiser(tmp_path, registry):
     recipe = write(tmp_path, f"""
         data: {{name: toy_data, root: {tmp_path}}}
@@ -242,6 +273,13 @@ CASES = {
     "bad seed": (BASE + "seed: abc\n", "seed", "expected an int, got 'abc'"),
     "missing path": (stage(weights="/no/such/weights.pt"), "stages.first.weights",
                      "file or folder not found: '/no/such/weights.pt'"),
+    "like a later stage": ("data: {name: toy_data}\nstages:\n  first: {like: second}\n  second: {stage: toy_stage}\n",
+                           "stages.first.like", "expected the name of an earlier stage (none), got 'second'"),
+    "like an unknown stage": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n  second: {like: frist}\n",
+                              "stages.second.like", "expected the name of an earlier stage (first), got 'frist'"),
+    "like a parameter the base's plugin lacks": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
+                                                 "  second: {like: first, count: 2}\n", "stages.second.count",
+                                                 "unknown parameter for stage 'toy_stage'"),
     "later stage": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage, init_from: second}\n"
                     "  second: {stage: toy_stage}\n", "stages.first.init_from", "'second' is not an earlier stage"),
     "unknown stage ref": ("data: {name: toy_data}\nstages:\n  first: {stage: toy_stage}\n"
