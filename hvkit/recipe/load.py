@@ -72,13 +72,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         if isinstance(value, dict) and "name" not in value and isinstance(out.get(key), str):
             out[key] = {"name": out[key]}
-        renamed = isinstance(value, dict) and isinstance(out.get(key), dict) and \
-            value.get("name", out[key].get("name")) != out[key].get("name")
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and not renamed:
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and _same_component(out[key], value):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _same_component(base: dict[str, Any], over: dict[str, Any]) -> bool:
+    """Whether two mappings may describe one component: they do not name two different plugins."""
+    return "name" not in base or "name" not in over or base["name"] == over["name"]
 
 
 def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
