@@ -56,9 +56,7 @@ def k_reciprocal_scores(embeddings: np.ndarray | torch.Tensor, pairs: np.ndarray
     v = sparse.diags(1.0 / np.asarray(v.sum(axis=1)).ravel()) @ v
     k2 = min(k2, k1 + 1)
     if k2 > 1:
-        mean = sparse.csr_matrix((np.full(n * k2, 1.0 / k2), (np.repeat(np.arange(n), k2), near[:, :k2].ravel())),
-                                 shape=(n, n))
-        v = (mean @ v).tocsr()
+        v = (_nearest(near, k2 - 1) @ v / k2).tocsr()
     mass = np.asarray(v.sum(axis=1)).ravel()
     out = np.empty(len(pairs))
     for start in range(0, len(pairs), chunk_size):
@@ -77,11 +75,16 @@ def check_settings(k1: int, k2: int, weight: float, who: str) -> None:
         raise ValueError(f"{who}: weight={weight} must lie in [0, 1]")
 
 
-def _reciprocal(near: np.ndarray, k: int) -> sparse.csr_matrix:
-    """Row p marks ``R(p, k)``: the members g of p's first k + 1 neighbours (p first) that hold p among theirs."""
+def _nearest(near: np.ndarray, k: int) -> sparse.csr_matrix:
+    """Row p marks ``N(p, k)`` with ones: p and its k nearest (``near``'s first k + 1 columns)."""
     n = len(near)
-    listed = sparse.csr_matrix((np.ones(n * (k + 1)), (np.repeat(np.arange(n), k + 1), near[:, :k + 1].ravel())),
-                               shape=(n, n))
+    return sparse.csr_matrix((np.ones(n * (k + 1)), (np.repeat(np.arange(n), k + 1), near[:, :k + 1].ravel())),
+                             shape=(n, n))
+
+
+def _reciprocal(near: np.ndarray, k: int) -> sparse.csr_matrix:
+    """Row p marks ``R(p, k)``: the members g of ``N(p, k)`` that hold p in ``N(g, k)``."""
+    listed = _nearest(near, k)
     return listed.multiply(listed.T).tocsr()
 
 
