@@ -88,7 +88,7 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
 
 def handcrafted_files(source: Path, stage: str, outputs: dict[str, Any], files: list[Path],
                       invert: bool) -> torch.Tensor:
-    """The hand-crafted features (``pixels``, ``hog``) a stage scored, of image files read as its dataset was."""
+    """The hand-crafted features (``HANDCRAFTED``) a stage scored, of image files read as its dataset was."""
     if "input" not in outputs:
         raise HvkitError(f"{source}: stage {stage!r} scored {outputs.get('features')} features before runs recorded "
                          f"how their images were read; run it again: hvkit eval {source} --stage {stage}")

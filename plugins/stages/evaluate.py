@@ -26,7 +26,9 @@ class Evaluate:
     """Verification (every verifier) and retrieval on test writers, from a frozen encoder.
 
     ``features``: the encoder's backbone output (default) or its head's, or, without a model, the
-    hand-crafted baselines of the study: raw ``pixels`` or ``hog`` (:mod:`~hvkit_plugins.stages.handcrafted`).
+    hand-crafted baselines of the study, raw ``pixels`` or ``hog``, or the writer-identification
+    features ``lbp`` (uniform local binary patterns per cell) and ``hinge`` (the contour-hinge
+    distribution) (:mod:`~hvkit_plugins.stages.handcrafted`).
 
     Pairs follow SSL-HV: all same-writer combinations, each with one different-writer
     partner, so pairs are balanced. Trainable verifiers (the SSL-HV head: e1−e2 → MLP)
@@ -59,7 +61,7 @@ class Evaluate:
     """
 
     def __init__(self, model_from: StageOutput | None = None,
-                 features: Literal["backbone", "head", "pixels", "hog"] = "backbone",
+                 features: Literal["backbone", "head", "pixels", "hog", "lbp", "hinge"] = "backbone",
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
                  space: str | None = None,
                  evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],

@@ -1,9 +1,12 @@
-"""Hand-crafted features, the study's baselines that need no training: raw pixels and HOG."""
+"""Hand-crafted features that need no training: the study's raw pixels and HOG, and writer features (LBP, hinge)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from hvkit_plugins.stages.contour_hinge import hinge
+from hvkit_plugins.stages.lbp import lbp
 
 HOG_ORIENTATIONS = 9
 HOG_CELL = 8
@@ -68,5 +71,5 @@ def _hog(images: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
     return blocks.reshape(n, -1)
 
 
-HANDCRAFTED = {"pixels": pixels, "hog": hog}
+HANDCRAFTED = {"pixels": pixels, "hog": hog, "lbp": lbp, "hinge": hinge}
 """The ``evaluate`` stage's ``features`` that need no model, by name."""

@@ -119,3 +119,37 @@ def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
         f"run it again: hvkit eval {run_dir} --stage hog\n")
     with pytest.raises(Exception, match="model_from must name an earlier stage unless features is one of"):
         run_recipe_text(text.replace("features: hog", "features: backbone"), tmp_path, "no_model")
+
+
+def test_the_evaluate_stage_scores_the_writer_features(tmp_path: Path):
+    text = tiny_recipe("""
+      lbp:
+        stage: evaluate
+        features: lbp
+        label_fraction: 0.5
+        verifiers: [cosine_pair]
+        evaluators: [verification]
+        plots: false
+      hinge:
+        stage: evaluate
+        features: hinge
+        label_fraction: 0.5
+        verifiers: [cosine_pair]
+        evaluators: [verification]
+        plots: false
+    """, name="writer_features", writers=24, samples_per_writer=6)
+    run_dir = run_recipe_text(text, tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = cedar_and(synthetic_writers=24, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"]
+    first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0)
+    k = int(np.argmax(same))
+    images = []
+    for index in (first[k], second[k]):
+        images.append(str(tmp_path / f"word{index}.png"))
+        Image.fromarray(255 - test.images[index, 0].numpy()).save(images[-1])
+    for stage in ("lbp", "hinge"):
+        assert metrics[stage]["verification"]["cosine_pair"]["roc_auc"] > 0.6  # slant and stroke: both see them
+        saved = load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz")["cosine_pair"][0].scores[k]
+        result = CliRunner().invoke(main, ["verify", str(run_dir), *images, "--stage", stage])
+        assert result.exit_code == 0, result.output
+        assert float(re.match(r"score (\S+)", result.output).group(1)) == pytest.approx(saved, abs=5e-5)
