@@ -1,4 +1,4 @@
-"""Hand-crafted baseline features: HOG against scikit-image and a hand-computed case, and in the evaluate stage."""
+"""Hand-crafted features: HOG against scikit-image and a hand-computed case, and all of them in the evaluate stage."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_pixels_are_the_flattened_images_in_unit_range():
     torch.testing.assert_close(pixels(images), images.reshape(2, -1).double().div(255).float())
 
 
-def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
+def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path: Path):
     text = tiny_recipe("""
       hog:
         stage: evaluate
@@ -84,6 +84,20 @@ def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
         verifiers: [cosine_pair]
         evaluators: [verification]
         plots: false
+      lbp:
+        stage: evaluate
+        features: lbp
+        label_fraction: 0.5
+        verifiers: [cosine_pair]
+        evaluators: [verification]
+        plots: false
+      hinge:
+        stage: evaluate
+        features: hinge
+        label_fraction: 0.5
+        verifiers: [cosine_pair]
+        evaluators: [verification]
+        plots: false
     """, name="handcrafted", writers=24, samples_per_writer=6)
     run_dir = run_recipe_text(text, tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -91,16 +105,19 @@ def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
     assert set(found) >= {"cosine_pair", "wccn_pair"}
     assert found["cosine_pair"]["roc_auc"] > 0.6  # synthetic writers differ in slant and stroke: HOG sees it
     assert found["cosine_pair"]["roc_auc"] != metrics["pixels"]["verification"]["cosine_pair"]["roc_auc"]
+    for stage in ("lbp", "hinge"):  # stroke texture and curvature: they see the writers too
+        assert metrics[stage]["verification"]["cosine_pair"]["roc_auc"] > 0.6
     test = cedar_and(synthetic_writers=24, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"]
     first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0)
     saved = {stage: load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz")
-             for stage in ("hog", "pixels")}
+             for stage in ("hog", "pixels", "lbp", "hinge")}
     for k in (int(np.argmax(same)), int(np.argmin(same))):  # a same-writer pair, then a different-writer one
         images = []
         for index in (first[k], second[k]):
             images.append(str(tmp_path / f"word{index}.png"))
             Image.fromarray(255 - test.images[index, 0].numpy()).save(images[-1])  # dark ink on white, as scanned
-        for stage, verifier in (("hog", "wccn_pair"), ("hog", "cosine_pair"), ("pixels", "cosine_pair")):
+        for stage, verifier in (("hog", "wccn_pair"), ("hog", "cosine_pair"), ("pixels", "cosine_pair"),
+                                ("lbp", "cosine_pair"), ("hinge", "cosine_pair")):
             result = CliRunner().invoke(main, ["verify", str(run_dir), *images, "--stage", stage,
                                                "--verifier", verifier])
             assert result.exit_code == 0, result.output
@@ -120,36 +137,3 @@ def test_the_evaluate_stage_scores_hog_without_a_model(tmp_path: Path):
     with pytest.raises(Exception, match="model_from must name an earlier stage unless features is one of"):
         run_recipe_text(text.replace("features: hog", "features: backbone"), tmp_path, "no_model")
 
-
-def test_the_evaluate_stage_scores_the_writer_features(tmp_path: Path):
-    text = tiny_recipe("""
-      lbp:
-        stage: evaluate
-        features: lbp
-        label_fraction: 0.5
-        verifiers: [cosine_pair]
-        evaluators: [verification]
-        plots: false
-      hinge:
-        stage: evaluate
-        features: hinge
-        label_fraction: 0.5
-        verifiers: [cosine_pair]
-        evaluators: [verification]
-        plots: false
-    """, name="writer_features", writers=24, samples_per_writer=6)
-    run_dir = run_recipe_text(text, tmp_path)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    test = cedar_and(synthetic_writers=24, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"]
-    first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0)
-    k = int(np.argmax(same))
-    images = []
-    for index in (first[k], second[k]):
-        images.append(str(tmp_path / f"word{index}.png"))
-        Image.fromarray(255 - test.images[index, 0].numpy()).save(images[-1])
-    for stage in ("lbp", "hinge"):
-        assert metrics[stage]["verification"]["cosine_pair"]["roc_auc"] > 0.6  # slant and stroke: both see them
-        saved = load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz")["cosine_pair"][0].scores[k]
-        result = CliRunner().invoke(main, ["verify", str(run_dir), *images, "--stage", stage])
-        assert result.exit_code == 0, result.output
-        assert float(re.match(r"score (\S+)", result.output).group(1)) == pytest.approx(saved, abs=5e-5)
