@@ -93,7 +93,8 @@ def handcrafted_files(source: Path, stage: str, outputs: dict[str, Any], files: 
     if "input" not in outputs:
         raise HvkitError(f"{source}: stage {stage!r} scored {outputs.get('features')} features before runs recorded "
                          f"how their images were read; run it again: hvkit eval {source} --stage {stage}")
-    return HANDCRAFTED[outputs["features"]](read_files(files, outputs["input"], invert))
+    return HANDCRAFTED[outputs["features"]](read_files(files, outputs["input"], invert),
+                                            **outputs.get("feature_options", {}))
 
 
 def likelihood_ratio_line(log_lr: float) -> str:

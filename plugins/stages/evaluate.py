@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -14,10 +14,11 @@ from hvkit import distributed
 from hvkit.api import Component, Split, StageOutput
 from hvkit.engine import StageContext, save_checkpoint
 from hvkit.engine.checkpoint import atomic_write
+from hvkit.errors import RecipeError
 from hvkit.evaluation import EvalData, PairSet, evaluate
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.stages.encoder import embed, input_format, load_stage_encoder
-from hvkit_plugins.stages.handcrafted import HANDCRAFTED
+from hvkit_plugins.stages.handcrafted import HANDCRAFTED, feature_options
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
 from hvkit_plugins.stages.test_views import TestViews
 
@@ -28,7 +29,8 @@ class Evaluate:
     ``features``: the encoder's backbone output (default) or its head's, or, without a model, the
     hand-crafted baselines of the study, raw ``pixels`` or ``hog``, or the writer-identification
     features ``lbp`` (uniform local binary patterns per cell) and ``hinge`` (the contour-hinge
-    distribution) (:mod:`~hvkit_plugins.stages.handcrafted`).
+    distribution) (:mod:`~hvkit_plugins.stages.handcrafted`). ``feature_options`` set a hand-crafted
+    feature's own parameters, e.g. ``{leg: 6}`` for ``hinge`` or ``{grid: 2}`` for ``lbp``.
 
     Pairs follow SSL-HV: all same-writer combinations, each with one different-writer
     partner, so pairs are balanced. Trainable verifiers (the SSL-HV head: e1−e2 → MLP)
@@ -62,6 +64,7 @@ class Evaluate:
 
     def __init__(self, model_from: StageOutput | None = None,
                  features: Literal["backbone", "head", "pixels", "hog", "lbp", "hinge"] = "backbone",
+                 feature_options: dict[str, int] = {},
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
                  space: str | None = None,
                  evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],
@@ -71,12 +74,11 @@ class Evaluate:
                  pair_training: PairTraining = PairTraining(),
                  tta: TestViews = TestViews(),
                  plots: bool = True):
-        if features not in HANDCRAFTED and model_from is None:
-            raise ValueError(f"model_from must name an earlier stage unless features is one of {sorted(HANDCRAFTED)}")
-        if features in HANDCRAFTED and tta.count > 1:
-            raise ValueError(f"tta averages a network's embeddings; hand-crafted features (features: {features}) "
-                             "take none")
+        problem = _features_problem(model_from is not None, features, tta, feature_options)
+        if problem:
+            raise ValueError(problem[1])
         self.model_from, self.features, self.verifiers, self.space = model_from, features, verifiers, space
+        self.feature_options = dict(feature_options)
         self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
         self.negatives = negatives
         self.pair_training, self.tta, self.plots = pair_training, tta, plots
@@ -86,10 +88,19 @@ class Evaluate:
         """The verifiers whose pair scores a stage of resolved ``spec`` saves (what ``score_fusion`` may fuse)."""
         return _verifier_names(spec["verifiers"])
 
+    @staticmethod
+    def check_recipe(spec: dict[str, Any], earlier: dict[str, tuple[Callable, dict[str, Any]]]) -> None:
+        """Hand-crafted features need no model and take no test-time views, and ``feature_options`` must be
+        their parameters (checked by ``hvkit validate``)."""
+        problem = _features_problem(spec["model_from"] is not None, spec["features"], TestViews(**spec["tta"]),
+                                    spec["feature_options"])
+        if problem:
+            raise RecipeError(problem[1], path=problem[0])
+
     def _embed(self, ctx: StageContext, split: Split) -> torch.Tensor:
         """Embeddings of a split: each rank embeds its share, gathered once in split order."""
         if self.features in HANDCRAFTED:
-            return HANDCRAFTED[self.features](split.images)
+            return HANDCRAFTED[self.features](split.images, **self.feature_options)
         share = split.images[distributed.shard(len(split))]
         return distributed.gather_shards(embed(self.encoder, share, ctx.device, self.features, views=self.tta))
 
@@ -168,9 +179,25 @@ class Evaluate:
         return {"metrics": metrics, "embeddings": ctx.relative(ctx.stage_dir / "test_embeddings.npy"),
                 "verifiers": ctx.relative(verifiers_path), "pair_scores": ctx.relative(saved["test"]),
                 "val_pair_scores": ctx.relative(saved["val"]) if "val" in saved else None,
-                "features": self.features, "tta": asdict(self.tta), "input": input_format(data),
+                "features": self.features, "feature_options": self.feature_options, "tta": asdict(self.tta),
+                "input": input_format(data),
                 "encoder": ctx.outputs[self.model_from]["encoder"] if self.model_from else None,
                 "report": verification_report(metrics, self.protocol)}
+
+
+def _features_problem(has_model: bool, features: str, tta: TestViews,
+                      options: dict[str, int]) -> tuple[str, str] | None:
+    """The key and message of what is wrong with a stage's choice of features, if anything."""
+    if features not in HANDCRAFTED and not has_model:
+        return "model_from", f"model_from must name an earlier stage unless features is one of {sorted(HANDCRAFTED)}"
+    if features in HANDCRAFTED and tta.count > 1:
+        return "tta", f"tta averages a network's embeddings; hand-crafted features (features: {features}) take none"
+    allowed = feature_options(features) if features in HANDCRAFTED else []
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        return "feature_options", (f"features: {features} takes " + (", ".join(allowed) if allowed else "no options")
+                                   + f", not {', '.join(unknown)}")
+    return None
 
 
 PAIR_SCORES = "test_pair_scores.npz"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -73,3 +75,8 @@ def _hog(images: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
 
 HANDCRAFTED = {"pixels": pixels, "hog": hog, "lbp": lbp, "hinge": hinge}
 """The ``evaluate`` stage's ``features`` that need no model, by name."""
+
+
+def feature_options(name: str) -> list[str]:
+    """The parameters a recipe may set for hand-crafted feature ``name`` (all but the images and ``chunk``)."""
+    return [key for key in list(inspect.signature(HANDCRAFTED[name]).parameters)[1:] if key != "chunk"]

@@ -19,6 +19,7 @@ from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import sslhv_pairs
 from hvkit_plugins.stages.evaluate import load_pair_scores
+from hvkit_plugins.stages.contour_hinge import hinge
 from hvkit_plugins.stages.handcrafted import hog, pixels
 
 
@@ -94,6 +95,7 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
       hinge:
         stage: evaluate
         features: hinge
+        feature_options: {leg: 4}
         label_fraction: 0.5
         verifiers: [cosine_pair]
         evaluators: [verification]
@@ -109,6 +111,9 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
         assert metrics[stage]["verification"]["cosine_pair"]["roc_auc"] > 0.6
     test = cedar_and(synthetic_writers=24, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"]
     first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0)
+    embedded = np.load(run_dir / "stages" / "hinge" / "test_embeddings.npy")
+    np.testing.assert_array_equal(embedded, hinge(test.images, leg=4).numpy())  # the stage's feature_options
+    assert np.abs(embedded - hinge(test.images).numpy()).max() > 0.1
     saved = {stage: load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz")
              for stage in ("hog", "pixels", "lbp", "hinge")}
     for k in (int(np.argmax(same)), int(np.argmin(same))):  # a same-writer pair, then a different-writer one
@@ -137,3 +142,28 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
     with pytest.raises(Exception, match="model_from must name an earlier stage unless features is one of"):
         run_recipe_text(text.replace("features: hog", "features: backbone"), tmp_path, "no_model")
 
+
+
+@pytest.mark.parametrize("features, options, message", [
+    ("hinge", "{legs: 4}", "features: hinge takes leg, bins, not legs"),
+    ("lbp", "{grid: 2, leg: 4}", "features: lbp takes grid, not leg"),
+    ("hog", "{grid: 2}", "features: hog takes no options, not grid"),
+    ("backbone", "{leg: 4}", "features: backbone takes no options, not leg"),
+])
+def test_feature_options_are_checked_before_anything_runs(tmp_path: Path, features, options, message):
+    model = "model_from: pretrain" if features == "backbone" else ""
+    text = tiny_recipe(f"""
+      pretrain:
+        stage: metric_train
+        loss: triplet
+        train: {{epochs: 1}}
+      words:
+        stage: evaluate
+        {model}
+        features: {features}
+        feature_options: {options}
+    """, name="options")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and result.stderr == f"error: {path}:stages.words.feature_options: {message}\n"
