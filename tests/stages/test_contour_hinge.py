@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage.filters import threshold_otsu
 
-from hvkit_plugins.stages.contour_hinge import contour_edges, hinge, otsu_thresholds
+from hvkit_plugins.stages.handcrafted.contour_hinge import contour_edges, hinge, otsu_thresholds
 
 STEP = {"E": (0, 1), "S": (1, 0), "W": (0, -1), "N": (-1, 0)}
 ORDER = "ESWN"

@@ -19,8 +19,7 @@ from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import sslhv_pairs
 from hvkit_plugins.stages.evaluate import load_pair_scores
-from hvkit_plugins.stages.contour_hinge import hinge
-from hvkit_plugins.stages.handcrafted import hog, pixels
+from hvkit_plugins.stages.handcrafted import HANDCRAFTED, chunks, hinge, hog, pixels
 
 
 def reference(images: np.ndarray) -> np.ndarray:
@@ -167,3 +166,24 @@ def test_feature_options_are_checked_before_anything_runs(tmp_path: Path, featur
     path.write_text(text)
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2 and result.stderr == f"error: {path}:stages.words.feature_options: {message}\n"
+
+
+def test_features_are_computed_a_bounded_chunk_at_a_time(monkeypatch):
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, size=(7, 1, 32, 32)).astype(np.uint8))
+    sizes = []
+
+    def extract(x: np.ndarray) -> np.ndarray:
+        sizes.append(len(x))
+        assert x.dtype == np.float64
+        return x.reshape(len(x), -1)[:, :3]
+
+    monkeypatch.setattr(chunks, "CHUNK_PIXELS", 3 * 32 * 32 + 5)  # three images a chunk by default
+    found = chunks.in_chunks(images, extract, None)
+    assert sizes == [3, 3, 1] and found.dtype == torch.float32
+    torch.testing.assert_close(found, images.reshape(7, -1)[:, :3].float())
+    assert chunks.in_chunks(images, extract, 5).shape == (7, 3) and sizes[3:] == [5, 2]
+    monkeypatch.setattr(chunks, "CHUNK_PIXELS", 10)  # an image larger than the budget still goes, alone
+    chunks.in_chunks(images[:2], extract, None)
+    assert sizes[5:] == [1, 1]
+    for name in ("hog", "lbp", "hinge"):  # the same features whatever the chunks
+        torch.testing.assert_close(HANDCRAFTED[name](images), HANDCRAFTED[name](images, chunk=2))

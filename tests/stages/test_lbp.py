@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.feature import local_binary_pattern
 
-from hvkit_plugins.stages.lbp import lbp, lbp_codes, uniform_bins
+from hvkit_plugins.stages.handcrafted.lbp import lbp, lbp_codes, uniform_bins
 
 
 @pytest.mark.parametrize("levels", [2, 3, 256])  # few grey levels: many ties between a pixel and its neighbours

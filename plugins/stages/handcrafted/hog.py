@@ -1,14 +1,11 @@
-"""Hand-crafted features that need no training: the study's raw pixels and HOG, and writer features (LBP, hinge)."""
+"""Histograms of oriented gradients, the study's hand-crafted baseline."""
 
 from __future__ import annotations
-
-import inspect
 
 import numpy as np
 import torch
 
-from hvkit_plugins.stages.contour_hinge import hinge
-from hvkit_plugins.stages.lbp import lbp
+from hvkit_plugins.stages.handcrafted.chunks import in_chunks
 
 HOG_ORIENTATIONS = 9
 HOG_CELL = 8
@@ -16,12 +13,7 @@ HOG_BLOCK = 2
 _HOG_EPS = 1e-5
 
 
-def pixels(images: torch.Tensor) -> torch.Tensor:
-    """Raw-pixel features: flattened images in [0, 1] (the study's weakest baseline)."""
-    return images.float().div(255.0).flatten(1)
-
-
-def hog(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def hog(images: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Histograms of oriented gradients (Dalal & Triggs 2005) of (N, C, H, W) images in [0, 255]: (N, D) float32.
 
     The study's HOG: 9 unsigned orientation bins of 20°, cells of 8 × 8 pixels, blocks of 2 × 2
@@ -34,7 +26,7 @@ def hog(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     block's 36 values ``v`` become ``v / sqrt(|v|² + ε²)``, clipped at 0.2, normalised again (ε =
     1e-5). The vector holds the blocks row by row, each block's cells row by row, each cell's
     bins: D = 9 · 4 · (H/8 − 1)(W/8 − 1), 1,764 at 64 × 64. Computed in float64 with NumPy,
-    ``chunk`` images at a time.
+    ``chunk`` images at a time (:func:`~hvkit_plugins.stages.handcrafted.chunks.in_chunks`).
     """
     if images.dim() != 4:
         raise ValueError(f"hog takes (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -42,9 +34,7 @@ def hog(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     if min(cells) < HOG_BLOCK:
         raise ValueError(f"hog needs images of at least {HOG_BLOCK * HOG_CELL} x {HOG_BLOCK * HOG_CELL} pixels, "
                          f"got {images.shape[2]} x {images.shape[3]}")
-    parts = [_hog(images[start:start + chunk].cpu().numpy().astype(np.float64) / 255.0, cells)
-             for start in range(0, len(images), chunk)]
-    return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+    return in_chunks(images, lambda x: _hog(x / 255.0, cells), chunk)
 
 
 def _hog(images: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
@@ -72,11 +62,3 @@ def _hog(images: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
     blocks = blocks / np.sqrt((blocks ** 2).sum(-1, keepdims=True) + _HOG_EPS ** 2)
     return blocks.reshape(n, -1)
 
-
-HANDCRAFTED = {"pixels": pixels, "hog": hog, "lbp": lbp, "hinge": hinge}
-"""The ``evaluate`` stage's ``features`` that need no model, by name."""
-
-
-def feature_options(name: str) -> list[str]:
-    """The parameters a recipe may set for hand-crafted feature ``name`` (all but the images and ``chunk``)."""
-    return [key for key in list(inspect.signature(HANDCRAFTED[name]).parameters)[1:] if key != "chunk"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hvkit_plugins.stages.handcrafted.chunks import in_chunks
+
 HINGE_LEG = 8
 HINGE_BINS = 24
 
@@ -60,7 +62,8 @@ def contour_edges(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, np.stack([row, col], 1), following
 
 
-def hinge(images: torch.Tensor, leg: int = HINGE_LEG, bins: int = HINGE_BINS, chunk: int = 1024) -> torch.Tensor:
+def hinge(images: torch.Tensor, leg: int = HINGE_LEG, bins: int = HINGE_BINS,
+          chunk: int | None = None) -> torch.Tensor:
     """Contour-hinge distributions of (N, C, H, W) images in [0, 255], ink bright: (N, bins (bins + 1) / 2) float32.
 
     Ink is each image's channels' mean above its Otsu threshold (:func:`otsu_thresholds`); its
@@ -72,6 +75,7 @@ def hinge(images: torch.Tensor, leg: int = HINGE_LEG, bins: int = HINGE_BINS, ch
     writer's "how" apart from the text's "what". Contours of fewer than ``2 leg`` edges (specks)
     do not vote. The vector holds the square roots of the image's distribution (the cosine is then
     the Bhattacharyya coefficient; the paper used the chi-squared distance); all zeros without ink.
+    ``chunk`` images at a time (:func:`~hvkit_plugins.stages.handcrafted.chunks.in_chunks`).
     """
     if images.dim() != 4:
         raise ValueError(f"hinge takes (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -80,15 +84,11 @@ def hinge(images: torch.Tensor, leg: int = HINGE_LEG, bins: int = HINGE_BINS, ch
     first, second = np.triu_indices(bins)
     cell = np.zeros((bins, bins), dtype=np.int64)
     cell[first, second] = cell[second, first] = np.arange(len(first))
-    parts = []
-    for start in range(0, len(images), chunk):
-        grey = images[start:start + chunk].cpu().numpy().astype(np.float64).mean(1).round().astype(np.uint8)
-        ink = grey > otsu_thresholds(grey)[:, None, None]
-        parts.append(_hinge(ink, leg, bins, cell))
-    return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+    return in_chunks(images, lambda x: _hinge(x.mean(1).round().astype(np.uint8), leg, bins, cell), chunk)
 
 
-def _hinge(ink: np.ndarray, leg: int, bins: int, cell: np.ndarray) -> np.ndarray:
+def _hinge(grey: np.ndarray, leg: int, bins: int, cell: np.ndarray) -> np.ndarray:
+    ink = grey > otsu_thresholds(grey)[:, None, None]
     image, corner, following = contour_edges(ink)
     preceding = np.empty_like(following)
     preceding[following] = np.arange(len(following))

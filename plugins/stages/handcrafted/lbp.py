@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hvkit_plugins.stages.handcrafted.chunks import in_chunks
+
 LBP_POINTS = 8
 LBP_RADIUS = 1.0
 LBP_GRID = 4
@@ -49,7 +51,7 @@ def uniform_bins(points: int = LBP_POINTS) -> np.ndarray:
     return bins
 
 
-def lbp(images: torch.Tensor, grid: int = LBP_GRID, chunk: int = 1024) -> torch.Tensor:
+def lbp(images: torch.Tensor, grid: int = LBP_GRID, chunk: int | None = None) -> torch.Tensor:
     """Uniform-LBP histograms of (N, C, H, W) images in [0, 255] on a ``grid`` x ``grid`` of cells: (N, D) float32.
 
     Each pixel's 8-neighbour code at radius 1 (:func:`lbp_codes`, on the channels' mean) falls in one
@@ -58,7 +60,8 @@ def lbp(images: torch.Tensor, grid: int = LBP_GRID, chunk: int = 1024) -> torch.
     its pixels as a distribution, and the vector holds its square roots, so that the cosine of two
     vectors is the mean Bhattacharyya coefficient of their cells' distributions. D = 59 grid², 944
     for the default 4 x 4 cells (16 x 16 pixels at 64 x 64). LBP codes the texture of the strokes'
-    edges — their curvature, ends and junctions — where HOG codes their orientation.
+    edges — their curvature, ends and junctions — where HOG codes their orientation. ``chunk`` images
+    at a time (:func:`~hvkit_plugins.stages.handcrafted.chunks.in_chunks`).
     """
     if images.dim() != 4:
         raise ValueError(f"lbp takes (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -69,11 +72,11 @@ def lbp(images: torch.Tensor, grid: int = LBP_GRID, chunk: int = 1024) -> torch.
     classes = int(bins.max()) + 1
     cell = (np.arange(height)[:, None] * grid // height) * grid + np.arange(width)[None, :] * grid // width
     counts = np.bincount(cell.ravel(), minlength=grid * grid)
-    parts = []
-    for start in range(0, len(images), chunk):
-        grey = images[start:start + chunk].cpu().numpy().astype(np.float64).mean(1)
-        slot = (np.arange(len(grey))[:, None, None] * grid * grid + cell) * classes + bins[lbp_codes(grey)]
-        histogram = np.bincount(slot.ravel(), minlength=len(grey) * grid * grid * classes)
-        histogram = histogram.reshape(len(grey), grid * grid, classes) / counts[:, None]
-        parts.append(np.sqrt(histogram).reshape(len(grey), -1))
-    return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        slot = (np.arange(n)[:, None, None] * grid * grid + cell) * classes + bins[lbp_codes(images.mean(1))]
+        histogram = np.bincount(slot.ravel(), minlength=n * grid * grid * classes)
+        return np.sqrt(histogram.reshape(n, grid * grid, classes) / counts[:, None]).reshape(n, -1)
+
+    return in_chunks(images, extract, chunk)
