@@ -9,14 +9,17 @@ import numpy as np
 import torch
 
 from hvkit.cli import user_errors
-from hvkit_plugins.commands.sources import embed_files, image_files, open_encoder, test_views, tta_options
+from hvkit.errors import HvkitError
+from hvkit_plugins.commands.sources import (embed_files, handcrafted_files, handcrafted_stage, image_files,
+                                            open_encoder, test_views, tta_options)
 
 
 @click.command("embed")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npy file.")
-@click.option("--stage", help="Which stage's encoder (default: the last trained one).")
+@click.option("--stage", help="Which stage's encoder (default: the last trained one), or a stage of hand-crafted "
+              "features.")
 @click.option("--features", type=click.Choice(["backbone", "head"]), default="backbone", show_default=True)
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
 @tta_options
@@ -26,13 +29,21 @@ def embed_command(source: Path, images: tuple[Path, ...], out: Path, stage: str 
     """Embed images with the encoder of a run, a stage or a checkpoint; writes (N, D) .npy and a file list.
 
     With ``--tta-shifts``/``--tta-zoom`` each embedding is the mean over the image and its
-    shifted and zoomed copies, as the ``evaluate`` stage's ``tta`` option.
+    shifted and zoomed copies, as the ``evaluate`` stage's ``tta`` option. A ``--stage`` of
+    hand-crafted features (pixels, HOG, LBP, the contour hinge) computes them, with its options.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     views = test_views(tta_shifts, tta_zooms)
-    encoder, state = open_encoder(source, stage, device)
     files = image_files(images)
-    vectors = embed_files(encoder, state, files, device, features, invert, views).numpy()
+    handcrafted = handcrafted_stage(source, stage)
+    if handcrafted is not None:
+        if views is not None or features != "backbone":
+            raise HvkitError(f"stage {stage!r} computes {handcrafted['features']} features: --features and "
+                             "--tta-shifts/--tta-zoom are for a network's embeddings")
+        vectors = handcrafted_files(source, stage, handcrafted, files, invert).numpy()
+    else:
+        encoder, state = open_encoder(source, stage, device)
+        vectors = embed_files(encoder, state, files, device, features, invert, views).numpy()
     np.save(out, vectors)
     out.with_suffix(".txt").write_text("\n".join(str(f) for f in files) + "\n")
     click.echo(f"{len(files)} embeddings of dimension {vectors.shape[1]} → {out} (files: {out.with_suffix('.txt')})")

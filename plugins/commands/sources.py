@@ -13,6 +13,7 @@ from hvkit.errors import HvkitError
 from hvkit.registry import get_registry
 from hvkit_plugins.datasets.reading import read_images
 from hvkit_plugins.stages.encoder import ENCODER_FILE, Encoder, embed, load_encoder
+from hvkit_plugins.stages.handcrafted import HANDCRAFTED
 from hvkit_plugins.stages.test_views import TestViews
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}
@@ -80,6 +81,24 @@ def embed_files(encoder: Encoder, state: dict[str, Any], files: list[Path], devi
                 features: str, invert: bool, views: TestViews | None = None) -> torch.Tensor:
     """Embeddings of image files, preprocessed as the encoder's training data was (``views``: as :func:`embed`)."""
     return embed(encoder, read_files(files, state, invert), device, features, views=views)
+
+
+def handcrafted_stage(source: Path, stage: str | None) -> dict[str, Any] | None:
+    """The outputs of ``stage`` of run ``source`` if that stage scored hand-crafted features, else None."""
+    if stage is None or not (source.is_dir() and (source / "stages").is_dir()):
+        return None
+    outputs = stage_outputs(source).get(stage)
+    return outputs if outputs is not None and outputs.get("features") in HANDCRAFTED else None
+
+
+def handcrafted_files(source: Path, stage: str, outputs: dict[str, Any], files: list[Path],
+                      invert: bool) -> torch.Tensor:
+    """The hand-crafted features (``HANDCRAFTED``) a stage scored, of image files read as its dataset was."""
+    if "input" not in outputs:
+        raise HvkitError(f"{source}: stage {stage!r} scored {outputs.get('features')} features before runs recorded "
+                         f"how their images were read; run it again: hvkit eval {source} --stage {stage}")
+    return HANDCRAFTED[outputs["features"]](read_files(files, outputs["input"], invert),
+                                            **outputs.get("feature_options", {}))
 
 
 def tta_options(command: Callable) -> Callable:

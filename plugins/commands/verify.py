@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import click
 import torch
@@ -15,8 +14,7 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit.engine.context import build
-from hvkit_plugins.commands.sources import embed_files, open_encoder, read_files, stage_outputs
-from hvkit_plugins.stages.handcrafted import HANDCRAFTED
+from hvkit_plugins.commands.sources import embed_files, handcrafted_files, open_encoder, stage_outputs
 from hvkit_plugins.stages.test_views import TestViews
 
 
@@ -85,16 +83,6 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
     click.echo(f"score {score:.4f}  threshold {limit:.4f}  → {'same writer' if same else 'different writers'}")
     if entry is not None and entry.get("calibration"):  # runs before hvkit calibrated have none
         click.echo(likelihood_ratio_line(float(Calibration(**entry["calibration"]).log_lr(score))))
-
-
-def handcrafted_files(source: Path, stage: str, outputs: dict[str, Any], files: list[Path],
-                      invert: bool) -> torch.Tensor:
-    """The hand-crafted features (``HANDCRAFTED``) a stage scored, of image files read as its dataset was."""
-    if "input" not in outputs:
-        raise HvkitError(f"{source}: stage {stage!r} scored {outputs.get('features')} features before runs recorded "
-                         f"how their images were read; run it again: hvkit eval {source} --stage {stage}")
-    return HANDCRAFTED[outputs["features"]](read_files(files, outputs["input"], invert),
-                                            **outputs.get("feature_options", {}))
 
 
 def likelihood_ratio_line(log_lr: float) -> str:

@@ -129,6 +129,14 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
             assert score == pytest.approx(saved[stage][verifier][0].scores[k], abs=5e-5)  # printed to 4 places
         default = CliRunner().invoke(main, ["verify", str(run_dir), *images])  # no encoder anywhere: the last stage
         assert default.output == result.output
+        out = tmp_path / f"hinge{k}.npy"  # hvkit embed computes a stage's features, with its options
+        result = CliRunner().invoke(main, ["embed", str(run_dir), *images, "--stage", "hinge", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(np.load(out), embedded[[first[k], second[k]]], atol=1e-6)
+    refused = CliRunner().invoke(main, ["embed", str(run_dir), *images, "--stage", "hog", "--out", str(out),
+                                        "--tta-shifts", "2"])
+    assert refused.exit_code == 2 and refused.stderr == ("error: stage 'hog' computes hog features: --features and "
+                                                         "--tta-shifts/--tta-zoom are for a network's embeddings\n")
     outputs = run_dir / "stages" / "hog" / "outputs.json"
     recorded = json.loads(outputs.read_text())
     assert recorded["input"] == {"in_channels": 1, "image_size": 32, "keep_aspect": False}
