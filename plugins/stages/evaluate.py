@@ -64,7 +64,7 @@ class Evaluate:
 
     def __init__(self, model_from: StageOutput | None = None,
                  features: Literal["backbone", "head", "pixels", "hog", "lbp", "hinge"] = "backbone",
-                 feature_options: dict[str, int] = {},
+                 feature_options: dict[str, int | bool] = {},
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
                  space: str | None = None,
                  evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],
@@ -186,7 +186,7 @@ class Evaluate:
 
 
 def _features_problem(has_model: bool, features: str, tta: TestViews,
-                      options: dict[str, int]) -> tuple[str, str] | None:
+                      options: dict[str, int | bool]) -> tuple[str, str] | None:
     """The key and message of what is wrong with a stage's choice of features, if anything."""
     if features not in HANDCRAFTED and not has_model:
         return "model_from", f"model_from must name an earlier stage unless features is one of {sorted(HANDCRAFTED)}"

@@ -16,7 +16,7 @@ STEP = {"E": (0, 1), "S": (1, 0), "W": (0, -1), "N": (-1, 0)}
 ORDER = "ESWN"
 
 
-def reference_hinge(ink: np.ndarray, leg: int, bins: int) -> np.ndarray:
+def reference_hinge(ink: np.ndarray, leg: int, bins: int, ordered: bool = False) -> np.ndarray:
     """One (H, W) mask's hinge distribution, each contour walked edge by edge in plain Python."""
     height, width = ink.shape
 
@@ -54,8 +54,8 @@ def reference_hinge(ink: np.ndarray, leg: int, bins: int) -> np.ndarray:
                 rr, cc, _ = contour[j % len(contour)]
                 angle = math.atan2(-(rr - r), cc - c) % (2 * math.pi)
                 sectors.append(min(int(angle / (2 * math.pi) * bins), bins - 1))
-            votes[tuple(sorted(sectors))] += 1
-    cells = [(a, b) for a in range(bins) for b in range(a, bins)]
+            votes[tuple(sectors) if ordered else tuple(sorted(sectors))] += 1
+    cells = [(a, b) for a in range(bins) for b in range(0 if ordered else a, bins)]
     histogram = np.array([votes[cell] for cell in cells], dtype=np.float64)
     return np.sqrt(histogram / max(histogram.sum(), 1))
 
@@ -106,38 +106,50 @@ def test_contours_by_hand():
 
 
 def test_hinge_of_a_rectangle_by_hand():
-    # One-step legs on a w x h rectangle: the straight sides vote (0°, 180°) and (90°, 270°), each
-    # corner once: (0°, 270°) top left, (180°, 270°) top right, (90°, 180°) bottom right, (0°, 90°)
-    # bottom left. Sectors of 15°: 0° is 0, 90° is 6, 180° is 12, 270° is 18.
+    # One-step legs on a w x h rectangle, walked clockwise (ink on the right). Sectors of 15°: 0° (E)
+    # is 0, 90° (N) is 6, 180° (W) is 12, 270° (S) is 18. The legs (ahead, behind) are (E, W) along
+    # the top, (S, N) down the right side, (W, E) along the bottom, (N, S) up the left side; at the
+    # corners (E, S) top left, (S, W) top right, (W, N) bottom right and (N, E) bottom left.
     w, h = 9, 5
     ink = np.zeros((1, 12, 12), dtype=bool)
     ink[0, 3:3 + h, 2:2 + w] = True
-    found = hinge(as_images(ink), leg=1).numpy()[0] ** 2 * 2 * (w + h)
+    votes = {(0, 12): w - 1, (18, 6): h - 1, (12, 0): w - 1, (6, 18): h - 1,
+             (0, 18): 1, (18, 12): 1, (12, 6): 1, (6, 0): 1}
+    ordered = hinge(as_images(ink), leg=1, ordered=True).numpy()[0] ** 2 * 2 * (w + h)
+    expected = np.zeros((24, 24))
+    for (ahead, behind), count in votes.items():
+        expected[ahead, behind] = count
+    np.testing.assert_allclose(ordered, expected.ravel(), atol=1e-4)
+    unordered = hinge(as_images(ink), leg=1).numpy()[0] ** 2 * 2 * (w + h)  # the paper's: (E, W) = (W, E) …
     cells = {(a, b): k for k, (a, b) in enumerate((a, b) for a in range(24) for b in range(a, 24))}
     expected = np.zeros(300)
-    for cell, votes in (((0, 12), 2 * (w - 1)), ((6, 18), 2 * (h - 1)),
+    for cell, count in (((0, 12), 2 * (w - 1)), ((6, 18), 2 * (h - 1)),
                         ((0, 18), 1), ((12, 18), 1), ((6, 12), 1), ((0, 6), 1)):
-        expected[cells[cell]] = votes
-    np.testing.assert_allclose(found, expected, atol=1e-4)
+        expected[cells[cell]] = count
+    np.testing.assert_allclose(unordered, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("leg, bins", [(8, 24), (3, 12), (5, 7)])
-def test_hinge_equals_a_plain_python_walk(leg, bins):
+@pytest.mark.parametrize("leg, bins, ordered", [(8, 24, False), (3, 12, False), (5, 7, False), (8, 24, True),
+                                                (4, 9, True)])
+def test_hinge_equals_a_plain_python_walk(leg, bins, ordered):
     ink = blobs(leg, 5)
-    found = hinge(as_images(ink), leg=leg, bins=bins, chunk=2).numpy()
-    assert found.shape == (5, bins * (bins + 1) // 2) and found.dtype == np.float32
-    np.testing.assert_allclose(found, np.stack([reference_hinge(mask, leg, bins) for mask in ink]), atol=1e-6)
+    found = hinge(as_images(ink), leg=leg, bins=bins, ordered=ordered, chunk=2).numpy()
+    assert found.shape == (5, bins * bins if ordered else bins * (bins + 1) // 2) and found.dtype == np.float32
+    np.testing.assert_allclose(found, np.stack([reference_hinge(mask, leg, bins, ordered) for mask in ink]),
+                               atol=1e-6)
 
 
-def test_hinge_turns_with_the_image():
+@pytest.mark.parametrize("ordered", [False, True])
+def test_hinge_turns_with_the_image(ordered):
     # Rotating the ink a quarter turn anticlockwise adds 90° (6 sectors of 24) to every leg.
     ink = blobs(1, 3)
-    cells = [(a, b) for a in range(24) for b in range(a, 24)]
+    cells = [(a, b) for a in range(24) for b in range(0 if ordered else a, 24)]
     index = {cell: k for k, cell in enumerate(cells)}
-    turned = [index[tuple(sorted(((a + 6) % 24, (b + 6) % 24)))] for a, b in cells]
-    found = hinge(as_images(np.rot90(ink, axes=(1, 2)).copy())).numpy()
+    turn = [((a + 6) % 24, (b + 6) % 24) for a, b in cells]
+    turned = [index[cell if ordered else tuple(sorted(cell))] for cell in turn]
+    found = hinge(as_images(np.rot90(ink, axes=(1, 2)).copy()), ordered=ordered).numpy()
     expected = np.zeros_like(found)
-    expected[:, turned] = hinge(as_images(ink)).numpy()
+    expected[:, turned] = hinge(as_images(ink), ordered=ordered).numpy()
     np.testing.assert_allclose(found, expected, atol=1e-6)
 
 

@@ -152,7 +152,7 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
 
 
 @pytest.mark.parametrize("features, options, message", [
-    ("hinge", "{legs: 4}", "features: hinge takes leg, bins, not legs"),
+    ("hinge", "{legs: 4}", "features: hinge takes leg, bins, ordered, not legs"),
     ("lbp", "{grid: 2, leg: 4}", "features: lbp takes grid, not leg"),
     ("hog", "{grid: 2}", "features: hog takes no options, not grid"),
     ("backbone", "{leg: 4}", "features: backbone takes no options, not leg"),

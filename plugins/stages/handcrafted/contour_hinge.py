@@ -62,28 +62,32 @@ def contour_edges(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, np.stack([row, col], 1), following
 
 
-def hinge(images: torch.Tensor, leg: int = HINGE_LEG, bins: int = HINGE_BINS,
+def hinge(images: torch.Tensor, leg: int = HINGE_LEG, bins: int = HINGE_BINS, ordered: bool = False,
           chunk: int | None = None) -> torch.Tensor:
-    """Contour-hinge distributions of (N, C, H, W) images in [0, 255], ink bright: (N, bins (bins + 1) / 2) float32.
+    """Contour-hinge distributions of (N, C, H, W) images in [0, 255], ink bright: (N, D) float32.
 
     Ink is each image's channels' mean above its Otsu threshold (:func:`otsu_thresholds`); its
     contours are followed along the pixel boundaries (:func:`contour_edges`). At every contour
     point two legs of ``leg`` steps run forward and back along the contour; their directions
-    ``phi_1, phi_2`` (anticlockwise from the horizontal, in ``bins`` sectors of the circle) vote
-    for the unordered pair ``{phi_1, phi_2}``: ``bins (bins + 1) / 2`` cells, 300 for the paper's
-    24 sectors. The hinge's opening and orientation code the curvature and slant of the strokes, the
-    writer's "how" apart from the text's "what". Contours of fewer than ``2 leg`` edges (specks)
-    do not vote. The vector holds the square roots of the image's distribution (the cosine is then
-    the Bhattacharyya coefficient; the paper used the chi-squared distance); all zeros without ink.
-    ``chunk`` images at a time (:func:`~hvkit_plugins.stages.handcrafted.chunks.in_chunks`).
+    ``phi_1`` (ahead) and ``phi_2`` (behind), anticlockwise from the horizontal in ``bins``
+    sectors of the circle, vote for the unordered pair ``{phi_1, phi_2}``: D = ``bins (bins + 1) / 2``
+    cells, 300 for the paper's 24 sectors. ``ordered`` keeps the pair ``(phi_1, phi_2)`` as it is,
+    D = ``bins²`` cells: with the ink always on the right of the walk, it tells a convex turn of the
+    contour from a concave one. The hinge's opening and orientation code the curvature and slant
+    of the strokes, the writer's "how" apart from the text's "what". Contours of fewer than
+    ``2 leg`` edges (specks) do not vote. The vector holds the square roots of the image's
+    distribution (the cosine is then the Bhattacharyya coefficient; the paper used the
+    chi-squared distance); all zeros without ink. ``chunk`` images at a time
+    (:func:`~hvkit_plugins.stages.handcrafted.chunks.in_chunks`).
     """
     if images.dim() != 4:
         raise ValueError(f"hinge takes (N, C, H, W) images, got shape {tuple(images.shape)}")
     if leg < 1 or bins < 2:
         raise ValueError(f"hinge needs leg >= 1 and bins >= 2, got leg {leg} and bins {bins}")
-    first, second = np.triu_indices(bins)
-    cell = np.zeros((bins, bins), dtype=np.int64)
-    cell[first, second] = cell[second, first] = np.arange(len(first))
+    cell = np.arange(bins * bins).reshape(bins, bins)
+    if not ordered:
+        first, second = np.triu_indices(bins)
+        cell[first, second] = cell[second, first] = np.arange(len(first))
     return in_chunks(images, lambda x: _hinge(x.mean(1).round().astype(np.uint8), leg, bins, cell), chunk)
 
 
