@@ -73,9 +73,9 @@ def lbp(images: torch.Tensor, grid: int = LBP_GRID, chunk: int | None = None) ->
     cell = (np.arange(height)[:, None] * grid // height) * grid + np.arange(width)[None, :] * grid // width
     counts = np.bincount(cell.ravel(), minlength=grid * grid)
 
-    def extract(images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        slot = (np.arange(n)[:, None, None] * grid * grid + cell) * classes + bins[lbp_codes(images.mean(1))]
+    def extract(batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        slot = (np.arange(n)[:, None, None] * grid * grid + cell) * classes + bins[lbp_codes(batch.mean(1))]
         histogram = np.bincount(slot.ravel(), minlength=n * grid * grid * classes)
         return np.sqrt(histogram.reshape(n, grid * grid, classes) / counts[:, None]).reshape(n, -1)
 
