@@ -100,9 +100,10 @@ class Validator:
             out["stages"][name] = self.component("stage", {k: v for k, v in spec.items() if k != STAGE_DATA},
                                                  path, name_key="stage")
             factory = self.registry.get("stage", spec["stage"]).factory
+            taken = parameters(factory)[0]
             for key, use in ((STAGE_DATA, "a stage's own dataset (API 1.9)"),
                              (STAGE_LIKE, "the stage a stage starts from (API 1.11)")):
-                if key in parameters(factory)[0]:
+                if key in taken:
                     raise self.error(path, f"stage plugin {spec['stage']!r} takes a parameter {key!r}, which hvkit "
                                            f"reserves for {use}; the plugin must rename it")
             if own_data is not None:
