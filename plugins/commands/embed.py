@@ -30,7 +30,7 @@ def embed_command(source: Path, images: tuple[Path, ...], out: Path, stage: str 
 
     With ``--tta-shifts``/``--tta-zoom`` each embedding is the mean over the image and its
     shifted and zoomed copies, as the ``evaluate`` stage's ``tta`` option. A ``--stage`` of
-    hand-crafted features (pixels, HOG, LBP, the contour hinge) computes them, with its options.
+    hand-crafted features (pixels, HOG, GSC, LBP, the contour hinge) computes them, with its options.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     views = test_views(tta_shifts, tta_zooms)

@@ -33,7 +33,7 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
     """Score whether two handwriting images share a writer, and decide at the validation threshold.
 
     SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used;
-    a stage of hand-crafted features — pixels, HOG, LBP or the contour hinge — computes them
+    a stage of hand-crafted features — pixels, HOG, GSC, LBP or the contour hinge — computes them
     from the two images read as its dataset was) or an encoder checkpoint (plain cosine
     similarity; give --threshold). When the run's verifier carries a calibration fitted on
     validation writers, the likelihood ratio p(score | one writer) / p(score | two writers) is

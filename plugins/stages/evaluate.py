@@ -27,9 +27,10 @@ class Evaluate:
     """Verification (every verifier) and retrieval on test writers, from a frozen encoder.
 
     ``features``: the encoder's backbone output (default) or its head's, or, without a model, the
-    hand-crafted baselines of the study, raw ``pixels`` or ``hog``, or the writer-identification
-    features ``lbp`` (uniform local binary patterns per cell) and ``hinge`` (the contour-hinge
-    distribution) (:mod:`~hvkit_plugins.stages.handcrafted`). ``feature_options`` set a hand-crafted
+    hand-crafted baselines of the study, raw ``pixels`` or ``hog``, CEDAR's ``gsc`` (gradient,
+    structural and concavity features per cell), or the writer-identification features ``lbp``
+    (uniform local binary patterns per cell) and ``hinge`` (the contour-hinge distribution)
+    (:mod:`~hvkit_plugins.stages.handcrafted`). ``feature_options`` set a hand-crafted
     feature's own parameters, e.g. ``{leg: 6}`` for ``hinge`` or ``{grid: 2}`` for ``lbp``.
 
     Pairs follow SSL-HV: all same-writer combinations, each with one different-writer
@@ -63,7 +64,7 @@ class Evaluate:
     """
 
     def __init__(self, model_from: StageOutput | None = None,
-                 features: Literal["backbone", "head", "pixels", "hog", "lbp", "hinge"] = "backbone",
+                 features: Literal["backbone", "head", "pixels", "hog", "lbp", "hinge", "gsc"] = "backbone",
                  feature_options: dict[str, int | bool] = {},
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
                  space: str | None = None,

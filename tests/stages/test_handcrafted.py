@@ -19,7 +19,7 @@ from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import sslhv_pairs
 from hvkit_plugins.stages.evaluate import load_pair_scores
-from hvkit_plugins.stages.handcrafted import HANDCRAFTED, chunks, hinge, hog, pixels
+from hvkit_plugins.stages.handcrafted import HANDCRAFTED, chunks, gsc, hinge, hog, pixels
 
 
 def reference(images: np.ndarray) -> np.ndarray:
@@ -99,6 +99,14 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
         verifiers: [cosine_pair]
         evaluators: [verification]
         plots: false
+      gsc:
+        stage: evaluate
+        features: gsc
+        feature_options: {grid: 2}
+        label_fraction: 0.5
+        verifiers: [cosine_pair]
+        evaluators: [verification]
+        plots: false
     """, name="handcrafted", writers=24, samples_per_writer=6)
     run_dir = run_recipe_text(text, tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -106,22 +114,24 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
     assert set(found) >= {"cosine_pair", "wccn_pair"}
     assert found["cosine_pair"]["roc_auc"] > 0.6  # synthetic writers differ in slant and stroke: HOG sees it
     assert found["cosine_pair"]["roc_auc"] != metrics["pixels"]["verification"]["cosine_pair"]["roc_auc"]
-    for stage in ("lbp", "hinge"):  # stroke texture and curvature: they see the writers too
+    for stage in ("lbp", "hinge", "gsc"):  # stroke texture, curvature and shape: they see the writers too
         assert metrics[stage]["verification"]["cosine_pair"]["roc_auc"] > 0.6
     test = cedar_and(synthetic_writers=24, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"]
     first, second, same = sslhv_pairs(np.asarray(test.labels), seed=0)
     embedded = np.load(run_dir / "stages" / "hinge" / "test_embeddings.npy")
     np.testing.assert_array_equal(embedded, hinge(test.images, leg=4).numpy())  # the stage's feature_options
     assert np.abs(embedded - hinge(test.images).numpy()).max() > 0.1
+    np.testing.assert_array_equal(np.load(run_dir / "stages" / "gsc" / "test_embeddings.npy"),
+                                  gsc(test.images, grid=2).numpy())
     saved = {stage: load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz")
-             for stage in ("hog", "pixels", "lbp", "hinge")}
+             for stage in ("hog", "pixels", "lbp", "hinge", "gsc")}
     for k in (int(np.argmax(same)), int(np.argmin(same))):  # a same-writer pair, then a different-writer one
         images = []
         for index in (first[k], second[k]):
             images.append(str(tmp_path / f"word{index}.png"))
             Image.fromarray(255 - test.images[index, 0].numpy()).save(images[-1])  # dark ink on white, as scanned
         for stage, verifier in (("hog", "wccn_pair"), ("hog", "cosine_pair"), ("pixels", "cosine_pair"),
-                                ("lbp", "cosine_pair"), ("hinge", "cosine_pair")):
+                                ("lbp", "cosine_pair"), ("hinge", "cosine_pair"), ("gsc", "cosine_pair")):
             result = CliRunner().invoke(main, ["verify", str(run_dir), *images, "--stage", stage,
                                                "--verifier", verifier])
             assert result.exit_code == 0, result.output
@@ -155,6 +165,7 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
     ("hinge", "{legs: 4}", "features: hinge takes leg, bins, ordered, not legs"),
     ("lbp", "{grid: 2, leg: 4}", "features: lbp takes grid, not leg"),
     ("hog", "{grid: 2}", "features: hog takes no options, not grid"),
+    ("gsc", "{leg: 4}", "features: gsc takes grid, equal_mass, stroke, not leg"),
     ("backbone", "{leg: 4}", "features: backbone takes no options, not leg"),
 ])
 def test_feature_options_are_checked_before_anything_runs(tmp_path: Path, features, options, message):
@@ -193,5 +204,5 @@ def test_features_are_computed_a_bounded_chunk_at_a_time(monkeypatch):
     monkeypatch.setattr(chunks, "CHUNK_PIXELS", 10)  # an image larger than the budget still goes, alone
     chunks.in_chunks(images[:2], extract, None)
     assert sizes[5:] == [1, 1]
-    for name in ("hog", "lbp", "hinge"):  # the same features whatever the chunks
+    for name in ("hog", "lbp", "hinge", "gsc"):  # the same features whatever the chunks
         torch.testing.assert_close(HANDCRAFTED[name](images), HANDCRAFTED[name](images, chunk=2))

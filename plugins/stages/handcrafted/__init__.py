@@ -1,16 +1,17 @@
-"""Hand-crafted features that need no training: the study's raw pixels and HOG, and two of writer
-identification, uniform LBP and the contour hinge — the ``evaluate`` stage's ``features`` without a model."""
+"""Hand-crafted features that need no training: the study's raw pixels and HOG, CEDAR's GSC, and two of
+writer identification, uniform LBP and the contour hinge — the ``evaluate`` stage's ``features`` without a model."""
 
 from __future__ import annotations
 
 import inspect
 
 from hvkit_plugins.stages.handcrafted.contour_hinge import hinge
+from hvkit_plugins.stages.handcrafted.gsc import gsc
 from hvkit_plugins.stages.handcrafted.hog import hog
 from hvkit_plugins.stages.handcrafted.lbp import lbp
 from hvkit_plugins.stages.handcrafted.pixels import pixels
 
-HANDCRAFTED = {"pixels": pixels, "hog": hog, "lbp": lbp, "hinge": hinge}
+HANDCRAFTED = {"pixels": pixels, "hog": hog, "lbp": lbp, "hinge": hinge, "gsc": gsc}
 """The ``evaluate`` stage's ``features`` that need no model, by name."""
 
 
