@@ -3,8 +3,8 @@
 Checks the ``cedar_and`` reader and :mod:`hvkit_plugins.datasets.pairs` against the SSL-HV paper
 (Chauhan et al. 2024, Table: HOG 0.72 accuracy, raw pixels 0.63-0.65). For each of the evaluate
 stage's hand-crafted ``features`` — raw pixels, HOG (9 orientations, 8 x 8 cells, 2 x 2 blocks, as
-SSL-HV's OpenCV HOG), uniform LBP per cell and the contour hinge (the paper's unordered legs, and
-ordered as the flagship recipe scores it) — it reports, on the balanced
+SSL-HV's OpenCV HOG), uniform LBP per cell, the contour hinge (the paper's unordered legs, and
+ordered as the flagship recipe scores it) and CEDAR's GSC features — it reports, on the balanced
 SSL-HV pairs of the *test* writers:
 
 - ``cosine``: cosine similarity of the two raw feature vectors, no training;
