@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -15,6 +16,7 @@ from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit.engine.context import build
 from hvkit_plugins.commands.sources import embed_files, handcrafted_files, open_encoder, stage_outputs
+from hvkit_plugins.stages.score_fusion import FUSED
 from hvkit_plugins.stages.test_views import TestViews
 
 
@@ -22,67 +24,132 @@ from hvkit_plugins.stages.test_views import TestViews
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stage", help="Evaluation stage whose verifier to use (default: the last one with an encoder, "
-              "else the last one).")
-@click.option("--verifier", default="cosine_pair", show_default=True, help="Verifier name in that stage.")
+@click.option("--stage", help="Evaluation or score_fusion stage whose verifier to use (default: the last evaluation "
+              "with an encoder, else the last evaluation).")
+@click.option("--verifier", help="Verifier name in that stage (default: cosine_pair; a score_fusion stage has one, "
+              "fused).")
 @click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
 @user_errors
-def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str,
+def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str | None,
                    threshold: float | None, invert: bool) -> None:
     """Score whether two handwriting images share a writer, and decide at the validation threshold.
 
     SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used;
     a stage of hand-crafted features — pixels, HOG, GSC, LBP or the contour hinge — computes them
-    from the two images read as its dataset was) or an encoder checkpoint (plain cosine
-    similarity; give --threshold). When the run's verifier carries a calibration fitted on
-    validation writers, the likelihood ratio p(score | one writer) / p(score | two writers) is
-    printed too.
+    from the two images read as its dataset was; a score_fusion stage scores the two images by
+    each of its members and fuses those scores as it fused the test pairs') or an encoder
+    checkpoint (plain cosine similarity; give --threshold). When the run's verifier carries a
+    calibration fitted on validation writers, the likelihood ratio p(score | one writer) /
+    p(score | two writers) is printed too.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     files = [image_a, image_b]
     if source.is_dir() and (source / "stages").is_dir():
-        evaluations = {n: o for n, o in stage_outputs(source).items() if "verifiers" in o}
-        if not evaluations:
-            raise HvkitError(f"{source}: no completed evaluation stage")
-        name = stage or ([n for n, o in evaluations.items() if o.get("encoder")] or list(evaluations))[-1]
-        if name not in evaluations:
-            raise HvkitError(f"{source}: no evaluation stage {name!r}; have {', '.join(evaluations)}")
-        outputs = evaluations[name]
-        fitted = load_checkpoint(source / outputs["verifiers"])
-        if verifier not in fitted:
-            raise HvkitError(f"stage {name!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
-        entry = fitted[verifier]
-        if hasattr(get_registry().get("head", entry["spec"]["name"]).factory, "score_pairs"):
-            raise HvkitError(f"verifier {verifier!r} of stage {name!r} scores a pair among the other images of its "
-                             "set; two files alone are none: choose a verifier that scores a pair by itself "
-                             f"({', '.join(n for n in fitted if n != verifier)})")
-        limit = threshold if threshold is not None else entry["threshold"]
-        if outputs.get("encoder"):
-            encoder, state = open_encoder(source / outputs["encoder"], None, device)
-            emb = embed_files(encoder, state, files, device, outputs.get("features", "backbone"), invert,
-                              TestViews(**outputs.get("tta", {})))
-        else:
-            emb = handcrafted_files(source, name, outputs, files, invert)
+        run = RunVerifiers(source, files, invert, device)
+        name = stage or run.default_stage()
+        verifier = run.check(name, verifier)
+        score = run.score(name, verifier)
+        limit, calibration = run.decision(name, verifier)
+        limit = threshold if threshold is not None else limit
     else:
-        encoder, state = open_encoder(source, None, device)
-        entry, limit = None, threshold
-        if limit is None:
+        if threshold is None:
             raise HvkitError("an encoder checkpoint has no validated threshold: give --threshold")
+        encoder, state = open_encoder(source, None, device)
         emb = embed_files(encoder, state, files, device, "backbone", invert)
-    if entry is None:
         score = float(torch.nn.functional.cosine_similarity(emb[:1], emb[1:]).item())
-    else:
+        limit, calibration, run = threshold, None, None
+    same = score >= limit
+    click.echo(f"score {score:.4f}  threshold {limit:.4f}  → {'same writer' if same else 'different writers'}")
+    if calibration:  # runs before hvkit calibrated have none
+        click.echo(likelihood_ratio_line(float(Calibration(**calibration).log_lr(score))))
+    if run is not None and run.member_scores:
+        click.echo("members: " + ", ".join(f"{m} {s:.4f}" for m, s in run.member_scores.items()))
+
+
+class RunVerifiers:
+    """A run's fitted verifiers and score fusions applied to two image files, each stage's features computed once."""
+
+    def __init__(self, run_dir: Path, files: list[Path], invert: bool, device: torch.device):
+        self.run_dir, self.files, self.invert, self.device = run_dir, files, invert, device
+        self.outputs = stage_outputs(run_dir)
+        self.evaluations = [n for n, o in self.outputs.items() if "verifiers" in o]
+        self.fusions = [n for n, o in self.outputs.items() if "fusion" in o.get("metrics", {})]
+        if not self.evaluations:
+            raise HvkitError(f"{run_dir}: no completed evaluation stage")
+        self.member_scores: dict[str, float] = {}
+        self._features: dict[str, torch.Tensor] = {}
+        self._fitted: dict[str, dict[str, Any]] = {}
+
+    def default_stage(self) -> str:
+        """The last evaluation with an encoder, else the last evaluation."""
+        return ([n for n in self.evaluations if self.outputs[n].get("encoder")] or self.evaluations)[-1]
+
+    def check(self, stage: str, verifier: str | None) -> str:
+        """The verifier to use in ``stage`` (``verifier``, or its default), or a one-line error."""
+        if stage in self.fusions:
+            if verifier not in (None, FUSED):
+                raise HvkitError(f"stage {stage!r} fuses its members into one verifier, {FUSED!r}; "
+                                 f"drop --verifier {verifier}")
+            return FUSED
+        if stage not in self.evaluations:
+            fusions = f"; score fusions: {', '.join(self.fusions)}" if self.fusions else ""
+            raise HvkitError(f"{self.run_dir}: no evaluation stage {stage!r}; have {', '.join(self.evaluations)}"
+                             + fusions)
+        return verifier or "cosine_pair"
+
+    def score(self, stage: str, verifier: str) -> float:
+        """The two files' score by ``stage``'s ``verifier``; a fusion's members' scores land in ``member_scores``."""
+        fusion = self.outputs[stage].get("metrics", {}).get("fusion")
+        if fusion is not None:
+            parts = {}
+            for member in fusion["members"]:
+                member_stage, _, member_verifier = member.partition("/")
+                if member_stage not in self.outputs:
+                    raise HvkitError(f"{self.run_dir}: stage {stage!r} fuses {member!r}, whose stage has no outputs")
+                parts[member] = self.score(member_stage, self.check(member_stage, member_verifier))
+            self.member_scores.update(parts)
+            return sum(fusion["weights"][m] * s for m, s in parts.items()) + fusion["offset"]
+        entry = self._entry(stage, verifier)
+        emb = self._embeddings(stage)
         head = build(get_registry(), "head", entry["spec"], in_dim=emb.shape[1])
         head.load_state_dict(entry["state"])
         head.eval()
         with torch.no_grad():
             out = head(emb[:1], emb[1:])
-        score = float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])
-    same = score >= limit
-    click.echo(f"score {score:.4f}  threshold {limit:.4f}  → {'same writer' if same else 'different writers'}")
-    if entry is not None and entry.get("calibration"):  # runs before hvkit calibrated have none
-        click.echo(likelihood_ratio_line(float(Calibration(**entry["calibration"]).log_lr(score))))
+        return float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])
+
+    def decision(self, stage: str, verifier: str) -> tuple[float, dict[str, float] | None]:
+        """The threshold chosen on the validation writers and the calibration fitted there (None if none)."""
+        if stage in self.fusions:
+            found = self.outputs[stage]["metrics"]["verification"][FUSED]
+            return found["threshold"], found.get("calibration")
+        entry = self._entry(stage, verifier)
+        return entry["threshold"], entry.get("calibration")
+
+    def _entry(self, stage: str, verifier: str) -> dict[str, Any]:
+        if stage not in self._fitted:
+            self._fitted[stage] = load_checkpoint(self.run_dir / self.outputs[stage]["verifiers"])
+        fitted = self._fitted[stage]
+        if verifier not in fitted:
+            raise HvkitError(f"stage {stage!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
+        if hasattr(get_registry().get("head", fitted[verifier]["spec"]["name"]).factory, "score_pairs"):
+            raise HvkitError(f"verifier {verifier!r} of stage {stage!r} scores a pair among the other images of its "
+                             "set; two files alone are none: choose a verifier that scores a pair by itself "
+                             f"({', '.join(n for n in fitted if n != verifier)})")
+        return fitted[verifier]
+
+    def _embeddings(self, stage: str) -> torch.Tensor:
+        if stage not in self._features:
+            outputs = self.outputs[stage]
+            if outputs.get("encoder"):
+                encoder, state = open_encoder(self.run_dir / outputs["encoder"], None, self.device)
+                self._features[stage] = embed_files(encoder, state, self.files, self.device,
+                                                    outputs.get("features", "backbone"), self.invert,
+                                                    TestViews(**outputs.get("tta", {})))
+            else:
+                self._features[stage] = handcrafted_files(self.run_dir, stage, outputs, self.files, self.invert)
+        return self._features[stage]
 
 
 def likelihood_ratio_line(log_lr: float) -> str:

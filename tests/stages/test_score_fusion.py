@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -10,11 +12,14 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from hvkit.cli import main
 from hvkit.errors import HvkitError
-from hvkit.evaluation import RocCounts, cllr, fit_fusion, mean_fusion, min_cllr
+from hvkit.evaluation import Calibration, RocCounts, cllr, fit_fusion, mean_fusion, min_cllr
 from hvkit.pipeline import reevaluate, run
+from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.datasets.pairs import sslhv_pairs
 from hvkit_plugins.stages.evaluate import PAIR_SCORE_FILES, load_pair_scores, load_pairs_digest
 from hvkit_plugins.stages.score_fusion import ScoreFusion
 
@@ -152,6 +157,38 @@ def test_compare_takes_the_fused_verifier(run_dir: Path) -> None:
     fused = json.loads((run_dir / "metrics.json").read_text())["fusion"]["verification"]["fused"]
     assert (out["a"]["ref"], out["a"]["roc_auc"], out["a"]["accuracy"]) == ("fusion/fused", fused["roc_auc"],
                                                                             fused["accuracy"])
+
+
+def test_verify_scores_two_files_by_a_fusion_as_the_stage_scored_the_pair(run_dir: Path, tmp_path: Path) -> None:
+    test = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["test"]
+    first, second, same = sslhv_pairs(np.asarray(test.labels), seed=RECIPE["seed"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for k in (int(np.argmax(same)), int(np.argmin(same))):  # a same-writer pair, then a different-writer one
+        files = []
+        for index in (first[k], second[k]):
+            files.append(str(tmp_path / f"word{index}.png"))
+            Image.fromarray(255 - test.images[index, 0].numpy()).save(files[-1])  # dark ink on white, as scanned
+        for stage in ("fusion", "fusion_mean", "fused_again"):  # logistic, mean, and a fusion of a fusion
+            result = CliRunner().invoke(main, ["verify", str(run_dir), *files, "--stage", stage])
+            assert result.exit_code == 0, result.output
+            score, limit = map(float, re.match(r"score (\S+)  threshold (\S+)  → ", result.output).groups())
+            (saved_pairs, threshold), = load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz").values()
+            assert score == pytest.approx(saved_pairs.scores[k], abs=5e-5)  # printed to 4 places
+            assert limit == pytest.approx(threshold, abs=5e-5)
+            log10 = float(re.search(r"^LR \S+ \(log10 (\S+)\)", result.output, re.M).group(1))
+            calibration = Calibration(**metrics[stage]["verification"]["fused"]["calibration"])
+            assert log10 == pytest.approx(float(calibration.log_lr(score)) / math.log(10), abs=0.01)
+            members = dict(re.findall(r"(\S+/\S+) (-?[\d.]+)", result.output.splitlines()[-1]))
+            for member in metrics[stage]["fusion"]["members"]:
+                found = load_pair_scores(run_dir / "stages" / member.split("/")[0] / "test_pair_scores.npz")
+                assert float(members[member]) == pytest.approx(found[member.split("/")[1]][0].scores[k], abs=5e-5)
+    refused = CliRunner().invoke(main, ["verify", str(run_dir), *files, "--stage", "fusion", "--verifier", "wccn_pair"])
+    assert refused.exit_code == 2 and refused.stderr == ("error: stage 'fusion' fuses its members into one verifier, "
+                                                         "'fused'; drop --verifier wccn_pair\n")
+    unknown = CliRunner().invoke(main, ["verify", str(run_dir), *files, "--stage", "fuson"])
+    assert unknown.exit_code == 2 and unknown.stderr == (
+        f"error: {run_dir}: no evaluation stage 'fuson'; have eval_first, eval_second; "
+        "score fusions: fusion, fusion_mean, fused_again\n")
 
 
 def fusion_recipe(tmp_path: Path, members) -> Path:
