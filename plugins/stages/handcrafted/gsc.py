@@ -44,8 +44,9 @@ def gsc(images: torch.Tensor, grid: int = GSC_GRID, equal_mass: bool = True, str
 
     Ink is each image's channels' mean above its Otsu threshold. The image is cut into ``grid`` x
     ``grid`` cells — with ``equal_mass`` (GSC's rule) along the ink's bounding box so that each band
-    of rows and of columns holds an equal share of the ink, else evenly over the whole image — and
-    each cell gets the fraction of its pixels that show each of 32 features:
+    of rows and of columns holds an equal share of the ink (pixels outside the box then belong to no
+    cell), else evenly over the whole image — and each cell gets the fraction of its pixels that
+    show each of 32 features:
 
     - *gradient* (12): ink pixels whose Sobel gradient of the ink mask, pointing into the ink,
       falls in each of 12 directions of 30°;
@@ -76,8 +77,7 @@ def _gsc(grey: np.ndarray, grid: int, equal_mass: bool, stroke: float) -> np.nda
     ink = grey > otsu_thresholds(grey)[:, None, None]
     n, height, width = ink.shape
     direction = gradient_directions(ink)
-    edge = ink & (direction >= 0)
-    gradient = [edge & (direction == k) for k in range(DIRECTIONS)]
+    gradient = [ink & (direction == k) for k in range(DIRECTIONS)]
     neighbour = np.pad(direction, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
     near = [neighbour[:, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width] for dr, dc in NEIGHBOURS]
     structural = [ink & np.isin(near[a], bins_a) & np.isin(near[b], bins_b)
