@@ -119,32 +119,21 @@ def gradient_directions(ink: np.ndarray) -> np.ndarray:
 
 def run_lengths(ink: np.ndarray) -> np.ndarray:
     """Length of the horizontal run of ink through each pixel of (N, H, W) boolean masks, 0 off the ink."""
-    counts = ink.cumsum(2)
-    before = np.maximum.accumulate(np.where(ink, 0, counts), 2)
-    from_left = counts - before
-    flipped = ink[:, :, ::-1]
-    counts = flipped.cumsum(2)
-    from_right = (counts - np.maximum.accumulate(np.where(flipped, 0, counts), 2))[:, :, ::-1]
-    return np.where(ink, from_left + from_right - 1, 0)
+    def so_far(mask: np.ndarray) -> np.ndarray:  # ink pixels in a row up to and including each, from the left
+        counts = mask.cumsum(2)
+        return counts - np.maximum.accumulate(np.where(mask, 0, counts), 2)
+
+    return np.where(ink, so_far(ink) + so_far(ink[:, :, ::-1])[:, :, ::-1] - 1, 0)
 
 
 def concavities(ink: np.ndarray) -> list[np.ndarray]:
     """Background pixels of (N, H, W) boolean ink open in exactly one direction — up, down, left,
     right — and in none (holes): a direction is open when the ray that way meets no ink before the
     image's border."""
-    def blocked(mask: np.ndarray, axis: int) -> np.ndarray:  # ink strictly before the pixel along axis
-        seen = np.maximum.accumulate(mask, axis)
-        shifted = np.zeros_like(seen)
-        index = [slice(None)] * 3
-        index[axis] = slice(1, None)
-        source = [slice(None)] * 3
-        source[axis] = slice(None, -1)
-        shifted[tuple(index)] = seen[tuple(source)]
-        return shifted
-
-    up, left = blocked(ink, 1), blocked(ink, 2)
-    down, right = blocked(ink[:, ::-1], 1)[:, ::-1], blocked(ink[:, :, ::-1], 2)[:, :, ::-1]
-    open_ways = [~up, ~down, ~left, ~right]
+    above, left = np.maximum.accumulate(ink, 1), np.maximum.accumulate(ink, 2)  # ink up to each pixel: at a
+    below = np.maximum.accumulate(ink[:, ::-1], 1)[:, ::-1]                      # background one, ink on that
+    right = np.maximum.accumulate(ink[:, :, ::-1], 2)[:, :, ::-1]                # side of it
+    open_ways = [~above, ~below, ~left, ~right]
     count = sum(way.astype(np.int64) for way in open_ways)
     background = ~ink
     return [background & (count == 1) & way for way in open_ways] + [background & (count == 0)]
