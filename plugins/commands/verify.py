@@ -100,8 +100,8 @@ class RunVerifiers:
 
     def score(self, stage: str, verifier: str) -> float:
         """The two files' score by ``stage``'s ``verifier``; a fusion's members' scores land in ``member_scores``."""
-        fusion = self.outputs[stage].get("metrics", {}).get("fusion")
-        if fusion is not None:
+        if stage in self.fusions:
+            fusion = self.outputs[stage]["metrics"]["fusion"]
             parts = {}
             for member in fusion["members"]:
                 member_stage, _, member_verifier = member.partition("/")

@@ -88,11 +88,17 @@ def hinge(images: torch.Tensor, leg: int = HINGE_LEG, bins: int = HINGE_BINS, or
     if not ordered:
         first, second = np.triu_indices(bins)
         cell[first, second] = cell[second, first] = np.arange(len(first))
-    return in_chunks(images, lambda x: _hinge(x.mean(1).round().astype(np.uint8), leg, bins, cell), chunk)
+    return in_chunks(images, lambda x: _hinge(otsu_ink(x), leg, bins, cell), chunk)
 
 
-def _hinge(grey: np.ndarray, leg: int, bins: int, cell: np.ndarray) -> np.ndarray:
-    ink = grey > otsu_thresholds(grey)[:, None, None]
+def otsu_ink(images: np.ndarray) -> np.ndarray:
+    """Ink masks of (N, C, H, W) images in [0, 255], ink bright: each image's channels' mean, rounded,
+    above its Otsu threshold (:func:`otsu_thresholds`). (N, H, W) bool."""
+    grey = images.mean(1).round().astype(np.uint8)
+    return grey > otsu_thresholds(grey)[:, None, None]
+
+
+def _hinge(ink: np.ndarray, leg: int, bins: int, cell: np.ndarray) -> np.ndarray:
     image, corner, following = contour_edges(ink)
     preceding = np.empty_like(following)
     preceding[following] = np.arange(len(following))

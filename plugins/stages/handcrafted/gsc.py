@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from hvkit_plugins.stages.handcrafted.chunks import in_chunks
-from hvkit_plugins.stages.handcrafted.contour_hinge import otsu_thresholds
+from hvkit_plugins.stages.handcrafted.contour_hinge import otsu_ink
 
 GSC_GRID = 4
 GSC_STROKE = 0.125
@@ -70,18 +70,14 @@ def gsc(images: torch.Tensor, grid: int = GSC_GRID, equal_mass: bool = True, str
         raise ValueError(f"gsc needs grid >= 1 and images of at least {grid} x {grid} pixels, got {height} x {width}")
     if not 0 < stroke <= 1:
         raise ValueError(f"gsc's stroke is a fraction of the image's side in (0, 1], got {stroke}")
-    return in_chunks(images, lambda x: _gsc(x.mean(1).round().astype(np.uint8), grid, equal_mass, stroke), chunk)
+    return in_chunks(images, lambda x: _gsc(otsu_ink(x), grid, equal_mass, stroke), chunk)
 
 
-def _gsc(grey: np.ndarray, grid: int, equal_mass: bool, stroke: float) -> np.ndarray:
-    ink = grey > otsu_thresholds(grey)[:, None, None]
+def _gsc(ink: np.ndarray, grid: int, equal_mass: bool, stroke: float) -> np.ndarray:
     n, height, width = ink.shape
     direction = gradient_directions(ink)
     gradient = [ink & (direction == k) for k in range(DIRECTIONS)]
-    neighbour = np.pad(direction, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
-    near = [neighbour[:, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width] for dr, dc in NEIGHBOURS]
-    structural = [ink & np.isin(near[a], bins_a) & np.isin(near[b], bins_b)
-                  for (a, bins_a), (b, bins_b) in STRUCTURAL_RULES]
+    structural = structural_hits(ink, direction)
     horizontal = run_lengths(ink) >= stroke * width
     vertical = run_lengths(ink.transpose(0, 2, 1)).transpose(0, 2, 1) >= stroke * height
     concavity = [ink, ink & horizontal, ink & vertical, *concavities(ink)]
@@ -115,6 +111,16 @@ def gradient_directions(ink: np.ndarray) -> np.ndarray:
     turns = np.arctan2(g_up, g_right) / (2 * np.pi / DIRECTIONS)
     bins = np.floor(turns + 0.5 + 1e-9).astype(np.int64) % DIRECTIONS
     return np.where((g_right == 0) & (g_up == 0), -1, bins)
+
+
+def structural_hits(ink: np.ndarray, direction: np.ndarray) -> list[np.ndarray]:
+    """Where each of the :data:`STRUCTURAL_RULES` fires on (N, H, W) boolean ink, given its
+    :func:`gradient_directions`: ink pixels whose two neighbours of the rule have its directions
+    (a neighbour outside the image has none)."""
+    height, width = ink.shape[1:]
+    neighbour = np.pad(direction, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
+    near = [neighbour[:, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width] for dr, dc in NEIGHBOURS]
+    return [ink & np.isin(near[a], bins_a) & np.isin(near[b], bins_b) for (a, bins_a), (b, bins_b) in STRUCTURAL_RULES]
 
 
 def run_lengths(ink: np.ndarray) -> np.ndarray:
