@@ -10,8 +10,10 @@ import torch
 
 from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
-from hvkit_plugins.commands.sources import (embed_files, handcrafted_files, handcrafted_stage, image_files,
-                                            open_encoder, test_views, tta_options)
+from hvkit.registry import get_registry
+from hvkit_plugins.commands.sources import (embed_files, encoder_path, handcrafted_files, image_files, is_handcrafted,
+                                            run_outputs, test_views, tta_options)
+from hvkit_plugins.stages.encoder import load_encoder
 
 
 @click.command("embed")
@@ -35,14 +37,15 @@ def embed_command(source: Path, images: tuple[Path, ...], out: Path, stage: str 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     views = test_views(tta_shifts, tta_zooms)
     files = image_files(images)
-    handcrafted = handcrafted_stage(source, stage)
-    if handcrafted is not None:
+    outputs = run_outputs(source)
+    found = outputs.get(stage) if outputs is not None and stage is not None else None
+    if is_handcrafted(found):
         if views is not None or features != "backbone":
-            raise HvkitError(f"stage {stage!r} computes {handcrafted['features']} features: --features and "
+            raise HvkitError(f"stage {stage!r} computes {found['features']} features: --features and "
                              "--tta-shifts/--tta-zoom are for a network's embeddings")
-        vectors = handcrafted_files(source, stage, handcrafted, files, invert).numpy()
+        vectors = handcrafted_files(source, stage, found, files, invert).numpy()
     else:
-        encoder, state = open_encoder(source, stage, device)
+        encoder, state = load_encoder(encoder_path(source, stage, outputs), get_registry(), device)
         vectors = embed_files(encoder, state, files, device, features, invert, views).numpy()
     np.save(out, vectors)
     out.with_suffix(".txt").write_text("\n".join(str(f) for f in files) + "\n")

@@ -8,7 +8,9 @@ from typing import Any, Callable
 
 import click
 import torch
+from torch import nn
 
+from hvkit.engine.context import build
 from hvkit.errors import HvkitError
 from hvkit.registry import get_registry
 from hvkit_plugins.datasets.reading import read_images
@@ -27,15 +29,23 @@ def stage_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def encoder_path(source: Path, stage: str | None) -> Path:
-    """The encoder checkpoint that ``source`` (checkpoint, stage directory or run directory) names."""
+def run_outputs(source: Path) -> dict[str, dict[str, Any]] | None:
+    """:func:`stage_outputs` if ``source`` is a run directory, else None."""
+    return stage_outputs(source) if source.is_dir() and (source / "stages").is_dir() else None
+
+
+def encoder_path(source: Path, stage: str | None, outputs: dict[str, dict[str, Any]] | None = None) -> Path:
+    """The encoder checkpoint that ``source`` (checkpoint, stage directory or run directory) names.
+
+    ``outputs``: the run's :func:`stage_outputs`, when the caller has read them already.
+    """
     if source.is_file():
         return source
     if (source / ENCODER_FILE).is_file() and stage is None:
         return source / ENCODER_FILE
     if not (source / "stages").is_dir():
         raise HvkitError(f"{source}: not an encoder checkpoint, a stage directory or a run directory")
-    outputs = stage_outputs(source)
+    outputs = stage_outputs(source) if outputs is None else outputs
     if stage is not None:
         if stage not in outputs or "encoder" not in outputs[stage] or outputs[stage]["encoder"] is None:
             with_encoder = [n for n, o in outputs.items() if o.get("encoder")]
@@ -83,12 +93,9 @@ def embed_files(encoder: Encoder, state: dict[str, Any], files: list[Path], devi
     return embed(encoder, read_files(files, state, invert), device, features, views=views)
 
 
-def handcrafted_stage(source: Path, stage: str | None) -> dict[str, Any] | None:
-    """The outputs of ``stage`` of run ``source`` if that stage scored hand-crafted features, else None."""
-    if stage is None or not (source.is_dir() and (source / "stages").is_dir()):
-        return None
-    outputs = stage_outputs(source).get(stage)
-    return outputs if outputs is not None and outputs.get("features") in HANDCRAFTED else None
+def is_handcrafted(outputs: dict[str, Any] | None) -> bool:
+    """Whether a stage's ``outputs`` are those of a stage that scored hand-crafted features."""
+    return outputs is not None and outputs.get("features") in HANDCRAFTED
 
 
 def handcrafted_files(source: Path, stage: str, outputs: dict[str, Any], files: list[Path],
@@ -99,6 +106,24 @@ def handcrafted_files(source: Path, stage: str, outputs: dict[str, Any], files: 
                          f"how their images were read; run it again: hvkit eval {source} --stage {stage}")
     return HANDCRAFTED[outputs["features"]](read_files(files, outputs["input"], invert),
                                             **outputs.get("feature_options", {}))
+
+
+def stage_features(run_dir: Path, stage: str, outputs: dict[str, Any], files: list[Path], invert: bool,
+                   device: torch.device) -> torch.Tensor:
+    """The features evaluation ``stage`` scored, of image files: its encoder's (with its ``features`` and
+    test-time views) or its hand-crafted ones."""
+    if outputs.get("encoder"):
+        encoder, state = load_encoder(run_dir / outputs["encoder"], get_registry(), device)
+        return embed_files(encoder, state, files, device, outputs.get("features", "backbone"), invert,
+                           TestViews(**outputs.get("tta", {})))
+    return handcrafted_files(run_dir, stage, outputs, files, invert)
+
+
+def fitted_verifier(entry: dict[str, Any], in_dim: int) -> nn.Module:
+    """The verifier head an evaluation saved (``entry``: its ``spec`` and ``state``), in eval mode."""
+    head = build(get_registry(), "head", entry["spec"], in_dim=in_dim)
+    head.load_state_dict(entry["state"])
+    return head.eval()
 
 
 def tta_options(command: Callable) -> Callable:

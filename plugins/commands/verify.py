@@ -14,10 +14,8 @@ from hvkit.engine import load_checkpoint
 from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
-from hvkit.engine.context import build
-from hvkit_plugins.commands.sources import embed_files, handcrafted_files, open_encoder, stage_outputs
+from hvkit_plugins.commands.sources import embed_files, fitted_verifier, open_encoder, stage_features, stage_outputs
 from hvkit_plugins.stages.score_fusion import FUSED
-from hvkit_plugins.stages.test_views import TestViews
 
 
 @click.command("verify")
@@ -112,9 +110,7 @@ class RunVerifiers:
             return sum(fusion["weights"][m] * s for m, s in parts.items()) + fusion["offset"]
         entry = self._entry(stage, verifier)
         emb = self._embeddings(stage)
-        head = build(get_registry(), "head", entry["spec"], in_dim=emb.shape[1])
-        head.load_state_dict(entry["state"])
-        head.eval()
+        head = fitted_verifier(entry, emb.shape[1])
         with torch.no_grad():
             out = head(emb[:1], emb[1:])
         return float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])
@@ -141,14 +137,8 @@ class RunVerifiers:
 
     def _embeddings(self, stage: str) -> torch.Tensor:
         if stage not in self._features:
-            outputs = self.outputs[stage]
-            if outputs.get("encoder"):
-                encoder, state = open_encoder(self.run_dir / outputs["encoder"], None, self.device)
-                self._features[stage] = embed_files(encoder, state, self.files, self.device,
-                                                    outputs.get("features", "backbone"), self.invert,
-                                                    TestViews(**outputs.get("tta", {})))
-            else:
-                self._features[stage] = handcrafted_files(self.run_dir, stage, outputs, self.files, self.invert)
+            self._features[stage] = stage_features(self.run_dir, stage, self.outputs[stage], self.files, self.invert,
+                                                   self.device)
         return self._features[stage]
 
 

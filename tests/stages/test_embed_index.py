@@ -15,10 +15,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hvkit.cli import main
+from hvkit.engine import load_checkpoint
 from hvkit.registry import get_registry
-from hvkit.testing import run_recipe_text
+from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.stages.handcrafted import hog
 from hvkit_plugins.stages.test_views import TestViews
 
 from .test_evaluate import RECIPE
@@ -31,17 +33,21 @@ def trained(tmp_path_factory) -> tuple[Path, list[Path], torch.Tensor]:
     """A tiny run, six test images written as scans (dark ink on white), and those images as the dataset holds them."""
     tmp = tmp_path_factory.mktemp("embed_index")
     recipe = copy.deepcopy(RECIPE)
-    recipe["stages"]["evaluate"]["verifiers"] = ["cosine_pair"]
+    recipe["stages"]["evaluate"]["verifiers"] = ["cosine_pair", {"name": "wccn_pair", "shrinkage": 0.2}, "sslhv_pair"]
     recipe["stages"]["train"]["head"] = {"name": "linear", "out_dim": 8}  # signed features: cosines spread out
     recipe["stages"]["train"]["train"] |= {"epochs": 30, "max_steps": None, "optimizer": {"name": "AdamW", "lr": 3e-3}}
     run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp)
     images = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, seed=RECIPE["seed"]).splits["test"].images
-    files = []
-    for k in PICKED:
-        files.append(tmp / "words" / f"word{k:02d}.png")
-        files[-1].parent.mkdir(exist_ok=True)
-        Image.fromarray(255 - images[k, 0].numpy()).save(files[-1])
-    return run_dir, files, images[PICKED]
+    return run_dir, scans(images, tmp), images[PICKED]
+
+
+def scans(images: torch.Tensor, folder: Path) -> list[Path]:
+    """The ``PICKED`` images written under ``folder/words`` as scans: dark ink on white."""
+    (folder / "words").mkdir()
+    files = [folder / "words" / f"word{k:02d}.png" for k in PICKED]
+    for k, file in zip(PICKED, files):
+        Image.fromarray(255 - images[k, 0].numpy()).save(file)
+    return files
 
 
 def reference(run_dir: Path, images: torch.Tensor, views: TestViews | None, features: str = "backbone") -> np.ndarray:
@@ -109,3 +115,68 @@ def test_bad_test_time_views_are_one_line_errors(trained, tmp_path) -> None:
     assert not (tmp_path / "emb.npy").exists()
     result = invoke("index", "build", run_dir, files[0], "--out", tmp_path / "index", "--tta-shifts", -1)
     assert result.exit_code == 2 and "--tta-shifts" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def hog_run(tmp_path_factory) -> tuple[Path, list[Path], torch.Tensor]:
+    """A run whose only stage scores HOG features (no encoder), and six test images written as scans."""
+    tmp = tmp_path_factory.mktemp("hog_index")
+    run_dir = run_recipe_text(tiny_recipe("""
+      hog:
+        stage: evaluate
+        features: hog
+        label_fraction: 0.5
+        verifiers: [cosine_pair, {name: wccn_pair, shrinkage: 0.2}]
+        evaluators: [verification]
+        plots: false
+    """, name="hog_index", writers=40, samples_per_writer=6), tmp)
+    images = cedar_and(synthetic_writers=40, synthetic_samples_per_writer=6, image_size=32, seed=0).splits["test"].images
+    return run_dir, scans(images, tmp), images[PICKED]
+
+
+@pytest.mark.parametrize("source, stage, verifier", [("trained", "evaluate", "wccn_pair"),
+                                                     ("trained", "evaluate", None),
+                                                     ("hog_run", "hog", "wccn_pair")])
+def test_an_index_in_a_verifiers_space_scores_neighbours_by_that_verifier(request, tmp_path, source, stage,
+                                                                          verifier) -> None:
+    run_dir, files, images = request.getfixturevalue(source)
+    options = ["--verifier", verifier] if verifier else []
+    built = invoke("index", "build", run_dir, *files, "--out", tmp_path / "index", "--stage", stage, *options)
+    assert built.exit_code == 0, built.output
+    result = invoke("index", "search", tmp_path / "index", files[2], files[5], "-k", 4)
+    assert result.exit_code == 0, result.output
+    fitted = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[verifier or "cosine_pair"]
+    assert result.output.splitlines()[0] == (f"scores: {verifier or 'cosine_pair'} of stage {stage}; "
+                                             f"same writer at >= {fitted['threshold']:.4f}")
+    features = hog(images).numpy() if stage == "hog" else reference(run_dir, images, None)
+    state = fitted["state"]
+    transform = state["transform"].numpy() if verifier else np.eye(features.shape[1])
+    if verifier:  # the whitening is not the identity: the index sees the verifier's space, not the raw one
+        assert not np.allclose(transform, np.eye(len(transform)), atol=1e-3)
+    space = (features - state["mean"].numpy()) @ transform
+    unit = space / np.linalg.norm(space, axis=1, keepdims=True)
+    cosines = unit @ unit.T
+    for query, row in zip((files[2], files[5]), (2, 5)):
+        hits = neighbours(result.output)[str(query)]
+        order = np.argsort(-cosines[row])[:4]
+        assert [name for _, name in hits] == [str(files[j]) for j in order]
+        np.testing.assert_allclose([score for score, _ in hits], cosines[row, order], atol=1e-4)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--stage", "evaluate", "--verifier", "sslhv_pair"],
+     "verifier 'sslhv_pair' of stage 'evaluate' scores pairs without an embedding space; verifiers with one: "
+     "cosine_pair, wccn_pair"),
+    (["--stage", "evaluate", "--verifier", "wccn"],
+     "stage 'evaluate' has no verifier 'wccn'; verifiers with one: cosine_pair, wccn_pair"),
+    (["--stage", "evaluate", "--features", "head"],
+     "stage 'evaluate' is an evaluation: its features and test-time views are its own; "
+     "drop --features/--tta-shifts/--tta-zoom"),
+    (["--verifier", "wccn_pair"], "--verifier needs --stage naming an evaluation stage of a run"),
+])
+def test_index_options_that_do_not_fit_the_stage_are_one_line_errors(trained, tmp_path, options, message) -> None:
+    run_dir, files, _ = trained
+    result = invoke("index", "build", run_dir, *files, "--out", tmp_path / "index", *options)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0].startswith(f"error: {message}")
+    assert not (tmp_path / "index").exists()
