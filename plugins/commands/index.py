@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
+import torch.nn.functional as F
 
 from hvkit.cli import user_errors
-from hvkit.engine import load_checkpoint
 from hvkit.errors import HvkitError
 from hvkit.index import VectorIndex
-from hvkit.registry import get_registry
+from hvkit_plugins.commands.fitted_run import FittedRun
 from hvkit_plugins.commands.sources import (embed_files, encoder_path, fitted_verifier, image_files, open_encoder,
-                                            run_outputs, stage_features, stage_outputs, test_views, tta_options)
+                                            run_outputs, stage_features, test_views, tta_options)
 
 INDEX_FILE, META_FILE = "index.npz", "index.json"
 
@@ -24,40 +25,60 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class VerifierSpace:
-    """The space whose cosine a fitted verifier of an evaluation stage scores: ``head.embed`` of the
-    stage's features (``W(e − μ)`` for ``cosine_pair``, ``wccn_pair``, ``pcaw_pair``)."""
+class ScoreSpace:
+    """Vectors whose inner product, plus ``offset``, is a run's score of two images.
 
-    def __init__(self, run_dir: Path, stage: str, verifier: str, invert: bool, device: torch.device):
-        outputs = stage_outputs(run_dir)
-        if stage not in outputs or "verifiers" not in outputs[stage]:
-            raise HvkitError(f"{run_dir}: no evaluation stage {stage!r}")
-        fitted = load_checkpoint(run_dir / outputs[stage]["verifiers"])
-        spaces = [n for n, e in fitted.items()
-                  if hasattr(get_registry().get("head", e["spec"]["name"]).factory, "embed")]
-        if verifier not in spaces:
-            problem = (f"stage {stage!r} has no verifier {verifier!r}" if verifier not in fitted else
-                       f"verifier {verifier!r} of stage {stage!r} scores pairs without an embedding space")
-            raise HvkitError(f"{problem}; verifiers with one: {', '.join(spaces) or 'none'}")
-        self.run_dir, self.stage, self.verifier, self.invert, self.device = run_dir, stage, verifier, invert, device
-        self.outputs, self.entry = outputs[stage], fitted[verifier]
+    A verifier with an embedding space (``cosine_pair``, ``wccn_pair``, ``pcaw_pair``) scores
+    ``cos(W(e1 − μ), W(e2 − μ))``: the vectors are ``W(e − μ)`` normalised. A score fusion scores
+    ``Σ_m w_m s_m + b``; with every ``w_m ≥ 0`` that is the inner product of its members' vectors
+    each scaled by ``√w_m`` and joined, plus ``b`` (nested fusions likewise), so the index ranks
+    by the fused score itself.
+    """
 
-    @property
-    def threshold(self) -> float:
-        """The verifier's decision threshold, chosen on the validation writers."""
-        return float(self.entry["threshold"])
+    def __init__(self, run_dir: Path, stage: str, verifier: str | None, invert: bool, device: torch.device):
+        self.run = FittedRun(run_dir)
+        self.stage, self.verifier = stage, self.run.check(stage, verifier)
+        self.invert, self.device = invert, device
+        self.threshold = float(self.run.decision(self.stage, self.verifier)[0])
+        self.parts: list[tuple[str, str, float]] = []
+        self.offset = self._expand(self.stage, self.verifier, 1.0)
+
+    def _expand(self, stage: str, verifier: str, weight: float) -> float:
+        """Adds ``stage/verifier``'s verifiers to ``parts`` at ``weight``; returns its share of the offset."""
+        if stage not in self.run.fusions:
+            entry = self.run.entry(stage, verifier)
+            if not hasattr(FittedRun.head_class(entry), "embed"):
+                raise HvkitError(f"verifier {verifier!r} of stage {stage!r} scores pairs without an embedding space; "
+                                 "an index needs one (cosine_pair, wccn_pair, pcaw_pair)")
+            self.parts.append((stage, verifier, weight))
+            return 0.0
+        offset = weight * self.run.offset(stage)
+        for member_stage, member_verifier, member_weight in self.run.members(stage):
+            if member_weight < 0:
+                raise HvkitError(f"stage {stage!r} weighs {member_stage}/{member_verifier} by {member_weight:.4g} < 0: "
+                                 "a negative weight has no space of inner products to index")
+            offset += self._expand(member_stage, member_verifier, weight * member_weight)
+        return offset
 
     def vectors(self, files: list[Path]) -> torch.Tensor:
-        features = stage_features(self.run_dir, self.stage, self.outputs, files, self.invert, self.device)
-        with torch.no_grad():
-            return fitted_verifier(self.entry, features.shape[1]).embed(features)
+        """The rows whose inner products score ``files`` pairwise (``offset`` aside)."""
+        features: dict[str, torch.Tensor] = {}
+        blocks = []
+        for stage, verifier, weight in self.parts:
+            if stage not in features:
+                features[stage] = stage_features(self.run.run_dir, stage, self.run.outputs[stage], files, self.invert,
+                                                 self.device)
+            head = fitted_verifier(self.run.entry(stage, verifier), features[stage].shape[1])
+            with torch.no_grad():
+                blocks.append(F.normalize(head.embed(features[stage]).double(), dim=1) * math.sqrt(weight))
+        return torch.cat(blocks, dim=1).float()
 
     def meta(self) -> dict[str, Any]:
-        return {"run": str(self.run_dir.resolve()), "stage": self.stage, "verifier": self.verifier,
-                "threshold": self.threshold, "invert": self.invert}
+        return {"run": str(self.run.run_dir.resolve()), "stage": self.stage, "verifier": self.verifier,
+                "offset": self.offset, "invert": self.invert}
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], device: torch.device) -> "VerifierSpace":
+    def from_meta(cls, meta: dict[str, Any], device: torch.device) -> "ScoreSpace":
         return cls(Path(meta["run"]), meta["stage"], meta["verifier"], meta["invert"], device)
 
 
@@ -70,9 +91,9 @@ def index_command() -> None:
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
-@click.option("--stage", help="Which stage's encoder (default: the last trained one), or an evaluation stage: "
-              "index in the space of its --verifier.")
-@click.option("--verifier", help="With an evaluation --stage: the fitted verifier whose cosine the index scores "
+@click.option("--stage", help="Which stage's encoder (default: the last trained one), or an evaluation or "
+              "score_fusion stage: index by its --verifier's score.")
+@click.option("--verifier", help="With an evaluation --stage: the fitted verifier whose score the index ranks by "
               "(default: cosine_pair; wccn_pair ranks writers best).")
 @click.option("--kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat", show_default=True)
 @click.option("--features", type=click.Choice(["backbone", "head"]),
@@ -88,29 +109,32 @@ def build_index(source: Path, images: tuple[Path, ...], out: Path, stage: str | 
     the index remembers them and embeds its queries the same way. With ``--stage`` naming an
     evaluation stage of a run, each image is mapped as that stage's fitted ``--verifier`` maps it
     (its features — an encoder's, with the stage's own test-time views, or hand-crafted — centred
-    and whitened), so a neighbour's similarity is the verifier's score of the pair.
+    and whitened), so a neighbour's similarity is the verifier's score of the pair; with a
+    score_fusion stage (non-negative weights), the fused score of the pair.
     """
     device = _device()
     files = image_files(images)
     outputs = run_outputs(source)
-    if outputs is not None and stage in outputs and "verifiers" in outputs[stage]:
+    found = outputs.get(stage, {}) if outputs is not None else {}
+    if "verifiers" in found or "fusion" in found.get("metrics", {}):
         if features is not None or tta_shifts or tta_zooms:
-            raise HvkitError(f"stage {stage!r} is an evaluation: its features and test-time views are its own; "
+            raise HvkitError(f"stage {stage!r} scores pairs by its own features and test-time views; "
                              "drop --features/--tta-shifts/--tta-zoom")
-        space = VerifierSpace(source, stage, verifier or "cosine_pair", invert, device)
-        vectors, meta = space.vectors(files), space.meta()
+        space = ScoreSpace(source, stage, verifier, invert, device)
+        vectors, meta, metric = space.vectors(files), space.meta(), "ip"
     else:
         if verifier is not None:
-            raise HvkitError("--verifier needs --stage naming an evaluation stage of a run")
+            raise HvkitError("--verifier needs --stage naming an evaluation or score_fusion stage of a run")
         views = test_views(tta_shifts, tta_zooms)
         checkpoint = encoder_path(source, stage, outputs)
         encoder, state = open_encoder(checkpoint, None, device)
         vectors = embed_files(encoder, state, files, device, features or "backbone", invert, views)
         meta = {"encoder": str(checkpoint.resolve()), "features": features or "backbone", "invert": invert,
                 "tta": {"shifts": tta_shifts, "zooms": list(tta_zooms)}}
+        metric = "cosine"
     options = {"nlist": max(1, min(1024, len(files) // 39))} if kind == "ivf" else {}
     try:
-        index = VectorIndex(vectors.shape[1], metric="cosine", kind=kind, **options)
+        index = VectorIndex(vectors.shape[1], metric=metric, kind=kind, **options)
         index.add(vectors.numpy())
     except ValueError as exc:
         raise HvkitError(str(exc)) from None
@@ -128,16 +152,17 @@ def build_index(source: Path, images: tuple[Path, ...], out: Path, stage: str | 
 def search_index(index_dir: Path, queries: tuple[Path, ...], k: int) -> None:
     """Print the K most similar indexed images of each query image, with cosine similarities.
 
-    An index built in a verifier's space prints that verifier's scores and its validation threshold first.
+    An index built by a verifier or a fusion prints its scores and first its validation threshold.
     """
     if not (index_dir / META_FILE).is_file():
         raise HvkitError(f"{index_dir}: not an index folder (no {META_FILE}); build one with `hvkit index build`")
     meta = json.loads((index_dir / META_FILE).read_text())
     device = _device()
     files = image_files(queries)
+    offset = 0.0
     if "stage" in meta:
-        space = VerifierSpace.from_meta(meta, device)
-        vectors = space.vectors(files)
+        space = ScoreSpace.from_meta(meta, device)
+        vectors, offset = space.vectors(files), space.offset
         click.echo(f"scores: {space.verifier} of stage {space.stage}; same writer at >= {space.threshold:.4f}")
     else:
         encoder, state = open_encoder(Path(meta["encoder"]), None, device)
@@ -150,4 +175,4 @@ def search_index(index_dir: Path, queries: tuple[Path, ...], k: int) -> None:
         click.echo(str(query))
         for score, i in zip(row_scores, row_ids):
             if i >= 0:
-                click.echo(f"  {score:.4f}  {meta['files'][i]}")
+                click.echo(f"  {score + offset:.4f}  {meta['files'][i]}")

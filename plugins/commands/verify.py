@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import click
 import torch
 
 from hvkit.cli import user_errors
-from hvkit.engine import load_checkpoint
 from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
-from hvkit.registry import get_registry
-from hvkit_plugins.commands.sources import embed_files, fitted_verifier, open_encoder, stage_features, stage_outputs
-from hvkit_plugins.stages.score_fusion import FUSED
+from hvkit_plugins.commands.fitted_run import FittedRun
+from hvkit_plugins.commands.sources import embed_files, fitted_verifier, open_encoder, stage_features
 
 
 @click.command("verify")
@@ -44,11 +41,12 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     files = [image_a, image_b]
     if source.is_dir() and (source / "stages").is_dir():
-        run = RunVerifiers(source, files, invert, device)
-        name = stage or run.default_stage()
-        verifier = run.check(name, verifier)
+        fitted = FittedRun(source)
+        name = stage or fitted.default_stage()
+        verifier = fitted.check(name, verifier)
+        run = RunVerifiers(fitted, files, invert, device)
         score = run.score(name, verifier)
-        limit, calibration = run.decision(name, verifier)
+        limit, calibration = fitted.decision(name, verifier)
         limit = threshold if threshold is not None else limit
     else:
         if threshold is None:
@@ -68,77 +66,29 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
 class RunVerifiers:
     """A run's fitted verifiers and score fusions applied to two image files, each stage's features computed once."""
 
-    def __init__(self, run_dir: Path, files: list[Path], invert: bool, device: torch.device):
-        self.run_dir, self.files, self.invert, self.device = run_dir, files, invert, device
-        self.outputs = stage_outputs(run_dir)
-        self.evaluations = [n for n, o in self.outputs.items() if "verifiers" in o]
-        self.fusions = [n for n, o in self.outputs.items() if "fusion" in o.get("metrics", {})]
-        if not self.evaluations:
-            raise HvkitError(f"{run_dir}: no completed evaluation stage")
+    def __init__(self, run: FittedRun, files: list[Path], invert: bool, device: torch.device):
+        self.run = run
+        self.files, self.invert, self.device = files, invert, device
         self.member_scores: dict[str, float] = {}
         self._features: dict[str, torch.Tensor] = {}
-        self._fitted: dict[str, dict[str, Any]] = {}
-
-    def default_stage(self) -> str:
-        """The last evaluation with an encoder, else the last evaluation."""
-        return ([n for n in self.evaluations if self.outputs[n].get("encoder")] or self.evaluations)[-1]
-
-    def check(self, stage: str, verifier: str | None) -> str:
-        """The verifier to use in ``stage`` (``verifier``, or its default), or a one-line error."""
-        if stage in self.fusions:
-            if verifier not in (None, FUSED):
-                raise HvkitError(f"stage {stage!r} fuses its members into one verifier, {FUSED!r}; "
-                                 f"drop --verifier {verifier}")
-            return FUSED
-        if stage not in self.evaluations:
-            fusions = f"; score fusions: {', '.join(self.fusions)}" if self.fusions else ""
-            raise HvkitError(f"{self.run_dir}: no evaluation stage {stage!r}; have {', '.join(self.evaluations)}"
-                             + fusions)
-        return verifier or "cosine_pair"
 
     def score(self, stage: str, verifier: str) -> float:
         """The two files' score by ``stage``'s ``verifier``; a fusion's members' scores land in ``member_scores``."""
-        if stage in self.fusions:
-            fusion = self.outputs[stage]["metrics"]["fusion"]
-            parts = {}
-            for member in fusion["members"]:
-                member_stage, _, member_verifier = member.partition("/")
-                if member_stage not in self.outputs:
-                    raise HvkitError(f"{self.run_dir}: stage {stage!r} fuses {member!r}, whose stage has no outputs")
-                parts[member] = self.score(member_stage, self.check(member_stage, member_verifier))
-            self.member_scores.update(parts)
-            return sum(fusion["weights"][m] * s for m, s in parts.items()) + fusion["offset"]
-        entry = self._entry(stage, verifier)
+        if stage in self.run.fusions:
+            parts = {(s, v): (w, self.score(s, v)) for s, v, w in self.run.members(stage)}
+            self.member_scores.update({f"{s}/{v}": score for (s, v), (_, score) in parts.items()})
+            return sum(w * score for w, score in parts.values()) + self.run.offset(stage)
+        entry = self.run.entry(stage, verifier)
         emb = self._embeddings(stage)
         head = fitted_verifier(entry, emb.shape[1])
         with torch.no_grad():
             out = head(emb[:1], emb[1:])
         return float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])
 
-    def decision(self, stage: str, verifier: str) -> tuple[float, dict[str, float] | None]:
-        """The threshold chosen on the validation writers and the calibration fitted there (None if none)."""
-        if stage in self.fusions:
-            found = self.outputs[stage]["metrics"]["verification"][FUSED]
-            return found["threshold"], found.get("calibration")
-        entry = self._entry(stage, verifier)
-        return entry["threshold"], entry.get("calibration")
-
-    def _entry(self, stage: str, verifier: str) -> dict[str, Any]:
-        if stage not in self._fitted:
-            self._fitted[stage] = load_checkpoint(self.run_dir / self.outputs[stage]["verifiers"])
-        fitted = self._fitted[stage]
-        if verifier not in fitted:
-            raise HvkitError(f"stage {stage!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
-        if hasattr(get_registry().get("head", fitted[verifier]["spec"]["name"]).factory, "score_pairs"):
-            raise HvkitError(f"verifier {verifier!r} of stage {stage!r} scores a pair among the other images of its "
-                             "set; two files alone are none: choose a verifier that scores a pair by itself "
-                             f"({', '.join(n for n in fitted if n != verifier)})")
-        return fitted[verifier]
-
     def _embeddings(self, stage: str) -> torch.Tensor:
         if stage not in self._features:
-            self._features[stage] = stage_features(self.run_dir, stage, self.outputs[stage], self.files, self.invert,
-                                                   self.device)
+            self._features[stage] = stage_features(self.run.run_dir, stage, self.run.outputs[stage], self.files,
+                                                   self.invert, self.device)
         return self._features[stage]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ def trained(tmp_path_factory) -> tuple[Path, list[Path], torch.Tensor]:
     tmp = tmp_path_factory.mktemp("embed_index")
     recipe = copy.deepcopy(RECIPE)
     recipe["stages"]["evaluate"]["verifiers"] = ["cosine_pair", {"name": "wccn_pair", "shrinkage": 0.2}, "sslhv_pair"]
+    recipe["stages"]["fused"] = {"stage": "score_fusion", "fit": "mean", "plots": False,
+                                 "members": ["evaluate/cosine_pair", "evaluate/wccn_pair"]}
     recipe["stages"]["train"]["head"] = {"name": "linear", "out_dim": 8}  # signed features: cosines spread out
     recipe["stages"]["train"]["train"] |= {"epochs": 30, "max_steps": None, "optimizer": {"name": "AdamW", "lr": 3e-3}}
     run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp)
@@ -134,10 +137,20 @@ def hog_run(tmp_path_factory) -> tuple[Path, list[Path], torch.Tensor]:
     return run_dir, scans(images, tmp), images[PICKED]
 
 
+def verifier_cosines(run_dir: Path, stage: str, verifier: str, features: np.ndarray) -> np.ndarray:
+    """The pairwise scores of a saved cosine verifier, ``cos(W(e_i − μ), W(e_j − μ))``, from its buffers."""
+    state = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[verifier]["state"]
+    transform = state["transform"].numpy() if "transform" in state else np.eye(features.shape[1])
+    space = (features.astype(np.float64) - state["mean"].numpy()) @ transform
+    unit = space / np.linalg.norm(space, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
 @pytest.mark.parametrize("source, stage, verifier", [("trained", "evaluate", "wccn_pair"),
                                                      ("trained", "evaluate", None),
+                                                     ("trained", "fused", None),
                                                      ("hog_run", "hog", "wccn_pair")])
-def test_an_index_in_a_verifiers_space_scores_neighbours_by_that_verifier(request, tmp_path, source, stage,
+def test_an_index_by_a_verifier_or_a_fusion_ranks_neighbours_by_its_score(request, tmp_path, source, stage,
                                                                           verifier) -> None:
     run_dir, files, images = request.getfixturevalue(source)
     options = ["--verifier", verifier] if verifier else []
@@ -145,38 +158,57 @@ def test_an_index_in_a_verifiers_space_scores_neighbours_by_that_verifier(reques
     assert built.exit_code == 0, built.output
     result = invoke("index", "search", tmp_path / "index", files[2], files[5], "-k", 4)
     assert result.exit_code == 0, result.output
-    fitted = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[verifier or "cosine_pair"]
-    assert result.output.splitlines()[0] == (f"scores: {verifier or 'cosine_pair'} of stage {stage}; "
-                                             f"same writer at >= {fitted['threshold']:.4f}")
     features = hog(images).numpy() if stage == "hog" else reference(run_dir, images, None)
-    state = fitted["state"]
-    transform = state["transform"].numpy() if verifier else np.eye(features.shape[1])
-    if verifier:  # the whitening is not the identity: the index sees the verifier's space, not the raw one
-        assert not np.allclose(transform, np.eye(len(transform)), atol=1e-3)
-    space = (features - state["mean"].numpy()) @ transform
-    unit = space / np.linalg.norm(space, axis=1, keepdims=True)
-    cosines = unit @ unit.T
+    if stage == "fused":  # the mean of the members' z-scores: a weighted sum of their cosines plus an offset
+        fusion = json.loads((run_dir / "stages" / "fused" / "outputs.json").read_text())["metrics"]
+        weights = fusion["fusion"]["weights"]
+        assert len(weights) == 2 and min(weights.values()) > 0 and max(weights.values()) != min(weights.values())
+        scores = fusion["fusion"]["offset"] + sum(w * verifier_cosines(run_dir, *member.split("/"), features)
+                                                  for member, w in weights.items())
+        threshold, name = fusion["verification"]["fused"]["threshold"], "fused"
+    else:
+        name = verifier or "cosine_pair"
+        threshold = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[name]["threshold"]
+        scores = verifier_cosines(run_dir, stage, name, features)
+        if verifier:  # the whitened cosine ranks otherwise than the raw one: the index sees the verifier's space
+            assert not np.allclose(scores, verifier_cosines(run_dir, stage, "cosine_pair", features), atol=1e-3)
+    assert result.output.splitlines()[0] == f"scores: {name} of stage {stage}; same writer at >= {threshold:.4f}"
     for query, row in zip((files[2], files[5]), (2, 5)):
         hits = neighbours(result.output)[str(query)]
-        order = np.argsort(-cosines[row])[:4]
-        assert [name for _, name in hits] == [str(files[j]) for j in order]
-        np.testing.assert_allclose([score for score, _ in hits], cosines[row, order], atol=1e-4)
+        order = np.argsort(-scores[row])[:4]
+        assert [hit for _, hit in hits] == [str(files[j]) for j in order]
+        np.testing.assert_allclose([score for score, _ in hits], scores[row, order], atol=1e-4)
+
+
+def test_a_fusion_with_a_negative_weight_has_no_index(trained, tmp_path) -> None:
+    run_dir, files, _ = trained
+    copy_dir = tmp_path / "run"
+    shutil.copytree(run_dir, copy_dir)
+    outputs = copy_dir / "stages" / "fused" / "outputs.json"
+    recorded = json.loads(outputs.read_text())
+    recorded["metrics"]["fusion"]["weights"]["evaluate/wccn_pair"] = -0.5
+    outputs.write_text(json.dumps(recorded))
+    result = invoke("index", "build", copy_dir, *files, "--out", tmp_path / "index", "--stage", "fused")
+    assert result.exit_code == 2
+    assert result.stderr == ("error: stage 'fused' weighs evaluate/wccn_pair by -0.5 < 0: a negative weight has no "
+                             "space of inner products to index\n")
 
 
 @pytest.mark.parametrize("options, message", [
     (["--stage", "evaluate", "--verifier", "sslhv_pair"],
-     "verifier 'sslhv_pair' of stage 'evaluate' scores pairs without an embedding space; verifiers with one: "
-     "cosine_pair, wccn_pair"),
+     "verifier 'sslhv_pair' of stage 'evaluate' scores pairs without an embedding space; an index needs one "
+     "(cosine_pair, wccn_pair, pcaw_pair)"),
     (["--stage", "evaluate", "--verifier", "wccn"],
-     "stage 'evaluate' has no verifier 'wccn'; verifiers with one: cosine_pair, wccn_pair"),
+     "stage 'evaluate' has no verifier 'wccn'; have cosine_pair, wccn_pair, sslhv_pair"),
+    (["--stage", "fused", "--verifier", "wccn_pair"],
+     "stage 'fused' fuses its members into one verifier, 'fused'; drop --verifier wccn_pair"),
     (["--stage", "evaluate", "--features", "head"],
-     "stage 'evaluate' is an evaluation: its features and test-time views are its own; "
-     "drop --features/--tta-shifts/--tta-zoom"),
-    (["--verifier", "wccn_pair"], "--verifier needs --stage naming an evaluation stage of a run"),
+     "stage 'evaluate' scores pairs by its own features and test-time views; drop --features/--tta-shifts/--tta-zoom"),
+    (["--verifier", "wccn_pair"], "--verifier needs --stage naming an evaluation or score_fusion stage of a run"),
 ])
 def test_index_options_that_do_not_fit_the_stage_are_one_line_errors(trained, tmp_path, options, message) -> None:
     run_dir, files, _ = trained
     result = invoke("index", "build", run_dir, *files, "--out", tmp_path / "index", *options)
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[0].startswith(f"error: {message}")
+    assert result.stderr == f"error: {message}\n"
     assert not (tmp_path / "index").exists()
