@@ -6,11 +6,12 @@ Evaluators are plugins (kind ``evaluator``); :func:`evaluate` runs a list of the
 verifier's scores, or several verifiers' fused, into likelihood ratios and scores them by Cllr.
 """
 
-from .calibration import Calibration, LinearFusion, cllr, fit_calibration, fit_fusion, mean_fusion, min_cllr
+from .calibration import (Calibration, LinearFusion, cllr, cosine_fusion_space, fit_calibration, fit_fusion,
+                          mean_fusion, min_cllr)
 from .data import EvalData, PairSet
 from .roc import RocCounts
 from .runner import evaluate, to_json
 from .shared import REQUIREMENTS, Neighbours
 
 __all__ = ["Calibration", "EvalData", "LinearFusion", "Neighbours", "PairSet", "REQUIREMENTS", "RocCounts", "cllr",
-           "evaluate", "fit_calibration", "fit_fusion", "mean_fusion", "min_cllr", "to_json"]
+           "cosine_fusion_space", "evaluate", "fit_calibration", "fit_fusion", "mean_fusion", "min_cllr", "to_json"]

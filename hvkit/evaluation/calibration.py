@@ -127,6 +127,29 @@ class LinearFusion:
         return {"weights": [float(w) for w in self.weights], "offset": float(self.offset)}
 
 
+def cosine_fusion_space(blocks: list[np.ndarray], weights: list[float] | tuple[float, ...]) -> np.ndarray:
+    """Rows whose inner products are ``Σ_k w_k cos(a_k, b_k)``: a linear fusion of cosine systems, offset aside.
+
+    ``blocks[k]`` (N, D_k) holds the rows whose cosine system k scores (e.g. a cosine verifier's
+    ``W(e − μ)``). Since ``w cos(a, b) = <√w â, √w b̂>`` (â = a / |a|), the rows
+    ``[√w_1 b̂_1, …, √w_K b̂_K]`` (float64, (N, Σ D_k)) turn the fused score into an inner product —
+    a kNN index or a retrieval evaluation then ranks by the fusion itself. Needs every ``w_k ≥ 0``:
+    ``ValueError`` names the first that is not.
+    """
+    if len(blocks) != len(weights) or not blocks:
+        raise ValueError(f"cosine fusion space: {len(blocks)} blocks for {len(weights)} weights")
+    negative = [k for k, w in enumerate(weights) if not w >= 0]
+    if negative:
+        raise ValueError(f"cosine fusion space: system {negative[0]} has weight {weights[negative[0]]:.4g} < 0, "
+                         "which no inner product can carry")
+    scaled = []
+    for block, weight in zip(blocks, weights):
+        block = np.asarray(block, dtype=np.float64)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        scaled.append(np.sqrt(weight) * block / np.maximum(norms, np.finfo(np.float64).tiny))
+    return np.concatenate(scaled, axis=1)
+
+
 def fit_fusion(scores: np.ndarray, same: np.ndarray, max_iter: int = 100, l2: float = 0.0) -> LinearFusion:
     """Linear logistic-regression fusion of K systems' scores (N, K) into one log LR (float64, Newton's method).
 

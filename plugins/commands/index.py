@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
-import torch.nn.functional as F
 
 from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
+from hvkit.evaluation import cosine_fusion_space
 from hvkit.index import VectorIndex
 from hvkit_plugins.commands.fitted_run import FittedRun
 from hvkit_plugins.commands.sources import (embed_files, encoder_path, fitted_verifier, image_files, open_encoder,
@@ -64,14 +63,14 @@ class ScoreSpace:
         """The rows whose inner products score ``files`` pairwise (``offset`` aside)."""
         features: dict[str, torch.Tensor] = {}
         blocks = []
-        for stage, verifier, weight in self.parts:
+        for stage, verifier, _ in self.parts:
             if stage not in features:
                 features[stage] = stage_features(self.run.run_dir, stage, self.run.outputs[stage], files, self.invert,
                                                  self.device)
             head = fitted_verifier(self.run.entry(stage, verifier), features[stage].shape[1])
             with torch.no_grad():
-                blocks.append(F.normalize(head.embed(features[stage]).double(), dim=1) * math.sqrt(weight))
-        return torch.cat(blocks, dim=1).float()
+                blocks.append(head.embed(features[stage]).cpu().numpy())
+        return torch.from_numpy(cosine_fusion_space(blocks, [weight for *_, weight in self.parts])).float()
 
     def meta(self) -> dict[str, Any]:
         return {"run": str(self.run.run_dir.resolve()), "stage": self.stage, "verifier": self.verifier,

@@ -6,11 +6,13 @@ import difflib
 from typing import Any, Callable, Literal
 
 import numpy as np
+import torch
 
 from hvkit.api import Component
-from hvkit.engine import StageContext
+from hvkit.engine import StageContext, load_checkpoint
 from hvkit.errors import RecipeError
-from hvkit.evaluation import EvalData, LinearFusion, PairSet, evaluate, fit_fusion, mean_fusion
+from hvkit.evaluation import (EvalData, LinearFusion, PairSet, cosine_fusion_space, evaluate, fit_fusion,
+                              mean_fusion)
 from hvkit_plugins.stages.evaluate import (PAIR_SCORE_FILES, load_pair_scores, load_pairs_digest, save_pair_scores,
                                            verification_report)
 
@@ -44,6 +46,13 @@ class ScoreFusion:
     the member's val standard deviation, which compares members; no ``standardize`` option, since
     the logistic fit is affine-equivariant and standardising would not change the fused LRs.
 
+    ``evaluators`` (e.g. ``[retrieval, embedding_map]``) evaluate the test images in the fused
+    space: when every member is a cosine verifier of an evaluate stage (``cosine_pair``,
+    ``wccn_pair``, ``pcaw_pair``) and every weight is ≥ 0 (``fit: mean`` gives them), the rows
+    ``[√w_1 v̂_1, …, √w_K v̂_K]`` of each member's ``W(e − μ)`` (normalised) have inner products
+    equal to the fused score less the offset (:func:`~hvkit.evaluation.cosine_fusion_space`), so
+    writer retrieval ranks by the fusion itself.
+
     The fused scores are saved as an evaluation's are (``test_pair_scores.npz``,
     ``val_pair_scores.npz``), so ``hvkit compare RUN STAGE/fused EVAL/wccn_pair`` works and a later
     fusion may take this one as a member. A trainable verifier early-stopped on the val pairs
@@ -54,7 +63,7 @@ class ScoreFusion:
     def __init__(self, members: list[str], fit: Literal["logistic", "mean"] = "logistic",
                  verification: Component["evaluator"] = {"name": "verification", "fixed_threshold": 0.0,
                                                          "all_pairs": False},
-                 plots: bool = True, l2: float = 0.0):
+                 plots: bool = True, l2: float = 0.0, evaluators: list[Component["evaluator"]] = []):
         _check_members(members)
         for member in members:
             _split(member)
@@ -62,6 +71,7 @@ class ScoreFusion:
             raise ValueError(f"fit={fit!r} must be 'logistic' or 'mean'")
         _check_l2(fit, l2)
         self.members, self.fit, self.verification, self.plots, self.l2 = list(members), fit, verification, plots, l2
+        self.evaluators = list(evaluators)
 
     @staticmethod
     def pair_score_names(spec: dict[str, Any]) -> list[str]:
@@ -120,6 +130,12 @@ class ScoreFusion:
                         verifiers={FUSED: fused}, out_dir=ctx.stage_dir if self.plots else None)
         metrics = evaluate([ctx.build("evaluator", self.verification)], data)
         metrics["fusion"] = _weights(self.fit, self.members, fusion, scores["val"].std(0))
+        if self.evaluators:
+            space, labels = _fused_space(ctx, self.members, fusion)
+            metrics |= evaluate([ctx.build("evaluator", spec) for spec in self.evaluators],
+                                EvalData(embeddings=space, labels=labels, metric="ip", device=str(ctx.device),
+                                         out_dir=ctx.stage_dir if self.plots else None))
+            metrics["space"] = FUSED
         if self.l2:
             metrics["fusion"]["l2"] = self.l2
         metrics["pairs"] = {part: len(sets.scores) for part, sets in fused.items()}
@@ -144,7 +160,8 @@ class ScoreFusion:
             if isinstance(found, dict):
                 rows[member] = found
         rows[FUSED] = metrics.get("verification", {}).get(FUSED, {})
-        table = verification_report({"verification": rows}, metrics["protocol"])
+        table = verification_report({"verification": rows, "retrieval": metrics.get("retrieval", {}),
+                                     "space": metrics.get("space", "raw")}, metrics["protocol"])
         fit = metrics["fusion"]
         terms = " ".join(f"{w:+.4g} · {m}" for m, w in fit["weights"].items())
         pairs = metrics["pairs"]["val"]
@@ -197,6 +214,36 @@ def _member_scores(ctx: StageContext, member: str) -> dict[str, tuple[PairSet, s
             raise ValueError(f"member {member!r}: {path} has no verifier {verifier!r}; it holds {', '.join(scores)}")
         found[part] = (scores[verifier][0], load_pairs_digest(path))
     return found
+
+
+def _fused_space(ctx: StageContext, members: list[str], fusion: LinearFusion) -> tuple[np.ndarray, np.ndarray]:
+    """The test images' rows in the fused space (:func:`cosine_fusion_space`) and their writers."""
+    blocks, labels = [], None
+    for member in members:
+        stage, verifier = _split(member)
+        outputs = ctx.outputs[stage]
+        if not outputs.get("verifiers"):
+            raise ValueError(f"evaluators: member {member!r} is not a verifier of an evaluate stage; the fused space "
+                             "joins evaluate stages' cosine verifiers")
+        entry = load_checkpoint(ctx.run_dir / outputs["verifiers"])[verifier]
+        embeddings = ctx.run_dir / outputs["embeddings"]
+        emb = torch.from_numpy(np.load(embeddings))
+        head = ctx.build("head", entry["spec"], in_dim=emb.shape[1])
+        if not hasattr(head, "embed"):
+            raise ValueError(f"evaluators: member {member!r} scores pairs without an embedding space; the fused space "
+                             "joins cosine verifiers (cosine_pair, wccn_pair, pcaw_pair)")
+        head.load_state_dict(entry["state"])
+        with torch.no_grad():
+            blocks.append(head.embed(emb).numpy())
+        found = np.load(embeddings.with_name("test_labels.npy"))
+        if labels is not None and not np.array_equal(found, labels):
+            raise ValueError(f"evaluators: member {member!r} embedded other test images than {members[0]!r}")
+        labels = found
+    try:
+        return cosine_fusion_space(blocks, fusion.weights), labels
+    except ValueError as exc:  # the message names a system by number: say which member that is
+        raise ValueError(f"evaluators: members {', '.join(f'{k}: {m}' for k, m in enumerate(members))}: {exc} "
+                         "(fit: mean weighs every member > 0)") from None
 
 
 def _same_pairs(members: list[str], found: list[tuple[PairSet, str | None]], part: str) -> None:

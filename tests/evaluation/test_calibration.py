@@ -8,7 +8,8 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from hvkit.evaluation import Calibration, LinearFusion, cllr, fit_calibration, fit_fusion, mean_fusion, min_cllr
+from hvkit.evaluation import (Calibration, LinearFusion, cllr, cosine_fusion_space, fit_calibration, fit_fusion,
+                              mean_fusion, min_cllr)
 from hvkit.evaluation.calibration import cllr_terms, min_cllr_of_counts, pav_log_lr
 
 
@@ -303,7 +304,27 @@ def test_mean_fusion_on_a_hand_computed_case():
                                rtol=0, atol=1e-15)
 
 
+def test_the_cosine_fusion_space_turns_a_weighted_sum_of_cosines_into_an_inner_product():
+    # two rows, two systems: system 0's rows (3, 4) and (0, 2) have cosine 0.8; system 1's (1, 0, 0) and
+    # (1, 1, 0) cosine 1/√2 — weights 2 and 0.5 give 1.6 + 0.5/√2, and each row's squared norm is 2.5
+    blocks = [np.array([[3.0, 4.0], [0.0, 2.0]]), np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])]
+    space = cosine_fusion_space(blocks, (2.0, 0.5))
+    assert space.shape == (2, 5) and space.dtype == np.float64
+    np.testing.assert_allclose(space @ space.T, [[2.5, 1.6 + 0.5 / np.sqrt(2)], [1.6 + 0.5 / np.sqrt(2), 2.5]],
+                               rtol=0, atol=1e-15)
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(7, d)) for d in (4, 9, 2)]
+    weights = (0.3, 1.7, 0.0)
+    fused = sum(w * (b / np.linalg.norm(b, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+                for w, b in zip(weights, blocks))
+    space = cosine_fusion_space(blocks, weights)
+    np.testing.assert_allclose(space @ space.T, fused, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda: cosine_fusion_space([np.ones((2, 3)), np.ones((2, 2))], (1.0, -0.2)),
+     r"^cosine fusion space: system 1 has weight -0.2 < 0, which no inner product can carry$"),
+    (lambda: cosine_fusion_space([np.ones((2, 3))], (1.0, 1.0)), r"^cosine fusion space: 1 blocks for 2 weights$"),
     (lambda: fit_fusion(np.zeros(3), np.array([True, False, True])),
      r"^fusion: scores must be \(pairs, systems\), got shape \(3,\)$"),
     (lambda: fit_fusion(np.array([[0.1, np.inf], [0.2, 0.3]]), np.array([True, False])),

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hvkit.cli import main
+from hvkit.engine import load_checkpoint
 from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration, RocCounts, cllr, fit_fusion, mean_fusion, min_cllr
 from hvkit.pipeline import reevaluate, run
@@ -35,7 +36,10 @@ RECIPE = {
                "fusion_mean": {"stage": "score_fusion", "fit": "mean", "plots": False,
                                "members": ["eval_first/cosine_pair", "eval_second/cosine_pair"]},
                "fused_again": {"stage": "score_fusion", "members": ["fusion/fused", "eval_second/cosine_pair"],
-                               "plots": False, "verification": {"bootstrap": 0}, "l2": 0.3}},
+                               "plots": False, "verification": {"bootstrap": 0}, "l2": 0.3},
+               "fusion_space": {"stage": "score_fusion", "fit": "mean", "plots": False, "evaluators": ["retrieval"],
+                                "verification": {"bootstrap": 0},
+                                "members": ["eval_first/wccn_pair", "eval_second/cosine_pair", "eval_second/wccn_pair"]}},
 }
 
 
@@ -188,7 +192,38 @@ def test_verify_scores_two_files_by_a_fusion_as_the_stage_scored_the_pair(run_di
     unknown = CliRunner().invoke(main, ["verify", str(run_dir), *files, "--stage", "fuson"])
     assert unknown.exit_code == 2 and unknown.stderr == (
         f"error: {run_dir}: no evaluation stage 'fuson'; have eval_first, eval_second; "
-        "score fusions: fusion, fusion_mean, fused_again\n")
+        "score fusions: fusion, fusion_mean, fused_again, fusion_space\n")
+
+
+def test_retrieval_in_the_fused_space_ranks_the_test_images_by_the_fused_score(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())["fusion_space"]
+    fusion = metrics["fusion"]
+    labels = np.load(run_dir / "stages" / "eval_first" / "test_labels.npy")
+    scores = fusion["offset"]
+    for member, weight in fusion["weights"].items():  # each member's cosine of W(e − μ), from its saved buffers
+        stage, verifier = member.split("/")
+        state = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[verifier]["state"]
+        space = np.load(run_dir / "stages" / stage / "test_embeddings.npy").astype(np.float64) - state["mean"].numpy()
+        space = space @ state["transform"].numpy() if "transform" in state else space
+        unit = space / np.linalg.norm(space, axis=1, keepdims=True)
+        scores = scores + weight * unit @ unit.T
+    first, second, _ = sslhv_pairs(labels, seed=RECIPE["seed"])
+    (pairs, _), = load_pair_scores(run_dir / "stages" / "fusion_space" / "test_pair_scores.npz").values()
+    np.testing.assert_allclose(scores[first, second], pairs.scores, rtol=0, atol=1e-5)  # the fused scores, every pair
+    np.fill_diagonal(scores, -np.inf)
+    assert metrics["space"] == "fused"
+    assert metrics["retrieval"]["precision_at_1"] == pytest.approx(np.mean(labels[scores.argmax(1)] == labels))
+    report = (run_dir / "report.md").read_text()
+    assert f"Retrieval among the test writers in the fused space: precision@1 " \
+           f"{metrics['retrieval']['precision_at_1']:.4f}" in report
+
+
+def test_retrieval_needs_members_with_an_embedding_space(copied: Path) -> None:
+    with pytest.raises(HvkitError, match=r"^stage 'fused_again': evaluators: member 'fusion/fused' is not a verifier "
+                                         r"of an evaluate stage; the fused space joins evaluate stages' cosine "
+                                         r"verifiers$"):
+        reevaluate(copied, ["fused_again"], ["stages.fused_again.evaluators=[retrieval]"], device="cpu",
+                   console=lambda _: None)
 
 
 def fusion_recipe(tmp_path: Path, members) -> Path:
