@@ -74,7 +74,7 @@ class ScoreSpace:
 
     def meta(self) -> dict[str, Any]:
         return {"run": str(self.run.run_dir.resolve()), "stage": self.stage, "verifier": self.verifier,
-                "offset": self.offset, "invert": self.invert}
+                "invert": self.invert}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], device: torch.device) -> "ScoreSpace":
