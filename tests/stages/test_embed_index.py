@@ -90,6 +90,15 @@ def neighbours(output: str) -> dict[str, list[tuple[float, str]]]:
     return found
 
 
+def assert_ranked(output: str, files: list[Path], queries: tuple[int, ...], scores: np.ndarray, k: int) -> None:
+    """Each query's printed hits are the files of its ``k`` best ``scores`` (a row per file), best first."""
+    for row in queries:
+        hits = neighbours(output)[str(files[row])]
+        order = np.argsort(-scores[row])[:k]
+        assert [name for _, name in hits] == [str(files[j]) for j in order]
+        np.testing.assert_allclose([score for score, _ in hits], scores[row, order], atol=1e-4)
+
+
 @pytest.mark.parametrize("options, views", [([], None), (["--tta-shifts", 1], TestViews(shifts=1))])
 def test_index_ranks_by_the_cosine_of_the_embeddings_and_embeds_queries_as_it_was_built(trained, tmp_path, options,
                                                                                         views) -> None:
@@ -103,11 +112,7 @@ def test_index_ranks_by_the_cosine_of_the_embeddings_and_embeds_queries_as_it_wa
     emb = reference(run_dir, images, views, "head")
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     cosines = unit @ unit.T
-    for query, row in zip((files[1], files[4]), (1, 4)):
-        hits = neighbours(result.output)[str(query)]
-        order = np.argsort(-cosines[row])[:3]
-        assert [name for _, name in hits] == [str(files[j]) for j in order]
-        np.testing.assert_allclose([score for score, _ in hits], cosines[row, order], atol=1e-4)
+    assert_ranked(result.output, files, (1, 4), cosines, 3)
 
 
 def test_bad_test_time_views_are_one_line_errors(trained, tmp_path) -> None:
@@ -173,11 +178,7 @@ def test_an_index_by_a_verifier_or_a_fusion_ranks_neighbours_by_its_score(reques
         if verifier:  # the whitened cosine ranks otherwise than the raw one: the index sees the verifier's space
             assert not np.allclose(scores, verifier_cosines(run_dir, stage, "cosine_pair", features), atol=1e-3)
     assert result.output.splitlines()[0] == f"scores: {name} of stage {stage}; same writer at >= {threshold:.4f}"
-    for query, row in zip((files[2], files[5]), (2, 5)):
-        hits = neighbours(result.output)[str(query)]
-        order = np.argsort(-scores[row])[:4]
-        assert [hit for _, hit in hits] == [str(files[j]) for j in order]
-        np.testing.assert_allclose([score for score, _ in hits], scores[row, order], atol=1e-4)
+    assert_ranked(result.output, files, (2, 5), scores, 4)
 
 
 def test_a_fusion_with_a_negative_weight_has_no_index(trained, tmp_path) -> None:
