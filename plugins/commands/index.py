@@ -13,9 +13,11 @@ from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
 from hvkit.evaluation import cosine_fusion_space
 from hvkit.index import VectorIndex
+from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
-from hvkit_plugins.commands.sources import (embed_files, encoder_path, fitted_verifier, image_files, open_encoder,
-                                            run_outputs, stage_features, test_views, tta_options)
+from hvkit_plugins.commands.sources import (embed_files, encoder_path, image_files, open_encoder, run_outputs,
+                                            stage_features, test_views, tta_options)
+from hvkit_plugins.stages.evaluate import fitted_verifier
 
 INDEX_FILE, META_FILE = "index.npz", "index.json"
 
@@ -67,7 +69,7 @@ class ScoreSpace:
             if stage not in features:
                 features[stage] = stage_features(self.run.run_dir, stage, self.run.outputs[stage], files, self.invert,
                                                  self.device)
-            head = fitted_verifier(self.run.entry(stage, verifier), features[stage].shape[1])
+            head = fitted_verifier(self.run.entry(stage, verifier), features[stage].shape[1], get_registry())
             with torch.no_grad():
                 blocks.append(head.embed(features[stage]).cpu().numpy())
         return torch.from_numpy(cosine_fusion_space(blocks, [weight for *_, weight in self.parts])).float()

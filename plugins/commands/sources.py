@@ -8,9 +8,7 @@ from typing import Any, Callable
 
 import click
 import torch
-from torch import nn
 
-from hvkit.engine.context import build
 from hvkit.errors import HvkitError
 from hvkit.registry import get_registry
 from hvkit_plugins.datasets.reading import read_images
@@ -117,13 +115,6 @@ def stage_features(run_dir: Path, stage: str, outputs: dict[str, Any], files: li
         return embed_files(encoder, state, files, device, outputs.get("features", "backbone"), invert,
                            TestViews(**outputs.get("tta", {})))
     return handcrafted_files(run_dir, stage, outputs, files, invert)
-
-
-def fitted_verifier(entry: dict[str, Any], in_dim: int) -> nn.Module:
-    """The verifier head an evaluation saved (``entry``: its ``spec`` and ``state``), in eval mode."""
-    head = build(get_registry(), "head", entry["spec"], in_dim=in_dim)
-    head.load_state_dict(entry["state"])
-    return head.eval()
 
 
 def tta_options(command: Callable) -> Callable:

@@ -11,8 +11,10 @@ import torch
 from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
+from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
-from hvkit_plugins.commands.sources import embed_files, fitted_verifier, open_encoder, stage_features
+from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_features
+from hvkit_plugins.stages.evaluate import fitted_verifier
 
 
 @click.command("verify")
@@ -80,7 +82,7 @@ class RunVerifiers:
             return sum(w * score for w, score in parts.values()) + self.run.offset(stage)
         entry = self.run.entry(stage, verifier)
         emb = self._embeddings(stage)
-        head = fitted_verifier(entry, emb.shape[1])
+        head = fitted_verifier(entry, emb.shape[1], get_registry())
         with torch.no_grad():
             out = head(emb[:1], emb[1:])
         return float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])

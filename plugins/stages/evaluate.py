@@ -14,8 +14,10 @@ from hvkit import distributed
 from hvkit.api import Component, Split, StageOutput
 from hvkit.engine import StageContext, save_checkpoint
 from hvkit.engine.checkpoint import atomic_write
+from hvkit.engine.context import build
 from hvkit.errors import RecipeError
 from hvkit.evaluation import EvalData, PairSet, evaluate
+from hvkit.registry import Registry
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.stages.encoder import embed, input_format, load_stage_encoder
 from hvkit_plugins.stages.handcrafted import HANDCRAFTED, feature_options
@@ -242,6 +244,13 @@ def load_pair_scores(path: Path) -> dict[str, tuple[PairSet, float | None]]:
                 threshold = float(data[f"threshold:{name}"])
                 out[name] = (PairSet(data[key], same, writers), None if np.isnan(threshold) else threshold)
     return out
+
+
+def fitted_verifier(entry: dict[str, Any], in_dim: int, registry: Registry) -> torch.nn.Module:
+    """The verifier head an evaluation saved in ``verifiers.pt`` (``entry``: its ``spec``, ``state``), in eval mode."""
+    head = build(registry, "head", entry["spec"], in_dim=in_dim)
+    head.load_state_dict(entry["state"])
+    return head.eval()
 
 
 def load_pairs_digest(path: Path) -> str | None:

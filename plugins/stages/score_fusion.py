@@ -13,8 +13,8 @@ from hvkit.engine import StageContext, load_checkpoint
 from hvkit.errors import RecipeError
 from hvkit.evaluation import (EvalData, LinearFusion, PairSet, cosine_fusion_space, evaluate, fit_fusion,
                               mean_fusion)
-from hvkit_plugins.stages.evaluate import (PAIR_SCORE_FILES, load_pair_scores, load_pairs_digest, save_pair_scores,
-                                           verification_report)
+from hvkit_plugins.stages.evaluate import (PAIR_SCORE_FILES, fitted_verifier, load_pair_scores, load_pairs_digest,
+                                           save_pair_scores, verification_report)
 
 FUSED = "fused"
 """The fused scores' verifier name in the metrics and the pair-score files."""
@@ -218,24 +218,24 @@ def _member_scores(ctx: StageContext, member: str) -> dict[str, tuple[PairSet, s
 
 def _fused_space(ctx: StageContext, members: list[str], fusion: LinearFusion) -> tuple[np.ndarray, np.ndarray]:
     """The test images' rows in the fused space (:func:`cosine_fusion_space`) and their writers."""
-    blocks, labels = [], None
+    blocks, labels, saved = [], None, {}
     for member in members:
         stage, verifier = _split(member)
         outputs = ctx.outputs[stage]
         if not outputs.get("verifiers"):
             raise ValueError(f"evaluators: member {member!r} is not a verifier of an evaluate stage; the fused space "
                              "joins evaluate stages' cosine verifiers")
-        entry = load_checkpoint(ctx.run_dir / outputs["verifiers"])[verifier]
-        embeddings = ctx.run_dir / outputs["embeddings"]
-        emb = torch.from_numpy(np.load(embeddings))
-        head = ctx.build("head", entry["spec"], in_dim=emb.shape[1])
+        if stage not in saved:  # a stage's verifiers, test embeddings and writers, read once for all its members
+            embeddings = ctx.run_dir / outputs["embeddings"]
+            saved[stage] = (load_checkpoint(ctx.run_dir / outputs["verifiers"]), torch.from_numpy(np.load(embeddings)),
+                            np.load(embeddings.with_name("test_labels.npy")))
+        fitted, emb, found = saved[stage]
+        head = fitted_verifier(fitted[verifier], emb.shape[1], ctx.registry)
         if not hasattr(head, "embed"):
             raise ValueError(f"evaluators: member {member!r} scores pairs without an embedding space; the fused space "
                              "joins cosine verifiers (cosine_pair, wccn_pair, pcaw_pair)")
-        head.load_state_dict(entry["state"])
         with torch.no_grad():
             blocks.append(head.embed(emb).numpy())
-        found = np.load(embeddings.with_name("test_labels.npy"))
         if labels is not None and not np.array_equal(found, labels):
             raise ValueError(f"evaluators: member {member!r} embedded other test images than {members[0]!r}")
         labels = found
