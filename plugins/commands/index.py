@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,17 @@ INDEX_FILE, META_FILE = "index.npz", "index.json"
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def digest(settings: Any, files: list[Path]) -> str:
+    """sha256 of JSON ``settings`` and the bytes of ``files``: what an index's vectors were computed from."""
+    found = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for file in files:
+        try:
+            found.update(file.read_bytes())
+        except OSError as exc:
+            raise HvkitError(f"{file}: cannot read ({exc.strerror})") from None
+    return found.hexdigest()
 
 
 class ScoreSpace:
@@ -74,9 +86,16 @@ class ScoreSpace:
                 blocks.append(head.embed(features[stage]).cpu().numpy())
         return torch.from_numpy(cosine_fusion_space(blocks, [weight for *_, weight in self.parts])).float()
 
+    def digest(self) -> str:
+        """:func:`digest` of the parts, their weights, the offset, and each part stage's fitted verifiers and encoder."""
+        stages = dict.fromkeys(stage for stage, *_ in self.parts)
+        files = [self.run.run_dir / self.run.outputs[stage][key] for stage in stages
+                 for key in ("verifiers", "encoder") if self.run.outputs[stage].get(key)]
+        return digest([self.parts, self.offset], files)
+
     def meta(self) -> dict[str, Any]:
         return {"run": str(self.run.run_dir.resolve()), "stage": self.stage, "verifier": self.verifier,
-                "invert": self.invert}
+                "invert": self.invert, "digest": self.digest()}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], device: torch.device) -> "ScoreSpace":
@@ -131,7 +150,7 @@ def build_index(source: Path, images: tuple[Path, ...], out: Path, stage: str | 
         encoder, state = open_encoder(checkpoint, None, device)
         vectors = embed_files(encoder, state, files, device, features or "backbone", invert, views)
         meta = {"encoder": str(checkpoint.resolve()), "features": features or "backbone", "invert": invert,
-                "tta": {"shifts": tta_shifts, "zooms": list(tta_zooms)}}
+                "tta": {"shifts": tta_shifts, "zooms": list(tta_zooms)}, "digest": digest(None, [checkpoint])}
         metric = "cosine"
     options = {"nlist": max(1, min(1024, len(files) // 39))} if kind == "ivf" else {}
     try:
@@ -163,9 +182,11 @@ def search_index(index_dir: Path, queries: tuple[Path, ...], k: int) -> None:
     offset = 0.0
     if "stage" in meta:
         space = ScoreSpace.from_meta(meta, device)
+        check_unchanged(index_dir, meta, space.digest(), f"stage {space.stage} of {space.run.run_dir}")
         vectors, offset = space.vectors(files), space.offset
         click.echo(f"scores: {space.verifier} of stage {space.stage}; same writer at >= {space.threshold:.4f}")
     else:
+        check_unchanged(index_dir, meta, digest(None, [Path(meta["encoder"])]), f"encoder {meta['encoder']}")
         encoder, state = open_encoder(Path(meta["encoder"]), None, device)
         tta = meta.get("tta", {})
         views = test_views(tta.get("shifts", 0), tuple(tta.get("zooms", ())))
@@ -177,3 +198,10 @@ def search_index(index_dir: Path, queries: tuple[Path, ...], k: int) -> None:
         for score, i in zip(row_scores, row_ids):
             if i >= 0:
                 click.echo(f"  {score + offset:.4f}  {meta['files'][i]}")
+
+
+def check_unchanged(index_dir: Path, meta: dict[str, Any], found: str, source: str) -> None:
+    """A one-line error if what an index was built from has changed since (its queries would land in another space)."""
+    if meta.get("digest", found) != found:
+        raise HvkitError(f"{index_dir}: {source} has changed since the index was built (trained or evaluated "
+                         "again); build the index again")

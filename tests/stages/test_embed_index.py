@@ -213,3 +213,46 @@ def test_index_options_that_do_not_fit_the_stage_are_one_line_errors(trained, tm
     assert result.exit_code == 2
     assert result.stderr == f"error: {message}\n"
     assert not (tmp_path / "index").exists()
+
+
+def _refit_verifier(run_dir: Path) -> None:
+    """Stage ``evaluate`` evaluated again with another fit: its WCCN mean moved."""
+    path = run_dir / "stages" / "evaluate" / "verifiers.pt"
+    fitted = torch.load(path, weights_only=False)
+    fitted["wccn_pair"]["state"]["mean"] += 0.1
+    torch.save(fitted, path)
+
+
+def _reweigh_fusion(run_dir: Path) -> None:
+    outputs = run_dir / "stages" / "fused" / "outputs.json"
+    recorded = json.loads(outputs.read_text())
+    recorded["metrics"]["fusion"]["weights"]["evaluate/wccn_pair"] *= 2
+    outputs.write_text(json.dumps(recorded))
+
+
+def _retrain_encoder(run_dir: Path) -> None:
+    path = run_dir / "stages" / "train" / "encoder.pt"
+    saved = torch.load(path, weights_only=False)
+    next(iter(saved["backbone"].values())).add_(0.1)
+    torch.save(saved, path)
+
+
+@pytest.mark.parametrize("options, change, source", [
+    (["--stage", "evaluate", "--verifier", "wccn_pair"], _refit_verifier, "stage evaluate of {run}"),
+    (["--stage", "fused"], _refit_verifier, "stage fused of {run}"),
+    (["--stage", "fused"], _reweigh_fusion, "stage fused of {run}"),
+    ([], _retrain_encoder, "encoder {run}/stages/train/encoder.pt"),
+])
+def test_searching_an_index_whose_run_has_changed_since_is_a_one_line_error(trained, tmp_path, options, change,
+                                                                            source) -> None:
+    run_dir, files, _ = trained
+    copy_dir = tmp_path / "run"
+    shutil.copytree(run_dir, copy_dir)
+    built = invoke("index", "build", copy_dir, *files, "--out", tmp_path / "index", *options)
+    assert built.exit_code == 0, built.output
+    assert invoke("index", "search", tmp_path / "index", files[0]).exit_code == 0
+    change(copy_dir)
+    result = invoke("index", "search", tmp_path / "index", files[0])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {tmp_path / 'index'}: {source.format(run=copy_dir.resolve())} has changed since "
+                             "the index was built (trained or evaluated again); build the index again\n")
