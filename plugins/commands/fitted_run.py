@@ -34,7 +34,8 @@ class FittedRun:
         return ([n for n in self.evaluations if self.outputs[n].get("encoder")] or self.evaluations)[-1]
 
     def check(self, stage: str, verifier: str | None) -> str:
-        """The verifier to use in ``stage`` (``verifier``, or its default), or a one-line error."""
+        """The verifier to use in ``stage`` (``verifier``, or by default its ``cosine_pair``, else its first),
+        or a one-line error."""
         if stage in self.fusions:
             if verifier not in (None, FUSED):
                 raise HvkitError(f"stage {stage!r} fuses its members into one verifier, {FUSED!r}; "
@@ -44,7 +45,10 @@ class FittedRun:
             fusions = f"; score fusions: {', '.join(self.fusions)}" if self.fusions else ""
             raise HvkitError(f"{self.run_dir}: no evaluation stage {stage!r}; have {', '.join(self.evaluations)}"
                              + fusions)
-        return verifier or "cosine_pair"
+        if verifier is None:
+            fitted = self._verifiers(stage)
+            return "cosine_pair" if "cosine_pair" in fitted else next(iter(fitted))
+        return verifier
 
     def members(self, stage: str) -> list[tuple[str, str, float]]:
         """A fusion's members as ``(stage, verifier, weight)``, each checked to have outputs."""
@@ -72,9 +76,7 @@ class FittedRun:
     def entry(self, stage: str, verifier: str) -> dict[str, Any]:
         """What evaluation ``stage`` saved of ``verifier`` (``spec``, ``state``, ``threshold`` …); it must score a
         pair by itself."""
-        if stage not in self._fitted:
-            self._fitted[stage] = load_checkpoint(self.run_dir / self.outputs[stage]["verifiers"])
-        fitted = self._fitted[stage]
+        fitted = self._verifiers(stage)
         if verifier not in fitted:
             raise HvkitError(f"stage {stage!r} has no verifier {verifier!r}; have {', '.join(fitted)}")
         if hasattr(self.head_class(fitted[verifier]), "score_pairs"):
@@ -82,6 +84,12 @@ class FittedRun:
                              "set; two files alone are none: choose a verifier that scores a pair by itself "
                              f"({', '.join(n for n in fitted if n != verifier)})")
         return fitted[verifier]
+
+    def _verifiers(self, stage: str) -> dict[str, dict[str, Any]]:
+        """What evaluation ``stage`` saved of each verifier, by name, in the recipe's order."""
+        if stage not in self._fitted:
+            self._fitted[stage] = load_checkpoint(self.run_dir / self.outputs[stage]["verifiers"])
+        return self._fitted[stage]
 
     @staticmethod
     def head_class(entry: dict[str, Any]) -> type:

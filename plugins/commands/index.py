@@ -87,7 +87,7 @@ class ScoreSpace:
         return torch.from_numpy(cosine_fusion_space(blocks, [weight for *_, weight in self.parts])).float()
 
     def digest(self) -> str:
-        """:func:`digest` of the parts, their weights, the offset, and each part stage's fitted verifiers and encoder."""
+        """:func:`digest` of the parts, their weights, the offset, and each part stage's verifiers and encoder."""
         stages = dict.fromkeys(stage for stage, *_ in self.parts)
         files = [self.run.run_dir / self.run.outputs[stage][key] for stage in stages
                  for key in ("verifiers", "encoder") if self.run.outputs[stage].get(key)]
@@ -114,7 +114,7 @@ def index_command() -> None:
 @click.option("--stage", help="Which stage's encoder (default: the last trained one), or an evaluation or "
               "score_fusion stage: index by its --verifier's score.")
 @click.option("--verifier", help="With an evaluation --stage: the fitted verifier whose score the index ranks by "
-              "(default: cosine_pair; wccn_pair ranks writers best).")
+              "(default: its cosine_pair, else its first; wccn_pair ranks writers best).")
 @click.option("--kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat", show_default=True)
 @click.option("--features", type=click.Choice(["backbone", "head"]),
               help="The encoder's output to index  [default: backbone].")

@@ -23,8 +23,8 @@ from hvkit_plugins.stages.evaluate import fitted_verifier
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--stage", help="Evaluation or score_fusion stage whose verifier to use (default: the last evaluation "
               "with an encoder, else the last evaluation).")
-@click.option("--verifier", help="Verifier name in that stage (default: cosine_pair; a score_fusion stage has one, "
-              "fused).")
+@click.option("--verifier", help="Verifier name in that stage (default: its cosine_pair, else its first; a "
+              "score_fusion stage has one, fused).")
 @click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
 @user_errors

@@ -2,7 +2,7 @@
 
 from hvkit.api import hookimpl
 
-from .cosine_pair import CosinePair, PCAWPair, WCCNPair
+from .cosine_pair import CorrelationPair, CosinePair, PCAWPair, WCCNPair
 from .dino_head import DINOHead
 from .linear import Linear
 from .mlp import MLP
@@ -13,6 +13,7 @@ from .sslhv_pair import SSLHVPairHead
 
 @hookimpl
 def register_heads(register):
+    register("correlation_pair", CorrelationPair)
     register("cosine_pair", CosinePair)
     register("dino_head", DINOHead)
     register("linear", Linear)

@@ -14,7 +14,9 @@ class CosinePair(nn.Module):
 
     μ is the mean embedding of the training images — all of them, labelled or not, when ``fit``
     is given ``unlabelled`` — which removes the component shared by every image (it dominates the
-    raw cosine of ReLU features); ``centre: false`` keeps μ = 0.
+    raw cosine of ReLU features); ``centre: false`` keeps μ = 0. ``centre: each`` subtracts instead
+    each embedding's own mean over its dimensions: the score is then Pearson's correlation of the
+    two vectors (:class:`CorrelationPair`).
 
     ``whiten: within_class`` sets W = S^(-1/2) with S = (1 − λ) Σ_w + λ (tr Σ_w / D) I, where
     Σ_w = (1/N) Σ_i (e_i − m_{y_i})(e_i − m_{y_i})ᵀ is the scatter of the labelled embeddings about
@@ -36,12 +38,15 @@ class CosinePair(nn.Module):
 
     pair_verifier = True
 
-    def __init__(self, in_dim: int, centre: bool = True,
+    def __init__(self, in_dim: int, centre: bool | Literal["each"] = True,
                  whiten: Literal["none", "within_class", "total"] = "none", shrinkage: float = 0.5,
                  power: float = 1.0):
         super().__init__()
         if whiten not in ("none", "within_class", "total"):
             raise ValueError(f"cosine_pair: whiten={whiten!r} must be 'none', 'within_class' or 'total'")
+        if centre not in (True, False, "each") or (centre == "each" and whiten != "none"):
+            raise ValueError(f"cosine_pair: centre={centre!r} must be true, false, or 'each' (the Pearson "
+                             "correlation, which takes whiten='none')")
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"cosine_pair: shrinkage={shrinkage} must lie in [0, 1]")
         if not 0.0 <= power <= 1.0:
@@ -57,7 +62,7 @@ class CosinePair(nn.Module):
         """μ and Σ_t from ``unlabelled`` (else ``embeddings``); Σ_w from the labelled ``embeddings``, ``labels``."""
         device = self.mean.device
         reference = unlabelled if unlabelled is not None and len(unlabelled) else embeddings
-        if self.centre:
+        if self.centre is True:
             self.mean = reference.double().mean(dim=0).float().to(device)
         if self.whiten == "within_class":
             if labels is None:
@@ -72,6 +77,8 @@ class CosinePair(nn.Module):
 
     def embed(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``W(e − μ)`` per row: the space whose cosine this verifier scores."""
+        if self.centre == "each":
+            return embeddings - embeddings.mean(dim=1, keepdim=True)
         centred = embeddings - self.mean
         return centred @ self.transform if self.whiten != "none" else centred
 
@@ -115,6 +122,23 @@ class WCCNPair(CosinePair):
 
     def __init__(self, in_dim: int, centre: bool = True,
                  whiten: Literal["none", "within_class", "total"] = "within_class", shrinkage: float = 0.5,
+                 power: float = 1.0):
+        super().__init__(in_dim, centre=centre, whiten=whiten, shrinkage=shrinkage, power=power)
+
+
+class CorrelationPair(CosinePair):
+    """Pearson's correlation of two feature vectors, r = cos(e1 − ē1 1, e2 − ē2 1), ē the mean of a
+    vector's own D values (``cosine_pair`` with ``centre: each``); nothing is fitted.
+
+    On binary vectors r is the φ coefficient (s11 s00 − s10 s01) / √((s10 + s11)(s01 + s00)(s11 + s01)(s00 + s10)),
+    s_ab counting the dimensions where e1 has bit a and e2 bit b. The correlation dissimilarity
+    (1 − φ) / 2 is the measure Zhang & Srihari (2003, "Binary vector dissimilarity measures for
+    handwriting identification") found best for GSC's bits, and CEDAR-FOX's: with ``features: gsc``
+    and ``feature_options: {binary: 0}`` this verifier scores pairs as CEDAR-FOX's GSC does.
+    """
+
+    def __init__(self, in_dim: int, centre: bool | Literal["each"] = "each",
+                 whiten: Literal["none", "within_class", "total"] = "none", shrinkage: float = 0.5,
                  power: float = 1.0):
         super().__init__(in_dim, centre=centre, whiten=whiten, shrinkage=shrinkage, power=power)
 

@@ -67,7 +67,7 @@ class Evaluate:
 
     def __init__(self, model_from: StageOutput | None = None,
                  features: Literal["backbone", "head", "pixels", "hog", "lbp", "hinge", "gsc"] = "backbone",
-                 feature_options: dict[str, int | bool] = {},
+                 feature_options: dict[str, int | float | bool] = {},
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
                  space: str | None = None,
                  evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hvkit.testing import check_head
-from hvkit_plugins.heads import CosinePair, PCAWPair, WCCNPair
+from hvkit_plugins.heads import CorrelationPair, CosinePair, PCAWPair, WCCNPair
 
 
 def _writers(seed: int = 0, writers: int = 6, per: int = 5, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,7 +20,8 @@ def _writers(seed: int = 0, writers: int = 6, per: int = 5, dim: int = 4) -> tup
 
 @pytest.mark.parametrize("factory, params", [(CosinePair, {}), (CosinePair, {"centre": False}),
                                              (WCCNPair, {}), (WCCNPair, {"shrinkage": 0.05}), (PCAWPair, {}),
-                                             (CosinePair, {"whiten": "total", "power": 1.0})])
+                                             (CosinePair, {"whiten": "total", "power": 1.0}),
+                                             (CorrelationPair, {})])
 def test_contract(factory: type, params: dict) -> None:
     check_head(factory, params, in_dim=6)
 
@@ -35,6 +36,21 @@ def test_plain_cosine_centres_on_the_unlabelled_mean() -> None:
                 zip((a - unlabelled.mean(0)).double().numpy(), (b - unlabelled.mean(0)).double().numpy())]
     np.testing.assert_allclose(head(a, b).numpy(), expected, rtol=1e-5)
     assert torch.equal(CosinePair(in_dim=4).fit(x).mean, x.double().mean(0).float())
+
+
+def test_correlation_of_bits_is_the_phi_coefficient() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(20, 64, generator=g) < 0.3).float(), (torch.rand(20, 64, generator=g) < 0.4).float()
+    head = CorrelationPair(in_dim=64).fit(torch.rand(30, 64, generator=g) + 5)  # nothing to fit: the mean stays 0
+    assert not head.mean.any()
+    x, y = a.double().numpy(), b.double().numpy()
+    s11, s00 = (x * y).sum(1), ((1 - x) * (1 - y)).sum(1)
+    s10, s01 = (x * (1 - y)).sum(1), ((1 - x) * y).sum(1)
+    phi = (s11 * s00 - s10 * s01) / np.sqrt((s10 + s11) * (s01 + s00) * (s11 + s01) * (s00 + s10))
+    np.testing.assert_allclose(head(a, b).numpy(), phi, rtol=1e-5)
+    shifted = a * 3 + 7  # Pearson's correlation ignores each vector's own offset and scale
+    np.testing.assert_allclose(head(shifted, b).numpy(), phi, rtol=1e-5)
+    np.testing.assert_allclose(head.embed(a).sum(1).numpy(), 0, atol=1e-5)
 
 
 def test_wccn_matches_the_float64_formula() -> None:
@@ -140,6 +156,10 @@ def test_bad_settings_and_inputs() -> None:
         PCAWPair(in_dim=4).fit(torch.ones(8, 4))
     with pytest.raises(ValueError, match="whiten"):
         CosinePair(in_dim=4, whiten="pca")
+    with pytest.raises(ValueError, match="correlation, which takes whiten='none'"):
+        CorrelationPair(in_dim=4, whiten="within_class")
+    with pytest.raises(ValueError, match="centre='mean' must be"):
+        CosinePair(in_dim=4, centre="mean")
     with pytest.raises(ValueError, match="shrinkage"):
         WCCNPair(in_dim=4, shrinkage=1.5)
     with pytest.raises(ValueError, match="labels"):

@@ -209,9 +209,20 @@ def test_gsc_reads_ink_by_otsu_and_bands_by_mass():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"grid": 0}, "grid >= 1"), ({"grid": 20}, "at least 20 x 20"), ({"stroke": 0.0}, "stroke"),
+    ({"binary": 1.0}, "binary is a threshold"), ({"binary": -0.1}, "binary is a threshold"),
 ])
 def test_gsc_refuses_impossible_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         gsc(torch.zeros(1, 1, 16, 16), **kwargs)
     with pytest.raises(ValueError, match="takes"):
         gsc(torch.zeros(16, 16))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05, 0.2])
+def test_binary_gsc_marks_the_fractions_above_the_threshold(threshold):
+    rng = np.random.default_rng(1)
+    masks = rng.random((4, 24, 24)) < 0.3
+    graded = gsc(as_images(masks)).numpy().astype(np.float64)
+    bits = gsc(as_images(masks), binary=threshold).numpy()
+    assert set(np.unique(bits)) == {0.0, 1.0}
+    np.testing.assert_array_equal(bits, graded ** 2 > threshold + 1e-6)

@@ -107,6 +107,14 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
         verifiers: [cosine_pair]
         evaluators: [verification]
         plots: false
+      gsc_bits:
+        stage: evaluate
+        features: gsc
+        feature_options: {grid: 2, binary: 0.0}
+        label_fraction: 0.5
+        verifiers: [correlation_pair]
+        evaluators: [verification]
+        plots: false
     """, name="handcrafted", writers=24, samples_per_writer=6)
     run_dir = run_recipe_text(text, tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -123,15 +131,23 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
     assert np.abs(embedded - hinge(test.images).numpy()).max() > 0.1
     np.testing.assert_array_equal(np.load(run_dir / "stages" / "gsc" / "test_embeddings.npy"),
                                   gsc(test.images, grid=2).numpy())
+    bits = gsc(test.images, grid=2, binary=0.0).numpy().astype(np.float64)  # CEDAR-FOX's form: φ of the bits
+    np.testing.assert_array_equal(np.load(run_dir / "stages" / "gsc_bits" / "test_embeddings.npy"), bits)
     saved = {stage: load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz")
-             for stage in ("hog", "pixels", "lbp", "hinge", "gsc")}
+             for stage in ("hog", "pixels", "lbp", "hinge", "gsc", "gsc_bits")}
+    centred = bits - bits.mean(1, keepdims=True)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    np.testing.assert_allclose(saved["gsc_bits"]["correlation_pair"][0].scores,
+                               (unit[first] * unit[second]).sum(1), atol=1e-5)
+    assert metrics["gsc_bits"]["verification"]["correlation_pair"]["roc_auc"] > 0.6
     for k in (int(np.argmax(same)), int(np.argmin(same))):  # a same-writer pair, then a different-writer one
         images = []
         for index in (first[k], second[k]):
             images.append(str(tmp_path / f"word{index}.png"))
             Image.fromarray(255 - test.images[index, 0].numpy()).save(images[-1])  # dark ink on white, as scanned
         for stage, verifier in (("hog", "wccn_pair"), ("hog", "cosine_pair"), ("pixels", "cosine_pair"),
-                                ("lbp", "cosine_pair"), ("hinge", "cosine_pair"), ("gsc", "cosine_pair")):
+                                ("lbp", "cosine_pair"), ("hinge", "cosine_pair"), ("gsc", "cosine_pair"),
+                                ("gsc_bits", "correlation_pair")):
             result = CliRunner().invoke(main, ["verify", str(run_dir), *images, "--stage", stage,
                                                "--verifier", verifier])
             assert result.exit_code == 0, result.output
@@ -165,7 +181,7 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
     ("hinge", "{legs: 4}", "features: hinge takes leg, bins, ordered, not legs"),
     ("lbp", "{grid: 2, leg: 4}", "features: lbp takes grid, not leg"),
     ("hog", "{grid: 2}", "features: hog takes no options, not grid"),
-    ("gsc", "{leg: 4}", "features: gsc takes grid, equal_mass, stroke, not leg"),
+    ("gsc", "{leg: 4}", "features: gsc takes grid, equal_mass, stroke, binary, not leg"),
     ("backbone", "{leg: 4}", "features: backbone takes no options, not leg"),
 ])
 def test_feature_options_are_checked_before_anything_runs(tmp_path: Path, features, options, message):

@@ -39,7 +39,7 @@ CONCAVITY = ("density", "horizontal stroke", "vertical stroke", "up", "down", "l
 
 
 def gsc(images: torch.Tensor, grid: int = GSC_GRID, equal_mass: bool = True, stroke: float = GSC_STROKE,
-        chunk: int | None = None) -> torch.Tensor:
+        binary: float | None = None, chunk: int | None = None) -> torch.Tensor:
     """GSC features of (N, C, H, W) images in [0, 255], ink bright: (N, 32 grid²) float32, 512 at 4 x 4.
 
     Ink is each image's channels' mean above its Otsu threshold. The image is cut into ``grid`` x
@@ -59,9 +59,10 @@ def gsc(images: torch.Tensor, grid: int = GSC_GRID, equal_mass: bool = True, str
 
     The vector holds the square roots of these fractions (so that the few dense features do not
     drown the cosine): the gradient features of every cell (row by row), then the structural, then
-    the concavity ones. GSC binarises the fractions with thresholds into CEDAR-FOX's 512 bits; here
-    they stay graded, for the cosine verifiers. All zeros without ink. ``chunk`` images at a time
-    (:func:`~hvkit_plugins.stages.handcrafted.chunks.in_chunks`).
+    the concavity ones. With ``binary`` = t it holds bits instead, 1 where a fraction exceeds t:
+    GSC's binary form, CEDAR-FOX's 512 bits at 4 x 4, for the ``correlation_pair`` verifier
+    (CEDAR-FOX's thresholds are not published; t = 0 marks each feature present in a cell). All
+    zeros without ink. ``chunk`` images at a time (:func:`~hvkit_plugins.stages.handcrafted.chunks.in_chunks`).
     """
     if images.dim() != 4:
         raise ValueError(f"gsc takes (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -70,10 +71,12 @@ def gsc(images: torch.Tensor, grid: int = GSC_GRID, equal_mass: bool = True, str
         raise ValueError(f"gsc needs grid >= 1 and images of at least {grid} x {grid} pixels, got {height} x {width}")
     if not 0 < stroke <= 1:
         raise ValueError(f"gsc's stroke is a fraction of the image's side in (0, 1], got {stroke}")
-    return in_chunks(images, lambda x: _gsc(otsu_ink(x), grid, equal_mass, stroke), chunk)
+    if binary is not None and not 0 <= binary < 1:
+        raise ValueError(f"gsc's binary is a threshold on a cell's fraction of pixels in [0, 1), got {binary}")
+    return in_chunks(images, lambda x: _gsc(otsu_ink(x), grid, equal_mass, stroke, binary), chunk)
 
 
-def _gsc(ink: np.ndarray, grid: int, equal_mass: bool, stroke: float) -> np.ndarray:
+def _gsc(ink: np.ndarray, grid: int, equal_mass: bool, stroke: float, binary: float | None) -> np.ndarray:
     n, height, width = ink.shape
     direction = gradient_directions(ink)
     gradient = [ink & (direction == k) for k in range(DIRECTIONS)]
@@ -91,7 +94,8 @@ def _gsc(ink: np.ndarray, grid: int, equal_mass: bool, stroke: float) -> np.ndar
     families = []
     for maps in (gradient, structural, concavity):
         counts = np.stack([np.bincount(slot[inside & m], minlength=n * grid * grid) for m in maps], -1)
-        families.append(np.sqrt(counts.reshape(n, grid * grid, len(maps)) / area[:, :, None]).reshape(n, -1))
+        fractions = counts.reshape(n, grid * grid, len(maps)) / area[:, :, None]
+        families.append((np.sqrt(fractions) if binary is None else fractions > binary).reshape(n, -1))
     return np.concatenate(families, 1)
 
 
