@@ -272,15 +272,20 @@ def reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: s
 
 def summary(metrics: dict[str, Any]) -> str:
     """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier."""
-    lines = []
+    rows = []
     for stage, values in metrics.items():
         verification = values.get("verification") if isinstance(values, dict) else None
         if not isinstance(verification, dict):
             continue
-        for verifier, v in verification.items():
-            if isinstance(v, dict) and "roc_auc" in v:
-                accuracy = v.get("accuracy")
-                shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "  -   "
-                lines.append(f"  {stage:<22} {verifier:<14} accuracy {shown}  "
-                             f"AUC {v['roc_auc']:.4f}  EER {v.get('eer', float('nan')):.4f}")
-    return "results:\n" + "\n".join(lines) if lines else "results: (no verification metrics)"
+        rows += [(stage, verifier, v) for verifier, v in verification.items() if isinstance(v, dict) and "roc_auc" in v]
+    if not rows:
+        return "results: (no verification metrics)"
+    stage_width = max(22, *(len(stage) for stage, *_ in rows))
+    verifier_width = max(14, *(len(verifier) for _, verifier, _ in rows))
+    lines = []
+    for stage, verifier, v in rows:
+        accuracy = v.get("accuracy")
+        shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "  -   "
+        lines.append(f"  {stage:<{stage_width}} {verifier:<{verifier_width}} accuracy {shown}  "
+                     f"AUC {v['roc_auc']:.4f}  EER {v.get('eer', float('nan')):.4f}")
+    return "results:\n" + "\n".join(lines)
