@@ -19,6 +19,7 @@ from hvkit_plugins.commands.fitted_run import FittedRun
 from hvkit_plugins.commands.sources import (embed_files, encoder_path, image_files, open_encoder, run_outputs,
                                             stage_features, test_views, tta_options)
 from hvkit_plugins.stages.evaluate import fitted_verifier
+from hvkit_plugins.stages.score_fusion import leaf_verifiers
 
 INDEX_FILE, META_FILE = "index.npz", "index.json"
 
@@ -53,25 +54,21 @@ class ScoreSpace:
         self.stage, self.verifier = stage, self.run.check(stage, verifier)
         self.invert, self.device = invert, device
         self.threshold = float(self.run.decision(self.stage, self.verifier)[0])
-        self.parts: list[tuple[str, str, float]] = []
-        self.offset = self._expand(self.stage, self.verifier, 1.0)
-
-    def _expand(self, stage: str, verifier: str, weight: float) -> float:
-        """Adds ``stage/verifier``'s verifiers to ``parts`` at ``weight``; returns its share of the offset."""
-        if stage not in self.run.fusions:
-            entry = self.run.entry(stage, verifier)
-            if not hasattr(FittedRun.head_class(entry), "embed"):
-                raise HvkitError(f"verifier {verifier!r} of stage {stage!r} scores pairs without an embedding space; "
-                                 "an index needs one (cosine_pair, wccn_pair, pcaw_pair)")
-            self.parts.append((stage, verifier, weight))
-            return 0.0
-        offset = weight * self.run.offset(stage)
-        for member_stage, member_verifier, member_weight in self.run.members(stage):
-            if member_weight < 0:
-                raise HvkitError(f"stage {stage!r} weighs {member_stage}/{member_verifier} by {member_weight:.4g} < 0: "
-                                 "a negative weight has no space of inner products to index")
-            offset += self._expand(member_stage, member_verifier, weight * member_weight)
-        return offset
+        if stage in self.run.fusions:
+            try:
+                leaves, inner = leaf_verifiers(self.run.outputs, self.run.outputs[stage]["metrics"]["fusion"]["weights"],
+                                               stage)
+            except ValueError as exc:
+                raise HvkitError(f"{run_dir}: {exc}") from None
+            self.offset = self.run.offset(stage) + inner
+        else:
+            leaves, self.offset = {(stage, self.verifier): 1.0}, 0.0
+        for leaf_stage, leaf_verifier in leaves:
+            if not hasattr(FittedRun.head_class(self.run.entry(leaf_stage, leaf_verifier)), "embed"):
+                raise HvkitError(f"verifier {leaf_verifier!r} of stage {leaf_stage!r} scores pairs without an "
+                                 "embedding space; an index needs one (cosine_pair, wccn_pair, pcaw_pair, "
+                                 "correlation_pair)")
+        self.parts = [(leaf_stage, leaf_verifier, weight) for (leaf_stage, leaf_verifier), weight in leaves.items()]
 
     def vectors(self, files: list[Path]) -> torch.Tensor:
         """The rows whose inner products score ``files`` pairwise (``offset`` aside)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
@@ -216,14 +216,48 @@ def _member_scores(ctx: StageContext, member: str) -> dict[str, tuple[PairSet, s
     return found
 
 
-def _fused_space(ctx: StageContext, members: list[str], fusion: LinearFusion) -> tuple[np.ndarray, np.ndarray]:
-    """The test images' rows in the fused space (:func:`cosine_fusion_space`) and their writers."""
-    blocks, labels, saved = [], None, {}
-    for member in members:
+def leaf_verifiers(outputs: Mapping[str, dict[str, Any]], weights: Mapping[str, float],
+                   owner: str) -> tuple[dict[tuple[str, str], float], float]:
+    """Fusion ``owner``'s members ``weights`` ({STAGE/VERIFIER: w}) as evaluate stages' verifiers.
+
+    A member that is itself a fusion (its stage's ``outputs`` hold ``metrics.fusion``) scores
+    ``Σ_k v_k s_k + c``, so ``w`` times it adds ``w v_k`` to each of its leaves and ``w c`` to the
+    offset; a verifier reached twice sums its weights. Returns ``({(stage, verifier): weight},
+    offset)``; ValueError on a negative weight (no space of inner products) or a member stage
+    without outputs.
+    """
+    leaves: dict[tuple[str, str], float] = {}
+    offset = 0.0
+    for member, weight in weights.items():
         stage, verifier = _split(member)
+        if stage not in outputs:
+            raise ValueError(f"stage {owner!r} fuses {member!r}, whose stage has no outputs")
+        if weight < 0:
+            raise ValueError(f"stage {owner!r} weighs {member} by {weight:.4g} < 0: a negative weight has no space "
+                             "of inner products")
+        fusion = outputs[stage].get("metrics", {}).get("fusion")
+        if fusion is None:
+            leaves[stage, verifier] = leaves.get((stage, verifier), 0.0) + weight
+            continue
+        inner, inner_offset = leaf_verifiers(outputs, fusion["weights"], stage)
+        offset += weight * (fusion["offset"] + inner_offset)
+        for leaf, inner_weight in inner.items():
+            leaves[leaf] = leaves.get(leaf, 0.0) + weight * inner_weight
+    return leaves, offset
+
+
+def _fused_space(ctx: StageContext, members: list[str], fusion: LinearFusion) -> tuple[np.ndarray, np.ndarray]:
+    """The test images' rows in the fused space (:func:`cosine_fusion_space`, nested fusions flattened by
+    :func:`leaf_verifiers`) and their writers."""
+    try:
+        leaves, _ = leaf_verifiers(ctx.outputs, dict(zip(members, map(float, fusion.weights))), ctx.name)
+    except ValueError as exc:
+        raise ValueError(f"evaluators: {exc} (fit: mean weighs every member > 0)") from None
+    blocks, labels, saved = [], None, {}
+    for stage, verifier in leaves:
         outputs = ctx.outputs[stage]
         if not outputs.get("verifiers"):
-            raise ValueError(f"evaluators: member {member!r} is not a verifier of an evaluate stage; the fused space "
+            raise ValueError(f"evaluators: {stage}/{verifier} is not a verifier of an evaluate stage; the fused space "
                              "joins evaluate stages' cosine verifiers")
         if stage not in saved:  # a stage's verifiers, test embeddings and writers, read once for all its members
             embeddings = ctx.run_dir / outputs["embeddings"]
@@ -232,18 +266,15 @@ def _fused_space(ctx: StageContext, members: list[str], fusion: LinearFusion) ->
         fitted, emb, found = saved[stage]
         head = fitted_verifier(fitted[verifier], emb.shape[1], ctx.registry)
         if not hasattr(head, "embed"):
-            raise ValueError(f"evaluators: member {member!r} scores pairs without an embedding space; the fused space "
-                             "joins cosine verifiers (cosine_pair, wccn_pair, pcaw_pair)")
+            raise ValueError(f"evaluators: {stage}/{verifier} scores pairs without an embedding space; the fused space "
+                             "joins cosine verifiers (cosine_pair, wccn_pair, pcaw_pair, correlation_pair)")
         with torch.no_grad():
             blocks.append(head.embed(emb).numpy())
         if labels is not None and not np.array_equal(found, labels):
-            raise ValueError(f"evaluators: member {member!r} embedded other test images than {members[0]!r}")
+            raise ValueError(f"evaluators: {stage}/{verifier} embedded other test images than "
+                             f"{'/'.join(next(iter(leaves)))}")
         labels = found
-    try:
-        return cosine_fusion_space(blocks, fusion.weights), labels
-    except ValueError as exc:  # the message names a system by number: say which member that is
-        raise ValueError(f"evaluators: members {', '.join(f'{k}: {m}' for k, m in enumerate(members))}: {exc} "
-                         "(fit: mean weighs every member > 0)") from None
+    return cosine_fusion_space(blocks, list(leaves.values())), labels
 
 
 def _same_pairs(members: list[str], found: list[tuple[PairSet, str | None]], part: str) -> None:

@@ -25,6 +25,7 @@ from hvkit_plugins.stages.handcrafted import hog
 from hvkit_plugins.stages.test_views import TestViews
 
 from .test_evaluate import RECIPE
+from .test_score_fusion import fused_scores, verifier_cosines
 
 PICKED = [0, 3, 7, 12, 20, 31]
 
@@ -37,6 +38,8 @@ def trained(tmp_path_factory) -> tuple[Path, list[Path], torch.Tensor]:
     recipe["stages"]["evaluate"]["verifiers"] = ["cosine_pair", {"name": "wccn_pair", "shrinkage": 0.2}, "sslhv_pair"]
     recipe["stages"]["fused"] = {"stage": "score_fusion", "fit": "mean", "plots": False,
                                  "members": ["evaluate/cosine_pair", "evaluate/wccn_pair"]}
+    recipe["stages"]["nested"] = {"stage": "score_fusion", "fit": "mean", "plots": False,
+                                  "members": ["fused/fused", "evaluate/wccn_pair"]}
     recipe["stages"]["train"]["head"] = {"name": "linear", "out_dim": 8}  # signed features: cosines spread out
     recipe["stages"]["train"]["train"] |= {"epochs": 30, "max_steps": None, "optimizer": {"name": "AdamW", "lr": 3e-3}}
     run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp)
@@ -142,18 +145,10 @@ def hog_run(tmp_path_factory) -> tuple[Path, list[Path], torch.Tensor]:
     return run_dir, scans(images, tmp), images[PICKED]
 
 
-def verifier_cosines(run_dir: Path, stage: str, verifier: str, features: np.ndarray) -> np.ndarray:
-    """The pairwise scores of a saved cosine verifier, ``cos(W(e_i − μ), W(e_j − μ))``, from its buffers."""
-    state = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[verifier]["state"]
-    transform = state["transform"].numpy() if "transform" in state else np.eye(features.shape[1])
-    space = (features.astype(np.float64) - state["mean"].numpy()) @ transform
-    unit = space / np.linalg.norm(space, axis=1, keepdims=True)
-    return unit @ unit.T
-
-
 @pytest.mark.parametrize("source, stage, verifier", [("trained", "evaluate", "wccn_pair"),
                                                      ("trained", "evaluate", None),
                                                      ("trained", "fused", None),
+                                                     ("trained", "nested", None),
                                                      ("hog_run", "hog", "wccn_pair")])
 def test_an_index_by_a_verifier_or_a_fusion_ranks_neighbours_by_its_score(request, tmp_path, source, stage,
                                                                           verifier) -> None:
@@ -164,13 +159,12 @@ def test_an_index_by_a_verifier_or_a_fusion_ranks_neighbours_by_its_score(reques
     result = invoke("index", "search", tmp_path / "index", files[2], files[5], "-k", 4)
     assert result.exit_code == 0, result.output
     features = hog(images).numpy() if stage == "hog" else reference(run_dir, images, None)
-    if stage == "fused":  # the mean of the members' z-scores: a weighted sum of their cosines plus an offset
-        fusion = json.loads((run_dir / "stages" / "fused" / "outputs.json").read_text())["metrics"]
-        weights = fusion["fusion"]["weights"]
+    if stage in ("fused", "nested"):  # the mean of the members' z-scores: a weighted sum of their scores + an offset
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        weights = metrics[stage]["fusion"]["weights"]
         assert len(weights) == 2 and min(weights.values()) > 0 and max(weights.values()) != min(weights.values())
-        scores = fusion["fusion"]["offset"] + sum(w * verifier_cosines(run_dir, *member.split("/"), features)
-                                                  for member, w in weights.items())
-        threshold, name = fusion["verification"]["fused"]["threshold"], "fused"
+        scores = fused_scores(run_dir, metrics, stage, lambda _: features)
+        threshold, name = metrics[stage]["verification"]["fused"]["threshold"], "fused"
     else:
         name = verifier or "cosine_pair"
         threshold = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[name]["threshold"]
@@ -191,14 +185,14 @@ def test_a_fusion_with_a_negative_weight_has_no_index(trained, tmp_path) -> None
     outputs.write_text(json.dumps(recorded))
     result = invoke("index", "build", copy_dir, *files, "--out", tmp_path / "index", "--stage", "fused")
     assert result.exit_code == 2
-    assert result.stderr == ("error: stage 'fused' weighs evaluate/wccn_pair by -0.5 < 0: a negative weight has no "
-                             "space of inner products to index\n")
+    assert result.stderr == (f"error: {copy_dir}: stage 'fused' weighs evaluate/wccn_pair by -0.5 < 0: a negative "
+                             "weight has no space of inner products\n")
 
 
 @pytest.mark.parametrize("options, message", [
     (["--stage", "evaluate", "--verifier", "sslhv_pair"],
      "verifier 'sslhv_pair' of stage 'evaluate' scores pairs without an embedding space; an index needs one "
-     "(cosine_pair, wccn_pair, pcaw_pair)"),
+     "(cosine_pair, wccn_pair, pcaw_pair, correlation_pair)"),
     (["--stage", "evaluate", "--verifier", "wccn"],
      "stage 'evaluate' has no verifier 'wccn'; have cosine_pair, wccn_pair, sslhv_pair"),
     (["--stage", "fused", "--verifier", "wccn_pair"],

@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -39,7 +40,10 @@ RECIPE = {
                                "plots": False, "verification": {"bootstrap": 0}, "l2": 0.3},
                "fusion_space": {"stage": "score_fusion", "fit": "mean", "plots": False, "evaluators": ["retrieval"],
                                 "verification": {"bootstrap": 0},
-                                "members": ["eval_first/wccn_pair", "eval_second/cosine_pair", "eval_second/wccn_pair"]}},
+                                "members": ["eval_first/wccn_pair", "eval_second/cosine_pair", "eval_second/wccn_pair"]},
+               "nested_space": {"stage": "score_fusion", "fit": "mean", "plots": False, "evaluators": ["retrieval"],
+                                "verification": {"bootstrap": 0},
+                                "members": ["fusion_mean/fused", "eval_second/cosine_pair", "eval_first/cosine_pair"]}},
 }
 
 
@@ -192,38 +196,66 @@ def test_verify_scores_two_files_by_a_fusion_as_the_stage_scored_the_pair(run_di
     unknown = CliRunner().invoke(main, ["verify", str(run_dir), *files, "--stage", "fuson"])
     assert unknown.exit_code == 2 and unknown.stderr == (
         f"error: {run_dir}: no evaluation stage 'fuson'; have eval_first, eval_second; "
-        "score fusions: fusion, fusion_mean, fused_again, fusion_space\n")
+        "score fusions: fusion, fusion_mean, fused_again, fusion_space, nested_space\n")
 
 
-def test_retrieval_in_the_fused_space_ranks_the_test_images_by_the_fused_score(run_dir: Path) -> None:
-    metrics = json.loads((run_dir / "metrics.json").read_text())["fusion_space"]
-    fusion = metrics["fusion"]
-    labels = np.load(run_dir / "stages" / "eval_first" / "test_labels.npy")
+def verifier_cosines(run_dir: Path, stage: str, verifier: str, features: np.ndarray) -> np.ndarray:
+    """The pairwise scores of a saved cosine verifier, ``cos(W(e_i − μ), W(e_j − μ))``, from its buffers."""
+    state = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[verifier]["state"]
+    space = features.astype(np.float64) - state["mean"].numpy()
+    space = space @ state["transform"].numpy() if "transform" in state else space
+    unit = space / np.linalg.norm(space, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def fused_scores(run_dir: Path, metrics: dict, stage: str, features: Callable[[str], np.ndarray]) -> np.ndarray:
+    """Fusion ``stage``'s pairwise scores of the images whose features each evaluation stage gives (``features``):
+    its members' :func:`verifier_cosines`, or a nested fusion's own fused scores, weighted, plus the offset."""
+    fusion = metrics[stage]["fusion"]
     scores = fusion["offset"]
-    for member, weight in fusion["weights"].items():  # each member's cosine of W(e − μ), from its saved buffers
-        stage, verifier = member.split("/")
-        state = load_checkpoint(run_dir / "stages" / stage / "verifiers.pt")[verifier]["state"]
-        space = np.load(run_dir / "stages" / stage / "test_embeddings.npy").astype(np.float64) - state["mean"].numpy()
-        space = space @ state["transform"].numpy() if "transform" in state else space
-        unit = space / np.linalg.norm(space, axis=1, keepdims=True)
-        scores = scores + weight * unit @ unit.T
+    for member, weight in fusion["weights"].items():
+        member_stage, verifier = member.split("/")
+        if "fusion" in metrics[member_stage]:
+            scores = scores + weight * fused_scores(run_dir, metrics, member_stage, features)
+        else:
+            scores = scores + weight * verifier_cosines(run_dir, member_stage, verifier, features(member_stage))
+    return scores
+
+
+@pytest.mark.parametrize("stage", ["fusion_space", "nested_space"])
+def test_retrieval_in_the_fused_space_ranks_the_test_images_by_the_fused_score(run_dir: Path, stage: str) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    labels = np.load(run_dir / "stages" / "eval_first" / "test_labels.npy")
+    scores = fused_scores(run_dir, metrics, stage,
+                          lambda member: np.load(run_dir / "stages" / member / "test_embeddings.npy"))
     first, second, _ = sslhv_pairs(labels, seed=RECIPE["seed"])
-    (pairs, _), = load_pair_scores(run_dir / "stages" / "fusion_space" / "test_pair_scores.npz").values()
+    (pairs, _), = load_pair_scores(run_dir / "stages" / stage / "test_pair_scores.npz").values()
     np.testing.assert_allclose(scores[first, second], pairs.scores, rtol=0, atol=1e-5)  # the fused scores, every pair
     np.fill_diagonal(scores, -np.inf)
-    assert metrics["space"] == "fused"
-    assert metrics["retrieval"]["precision_at_1"] == pytest.approx(np.mean(labels[scores.argmax(1)] == labels))
+    found = metrics[stage]
+    assert found["space"] == "fused"
+    assert found["retrieval"]["precision_at_1"] == pytest.approx(np.mean(labels[scores.argmax(1)] == labels))
     report = (run_dir / "report.md").read_text()
     assert f"Retrieval among the test writers in the fused space: precision@1 " \
-           f"{metrics['retrieval']['precision_at_1']:.4f}" in report
+           f"{found['retrieval']['precision_at_1']:.4f}" in report
 
 
-def test_retrieval_needs_members_with_an_embedding_space(copied: Path) -> None:
-    with pytest.raises(HvkitError, match=r"^stage 'fused_again': evaluators: member 'fusion/fused' is not a verifier "
-                                         r"of an evaluate stage; the fused space joins evaluate stages' cosine "
-                                         r"verifiers$"):
-        reevaluate(copied, ["fused_again"], ["stages.fused_again.evaluators=[retrieval]"], device="cpu",
-                   console=lambda _: None)
+def test_retrieval_needs_non_negative_weights_and_members_with_an_embedding_space(copied: Path) -> None:
+    outputs = copied / "stages" / "fusion_mean" / "outputs.json"
+    recorded = json.loads(outputs.read_text())
+    recorded["metrics"]["fusion"]["weights"]["eval_second/cosine_pair"] = -0.25
+    outputs.write_text(json.dumps(recorded))
+    with pytest.raises(HvkitError, match=r"^stage 'nested_space': evaluators: stage 'fusion_mean' weighs "
+                                         r"eval_second/cosine_pair by -0.25 < 0: a negative weight has no space of "
+                                         r"inner products \(fit: mean weighs every member > 0\)$"):
+        reevaluate(copied, ["nested_space"], [], device="cpu", console=lambda _: None)
+    with pytest.raises(HvkitError, match=r"^stage 'fusion_space': evaluators: eval_second/sslhv_pair scores pairs "
+                                         r"without an embedding space; the fused space joins cosine verifiers "
+                                         r"\(cosine_pair, wccn_pair, pcaw_pair, correlation_pair\)$"):
+        reevaluate(copied, ["eval_second", "fusion_space"],
+                   ["stages.eval_second.verifiers=[cosine_pair,wccn_pair,sslhv_pair]",
+                    "stages.fusion_space.members=[eval_first/wccn_pair,eval_second/sslhv_pair]"],
+                   device="cpu", console=lambda _: None)
 
 
 def fusion_recipe(tmp_path: Path, members) -> Path:
