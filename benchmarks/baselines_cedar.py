@@ -4,7 +4,7 @@ Checks the ``cedar_and`` reader and :mod:`hvkit_plugins.datasets.pairs` against 
 (Chauhan et al. 2024, Table: HOG 0.72 accuracy, raw pixels 0.63-0.65). For each of the evaluate
 stage's hand-crafted ``features`` — raw pixels, HOG (9 orientations, 8 x 8 cells, 2 x 2 blocks, as
 SSL-HV's OpenCV HOG), uniform LBP per cell, the contour hinge (the paper's unordered legs, and
-ordered as the flagship recipe scores it) and CEDAR's GSC features — it reports, on the balanced
+ordered as the flagship recipe scores it) and CEDAR's GSC features, graded and binary — it reports, on the balanced
 SSL-HV pairs of the *test* writers:
 
 - ``cosine``: cosine similarity of the two raw feature vectors, no training;
@@ -12,6 +12,8 @@ SSL-HV pairs of the *test* writers:
   mean feature of every training image (labels unused) — what the evaluate stage reports;
 - ``WCCN cos``: the pipeline's ``wccn_pair`` verifier, the centred cosine after whitening by
   the within-writer scatter of the first 10 % (sorted) training writers;
+- ``correlation``: the pipeline's ``correlation_pair`` verifier, Pearson's correlation of the two
+  vectors — on GSC's bits (``gscbits``, GSC with ``binary=0``) CEDAR-FOX's correlation measure;
 
   each with accuracy at the threshold that is best on the validation writers' pairs;
 - ``pair head``: SSL-HV's downstream verifier (``sslhv_pair`` head: shared Linear to 64 on both
@@ -39,19 +41,20 @@ from sklearn.metrics import roc_auc_score
 
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
-from hvkit_plugins.heads.cosine_pair import CosinePair
+from hvkit_plugins.heads.cosine_pair import CorrelationPair, CosinePair
 from hvkit_plugins.heads.sslhv_pair import SSLHVPairHead
-from hvkit_plugins.stages.handcrafted import HANDCRAFTED, hinge
+from hvkit_plugins.stages.handcrafted import HANDCRAFTED, gsc, hinge
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
 
 
 def cosine_verifiers(feats: dict[str, np.ndarray], labels10: np.ndarray) -> dict[str, CosinePair]:
-    """The plain, centred and WCCN cosine verifiers, fitted as the evaluate stage fits them."""
+    """The plain, centred and WCCN cosines and the correlation, fitted as the evaluate stage fits them."""
     train10, train = torch.from_numpy(feats["train10"]), torch.from_numpy(feats["train"])
     dim = train.shape[1]
     return {"cosine": CosinePair(dim, centre=False),
             "centred cos": CosinePair(dim).fit(train10, unlabelled=train),
-            "WCCN cos": CosinePair(dim, whiten="within_class").fit(train10, torch.from_numpy(labels10), train)}
+            "WCCN cos": CosinePair(dim, whiten="within_class").fit(train10, torch.from_numpy(labels10), train),
+            "correlation": CorrelationPair(dim)}
 
 
 def score(verifier: CosinePair, features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -83,7 +86,8 @@ def main() -> None:
     print("pairs: " + "  ".join(f"{k}: {len(v[0])}" for k, v in pairs.items())
           + f"  (labelled writers: {len(np.unique(train.labels))})")
     print(f"{'feature':8} {'method':12} {'test AUC':>8} {'test acc':>8}")
-    features = HANDCRAFTED | {"ordhinge": functools.partial(hinge, ordered=True)}  # the recipe's hinge
+    features = HANDCRAFTED | {"ordhinge": functools.partial(hinge, ordered=True),  # the recipe's hinge
+                              "gscbits": functools.partial(gsc, binary=0.0)}     # CEDAR-FOX's GSC
     for name, extract in features.items():
         feats = {k: extract(s.images).numpy() for k, s in (("train10", train), ("train", data.splits["train"]),
                                                    ("val", data.splits["val"]), ("test", data.splits["test"]))}
