@@ -189,7 +189,7 @@ class Evaluate:
 
 
 def _features_problem(has_model: bool, features: str, tta: TestViews,
-                      options: dict[str, int | bool]) -> tuple[str, str] | None:
+                      options: dict[str, int | float | bool]) -> tuple[str, str] | None:
     """The key and message of what is wrong with a stage's choice of features, if anything."""
     if features not in HANDCRAFTED and not has_model:
         return "model_from", f"model_from must name an earlier stage unless features is one of {sorted(HANDCRAFTED)}"
@@ -200,8 +200,16 @@ def _features_problem(has_model: bool, features: str, tta: TestViews,
     if unknown:
         return "feature_options", (f"features: {features} takes " + (", ".join(allowed) if allowed else "no options")
                                    + f", not {', '.join(unknown)}")
+    if options:  # their values too, on one blank word, before any stage runs
+        try:
+            HANDCRAFTED[features](torch.zeros(1, 1, OPTIONS_CHECK_SIZE, OPTIONS_CHECK_SIZE), **options)
+        except (ValueError, TypeError) as exc:
+            return "feature_options", f"features: {features}: {exc}"
     return None
 
+
+OPTIONS_CHECK_SIZE = 128
+"""Side of the blank image on which ``hvkit validate`` tries a hand-crafted feature's options."""
 
 PAIR_SCORES = "test_pair_scores.npz"
 PAIR_SCORE_FILES = {"test": PAIR_SCORES, "val": "val_pair_scores.npz"}

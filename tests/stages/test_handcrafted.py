@@ -183,6 +183,9 @@ def test_the_evaluate_stage_scores_handcrafted_features_without_a_model(tmp_path
     ("hog", "{grid: 2}", "features: hog takes no options, not grid"),
     ("gsc", "{leg: 4}", "features: gsc takes grid, equal_mass, stroke, binary, not leg"),
     ("backbone", "{leg: 4}", "features: backbone takes no options, not leg"),
+    ("gsc", "{binary: 1.5}", "features: gsc: gsc's binary is a threshold on a cell's fraction of pixels in [0, 1), "
+                             "got 1.5"),
+    ("hinge", "{leg: 0}", "features: hinge: hinge needs leg >= 1 and bins >= 2, got leg 0 and bins 24"),
 ])
 def test_feature_options_are_checked_before_anything_runs(tmp_path: Path, features, options, message):
     model = "model_from: pretrain" if features == "backbone" else ""
