@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +44,11 @@ class CosinePair(nn.Module):
         super().__init__()
         if whiten not in ("none", "within_class", "total"):
             raise ValueError(f"cosine_pair: whiten={whiten!r} must be 'none', 'within_class' or 'total'")
-        if centre not in (True, False, "each") or (centre == "each" and whiten != "none"):
-            raise ValueError(f"cosine_pair: centre={centre!r} must be true, false, or 'each' (the Pearson "
-                             "correlation, which takes whiten='none')")
+        if centre not in (True, False, "each"):
+            raise ValueError(f"cosine_pair: centre={centre!r} must be true, false or 'each'")
+        if centre == "each" and whiten != "none":
+            raise ValueError(f"cosine_pair: centre='each' (Pearson's correlation) takes whiten='none', "
+                             f"not whiten={whiten!r}")
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"cosine_pair: shrinkage={shrinkage} must lie in [0, 1]")
         if not 0.0 <= power <= 1.0:
@@ -56,6 +58,11 @@ class CosinePair(nn.Module):
         self.register_buffer("mean", torch.zeros(in_dim))
         if whiten != "none":
             self.register_buffer("transform", torch.eye(in_dim))
+
+    @classmethod
+    def check_recipe(cls, spec: dict[str, Any], earlier: dict[str, Any]) -> None:
+        """Its settings' values, checked by ``hvkit validate`` before any stage runs."""
+        cls(1, **{key: value for key, value in spec.items() if key not in ("name", "in_dim")})
 
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
             unlabelled: torch.Tensor | None = None) -> "CosinePair":

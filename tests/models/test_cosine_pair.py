@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
-from hvkit.testing import check_head
+from hvkit.cli import main
+from hvkit.testing import check_head, tiny_recipe
 from hvkit_plugins.heads import CorrelationPair, CosinePair, PCAWPair, WCCNPair
 
 
@@ -156,7 +158,7 @@ def test_bad_settings_and_inputs() -> None:
         PCAWPair(in_dim=4).fit(torch.ones(8, 4))
     with pytest.raises(ValueError, match="whiten"):
         CosinePair(in_dim=4, whiten="pca")
-    with pytest.raises(ValueError, match="correlation, which takes whiten='none'"):
+    with pytest.raises(ValueError, match="takes whiten='none', not whiten='within_class'"):
         CorrelationPair(in_dim=4, whiten="within_class")
     with pytest.raises(ValueError, match="centre='mean' must be"):
         CosinePair(in_dim=4, centre="mean")
@@ -168,3 +170,21 @@ def test_bad_settings_and_inputs() -> None:
         WCCNPair(in_dim=4).fit(torch.randn(8, 4), torch.arange(8))
     with pytest.raises(ValueError, match="singular"):
         WCCNPair(in_dim=4, shrinkage=0.0).fit(torch.randn(4, 4), torch.tensor([0, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("verifier, message", [
+    ("{name: wccn_pair, shrinkage: 2}", "cosine_pair: shrinkage=2 must lie in [0, 1]"),
+    ("{name: correlation_pair, whiten: total}",
+     "cosine_pair: centre='each' (Pearson's correlation) takes whiten='none', not whiten='total'"),
+    ("{name: pcaw_pair, power: -1}", "cosine_pair: power=-1 must lie in [0, 1] (1 whitens fully, 0 not at all)"),
+])
+def test_bad_values_fail_validation_before_any_stage_runs(tmp_path, verifier: str, message: str) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(tiny_recipe(f"""
+      words:
+        stage: evaluate
+        features: hog
+        verifiers: [cosine_pair, {verifier}]
+    """, name="values"))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and result.stderr == f"error: {path}:stages.words.verifiers.1: {message}\n"
