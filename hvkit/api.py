@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 11)
+API_VERSION: tuple[int, int] = (1, 12)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -47,7 +47,9 @@ split's images), in place of ``forward(e1, e2)``; ``hvkit verify`` refuses it fo
 1.11 passes ``check_recipe`` the registry the recipe is validated against when it declares a
 parameter ``registry``: ``check_recipe(spec, earlier, registry)`` looks up nested components there;
 and it reserves the stage key ``like`` (a stage starting from an earlier stage's settings), which a
-stage factory may no longer take as a parameter.
+stage factory may no longer take as a parameter. 1.12 builds every transform, miner, evaluator and
+loss that takes no context argument once at validation, so a value its constructor refuses with
+``ValueError`` is a recipe error before any stage runs.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

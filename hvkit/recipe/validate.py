@@ -24,6 +24,12 @@ from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
 
+TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss"})
+"""Kinds that validation builds once, so that a setting whose *value* their factory refuses fails
+before any stage runs — each component whose factory takes no run-time context argument (a
+classifier loss's ``embedding_dim``, ``num_classes``: a stand-in could refuse a recipe that runs).
+Heads, backbones, datasets and stages check values in their ``check_recipe``."""
+
 TOP_LEVEL = {"name", "description", "seed", "device", "data", "model", "stages"}
 MODEL_KEYS = {"backbone"}
 
@@ -174,7 +180,21 @@ class Validator:
                                                      f"(expected {describe(p.hint)})")
             resolved[p.name] = self._default(p.default, p.hint, f"{path}.{p.name}")
         self.check_component(entry.factory, resolved, path)
+        self.trial_build(kind, resolved, path)
         return resolved
+
+    def trial_build(self, kind: str, resolved: dict[str, Any], path: str) -> None:
+        """Builds a component of a :data:`TRIAL_KINDS` kind once; its factory's ValueError is this path's error."""
+        if kind not in TRIAL_KINDS:
+            return
+        params, _ = parameters(self.registry.get(kind, resolved["name"]).factory)
+        if CONTEXT_ARGS.get(kind, frozenset()) & set(params):
+            return
+        from hvkit.engine.context import build
+        try:
+            build(self.registry, kind, resolved)
+        except ValueError as exc:
+            raise self.error(path, str(exc)) from None
 
     def _default(self, default: Any, hint: Any, path: str) -> Any:
         marker = special_marker(hint)

@@ -89,11 +89,28 @@ class RegistryCheckedLoss:
         registry.get("loss", spec["partner"])
 
 
+def refusing(margin: float = 0.1):
+    """A loss whose factory refuses a value (no ``check_recipe``)."""
+    refusing.built.append(margin)
+    if margin < 0:
+        raise ValueError(f"refusing: margin={margin} must be >= 0")
+
+
+def refusing_sized(margin: float = 0.1, embedding_dim: int = 2):
+    """The same with a context argument: validation cannot build it."""
+    return refusing(margin)
+
+
+refusing.built = []
+
+
 @pytest.fixture
 def registry():
     return make_registry(dataset={"toy_data": toy_data, "echo_seed": lambda seed=0: seed},
                          miner={"toy_miner": toy_miner},
-                         loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss, "registry_checked": RegistryCheckedLoss},
+                         loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss, "registry_checked": RegistryCheckedLoss,
+                               "refusing": refusing,
+                               "refusing_sized": refusing_sized},
                          stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage})
 
 
@@ -405,3 +422,19 @@ def test_broken_default_component_names_the_parameter(tmp_path):
     with pytest.raises(RecipeError) as info:
         prepare(write(tmp_path, BASE), registry=registry)
     assert str(info.value).startswith(f"{tmp_path / 'recipe.yaml'}:stages.first.loss.name: unknown loss 'toy_loss'")
+
+
+def test_a_factory_that_refuses_a_value_fails_validation_unless_it_needs_run_time_context(tmp_path, registry):
+    def loss(spec: str) -> Path:
+        return write(tmp_path, BASE.replace("{stage: toy_stage}", f"{{stage: toy_stage, loss: {spec}}}"))
+
+    refusing.built.clear()
+    prepare(loss("{name: refusing, margin: 0.5}"), registry=registry)
+    assert refusing.built == [0.5]  # built once, as the recipe says
+    bad = loss("{name: refusing, margin: -1}")
+    with pytest.raises(RecipeError) as caught:
+        prepare(bad, registry=registry)
+    assert str(caught.value) == f"{bad}:stages.first.loss: refusing: margin=-1 must be >= 0"
+    refusing.built.clear()
+    prepare(loss("{name: refusing_sized, margin: -1}"), registry=registry)  # embedding_dim is known at run time only
+    assert refusing.built == []
