@@ -185,16 +185,26 @@ class Validator:
 
     def trial_build(self, kind: str, resolved: dict[str, Any], path: str) -> None:
         """Builds a component of a :data:`TRIAL_KINDS` kind once; its factory's ValueError is this path's error."""
-        if kind not in TRIAL_KINDS:
-            return
-        params, _ = parameters(self.registry.get(kind, resolved["name"]).factory)
-        if CONTEXT_ARGS.get(kind, frozenset()) & set(params):
+        if kind not in TRIAL_KINDS or self.needs_context(kind, resolved):
             return
         from hvkit.engine.context import build
         try:
             build(self.registry, kind, resolved)
         except ValueError as exc:
             raise self.error(path, str(exc)) from None
+
+    def needs_context(self, kind: str, resolved: dict[str, Any]) -> bool:
+        """Whether a resolved component, or one nested in it, takes a run-time context argument."""
+        params, _ = parameters(self.registry.get(kind, resolved["name"]).factory)
+        if CONTEXT_ARGS.get(kind, frozenset()) & set(params):
+            return True
+        for key, param in params.items():
+            marker = special_marker(param.hint)
+            if isinstance(marker, ComponentKind) and resolved.get(key) is not None:
+                value = resolved[key]
+                if any(self.needs_context(marker.kind, v) for v in (value if isinstance(value, list) else [value])):
+                    return True
+        return False
 
     def _default(self, default: Any, hint: Any, path: str) -> Any:
         marker = special_marker(hint)

@@ -101,7 +101,12 @@ def refusing_sized(margin: float = 0.1, embedding_dim: int = 2):
     return refusing(margin)
 
 
-refusing.built = []
+def wrapping(inner: Component["loss"] = "refusing", weight: float = 1.0):
+    """A loss around another: built only when the inner one needs no run-time context either."""
+    wrapping.built.append(weight)
+
+
+refusing.built, wrapping.built = [], []
 
 
 @pytest.fixture
@@ -110,7 +115,7 @@ def registry():
                          miner={"toy_miner": toy_miner},
                          loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss, "registry_checked": RegistryCheckedLoss,
                                "refusing": refusing,
-                               "refusing_sized": refusing_sized},
+                               "refusing_sized": refusing_sized, "wrapping": wrapping},
                          stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage})
 
 
@@ -438,3 +443,12 @@ def test_a_factory_that_refuses_a_value_fails_validation_unless_it_needs_run_tim
     refusing.built.clear()
     prepare(loss("{name: refusing_sized, margin: -1}"), registry=registry)  # embedding_dim is known at run time only
     assert refusing.built == []
+    wrapping.built.clear()
+    prepare(loss("{name: wrapping, inner: refusing_sized, weight: 2.0}"), registry=registry)  # nor the one around it
+    assert wrapping.built == [] and refusing.built == []
+    prepare(loss("{name: wrapping, weight: 3.0}"), registry=registry)
+    assert wrapping.built == [3.0] and refusing.built == [0.1, 0.1]  # the inner loss alone, then inside the outer
+    nested = loss("{name: wrapping, inner: {name: refusing, margin: -2}}")
+    with pytest.raises(RecipeError) as caught:
+        prepare(nested, registry=registry)
+    assert str(caught.value) == f"{nested}:stages.first.loss.inner: refusing: margin=-2 must be >= 0"
