@@ -234,7 +234,7 @@ def leaf_verifiers(outputs: Mapping[str, dict[str, Any]], weights: Mapping[str, 
             raise ValueError(f"stage {owner!r} fuses {member!r}, whose stage has no outputs")
         if weight < 0:
             raise ValueError(f"stage {owner!r} weighs {member} by {weight:.4g} < 0: a negative weight has no space "
-                             "of inner products")
+                             "of inner products (fit: mean weighs every member > 0)")
         fusion = outputs[stage].get("metrics", {}).get("fusion")
         if fusion is None:
             leaves[stage, verifier] = leaves.get((stage, verifier), 0.0) + weight
@@ -252,7 +252,7 @@ def _fused_space(ctx: StageContext, members: list[str], fusion: LinearFusion) ->
     try:
         leaves, _ = leaf_verifiers(ctx.outputs, dict(zip(members, map(float, fusion.weights))), ctx.name)
     except ValueError as exc:
-        raise ValueError(f"evaluators: {exc} (fit: mean weighs every member > 0)") from None
+        raise ValueError(f"evaluators: {exc}") from None
     blocks, labels, saved = [], None, {}
     for stage, verifier in leaves:
         outputs = ctx.outputs[stage]

@@ -186,7 +186,7 @@ def test_a_fusion_with_a_negative_weight_has_no_index(trained, tmp_path) -> None
     result = invoke("index", "build", copy_dir, *files, "--out", tmp_path / "index", "--stage", "fused")
     assert result.exit_code == 2
     assert result.stderr == (f"error: {copy_dir}: stage 'fused' weighs evaluate/wccn_pair by -0.5 < 0: a negative "
-                             "weight has no space of inner products\n")
+                             "weight has no space of inner products (fit: mean weighs every member > 0)\n")
 
 
 @pytest.mark.parametrize("options, message", [
