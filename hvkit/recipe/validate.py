@@ -187,7 +187,7 @@ class Validator:
         """Builds a component of a :data:`TRIAL_KINDS` kind once; its factory's ValueError is this path's error."""
         if kind not in TRIAL_KINDS or self.needs_context(kind, resolved):
             return
-        from hvkit.engine.context import build
+        from hvkit.engine.context import build  # here: hvkit.engine.context imports hvkit.recipe
         try:
             build(self.registry, kind, resolved)
         except ValueError as exc:
