@@ -1,9 +1,9 @@
 """Writer retrieval with k-reciprocal re-ranking: its parameters chosen on the validation writers of a run.
 
-For each named evaluation stage of a finished run, the validation and test writers' images are
-mapped as its fitted cosine verifier maps them (``W(e − μ)``: the stage's encoder and test-time
-views, or its hand-crafted features), and the ``retrieval`` evaluator ranks each image's writer
-among the others: without re-ranking, with the paper's k1 20, k2 6, λ 0.3 (Zhong et al. 2017) and
+For each named evaluation stage of a finished run, the validation and test writers' image files are
+mapped as its fitted cosine verifier maps them — ``W(e − μ)``, normalised, from the stage's encoder
+and test-time views or its hand-crafted features, as ``hvkit index`` maps them (``ScoreSpace``) —
+and the ``retrieval`` evaluator ranks each image's writer among the others: without re-ranking, with the paper's k1 20, k2 6, λ 0.3 (Zhong et al. 2017) and
 with every setting of a grid over ``k1``, ``k2`` and ``weight`` (``pool`` 100). The setting with
 the best validation MAP@R averaged over the stages is then scored on the test writers. It prints
 one line per stage and setting.
@@ -18,39 +18,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hvkit.engine import load_checkpoint
 from hvkit.evaluation import EvalData, evaluate
-from hvkit.registry import get_registry
+from hvkit_plugins.commands.index import ScoreSpace
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.evaluators.retrieval import Rerank, Retrieval
-from hvkit_plugins.stages.encoder import embed, load_encoder
-from hvkit_plugins.stages.evaluate import fitted_verifier
-from hvkit_plugins.stages.handcrafted import HANDCRAFTED
-from hvkit_plugins.stages.test_views import TestViews
 
 GRID = [Rerank(100, k1, k2, weight) for k1, k2, weight in
         itertools.product((4, 6, 8, 10, 14, 20), (1, 3, 6), (0.0, 0.1, 0.3, 0.5, 0.7))]
-
-
-def verifier_space(run: Path, stage: str, verifier: str, images: torch.Tensor) -> np.ndarray:
-    """``images`` as stage ``stage`` of ``run`` embeds them and its fitted ``verifier`` maps them."""
-    registry = get_registry()
-    outputs = json.loads((run / "stages" / stage / "outputs.json").read_text())
-    if outputs.get("encoder"):
-        encoder, _ = load_encoder(run / outputs["encoder"], registry, torch.device("cpu"))
-        features = embed(encoder, images, torch.device("cpu"), outputs.get("features", "backbone"),
-                         views=TestViews(**outputs["tta"]))
-    else:
-        features = HANDCRAFTED[outputs["features"]](images, **outputs.get("feature_options", {}))
-    head = fitted_verifier(load_checkpoint(run / outputs["verifiers"])[verifier], features.shape[1], registry)
-    with torch.no_grad():
-        return head.embed(features).numpy()
 
 
 def retrieval(space: np.ndarray, labels: np.ndarray, rerank: Rerank) -> tuple[float, float]:
@@ -69,9 +48,13 @@ def main() -> None:
     args = parser.parse_args()
     data = cedar_and(root=args.root, seed=args.seed)
     stages = args.stages.split(",")
-    parts = {part: (data.splits[part].images, np.asarray(data.splits[part].labels)) for part in ("val", "test")}
-    spaces = {(stage, part): verifier_space(args.run, stage, args.verifier, images)
-              for stage in stages for part, (images, _) in parts.items()}
+    parts = {part: ([Path(args.root) / p for p in data.splits[part].paths], np.asarray(data.splits[part].labels))
+             for part in ("val", "test")}
+    spaces = {}  # each image file read and mapped as `hvkit index build RUN --stage S --verifier V` maps it
+    for stage in stages:
+        space = ScoreSpace(args.run, stage, args.verifier, True, torch.device("cpu"))
+        for part, (files, _) in parts.items():
+            spaces[stage, part] = space.vectors(files).numpy()
     val = {stage: [retrieval(spaces[stage, "val"], parts["val"][1], rerank) for rerank in GRID] for stage in stages}
     best = GRID[int(np.argmax(np.mean([[m for _, m in val[stage]] for stage in stages], axis=0)))]
     for stage in stages:
