@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import typing
 import inspect
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,16 @@ from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
 
-TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss"})
+TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss", "head"})
 """Kinds that validation builds once, so that a setting whose *value* their factory refuses fails
-before any stage runs — each component whose factory takes no run-time context argument (a
-classifier loss's ``embedding_dim``, ``num_classes``: a stand-in could refuse a recipe that runs).
-Heads, backbones, datasets and stages check values in their ``check_recipe``."""
+before any stage runs. Backbones, datasets, samplers and stages check values in their ``check_recipe``."""
+
+STAND_INS: dict[str, tuple[int, ...]] = {
+    "embedding_dim": (1, 512), "num_classes": (2, 10_000), "map_channels": (1, 512), "in_dim": (1, 512)}
+"""Run-time context a trial build tries, small and large for each argument: a value counts as refused
+only when every combination refuses it, so a bound against the real context (W-MSE's ``w_size`` above
+``embedding_dim``, ``num_proxies`` at most ``num_classes``) passes here and is checked when the stage
+builds the component. A component with any other context argument is not built."""
 
 TOP_LEVEL = {"name", "description", "seed", "device", "data", "model", "stages"}
 MODEL_KEYS = {"backbone"}
@@ -184,27 +190,40 @@ class Validator:
         return resolved
 
     def trial_build(self, kind: str, resolved: dict[str, Any], path: str) -> None:
-        """Builds a component of a :data:`TRIAL_KINDS` kind once; its factory's ValueError is this path's error."""
-        if kind not in TRIAL_KINDS or self.needs_context(kind, resolved):
+        """Builds a component of a :data:`TRIAL_KINDS` kind; its factory's ValueError is this path's error.
+
+        Its run-time context comes from :data:`STAND_INS`, every combination tried until one builds."""
+        needed = self.context_needed(kind, resolved) if kind in TRIAL_KINDS else None
+        if needed is None:
             return
         from hvkit.engine.context import build  # here: hvkit.engine.context imports hvkit.recipe
-        try:
-            build(self.registry, kind, resolved)
-        except ValueError as exc:
-            raise self.error(path, str(exc)) from None
+        names = sorted(needed)
+        first: ValueError | None = None
+        for values in itertools.product(*(STAND_INS[n] for n in names)):
+            try:
+                build(self.registry, kind, resolved, **dict(zip(names, values)))
+                return
+            except ValueError as exc:
+                first = first or exc
+        raise self.error(path, str(first)) from None
 
-    def needs_context(self, kind: str, resolved: dict[str, Any]) -> bool:
-        """Whether a resolved component, or one nested in it, takes a run-time context argument."""
+    def context_needed(self, kind: str, resolved: dict[str, Any]) -> set[str] | None:
+        """The run-time context arguments a resolved component and those nested in it take; None when one of
+        them has no stand-in."""
         params, _ = parameters(self.registry.get(kind, resolved["name"]).factory)
-        if CONTEXT_ARGS.get(kind, frozenset()) & set(params):
-            return True
+        needed = set(CONTEXT_ARGS.get(kind, frozenset()) & set(params))
+        if kind not in TRIAL_KINDS or not needed <= set(STAND_INS):
+            return None
         for key, param in params.items():
             marker = special_marker(param.hint)
             if isinstance(marker, ComponentKind) and resolved.get(key) is not None:
                 value = resolved[key]
-                if any(self.needs_context(marker.kind, v) for v in (value if isinstance(value, list) else [value])):
-                    return True
-        return False
+                for v in value if isinstance(value, list) else [value]:
+                    inner = self.context_needed(marker.kind, v)
+                    if inner is None:
+                        return None
+                    needed |= inner
+        return needed
 
     def _default(self, default: Any, hint: Any, path: str) -> Any:
         marker = special_marker(hint)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,11 +58,6 @@ class CosinePair(nn.Module):
         self.register_buffer("mean", torch.zeros(in_dim))
         if whiten != "none":
             self.register_buffer("transform", torch.eye(in_dim))
-
-    @classmethod
-    def check_recipe(cls, spec: dict[str, Any], earlier: dict[str, Any]) -> None:
-        """Its settings' values, checked by ``hvkit validate`` before any stage runs."""
-        cls(1, **{key: value for key, value in spec.items() if key not in ("name", "in_dim")})
 
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
             unlabelled: torch.Tensor | None = None) -> "CosinePair":

@@ -27,9 +27,11 @@ class DINOHead(nn.Module):
     def __init__(self, in_dim: int = 512, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True) -> None:
         super().__init__()
-        if min(in_dim, out_dim, hidden_dim, bottleneck_dim) < 1:
-            raise ValueError(f"dino_head: in_dim={in_dim}, out_dim={out_dim}, hidden_dim={hidden_dim} and "
-                             f"bottleneck_dim={bottleneck_dim} must all be >= 1")
+        if in_dim < 1:
+            raise ValueError(f"dino_head: in_dim must be >= 1, got {in_dim}")
+        if min(out_dim, hidden_dim, bottleneck_dim) < 1:
+            raise ValueError(f"dino_head: out_dim={out_dim}, hidden_dim={hidden_dim} and bottleneck_dim="
+                             f"{bottleneck_dim} must all be >= 1")
         if layers < 1:
             raise ValueError(f"dino_head: layers must be at least 1, got {layers}; DINO uses 3")
         sizes = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]

@@ -11,8 +11,10 @@ class Linear(nn.Module):
 
     def __init__(self, in_dim: int = 512, out_dim: int = 128, bias: bool = True):
         super().__init__()
-        if in_dim < 1 or out_dim < 1:
-            raise ValueError(f"linear: in_dim={in_dim} and out_dim={out_dim} must be >= 1")
+        if in_dim < 1:
+            raise ValueError(f"linear: in_dim must be >= 1, got {in_dim}")
+        if out_dim < 1:
+            raise ValueError(f"linear: out_dim must be >= 1, got {out_dim}")
         self.linear = nn.Linear(in_dim, out_dim, bias=bias)
         self.out_dim = out_dim
 

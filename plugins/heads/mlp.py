@@ -18,8 +18,10 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int = 512, dims: tuple[int, ...] = (2048, 2048, 2048), last_bn: bool = False):
         super().__init__()
         dims = list(dims)
-        if in_dim < 1 or not dims or min(dims) < 1:
-            raise ValueError(f"mlp: in_dim={in_dim} and every entry of dims={dims} must be >= 1 (dims non-empty)")
+        if in_dim < 1:
+            raise ValueError(f"mlp: in_dim must be >= 1, got {in_dim}")
+        if not dims or min(dims) < 1:
+            raise ValueError(f"mlp: dims={dims} must be a non-empty list of sizes >= 1")
         layers: list[nn.Module] = []
         sizes = [in_dim] + dims
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -12,8 +12,10 @@ class Normalize(nn.Module):
 
     def __init__(self, in_dim: int = 512, eps: float = 1e-12):
         super().__init__()
-        if in_dim < 1 or eps <= 0:
-            raise ValueError(f"normalize: in_dim={in_dim} must be >= 1 and eps={eps} > 0")
+        if in_dim < 1:
+            raise ValueError(f"normalize: in_dim must be >= 1, got {in_dim}")
+        if not eps > 0:
+            raise ValueError(f"normalize: eps must be > 0, got {eps}")
         self.out_dim = in_dim
         self.eps = eps
 

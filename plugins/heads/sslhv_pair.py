@@ -31,9 +31,10 @@ class SSLHVPairHead(nn.Module):
                  difference: Literal["signed", "absolute"] = "signed"):
         super().__init__()
         hidden = list(hidden)
-        if in_dim < 1 or not hidden or min(hidden) < 1:
-            raise ValueError(f"sslhv_pair: in_dim={in_dim} and every entry of hidden={hidden} must be >= 1 "
-                             "(hidden non-empty)")
+        if in_dim < 1:
+            raise ValueError(f"sslhv_pair: in_dim must be >= 1, got {in_dim}")
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"sslhv_pair: hidden={hidden} must be a non-empty list of sizes >= 1")
         if difference not in ("signed", "absolute"):
             raise ValueError(f"sslhv_pair: difference={difference!r} must be 'signed' or 'absolute'")
         self.project = nn.Linear(in_dim, hidden[0])

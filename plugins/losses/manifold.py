@@ -62,10 +62,13 @@ class ManifoldLoss(ProxyLoss):
     def __init__(self, embedding_dim: int, num_classes: int, num_proxies: int | None = None, lambda_c: float = 1.0,
                  alpha: float = 0.8, margin: float = 5e-4) -> None:
         check_sizes(embedding_dim, num_classes, loss=self.loss_name)
+        if num_proxies is not None and num_proxies < 2:
+            raise ValueError(f"manifold: num_proxies must be at least 2 (each proxy a group of classes; default one "
+                             f"per class), got {num_proxies}")
+        if num_proxies is not None and num_proxies > num_classes:
+            raise ValueError(f"manifold: num_proxies = {num_proxies} exceeds num_classes = {num_classes} (each proxy a "
+                             "group of classes)")
         k = num_classes if num_proxies is None else num_proxies
-        if not 2 <= k <= num_classes:
-            raise ValueError(f"manifold: num_proxies must lie in [2, num_classes = {num_classes}] (each proxy a "
-                             f"group of classes; default one per class), got {num_proxies}")
         if not (lambda_c >= 0 and math.isfinite(lambda_c)):
             raise ValueError(f"manifold: lambda_c (the context term's weight) must be finite and >= 0 (default 1), "
                              f"got {lambda_c}")

@@ -16,6 +16,7 @@ from hvkit.engine.context import build
 from hvkit.errors import RecipeError
 from hvkit.pipeline import prepare
 from hvkit.recipe.load import safe_load
+from hvkit.recipe.validate import STAND_INS
 
 from .conftest import make_registry, plugin_module
 
@@ -97,8 +98,16 @@ def refusing(margin: float = 0.1):
 
 
 def refusing_sized(margin: float = 0.1, embedding_dim: int = 2):
-    """The same with a context argument: validation cannot build it."""
+    """The same with a context argument: validation builds it with stand-ins."""
+    refusing_sized.dims.append(embedding_dim)
     return refusing(margin)
+
+
+def bounded(w_size: int = 4, embedding_dim: int = 2, num_classes: int = 2):
+    """Refuses a value against the context: ``w_size`` must exceed ``embedding_dim``, at most ``num_classes``."""
+    bounded.built.append((embedding_dim, num_classes))
+    if not embedding_dim < w_size <= num_classes:
+        raise ValueError(f"bounded: w_size={w_size} must lie in ({embedding_dim}, {num_classes}]")
 
 
 def wrapping(inner: Component["loss"] = "refusing", weight: float = 1.0):
@@ -106,7 +115,7 @@ def wrapping(inner: Component["loss"] = "refusing", weight: float = 1.0):
     wrapping.built.append(weight)
 
 
-refusing.built, wrapping.built = [], []
+refusing.built, refusing_sized.dims, bounded.built, wrapping.built = [], [], [], []
 
 
 @pytest.fixture
@@ -115,7 +124,7 @@ def registry():
                          miner={"toy_miner": toy_miner},
                          loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss, "registry_checked": RegistryCheckedLoss,
                                "refusing": refusing,
-                               "refusing_sized": refusing_sized, "wrapping": wrapping},
+                               "refusing_sized": refusing_sized, "bounded": bounded, "wrapping": wrapping},
                          stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage})
 
 
@@ -429,26 +438,39 @@ def test_broken_default_component_names_the_parameter(tmp_path):
     assert str(info.value).startswith(f"{tmp_path / 'recipe.yaml'}:stages.first.loss.name: unknown loss 'toy_loss'")
 
 
-def test_a_factory_that_refuses_a_value_fails_validation_unless_it_needs_run_time_context(tmp_path, registry):
+def test_a_factory_that_refuses_a_value_fails_validation_under_every_stand_in_context(tmp_path, registry,
+                                                                                      monkeypatch):
     def loss(spec: str) -> Path:
         return write(tmp_path, BASE.replace("{stage: toy_stage}", f"{{stage: toy_stage, loss: {spec}}}"))
+
+    def refused(spec: str) -> str:
+        with pytest.raises(RecipeError) as caught:
+            prepare(loss(spec), registry=registry)
+        return str(caught.value).removeprefix(f"{tmp_path / 'recipe.yaml'}:")
 
     refusing.built.clear()
     prepare(loss("{name: refusing, margin: 0.5}"), registry=registry)
     assert refusing.built == [0.5]  # built once, as the recipe says
-    bad = loss("{name: refusing, margin: -1}")
-    with pytest.raises(RecipeError) as caught:
-        prepare(bad, registry=registry)
-    assert str(caught.value) == f"{bad}:stages.first.loss: refusing: margin=-1 must be >= 0"
-    refusing.built.clear()
-    prepare(loss("{name: refusing_sized, margin: -1}"), registry=registry)  # embedding_dim is known at run time only
-    assert refusing.built == []
+    assert refused("{name: refusing, margin: -1}") == "stages.first.loss: refusing: margin=-1 must be >= 0"
+    refusing_sized.dims.clear()
+    assert refused("{name: refusing_sized, margin: -1}") == "stages.first.loss: refusing: margin=-1 must be >= 0"
+    assert refusing_sized.dims == list(STAND_INS["embedding_dim"])  # refused under every stand-in
+    refusing_sized.dims.clear()
+    prepare(loss("{name: refusing_sized, margin: 0.5}"), registry=registry)
+    assert refusing_sized.dims == [STAND_INS["embedding_dim"][0]]  # the first stand-in builds it
+    bounded.built.clear()
+    prepare(loss("{name: bounded, w_size: 600}"), registry=registry)  # (1, 10000] holds it; run time checks the rest
+    assert bounded.built == [(1, 2), (1, 10_000)]
+    assert refused("{name: bounded, w_size: 1}") == "stages.first.loss: bounded: w_size=1 must lie in (1, 2]"
+    assert len(bounded.built) == 2 + 4  # every combination of the two arguments' stand-ins
     wrapping.built.clear()
-    prepare(loss("{name: wrapping, inner: refusing_sized, weight: 2.0}"), registry=registry)  # nor the one around it
-    assert wrapping.built == [] and refusing.built == []
-    prepare(loss("{name: wrapping, weight: 3.0}"), registry=registry)
-    assert wrapping.built == [3.0] and refusing.built == [0.1, 0.1]  # the inner loss alone, then inside the outer
-    nested = loss("{name: wrapping, inner: {name: refusing, margin: -2}}")
-    with pytest.raises(RecipeError) as caught:
-        prepare(nested, registry=registry)
-    assert str(caught.value) == f"{nested}:stages.first.loss.inner: refusing: margin=-2 must be >= 0"
+    assert refused("{name: wrapping, inner: {name: refusing_sized, margin: -2}}") == \
+        "stages.first.loss.inner: refusing: margin=-2 must be >= 0"
+    prepare(loss("{name: wrapping, inner: {name: bounded, w_size: 600}, weight: 2.0}"), registry=registry)
+    assert wrapping.built == [2.0]  # the context reaches the inner loss through the outer one
+    monkeypatch.delitem(STAND_INS, "embedding_dim")  # a context argument without a stand-in: not built
+    refusing_sized.dims.clear()
+    wrapping.built.clear()
+    prepare(loss("{name: refusing_sized, margin: -1}"), registry=registry)
+    prepare(loss("{name: wrapping, inner: {name: refusing_sized, margin: -1}}"), registry=registry)
+    assert refusing_sized.dims == [] and wrapping.built == []

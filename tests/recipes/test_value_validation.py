@@ -1,4 +1,7 @@
-"""First-party components whose factories refuse a value: ``hvkit validate`` reports it before any stage runs."""
+"""First-party components whose factories refuse a value: ``hvkit validate`` reports it before any stage runs.
+
+The good recipes hold values that only the run-time context bounds (a ``w_size`` above any stand-in
+``embedding_dim``, ``num_proxies`` above the smaller stand-in ``num_classes``): validation lets them pass."""
 
 from __future__ import annotations
 
@@ -21,6 +24,23 @@ from hvkit.testing import tiny_recipe
     ("{stage: evaluate, features: hog, evaluators: [verification, {name: retrieval, recall_at: [1]}]}",
      "{stage: evaluate, features: hog, evaluators: [verification, {name: retrieval, recall_at: [0]}]}",
      "stages.train.evaluators.1: recall_at=[0] must be a non-empty list of positive ranks"),
+    ("{stage: metric_train, loss: {name: arcface, margin: 0.5}}",
+     "{stage: metric_train, loss: {name: arcface, margin: 28.6}}",
+     "stages.train.loss: margin is an angle in radians in [0, pi/2), got 28.6: ArcFace uses 0.5 rad (28.65 degrees); "
+     "give radians, not degrees"),
+    ("{stage: metric_train, loss: {name: manifold, num_proxies: 5000}}",
+     "{stage: metric_train, loss: {name: manifold, num_proxies: 1}}",
+     "stages.train.loss: manifold: num_proxies must be at least 2 (each proxy a group of classes; default one per "
+     "class), got 1"),
+    ("{stage: ssl_pretrain, loss: {name: w_mse, w_size: 100}}",
+     "{stage: ssl_pretrain, loss: {name: w_mse, w_size: 1}}",
+     "stages.train.loss: w_mse: w_size must be at least 2, got 1; the paper uses 128"),
+    ("{stage: ssl_pretrain, head: {name: mlp, dims: [64, 32]}}",
+     "{stage: ssl_pretrain, head: {name: mlp, dims: [64, 0]}}",
+     "stages.train.head: mlp: dims=[64, 0] must be a non-empty list of sizes >= 1"),
+    ("{stage: evaluate, features: hog, verifiers: [{name: sslhv_pair, hidden: [8]}]}",
+     "{stage: evaluate, features: hog, verifiers: [{name: sslhv_pair, hidden: []}]}",
+     "stages.train.verifiers.0: sslhv_pair: hidden=[] must be a non-empty list of sizes >= 1"),
 ])
 def test_a_refused_value_is_a_one_line_error_at_validation(tmp_path: Path, good: str, bad: str, message: str) -> None:
     for name, stage in (("good", good), ("bad", bad)):
