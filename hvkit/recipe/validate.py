@@ -212,7 +212,7 @@ class Validator:
         them has no stand-in."""
         params, _ = parameters(self.registry.get(kind, resolved["name"]).factory)
         needed = set(CONTEXT_ARGS.get(kind, frozenset()) & set(params))
-        if kind not in TRIAL_KINDS or not needed <= set(STAND_INS):
+        if not needed <= set(STAND_INS):
             return None
         for key, param in params.items():
             marker = special_marker(param.hint)
