@@ -25,12 +25,13 @@ from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
 
-TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss", "head"})
+TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss", "head", "backbone"})
 """Kinds that validation builds once, so that a setting whose *value* their factory refuses fails
-before any stage runs. Backbones, datasets, samplers and stages check values in their ``check_recipe``."""
+before any stage runs. Datasets, samplers and stages check values in their ``check_recipe``."""
 
 STAND_INS: dict[str, tuple[int, ...]] = {
-    "embedding_dim": (1, 512), "num_classes": (2, 10_000), "map_channels": (1, 512), "in_dim": (1, 512)}
+    "embedding_dim": (1, 512), "num_classes": (2, 10_000), "map_channels": (1, 512), "in_dim": (1, 512),
+    "in_channels": (1, 3)}
 """Run-time context a trial build tries, small and large for each argument: a value counts as refused
 only when every combination refuses it, so a bound against the real context (W-MSE's ``w_size`` above
 ``embedding_dim``, ``num_proxies`` at most ``num_classes``) passes here and is checked when the stage

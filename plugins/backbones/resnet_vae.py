@@ -47,9 +47,10 @@ class ResNetVAE(nn.Module):
 
     def __init__(self, in_channels: int, latent_dim: int = 256, image_size: int = 64) -> None:
         super().__init__()
-        if in_channels < 1 or latent_dim < 1:
-            raise ValueError(f"resnet_vae: in_channels and latent_dim must be >= 1, got {in_channels} "
-                             f"and {latent_dim}")
+        if in_channels < 1:
+            raise ValueError(f"resnet_vae: in_channels must be >= 1, got {in_channels}")
+        if latent_dim < 1:
+            raise ValueError(f"resnet_vae: latent_dim must be >= 1, got {latent_dim}")
         if image_size < 8 or image_size % 8:
             raise ValueError(f"resnet_vae: image_size must be a positive multiple of 8 (the decoder "
                              f"upsamples x8), got {image_size}; resize the images, e.g. to 64")

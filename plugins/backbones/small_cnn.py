@@ -26,9 +26,11 @@ class SmallCNN(nn.Module):
         super().__init__()
         if norm not in ("batch", "group", "none"):
             raise ValueError(f"small_cnn: norm must be 'batch', 'group' or 'none', got {norm!r}")
-        if in_channels < 1 or embedding_dim < 1 or width < 1 or depth < 1:
-            raise ValueError(f"small_cnn: in_channels, embedding_dim, width and depth must be >= 1 "
-                             f"(got {in_channels}, {embedding_dim}, {width}, {depth})")
+        if in_channels < 1:
+            raise ValueError(f"small_cnn: in_channels must be >= 1, got {in_channels}")
+        if embedding_dim < 1 or width < 1 or depth < 1:
+            raise ValueError(f"small_cnn: embedding_dim, width and depth must be >= 1 "
+                             f"(got {embedding_dim}, {width}, {depth})")
         layers: list[nn.Module] = []
         channels = in_channels
         for i in range(depth):

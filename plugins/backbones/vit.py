@@ -90,9 +90,10 @@ class ViT(nn.Module):
                              "(MAE, MoCo v3)")
         if position == "sincos" and hidden_dim % 4:
             raise ValueError(f"vit: position='sincos' needs hidden_dim={hidden_dim} to be a multiple of 4")
-        if in_channels < 1 or layers < 1 or heads < 1 or patch_size < 1:
-            raise ValueError(f"vit: in_channels={in_channels}, layers={layers}, heads={heads} and "
-                             f"patch_size={patch_size} must all be >= 1")
+        if in_channels < 1:
+            raise ValueError(f"vit: in_channels must be >= 1, got {in_channels}")
+        if layers < 1 or heads < 1 or patch_size < 1:
+            raise ValueError(f"vit: layers={layers}, heads={heads} and patch_size={patch_size} must all be >= 1")
         if image_size % patch_size:
             raise ValueError(f"vit: image_size={image_size} is not a multiple of patch_size={patch_size}")
         if hidden_dim % heads:

@@ -41,6 +41,9 @@ from hvkit.testing import tiny_recipe
     ("{stage: evaluate, features: hog, verifiers: [{name: sslhv_pair, hidden: [8]}]}",
      "{stage: evaluate, features: hog, verifiers: [{name: sslhv_pair, hidden: []}]}",
      "stages.train.verifiers.0: sslhv_pair: hidden=[] must be a non-empty list of sizes >= 1"),
+    ("{stage: metric_train, backbone: {name: vit, image_size: 32, hidden_dim: 96, heads: 4}}",
+     "{stage: metric_train, backbone: {name: vit, image_size: 32, hidden_dim: 96, heads: 5}}",
+     "stages.train.backbone: vit: hidden_dim=96 must be divisible by heads=5"),
 ])
 def test_a_refused_value_is_a_one_line_error_at_validation(tmp_path: Path, good: str, bad: str, message: str) -> None:
     for name, stage in (("good", good), ("bad", bad)):
