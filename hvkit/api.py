@@ -49,9 +49,9 @@ parameter ``registry``: ``check_recipe(spec, earlier, registry)`` looks up neste
 and it reserves the stage key ``like`` (a stage starting from an earlier stage's settings), which a
 stage factory may no longer take as a parameter. 1.12 builds every transform, miner, evaluator and
 loss that takes no context argument once at validation, so a value its constructor refuses with
-``ValueError`` is a recipe error before any stage runs. 1.13 builds heads and backbones too, and components with a
-context argument with stand-ins for it (``hvkit.recipe.validate.STAND_INS``): a value is refused only when
-every combination of stand-ins refuses it.
+``ValueError`` is a recipe error before any stage runs. 1.13 builds heads and backbones too, and
+components with a context argument with stand-ins for it (``hvkit.recipe.validate.STAND_INS``): a
+value is refused only when every combination of stand-ins refuses it.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
