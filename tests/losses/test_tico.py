@@ -409,7 +409,8 @@ def test_with_a_teacher_and_multi_crop_the_stage_calls_the_loss_and_moves_the_co
      r"stage 'pretrain': teacher_momentum is set but loss tico uses no teacher; remove teacher_momentum or use a "
      r"loss that needs one \(byol, dino, moco_v2, moco_v3, tico with teacher: true\)"),
     (("{name: tico, teacher: true}", "{name: tico, symmetric: true}"),
-     "stage 'pretrain': tico: symmetric applies to the momentum-teacher variant only; set teacher: true or remove symmetric"),
+     r"recipe\.yaml:stages\.pretrain\.loss: tico: symmetric applies to the momentum-teacher variant only; set teacher: "
+     r"true or remove symmetric"),  # the loss refuses the value itself: hvkit validate reports it at its key
 ])
 def test_a_teacher_setting_without_its_counterpart_is_refused_before_training(tmp_path: Path, edit: tuple[str, str],
                                                                              message: str) -> None:
