@@ -111,7 +111,7 @@ def bounded(w_size: int = 4, embedding_dim: int = 2, num_classes: int = 2):
 
 
 def wrapping(inner: Component["loss"] = "refusing", weight: float = 1.0):
-    """A loss around another: built only when the inner one needs no run-time context either."""
+    """A loss around another: built with the stand-ins its inner loss needs, not at all when one has none."""
     wrapping.built.append(weight)
 
 

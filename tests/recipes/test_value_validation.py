@@ -1,7 +1,7 @@
 """First-party components whose factories refuse a value: ``hvkit validate`` reports it before any stage runs.
 
-The good recipes hold values that only the run-time context bounds (a ``w_size`` above any stand-in
-``embedding_dim``, ``num_proxies`` above the smaller stand-in ``num_classes``): validation lets them pass."""
+The good recipes hold values that only the run-time context bounds (a ``w_size`` above the smaller
+stand-in ``embedding_dim`` only, ``num_proxies`` above the smaller stand-in ``num_classes``): validation lets them pass."""
 
 from __future__ import annotations
 
