@@ -49,13 +49,14 @@ class HierarchicalSampler(ShardedBatchSampler):
         self.samples_per_class, self.groups_per_batch = k, g
         self.writers_per_group = batch_size // (g * k)
         _, group_codes = np.unique(groups, return_inverse=True)
-        writer_groups = np.unique(np.stack([self.labels, group_codes.reshape(-1)]), axis=1)
-        if len(np.unique(writer_groups[0])) != writer_groups.shape[1]:
+        _, writer_of = np.unique(self.labels, return_inverse=True)
+        members = np.split(np.argsort(writer_of, kind="stable"), np.cumsum(np.bincount(writer_of))[:-1])
+        group_of_writer = group_codes.reshape(-1)[[m[0] for m in members]]
+        if np.any(group_of_writer[writer_of] != group_codes.reshape(-1)):
             raise ValueError("a writer has images in two groups; a writer's group must be one")
         self._groups: list[list[np.ndarray]] = []
-        for group in np.unique(groups):
-            mine = np.flatnonzero(groups == group)
-            writers = [mine[self.labels[mine] == w] for w in np.unique(self.labels[mine])]
+        for group in range(group_codes.max() + 1):
+            writers = [members[w] for w in np.flatnonzero(group_of_writer == group)]
             if len(writers) >= self.writers_per_group:
                 self._groups.append(writers)
         if len(self._groups) < g:
