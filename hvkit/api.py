@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 13)
+API_VERSION: tuple[int, int] = (1, 14)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -51,7 +51,10 @@ stage factory may no longer take as a parameter. 1.12 builds every transform, mi
 loss that takes no context argument once at validation, so a value its constructor refuses with
 ``ValueError`` is a recipe error before any stage runs. 1.13 builds heads and backbones too, and
 components with a context argument with stand-ins for it (``hvkit.recipe.validate.STAND_INS``): a
-value is refused only when every combination of stand-ins refuses it.
+value is refused only when every combination of stand-ins refuses it. 1.14 builds stages and
+samplers too: a stage with no context, and each sampler in a stage with that stage's ``batch_size``
+over a large stand-in collection of writers and groups, so a stage factory must stay cheap to build
+(no data, no files: those belong in ``run``).
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

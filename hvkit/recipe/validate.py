@@ -14,8 +14,11 @@ import typing
 import inspect
 import itertools
 import json
+import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
 from hvkit.engine.optim import optimizer_classes, scheduler_classes
@@ -25,17 +28,39 @@ from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
 
-TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss", "head", "backbone"})
+TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss", "head", "backbone", "sampler", "stage"})
 """Kinds that validation builds once, so that a setting whose *value* their factory refuses fails
-before any stage runs. Datasets, samplers and stages check values in their ``check_recipe``."""
+before any stage runs. Datasets check values in their ``check_recipe``: building one reads its data."""
 
-STAND_INS: dict[str, tuple[int, ...]] = {
+
+def _stand_in_writers() -> tuple[np.ndarray, np.ndarray]:
+    """Labels of 8,192 writers with 1 to 64 images each (266,240 images), and each image's group of 16."""
+    writers = np.arange(8192)
+    labels = np.repeat(writers, 1 + writers % 64)
+    groups = labels % 16
+    for array in labels, groups:
+        array.setflags(write=False)
+    return labels, groups
+
+
+_WRITERS, _GROUPS = _stand_in_writers()
+
+STAND_INS: dict[str, tuple[Any, ...]] = {
     "embedding_dim": (1, 512), "num_classes": (2, 10_000), "map_channels": (1, 512), "in_dim": (1, 512),
-    "in_channels": (1, 3)}
-"""Run-time context a trial build tries, small and large for each argument: a value counts as refused
+    "in_channels": (1, 3), "labels": (_WRITERS,), "groups": (_GROUPS, None), "seed": (0,), "rank": (0,),
+    "world_size": (1,)}
+"""Run-time context a trial build tries, small and large where size matters: a value counts as refused
 only when every combination refuses it, so a bound against the real context (W-MSE's ``w_size`` above
 ``embedding_dim``, ``num_proxies`` at most ``num_classes``) passes here and is checked when the stage
-builds the component. A component with any other context argument is not built."""
+builds the component. A sampler's ``labels`` are :func:`_stand_in_writers`' large collection, its
+``groups`` that collection's 16 groups or none: a value is refused there for itself (``samples_per_class:
+0``, a ``batch_size`` that is not a multiple of it), or when it would need more than 8,192 writers,
+64 images of one writer, 16 groups or 512 writers in a group. A component with any other context
+argument is not built."""
+
+STAGE_CONTEXT = frozenset({"batch_size"})
+"""Context a stage hands the components nested in it from its own setting of the same name: a
+sampler is built at validation with its stage's ``batch_size`` (a stage without one leaves it unbuilt)."""
 
 TOP_LEVEL = {"name", "description", "seed", "device", "data", "model", "stages"}
 MODEL_KEYS = {"backbone"}
@@ -48,6 +73,11 @@ def _nearest(word: str, choices: list[str]) -> str:
     if close:
         return "; did you mean " + ", ".join(repr(c) for c in close) + "?"
     return f"; valid: {', '.join(sorted(choices))}" if choices else ""
+
+
+def _name_key(kind: str) -> str:
+    """The key that names a component's plugin: ``stage`` for a stage, else ``name``."""
+    return "stage" if kind == "stage" else "name"
 
 
 def _json_default(value: Any) -> Any:
@@ -190,11 +220,15 @@ class Validator:
         self.trial_build(kind, resolved, path)
         return resolved
 
-    def trial_build(self, kind: str, resolved: dict[str, Any], path: str) -> None:
+    def trial_build(self, kind: str, resolved: dict[str, Any], path: str, given: dict[str, Any] | None = None
+                    ) -> None:
         """Builds a component of a :data:`TRIAL_KINDS` kind; its factory's ValueError is this path's error.
 
-        Its run-time context comes from :data:`STAND_INS`, every combination tried until one builds."""
-        needed = self.context_needed(kind, resolved) if kind in TRIAL_KINDS else None
+        Its run-time context is ``given``, else comes from :data:`STAND_INS`, every combination tried
+        until one builds. A stage is then built, and each component nested in it that takes some of
+        :data:`STAGE_CONTEXT` is built with the stage's own values of it."""
+        given = given or {}
+        needed = self.context_needed(kind, resolved, set(given)) if kind in TRIAL_KINDS else None
         if needed is None:
             return
         from hvkit.engine.context import build  # here: hvkit.engine.context imports hvkit.recipe
@@ -202,25 +236,55 @@ class Validator:
         first: ValueError | None = None
         for values in itertools.product(*(STAND_INS[n] for n in names)):
             try:
-                build(self.registry, kind, resolved, **dict(zip(names, values)))
-                return
+                with warnings.catch_warnings():  # a stand-in's (a sampler skipping writers) are not the recipe's
+                    warnings.simplefilter("ignore")
+                    build(self.registry, kind, resolved, _name_key(kind), **given, **dict(zip(names, values)))
+                break
             except ValueError as exc:
                 first = first or exc
-        raise self.error(path, str(first)) from None
+        else:
+            raise self.error(path, str(first)) from None
+        if kind == "stage":
+            self.trial_build_nested(resolved, path)
 
-    def context_needed(self, kind: str, resolved: dict[str, Any]) -> set[str] | None:
-        """The run-time context arguments a resolved component and those nested in it take; None when one of
-        them has no stand-in."""
-        params, _ = parameters(self.registry.get(kind, resolved["name"]).factory)
-        needed = set(CONTEXT_ARGS.get(kind, frozenset()) & set(params))
+    def trial_build_nested(self, stage: dict[str, Any], path: str) -> None:
+        """Builds each component of ``stage`` that takes context the stage sets (:data:`STAGE_CONTEXT`)."""
+        own = {k: stage[k] for k in STAGE_CONTEXT if isinstance(stage.get(k), int)}
+        params, _ = parameters(self.registry.get("stage", stage["stage"]).factory)
+        for key, param in params.items():
+            marker = special_marker(param.hint)
+            if not isinstance(marker, ComponentKind) or stage.get(key) is None:
+                continue
+            value = stage[key]
+            for i, spec in enumerate(value if isinstance(value, list) else [value]):
+                wanted = self.context_taken(marker.kind, spec) & STAGE_CONTEXT
+                if wanted and wanted <= own.keys():
+                    where = f"{path}.{key}.{i}" if isinstance(value, list) else f"{path}.{key}"
+                    self.trial_build(marker.kind, spec, where, {k: own[k] for k in wanted})
+
+    def context_taken(self, kind: str, resolved: dict[str, Any]) -> set[str]:
+        """The run-time context arguments ``build`` passes a resolved component's factory: those it names,
+        or every one of its kind when it takes ``**kwargs``."""
+        params, var_kw = parameters(self.registry.get(kind, resolved[_name_key(kind)]).factory)
+        context = set(CONTEXT_ARGS.get(kind, frozenset()))
+        return context if var_kw else context & set(params)
+
+    def context_needed(self, kind: str, resolved: dict[str, Any], given: set[str] = frozenset()
+                       ) -> set[str] | None:
+        """The run-time context arguments a resolved component and those built inside it take, beyond
+        ``given``; None when one of them has no stand-in. A stage's components are not built inside it."""
+        params, _ = parameters(self.registry.get(kind, resolved[_name_key(kind)]).factory)
+        needed = self.context_taken(kind, resolved) - given
         if not needed <= set(STAND_INS):
             return None
+        if kind == "stage":
+            return needed
         for key, param in params.items():
             marker = special_marker(param.hint)
             if isinstance(marker, ComponentKind) and resolved.get(key) is not None:
                 value = resolved[key]
                 for v in value if isinstance(value, list) else [value]:
-                    inner = self.context_needed(marker.kind, v)
+                    inner = self.context_needed(marker.kind, v, given)
                     if inner is None:
                         return None
                     needed |= inner

@@ -33,7 +33,7 @@ from typing import Any
 from hvkit.api import FilePath, Split
 
 from .reading import (HandwritingDataset, byte_duplicates, check_fractions, check_image_params, make_splits,
-                      read_images, split_info, split_writers, warn_duplicates)
+                      read_images, recipe_check, split_info, split_writers, warn_duplicates)
 from .synthetic import synthetic_handwriting
 
 log = logging.getLogger("hvkit.datasets")
@@ -87,8 +87,8 @@ def _sslhv_groups(found: dict[str, list[Path]], base: Path) -> dict[str, dict[st
 
 def _synthetic_default(val_fraction: float, test_fraction: float, image_size: int, channels: int,
                        writers: int | None, samples: int | None, seed: int) -> HandwritingDataset:
-    data = synthetic_handwriting(num_writers=writers or 300, samples_per_writer=samples or 12,
-                                 image_size=image_size, channels=channels, val_fraction=val_fraction,
+    sized = {k: v for k, v in (("num_writers", writers), ("samples_per_writer", samples)) if v is not None}
+    data = synthetic_handwriting(**sized, image_size=image_size, channels=channels, val_fraction=val_fraction,
                                  test_fraction=test_fraction, seed=seed)
     bar = "!" * 78
     log.warning("\n%s\n!! cedar_and has no root: using the embedded SYNTHETIC handwriting data.\n!! %s\n%s",
@@ -96,6 +96,20 @@ def _synthetic_default(val_fraction: float, test_fraction: float, image_size: in
     data.name = "cedar_and"
     data.info.update({"source": "synthetic_handwriting (cedar_and default)", "note": SYNTHETIC_NOTE})
     return data
+
+
+def _check_settings(root: str | None, val_fraction: float, test_fraction: float, image_size: int, channels: int,
+                    synthetic_writers: int | None, synthetic_samples_per_writer: int | None) -> None:
+    """ValueError for settings no data could serve, the synthetic default's among them when there is no root."""
+    check_image_params("cedar_and", image_size, channels)
+    check_fractions("cedar_and", val_fraction, test_fraction)
+    writers, samples = synthetic_writers, synthetic_samples_per_writer
+    if root is None and (writers is not None and writers < 2 or samples is not None and samples < 1):
+        raise ValueError(f"cedar_and: synthetic_writers={writers} must be at least 2 and "
+                         f"synthetic_samples_per_writer={samples} at least 1 (null for the defaults, 300 and 12)")
+    if root is not None and (writers is not None or samples is not None):
+        raise ValueError("cedar_and: synthetic_writers/synthetic_samples_per_writer apply only without root; "
+                         "remove them or set root: null")
 
 
 def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -111,14 +125,11 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
     split (other folders are ignored there). ``exclude`` lists file names (with or without ``.png``).
     ``synthetic_writers`` / ``synthetic_samples_per_writer`` size the synthetic default (no root only).
     """
-    check_image_params("cedar_and", image_size, channels)
-    check_fractions("cedar_and", val_fraction, test_fraction)
+    _check_settings(root, val_fraction, test_fraction, image_size, channels, synthetic_writers,
+                    synthetic_samples_per_writer)
     if root is None:
         return _synthetic_default(val_fraction, test_fraction, image_size, channels, synthetic_writers,
                                   synthetic_samples_per_writer, seed)
-    if synthetic_writers is not None or synthetic_samples_per_writer is not None:
-        raise ValueError("cedar_and: synthetic_writers/synthetic_samples_per_writer apply only without root; "
-                         "remove them or set root: null")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise ValueError(f"cedar_and: root {str(base)!r} is not a folder; point data.root at the CEDAR AND "
@@ -178,3 +189,6 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
     info.update({"name_conflicts": conflicts, "byte_duplicates": duplicates["groups"],
                  "cross_writer_duplicates": duplicates["cross_writer"], "splits": split_info(splits)})
     return HandwritingDataset("cedar_and", False, splits, info)
+
+
+cedar_and.check_recipe = recipe_check(_check_settings)

@@ -44,7 +44,7 @@ import torch
 from hvkit.api import FilePath
 
 from .reading import (HandwritingDataset, byte_duplicates, check_fractions, decode_image, make_splits,
-                      split_info, split_writers, warn_duplicates)
+                      recipe_check, split_info, split_writers, warn_duplicates)
 
 log = logging.getLogger("hvkit.datasets")
 
@@ -166,6 +166,31 @@ def _read_readable(paths: Sequence[Path], size: tuple[int, int], channels: int,
     return [r[0] for r in results], [r[1] for r in results]
 
 
+def _check_settings(level: str, segmentation: str, split: str, image_size: int | tuple[int, int] | None,
+                    channels: int, min_samples: int, max_per_writer: int | None, val_fraction: float,
+                    test_fraction: float) -> tuple[int, int]:
+    """The images' (H, W); ValueError for settings no IAM release could serve."""
+    if level not in LEVELS:
+        raise ValueError(f"iam: level={level!r} must be one of {', '.join(LEVELS)}")
+    if segmentation not in ("ok", "all"):
+        raise ValueError(f"iam: segmentation={segmentation!r} must be ok (drop err crops, as most papers) or all")
+    if split not in ("random", "standard"):
+        raise ValueError(f"iam: split={split!r} must be random (seeded, writer-disjoint) or standard "
+                         "(the Large Writer Independent Text Line Recognition Task files)")
+    sides = [image_size] * 2 if isinstance(image_size, int) else list(image_size or LEVELS[level])
+    if len(sides) != 2 or min(sides) < 8:
+        raise ValueError(f"iam: image_size={image_size} must be S or [H, W] with sides of 8 or more "
+                         f"(the {level} default is {list(LEVELS[level])})")
+    if channels not in (1, 3):
+        raise ValueError(f"iam: channels={channels} must be 1 (grey) or 3 (grey repeated as RGB)")
+    if min_samples < 1:
+        raise ValueError(f"iam: min_samples={min_samples} must be >= 1 (2 keeps every writer with a same-writer pair)")
+    if max_per_writer is not None and max_per_writer < min_samples:
+        raise ValueError(f"iam: max_per_writer={max_per_writer} must be >= min_samples={min_samples} (or null)")
+    check_fractions("iam", val_fraction, test_fraction)
+    return int(sides[0]), int(sides[1])
+
+
 def iam(root: FilePath, level: Literal["words", "lines", "forms"] = "words",
         segmentation: Literal["ok", "all"] = "ok", split: Literal["random", "standard"] = "random",
         image_size: int | tuple[int, int] | None = None, channels: int = 1, invert: bool = True,
@@ -182,25 +207,8 @@ def iam(root: FilePath, level: Literal["words", "lines", "forms"] = "words",
     same-writer pair). ``split``: random (seeded writer-disjoint, ``val_fraction`` and
     ``test_fraction`` of the writers) or standard (the writer-independent task's files).
     """
-    if level not in LEVELS:
-        raise ValueError(f"iam: level={level!r} must be one of {', '.join(LEVELS)}")
-    if segmentation not in ("ok", "all"):
-        raise ValueError(f"iam: segmentation={segmentation!r} must be ok (drop err crops, as most papers) or all")
-    if split not in ("random", "standard"):
-        raise ValueError(f"iam: split={split!r} must be random (seeded, writer-disjoint) or standard "
-                         "(the Large Writer Independent Text Line Recognition Task files)")
-    sides = [image_size] * 2 if isinstance(image_size, int) else list(image_size or LEVELS[level])
-    if len(sides) != 2 or min(sides) < 8:
-        raise ValueError(f"iam: image_size={image_size} must be S or [H, W] with sides of 8 or more "
-                         f"(the {level} default is {list(LEVELS[level])})")
-    size = (int(sides[0]), int(sides[1]))
-    if channels not in (1, 3):
-        raise ValueError(f"iam: channels={channels} must be 1 (grey) or 3 (grey repeated as RGB)")
-    if min_samples < 1:
-        raise ValueError(f"iam: min_samples={min_samples} must be >= 1 (2 keeps every writer with a same-writer pair)")
-    if max_per_writer is not None and max_per_writer < min_samples:
-        raise ValueError(f"iam: max_per_writer={max_per_writer} must be >= min_samples={min_samples} (or null)")
-    check_fractions("iam", val_fraction, test_fraction)
+    size = _check_settings(level, segmentation, split, image_size, channels, min_samples, max_per_writer,
+                           val_fraction, test_fraction)
     base = Path(root).expanduser()
     if not base.is_dir():
         raise ValueError(f"iam: root {str(base)!r} is not a folder; point data.root at the unpacked IAM release "
@@ -266,3 +274,6 @@ def iam(root: FilePath, level: Literal["words", "lines", "forms"] = "words",
         "byte_duplicates": duplicates["groups"], "cross_writer_duplicates": duplicates["cross_writer"],
         "splits": split_info(splits)}
     return HandwritingDataset("iam", False, splits, info)
+
+
+iam.check_recipe = recipe_check(_check_settings)

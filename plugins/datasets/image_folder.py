@@ -9,9 +9,23 @@ from pathlib import Path
 from hvkit.api import FilePath
 
 from .reading import (HandwritingDataset, byte_duplicates, check_fractions, check_image_params, make_splits,
-                      read_images, split_info, split_writers, warn_duplicates)
+                      read_images, recipe_check, split_info, split_writers, warn_duplicates)
 
 log = logging.getLogger("hvkit.datasets")
+
+
+def _check_settings(pattern: str | None, image_size: int, channels: int, val_fraction: float,
+                    test_fraction: float) -> re.Pattern | None:
+    """The compiled ``pattern`` (None without one); ValueError for settings no folder could serve."""
+    check_image_params("image_folder", image_size, channels)
+    check_fractions("image_folder", val_fraction, test_fraction)
+    try:
+        regex = re.compile(pattern) if pattern is not None else None
+    except re.error as err:
+        raise ValueError(f"image_folder: pattern {pattern!r} is not a valid regular expression: {err}") from None
+    if regex is not None and regex.groups == 0:
+        raise ValueError(f"image_folder: pattern {pattern!r} has no group; put the writer in (...) or (?P<writer>...)")
+    return regex
 
 
 def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True, image_size: int = 64,
@@ -31,17 +45,10 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     are grey, resized to ``image_size``; ``exclude`` lists file names to leave out. Writers are
     split writer-disjointly with ``seed`` (``val_fraction``/``test_fraction`` of the writers).
     """
-    check_image_params("image_folder", image_size, channels)
-    check_fractions("image_folder", val_fraction, test_fraction)
+    regex = _check_settings(pattern, image_size, channels, val_fraction, test_fraction)
     base = Path(root).expanduser()
     if not base.is_dir():
         raise ValueError(f"image_folder: root {str(base)!r} is not a folder")
-    try:
-        regex = re.compile(pattern) if pattern is not None else None
-    except re.error as err:
-        raise ValueError(f"image_folder: pattern {pattern!r} is not a valid regular expression: {err}") from None
-    if regex is not None and regex.groups == 0:
-        raise ValueError(f"image_folder: pattern {pattern!r} has no group; put the writer in (...) or (?P<writer>...)")
     suffixes = {e.lower() if e.startswith(".") else "." + e.lower()
                 for e in extensions}
     excluded = {Path(e).name for e in exclude or []} | {Path(e).stem for e in exclude or []}
@@ -82,3 +89,6 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
             "byte_duplicates": duplicates["groups"], "cross_writer_duplicates": duplicates["cross_writer"],
             "splits": split_info(splits)}
     return HandwritingDataset("image_folder", False, splits, info)
+
+
+image_folder.check_recipe = recipe_check(_check_settings)

@@ -7,13 +7,14 @@ Every dataset plugin here returns a :class:`HandwritingDataset`: in-memory write
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,20 @@ class HandwritingDataset:
     synthetic: bool
     splits: dict[str, Split]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def recipe_check(check: Callable[..., Any]) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    """A dataset factory's ``check_recipe`` (API 1.8): ``check`` called with the settings it names.
+
+    ``hvkit validate`` does not build a dataset (that reads its data), so each dataset keeps the
+    checks of its values that need no data in one function, which its factory calls first and
+    validation calls through this.
+    """
+    names = inspect.signature(check).parameters
+
+    def check_recipe(spec: dict[str, Any], earlier: dict[str, Any]) -> None:
+        check(**{name: spec[name] for name in names if name in spec})
+    return check_recipe
 
 
 def check_fractions(dataset: str, val_fraction: float, test_fraction: float) -> None:

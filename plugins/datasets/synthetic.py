@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .reading import HandwritingDataset, check_fractions, check_image_params, make_splits, split_info, split_writers
+from .reading import (HandwritingDataset, check_fractions, check_image_params, make_splits, recipe_check, split_info,
+                      split_writers)
 
 log = logging.getLogger("hvkit.datasets")
 
@@ -243,6 +244,20 @@ def cached_handwriting(use_cache: bool = True, **params: int | float) -> tuple[n
     return images, writer
 
 
+def check_settings(name: str = "synthetic_handwriting", num_writers: int = 300, samples_per_writer: int = 12,
+                   samples_spread: int = 0, image_size: int = 64, channels: int = 1, style_spread: float = 1.0,
+                   sample_jitter: float = 1.0, clutter: float = 0.3, val_fraction: float = 0.1,
+                   test_fraction: float = 0.2) -> None:
+    """ValueError, naming dataset ``name``, for settings the generator cannot serve."""
+    check_image_params(name, image_size, channels)
+    check_fractions(name, val_fraction, test_fraction)
+    if num_writers < 2 or samples_per_writer - samples_spread < 1 or samples_spread < 0:
+        raise ValueError(f"{name}: need num_writers >= 2 and 0 <= samples_spread < samples_per_writer "
+                         f"(got {num_writers}, {samples_per_writer}, {samples_spread})")
+    if style_spread < 0 or sample_jitter < 0 or not 0 <= clutter <= 1:
+        raise ValueError(f"{name}: style_spread and sample_jitter must be >= 0 and clutter in [0, 1]")
+
+
 def synthetic_handwriting(num_writers: int = 300, samples_per_writer: int = 12, samples_spread: int = 0,
                           image_size: int = 64, channels: int = 1, style_spread: float = 1.0,
                           sample_jitter: float = 1.0, clutter: float = 0.3, val_fraction: float = 0.1,
@@ -255,13 +270,8 @@ def synthetic_handwriting(num_writers: int = 300, samples_per_writer: int = 12, 
     are split writer-disjointly by ``seed`` (``val_fraction``/``test_fraction`` of the writers).
     """
     name = "synthetic_handwriting"
-    check_image_params(name, image_size, channels)
-    check_fractions(name, val_fraction, test_fraction)
-    if num_writers < 2 or samples_per_writer - samples_spread < 1 or samples_spread < 0:
-        raise ValueError(f"{name}: need num_writers >= 2 and 0 <= samples_spread < samples_per_writer "
-                         f"(got {num_writers}, {samples_per_writer}, {samples_spread})")
-    if style_spread < 0 or sample_jitter < 0 or not 0 <= clutter <= 1:
-        raise ValueError(f"{name}: style_spread and sample_jitter must be >= 0 and clutter in [0, 1]")
+    check_settings(name, num_writers, samples_per_writer, samples_spread, image_size, channels, style_spread,
+                   sample_jitter, clutter, val_fraction, test_fraction)
     params = dict(num_writers=num_writers, samples_per_writer=samples_per_writer,
                   samples_spread=samples_spread, image_size=image_size, style_spread=style_spread,
                   sample_jitter=sample_jitter, clutter=clutter, seed=seed)
@@ -274,3 +284,6 @@ def synthetic_handwriting(num_writers: int = 300, samples_per_writer: int = 12, 
     info = {"source": name, "synthetic": True, "generator": {**params, "version": GENERATOR_VERSION},
             "splits": split_info(splits)}
     return HandwritingDataset(name, True, splits, info)
+
+
+synthetic_handwriting.check_recipe = recipe_check(check_settings)

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -115,7 +116,44 @@ def wrapping(inner: Component["loss"] = "refusing", weight: float = 1.0):
     wrapping.built.append(weight)
 
 
-refusing.built, refusing_sized.dims, bounded.built, wrapping.built = [], [], [], []
+class ToySampler:
+    """A PK-like sampler: ``k`` images a writer, so the batch must be a multiple of ``k``; at least
+    ``writers_needed`` writers in the data."""
+
+    built: list = []
+
+    def __init__(self, labels, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, k: int = 4,
+                 writers_needed: int = 2):
+        ToySampler.built.append((len(labels), batch_size))
+        if k < 1 or batch_size % k:
+            raise ValueError(f"toy_sampler: batch_size {batch_size} must be a multiple of k={k} >= 1")
+        if len(np.unique(labels)) < writers_needed:
+            raise ValueError(f"toy_sampler: needs {writers_needed} writers")
+
+
+def grouped(labels, batch_size: int, groups=None):
+    """A sampler that needs writer groups."""
+    grouped.had_groups.append(groups is not None)
+    if groups is None:
+        raise ValueError("grouped: the data names no writer groups")
+
+
+def loose(**context):
+    """A sampler that takes its run-time context as ``**kwargs``."""
+    loose.built.append(sorted(context))
+
+
+def sampled(batch_size: int = 8, fraction: float = 0.5, sampler: Component["sampler"] = "toy_sampler"):
+    """A stage that refuses a value and hands its ``batch_size`` to its sampler."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"sampled: fraction={fraction} must be in (0, 1]")
+
+
+def unsized(sampler: Component["sampler"] = "toy_sampler"):
+    """A stage with a sampler but no ``batch_size``: validation cannot build the sampler."""
+
+
+refusing.built, refusing_sized.dims, bounded.built, wrapping.built, grouped.had_groups, loose.built = [], [], [], [], [], []
 
 
 @pytest.fixture
@@ -125,7 +163,9 @@ def registry():
                          loss={"toy_loss": toy_loss, "checked_loss": CheckedLoss, "registry_checked": RegistryCheckedLoss,
                                "refusing": refusing,
                                "refusing_sized": refusing_sized, "bounded": bounded, "wrapping": wrapping},
-                         stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage})
+                         sampler={"toy_sampler": ToySampler, "grouped": grouped, "loose": loose},
+                         stage={"toy_stage": toy_stage, "needs_count": needs_count, "checked": CheckedStage,
+                                "sampled": sampled, "unsized": unsized})
 
 
 BASE = """
@@ -474,3 +514,30 @@ def test_a_factory_that_refuses_a_value_fails_validation_under_every_stand_in_co
     prepare(loss("{name: refusing_sized, margin: -1}"), registry=registry)
     prepare(loss("{name: wrapping, inner: {name: refusing_sized, margin: -1}}"), registry=registry)
     assert refusing_sized.dims == [] and wrapping.built == []
+
+
+def test_a_stage_is_built_at_validation_and_its_sampler_with_the_stage_batch_size(tmp_path, registry):
+    def recipe(spec: str) -> Path:
+        return write(tmp_path, BASE.replace("{stage: toy_stage}", spec))
+
+    def refused(spec: str) -> str:
+        with pytest.raises(RecipeError) as caught:
+            prepare(recipe(spec), registry=registry)
+        return str(caught.value).removeprefix(f"{tmp_path / 'recipe.yaml'}:")
+
+    assert refused("{stage: sampled, fraction: 1.5}") == "stages.first: sampled: fraction=1.5 must be in (0, 1]"
+    ToySampler.built.clear()
+    prepare(recipe("{stage: sampled, batch_size: 12, sampler: {name: toy_sampler, k: 3}}"), registry=registry)
+    assert ToySampler.built == [(len(STAND_INS["labels"][0]), 12)]  # the stage's batch, the stand-in writers
+    assert refused("{stage: sampled, batch_size: 10, sampler: {name: toy_sampler, k: 4}}") == \
+        "stages.first.sampler: toy_sampler: batch_size 10 must be a multiple of k=4 >= 1"
+    prepare(recipe("{stage: sampled, sampler: {name: toy_sampler, writers_needed: 8000}}"), registry=registry)
+    grouped.had_groups.clear()
+    prepare(recipe("{stage: sampled, sampler: grouped}"), registry=registry)
+    assert grouped.had_groups == [True]  # the stand-in groups come first, and build it
+    loose.built.clear()
+    prepare(recipe("{stage: sampled, sampler: loose}"), registry=registry)
+    assert loose.built == [["batch_size", "groups", "labels", "rank", "seed", "world_size"]]  # all of its kind's
+    ToySampler.built.clear()
+    prepare(recipe("{stage: unsized, sampler: {name: toy_sampler, k: 0}}"), registry=registry)
+    assert ToySampler.built == []  # no batch_size to build it with: checked when the stage starts

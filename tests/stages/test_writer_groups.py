@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from hvkit.errors import HvkitError
+from hvkit.recipe.validate import STAND_INS
 from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.image_folder import image_folder
@@ -92,7 +93,8 @@ def test_metric_train_gives_the_sampler_each_images_group(tmp_path: Path, monkey
     monkeypatch.setattr(HierarchicalSampler, "__init__", spy)
     run_recipe_text(grouped_recipe(TRAIN, root), tmp_path)
     train = image_folder(str(root), pattern=PATTERN, image_size=32).splits["train"]
-    (labels, groups), = seen
+    (stand_in, _), (labels, groups) = seen  # validation builds it once over the stand-in writers
+    assert len(stand_in) == len(STAND_INS["labels"][0])
     np.testing.assert_array_equal(groups, train.image_groups())
     assert len(labels) == len(train)
     with pytest.raises(HvkitError, match=r"^stage 'train': hierarchical needs writer groups, and the data names none"):
