@@ -17,6 +17,8 @@ from torch import nn
 from hvkit import distributed
 from hvkit.api import BatchSampler
 from hvkit.engine import StageContext
+from hvkit.errors import RecipeError
+from hvkit.registry import Registry
 
 
 def split_images(ctx: StageContext, splits: list[str]) -> torch.Tensor:
@@ -39,10 +41,21 @@ def image_sampler(ctx: StageContext, spec: Any, count: int, batch_size: int) -> 
     sampler = ctx.build("sampler", spec, labels=np.arange(count), batch_size=batch_size, seed=ctx.seed,
                         rank=ctx.rank, world_size=ctx.world_size)
     if getattr(sampler, "needs_embeddings", False):
-        name = spec if isinstance(spec, str) else spec["name"]
-        raise ValueError(f"sampler {name} groups writers by their embeddings, which only metric_train "
-                         "gives it; use random or pk for unlabelled images")
+        raise ValueError(_learns_from_writers(spec if isinstance(spec, str) else spec["name"]))
     return sampler
+
+
+def check_image_sampler(spec: dict[str, Any], earlier: dict[str, Any], registry: Registry) -> None:
+    """``check_recipe`` of a stage whose ``sampler`` draws unlabelled images: refuses, at ``hvkit validate``,
+    a sampler that ``needs_embeddings`` of labelled writers."""
+    name = spec["sampler"]["name"]
+    if getattr(registry.get("sampler", name).factory, "needs_embeddings", False):
+        raise RecipeError(_learns_from_writers(name), path="sampler")
+
+
+def _learns_from_writers(name: str) -> str:
+    return (f"sampler {name} learns from the embeddings of labelled writers (needs_embeddings), which only "
+            "metric_train gives it; use random or pk for unlabelled images")
 
 
 def epoch_batches(sampler: BatchSampler) -> Callable[[int], Iterator[list[int]]]:

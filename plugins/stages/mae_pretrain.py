@@ -29,7 +29,7 @@ from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.backbones.vit import sincos_position_embedding, with_class_token
-from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
+from hvkit_plugins.stages.batches import check_image_sampler, epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
 
 
@@ -136,6 +136,8 @@ class MAEPretrain:
     800 epochs). The ViT is saved as this stage's
     ``encoder``, which later stages fine-tune or evaluate as any pre-trained backbone.
     """
+
+    check_recipe = staticmethod(check_image_sampler)
 
     def __init__(self, backbone: Component["backbone"] | None = None,
                  mask_ratio: float = 0.75,

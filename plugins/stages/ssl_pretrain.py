@@ -14,7 +14,7 @@ from torch import nn
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
-from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
+from hvkit_plugins.stages.batches import check_image_sampler, epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm, save_encoder, to_float
 
 
@@ -173,6 +173,8 @@ class SSLPretrain:
     ``export_teacher`` the teacher's (DINO evaluates its teacher, the better of the two
     there; BYOL and MoCo v3 the online net).
     """
+
+    check_recipe = staticmethod(check_image_sampler)
 
     def __init__(self, loss: Component["loss"] = "vicreg",
                  head: Component["head"] = {"name": "mlp", "dims": [2048, 2048, 2048]},

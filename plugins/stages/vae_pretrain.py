@@ -10,7 +10,7 @@ from torch import nn
 from hvkit import distributed
 from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
-from hvkit_plugins.stages.batches import epoch_batches, image_sampler, split_images
+from hvkit_plugins.stages.batches import check_image_sampler, epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
 
 
@@ -35,6 +35,8 @@ class VAEPretrain:
     The backbone (default ``resnet_vae``) must offer ``vae_forward(x) -> (recon, mu, logvar)``;
     its ``forward`` (the encoder mean) is what later stages embed with.
     """
+
+    check_recipe = staticmethod(check_image_sampler)
 
     def __init__(self, loss: Component["loss"] = "vae_elbo",
                  backbone: Component["backbone"] = "resnet_vae",

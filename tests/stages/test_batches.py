@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hvkit.errors import HvkitError
+from hvkit.errors import HvkitError, RecipeError
 from hvkit.testing import run_recipe_text, tiny_recipe
-from hvkit_plugins.stages.batches import epoch_batches, sampler_batches
+from hvkit_plugins.stages.batches import epoch_batches, image_sampler, sampler_batches
 
 PRETRAIN = """
   pretrain:
@@ -34,16 +34,24 @@ def test_a_pretraining_split_the_dataset_lacks_is_a_one_line_error(tmp_path: Pat
 
 @pytest.mark.parametrize("stage, backbone", [("ssl_pretrain", "small_cnn"), ("vae_pretrain", "small_cnn"),
                                              ("mae_pretrain", "{name: vit, image_size: 32, layers: 1}")])
-def test_an_unlabelled_stage_refuses_a_sampler_that_needs_embeddings(tmp_path: Path, stage: str,
-                                                                     backbone: str) -> None:
+def test_an_unlabelled_stage_refuses_a_sampler_that_needs_embeddings_at_validation(tmp_path: Path, stage: str,
+                                                                                   backbone: str) -> None:
     text = tiny_recipe(PRETRAIN.format(stage=stage).replace("[train, nowhere]", "[train]")
                        + "    sampler: {name: hard_class, samples_per_class: 2}\n", name="hard_unlabelled", backbone=backbone)
     if stage == "vae_pretrain":
         text = text.replace("    batch_size: 8\n", "    backbone: {name: resnet_vae, image_size: 32}\n    batch_size: 8\n")
-    with pytest.raises(HvkitError, match=r"^stage 'pretrain': sampler hard_class groups writers by their "
-                                         r"embeddings, which only metric_train gives it; use random or pk for "
-                                         r"unlabelled images$"):
+    with pytest.raises(RecipeError, match=r"recipe\.yaml:stages\.pretrain\.sampler: sampler hard_class learns from "
+                                          r"the embeddings of labelled writers \(needs_embeddings\), which only "
+                                          r"metric_train gives it; use random or pk for unlabelled images$"):
         run_recipe_text(text, tmp_path)
+    assert not (tmp_path / "recipe").exists()
+
+
+def test_image_sampler_refuses_a_sampler_that_says_it_needs_embeddings_only_once_built() -> None:
+    built = SimpleNamespace(needs_embeddings=True)  # declared by the instance: validation cannot see it
+    ctx = SimpleNamespace(build=lambda kind, spec, **context: built, seed=0, rank=0, world_size=1)
+    with pytest.raises(ValueError, match=r"^sampler mine learns from the embeddings of labelled writers"):
+        image_sampler(ctx, {"name": "mine"}, 10, 2)
 
 
 class _Sampler:
