@@ -250,6 +250,8 @@ class BatchSampler(Protocol):
     on every rank. Batches then depend on (seed, epoch, the embeddings last observed). Its
     ``state_dict() -> dict[str, np.ndarray]`` and ``load_state_dict(state)`` carry what it learnt
     into the stage's checkpoints, so a run resumed inside an epoch draws that epoch's batches again.
+    Declare ``needs_embeddings`` on the class: the pre-training stages refuse such a sampler at
+    validation (1.14), where a sampler is built once over stand-in writers with its stage's ``batch_size``.
     """
 
     def __iter__(self) -> Iterator[list[int]]: ...
@@ -267,7 +269,8 @@ class Stage(Protocol):
     recipe is validated, before any work: ``spec`` is the stage's resolved settings, ``earlier``
     maps each earlier stage's name to ``(factory, resolved spec)``. It raises ``ValueError`` for a
     setting that cannot work with those stages (e.g. a name that an earlier stage does not
-    produce), or ``hvkit.errors.RecipeError(message, path="key.0")`` to name the key.
+    produce), or ``hvkit.errors.RecipeError(message, path="key.0")`` to name the key. Validation
+    also builds the stage once (1.14), so its constructor checks its own values and reads nothing.
     """
 
     def run(self, ctx: Any) -> dict[str, Any]: ...
