@@ -153,7 +153,8 @@ def unsized(sampler: Component["sampler"] = "toy_sampler"):
     """A stage with a sampler but no ``batch_size``: validation cannot build the sampler."""
 
 
-refusing.built, refusing_sized.dims, bounded.built, wrapping.built, grouped.had_groups, loose.built = [], [], [], [], [], []
+refusing.built, refusing_sized.dims, bounded.built, wrapping.built = [], [], [], []
+grouped.had_groups, loose.built = [], []
 
 
 @pytest.fixture
