@@ -15,6 +15,7 @@ import inspect
 import itertools
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from hvkit.engine.optim import optimizer_classes, scheduler_classes
 from hvkit.errors import HvkitError, RecipeError
 from hvkit.hookspecs import CONTEXT_ARGS, RECIPE_CONTEXT_ARGS, STAGE_DATA, STAGE_LIKE
 from hvkit.recipe.load import deep_merge
-from hvkit.recipe.schema import dataclass_type, describe, parameters, plain_type_ok, special_marker
+from hvkit.recipe.schema import Param, dataclass_type, describe, parameters, plain_type_ok, special_marker
 from hvkit.registry import Registry
 
 TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss", "head", "backbone", "sampler", "stage"})
@@ -98,6 +99,17 @@ class Validator:
         self.registry = registry
         self.file = file
         self.earlier: dict[str, tuple[Any, dict[str, Any]]] = {}  # each stage resolved so far: (factory, spec)
+        self._signatures: dict[Any, tuple[dict[str, Param], bool]] = {}
+
+    def signature(self, factory: Any) -> tuple[dict[str, Param], bool]:
+        """:func:`parameters` of ``factory``, read once per recipe (type hints are slow to resolve)."""
+        if factory not in self._signatures:
+            self._signatures[factory] = parameters(factory)
+        return self._signatures[factory]
+
+    def factory(self, kind: str, resolved: dict[str, Any]) -> Any:
+        """The factory of a resolved component of ``kind``."""
+        return self.registry.get(kind, resolved[_name_key(kind)]).factory
 
     def error(self, path: str, message: str) -> RecipeError:
         return RecipeError(message, self.file, path)
@@ -143,7 +155,7 @@ class Validator:
             out["stages"][name] = self.component("stage", {k: v for k, v in spec.items() if k != STAGE_DATA},
                                                  path, name_key="stage")
             factory = self.registry.get("stage", spec["stage"]).factory
-            taken = parameters(factory)[0]
+            taken = self.signature(factory)[0]
             for key, use in ((STAGE_DATA, "a stage's own dataset (API 1.9)"),
                              (STAGE_LIKE, "the stage a stage starts from (API 1.11)")):
                 if key in taken:
@@ -194,7 +206,7 @@ class Validator:
             entry = self.registry.get(kind, name)
         except HvkitError as exc:
             raise self.error(f"{path}.{name_key}", str(exc)) from None
-        params, var_kw = parameters(entry.factory)
+        params, var_kw = self.signature(entry.factory)
         context = CONTEXT_ARGS.get(kind, frozenset())
         given = {k: v for k, v in spec.items() if k != name_key}
         resolved: dict[str, Any] = {name_key: name}
@@ -250,22 +262,23 @@ class Validator:
     def trial_build_nested(self, stage: dict[str, Any], path: str) -> None:
         """Builds each component of ``stage`` that takes context the stage sets (:data:`STAGE_CONTEXT`)."""
         own = {k: stage[k] for k in STAGE_CONTEXT if isinstance(stage.get(k), int)}
-        params, _ = parameters(self.registry.get("stage", stage["stage"]).factory)
-        for key, param in params.items():
-            marker = special_marker(param.hint)
-            if not isinstance(marker, ComponentKind) or stage.get(key) is None:
-                continue
-            value = stage[key]
-            for i, spec in enumerate(value if isinstance(value, list) else [value]):
-                wanted = self.context_taken(marker.kind, spec) & STAGE_CONTEXT
-                if wanted and wanted <= own.keys():
-                    where = f"{path}.{key}.{i}" if isinstance(value, list) else f"{path}.{key}"
-                    self.trial_build(marker.kind, spec, where, {k: own[k] for k in wanted})
+        for key, kind, spec in self.nested("stage", stage):
+            wanted = self.context_taken(kind, spec) & STAGE_CONTEXT
+            if wanted and wanted <= own.keys():
+                self.trial_build(kind, spec, f"{path}.{key}", {k: own[k] for k in wanted})
+
+    def nested(self, kind: str, resolved: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Each component set in a resolved component: (its key, ``key.i`` in a list; its kind; its spec)."""
+        for key, param in self.signature(self.factory(kind, resolved))[0].items():
+            marker, value = special_marker(param.hint), resolved.get(key)
+            if isinstance(marker, ComponentKind) and value is not None:
+                for i, spec in enumerate(value if isinstance(value, list) else [value]):
+                    yield f"{key}.{i}" if isinstance(value, list) else key, marker.kind, spec
 
     def context_taken(self, kind: str, resolved: dict[str, Any]) -> set[str]:
         """The run-time context arguments ``build`` passes a resolved component's factory: those it names,
         or every one of its kind when it takes ``**kwargs``."""
-        params, var_kw = parameters(self.registry.get(kind, resolved[_name_key(kind)]).factory)
+        params, var_kw = self.signature(self.factory(kind, resolved))
         context = set(CONTEXT_ARGS.get(kind, frozenset()))
         return context if var_kw else context & set(params)
 
@@ -273,21 +286,16 @@ class Validator:
                        ) -> set[str] | None:
         """The run-time context arguments a resolved component and those built inside it take, beyond
         ``given``; None when one of them has no stand-in. A stage's components are not built inside it."""
-        params, _ = parameters(self.registry.get(kind, resolved[_name_key(kind)]).factory)
         needed = self.context_taken(kind, resolved) - given
         if not needed <= set(STAND_INS):
             return None
         if kind == "stage":
             return needed
-        for key, param in params.items():
-            marker = special_marker(param.hint)
-            if isinstance(marker, ComponentKind) and resolved.get(key) is not None:
-                value = resolved[key]
-                for v in value if isinstance(value, list) else [value]:
-                    inner = self.context_needed(marker.kind, v, given)
-                    if inner is None:
-                        return None
-                    needed |= inner
+        for _, inner_kind, spec in self.nested(kind, resolved):
+            inner = self.context_needed(inner_kind, spec, given)
+            if inner is None:
+                return None
+            needed |= inner
         return needed
 
     def _default(self, default: Any, hint: Any, path: str) -> Any:
