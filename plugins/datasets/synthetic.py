@@ -244,11 +244,10 @@ def cached_handwriting(use_cache: bool = True, **params: int | float) -> tuple[n
     return images, writer
 
 
-def check_settings(name: str = "synthetic_handwriting", num_writers: int = 300, samples_per_writer: int = 12,
-                   samples_spread: int = 0, image_size: int = 64, channels: int = 1, style_spread: float = 1.0,
-                   sample_jitter: float = 1.0, clutter: float = 0.3, val_fraction: float = 0.1,
-                   test_fraction: float = 0.2) -> None:
-    """ValueError, naming dataset ``name``, for settings the generator cannot serve."""
+def check_settings(name: str, num_writers: int, samples_per_writer: int, samples_spread: int, image_size: int,
+                   channels: int, style_spread: float, sample_jitter: float, clutter: float, val_fraction: float,
+                   test_fraction: float) -> None:
+    """ValueError, naming dataset ``name`` (the recipe's plugin name), for settings the generator cannot serve."""
     check_image_params(name, image_size, channels)
     check_fractions(name, val_fraction, test_fraction)
     if num_writers < 2 or samples_per_writer - samples_spread < 1 or samples_spread < 0:
