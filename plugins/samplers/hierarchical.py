@@ -48,11 +48,11 @@ class HierarchicalSampler(ShardedBatchSampler):
                              f"x world_size = {g * k * world_size}")
         self.samples_per_class, self.groups_per_batch = k, g
         self.writers_per_group = batch_size // (g * k)
-        _, group_codes = np.unique(groups, return_inverse=True)
-        _, writer_of = np.unique(self.labels, return_inverse=True)
+        group_codes = np.unique(groups, return_inverse=True)[1].reshape(-1)
+        _, first, writer_of = np.unique(self.labels, return_index=True, return_inverse=True)
         members = np.split(np.argsort(writer_of, kind="stable"), np.cumsum(np.bincount(writer_of))[:-1])
-        group_of_writer = group_codes.reshape(-1)[[m[0] for m in members]]
-        if np.any(group_of_writer[writer_of] != group_codes.reshape(-1)):
+        group_of_writer = group_codes[first]
+        if np.any(group_of_writer[writer_of] != group_codes):
             raise ValueError("a writer has images in two groups; a writer's group must be one")
         self._groups: list[list[np.ndarray]] = []
         for group in range(group_codes.max() + 1):
