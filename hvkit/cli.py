@@ -1,6 +1,6 @@
 """The ``hvkit`` command line: run, validate, list-plugins, and plugin-provided commands.
 
-User errors (:class:`HvkitError`) print one line and exit with code 2, no traceback.
+User errors (:class:`HvkitError`) print one line a problem and exit with code 2, no traceback.
 """
 
 from __future__ import annotations
@@ -15,18 +15,24 @@ from typing import Any, Callable
 import click
 
 import hvkit
-from hvkit.errors import HvkitError
+from hvkit.errors import HvkitError, problems
+
+
+def report(error: HvkitError) -> None:
+    """``error: …`` on stderr for each problem ``error`` reports."""
+    for problem in problems(error):
+        click.echo(f"error: {problem}", err=True)
 
 
 def user_errors(func: Callable) -> Callable:
-    """Turn an HvkitError into ``error: …`` on stderr and exit code 2."""
+    """Turn an HvkitError into ``error: …`` lines on stderr and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except HvkitError as exc:
-            click.echo(f"error: {exc}", err=True)
+            report(exc)
             sys.exit(2)
 
     return wrapper
@@ -107,7 +113,7 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool) 
         try:
             resolved = prepare(path, overrides)
         except HvkitError as exc:
-            click.echo(f"error: {exc}", err=True)
+            report(exc)
             failed += 1
             continue
         click.echo(f"ok: {path}")

@@ -1,4 +1,4 @@
-"""The one error type hvkit reports to users as a single line (exit code 2, no traceback)."""
+"""The errors hvkit reports to users, one line a problem (exit code 2, no traceback)."""
 
 
 class HvkitError(Exception):
@@ -12,3 +12,20 @@ class RecipeError(HvkitError):
         self.file, self.path, self.reason = file, path, message
         where = ":".join(part for part in (file, path) if part)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class RecipeErrors(RecipeError):
+    """Every problem one validation found, in recipe order; it reads as the first, printed one line each."""
+
+    def __init__(self, errors: list[RecipeError]):
+        first = errors[0]
+        super().__init__(first.reason, first.file, first.path)
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
+
+
+def problems(error: HvkitError) -> list[HvkitError]:
+    """The problems one error reports: each of a :class:`RecipeErrors`, else the error itself."""
+    return list(getattr(error, "errors", [error]))

@@ -2,11 +2,17 @@
 
 Each component's keys are checked against its factory's signature and type hints; an
 unknown plugin or parameter names the nearest valid choices; a missing file is reported.
-Every problem is a :class:`RecipeError` naming the recipe file and the key path.
+Every problem is a :class:`RecipeError` naming the recipe file and the key path, and validation
+goes on past it: one :class:`RecipeErrors` reports all of them. A part with a problem (a key, a
+list item, a stage) is left out of what holds it, so a component is only built, and its plugin's
+own ``check_recipe`` only run, when all its settings passed. What may follow from a failed stage
+is not reported again: a reference to it, a stage ``like`` it, and a plugin's own check that fails
+after it (the check reads the earlier stages).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -23,7 +29,7 @@ import numpy as np
 
 from hvkit.api import ComponentKind, ExistingPath, OptimizerName, SchedulerName, StageRef
 from hvkit.engine.optim import optimizer_classes, scheduler_classes
-from hvkit.errors import HvkitError, RecipeError
+from hvkit.errors import HvkitError, RecipeError, RecipeErrors
 from hvkit.hookspecs import CONTEXT_ARGS, RECIPE_CONTEXT_ARGS, STAGE_DATA, STAGE_LIKE
 from hvkit.recipe.load import deep_merge
 from hvkit.recipe.schema import Param, dataclass_type, describe, parameters, plain_type_ok, special_marker
@@ -92,6 +98,10 @@ def _json_default(value: Any) -> Any:
     return value
 
 
+class _Incomplete(Exception):
+    """A part whose problems are collected already: the part that holds it is incomplete too."""
+
+
 class Validator:
     """Validates one recipe against a registry; ``resolve`` returns it with defaults filled."""
 
@@ -99,7 +109,25 @@ class Validator:
         self.registry = registry
         self.file = file
         self.earlier: dict[str, tuple[Any, dict[str, Any]]] = {}  # each stage resolved so far: (factory, spec)
+        self.failed: set[str] = set()  # stages with a problem
+        self.problems: list[RecipeError] = []
+        self.failures = 0  # parts that failed, each with a problem of its own or inside it
         self._signatures: dict[Any, tuple[dict[str, Param], bool]] = {}
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[None]:
+        """Records a problem of the enclosed part and goes on after it."""
+        try:
+            yield
+        except (RecipeError, _Incomplete) as exc:
+            self.failures += 1
+            if isinstance(exc, RecipeError):
+                self.problems.append(exc)
+
+    def settle(self, start: int) -> None:
+        """Stops the enclosing part when one of its parts failed since ``failures`` was ``start``."""
+        if self.failures > start:
+            raise _Incomplete
 
     def signature(self, factory: Any) -> tuple[dict[str, Param], bool]:
         """:func:`parameters` of ``factory``, read once per recipe (type hints are slow to resolve)."""
@@ -115,61 +143,99 @@ class Validator:
         return RecipeError(message, self.file, path)
 
     def resolve(self, recipe: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(recipe) - TOP_LEVEL)
-        if unknown:
-            raise self.error(unknown[0], "unknown top-level key" + _nearest(unknown[0], sorted(TOP_LEVEL)))
+        """The recipe with every default filled in; :class:`RecipeError` for its only problem, else
+        :class:`RecipeErrors` for all of them."""
+        for key in sorted(set(recipe) - TOP_LEVEL):
+            with self.collect():
+                raise self.error(key, "unknown top-level key" + _nearest(key, sorted(TOP_LEVEL)))
         out: dict[str, Any] = {"name": recipe.get("name", Path(self.file or "recipe").stem)}
         if "description" in recipe:
             out["description"] = recipe["description"]
         seed = recipe.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise self.error("seed", f"expected an int, got {seed!r}")
+        with self.collect():
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise self.error("seed", f"expected an int, got {seed!r}")
         out["seed"] = seed
         device = recipe.get("device", "auto")
-        if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-            raise self.error("device", f"expected auto, cpu or cuda, got {device!r}")
+        with self.collect():
+            if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+                raise self.error("device", f"expected auto, cpu or cuda, got {device!r}")
         out["device"] = device
-        if "data" not in recipe:
-            raise self.error("data", "missing: every recipe needs a data section ({name: <dataset>, ...})")
-        out["data"] = self.component("dataset", recipe["data"], "data")
-        model = recipe.get("model", {})
+        with self.collect():
+            if "data" not in recipe:
+                raise self.error("data", "missing: every recipe needs a data section ({name: <dataset>, ...})")
+            out["data"] = self.component("dataset", recipe["data"], "data")
+        with self.collect():
+            out["model"] = self.model(recipe.get("model", {}))
+        with self.collect():
+            out["stages"] = self.stages(recipe.get("stages"))
+        if len(self.problems) > 1:
+            raise RecipeErrors(self.problems)
+        if self.problems:
+            raise self.problems[0]
+        return out
+
+    def model(self, model: Any) -> dict[str, Any]:
+        """The ``model:`` section: each shared component resolved."""
         if not isinstance(model, dict):
             raise self.error("model", "expected a mapping with a backbone")
-        bad = sorted(set(model) - MODEL_KEYS)
-        if bad:
-            raise self.error(f"model.{bad[0]}", "unknown key" + _nearest(bad[0], sorted(MODEL_KEYS)))
-        out["model"] = {k: self.component("backbone", v, f"model.{k}") for k, v in model.items()}
-        stages = recipe.get("stages")
+        start, out = self.failures, {}
+        for key, spec in model.items():
+            with self.collect():
+                if key not in MODEL_KEYS:
+                    raise self.error(f"model.{key}", "unknown key" + _nearest(key, sorted(MODEL_KEYS)))
+                out[key] = self.component("backbone", spec, f"model.{key}")
+        self.settle(start)
+        return out
+
+    def stages(self, stages: Any) -> dict[str, Any]:
+        """The ``stages:`` section: each stage resolved in order, checked against those before it."""
         if not isinstance(stages, dict) or not stages:
             raise self.error("stages", "expected a mapping of stage name → {stage: <plugin>, ...}")
-        out["stages"] = {}
+        start, out = self.failures, {}
         written: dict[str, dict[str, Any]] = {}
         for name, spec in stages.items():
-            path = f"stages.{name}"
-            if isinstance(spec, dict) and STAGE_LIKE in spec:
-                spec = self.like(spec, written, path)
-            if not isinstance(spec, dict) or "stage" not in spec:
-                raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
-            written[name] = spec
-            own_data = spec.get(STAGE_DATA)
-            out["stages"][name] = self.component("stage", {k: v for k, v in spec.items() if k != STAGE_DATA},
-                                                 path, name_key="stage")
-            factory = self.registry.get("stage", spec["stage"]).factory
-            taken = self.signature(factory)[0]
-            for key, use in ((STAGE_DATA, "a stage's own dataset (API 1.9)"),
-                             (STAGE_LIKE, "the stage a stage starts from (API 1.11)")):
-                if key in taken:
-                    raise self.error(path, f"stage plugin {spec['stage']!r} takes a parameter {key!r}, which hvkit "
-                                           f"reserves for {use}; the plugin must rename it")
-            if own_data is not None:
-                out["stages"][name][STAGE_DATA] = self.component("dataset", own_data, f"{path}.{STAGE_DATA}")
-            self.earlier[name] = (factory, out["stages"][name])
+            with self.collect():
+                out[name] = self.stage(name, spec, written)
+            if name not in out:
+                self.failed.add(name)
+        self.settle(start)
         return out
+
+    def stage(self, name: str, spec: Any, written: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """One stage resolved, its own ``data`` included; recorded in ``earlier`` when it passed."""
+        path = f"stages.{name}"
+        if isinstance(spec, dict) and STAGE_LIKE in spec:
+            spec = self.like(spec, written, path)
+        if not isinstance(spec, dict) or "stage" not in spec:
+            raise self.error(path, "expected a mapping with a 'stage' key naming a stage plugin")
+        written[name] = spec
+        start, own_data = self.failures, spec.get(STAGE_DATA)
+        with self.collect():
+            resolved = self.component("stage", {k: v for k, v in spec.items() if k != STAGE_DATA}, path,
+                                      name_key="stage")
+        if own_data is not None:
+            with self.collect():
+                own_data = self.component("dataset", own_data, f"{path}.{STAGE_DATA}")
+        self.settle(start)
+        factory = self.registry.get("stage", spec["stage"]).factory
+        taken = self.signature(factory)[0]
+        for key, use in ((STAGE_DATA, "a stage's own dataset (API 1.9)"),
+                         (STAGE_LIKE, "the stage a stage starts from (API 1.11)")):
+            if key in taken:
+                raise self.error(path, f"stage plugin {spec['stage']!r} takes a parameter {key!r}, which hvkit "
+                                       f"reserves for {use}; the plugin must rename it")
+        if own_data is not None:
+            resolved[STAGE_DATA] = own_data
+        self.earlier[name] = (factory, resolved)
+        return resolved
 
     def like(self, spec: dict[str, Any], written: dict[str, dict[str, Any]], path: str) -> dict[str, Any]:
         """A stage with ``like: <earlier stage>``: that stage's settings as written (after ``extends``
         and ``--set``, its own ``like`` expanded), with this stage's keys deep-merged on top."""
         base = spec[STAGE_LIKE]
+        if isinstance(base, str) and base in self.failed:
+            raise _Incomplete
         if not isinstance(base, str) or base not in written:
             earlier = ", ".join(written) or "none"
             raise self.error(f"{path}.{STAGE_LIKE}", f"expected the name of an earlier stage ({earlier}), got {base!r}")
@@ -183,7 +249,8 @@ class Validator:
         stage's name to ``(factory, resolved spec)``; a check with a parameter ``registry`` (1.11)
         also gets the registry the recipe is validated against, to look up a nested component's
         factory. It raises ``ValueError`` (or a registry's ``HvkitError``), reported at the component,
-        or :class:`RecipeError` with ``path`` relative to it (``members.1``), reported there.
+        or :class:`RecipeError` with ``path`` relative to it (``members.1``), reported there; after
+        a failed stage, its failure only stops the component.
         """
         check = getattr(factory, "check_recipe", None)
         if check is None:
@@ -191,9 +258,11 @@ class Validator:
         extra = {"registry": self.registry} if "registry" in inspect.signature(check).parameters else {}
         try:
             check(spec, dict(self.earlier), **extra)
-        except RecipeError as exc:
-            raise self.error(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
         except (ValueError, HvkitError) as exc:
+            if self.failed:  # it may follow from a failed stage, whose problem is reported
+                raise _Incomplete from exc
+            if isinstance(exc, RecipeError):
+                raise self.error(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
             raise self.error(path, str(exc)) from None
 
     def component(self, kind: str, spec: Any, path: str, name_key: str = "name") -> dict[str, Any]:
@@ -210,27 +279,44 @@ class Validator:
         context = CONTEXT_ARGS.get(kind, frozenset())
         given = {k: v for k, v in spec.items() if k != name_key}
         resolved: dict[str, Any] = {name_key: name}
+        start = self.failures
         for key, value in given.items():
-            key_path = f"{path}.{key}"
-            if key in context and key not in RECIPE_CONTEXT_ARGS.get(kind, ()):
-                raise self.error(key_path, f"{key!r} is provided by hvkit at run time; remove it")
-            if key not in params:
-                if var_kw:
-                    resolved[key] = value
-                    continue
-                valid = [p for p in params if p not in context]
-                raise self.error(key_path, f"unknown parameter for {kind} {name!r}" + _nearest(key, valid))
-            resolved[key] = self.value(value, params[key].hint, key_path, params[key].default)
+            with self.collect():
+                resolved[key] = self.setting(kind, name, key, value, params, var_kw, f"{path}.{key}")
         for p in params.values():
             if p.name in given or p.name in context:
                 continue
-            if p.required:
-                raise self.error(f"{path}.{p.name}", f"missing required parameter of {kind} {name!r} "
-                                                     f"(expected {describe(p.hint)})")
-            resolved[p.name] = self._default(p.default, p.hint, f"{path}.{p.name}")
+            with self.collect():
+                if p.required:
+                    raise self.error(f"{path}.{p.name}", f"missing required parameter of {kind} {name!r} "
+                                                         f"(expected {describe(p.hint)})")
+                resolved[p.name] = self._default(p.default, p.hint, f"{path}.{p.name}")
+        self.settle(start)
         self.check_component(entry.factory, resolved, path)
         self.trial_build(kind, resolved, path)
         return resolved
+
+    def setting(self, kind: str, name: str, key: str, value: Any, params: dict[str, Param], var_kw: bool,
+                path: str) -> Any:
+        """One given setting of a component, checked against its factory's parameter of that name."""
+        context = CONTEXT_ARGS.get(kind, frozenset())
+        if key in context and key not in RECIPE_CONTEXT_ARGS.get(kind, ()):
+            raise self.error(path, f"{key!r} is provided by hvkit at run time; remove it")
+        if key in params:
+            return self.value(value, params[key].hint, path, params[key].default)
+        if var_kw:
+            return value
+        valid = [p for p in params if p not in context]
+        raise self.error(path, f"unknown parameter for {kind} {name!r}" + _nearest(key, valid))
+
+    def each(self, items: list[Any], check: Any, path: str) -> list[Any]:
+        """``check(item, path.i)`` of each item, every item's problem collected."""
+        start, out = self.failures, []
+        for i, item in enumerate(items):
+            with self.collect():
+                out.append(check(item, f"{path}.{i}"))
+        self.settle(start)
+        return out
 
     def trial_build(self, kind: str, resolved: dict[str, Any], path: str, given: dict[str, Any] | None = None
                     ) -> None:
@@ -316,16 +402,12 @@ class Validator:
         if marker is not None and value is not None:
             if isinstance(marker, ComponentKind):
                 if isinstance(value, list):
-                    return [self.component(marker.kind, v, f"{path}.{i}") for i, v in enumerate(value)]
+                    return self.each(value, lambda v, where: self.component(marker.kind, v, where), path)
                 return self.component(marker.kind, value, path)
             if isinstance(marker, StageRef):
-                names = value if isinstance(value, list) else [value]
-                for i, name in enumerate(names):
-                    if not isinstance(name, str) or name not in self.earlier:
-                        where = f"{path}.{i}" if isinstance(value, list) else path
-                        raise self.error(where, f"{name!r} is not an earlier stage"
-                                         + _nearest(str(name), list(self.earlier)))
-                return value
+                if isinstance(value, list):
+                    return self.each(value, self.stage_ref, path)
+                return self.stage_ref(value, path)
             if isinstance(marker, ExistingPath):
                 if not isinstance(value, str) or not Path(value).expanduser().exists():
                     raise self.error(path, f"file or folder not found: {value!r}")
@@ -342,6 +424,14 @@ class Validator:
             raise self.error(path, f"expected {describe(hint)}, got {value!r}")
         return value
 
+    def stage_ref(self, name: Any, path: str) -> str:
+        """The name of an earlier stage; a failed one stops the part that names it, unreported again."""
+        if isinstance(name, str) and name in self.failed:
+            raise _Incomplete
+        if not isinstance(name, str) or name not in self.earlier:
+            raise self.error(path, f"{name!r} is not an earlier stage" + _nearest(str(name), list(self.earlier)))
+        return name
+
     def section(self, config: type, value: dict[str, Any], path: str, default: Any = None) -> dict[str, Any]:
         """A mapping checked against a dataclass's fields (e.g. a stage's ``train:`` options).
 
@@ -356,13 +446,17 @@ class Validator:
             defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                         for f in dataclasses.fields(config)}
         out: dict[str, Any] = {}
+        start = self.failures
         for key, item in value.items():
-            if key not in defaults:
-                raise self.error(f"{path}.{key}", f"unknown {config.__name__} option" + _nearest(key, list(defaults)))
-            out[key] = self.value(item, hints[key], f"{path}.{key}", defaults[key])
+            with self.collect():
+                if key not in defaults:
+                    raise self.error(f"{path}.{key}", f"unknown {config.__name__} option"
+                                     + _nearest(key, list(defaults)))
+                out[key] = self.value(item, hints[key], f"{path}.{key}", defaults[key])
         for name, default in defaults.items():
-            if name not in out:
+            if name not in value:
                 out[name] = self.value(default, hints[name], f"{path}.{name}") if default is not None else None
+        self.settle(start)
         try:
             config(**out)
         except ValueError as exc:
@@ -396,5 +490,6 @@ class Validator:
 
 
 def validate(recipe: dict[str, Any], registry: Registry, file: str | None = None) -> dict[str, Any]:
-    """The recipe with every default filled in; RecipeError on the first problem."""
+    """The recipe with every default filled in; :class:`RecipeError` for its only problem,
+    :class:`RecipeErrors` for several."""
     return Validator(registry, file).resolve(recipe)

@@ -14,7 +14,7 @@ from hvkit import registry as registry_module
 from hvkit.api import Component, FilePath, OptimizerSpec, SchedulerSpec, StageOutput
 from hvkit.cli import main
 from hvkit.engine.context import build
-from hvkit.errors import RecipeError
+from hvkit.errors import RecipeError, RecipeErrors
 from hvkit.pipeline import prepare
 from hvkit.recipe.load import safe_load
 from hvkit.recipe.validate import STAND_INS
@@ -419,6 +419,94 @@ def test_cli_exits_2_with_one_line_and_no_traceback(bad_recipe, registry, comman
     assert fragment in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+EVERY_PROBLEM = """
+seed: abc
+data: {name: toy_dta}
+model: {backbone: {name: toy_stage}, head: x}
+stages:
+  first: {stage: toy_stage, epoch: 2, lr: fast, loss: {name: toy_loss, margn: 1}, optimizer: {name: SGD, lr: 0.1},
+          widths: [8, wide], members: [frist, secnd]}
+  second: {stage: needs_count, data: {name: toy_data, writers: many}}
+  third: {stage: toy_stage, amp: 1, mode: fast}
+stage: {}
+"""
+
+EVERY_PATH = [
+    ("stage", "unknown top-level key"), ("seed", "expected an int"), ("data.name", "unknown dataset 'toy_dta'"),
+    ("model.backbone.name", "unknown backbone 'toy_stage'"), ("model.head", "unknown key"),
+    ("stages.first.epoch", "did you mean 'epochs'"), ("stages.first.lr", "expected float, got 'fast'"),
+    ("stages.first.loss.margn", "did you mean 'margin'"), ("stages.first.widths", "expected list[int]"),
+    ("stages.first.members.0", "'frist' is not an earlier stage"),
+    ("stages.first.members.1", "'secnd' is not an earlier stage"),
+    ("stages.second.count", "missing required parameter"), ("stages.second.data.writers", "expected int, got 'many'"),
+    ("stages.third.amp", "expected bool, got 1")]
+
+
+def test_every_problem_is_reported_in_recipe_order(tmp_path, registry):
+    path = write(tmp_path, EVERY_PROBLEM)
+    with pytest.raises(RecipeErrors) as info:
+        prepare(path, registry=registry)
+    found = [(error.path, error.reason) for error in info.value.errors]
+    assert [p for p, _ in found] == [p for p, _ in EVERY_PATH]
+    for (_, reason), (_, fragment) in zip(found, EVERY_PATH):
+        assert fragment in reason
+    assert (info.value.path, info.value.reason) == found[0]
+    assert str(info.value).splitlines() == [f"{path}:{p}: {reason}" for p, reason in found]
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_prints_every_problem_on_its_own_line(tmp_path, registry, command):
+    registry_module.set_registry(registry)
+    path = write(tmp_path, EVERY_PROBLEM)
+    args = [command, str(path)] + (["--run-dir", str(tmp_path / "run")] if command == "run" else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert [line.split(": ", 2)[1] for line in lines] == [f"{path}:{p}" for p, _ in EVERY_PATH]
+    assert all(line.startswith("error: ") for line in lines)
+    assert not (tmp_path / "run").exists()
+
+
+def test_what_follows_from_a_failed_stage_is_not_reported_again(tmp_path, registry):
+    CheckedStage.seen.clear()
+    text = """
+    data: {name: toy_data}
+    stages:
+      first: {stage: toy_stage, epochs: x}
+      second: {stage: toy_stage, init_from: first, members: [first, frist], lr: slow}
+      third: {like: first, lr: 0.2}
+      fourth: {stage: checked, source: first}
+      fifth: {stage: checked, source: itself, data: {name: toy_data, writers: x}}
+      sixth: {stage: toy_stage, init_from: third}
+    """
+    with pytest.raises(RecipeErrors) as info:
+        prepare(write(tmp_path, text), registry=registry)
+    assert [error.path for error in info.value.errors] == [
+        "stages.first.epochs", "stages.second.members.1", "stages.second.lr", "stages.fifth.data.writers"]
+    assert [spec["source"] for spec, _ in CheckedStage.seen] == ["first", "itself"]  # both fail, unreported
+
+
+def test_a_component_with_a_problem_is_neither_checked_nor_built(tmp_path, registry):
+    refusing.built.clear()
+    text = """
+    data: {name: toy_data}
+    stages:
+      first: {stage: toy_stage, loss: {name: checked_loss, low: 2, hihg: 1}}
+      second: {stage: toy_stage, loss: {name: refusing, margin: -1, wieght: 2}, epochs: x}
+    """
+    with pytest.raises(RecipeErrors) as info:
+        prepare(write(tmp_path, text), registry=registry)
+    assert [error.path for error in info.value.errors] == [
+        "stages.first.loss.hihg", "stages.second.loss.wieght", "stages.second.epochs"]
+    assert refusing.built == []
+
+
+def test_one_problem_is_a_plain_recipe_error(tmp_path, registry):
+    with pytest.raises(RecipeError) as info:
+        prepare(write(tmp_path, stage(epoch=2)), registry=registry)
+    assert type(info.value) is RecipeError
 
 
 def test_validate_reports_each_file_and_show_prints_defaults(tmp_path, registry):
