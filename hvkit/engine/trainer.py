@@ -56,6 +56,19 @@ class TrainConfig:
     ema_warmup: bool = True
 
     def __post_init__(self) -> None:
+        for name in "epochs", "log_every", "checkpoint_every", "max_steps":
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"train.{name}={value} must be >= 1")
+        for name in "loss_lr", "weight_decay_end":
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"train.{name}={value} must be >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"train.grad_clip={self.grad_clip} must be > 0 (the largest gradient norm; null: off)")
+        for prefix, epochs in self.frozen_epochs.items():
+            if epochs < 0:
+                raise ValueError(f"train.frozen_epochs[{prefix!r}]={epochs} must be >= 0")
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ValueError(f"train.ema={self.ema} must lie in [0, 1): the decay of the weights' moving "
                              "average (0.999 averages about the last 1000 steps; null: off)")
@@ -215,8 +228,6 @@ class Trainer:
                 example = ", ".join(list(named)[:3])
                 raise HvkitError(f"stage {self.ctx.name}: train.frozen_epochs names {prefix!r}, which is no "
                                  f"trainable parameter nor a prefix of one (they are named like {example})")
-            if epochs < 0:
-                raise HvkitError(f"stage {self.ctx.name}: train.frozen_epochs[{prefix!r}] = {epochs} must be >= 0")
             frozen.append((params, epochs * self.steps_per_epoch))
         return frozen
 

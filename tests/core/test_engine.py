@@ -312,6 +312,26 @@ def test_after_step_follows_each_optimiser_step_and_precedes_its_checkpoint(stag
     assert torch.equal(final["shadow"]["weight"], final["model"]["weight"])
 
 
+@pytest.mark.parametrize("setting, good, message", [
+    ("epochs", 1, "train.epochs=0 must be >= 1"), ("log_every", 1, "train.log_every=0 must be >= 1"),
+    ("checkpoint_every", 1, "train.checkpoint_every=0 must be >= 1"), ("max_steps", 1, "train.max_steps=0 must be >= 1"),
+    ("loss_lr", 0.0, "train.loss_lr=-0.001 must be >= 0"),
+    ("weight_decay_end", 0.0, "train.weight_decay_end=-0.001 must be >= 0"),
+    ("grad_clip", 1e-3, "train.grad_clip=0 must be > 0"),
+])
+def test_train_config_refuses_a_setting_no_loop_can_use(setting, good, message):
+    bad = 0 if isinstance(good, int) or setting == "grad_clip" else -1e-3
+    with pytest.raises(ValueError, match="^" + message.replace(".", r"\.")):
+        TrainConfig(**{setting: bad})
+    assert getattr(TrainConfig(**{setting: good}), setting) == good
+
+
+def test_frozen_epochs_may_not_be_negative():
+    with pytest.raises(ValueError, match=r"^train\.frozen_epochs\['backbone'\]=-1 must be >= 0$"):
+        TrainConfig(frozen_epochs={"head": 0, "backbone": -1})
+    assert TrainConfig(frozen_epochs={"backbone": 0}).frozen_epochs == {"backbone": 0}
+
+
 def test_max_steps_limits_training(tmp_path, recipe, registry):
     execute(recipe, tmp_path / "run", registry, overrides=["stages.train.train.max_steps=5"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]["steps"] == 5
