@@ -136,14 +136,26 @@ class Run:
             self._datasets[key] = data
         return self._datasets[key]
 
+    def done(self, name: str, rerun: frozenset[str]) -> bool:
+        """Whether stage ``name`` is complete in the run directory being resumed, and not to be rerun."""
+        return self.resume and name not in rerun and (self.run_dir / "stages" / name / "outputs.json").is_file()
+
+    def read_data(self, rerun: frozenset[str]) -> None:
+        """Builds the dataset of every stage still to run before the first runs, so an empty folder or
+        a broken layout is the run's first error, not one after hours of the stages before it."""
+        for name, spec in self.resolved["stages"].items():
+            if not self.done(name, rerun):
+                self.dataset(spec.get(STAGE_DATA), f"stages.{name}.{STAGE_DATA}" if STAGE_DATA in spec else "data")
+
     def execute(self, rerun: frozenset[str] = frozenset()) -> dict[str, Any]:
         outputs: dict[str, dict[str, Any]] = {}
         metrics: dict[str, Any] = {"recipe": self.resolved["name"]}
         reports: list[str] = []
         synthetic = False
+        self.read_data(rerun)
         for name, spec in self.resolved["stages"].items():
             done_file = self.run_dir / "stages" / name / "outputs.json"
-            if self.resume and done_file.is_file() and name not in rerun:
+            if self.done(name, rerun):
                 outputs[name] = json.loads(done_file.read_text())
                 self.console(f"[{name}] complete, skipped")
             else:

@@ -312,6 +312,29 @@ def test_after_step_follows_each_optimiser_step_and_precedes_its_checkpoint(stag
     assert torch.equal(final["shadow"]["weight"], final["model"]["weight"])
 
 
+def test_every_dataset_is_read_before_the_first_stage_runs(tmp_path):
+    built: list[str] = []
+
+    def counted(root: str = "full") -> WriterDataset:
+        built.append(root)
+        if root == "empty":
+            raise ValueError(f"no images under {root}")
+        return toy_writers()
+
+    registry = make_registry(dataset={"toy_writers": toy_writers, "counted": counted}, stage={"tiny_train": TinyTrain})
+    text = RECIPE.replace("init_from: pre}", "init_from: pre, data: {name: counted, root: ROOT}}")
+    (tmp_path / "broken.yaml").write_text(text.replace("ROOT", "empty"), encoding="utf-8")
+    with pytest.raises(HvkitError, match=r"^stages\.train\.data \(counted\): no images under empty$"):
+        execute(tmp_path / "broken.yaml", tmp_path / "broken", registry)
+    assert not (tmp_path / "broken" / "stages" / "pre").exists()
+    (tmp_path / "good.yaml").write_text(text.replace("ROOT", "full"), encoding="utf-8")
+    lines = execute(tmp_path / "good.yaml", tmp_path / "good", registry)
+    assert lines.index("[pre] tiny_train …") > lines.index(next(line for line in lines if "SYNTHETIC" in line))
+    assert built == ["empty", "full"]
+    run(None, resume=tmp_path / "good", registry=registry, device="cpu", console=lines.append)
+    assert built == ["empty", "full"]  # a stage complete in the resumed run is not given its data again
+
+
 @pytest.mark.parametrize("setting, good, message", [
     ("epochs", 1, "train.epochs=0 must be >= 1"), ("log_every", 1, "train.log_every=0 must be >= 1"),
     ("checkpoint_every", 1, "train.checkpoint_every=0 must be >= 1"), ("max_steps", 1, "train.max_steps=0 must be >= 1"),
