@@ -103,15 +103,20 @@ def run(recipe: Path | None, overrides: tuple[str, ...], run_dir: Path | None, r
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value.")
 @click.option("--show", is_flag=True, help="Print the resolved recipe (all defaults filled in).")
-def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool) -> None:
+@click.option("--data", "read_data", is_flag=True,
+              help="Also read every dataset the recipe's stages use, as the run would (slow for a large one).")
+def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, read_data: bool) -> None:
     """Check recipes completely without running anything."""
     import yaml
 
-    from hvkit.pipeline import prepare
+    from hvkit.pipeline import prepare, read_dataset, stage_datasets
+    from hvkit.registry import get_registry
     failed = 0
     for path in recipes:
         try:
             resolved = prepare(path, overrides)
+            for where, spec in stage_datasets(resolved, resolved["stages"]) if read_data else ():
+                read_dataset(get_registry(), spec, resolved["seed"], f"{path}:{where}")
         except HvkitError as exc:
             report(exc)
             failed += 1

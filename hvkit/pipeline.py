@@ -124,12 +124,7 @@ class Run:
         spec = spec or self.resolved["data"]
         key = _data_key(spec)
         if key not in self._datasets:
-            try:
-                data = build(self.registry, "dataset", spec, seed=self.resolved["seed"])
-            except ValueError as exc:
-                raise HvkitError(f"{where} ({spec['name']}): {exc}") from exc
-            if not isinstance(data, WriterDataset):
-                raise HvkitError(f"dataset {spec['name']!r} returned {type(data).__name__}, not a WriterDataset")
+            data = read_dataset(self.registry, spec, self.resolved["seed"], where)
             if data.synthetic:
                 _banner(self.console, f"SYNTHETIC DATA ({data.name}): these are NOT results on real "
                                       f"handwriting; set {where}.root to use a real dataset")
@@ -140,19 +135,19 @@ class Run:
         """Whether stage ``name`` is complete in the run directory being resumed, and not to be rerun."""
         return self.resume and name not in rerun and (self.run_dir / "stages" / name / "outputs.json").is_file()
 
-    def read_data(self, rerun: frozenset[str]) -> None:
+    def read_data(self, rerun: frozenset[str] = frozenset()) -> None:
         """Builds the dataset of every stage still to run before the first runs, so an empty folder or
         a broken layout is the run's first error, not one after hours of the stages before it."""
-        for name, spec in self.resolved["stages"].items():
-            if not self.done(name, rerun):
-                self.dataset(spec.get(STAGE_DATA), f"stages.{name}.{STAGE_DATA}" if STAGE_DATA in spec else "data")
+        pending = [name for name in self.resolved["stages"] if not self.done(name, rerun)]
+        for where, spec in stage_datasets(self.resolved, pending):
+            self.dataset(spec, where)
 
     def execute(self, rerun: frozenset[str] = frozenset()) -> dict[str, Any]:
         outputs: dict[str, dict[str, Any]] = {}
         metrics: dict[str, Any] = {"recipe": self.resolved["name"]}
         reports: list[str] = []
         synthetic = False
-        self.read_data(rerun)
+        self.read_data(rerun)  # a run started by run() has read them already
         for name, spec in self.resolved["stages"].items():
             done_file = self.run_dir / "stages" / name / "outputs.json"
             if self.done(name, rerun):
@@ -203,6 +198,29 @@ class Run:
         return metrics
 
 
+def stage_datasets(resolved: dict[str, Any], stages: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, spec)`` of each distinct dataset ``stages`` of a resolved recipe read: a stage's
+    own ``data`` at ``stages.<name>.data``, else the recipe's at ``data``."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name in stages:
+        own = resolved["stages"][name].get(STAGE_DATA)
+        where, spec = (f"stages.{name}.{STAGE_DATA}", own) if own is not None else ("data", resolved["data"])
+        found.setdefault(_data_key(spec), (where, spec))
+    return list(found.values())
+
+
+def read_dataset(registry: Registry, spec: dict[str, Any], seed: int, where: str) -> WriterDataset:
+    """The dataset of a resolved ``spec``, read; its factory's ``ValueError`` (no images, an unknown
+    layout) is an :class:`HvkitError` naming ``where`` in the recipe."""
+    try:
+        data = build(registry, "dataset", spec, seed=seed)
+    except ValueError as exc:
+        raise HvkitError(f"{where} ({spec['name']}): {exc}") from exc
+    if not isinstance(data, WriterDataset):
+        raise HvkitError(f"dataset {spec['name']!r} returned {type(data).__name__}, not a WriterDataset")
+    return data
+
+
 def _data_key(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
@@ -240,6 +258,8 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
         if (run_path / RESOLVED).exists():
             raise HvkitError(f"{run_path} already holds a run; use --resume {run_path} or another --run-dir")
         distributed.barrier()
+    runner = Run(resolved, run_path, registry, device_obj, resume is not None, console)
+    runner.read_data()  # before the run directory exists: a broken dataset leaves nothing behind
     if rank == 0:
         run_path.mkdir(parents=True, exist_ok=True)
         if resume is None:
@@ -247,7 +267,7 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
             write_json(run_path / "environment.json", environment(resolved, registry))
     distributed.barrier()
     console(f"run directory: {run_path}")
-    metrics = Run(resolved, run_path, registry, device_obj, resume is not None, console).execute()
+    metrics = runner.execute()
     distributed.shutdown()
     console(summary(metrics))
     return run_path

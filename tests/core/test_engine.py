@@ -312,27 +312,52 @@ def test_after_step_follows_each_optimiser_step_and_precedes_its_checkpoint(stag
     assert torch.equal(final["shadow"]["weight"], final["model"]["weight"])
 
 
-def test_every_dataset_is_read_before_the_first_stage_runs(tmp_path):
-    built: list[str] = []
+BUILT: list[str] = []
 
-    def counted(root: str = "full") -> WriterDataset:
-        built.append(root)
-        if root == "empty":
-            raise ValueError(f"no images under {root}")
-        return toy_writers()
 
-    registry = make_registry(dataset={"toy_writers": toy_writers, "counted": counted}, stage={"tiny_train": TinyTrain})
-    text = RECIPE.replace("init_from: pre}", "init_from: pre, data: {name: counted, root: ROOT}}")
-    (tmp_path / "broken.yaml").write_text(text.replace("ROOT", "empty"), encoding="utf-8")
+def counted(root: str = "full") -> WriterDataset:
+    """The toy writers, each read recorded in BUILT; ``root: empty`` holds no images."""
+    BUILT.append(root)
+    if root == "empty":
+        raise ValueError(f"no images under {root}")
+    return toy_writers()
+
+
+def own_data_recipe(folder: Path, root: str) -> Path:
+    """RECIPE with the second stage reading its own ``counted`` data at ``root``."""
+    path = folder / f"{root}.yaml"
+    path.write_text(RECIPE.replace("init_from: pre}", f"init_from: pre, data: {{name: counted, root: {root}}}}}"),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def counted_registry():
+    BUILT.clear()
+    return make_registry(dataset={"toy_writers": toy_writers, "counted": counted}, stage={"tiny_train": TinyTrain})
+
+
+def test_every_dataset_is_read_before_the_first_stage_runs(tmp_path, counted_registry):
     with pytest.raises(HvkitError, match=r"^stages\.train\.data \(counted\): no images under empty$"):
-        execute(tmp_path / "broken.yaml", tmp_path / "broken", registry)
-    assert not (tmp_path / "broken" / "stages" / "pre").exists()
-    (tmp_path / "good.yaml").write_text(text.replace("ROOT", "full"), encoding="utf-8")
-    lines = execute(tmp_path / "good.yaml", tmp_path / "good", registry)
+        execute(own_data_recipe(tmp_path, "empty"), tmp_path / "broken", counted_registry)
+    assert not (tmp_path / "broken").exists()  # nothing to clear away before running the fixed recipe there
+    lines = execute(own_data_recipe(tmp_path, "full"), tmp_path / "good", counted_registry)
     assert lines.index("[pre] tiny_train …") > lines.index(next(line for line in lines if "SYNTHETIC" in line))
-    assert built == ["empty", "full"]
-    run(None, resume=tmp_path / "good", registry=registry, device="cpu", console=lines.append)
-    assert built == ["empty", "full"]  # a stage complete in the resumed run is not given its data again
+    assert BUILT == ["empty", "full"]
+    run(None, resume=tmp_path / "good", registry=counted_registry, device="cpu", console=lines.append)
+    assert BUILT == ["empty", "full"]  # a stage complete in the resumed run is not given its data again
+
+
+def test_validate_reads_the_data_when_asked(tmp_path, counted_registry):
+    registry_module.set_registry(counted_registry)
+    empty, full = own_data_recipe(tmp_path, "empty"), own_data_recipe(tmp_path, "full")
+    assert CliRunner().invoke(main, ["validate", str(empty)]).exit_code == 0
+    assert BUILT == []
+    result = CliRunner().invoke(main, ["validate", "--data", str(full), str(empty)])
+    assert result.exit_code == 2
+    assert result.stdout == f"ok: {full}\n"
+    assert result.stderr == f"error: {empty}:stages.train.data (counted): no images under empty\n"
+    assert BUILT == ["full", "empty"]
 
 
 @pytest.mark.parametrize("setting, good, message", [
