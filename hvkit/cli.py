@@ -115,7 +115,7 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, 
     for path in recipes:
         try:
             resolved = prepare(path, overrides)
-            for where, spec in stage_datasets(resolved, resolved["stages"]) if read_data else ():
+            for spec, where in stage_datasets(resolved, resolved["stages"]) if read_data else ():
                 read_dataset(get_registry(), spec, resolved["seed"], f"{path}:{where}")
         except HvkitError as exc:
             report(exc)

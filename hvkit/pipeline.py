@@ -139,7 +139,7 @@ class Run:
         """Builds the dataset of every stage still to run before the first runs, so an empty folder or
         a broken layout is the run's first error, not one after hours of the stages before it."""
         pending = [name for name in self.resolved["stages"] if not self.done(name, rerun)]
-        for where, spec in stage_datasets(self.resolved, pending):
+        for spec, where in stage_datasets(self.resolved, pending):
             self.dataset(spec, where)
 
     def execute(self, rerun: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -156,8 +156,7 @@ class Run:
             else:
                 ctx = StageContext(name=name, spec=spec, recipe=self.resolved, run_dir=self.run_dir,
                                    device=self.device, registry=self.registry, outputs=outputs,
-                                   data_fn=functools.partial(self.dataset, spec.get(STAGE_DATA),
-                                                             f"stages.{name}.{STAGE_DATA}"),
+                                   data_fn=functools.partial(self.dataset, *stage_data(self.resolved, name)),
                                    resume=self.resume, rank=self.rank,
                                    world_size=self.world_size, console=self.console)
                 self.console(f"[{name}] {spec['stage']} …")
@@ -198,14 +197,19 @@ class Run:
         return metrics
 
 
-def stage_datasets(resolved: dict[str, Any], stages: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
-    """``(where, spec)`` of each distinct dataset ``stages`` of a resolved recipe read: a stage's
-    own ``data`` at ``stages.<name>.data``, else the recipe's at ``data``."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
+def stage_data(resolved: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
+    """The dataset stage ``name`` of a resolved recipe reads and where the recipe sets it: the
+    stage's own ``data`` at ``stages.<name>.data``, else the recipe's at ``data``."""
+    own = resolved["stages"][name].get(STAGE_DATA)
+    return (own, f"stages.{name}.{STAGE_DATA}") if own is not None else (resolved["data"], "data")
+
+
+def stage_datasets(resolved: dict[str, Any], stages: Iterable[str]) -> list[tuple[dict[str, Any], str]]:
+    """:func:`stage_data` of ``stages``, each distinct dataset once."""
+    found: dict[str, tuple[dict[str, Any], str]] = {}
     for name in stages:
-        own = resolved["stages"][name].get(STAGE_DATA)
-        where, spec = (f"stages.{name}.{STAGE_DATA}", own) if own is not None else ("data", resolved["data"])
-        found.setdefault(_data_key(spec), (where, spec))
+        spec, where = stage_data(resolved, name)
+        found.setdefault(_data_key(spec), (spec, where))
     return list(found.values())
 
 

@@ -370,8 +370,17 @@ class Trainer:
                 f.write(json.dumps(values) + "\n")
 
 
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min`` or ``1 h 35 min``: a time left, to the unit that matters."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60} min"
+
+
 class _Progress:
-    """A tqdm bar on a terminal, plain lines otherwise (rank 0 only)."""
+    """A tqdm bar on a terminal, plain lines otherwise (rank 0 only), with the time per step and the
+    time left, measured over the steps this process ran (a resumed stage's earlier ones excluded)."""
 
     def __init__(self, ctx: StageContext, total: int, initial: int):
         self.ctx = ctx
@@ -379,14 +388,16 @@ class _Progress:
         if ctx.is_main and sys.stderr.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, desc=ctx.name, unit="step", leave=False)
-        self.total = total
+        self.total, self.initial, self.started = total, initial, time.perf_counter()
 
     def update(self, step: int, loss: float) -> None:
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix(loss=f"{loss:.4f}")
-        else:
-            self.ctx.log(f"step {step}/{self.total} loss {loss:.4f}")
+            return
+        per_step = (time.perf_counter() - self.started) / max(step - self.initial, 1)
+        left = f", {duration(per_step * (self.total - step))} left" if step < self.total else ""
+        self.ctx.log(f"step {step}/{self.total} loss {loss:.4f} ({per_step:.3g} s/step{left})")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from hvkit import registry as registry_module
 from hvkit.api import Split, StageOutput, WriterDataset
 from hvkit.cli import main
 from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
+from hvkit.engine import trainer as trainer_module
 from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError
 from hvkit.pipeline import run
@@ -312,6 +314,27 @@ def test_after_step_follows_each_optimiser_step_and_precedes_its_checkpoint(stag
     assert torch.equal(final["shadow"]["weight"], final["model"]["weight"])
 
 
+@pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (89, "89 s"), (90, "2 min"), (5369, "89 min"),
+                                           (5370, "1 h 30 min"), (7260, "2 h 1 min")])
+def test_duration_is_told_in_the_unit_that_matters(seconds, text):
+    assert trainer_module.duration(seconds) == text
+
+
+def test_progress_lines_tell_the_time_per_step_and_the_time_left(monkeypatch):
+    clock = iter([100.0, 130.0, 160.0, 190.0])
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(trainer_module.sys.stderr, "isatty", lambda: False)
+    lines: list[str] = []
+    ctx = SimpleNamespace(name="pre", is_main=True, log=lines.append)
+    progress = trainer_module._Progress(ctx, total=400, initial=100)  # resumed at step 100 at t = 100 s
+    progress.update(110, 2.5)
+    progress.update(200, 1.25)
+    progress.update(400, 1.0)
+    assert lines == ["step 110/400 loss 2.5000 (3 s/step, 14 min left)",
+                     "step 200/400 loss 1.2500 (0.6 s/step, 2 min left)",
+                     "step 400/400 loss 1.0000 (0.3 s/step)"]
+
+
 BUILT: list[str] = []
 
 
@@ -342,7 +365,10 @@ def test_every_dataset_is_read_before_the_first_stage_runs(tmp_path, counted_reg
         execute(own_data_recipe(tmp_path, "empty"), tmp_path / "broken", counted_registry)
     assert not (tmp_path / "broken").exists()  # nothing to clear away before running the fixed recipe there
     lines = execute(own_data_recipe(tmp_path, "full"), tmp_path / "good", counted_registry)
-    assert lines.index("[pre] tiny_train …") > lines.index(next(line for line in lines if "SYNTHETIC" in line))
+    banners = [line for line in lines if "SYNTHETIC" in line]
+    assert ["set data.root" in line for line in banners] == [True, False]  # each names where the recipe sets it
+    assert "set stages.train.data.root" in banners[1]
+    assert lines.index("[pre] tiny_train …") > lines.index(banners[1])
     assert BUILT == ["empty", "full"]
     run(None, resume=tmp_path / "good", registry=counted_registry, device="cpu", console=lines.append)
     assert BUILT == ["empty", "full"]  # a stage complete in the resumed run is not given its data again
