@@ -27,6 +27,7 @@ from hvkit import distributed
 from hvkit.api import WriterDataset
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.engine.context import StageContext, build, derive_seed
+from hvkit.engine.trainer import duration
 from hvkit.errors import HvkitError
 from hvkit.hookspecs import STAGE_DATA
 from hvkit.recipe import apply_overrides, load_recipe, validate
@@ -169,6 +170,7 @@ class Run:
                 except ValueError as exc:
                     raise HvkitError(f"stage {name!r}: {exc}") from exc
                 result.setdefault("seconds", round(time.perf_counter() - started, 2))
+                self.console(f"[{name}] done in {duration(result['seconds'])}")
                 if STAGE_DATA in spec:  # recorded with the outputs, so a resumed run need not read it again
                     result[STAGE_DATA] = _data_record(ctx.dataset)
                 outputs[name] = result

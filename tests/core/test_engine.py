@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -369,6 +370,8 @@ def test_every_dataset_is_read_before_the_first_stage_runs(tmp_path, counted_reg
     assert ["set data.root" in line for line in banners] == [True, False]  # each names where the recipe sets it
     assert "set stages.train.data.root" in banners[1]
     assert lines.index("[pre] tiny_train …") > lines.index(banners[1])
+    done = [re.fullmatch(r"\[(\w+)\] done in \d+ s", line) for line in lines if " done in " in line]
+    assert [match and match[1] for match in done] == ["pre", "train"]
     assert BUILT == ["empty", "full"]
     run(None, resume=tmp_path / "good", registry=counted_registry, device="cpu", console=lines.append)
     assert BUILT == ["empty", "full"]  # a stage complete in the resumed run is not given its data again
