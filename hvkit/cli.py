@@ -33,7 +33,7 @@ def user_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except HvkitError as exc:
             report(exc)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_code", 2))
 
     return wrapper
 

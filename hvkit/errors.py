@@ -5,6 +5,14 @@ class HvkitError(Exception):
     """A user-facing problem: bad recipe, unknown plugin, missing file, NaN loss …"""
 
 
+class Interrupted(HvkitError):
+    """A run stopped by a signal, with what is kept and how to continue; exit code 128 + the signal's."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class RecipeError(HvkitError):
     """A recipe problem, located by file and key path."""
 

@@ -28,7 +28,7 @@ from hvkit.api import WriterDataset
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.engine.context import StageContext, build, derive_seed
 from hvkit.engine.trainer import duration
-from hvkit.errors import HvkitError
+from hvkit.errors import HvkitError, Interrupted
 from hvkit.hookspecs import STAGE_DATA
 from hvkit.recipe import apply_overrides, load_recipe, validate
 from hvkit.registry import Registry, get_registry
@@ -273,7 +273,11 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
             write_json(run_path / "environment.json", environment(resolved, registry))
     distributed.barrier()
     console(f"run directory: {run_path}")
-    metrics = runner.execute()
+    try:
+        metrics = runner.execute()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the completed stages and the last checkpoint are kept: hvkit run --resume "
+                          f"{run_path} continues") from None
     distributed.shutdown()
     console(summary(metrics))
     return run_path

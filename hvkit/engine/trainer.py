@@ -5,8 +5,8 @@ A stage supplies the modules to train, a ``batches(epoch)`` iterator, a
 ``after_step(steps_done)`` callback run after each optimiser step (a momentum teacher's
 update); the trainer owns the optimiser and scheduler, the weight-decay schedule, frozen
 parameters, gradient clipping, AMP on CUDA, NaN/inf detection, an exponential moving average
-of the weights, periodic JSONL logs, atomic checkpoints every N steps and at the end, and
-exact resumption.
+of the weights, periodic JSONL logs, atomic checkpoints every N steps, at the end and when a
+SIGINT or SIGTERM stops the run (:mod:`hvkit.engine.interrupt`), and exact resumption.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from hvkit.api import OptimizerSpec, SchedulerSpec
 from hvkit.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from hvkit.engine.context import StageContext
 from hvkit.engine.ema import ModelEma
+from hvkit.engine.interrupt import StopRequests
 from hvkit.engine.optim import build_optimizer, build_scheduler
-from hvkit.errors import HvkitError
+from hvkit.errors import HvkitError, Interrupted
 
 StepFn = Callable[[Any, torch.Generator], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
 
@@ -281,7 +282,8 @@ class Trainer:
 
         ``after_step(steps_done)`` runs after each optimiser step, before the step is logged or
         checkpointed, so a checkpoint holds what it changed. With ``train.ema`` the modules hold
-        the averaged weights when ``fit`` returns (the final checkpoint holds both).
+        the averaged weights when ``fit`` returns (the final checkpoint holds both). A SIGINT or
+        SIGTERM ends the step under way, saves a checkpoint there and raises :class:`Interrupted`.
         """
         if self.ctx.resume and self.checkpoint_path.is_file():
             self.load_state(load_checkpoint(self.checkpoint_path, self.ctx.device))
@@ -292,32 +294,40 @@ class Trainer:
         progress = _Progress(self.ctx, self.total_steps, self.step)
         window_start, window_steps = time.perf_counter(), 0
         start_epoch, skip = divmod(self.step, self.steps_per_epoch)
-        for epoch in range(start_epoch, self.config.epochs):
-            if self.step >= self.total_steps:
-                break
-            for index, batch in enumerate(batches(epoch)):
-                if epoch == start_epoch and index < skip:
-                    continue
-                if index >= self.steps_per_epoch or self.step >= self.total_steps:
+        with StopRequests() as stop:
+            for epoch in range(start_epoch, self.config.epochs):
+                if self.step >= self.total_steps:
                     break
-                generator = self.ctx.generator("step", self.step, *self.rank_key)
-                loss, terms = self._one_step(step, batch, generator)
-                self.step += 1
-                if after_step is not None:
-                    after_step(self.step)
-                if self.ema is not None:
-                    self.ema.update()
-                window_steps += 1
-                if self.step % self.config.log_every == 0 or self.step == self.total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    last = {"step": self.step, "epoch": epoch, "loss": loss,
-                            "lr": self.optimizer.param_groups[0]["lr"],
-                            "steps_per_s": window_steps / max(elapsed, 1e-9), **terms}
-                    self._log(last)
-                    progress.update(self.step, loss)
-                    window_start, window_steps = time.perf_counter(), 0
-                if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
-                    self.save()
+                for index, batch in enumerate(batches(epoch)):
+                    if epoch == start_epoch and index < skip:
+                        continue
+                    if index >= self.steps_per_epoch or self.step >= self.total_steps:
+                        break
+                    generator = self.ctx.generator("step", self.step, *self.rank_key)
+                    loss, terms = self._one_step(step, batch, generator)
+                    self.step += 1
+                    if after_step is not None:
+                        after_step(self.step)
+                    if self.ema is not None:
+                        self.ema.update()
+                    window_steps += 1
+                    if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+                        elapsed = time.perf_counter() - window_start
+                        last = {"step": self.step, "epoch": epoch, "loss": loss,
+                                "lr": self.optimizer.param_groups[0]["lr"],
+                                "steps_per_s": window_steps / max(elapsed, 1e-9), **terms}
+                        self._log(last)
+                        progress.update(self.step, loss)
+                        window_start, window_steps = time.perf_counter(), 0
+                    if stop.requested is not None and self.step < self.total_steps:
+                        progress.close()
+                        self.save()
+                        raise Interrupted(f"stage {self.ctx.name}: {stop.requested.name} at step {self.step}/"
+                                          f"{self.total_steps}, checkpoint saved there; hvkit run --resume "
+                                          f"{self.ctx.run_dir} continues to the uninterrupted result",
+                                          128 + stop.requested.value)
+                    if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
+                        self.save()
         progress.close()
         self.save()
         if self.ema is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,14 +26,15 @@ from hvkit.cli import main
 from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
 from hvkit.engine import trainer as trainer_module
 from hvkit.engine.trainer import read_log
-from hvkit.errors import HvkitError
+from hvkit.errors import HvkitError, Interrupted
 from hvkit.pipeline import run
 
 from .conftest import make_registry
 
-INJECT: dict[str, Any] = {"fail_at": None, "nan_at": None, "checkpoint_before_nan": None}
+INJECT: dict[str, Any] = {"fail_at": None, "nan_at": None, "checkpoint_before_nan": None, "signal_at": None}
 """Faults the stage injects, each ``(stage name, step)``: an exception once when ``trainer.step``
-reaches ``fail_at`` (``"end"``: after training), a NaN loss at step ``nan_at``."""
+reaches ``fail_at`` (``"end"``: after training), a NaN loss at step ``nan_at``; ``signal_at`` is
+``(stage name, step, signals)``: each signal sent to this process once during that step."""
 
 
 @dataclass
@@ -82,6 +85,10 @@ class TinyTrain:
             inputs, labels = batch
             logits = model(inputs + 0.01 * torch.randn(inputs.shape, generator=generator))
             loss = F.cross_entropy(logits, labels)
+            if INJECT["signal_at"] is not None and INJECT["signal_at"][:2] == (ctx.name, trainer.step):
+                for sig in INJECT["signal_at"][2]:
+                    os.kill(os.getpid(), sig)
+                INJECT["signal_at"] = None
             if INJECT["fail_at"] == (ctx.name, trainer.step):
                 INJECT["fail_at"] = None
                 raise RuntimeError("injected failure")
@@ -182,6 +189,38 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, recipe, registry, 
         assert a["step"] == b["step"] == (4 if name == "pre" else 12)
         assert losses(straight, name) == losses(broken, name)
     assert json.loads((straight / "metrics.json").read_text()) == json.loads((broken / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_step_saves_there_and_resumes_to_the_same_result(tmp_path, recipe, registry, inject,
+                                                                         straight, sig):
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    broken = tmp_path / "broken"
+    inject["signal_at"] = ("train", 4, [sig])  # during the fifth step; checkpoints fall every 3 steps
+    with pytest.raises(Interrupted) as info:
+        execute(recipe, broken, registry)
+    assert str(info.value) == (f"stage train: {sig.name} at step 5/12, checkpoint saved there; hvkit run --resume "
+                               f"{broken} continues to the uninterrupted result")
+    assert info.value.exit_code == 128 + sig.value
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+    assert load_checkpoint(broken / "stages" / "train" / "last.pt")["step"] == 5
+    lines: list[str] = []
+    run(None, resume=broken, registry=registry, device="cpu", console=lines.append)
+    assert "[train] resumed at step 5" in lines
+    a, b = (load_checkpoint(folder / "stages" / "train" / "last.pt") for folder in (straight[0], broken))
+    assert all(torch.equal(a["modules"]["model"][key], b["modules"]["model"][key]) for key in a["modules"]["model"])
+    assert losses(straight[0], "train") == losses(broken, "train")
+
+
+def test_a_second_signal_interrupts_at_once_keeping_the_last_checkpoint(tmp_path, recipe, registry, inject):
+    inject["signal_at"] = ("train", 4, [signal.SIGINT, signal.SIGINT])
+    registry_module.set_registry(registry)
+    result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 130, result.output
+    assert result.stderr == (f"error: interrupted; the completed stages and the last checkpoint are kept: "
+                             f"hvkit run --resume {tmp_path / 'run'} continues\n")
+    assert load_checkpoint(tmp_path / "run" / "stages" / "train" / "last.pt")["step"] == 3
+    assert (tmp_path / "run" / "stages" / "pre" / "outputs.json").is_file()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, recipe, registry, inject):
