@@ -1,6 +1,7 @@
 """The ``hvkit`` command line: run, validate, list-plugins, and plugin-provided commands.
 
-User errors (:class:`HvkitError`) print one line a problem and exit with code 2, no traceback.
+User errors (:class:`HvkitError`) print one line a problem and exit with code 2 (an interrupted
+run: 128 + the signal's number), no traceback.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def report(error: HvkitError) -> None:
 
 
 def user_errors(func: Callable) -> Callable:
-    """Turn an HvkitError into ``error: …`` lines on stderr and exit code 2."""
+    """Turn an HvkitError into ``error: …`` lines on stderr and its exit code (2 unless it says)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

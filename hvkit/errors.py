@@ -1,4 +1,5 @@
-"""The errors hvkit reports to users, one line a problem (exit code 2, no traceback)."""
+"""The errors hvkit reports to users, one line a problem, no traceback (exit code 2; an interrupted
+run 128 + the signal's number)."""
 
 
 class HvkitError(Exception):
