@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from hvkit import distributed
 from hvkit.api import WriterDataset
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.engine.context import StageContext, build, derive_seed
+from hvkit.engine.interrupt import Terminated, terminate_as_interrupt
 from hvkit.engine.trainer import duration
 from hvkit.errors import HvkitError, Interrupted
 from hvkit.hookspecs import STAGE_DATA
@@ -274,10 +276,12 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
     distributed.barrier()
     console(f"run directory: {run_path}")
     try:
-        metrics = runner.execute()
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; the completed stages and the last checkpoint are kept: hvkit run --resume "
-                          f"{run_path} continues") from None
+        with terminate_as_interrupt():
+            metrics = runner.execute()
+    except KeyboardInterrupt as exc:
+        received = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        raise Interrupted(f"{received.name}: the completed stages and the last checkpoint are kept; hvkit run "
+                          f"--resume {run_path} continues", 128 + received.value) from None
     distributed.shutdown()
     console(summary(metrics))
     return run_path

@@ -3,19 +3,47 @@
 The first such signal is deferred: the loop finishes its optimiser step, saves a checkpoint at
 that step and stops, so ``hvkit run --resume`` continues to the result an uninterrupted run
 gives. A second signal interrupts at once (``KeyboardInterrupt``), keeping the last periodic
-checkpoint. Only a single process's main thread defers: under torchrun the ranks could see the
-signal at different steps and wait on each other's collectives, so there the default holds.
+checkpoint; outside a training loop a SIGTERM interrupts at once too (:class:`Terminated`), as
+Ctrl-C does, so the run can say what it keeps. Only a single process's main thread handles them:
+under torchrun the ranks could see the signal at different steps and wait on each other's
+collectives, so there the default holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 
 from hvkit import distributed
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _handled_here() -> bool:
+    """Whether this process may take over the signals: a single process, in its main thread."""
+    return distributed.world()[2] == 1 and threading.current_thread() is threading.main_thread()
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM received outside a training loop."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within it a SIGTERM raises :class:`Terminated` where it lands, as SIGINT raises ``KeyboardInterrupt``."""
+    previous = signal.signal(signal.SIGTERM, _terminate) if _handled_here() else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class StopRequests:
@@ -26,7 +54,7 @@ class StopRequests:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequests:
-        if distributed.world()[2] == 1 and threading.current_thread() is threading.main_thread():
+        if _handled_here():
             self._previous = {sig: signal.signal(sig, self._receive) for sig in SIGNALS}
         return self
 

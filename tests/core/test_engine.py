@@ -99,6 +99,8 @@ class TinyTrain:
             return loss, {"accuracy": (logits.argmax(1) == labels).float().mean()}
 
         last = trainer.fit(batches, step)
+        if INJECT["signal_at"] is not None and INJECT["signal_at"][:2] == (ctx.name, "end"):
+            os.kill(os.getpid(), INJECT["signal_at"][2][0])
         if INJECT["fail_at"] == (ctx.name, "end"):
             INJECT["fail_at"] = None
             raise RuntimeError("injected failure")
@@ -217,10 +219,23 @@ def test_a_second_signal_interrupts_at_once_keeping_the_last_checkpoint(tmp_path
     registry_module.set_registry(registry)
     result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
     assert result.exit_code == 130, result.output
-    assert result.stderr == (f"error: interrupted; the completed stages and the last checkpoint are kept: "
+    assert result.stderr == (f"error: SIGINT: the completed stages and the last checkpoint are kept; "
                              f"hvkit run --resume {tmp_path / 'run'} continues\n")
     assert load_checkpoint(tmp_path / "run" / "stages" / "train" / "last.pt")["step"] == 3
     assert (tmp_path / "run" / "stages" / "pre" / "outputs.json").is_file()
+
+
+def test_a_sigterm_outside_training_stops_the_run_with_what_it_keeps(tmp_path, recipe, registry, inject):
+    before = signal.getsignal(signal.SIGTERM)
+    inject["signal_at"] = ("train", "end", [signal.SIGTERM])  # after the loop, before the stage's outputs
+    with pytest.raises(Interrupted) as info:
+        execute(recipe, tmp_path / "run", registry)
+    assert str(info.value) == (f"SIGTERM: the completed stages and the last checkpoint are kept; hvkit run --resume "
+                               f"{tmp_path / 'run'} continues")
+    assert info.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert load_checkpoint(tmp_path / "run" / "stages" / "train" / "last.pt")["step"] == 12
+    assert not (tmp_path / "run" / "stages" / "train" / "outputs.json").exists()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, recipe, registry, inject):
