@@ -2,11 +2,11 @@
 
 The first such signal is deferred: the loop finishes its optimiser step, saves a checkpoint at
 that step and stops, so ``hvkit run --resume`` continues to the result an uninterrupted run
-gives. A second signal interrupts at once (``KeyboardInterrupt``), keeping the last periodic
-checkpoint; outside a training loop a SIGTERM interrupts at once too (:class:`Terminated`), as
-Ctrl-C does, so the run can say what it keeps. Only a single process's main thread handles them:
-under torchrun the ranks could see the signal at different steps and wait on each other's
-collectives, so there the default holds.
+gives. A second signal interrupts at once (``KeyboardInterrupt``, or :class:`Terminated` for a
+SIGTERM), keeping the last periodic checkpoint; outside a training loop a SIGTERM interrupts at
+once too, as Ctrl-C does, so the run can say what it keeps. Only a single process's main thread
+handles them: under torchrun the ranks could see the signal at different steps and wait on each
+other's collectives, so there the default holds.
 """
 
 from __future__ import annotations
@@ -31,19 +31,25 @@ class Terminated(KeyboardInterrupt):
     """A SIGTERM received outside a training loop."""
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Stops where the signal lands: :class:`Terminated` for SIGTERM, ``KeyboardInterrupt`` for SIGINT."""
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _install(handlers: dict[int, object]) -> dict[int, object]:
+    """Sets each signal's handler; returns the ones they replace (SIG_DFL for one set outside Python)."""
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    return {sig: signal.SIG_DFL if handler is None else handler for sig, handler in previous.items()}
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within it a SIGTERM raises :class:`Terminated` where it lands, as SIGINT raises ``KeyboardInterrupt``."""
-    previous = signal.signal(signal.SIGTERM, _terminate) if _handled_here() else None
+    previous = _install({signal.SIGTERM: _interrupt}) if _handled_here() else {}
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _install(previous)
 
 
 class StopRequests:
@@ -55,15 +61,14 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         if _handled_here():
-            self._previous = {sig: signal.signal(sig, self._receive) for sig in SIGNALS}
+            self._previous = _install({sig: self._receive for sig in SIGNALS})
         return self
 
     def _receive(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is not None:
-            raise KeyboardInterrupt
+            _interrupt(signum, frame)
         self.requested = signal.Signals(signum)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        _install(self._previous)

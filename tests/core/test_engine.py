@@ -214,12 +214,13 @@ def test_a_signal_ends_the_step_saves_there_and_resumes_to_the_same_result(tmp_p
     assert losses(straight[0], "train") == losses(broken, "train")
 
 
-def test_a_second_signal_interrupts_at_once_keeping_the_last_checkpoint(tmp_path, recipe, registry, inject):
-    inject["signal_at"] = ("train", 4, [signal.SIGINT, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_interrupts_at_once_keeping_the_last_checkpoint(tmp_path, recipe, registry, inject, sig):
+    inject["signal_at"] = ("train", 4, [signal.SIGINT, sig])
     registry_module.set_registry(registry)
     result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
-    assert result.exit_code == 130, result.output
-    assert result.stderr == (f"error: SIGINT: the completed stages and the last checkpoint are kept; "
+    assert result.exit_code == 128 + sig.value, result.output
+    assert result.stderr == (f"error: {sig.name}: the completed stages and the last checkpoint are kept; "
                              f"hvkit run --resume {tmp_path / 'run'} continues\n")
     assert load_checkpoint(tmp_path / "run" / "stages" / "train" / "last.pt")["step"] == 3
     assert (tmp_path / "run" / "stages" / "pre" / "outputs.json").is_file()
