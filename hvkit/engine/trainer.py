@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -322,19 +323,24 @@ class Trainer:
                     if stop.requested is not None and self.step < self.total_steps:
                         progress.close()
                         self.save()
-                        raise Interrupted(f"stage {self.ctx.name}: {stop.requested.name} at step {self.step}/"
-                                          f"{self.total_steps}, checkpoint saved there; hvkit run --resume "
-                                          f"{self.ctx.run_dir} continues to the uninterrupted result",
-                                          128 + stop.requested.value)
+                        raise self._interrupted(stop.requested)
                     if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
                         self.save()
         progress.close()
         self.save()
+        if stop.requested is not None:  # during the last step
+            raise self._interrupted(stop.requested)
         if self.ema is not None:
             self.ema.copy_to()
             self.ctx.log(f"the stage exports the moving average of the weights of {', '.join(self.ema.modules)} "
                          f"(train.ema={self.config.ema}), not the last step's")
         return last
+
+    def _interrupted(self, received: signal.Signals) -> Interrupted:
+        """The stop on ``received``, once the checkpoint at this step is saved."""
+        return Interrupted(f"stage {self.ctx.name}: {received.name} at step {self.step}/{self.total_steps}, "
+                           f"checkpoint saved there; hvkit run --resume {self.ctx.run_dir} continues to the "
+                           "uninterrupted result", 128 + received.value)
 
     def _one_step(self, step: StepFn, batch: Any, generator: torch.Generator) -> tuple[float, dict[str, float]]:
         self.optimizer.zero_grad(set_to_none=True)

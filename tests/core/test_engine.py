@@ -193,22 +193,23 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, recipe, registry, 
     assert json.loads((straight / "metrics.json").read_text()) == json.loads((broken / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig, during", [(signal.SIGINT, 4), (signal.SIGTERM, 4), (signal.SIGINT, 11)])
 def test_a_signal_ends_the_step_saves_there_and_resumes_to_the_same_result(tmp_path, recipe, registry, inject,
-                                                                         straight, sig):
+                                                                         straight, sig, during):
     before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     broken = tmp_path / "broken"
-    inject["signal_at"] = ("train", 4, [sig])  # during the fifth step; checkpoints fall every 3 steps
+    inject["signal_at"] = ("train", during, [sig])  # during step 5 (checkpoints fall every 3 steps) or the last
     with pytest.raises(Interrupted) as info:
         execute(recipe, broken, registry)
-    assert str(info.value) == (f"stage train: {sig.name} at step 5/12, checkpoint saved there; hvkit run --resume "
-                               f"{broken} continues to the uninterrupted result")
+    assert str(info.value) == (f"stage train: {sig.name} at step {during + 1}/12, checkpoint saved there; hvkit run "
+                               f"--resume {broken} continues to the uninterrupted result")
     assert info.value.exit_code == 128 + sig.value
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
-    assert load_checkpoint(broken / "stages" / "train" / "last.pt")["step"] == 5
+    assert load_checkpoint(broken / "stages" / "train" / "last.pt")["step"] == during + 1
+    assert not (broken / "stages" / "train" / "outputs.json").exists()
     lines: list[str] = []
     run(None, resume=broken, registry=registry, device="cpu", console=lines.append)
-    assert "[train] resumed at step 5" in lines
+    assert f"[train] resumed at step {during + 1}" in lines
     a, b = (load_checkpoint(folder / "stages" / "train" / "last.pt") for folder in (straight[0], broken))
     assert all(torch.equal(a["modules"]["model"][key], b["modules"]["model"][key]) for key in a["modules"]["model"])
     assert losses(straight[0], "train") == losses(broken, "train")
