@@ -275,16 +275,22 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
             write_json(run_path / "environment.json", environment(resolved, registry))
     distributed.barrier()
     console(f"run directory: {run_path}")
-    try:
-        with terminate_as_interrupt():
-            metrics = runner.execute()
-    except KeyboardInterrupt as exc:
-        received = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-        raise Interrupted(f"{received.name}: the completed stages and the last checkpoint are kept; hvkit run "
-                          f"--resume {run_path} continues", 128 + received.value) from None
+    metrics = execute_stopping_cleanly(runner, frozenset(), f"hvkit run --resume {run_path} continues")
     distributed.shutdown()
     console(summary(metrics))
     return run_path
+
+
+def execute_stopping_cleanly(runner: Run, rerun: frozenset[str], again: str) -> dict[str, Any]:
+    """``runner.execute(rerun)``; a SIGINT or SIGTERM that stops it at once (outside a training loop, or
+    a second one) is an :class:`Interrupted` naming the signal, what is kept and ``again``."""
+    try:
+        with terminate_as_interrupt():
+            return runner.execute(rerun)
+    except KeyboardInterrupt as exc:
+        received = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        raise Interrupted(f"{received.name}: the completed stages and the last checkpoint are kept; {again}",
+                          128 + received.value) from None
 
 
 def reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: str | None = None,
@@ -308,7 +314,8 @@ def reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: s
     if missing:
         raise HvkitError(f"{run_dir}: stage {missing[0]!r} has not completed; finish the run with --resume first")
     device_obj = select_device(device or resolved["device"])
-    metrics = Run(resolved, run_dir, registry, device_obj, True, console).execute(frozenset(stages))
+    runner = Run(resolved, run_dir, registry, device_obj, True, console)
+    metrics = execute_stopping_cleanly(runner, frozenset(stages), "hvkit eval runs them again")
     with open(run_dir / "reevaluations.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": stages,
                             "overrides": overrides}) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
 from hvkit.engine import trainer as trainer_module
 from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError, Interrupted
-from hvkit.pipeline import run
+from hvkit.pipeline import reevaluate, run
 
 from .conftest import make_registry
 
@@ -238,6 +239,16 @@ def test_a_sigterm_outside_training_stops_the_run_with_what_it_keeps(tmp_path, r
     assert signal.getsignal(signal.SIGTERM) == before
     assert load_checkpoint(tmp_path / "run" / "stages" / "train" / "last.pt")["step"] == 12
     assert not (tmp_path / "run" / "stages" / "train" / "outputs.json").exists()
+
+
+def test_a_signal_in_a_reevaluation_says_how_to_finish_it(tmp_path, registry, inject, straight):
+    copy = tmp_path / "copy"
+    shutil.copytree(straight[0], copy)
+    inject["signal_at"] = ("train", "end", [signal.SIGINT])
+    with pytest.raises(Interrupted) as info:
+        reevaluate(copy, ["train"], [], device="cpu", registry=registry, console=lambda _: None)
+    assert str(info.value) == "SIGINT: the completed stages and the last checkpoint are kept; hvkit eval runs them again"
+    assert info.value.exit_code == 130
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, recipe, registry, inject):
