@@ -150,7 +150,6 @@ class Run:
         metrics: dict[str, Any] = {"recipe": self.resolved["name"]}
         reports: list[str] = []
         synthetic = False
-        self.read_data(rerun)  # a run started by run() has read them already
         for name, spec in self.resolved["stages"].items():
             done_file = self.run_dir / "stages" / name / "outputs.json"
             if self.done(name, rerun):
@@ -315,6 +314,7 @@ def reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: s
         raise HvkitError(f"{run_dir}: stage {missing[0]!r} has not completed; finish the run with --resume first")
     device_obj = select_device(device or resolved["device"])
     runner = Run(resolved, run_dir, registry, device_obj, True, console)
+    runner.read_data(frozenset(stages))
     metrics = execute_stopping_cleanly(runner, frozenset(stages), "hvkit eval runs them again")
     with open(run_dir / "reevaluations.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": stages,

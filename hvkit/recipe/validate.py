@@ -21,7 +21,7 @@ import inspect
 import itertools
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +114,20 @@ class Validator:
         self.failures = 0  # parts that failed, each with a problem of its own or inside it
         self._signatures: dict[Any, tuple[dict[str, Param], bool]] = {}
 
+    def note(self, problem: RecipeError) -> None:
+        """Records ``problem``; validation goes on."""
+        self.failures += 1
+        self.problems.append(problem)
+
     @contextlib.contextmanager
     def collect(self) -> Iterator[None]:
         """Records a problem of the enclosed part and goes on after it."""
         try:
             yield
-        except (RecipeError, _Incomplete) as exc:
+        except RecipeError as exc:
+            self.note(exc)
+        except _Incomplete:
             self.failures += 1
-            if isinstance(exc, RecipeError):
-                self.problems.append(exc)
 
     def settle(self, start: int) -> None:
         """Stops the enclosing part when one of its parts failed since ``failures`` was ``start``."""
@@ -146,25 +151,23 @@ class Validator:
         """The recipe with every default filled in; :class:`RecipeError` for its only problem, else
         :class:`RecipeErrors` for all of them."""
         for key in sorted(set(recipe) - TOP_LEVEL):
-            with self.collect():
-                raise self.error(key, "unknown top-level key" + _nearest(key, sorted(TOP_LEVEL)))
+            self.note(self.error(key, "unknown top-level key" + _nearest(key, sorted(TOP_LEVEL))))
         out: dict[str, Any] = {"name": recipe.get("name", Path(self.file or "recipe").stem)}
         if "description" in recipe:
             out["description"] = recipe["description"]
         seed = recipe.get("seed", 0)
-        with self.collect():
-            if not isinstance(seed, int) or isinstance(seed, bool):
-                raise self.error("seed", f"expected an int, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            self.note(self.error("seed", f"expected an int, got {seed!r}"))
         out["seed"] = seed
         device = recipe.get("device", "auto")
-        with self.collect():
-            if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-                raise self.error("device", f"expected auto, cpu or cuda, got {device!r}")
+        if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+            self.note(self.error("device", f"expected auto, cpu or cuda, got {device!r}"))
         out["device"] = device
-        with self.collect():
-            if "data" not in recipe:
-                raise self.error("data", "missing: every recipe needs a data section ({name: <dataset>, ...})")
-            out["data"] = self.component("dataset", recipe["data"], "data")
+        if "data" in recipe:
+            with self.collect():
+                out["data"] = self.component("dataset", recipe["data"], "data")
+        else:
+            self.note(self.error("data", "missing: every recipe needs a data section ({name: <dataset>, ...})"))
         with self.collect():
             out["model"] = self.model(recipe.get("model", {}))
         with self.collect():
@@ -309,7 +312,7 @@ class Validator:
         valid = [p for p in params if p not in context]
         raise self.error(path, f"unknown parameter for {kind} {name!r}" + _nearest(key, valid))
 
-    def each(self, items: list[Any], check: Any, path: str) -> list[Any]:
+    def each(self, items: list[Any], check: Callable[[Any, str], Any], path: str) -> list[Any]:
         """``check(item, path.i)`` of each item, every item's problem collected."""
         start, out = self.failures, []
         for i, item in enumerate(items):
