@@ -25,15 +25,25 @@ def report(error: HvkitError) -> None:
         click.echo(f"error: {problem}", err=True)
 
 
+def _first_to_report(error: HvkitError) -> bool:
+    """Whether this process prints ``error``: always in a single process (no torch import for it)."""
+    if "WORLD_SIZE" not in os.environ:
+        return True
+    from hvkit import distributed
+    return distributed.first_to_report(str(error))
+
+
 def user_errors(func: Callable) -> Callable:
-    """Turn an HvkitError into ``error: …`` lines on stderr and its exit code (2 unless it says)."""
+    """Turn an HvkitError into ``error: …`` lines on stderr and its exit code (2 unless it says); under
+    several processes the error is printed once, by the first rank to meet it."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except HvkitError as exc:
-            report(exc)
+            if _first_to_report(exc):
+                report(exc)
             sys.exit(getattr(exc, "exit_code", 2))
 
     return wrapper
@@ -87,17 +97,20 @@ def main() -> None:
 def run(recipe: Path | None, overrides: tuple[str, ...], run_dir: Path | None, resume: Path | None,
         device: str | None, nproc: int) -> None:
     """Run a recipe: pre-train, train, evaluate; results land in a run directory."""
+    from hvkit.launch import launch, quiet_after_peers
+    from hvkit.pipeline import prepare, run as run_pipeline
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from torch.distributed.run import main as torchrun
+        if resume is None and recipe is not None:
+            prepare(recipe, overrides)  # a broken recipe is reported once, before any process starts
         args = ["run"] + ([str(recipe)] if recipe is not None else [])
         args += [f"--set={o}" for o in overrides]
         for flag, value in (("--run-dir", run_dir), ("--resume", resume), ("--device", device)):
             if value is not None:
                 args += [flag, str(value)]
-        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "hvkit", *args])
+        launch(nproc, args, resume or run_dir)
         return
-    from hvkit.pipeline import run as run_pipeline
-    run_pipeline(recipe, overrides, run_dir=run_dir, resume=resume, device=device)
+    with quiet_after_peers():
+        run_pipeline(recipe, overrides, run_dir=run_dir, resume=resume, device=device)
 
 
 @main.command()

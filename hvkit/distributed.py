@@ -11,6 +11,8 @@ result equals one process on the whole batch (tests/distributed checks it).
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from datetime import timedelta
 
@@ -29,13 +31,16 @@ _owned = False  # whether init() created the default process group (shutdown() o
 
 
 def init(device: torch.device) -> None:
-    """Initialise the default process group under torchrun (nccl on CUDA, gloo on CPU)."""
+    """Initialise the default process group under torchrun (nccl on CUDA, gloo on CPU); ranks other
+    than 0 then log errors only."""
     global _owned
     _, _, world_size = world()
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
         _owned = True
+        if dist.get_rank() != 0:  # rank 0 says what every rank would: the others log errors only
+            logging.getLogger("hvkit").setLevel(logging.ERROR)
 
 
 def shutdown() -> None:
@@ -81,6 +86,36 @@ def active() -> bool:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every rank's ``value`` (``value`` itself in a single process)."""
+    if not active():
+        return value
+    box = torch.tensor([value], device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
+_REPORTED = "hvkit/reported"
+
+
+def first_to_report(message: str) -> bool:
+    """Whether this rank should print ``message``: under several processes the ranks usually meet
+    the same error, and one line says it. Once the group exists the first rank to report a message
+    prints it (counted on the rendezvous store); before, rank 0 does."""
+    if not active():
+        return world()[0] == 0
+    store = dist.distributed_c10d._get_default_store()
+    store.add(_REPORTED, 1)
+    return store.add(f"{_REPORTED}/{hashlib.sha1(message.encode()).hexdigest()}", 1) == 1
+
+
+def peer_reported() -> bool:
+    """Whether some rank has reported an error, so that a failure here may only follow from it."""
+    if not active():
+        return False
+    return dist.distributed_c10d._get_default_store().add(_REPORTED, 0) > 0
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -106,6 +106,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _quiet(line: str) -> None:
+    """The console of a rank other than 0: rank 0 says what every rank would."""
+
+
 def _banner(console: Callable[[str], None], text: str) -> None:
     line = "!" * 78
     console(f"{line}\n!! {text}\n{line}")
@@ -119,7 +123,7 @@ class Run:
         self.resolved, self.run_dir, self.registry = resolved, run_dir, registry
         self.device, self.resume = device, resume
         self.rank, _, self.world_size = distributed.world()
-        self.console = console if self.rank == 0 else (lambda _: None)
+        self.console = console if self.rank == 0 else _quiet
         self._datasets: dict[str, WriterDataset] = {}
 
     def dataset(self, spec: dict[str, Any] | None = None, where: str = "data") -> WriterDataset:
@@ -258,6 +262,8 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
     device_obj = select_device(device or resolved["device"])
     distributed.init(device_obj)
     rank, _, _ = distributed.world()
+    if rank != 0:
+        console = _quiet
     if resume is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         default = Path("runs") / f"{resolved['name']}-{stamp}"

@@ -320,16 +320,18 @@ class Trainer:
                         self._log(last)
                         progress.update(self.step, loss)
                         window_start, window_steps = time.perf_counter(), 0
-                    if stop.requested is not None and self.step < self.total_steps:
+                    received = stop.agreed(self.ctx.device)
+                    if received is not None and self.step < self.total_steps:
                         progress.close()
                         self.save()
-                        raise self._interrupted(stop.requested)
+                        raise self._interrupted(received)
                     if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
                         self.save()
-        progress.close()
-        self.save()
-        if stop.requested is not None:  # during the last step
-            raise self._interrupted(stop.requested)
+            progress.close()
+            self.save()
+            received = stop.agreed(self.ctx.device)
+            if received is not None:  # during the last step or its checkpoint
+                raise self._interrupted(received)
         if self.ema is not None:
             self.ema.copy_to()
             self.ctx.log(f"the stage exports the moving average of the weights of {', '.join(self.ema.modules)} "

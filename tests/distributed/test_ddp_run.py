@@ -26,9 +26,8 @@ def hvkit(args: list[str], nproc: int, tmp_path: Path, extra_env: dict[str, str]
           check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HVKIT_PLUGINS"}
     env.update({"OMP_NUM_THREADS": "1", "HVKIT_CACHE": str(tmp_path / "cache"), **(extra_env or {})})
-    launcher = [sys.executable, "-m", "hvkit"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "hvkit"]
-    done = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run([sys.executable, "-m", "hvkit", *args, "--nproc", str(nproc)], env=env,
+                          capture_output=True, text=True, timeout=400)
     if check:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
@@ -72,54 +71,167 @@ def test_two_processes_average_the_weights_as_one(tmp_path):
     assert any(not torch.allclose(value, raw[f"backbone.{key}"]) for key, value in two.items())
 
 
-CRASH_PLUGIN = '''
-"""An identity transform that raises once, at its N-th call, to interrupt a run."""
+PLUGIN = '''
+"""Identity transforms that, once, at their N-th call, interrupt a run (on a given rank, or on each)."""
+import os
+import signal
+import time
 from pathlib import Path
+
 from hvkit.api import hookimpl
+from hvkit.errors import HvkitError
 
 
-class CrashOnce:
-    """Identity transform raising RuntimeError at call ``at`` unless ``marker`` exists (then creates it)."""
+class Once:
+    """Identity transform calling ``act`` at call ``at`` on ``rank`` (every rank if None) unless ``marker``
+    exists (each rank then creates its own)."""
 
-    def __init__(self, at: int, marker: str):
-        self.at, self.marker, self.calls = at, Path(marker), 0
+    def __init__(self, at: int, marker: str, rank: int | None = None):
+        self.at, self.rank, self.calls = at, rank, 0
+        self.marker = Path(f"{marker}.{os.environ.get('RANK', '0')}")
 
     def __call__(self, images, generator):
         self.calls += 1
-        if self.calls == self.at and not self.marker.exists():
+        if (self.calls == self.at and not self.marker.exists()
+                and self.rank in (None, int(os.environ.get("RANK", 0)))):
             self.marker.touch()
-            raise RuntimeError("simulated crash")
+            self.act()
         return images
+
+
+class CrashOnce(Once):
+    def act(self):
+        raise RuntimeError("simulated crash")
+
+
+class FailOnce(Once):
+    def act(self):
+        raise HvkitError(f"simulated failure at call {self.at}")
+
+
+class SignalOnce(Once):
+    """Sends ``signal`` to the launcher (the torchrun agent, this process's parent), as Ctrl-C would,
+    then waits long enough for the agent to forward it to every rank; or to this rank alone."""
+
+    def __init__(self, at: int, marker: str, signal: str, to: str, rank: int | None = 0):
+        super().__init__(at, marker, rank)
+        self.signal, self.to = signal, to
+
+    def act(self):
+        os.kill(os.getppid() if self.to == "launcher" else os.getpid(), getattr(signal, self.signal))
+        time.sleep(2 if self.to == "launcher" else 0)
 
 
 @hookimpl
 def register_transforms(register):
     register("crash_once", CrashOnce)
+    register("fail_once", FailOnce)
+    register("signal_once", SignalOnce)
 '''
 
 
-def install_crash_plugin(site: Path) -> None:
+def install_plugin(site: Path) -> None:
     """A throwaway distribution on ``site``: module, METADATA and an ``hvkit`` entry point."""
     site.mkdir(parents=True)
-    (site / "hvkit_crash_plugin.py").write_text(CRASH_PLUGIN)
-    info = site / "hvkit_crash_plugin-0.1.dist-info"
+    (site / "hvkit_once_plugin.py").write_text(PLUGIN)
+    info = site / "hvkit_once_plugin-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hvkit-crash-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[hvkit]\ncrash = hvkit_crash_plugin\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hvkit-once-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[hvkit]\nonce = hvkit_once_plugin\n")
 
 
-def test_two_processes_resume_to_the_same_result(single, tmp_path):
-    site = tmp_path / "site"
-    install_crash_plugin(site)
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    hvkit(["run", str(RECIPE), "--run-dir", str(reference)], 2, tmp_path)
-    crash = ["--set", "stages.train.transform.name=crash_once", "--set", "stages.train.transform.at=5",
-             "--set", f"stages.train.transform.marker={tmp_path / 'crashed.marker'}"]
-    done = hvkit(["run", str(RECIPE), "--run-dir", str(crashed), *crash], 2, tmp_path, env, check=False)
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory) -> dict[str, str]:
+    site = tmp_path_factory.mktemp("plugin") / "site"
+    install_plugin(site)
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> subprocess.CompletedProcess:
+    """An uninterrupted run in two processes (``run_dir`` is added to the result)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    done = hvkit(["run", str(RECIPE), "--run-dir", str(tmp / "run")], 2, tmp)
+    done.run_dir = tmp / "run"
+    return done
+
+
+def transform(name: str, tmp_path: Path, **settings: object) -> list[str]:
+    values = {"name": name, "marker": tmp_path / "marker", **settings}
+    return [arg for key, value in values.items() for arg in ("--set", f"stages.train.transform.{key}={value}")]
+
+
+def test_two_processes_resume_to_the_same_result(reference, plugin_env, tmp_path):
+    crashed = tmp_path / "crashed"
+    crash = transform("crash_once", tmp_path, at=5)
+    done = hvkit(["run", str(RECIPE), "--run-dir", str(crashed), *crash], 2, tmp_path, plugin_env, check=False)
     assert done.returncode != 0 and "simulated crash" in done.stderr
     assert (crashed / "stages" / "train" / "last.pt").is_file()
     assert not (crashed / "stages" / "train" / "outputs.json").exists()
-    hvkit(["run", "--resume", str(crashed)], 2, tmp_path, env)
-    assert metrics(crashed)["train"]["final_loss"] == metrics(reference)["train"]["final_loss"]
-    assert metrics(crashed)["evaluate"]["verification"] == metrics(reference)["evaluate"]["verification"]
+    hvkit(["run", "--resume", str(crashed)], 2, tmp_path, plugin_env)
+    assert metrics(crashed)["train"]["final_loss"] == metrics(reference.run_dir)["train"]["final_loss"]
+    assert metrics(crashed)["evaluate"]["verification"] == metrics(reference.run_dir)["evaluate"]["verification"]
+
+
+def test_two_processes_say_things_once(reference):
+    """Rank 0 speaks for every rank: each console line and each warning once."""
+    out, err = reference.stdout, reference.stderr
+    assert out.count("run directory:") == out.count("results:") == out.count("[train] step 6/6") == 1
+    assert err.count("cedar_and has no root") == 1
+
+
+@pytest.mark.parametrize("sig, to", [("SIGINT", "launcher"), ("SIGTERM", "launcher"), ("SIGTERM", "rank")])
+def test_a_signal_stops_every_rank_at_one_step(reference, plugin_env, tmp_path, sig, to):
+    """A signal to the launcher reaches each rank at its own moment, one to rank 0 only reaches no other;
+    the ranks agree on one step, save one checkpoint there, exit 128 + the signal's number with one
+    line, and resume to the uninterrupted result."""
+    stopped = tmp_path / "stopped"
+    signal_at_3 = transform("signal_once", tmp_path, at=3, signal=sig, to=to)
+    done = hvkit(["run", str(RECIPE), "--run-dir", str(stopped), *signal_at_3], 2, tmp_path, plugin_env, check=False)
+    number = 2 if sig == "SIGINT" else 15
+    assert done.returncode == 128 + number, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: stage train: {sig} at step 3/6, checkpoint saved there; hvkit run --resume "
+                      f"{stopped} continues to the uninterrupted result"], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert load_checkpoint(stopped / "stages" / "train" / "last.pt")["step"] == 3
+    assert not (stopped / "stages" / "train" / "outputs.json").exists()
+    hvkit(["run", "--resume", str(stopped)], 2, tmp_path, plugin_env)
+    assert metrics(stopped)["train"]["final_loss"] == metrics(reference.run_dir)["train"]["final_loss"]
+    assert metrics(stopped)["evaluate"]["verification"] == metrics(reference.run_dir)["evaluate"]["verification"]
+
+
+@pytest.mark.parametrize("rank", [1, None])
+def test_an_error_is_said_once(plugin_env, tmp_path, rank):
+    """An error on one rank, or the same on every rank: one line and its exit code, no traceback from
+    the rank whose collective then fails."""
+    fail = transform("fail_once", tmp_path, at=3, rank="null" if rank is None else rank)
+    done = hvkit(["run", str(RECIPE), "--run-dir", str(tmp_path / "run"), *fail], 2, tmp_path, plugin_env,
+                 check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: simulated failure at call 3"], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_broken_recipe_is_said_once_before_any_process_starts(tmp_path):
+    done = hvkit(["run", str(RECIPE), "--run-dir", str(tmp_path / "run"), "--set", "seed=abc",
+                  "--set", "stages.train.loss=nosuch"], 2, tmp_path, check=False)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: {RECIPE}:seed: expected an int, got 'abc'",
+        f"error: {RECIPE}:stages.train.loss.name: unknown loss 'nosuch'; did you mean 'supcon'?"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_killed_is_said_by_the_launcher(plugin_env, tmp_path):
+    """A rank that dies without a word (SIGKILL, as the kernel's out-of-memory killer sends): the launcher
+    names it, what is kept and how to continue, with exit code 128 + 9."""
+    run_dir = tmp_path / "run"
+    kill = transform("signal_once", tmp_path, at=3, signal="SIGKILL", to="rank", rank=1)
+    done = hvkit(["run", str(RECIPE), "--run-dir", str(run_dir), *kill], 2, tmp_path, plugin_env, check=False)
+    assert done.returncode == 137, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"error: rank 1 of 2 was killed by SIGKILL (out of memory?); the completed stages and the last checkpoint "
+        f"are kept; hvkit run --resume {run_dir} continues")
+    assert (run_dir / "stages" / "train" / "last.pt").is_file()

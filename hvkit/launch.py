@@ -1,0 +1,61 @@
+"""Several processes on one machine (``hvkit run --nproc N``): torchrun, with its failures read as hvkit's.
+
+The parent launches torchrun's agent in-process; the agent starts one rank a process. A rank that
+fails prints its own error (once for every rank meeting the same one: :func:`hvkit.distributed.first_to_report`);
+the parent then exits with that rank's code instead of torchrun's traceback and failure table, and says
+something itself only when a rank died without a word (killed by a signal). A rank whose collective fails
+because a peer has already reported an error, or because the agent is stopping every rank on a signal,
+exits quietly (:func:`quiet_after_peers`): the cause has been said once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from hvkit import distributed
+from hvkit.engine.interrupt import received
+from hvkit.errors import HvkitError, Interrupted
+
+
+def launch(nproc: int, args: list[str], run_dir: Path | None) -> None:
+    """Run ``hvkit ARGS`` in ``nproc`` processes under torchrun; exits with the failing rank's code (the
+    first to fail; of ranks failing together, one that did not exit quietly with 1)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "hvkit", *args])
+    except SignalException as exc:  # forwarded to every rank, which has said where it stopped
+        sys.exit(128 + exc.sigval.value)
+    except ChildFailedError as exc:
+        rank, failure = min(exc.failures.items(), key=lambda item: (item[1].timestamp, item[1].exitcode == 1))
+        if failure.exitcode >= 0:
+            sys.exit(failure.exitcode)
+        name = failure.signal_name()
+        cause = " (out of memory?)" if name == "SIGKILL" else ""
+        where = run_dir or "RUN_DIR (the run directory printed above)"
+        raise Interrupted(f"rank {rank} of {nproc} was killed by {name}{cause}; the completed stages and the last "
+                          f"checkpoint are kept; hvkit run --resume {where} continues", 128 - failure.exitcode) from None
+
+
+@contextlib.contextmanager
+def quiet_after_peers() -> Iterator[None]:
+    """Within it, under several processes, a failure that follows a signal this rank received or
+    another rank's reported error exits quietly (1, or 128 + the signal's number)."""
+    try:
+        yield
+    except HvkitError:
+        raise
+    except Exception:
+        if distributed.world()[2] == 1:
+            raise
+        if distributed.peer_reported():
+            sys.exit(1)
+        stopped = received()
+        if stopped is not None:
+            sys.exit(128 + stopped.value)
+        raise
