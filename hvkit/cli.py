@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 import hvkit
-from hvkit.errors import HvkitError, problems
+from hvkit.errors import HvkitError, every, problems
 
 
 def report(error: HvkitError) -> None:
@@ -129,8 +129,8 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, 
     for path in recipes:
         try:
             resolved = prepare(path, overrides)
-            for spec, where in stage_datasets(resolved, resolved["stages"]) if read_data else ():
-                read_dataset(get_registry(), spec, resolved["seed"], f"{path}:{where}")
+            every(stage_datasets(resolved, resolved["stages"]) if read_data else (),
+                  lambda found: read_dataset(get_registry(), found[0], resolved["seed"], f"{path}:{found[1]}"))
         except HvkitError as exc:
             report(exc)
             failed += 1

@@ -1,6 +1,13 @@
 """The errors hvkit reports to users, one line a problem, no traceback (exit code 2; an interrupted
 run 128 + the signal's number)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class HvkitError(Exception):
     """A user-facing problem: bad recipe, unknown plugin, missing file, NaN loss …"""
@@ -33,6 +40,29 @@ class RecipeErrors(RecipeError):
 
     def __str__(self) -> str:
         return "\n".join(str(error) for error in self.errors)
+
+
+class Problems(HvkitError):
+    """Several problems found at once, printed one line each; it reads as them all, a line each."""
+
+    def __init__(self, errors: list[HvkitError]):
+        super().__init__("\n".join(str(error) for error in errors))
+        self.errors = list(errors)
+
+
+def every(items: Iterable[T], act: Callable[[T], object]) -> None:
+    """``act`` on each item, going on past an :class:`HvkitError`; then every problem found is raised
+    at once: one as itself, several as :class:`Problems`."""
+    found: list[HvkitError] = []
+    for item in items:
+        try:
+            act(item)
+        except HvkitError as exc:
+            found.extend(problems(exc))
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise Problems(found)
 
 
 def problems(error: HvkitError) -> list[HvkitError]:

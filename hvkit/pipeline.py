@@ -30,7 +30,7 @@ from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.engine.context import StageContext, build, derive_seed
 from hvkit.engine.interrupt import Terminated, terminate_as_interrupt
 from hvkit.engine.trainer import duration
-from hvkit.errors import HvkitError, Interrupted
+from hvkit.errors import HvkitError, Interrupted, every
 from hvkit.hookspecs import STAGE_DATA
 from hvkit.recipe import apply_overrides, load_recipe, validate
 from hvkit.registry import Registry, get_registry
@@ -47,14 +47,24 @@ def prepare(recipe_path: str | Path, overrides: Iterable[str] = (),
 
 
 def select_device(choice: str) -> torch.device:
-    _, local_rank, _ = distributed.world()
+    """The device of ``choice`` (auto, cpu, cuda, cuda:N) for this process: under several, ``cuda`` is
+    the GPU of its LOCAL_RANK. One that does not exist, or one GPU named for every rank, is an error."""
+    _, local_rank, world_size = distributed.world()
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise HvkitError("device cuda requested but CUDA is not available; use --device cpu")
-        return torch.device(choice if ":" in choice else f"cuda:{local_rank}")
-    return torch.device(choice)
+    if not choice.startswith("cuda"):
+        return torch.device(choice)
+    if not torch.cuda.is_available():
+        raise HvkitError("device cuda requested but CUDA is not available; use --device cpu")
+    named = ":" in choice
+    if named and world_size > 1:
+        raise HvkitError(f"device {choice} puts all {world_size} processes on one GPU; use device cuda "
+                         "(each process takes the GPU of its LOCAL_RANK)")
+    index, count = int(choice.partition(":")[2]) if named else local_rank, torch.cuda.device_count()
+    if index >= count:
+        fix = "name one that exists" if named else f"run at most {count} processes (--nproc {count})"
+        raise HvkitError(f"device cuda:{index} does not exist: this machine has {count} GPU(s); {fix}")
+    return torch.device("cuda", index)
 
 
 def used_packages(resolved: dict[str, Any], registry: Registry) -> dict[str, str]:
@@ -144,10 +154,10 @@ class Run:
 
     def read_data(self, rerun: frozenset[str] = frozenset()) -> None:
         """Builds the dataset of every stage still to run before the first runs, so an empty folder or
-        a broken layout is the run's first error, not one after hours of the stages before it."""
+        a broken layout is the run's first error, not one after hours of the stages before it; every
+        broken dataset is reported at once."""
         pending = [name for name in self.resolved["stages"] if not self.done(name, rerun)]
-        for spec, where in stage_datasets(self.resolved, pending):
-            self.dataset(spec, where)
+        every(stage_datasets(self.resolved, pending), lambda found: self.dataset(*found))
 
     def execute(self, rerun: frozenset[str] = frozenset()) -> dict[str, Any]:
         outputs: dict[str, dict[str, Any]] = {}

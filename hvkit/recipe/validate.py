@@ -20,6 +20,7 @@ import typing
 import inspect
 import itertools
 import json
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,8 +161,8 @@ class Validator:
             self.note(self.error("seed", f"expected an int, got {seed!r}"))
         out["seed"] = seed
         device = recipe.get("device", "auto")
-        if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-            self.note(self.error("device", f"expected auto, cpu or cuda, got {device!r}"))
+        if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", str(device)):
+            self.note(self.error("device", f"expected auto, cpu, cuda or cuda:N, got {device!r}"))
         out["device"] = device
         if "data" in recipe:
             with self.collect():

@@ -27,8 +27,8 @@ from hvkit.cli import main
 from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
 from hvkit.engine import trainer as trainer_module
 from hvkit.engine.trainer import read_log
-from hvkit.errors import HvkitError, Interrupted
-from hvkit.pipeline import reevaluate, run
+from hvkit.errors import HvkitError, Interrupted, problems
+from hvkit.pipeline import reevaluate, run, select_device
 
 from .conftest import make_registry
 
@@ -407,9 +407,9 @@ BUILT: list[str] = []
 
 
 def counted(root: str = "full") -> WriterDataset:
-    """The toy writers, each read recorded in BUILT; ``root: empty`` holds no images."""
+    """The toy writers, each read recorded in BUILT; a root other than ``full`` holds no images."""
     BUILT.append(root)
-    if root == "empty":
+    if root != "full":
         raise ValueError(f"no images under {root}")
     return toy_writers()
 
@@ -442,6 +442,21 @@ def test_every_dataset_is_read_before_the_first_stage_runs(tmp_path, counted_reg
     assert BUILT == ["empty", "full"]
     run(None, resume=tmp_path / "good", registry=counted_registry, device="cpu", console=lines.append)
     assert BUILT == ["empty", "full"]  # a stage complete in the resumed run is not given its data again
+
+
+def test_every_broken_dataset_is_reported_at_once(tmp_path, counted_registry):
+    """The recipe's data and a stage's own, both broken: one line each, through run and validate --data."""
+    path = own_data_recipe(tmp_path, "gone")
+    path.write_text(path.read_text().replace("data: {name: toy_writers}", "data: {name: counted, root: empty}"))
+    expected = ["data (counted): no images under empty", "stages.train.data (counted): no images under gone"]
+    with pytest.raises(HvkitError) as info:
+        execute(path, tmp_path / "broken", counted_registry)
+    assert [str(problem) for problem in problems(info.value)] == expected
+    assert not (tmp_path / "broken").exists()
+    registry_module.set_registry(counted_registry)
+    result = CliRunner().invoke(main, ["validate", "--data", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr == "".join(f"error: {path}:{line}\n" for line in expected)
 
 
 def test_validate_reads_the_data_when_asked(tmp_path, counted_registry):
@@ -480,3 +495,33 @@ def test_max_steps_limits_training(tmp_path, recipe, registry):
     execute(recipe, tmp_path / "run", registry, overrides=["stages.train.train.max_steps=5"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]["steps"] == 5
     assert [row["step"] for row in read_log(tmp_path / "run" / "stages" / "train" / "log.jsonl")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("choice, world, gpus, expected", [
+    ("cuda", (1, 2), 2, "cuda:1"),
+    ("auto", (1, 2), 2, "cuda:1"),
+    ("cuda:1", (0, 1), 2, "cuda:1"),
+    ("cuda", (2, 3), 2, "device cuda:2 does not exist: this machine has 2 GPU(s); run at most 2 processes (--nproc 2)"),
+    ("cuda:3", (0, 1), 2, "device cuda:3 does not exist: this machine has 2 GPU(s); name one that exists"),
+    ("cuda:0", (1, 2), 2, "device cuda:0 puts all 2 processes on one GPU; use device cuda (each process takes the "
+                          "GPU of its LOCAL_RANK)"),
+])
+def test_each_process_gets_a_gpu_that_exists(monkeypatch, choice, world, gpus, expected):
+    local_rank, world_size = world
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("RANK", str(local_rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    if expected.startswith("cuda"):
+        assert select_device(choice) == torch.device(expected)
+    else:
+        with pytest.raises(HvkitError) as info:
+            select_device(choice)
+        assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cuda1", "gpu"])
+def test_a_device_name_torch_cannot_read_is_a_recipe_error(tmp_path, recipe, registry, device):
+    with pytest.raises(HvkitError, match=f"device: expected auto, cpu, cuda or cuda:N, got '{device}'$"):
+        execute(recipe, tmp_path / "run", registry, overrides=[f"device={device}"])
