@@ -43,7 +43,7 @@ class RecipeErrors(RecipeError):
 
 
 class Problems(HvkitError):
-    """Several problems found at once, printed one line each; it reads as them all, a line each."""
+    """Several problems found at once (:func:`every`); it reads as all of them, one a line."""
 
     def __init__(self, errors: list[HvkitError]):
         super().__init__("\n".join(str(error) for error in errors))
@@ -66,5 +66,5 @@ def every(items: Iterable[T], act: Callable[[T], object]) -> None:
 
 
 def problems(error: HvkitError) -> list[HvkitError]:
-    """The problems one error reports: each of a :class:`RecipeErrors`, else the error itself."""
+    """The problems one error reports: each of a :class:`RecipeErrors` or :class:`Problems`, else the error itself."""
     return list(getattr(error, "errors", [error]))
