@@ -142,6 +142,15 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, 
         sys.exit(2)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@user_errors
+def status(run_dir: Path) -> None:
+    """Where a run stands: each stage complete, at a checkpoint, or not started; then its results or how to continue."""
+    from hvkit.status import run_status
+    click.echo(run_status(run_dir))
+
+
 @main.command("list-plugins")
 @click.option("--kind", help="Only this kind (backbone, loss, sampler …).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -251,6 +251,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "step": self.step,
+            "total_steps": self.total_steps,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "torch_rng": distributed.gather_objects(torch.get_rng_state()),
             "cuda_rng": distributed.gather_objects(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),

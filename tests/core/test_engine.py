@@ -26,7 +26,7 @@ from hvkit.api import Split, StageOutput, WriterDataset
 from hvkit.cli import main
 from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
 from hvkit.engine import trainer as trainer_module
-from hvkit.engine.trainer import read_log
+from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError, Interrupted, problems
 from hvkit.pipeline import reevaluate, run, select_device
 
@@ -106,7 +106,7 @@ class TinyTrain:
             INJECT["fail_at"] = None
             raise RuntimeError("injected failure")
         return {"checkpoint": ctx.relative(trainer.checkpoint_path),
-                "metrics": {"loss": last["loss"], "accuracy": last["accuracy"], "steps": trainer.step},
+                "metrics": {"final_loss": last["loss"], "accuracy": last["accuracy"], "steps": trainer.step},
                 "report": f"trained {trainer.step} steps"}
 
 
@@ -214,6 +214,40 @@ def test_a_signal_ends_the_step_saves_there_and_resumes_to_the_same_result(tmp_p
     a, b = (load_checkpoint(folder / "stages" / "train" / "last.pt") for folder in (straight[0], broken))
     assert all(torch.equal(a["modules"]["model"][key], b["modules"]["model"][key]) for key in a["modules"]["model"])
     assert losses(straight[0], "train") == losses(broken, "train")
+
+
+def status(run_dir: Path) -> list[str]:
+    result = CliRunner().invoke(main, ["status", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
+def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
+    """Each stage complete, at its checkpoint (step, total, last logged loss) or not started; then
+    the command that continues the run, or its results."""
+    early, stopped = tmp_path / "early", tmp_path / "stopped"
+    inject["fail_at"] = ("pre", 2)  # before the first checkpoint
+    with pytest.raises(RuntimeError, match="injected failure"):
+        execute(recipe, early, registry)
+    assert status(early) == [f"{early}: recipe tiny", "  pre    not started", "  train  not started",
+                             f"2 of 2 stages left: hvkit run --resume {early} continues"]
+    inject["fail_at"], inject["signal_at"] = None, ("train", 4, [signal.SIGINT])
+    with pytest.raises(Interrupted):
+        execute(recipe, stopped, registry)
+    pre = json.loads((stopped / "stages" / "pre" / "outputs.json").read_text())
+    last = read_log(stopped / "stages" / "train" / "log.jsonl")[-1]
+    assert status(stopped) == [
+        f"{stopped}: recipe tiny",
+        f"  pre    complete in {duration(pre['seconds'])} (final loss {pre['metrics']['final_loss']:.4g}, "
+        f"{pre['metrics']['steps']} steps)",
+        f"  train  at step 5/12 (checkpoint), loss {last['loss']:.4g} at step {last['step']}",
+        f"1 of 2 stages left: hvkit run --resume {stopped} continues"]
+    run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
+    lines = status(stopped)
+    assert lines[2].startswith("  train  complete in ")
+    assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
+    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path}: not a run directory (no recipe.resolved.yaml)\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
