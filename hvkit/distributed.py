@@ -122,10 +122,17 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-def wrap(module: nn.Module, device: torch.device) -> nn.Module:
-    """DDP-wrap a module with trainable parameters when running under several processes."""
+def wrap(module: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    """DDP-wrap a module with trainable parameters when running under several processes.
+
+    ``channels_last`` (the stage's ``train.channels_last``) converts the module first, as the
+    Trainer would: converted after wrapping, its gradients no longer match the strides of DDP's
+    buckets, which then copy them every step ("Grad strides do not match bucket view strides").
+    """
     if not active() or not any(p.requires_grad for p in module.parameters()):
         return module
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
