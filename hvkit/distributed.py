@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hvkit import sync_batchnorm
+
 
 def world() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from the torchrun environment (0, 0, 1 otherwise)."""
@@ -125,12 +127,15 @@ def unwrap(module: nn.Module) -> nn.Module:
 def wrap(module: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
     """DDP-wrap a module with trainable parameters when running under several processes.
 
-    ``channels_last`` (the stage's ``train.channels_last``) converts the module first, as the
+    Its BatchNorm layers first become :class:`hvkit.sync_batchnorm.SyncBatchNorm`, which normalise
+    by the global batch's statistics, so W processes compute the steps one process does.
+    ``channels_last`` (the stage's ``train.channels_last``) converts the module first too, as the
     Trainer would: converted after wrapping, its gradients no longer match the strides of DDP's
     buckets, which then copy them every step ("Grad strides do not match bucket view strides").
     """
     if not active() or not any(p.requires_grad for p in module.parameters()):
         return module
+    module = sync_batchnorm.convert(module)
     if channels_last:
         module.to(memory_format=torch.channels_last)
     ids = [device.index] if device.type == "cuda" else None
