@@ -15,7 +15,7 @@ class SmallCNN(nn.Module):
     average pooling and a linear map to ``embedding_dim``. Block ``i`` has ``width * 2**i``
     channels (capped at ``8 * width``). Defaults: 4 blocks of 32-256 channels, 128-d embedding,
     about 0.4 M parameters. ``norm``: BatchNorm (default), GroupNorm (8 groups; per sample, so
-    several processes compute exactly what one does without SyncBatchNorm) or none.
+    several processes compute what one does without synchronising statistics) or none.
     ``feature_map`` is the last block's output (``map_channels`` channels, 1/2^(depth-1) of the
     input's side) and ``pool`` the global average and the linear map: ``pool(feature_map(x))``
     is ``forward(x)``.
