@@ -39,7 +39,7 @@ class _GlobalBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dtype = torch.promote_types(x.dtype, torch.float32)
+        ctx.input_dtype, dtype = x.dtype, torch.promote_types(x.dtype, torch.float32)
         x = x.to(dtype)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -54,7 +54,7 @@ class _GlobalBatchNorm(torch.autograd.Function):
         xhat = (x - mean.to(dtype).view(shape)) * invstd.view(shape)
         y = xhat if weight is None else xhat * weight.to(dtype).view(shape) + bias.to(dtype).view(shape)
         ctx.save_for_backward(xhat, invstd, weight)
-        ctx.total, ctx.input_dtype = total.to(dtype).view(shape), x.dtype
+        ctx.total = total.to(dtype).view(shape)
         unbiased = var * total / (total - 1).clamp_min(1)
         ctx.mark_non_differentiable(mean, unbiased)
         return y, mean, unbiased

@@ -61,3 +61,24 @@ def test_conversion_keeps_parameters_buffers_and_mode():
     reference[1].running_mean.fill_(0.5)
     reference.eval()
     torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)  # a single process: plain BatchNorm
+
+
+def test_a_bfloat16_input_is_normalised_in_float32_and_gets_a_bfloat16_gradient(tmp_path):
+    """Under autocast a convolution hands BatchNorm bfloat16; it normalises in float32, as autocast's
+    BatchNorm does, and returns the input's gradient in the input's dtype."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0)).bfloat16().requires_grad_()
+        weight, bias = torch.rand(3, requires_grad=True), torch.rand(3, requires_grad=True)
+        y, mean, var = sync_batchnorm._GlobalBatchNorm.apply(x, weight, bias, 1e-5)
+        (y * torch.arange(75.0).view(1, 3, 5, 5)).sum().backward()
+        reference = x.detach().float().requires_grad_()
+        expected = nn.functional.batch_norm(reference, None, None, weight.detach(), bias.detach(), True, 0.1, 1e-5)
+        (expected * torch.arange(75.0).view(1, 3, 5, 5)).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert (y.dtype, x.grad.dtype, weight.grad.dtype) == (torch.float32, torch.bfloat16, torch.float32)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, reference.grad.bfloat16())
+    torch.testing.assert_close(var, reference.detach().var((0, 2, 3)).double(), rtol=1e-6, atol=1e-6)
