@@ -44,7 +44,7 @@ class _GlobalBatchNorm(torch.autograd.Function):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         wide = x.double()
-        count = torch.full_like(wide[:1].sum(dims), x.numel() / x.shape[1])
+        count = wide.new_full((x.shape[1],), x.numel() / x.shape[1])
         stats = torch.stack([wide.sum(dims), (wide * wide).sum(dims), count])
         dist.all_reduce(stats)
         total = stats[2]
