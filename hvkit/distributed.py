@@ -20,8 +20,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hvkit import sync_batchnorm
-
 
 def world() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from the torchrun environment (0, 0, 1 otherwise)."""
@@ -135,6 +133,7 @@ def wrap(module: nn.Module, device: torch.device, channels_last: bool = False) -
     """
     if not active() or not any(p.requires_grad for p in module.parameters()):
         return module
+    from hvkit import sync_batchnorm  # it reads active() from here
     module = sync_batchnorm.convert(module)
     if channels_last:
         module.to(memory_format=torch.channels_last)

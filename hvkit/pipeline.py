@@ -272,8 +272,6 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
     device_obj = select_device(device or resolved["device"])
     distributed.init(device_obj)
     rank, _, _ = distributed.world()
-    if rank != 0:
-        console = _quiet
     if resume is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         default = Path("runs") / f"{resolved['name']}-{stamp}"
@@ -289,10 +287,10 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
             atomic_write(run_path / RESOLVED, lambda f: yaml.safe_dump(resolved, f, sort_keys=False), "w")
             write_json(run_path / "environment.json", environment(resolved, registry))
     distributed.barrier()
-    console(f"run directory: {run_path}")
+    runner.console(f"run directory: {run_path}")  # rank 0's alone, as every line of the run
     metrics = execute_stopping_cleanly(runner, frozenset(), f"hvkit run --resume {run_path} continues")
     distributed.shutdown()
-    console(summary(metrics))
+    runner.console(summary(metrics))
     return run_path
 
 

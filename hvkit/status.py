@@ -16,25 +16,27 @@ from hvkit.pipeline import RESOLVED, summary
 CHECKPOINT = "last.pt"
 
 
-def stage_state(stage_dir: Path) -> str:
-    """One stage's state: ``complete in 3 min (final loss 0.41, 160 steps)``, ``at step 100/160 (checkpoint),
-    loss 0.52 at step 100`` or ``not started``."""
+def stage_state(stage_dir: Path) -> tuple[bool, str]:
+    """Whether a stage is complete, and its state: ``complete in 3 min (final loss 0.41, 160 steps)``,
+    ``at step 100/160 (checkpoint), loss 0.52 at step 100`` or ``not started``."""
     outputs = stage_dir / "outputs.json"
     if outputs.is_file():
         found = json.loads(outputs.read_text(encoding="utf-8"))
         metrics = found.get("metrics", {})
-        trained = [f"final loss {metrics['final_loss']:.4g}" if isinstance(metrics.get("final_loss"), float) else "",
-                   f"{metrics['steps']} steps" if isinstance(metrics.get("steps"), int) else ""]
-        details = ", ".join(part for part in trained if part)
+        details = []
+        if isinstance(metrics.get("final_loss"), float):
+            details.append(f"final loss {metrics['final_loss']:.4g}")
+        if isinstance(metrics.get("steps"), int):
+            details.append(f"{metrics['steps']} steps")
         took = f" in {duration(found['seconds'])}" if isinstance(found.get("seconds"), (int, float)) else ""
-        return f"complete{took}" + (f" ({details})" if details else "")
+        return True, f"complete{took}" + (f" ({', '.join(details)})" if details else "")
     if (stage_dir / CHECKPOINT).is_file():
         state = load_checkpoint(stage_dir / CHECKPOINT)
         total = f"/{state['total_steps']}" if "total_steps" in state else ""
         logged = read_log(stage_dir / "log.jsonl")
         loss = f", loss {logged[-1]['loss']:.4g} at step {logged[-1]['step']}" if logged else ""
-        return f"at step {state['step']}{total} (checkpoint){loss}"
-    return "not started"
+        return False, f"at step {state['step']}{total} (checkpoint){loss}"
+    return False, "not started"
 
 
 def run_status(run_dir: Path) -> str:
@@ -47,8 +49,8 @@ def run_status(run_dir: Path) -> str:
     states = {name: stage_state(run_dir / "stages" / name) for name in resolved["stages"]}
     width = max(len(name) for name in states)
     lines = [f"{run_dir}: recipe {resolved['name']}"]
-    lines += [f"  {name:<{width}}  {state}" for name, state in states.items()]
-    left = [name for name, state in states.items() if not state.startswith("complete")]
+    lines += [f"  {name:<{width}}  {state}" for name, (_, state) in states.items()]
+    left = [name for name, (complete, _) in states.items() if not complete]
     metrics = run_dir / "metrics.json"
     if not left and metrics.is_file():
         results = json.loads(metrics.read_text(encoding="utf-8"))

@@ -28,9 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def _several() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from hvkit import distributed
 
 
 class _GlobalBatchNorm(torch.autograd.Function):
@@ -85,7 +83,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_statistics = self.training or self.running_mean is None
-        if not (batch_statistics and _several()):
+        if not (batch_statistics and distributed.active()):
             return super().forward(x)
         self._check_input_dim(x)
         y, mean, var = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps)
