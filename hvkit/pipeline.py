@@ -6,7 +6,8 @@ data section) and turns it into a one-line :class:`HvkitError`.
 The run directory holds the resolved recipe, the environment (versions of hvkit, torch
 and every plugin package used, the seed), each stage's files under ``stages/<name>/``,
 ``metrics.json`` and ``report.md``. A stage whose ``outputs.json`` exists is complete:
-``--resume`` skips it and continues the interrupted stage from its last checkpoint.
+``--resume`` skips it and continues the interrupted stage from its last checkpoint. While a
+run or a re-evaluation works, it holds the directory's lock (:mod:`hvkit.run_lock`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from hvkit.errors import HvkitError, Interrupted, every
 from hvkit.hookspecs import STAGE_DATA
 from hvkit.recipe import apply_overrides, load_recipe, validate
 from hvkit.registry import Registry, get_registry
+from hvkit.run_lock import holding
 
 RESOLVED = "recipe.resolved.yaml"
 
@@ -280,15 +282,19 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
             raise HvkitError(f"{run_path} already holds a run; use --resume {run_path} or another --run-dir")
         distributed.barrier()
     runner = Run(resolved, run_path, registry, device_obj, resume is not None, console)
-    runner.read_data()  # before the run directory exists: a broken dataset leaves nothing behind
-    if rank == 0:
-        run_path.mkdir(parents=True, exist_ok=True)
-        if resume is None:
+    if resume is None:
+        runner.read_data()  # before the run directory exists: a broken dataset leaves nothing behind
+        if rank == 0:
+            run_path.mkdir(parents=True, exist_ok=True)
+    with holding(run_path, "hvkit run"):
+        if resume is not None:
+            runner.read_data()
+        elif rank == 0:
             atomic_write(run_path / RESOLVED, lambda f: yaml.safe_dump(resolved, f, sort_keys=False), "w")
             write_json(run_path / "environment.json", environment(resolved, registry))
-    distributed.barrier()
-    runner.console(f"run directory: {run_path}")  # rank 0's alone, as every line of the run
-    metrics = execute_stopping_cleanly(runner, frozenset(), f"hvkit run --resume {run_path} continues")
+        distributed.barrier()
+        runner.console(f"run directory: {run_path}")  # rank 0's alone, as every line of the run
+        metrics = execute_stopping_cleanly(runner, frozenset(), f"hvkit run --resume {run_path} continues")
     distributed.shutdown()
     runner.console(summary(metrics))
     return run_path
@@ -316,6 +322,13 @@ def reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: s
     stored = run_dir / RESOLVED
     if not stored.is_file():
         raise HvkitError(f"{run_dir}: not a run directory (no {RESOLVED})")
+    with holding(run_dir, "hvkit eval"):
+        return _reevaluate(run_dir, stages, overrides, device, registry, console)
+
+
+def _reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: str | None,
+                registry: Registry, console: Callable[[str], None]) -> dict[str, Any]:
+    stored = run_dir / RESOLVED
     recipe = apply_overrides(yaml.safe_load(stored.read_text()), overrides)
     resolved = validate(recipe, registry, str(stored))
     unknown = [s for s in stages if s not in resolved["stages"]]

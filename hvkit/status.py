@@ -1,4 +1,5 @@
-"""Where a run stands (``hvkit status``): each stage complete, at a checkpoint, or not started, and what to run next."""
+"""Where a run stands (``hvkit status``): running or stopped, each stage complete, at a checkpoint,
+under way or not started, and what to run next."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError
 from hvkit.pipeline import RESOLVED, summary
+from hvkit.run_lock import holder
 
 CHECKPOINT = "last.pt"
 
@@ -47,17 +49,22 @@ def run_status(run_dir: Path) -> str:
         raise HvkitError(f"{run_dir}: not a run directory (no {RESOLVED})")
     resolved: dict[str, Any] = yaml.safe_load(stored.read_text(encoding="utf-8"))
     states = {name: stage_state(run_dir / "stages" / name) for name in resolved["stages"]}
+    left = [name for name, (complete, _) in states.items() if not complete]
+    working = holder(run_dir)
+    if working is not None and working.command == "hvkit run" and left:  # stages run in order
+        states[left[0]] = (False, f"running, {states[left[0]][1]}")
     width = max(len(name) for name in states)
     lines = [f"{run_dir}: recipe {resolved['name']}"]
     lines += [f"  {name:<{width}}  {state}" for name, (_, state) in states.items()]
-    left = [name for name, (complete, _) in states.items() if not complete]
     metrics = run_dir / "metrics.json"
-    if not left and metrics.is_file():
+    if working is not None:
+        lines.append(f"running: {working}")
+    elif not left and metrics.is_file():
         results = json.loads(metrics.read_text(encoding="utf-8"))
         if results.get("data", {}).get("synthetic"):
             lines.append("data: SYNTHETIC (not real handwriting)")
         lines.append(summary(results))
     else:
-        lines.append(f"{len(left)} of {len(states)} stages left: hvkit run --resume {run_dir} continues")
+        lines.append(f"stopped, {len(left)} of {len(states)} stages left: hvkit run --resume {run_dir} continues")
     return "\n".join(lines)
 

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -230,7 +232,7 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
     with pytest.raises(RuntimeError, match="injected failure"):
         execute(recipe, early, registry)
     assert status(early) == [f"{early}: recipe tiny", "  pre    not started", "  train  not started",
-                             f"2 of 2 stages left: hvkit run --resume {early} continues"]
+                             f"stopped, 2 of 2 stages left: hvkit run --resume {early} continues"]
     inject["fail_at"], inject["signal_at"] = None, ("train", 4, [signal.SIGINT])
     with pytest.raises(Interrupted):
         execute(recipe, stopped, registry)
@@ -241,13 +243,60 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
         f"  pre    complete in {duration(pre['seconds'])} (final loss {pre['metrics']['final_loss']:.4g}, "
         f"{pre['metrics']['steps']} steps)",
         f"  train  at step 5/12 (checkpoint), loss {last['loss']:.4g} at step {last['step']}",
-        f"1 of 2 stages left: hvkit run --resume {stopped} continues"]
+        f"stopped, 1 of 2 stages left: hvkit run --resume {stopped} continues"]
     run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
     lines = status(stopped)
     assert lines[2].startswith("  train  complete in ")
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
     result = CliRunner().invoke(main, ["status", str(tmp_path)])
     assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path}: not a run directory (no recipe.resolved.yaml)\n")
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from hvkit.run_lock import RunLock
+lock = RunLock(Path(sys.argv[1]), sys.argv[2])
+lock.acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_directory_in_use_is_refused_and_status_names_who_holds_it(tmp_path, recipe, registry, inject):
+    """Another process working in a run directory (here one that holds its lock): ``--resume`` and
+    ``hvkit eval`` are refused with one line naming it, ``hvkit status`` says the first unfinished
+    stage is running; once that process dies (SIGKILL: the kernel releases its lock) the run is
+    stopped and resumes."""
+    stopped = tmp_path / "stopped"
+    inject["signal_at"] = ("train", 4, [signal.SIGINT])
+    with pytest.raises(Interrupted):
+        execute(recipe, stopped, registry)
+    at_step_5 = status(stopped)[2].strip().removeprefix("train  ")
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(stopped), "hvkit run"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        holder = json.loads((stopped / ".lock").read_text())
+        assert (holder["pid"], holder["command"]) == (other.pid, "hvkit run")
+        who = f"hvkit run (pid {other.pid} on {holder['host']}, since {holder['since']})"
+        lines = status(stopped)
+        assert lines[2:] == [f"  train  running, {at_step_5}", f"running: {who}"]
+        refusal = f"{stopped} is in use by {who}; wait for it to end (kill -INT {other.pid} stops it at the next step)"
+        with pytest.raises(HvkitError) as info:
+            run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
+        assert str(info.value) == refusal
+        with pytest.raises(HvkitError) as info:
+            reevaluate(stopped, ["train"], [], device="cpu", registry=registry, console=lambda _: None)
+        assert str(info.value) == refusal
+        assert load_checkpoint(stopped / "stages" / "train" / "last.pt")["step"] == 5
+    finally:
+        other.kill()
+        other.wait()
+    assert status(stopped)[2:] == [f"  train  {at_step_5}",
+                                   f"stopped, 1 of 2 stages left: hvkit run --resume {stopped} continues"]
+    lines: list[str] = []
+    run(None, resume=stopped, registry=registry, device="cpu", console=lines.append)
+    assert "[train] resumed at step 5" in lines
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from hvkit.engine import load_checkpoint
+from hvkit.run_lock import RunLock
 
 RECIPE = Path(__file__).with_name("tiny_ddp.yaml")
 
@@ -237,3 +239,19 @@ def test_a_rank_killed_is_said_by_the_launcher(plugin_env, tmp_path):
         f"error: rank 1 of 2 was killed by SIGKILL (out of memory?); the completed stages and the last checkpoint "
         f"are kept; hvkit run --resume {run_dir} continues")
     assert (run_dir / "stages" / "train" / "last.pt").is_file()
+
+
+def test_a_run_directory_in_use_is_refused_by_every_rank_once(reference, tmp_path):
+    """Rank 0 tries the run directory's lock and tells the others: one line naming the holder, exit 2."""
+    busy = tmp_path / "busy"
+    shutil.copytree(reference.run_dir, busy)
+    lock = RunLock(busy, "hvkit eval")
+    lock.acquire()
+    try:
+        done = hvkit(["run", "--resume", str(busy)], 2, tmp_path, check=False)
+    finally:
+        lock.release()
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {busy} is in use by hvkit eval (pid {os.getpid()} on ")
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,133 @@
+"""One hvkit process at a time in a run directory, and who it is.
+
+``hvkit run`` (fresh or ``--resume``) and ``hvkit eval`` hold an exclusive ``flock(2)`` on
+``RUN_DIR/.lock`` while they work (rank 0 under several processes). A second command on the same
+directory is refused with one line naming the holder, instead of two processes overwriting each
+other's checkpoints and outputs. The kernel releases the lock when its holder exits however it
+ends (SIGKILL, out of memory), so a lock is never stale; the file keeps the last holder's record,
+which counts only while the lock is held. ``hvkit status`` reads it to tell a running run from a
+stopped one. POSIX only (Linux, macOS); over NFS the lock is as good as the server's locking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from hvkit import distributed
+from hvkit.errors import HvkitError
+
+LOCK = ".lock"
+_TRIES = 5  # a reader (hvkit status) holds the lock shared for an instant: retry before refusing
+_PAUSE = 0.1
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process that holds a run directory: its command, pid, host and start time."""
+
+    command: str
+    pid: int
+    host: str
+    since: str
+
+    def __str__(self) -> str:
+        return f"{self.command} (pid {self.pid} on {self.host}, since {self.since})"
+
+
+def _record(file: IO[str]) -> Holder | None:
+    """The record in a held lock file; None when the holder has not written it yet."""
+    file.seek(0)
+    try:
+        return Holder(**json.loads(file.read()))
+    except (ValueError, TypeError):
+        return None
+
+
+def _locked(file: IO[str], operation: int) -> bool:
+    """Whether ``flock(file, operation | LOCK_NB)`` succeeded; False when another process holds it."""
+    try:
+        fcntl.flock(file, operation | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def holder(run_dir: Path) -> Holder | None:
+    """The process working in ``run_dir`` now, or None when none is. A holder whose record is not
+    written yet is reported with pid 0 and command ``hvkit``."""
+    path = run_dir / LOCK
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as file:
+        if _locked(file, fcntl.LOCK_SH):
+            return None
+        return _record(file) or Holder("hvkit", 0, "?", "?")
+
+
+class RunLock:
+    """The exclusive lock on ``run_dir``, taken with :meth:`acquire` and released by :meth:`release`
+    (or the process's exit)."""
+
+    def __init__(self, run_dir: Path, command: str):
+        self.path = run_dir / LOCK
+        self.command = command
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and write this process's record; an :class:`HvkitError` naming the holder
+        when another process has it."""
+        file = open(self.path, "a+", encoding="utf-8")
+        for attempt in range(_TRIES):
+            if _locked(file, fcntl.LOCK_EX):
+                break
+            if attempt < _TRIES - 1:
+                time.sleep(_PAUSE)
+        else:
+            other = _record(file)
+            file.close()
+            who = str(other) if other else "another hvkit process"
+            stop = f" (kill -INT {other.pid} stops it at the next step)" if other and other.pid else ""
+            raise HvkitError(f"{self.path.parent} is in use by {who}; wait for it to end{stop}")
+        record = Holder(self.command, os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S"))
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps(record.__dict__))
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@contextlib.contextmanager
+def holding(run_dir: Path, command: str) -> Iterator[None]:
+    """``run_dir`` locked for ``command`` while the block runs: by rank 0 under several processes,
+    every rank raising the same error when another process holds it."""
+    lock = RunLock(run_dir, command)
+    refused = None
+    if distributed.world()[0] == 0:
+        try:
+            lock.acquire()
+        except HvkitError as exc:
+            refused = str(exc)
+    refused = distributed.broadcast_object(refused)
+    if refused is not None:
+        raise HvkitError(refused)
+    try:
+        yield
+    finally:
+        lock.release()
