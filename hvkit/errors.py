@@ -30,24 +30,21 @@ class RecipeError(HvkitError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
-class RecipeErrors(RecipeError):
-    """Every problem one validation found, in recipe order; it reads as the first, printed one line each."""
-
-    def __init__(self, errors: list[RecipeError]):
-        first = errors[0]
-        super().__init__(first.reason, first.file, first.path)
-        self.errors = list(errors)
-
-    def __str__(self) -> str:
-        return "\n".join(str(error) for error in self.errors)
-
-
 class Problems(HvkitError):
-    """Several problems found at once (:func:`every`); it reads as all of them, one a line."""
+    """Several problems found at once (:func:`every`, a recipe's validation); it reads as all of them,
+    one a line."""
 
     def __init__(self, errors: list[HvkitError]):
-        super().__init__("\n".join(str(error) for error in errors))
         self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+class RecipeErrors(Problems, RecipeError):
+    """Every problem one validation found, in recipe order; its file, key path and reason are the first's."""
+
+    def __init__(self, errors: list[RecipeError]):
+        super().__init__(errors)
+        self.file, self.path, self.reason = errors[0].file, errors[0].path, errors[0].reason
 
 
 def every(items: Iterable[T], act: Callable[[T], object]) -> None:
@@ -66,5 +63,5 @@ def every(items: Iterable[T], act: Callable[[T], object]) -> None:
 
 
 def problems(error: HvkitError) -> list[HvkitError]:
-    """The problems one error reports: each of a :class:`RecipeErrors` or :class:`Problems`, else the error itself."""
-    return list(getattr(error, "errors", [error]))
+    """The problems one error reports: each of a :class:`Problems`, else the error itself."""
+    return list(error.errors) if isinstance(error, Problems) else [error]
