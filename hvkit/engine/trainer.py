@@ -315,9 +315,10 @@ class Trainer:
                     window_steps += 1
                     if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                         elapsed = time.perf_counter() - window_start
-                        last = {"step": self.step, "epoch": epoch, "loss": loss,
+                        last = {"step": self.step, "total_steps": self.total_steps, "epoch": epoch, "loss": loss,
                                 "lr": self.optimizer.param_groups[0]["lr"],
-                                "steps_per_s": window_steps / max(elapsed, 1e-9), **terms}
+                                "steps_per_s": window_steps / max(elapsed, 1e-9), "time": round(time.time(), 1),
+                                **terms}
                         self._log(last)
                         progress.update(self.step, loss)
                         window_start, window_steps = time.perf_counter(), 0

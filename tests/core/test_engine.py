@@ -279,8 +279,12 @@ def test_a_run_directory_in_use_is_refused_and_status_names_who_holds_it(tmp_pat
         holder = json.loads((stopped / ".lock").read_text())
         assert (holder["pid"], holder["command"]) == (other.pid, "hvkit run")
         who = f"hvkit run (pid {other.pid} on {holder['host']}, since {holder['since']})"
+        last = read_log(stopped / "stages" / "train" / "log.jsonl")[-1]
         lines = status(stopped)
-        assert lines[2:] == [f"  train  running, {at_step_5}", f"running: {who}"]
+        left = duration((12 - 5) / last["steps_per_s"])  # at the speed of the last line logged
+        assert re.fullmatch(rf"  train  running, at step 5/12, loss {last['loss']:.4g}, about {left} left "
+                            rf"\(logged \d+ s ago\)", lines[2]), lines[2]
+        assert lines[3:] == [f"running: {who}"]
         refusal = f"{stopped} is in use by {who}; wait for it to end (kill -INT {other.pid} stops it at the next step)"
         with pytest.raises(HvkitError) as info:
             run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
