@@ -122,19 +122,22 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-def wrap(module: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, channels_last: bool = False,
+         sync_batchnorm: bool = True) -> nn.Module:
     """DDP-wrap a module with trainable parameters when running under several processes.
 
-    Its BatchNorm layers first become :class:`hvkit.sync_batchnorm.SyncBatchNorm`, which normalise
-    by the global batch's statistics, so W processes compute the steps one process does.
+    With ``sync_batchnorm`` (the stage's ``train.sync_batchnorm``) its BatchNorm layers first become
+    :class:`hvkit.sync_batchnorm.SyncBatchNorm`, which normalise by the global batch's statistics, so
+    W processes compute the steps one process does; without, each rank normalises by its own share.
     ``channels_last`` (the stage's ``train.channels_last``) converts the module first too, as the
     Trainer would: converted after wrapping, its gradients no longer match the strides of DDP's
     buckets, which then copy them every step ("Grad strides do not match bucket view strides").
     """
     if not active() or not any(p.requires_grad for p in module.parameters()):
         return module
-    from hvkit import sync_batchnorm  # it reads active() from here
-    module = sync_batchnorm.convert(module)
+    if sync_batchnorm:
+        from hvkit.sync_batchnorm import convert  # it reads active() from here
+        module = convert(module)
     if channels_last:
         module.to(memory_format=torch.channels_last)
     ids = [device.index] if device.type == "cuda" else None

@@ -47,6 +47,7 @@ class TrainConfig:
     amp: bool = True
     amp_dtype: Literal["float16", "bfloat16"] = "bfloat16"
     channels_last: bool = True
+    sync_batchnorm: bool = True
     log_every: int = 10
     checkpoint_every: int = 200
     max_steps: int | None = None

@@ -188,7 +188,8 @@ class MAEPretrain:
                              self.decoder_heads).to(ctx.device)
         transform = ctx.build("transform", self.transform) if self.transform is not None else None
         sampler = image_sampler(ctx, self.sampler, len(images), self.batch_size)
-        model = distributed.wrap(_MaskedAutoencoder(backbone, decoder), ctx.device, self.train.channels_last)
+        model = distributed.wrap(_MaskedAutoencoder(backbone, decoder), ctx.device, self.train.channels_last,
+                                 self.train.sync_batchnorm)
         ctx.log(f"{len(images)} images of {length} patches, {n_keep} visible; "
                 f"{len(sampler)} batches of {self.batch_size} per epoch")
 

@@ -100,7 +100,7 @@ class MetricTrain:
                             seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
                             groups=split.image_groups() if split.groups else None)
         model = distributed.wrap(encoder if unlabelled is None else _WithExpander(encoder, unlabelled.expander),
-                                 ctx.device, self.train.channels_last)
+                                 ctx.device, self.train.channels_last, self.train.sync_batchnorm)
         gathered = (getattr(loss_fn, "needs_global_batch", False) or miner is not None) and ctx.world_size > 1
         labels_dev = labels.to(ctx.device)
         ctx.log(f"{len(writers)} labelled writers ({self.label_fraction:.0%}), {len(split)} images, "

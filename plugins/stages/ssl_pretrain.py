@@ -251,7 +251,7 @@ class SSLPretrain:
         transform = ctx.build("transform", self.transform)
         local_transform = ctx.build("transform", self.local_transform) if self.local_views else None
         sampler = image_sampler(ctx, self.sampler, len(images), self.batch_size)
-        model = distributed.wrap(encoder, ctx.device, self.train.channels_last)
+        model = distributed.wrap(encoder, ctx.device, self.train.channels_last, self.train.sync_batchnorm)
         gathered = getattr(loss_fn, "needs_global_batch", False) and ctx.world_size > 1
         ctx.log(f"{len(images)} images, {len(sampler)} batches of {self.batch_size} per epoch")
 

@@ -62,7 +62,8 @@ class VAEPretrain:
         loss_fn = ctx.build("loss", self.loss, embedding_dim=backbone.embedding_dim).to(ctx.device)
         transform = ctx.build("transform", self.transform) if self.transform is not None else None
         sampler = image_sampler(ctx, self.sampler, len(images), self.batch_size)
-        model = distributed.wrap(_Reconstruct(backbone), ctx.device, self.train.channels_last)
+        model = distributed.wrap(_Reconstruct(backbone), ctx.device, self.train.channels_last,
+                                 self.train.sync_batchnorm)
 
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)

@@ -3,7 +3,8 @@
 Each rank trains on its contiguous half of a fixed float64 batch with a per-sample loss; rank 0
 saves the first step's gradients, the parameters and BatchNorm buffers after the second, and the
 model's evaluation output, to the file given as argv[1]. World size 1 is the whole batch. With
-argv[2] ``per_rank`` the model is DDP-wrapped as it is, each rank's BatchNorm on its own half.
+argv[2] ``per_rank`` it is wrapped with ``sync_batchnorm=False`` (``train.sync_batchnorm: false``), each
+rank's BatchNorm on its own half.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def model() -> nn.Module:
 
 def train(rank: int, world_size: int, per_rank: bool = False) -> dict[str, torch.Tensor]:
     net = model()
-    wrapped = nn.parallel.DistributedDataParallel(net) if per_rank else distributed.wrap(net, torch.device("cpu"))
+    wrapped = distributed.wrap(net, torch.device("cpu"), sync_batchnorm=not per_rank)
     g = torch.Generator().manual_seed(1)
     x = 3 * torch.randn(BATCH, 2, 4, 4, generator=g, dtype=torch.float64) + 1
     target = torch.randn(BATCH, 5, generator=g, dtype=torch.float64)
