@@ -6,7 +6,8 @@ directory is refused with one line naming the holder, instead of two processes o
 other's checkpoints and outputs. The kernel releases the lock when its holder exits however it
 ends (SIGKILL, out of memory), so a lock is never stale; the file keeps the last holder's record,
 which counts only while the lock is held. ``hvkit status`` reads it to tell a running run from a
-stopped one. POSIX only (Linux, macOS); over NFS the lock is as good as the server's locking.
+stopped one. POSIX only (Linux, macOS); over NFS the lock is as good as the server's locking, and a
+file system without locks gets a warning and no lock.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -27,8 +29,10 @@ from hvkit import distributed
 from hvkit.errors import HvkitError
 
 LOCK = ".lock"
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
 _TRIES = 5  # a reader (hvkit status) holds the lock shared for an instant: retry before refusing
 _PAUSE = 0.1
+log = logging.getLogger("hvkit")
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,16 @@ def _record(file: IO[str]) -> Holder | None:
         return None
 
 
-def _locked(file: IO[str], operation: int) -> bool:
-    """Whether ``flock(file, operation | LOCK_NB)`` succeeded; False when another process holds it."""
+def _locked(file: IO[str], operation: int) -> bool | None:
+    """Whether ``flock(file, operation | LOCK_NB)`` succeeded: False when another process holds the
+    lock, None when the file system has no locks (some network file systems)."""
     try:
         fcntl.flock(file, operation | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
+        if exc.errno in _NO_LOCKS:
+            return None
         raise
     return True
 
@@ -71,7 +78,7 @@ def holder(run_dir: Path) -> Holder | None:
     if not path.is_file():
         return None
     with open(path, encoding="utf-8") as file:
-        if _locked(file, fcntl.LOCK_SH):
+        if _locked(file, fcntl.LOCK_SH) is not False:  # free, or no locks to tell
             return None
         return _record(file) or Holder("hvkit", 0, "?", "?")
 
@@ -90,7 +97,11 @@ class RunLock:
         when another process has it."""
         file = open(self.path, "a+", encoding="utf-8")
         for attempt in range(_TRIES):
-            if _locked(file, fcntl.LOCK_EX):
+            taken = _locked(file, fcntl.LOCK_EX)
+            if taken is None:
+                log.warning("%s: the file system has no file locks; nothing keeps a second hvkit process "
+                            "out of this run directory", self.path.parent)
+            if taken is not False:
                 break
             if attempt < _TRIES - 1:
                 time.sleep(_PAUSE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from torch.nn import functional as F
 
 import hvkit
 from hvkit import registry as registry_module
+from hvkit import run_lock
 from hvkit.api import Split, StageOutput, WriterDataset
 from hvkit.cli import main
 from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
@@ -301,6 +303,20 @@ def test_a_run_directory_in_use_is_refused_and_status_names_who_holds_it(tmp_pat
     lines: list[str] = []
     run(None, resume=stopped, registry=registry, device="cpu", console=lines.append)
     assert "[train] resumed at step 5" in lines
+
+
+def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, recipe, registry, monkeypatch, caplog):
+    """Some network file systems refuse flock (ENOLCK): the run goes on unguarded and says so once."""
+    def no_locks(file, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    execute(recipe, tmp_path / "run", registry)
+    assert [r.getMessage() for r in caplog.records if r.name == "hvkit"] == [
+        f"{tmp_path / 'run'}: the file system has no file locks; nothing keeps a second hvkit process out of this "
+        "run directory"]
+    assert run_lock.holder(tmp_path / "run") is None
+    assert (tmp_path / "run" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
