@@ -143,12 +143,18 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, 
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @user_errors
-def status(run_dir: Path) -> None:
-    """Where a run stands: each stage complete, at a checkpoint, or not started; then its results or how to continue."""
+def status(run_dirs: tuple[Path, ...]) -> None:
+    """Where runs stand (``hvkit status runs/*``): running or stopped, each stage complete, at a checkpoint,
+    under way or not started; then the results or how to continue. A folder that is not a run is an error
+    line after the others."""
     from hvkit.status import run_status
-    click.echo(run_status(run_dir))
+    shown: list[str] = []
+    try:
+        every(run_dirs, lambda run_dir: shown.append(run_status(run_dir)))
+    finally:
+        click.echo("\n\n".join(shown))
 
 
 @main.command("list-plugins")

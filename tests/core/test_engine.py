@@ -250,8 +250,9 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
     lines = status(stopped)
     assert lines[2].startswith("  train  complete in ")
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
-    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    result = CliRunner().invoke(main, ["status", str(early), str(tmp_path), str(stopped)])  # hvkit status runs/*
     assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path}: not a run directory (no recipe.resolved.yaml)\n")
+    assert result.stdout.splitlines() == status(early) + [""] + lines
 
 
 HOLD = """
