@@ -350,14 +350,20 @@ def _reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: 
     return metrics
 
 
-def summary(metrics: dict[str, Any]) -> str:
-    """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier."""
+def verification_rows(metrics: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(stage, verifier, its metrics)`` of every verifier a run's ``metrics.json`` scored, in run order."""
     rows = []
     for stage, values in metrics.items():
         verification = values.get("verification") if isinstance(values, dict) else None
         if not isinstance(verification, dict):
             continue
         rows += [(stage, verifier, v) for verifier, v in verification.items() if isinstance(v, dict) and "roc_auc" in v]
+    return rows
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier."""
+    rows = verification_rows(metrics)
     if not rows:
         return "results: (no verification metrics)"
     stage_width = max(22, *(len(stage) for stage, *_ in rows))

@@ -7,6 +7,7 @@ from .embed import embed_command
 from .eval_run import eval_command
 from .index import index_command
 from .new_plugin import new_plugin
+from .sweep import sweep_command
 from .verify import verify_command
 
 
@@ -17,4 +18,5 @@ def register_commands(register):
     register(embed_command)
     register(eval_command)
     register(index_command)
+    register(sweep_command)
     register(verify_command)

@@ -382,7 +382,8 @@ def test_run_directory_holds_everything_to_reproduce_the_run(straight):
     train_defaults = {"epochs": 3, "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
                       "scheduler": {"name": "CosineAnnealingLR", "warmup_steps": 2}, "loss_lr": None,
                       "grad_clip": None, "amp": True, "amp_dtype": "bfloat16", "channels_last": True,
-                      "sync_batchnorm": True, "log_every": 1, "checkpoint_every": 3, "max_steps": None, "weight_decay_end": None, "weight_decay_1d": True,
+                      "sync_batchnorm": True, "log_every": 1, "checkpoint_every": 3, "max_steps": None,
+                      "weight_decay_end": None, "weight_decay_1d": True,
                       "frozen_epochs": {}, "lr_scale": {}, "ema": None, "ema_warmup": True}
     assert resolved == {
         "name": "tiny", "seed": 5, "device": "auto",

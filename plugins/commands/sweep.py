@@ -1,0 +1,218 @@
+"""``hvkit sweep``: one recipe over a grid of settings and seeds, each point a run, then mean ± sd.
+
+``--vary KEY=[V1, V2]`` (repeatable) gives each axis; the runs are every combination, the last
+axis changing fastest, each in ``OUT/<name>`` with ``name`` such as ``sim_weight=10,seed=1``.
+Every combination is validated before the first runs. Axes named ``seed`` or ``….seed`` are
+repeats: the table groups the runs that differ only there and reports each verifier's accuracy,
+ROC AUC and EER as mean ± sample standard deviation over them (``OUT/summary.md``,
+``OUT/summary.json``). The same command again continues a sweep: complete runs are kept, an
+interrupted one resumes from its checkpoint, the rest start. A run that fails (a NaN loss, a
+setting its data cannot meet) is reported at the end; the other runs go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from hvkit.cli import user_errors
+from hvkit.engine.checkpoint import atomic_write, write_json
+from hvkit.errors import HvkitError, Interrupted, Problems, problems
+from hvkit.pipeline import RESOLVED, prepare, run, verification_rows
+from hvkit.recipe.load import parse_override
+
+RECORD = "sweep.json"
+MEASURES = (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("eer", "EER"))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One combination of the axes' values, and the run directory's name for it."""
+
+    name: str
+    values: dict[str, Any]
+
+    def overrides(self) -> list[str]:
+        return [f"{key}={json.dumps(value)}" for key, value in self.values.items()]
+
+
+def parse_axes(texts: tuple[str, ...]) -> dict[str, list[Any]]:
+    """``KEY=[V1, V2]`` texts as ``{KEY: [V1, V2]}`` (values read as YAML)."""
+    axes: dict[str, list[Any]] = {}
+    for text in texts:
+        parts, values = parse_override(text)
+        key = ".".join(parts)
+        if not isinstance(values, list) or not values:
+            raise HvkitError(f"--vary {text}: the values must be a non-empty YAML list, e.g. {key}=[1, 2]")
+        if key in axes:
+            raise HvkitError(f"--vary {key} is given twice; list every value in one --vary")
+        if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+            raise HvkitError(f"--vary {text}: a value is listed twice")
+        axes[key] = values
+    return axes
+
+
+_COMPACT = str.maketrans({'"': None, "{": None, "}": None, "[": None, "]": None, ":": "-", ",": "+"})
+
+
+def _label(value: Any) -> str:
+    """A value in a folder name: ``0.001``, ``a_b`` for ``a/b``, ``margin-0.2+name-triplet`` for a mapping."""
+    if not isinstance(value, str):
+        value = json.dumps(value, sort_keys=True, separators=(",", ":")).translate(_COMPACT)
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in value)
+
+
+def grid(axes: dict[str, list[Any]]) -> list[Point]:
+    """Every combination of the axes' values, the last axis fastest; a run's name keeps each key's last
+    part (the whole key where two axes share it)."""
+    last = [key.rsplit(".", 1)[-1] for key in axes]
+    shown = {key: short if last.count(short) == 1 else key for key, short in zip(axes, last)}
+    combos: list[dict[str, Any]] = [{}]
+    for key, values in axes.items():
+        combos = [combo | {key: value} for combo in combos for value in values]
+    points = [Point(",".join(f"{shown[k]}={_label(v)}" for k, v in combo.items()), combo) for combo in combos]
+    names = [point.name for point in points]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise HvkitError(f"two combinations would share the run directory {twice!r}: their values differ only in "
+                         "characters a folder name cannot hold")
+    return points
+
+
+def is_seed(key: str) -> bool:
+    """Whether an axis repeats a run under another seed (``seed``, ``data.seed``, ``….seed``)."""
+    return key == "seed" or key.endswith(".seed")
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return {"mean": float(np.mean(values)), "sd": sd, "n": len(values), "values": values}
+
+
+def aggregate(axes: dict[str, list[Any]], finished: list[tuple[Point, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The finished runs' verifiers grouped by the axes that are not seeds: for each group its values, its
+    runs and, per ``STAGE/VERIFIER``, each measure's mean, sample standard deviation (None for one run),
+    count and values."""
+    settings = [key for key in axes if not is_seed(key)]
+    groups: dict[str, dict[str, Any]] = {}
+    for point, metrics in finished:
+        values = {key: point.values[key] for key in settings}
+        group = groups.setdefault(json.dumps(values, sort_keys=True), {"values": values, "runs": [], "found": {}})
+        group["runs"].append(point.name)
+        for stage, verifier, found in verification_rows(metrics):
+            measures = group["found"].setdefault(f"{stage}/{verifier}", {})
+            for measure, _ in MEASURES:
+                if isinstance(found.get(measure), (int, float)) and math.isfinite(found[measure]):
+                    measures.setdefault(measure, []).append(float(found[measure]))
+    return [{"values": g["values"], "runs": g["runs"],
+             "results": {ref: {m: _spread(v) for m, v in measures.items()} for ref, measures in g["found"].items()}}
+            for g in groups.values()]
+
+
+def _cell(spread: dict[str, Any] | None) -> str:
+    if spread is None:
+        return "-"
+    return f"{spread['mean']:.4f}" + (f" ± {spread['sd']:.4f}" if spread["sd"] is not None else "")
+
+
+def table(axes: dict[str, list[Any]], groups: list[dict[str, Any]]) -> str:
+    """A markdown table: one row per group and verifier, each measure as mean ± sd, and the runs counted."""
+    settings = [key for key in axes if not is_seed(key)]
+    head = settings + ["stage/verifier"] + [title for _, title in MEASURES] + ["runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group in groups:
+        for ref, measures in group["results"].items():
+            cells = [json.dumps(group["values"][k]) if not isinstance(group["values"][k], str)
+                     else group["values"][k] for k in settings]
+            cells += [ref] + [_cell(measures.get(m)) for m, _ in MEASURES] + [str(len(group["runs"]))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _check_record(out: Path, record: dict[str, Any]) -> None:
+    """Write the sweep's record in ``out``, or refuse a folder that holds another sweep."""
+    path = out / RECORD
+    if path.is_file():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if found != record:
+            raise HvkitError(f"{out} holds another sweep ({path}: recipe {found.get('recipe')}, vary "
+                             f"{', '.join(found.get('vary', {}))}); give another --out, or the same recipe, "
+                             f"--set and --vary to continue it")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise HvkitError(f"{out} is not empty and holds no sweep; give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+
+
+def _validate(recipe: Path, overrides: list[str], points: list[Point]) -> None:
+    """Every combination validated: each distinct problem once, before any run starts."""
+    found: dict[str, HvkitError] = {}
+    for point in points:
+        try:
+            prepare(recipe, overrides + point.overrides())
+        except HvkitError as exc:
+            for problem in problems(exc):
+                found.setdefault(str(problem), problem)
+    if len(found) == 1:
+        raise next(iter(found.values()))
+    if found:
+        raise Problems(list(found.values()))
+
+
+@click.command("sweep")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--vary", "axes", multiple=True, required=True, metavar="KEY.PATH=[V1, V2]",
+              help="An axis: a recipe key and the list of its values (YAML); repeatable. seed=[0, 1, 2] repeats.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value in every run.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The sweep's folder: one run directory per combination, summary.md and summary.json.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override the device.")
+@user_errors
+def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...], out: Path,
+                  device: str | None) -> None:
+    """Run a recipe over every combination of --vary values, one run each; then each verifier's accuracy,
+    ROC AUC and EER as mean ± sd over the seed axes. The same command again continues the sweep."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise HvkitError("hvkit sweep runs its runs one after another in one process; give each several "
+                         "processes with hvkit run --nproc instead")
+    vary = parse_axes(axes)
+    clash = sorted({".".join(parse_override(o)[0]) for o in overrides} & set(vary))
+    if clash:
+        raise HvkitError(f"{clash[0]} is both set (--set) and varied (--vary); keep one")
+    points = grid(vary)
+    _validate(recipe, list(overrides), points)
+    _check_record(out, {"recipe": str(recipe.resolve()), "set": list(overrides), "vary": vary})
+    failed: list[HvkitError] = []
+    finished: list[tuple[Point, dict[str, Any]]] = []
+    for i, point in enumerate(points, 1):
+        run_dir = out / point.name
+        click.echo(f"sweep {i}/{len(points)}: {point.name}")
+        try:
+            if (run_dir / "metrics.json").is_file():
+                click.echo(f"  {run_dir} is complete, kept")
+            elif (run_dir / RESOLVED).is_file():
+                run(None, resume=run_dir, device=device)
+            else:
+                run(recipe, list(overrides) + point.overrides(), run_dir=run_dir, device=device)
+        except Interrupted as exc:
+            raise Interrupted(f"sweep {i}/{len(points)} ({point.name}): {exc}; the same hvkit sweep command "
+                              "continues the sweep", exc.exit_code) from None
+        except HvkitError as exc:
+            failed += [HvkitError(f"sweep run {point.name}: {problem}") for problem in problems(exc)]
+            continue
+        finished.append((point, json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
+    groups = aggregate(vary, finished)
+    shown = table(vary, groups)
+    write_json(out / "summary.json", {"vary": vary, "groups": groups, "failed": [str(e) for e in failed]})
+    atomic_write(out / "summary.md", lambda f: f.write(f"# sweep of {recipe}\n\n{shown}\n"), "w")
+    click.echo(f"sweep: {len(finished)} of {len(points)} runs complete ({out / 'summary.md'})\n{shown}")
+    if failed:
+        raise failed[0] if len(failed) == 1 else Problems(failed)

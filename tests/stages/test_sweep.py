@@ -1,0 +1,171 @@
+"""``hvkit sweep``: every combination of the varied settings one run, validated first, resumable, with each
+verifier's mean ± sample standard deviation over the seed axes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hvkit.cli import main
+from hvkit.errors import HvkitError
+from hvkit_plugins.commands.sweep import grid, parse_axes
+
+TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
+         "label_fraction": 0.5, "train": {"epochs": 1, "amp": False}}
+EVAL = {"stage": "evaluate", "model_from": "first", "label_fraction": 0.5, "plots": False,
+        "verifiers": ["cosine_pair", "wccn_pair"], "evaluators": [{"name": "verification", "all_pairs": False}]}
+RECIPE = {"name": "tiny_sweep", "seed": 4, "device": "cpu",
+          "data": {"name": "cedar_and", "synthetic_writers": 30, "synthetic_samples_per_writer": 6},
+          "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
+          "stages": {"first": TRAIN, "eval_first": EVAL}}
+AXES = ["--vary", "stages.first.train.epochs=[1, 3]", "--vary", "seed=[0, 1]", "--set", "data.seed=0"]
+NAMES = ["epochs=1,seed=0", "epochs=1,seed=1", "epochs=3,seed=0", "epochs=3,seed=1"]
+
+
+def sweep(*args: object):
+    return CliRunner().invoke(main, ["sweep", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(recipe, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    result = sweep(recipe, *AXES, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out, result.stdout
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_each_combination_is_a_run_with_its_values(swept):
+    out, stdout = swept
+    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES + ["summary.json", "summary.md", "sweep.json"])
+    for name in NAMES:
+        resolved = yaml.safe_load((out / name / "recipe.resolved.yaml").read_text())
+        epochs, seed = (int(part.split("=")[1]) for part in name.split(","))
+        assert (resolved["stages"]["first"]["train"]["epochs"], resolved["seed"], resolved["data"]["seed"]) == \
+            (epochs, seed, 0)
+        assert metrics(out / name)["first"]["steps"] == epochs
+    assert [line for line in stdout.splitlines() if line.startswith("sweep")] == \
+        [f"sweep {i}/4: {name}" for i, name in enumerate(NAMES, 1)] + \
+        [f"sweep: 4 of 4 runs complete ({out / 'summary.md'})"]
+
+
+def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
+    out, stdout = swept
+    summary = json.loads((out / "summary.json").read_text())
+    assert [group["values"] for group in summary["groups"]] == [{"stages.first.train.epochs": 1},
+                                                               {"stages.first.train.epochs": 3}]
+    rows = []
+    for group, names in zip(summary["groups"], (NAMES[:2], NAMES[2:])):
+        assert group["runs"] == names
+        for verifier in ("cosine_pair", "wccn_pair"):
+            found = group["results"][f"eval_first/{verifier}"]
+            cells = []
+            for measure in ("accuracy", "roc_auc", "eer"):
+                values = [metrics(out / name)["eval_first"]["verification"][verifier][measure] for name in names]
+                expected_sd = float(np.sqrt(sum((v - sum(values) / 2) ** 2 for v in values)))  # n - 1 = 1
+                assert found[measure]["values"] == values and found[measure]["n"] == 2
+                assert found[measure]["mean"] == pytest.approx(sum(values) / 2, abs=1e-15)
+                assert found[measure]["sd"] == pytest.approx(expected_sd, abs=1e-15)
+                cells.append(f"{sum(values) / 2:.4f} ± {expected_sd:.4f}")
+            rows.append(f"| {group['values']['stages.first.train.epochs']} | eval_first/{verifier} | "
+                        f"{' | '.join(cells)} | 2 |")
+    table = "\n".join(["| stages.first.train.epochs | stage/verifier | accuracy | ROC AUC | EER | runs |",
+                       "|---|---|---|---|---|---|", *rows])
+    assert (out / "summary.md").read_text() == f"# sweep of {recipe}\n\n{table}\n"
+    assert stdout.endswith(table + "\n")
+    assert summary["failed"] == []
+
+
+def test_the_same_command_continues_a_sweep(swept, recipe, tmp_path):
+    """A complete run is kept, an interrupted one (its last stage without outputs) resumes, a missing one runs:
+    the summary equals the uninterrupted sweep's."""
+    first, _ = swept
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    (out / NAMES[2] / "metrics.json").unlink()
+    shutil.rmtree(out / NAMES[2] / "stages" / "eval_first")
+    shutil.rmtree(out / NAMES[3])
+    kept = (out / NAMES[0] / "metrics.json").stat().st_mtime_ns
+    result = sweep(recipe, *AXES, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"  {out / NAMES[0]} is complete, kept" in result.stdout
+    assert "[first] complete, skipped" in result.stdout  # the interrupted run resumed after its first stage
+    assert (out / NAMES[0] / "metrics.json").stat().st_mtime_ns == kept
+    for name in NAMES:
+        assert metrics(out / name) == metrics(first / name)
+    assert (out / "summary.json").read_text() == (first / "summary.json").read_text()
+
+
+def test_a_folder_holding_another_sweep_or_other_files_is_refused(swept, recipe, tmp_path):
+    out, _ = swept
+    result = sweep(recipe, "--vary", "seed=[0, 1]", "--out", out)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {out} holds another sweep ({out / 'sweep.json'}: recipe {recipe.resolve()}, "
+                             "vary stages.first.train.epochs, seed); give another --out, or the same recipe, --set "
+                             "and --vary to continue it\n")
+    (tmp_path / "keep.txt").write_text("mine")
+    result = sweep(recipe, "--vary", "seed=[0, 1]", "--out", tmp_path)
+    assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path} is not empty and holds no sweep; give "
+                                                    "another --out\n")
+
+
+def test_every_combination_is_validated_before_any_run(recipe, tmp_path):
+    result = sweep(recipe, "--vary", "stages.first.loss=[multi_similarity, nosuch]", "--vary", "seed=[0, x]",
+                   "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [  # each once, though two combinations meet each
+        f"error: {recipe}:seed: expected an int, got 'x'",
+        f"error: {recipe}:stages.first.loss.name: unknown loss 'nosuch'; did you mean 'supcon'?"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_is_reported_at_the_end_and_the_others_go_on(recipe, tmp_path):
+    out = tmp_path / "out"
+    result = sweep(recipe, "--vary", "stages.first.label_fraction=[0.01, 0.5]", "--out", out)
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: sweep run label_fraction=0.01: stage 'first': labelled_writers: fraction=0.01")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [group["runs"] for group in summary["groups"]] == [["label_fraction=0.5"]]
+    assert summary["failed"] == [line.removeprefix("error: ")]
+    assert "sweep: 1 of 2 runs complete" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "seed=3"], "--vary seed=3: the values must be a non-empty YAML list, e.g. seed=[1, 2]"),
+    (["--vary", "seed=[]"], "--vary seed=[]: the values must be a non-empty YAML list, e.g. seed=[1, 2]"),
+    (["--vary", "seed=[1, 1]"], "--vary seed=[1, 1]: a value is listed twice"),
+    (["--vary", "seed=[1]", "--vary", "seed=[2]"], "--vary seed is given twice; list every value in one --vary"),
+    (["--vary", "seed=[1, 2]", "--set", "seed=3"], "seed is both set (--set) and varied (--vary); keep one"),
+])
+def test_a_malformed_axis_is_one_line(recipe, tmp_path, args, message):
+    result = sweep(recipe, *args, "--out", tmp_path / "out")
+    assert (result.exit_code, result.stderr) == (2, f"error: {message}\n")
+
+
+def test_run_names_keep_each_key_s_last_part_unless_two_share_it():
+    points = grid(parse_axes(("stages.a.lr=[0.1, 1e-3]", "stages.b.lr=[1]", "data.seed=[0]",
+                              "stages.a.loss=[{name: triplet, margin: 0.2}]")))
+    assert [p.name for p in points] == [
+        "stages.a.lr=0.1,stages.b.lr=1,seed=0,loss=margin-0.2+name-triplet",
+        "stages.a.lr=0.001,stages.b.lr=1,seed=0,loss=margin-0.2+name-triplet"]
+    assert points[1].overrides() == ["stages.a.lr=0.001", "stages.b.lr=1", "data.seed=0",
+                                     'stages.a.loss={"name": "triplet", "margin": 0.2}']
+    with pytest.raises(HvkitError, match="share the run directory 'x=a_b'"):
+        grid(parse_axes(("x=[a/b, a b]",)))
