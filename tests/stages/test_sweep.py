@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from hvkit.cli import main
-from hvkit.errors import HvkitError
+from hvkit.errors import HvkitError, Interrupted
 from hvkit_plugins.commands.sweep import grid, parse_axes
 
 TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
@@ -169,3 +169,25 @@ def test_run_names_keep_each_key_s_last_part_unless_two_share_it():
                                      'stages.a.loss={"name": "triplet", "margin": 0.2}']
     with pytest.raises(HvkitError, match="share the run directory 'x=a_b'"):
         grid(parse_axes(("x=[a/b, a b]",)))
+
+
+def test_a_stopped_run_stops_the_sweep_with_how_to_continue(recipe, tmp_path, monkeypatch):
+    from hvkit_plugins.commands import sweep as sweep_module
+    started = []
+
+    def stopped_second(recipe_path, overrides=(), run_dir=None, **kwargs):
+        started.append(run_dir.name)
+        if len(started) == 2:
+            raise Interrupted(f"stage first: SIGTERM at step 1/3, checkpoint saved there; hvkit run --resume {run_dir} "
+                              "continues to the uninterrupted result", 143)
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text("{}")
+
+    monkeypatch.setattr(sweep_module, "run", stopped_second)
+    out = tmp_path / "out"
+    result = sweep(recipe, "--vary", "seed=[0, 1, 2]", "--out", out)
+    assert started == ["seed=0", "seed=1"]
+    assert (result.exit_code, result.stderr) == (143, (
+        f"error: sweep 2/3 (seed=1): stage first: SIGTERM at step 1/3, checkpoint saved there; hvkit run --resume "
+        f"{out / 'seed=1'} continues to the uninterrupted result; the same hvkit sweep command continues the sweep\n"))
+    assert not (out / "summary.json").exists()
