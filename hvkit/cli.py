@@ -143,7 +143,7 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, 
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @user_errors
 def status(run_dirs: tuple[Path, ...]) -> None:
     """Where runs stand (``hvkit status runs/*``): running or stopped, each stage complete, at a checkpoint,

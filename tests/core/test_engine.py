@@ -250,8 +250,12 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
     lines = status(stopped)
     assert lines[2].startswith("  train  complete in ")
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
-    result = CliRunner().invoke(main, ["status", str(early), str(tmp_path), str(stopped)])  # hvkit status runs/*
-    assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path}: not a run directory (no recipe.resolved.yaml)\n")
+    (tmp_path / "notes.txt").write_text("a file beside the runs")
+    result = CliRunner().invoke(main, ["status", str(early), str(tmp_path), str(tmp_path / "notes.txt"),
+                                       str(stopped)])  # hvkit status runs/*
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: {folder}: not a run directory (no recipe.resolved.yaml)"
+                                          for folder in (tmp_path, tmp_path / "notes.txt")]
     assert result.stdout.splitlines() == status(early) + [""] + lines
 
 
