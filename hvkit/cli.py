@@ -146,13 +146,13 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, 
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @user_errors
 def status(run_dirs: tuple[Path, ...]) -> None:
-    """Where runs stand (``hvkit status runs/*``): running or stopped, each stage complete, at a checkpoint,
-    under way or not started; then the results or how to continue. A folder that is not a run is an error
-    line after the others."""
-    from hvkit.status import run_status
+    """Where runs stand: running or stopped, each stage complete, at a checkpoint, under way or not started;
+    then the results or how to continue. A folder of runs (runs/, a sweep's) gives each run in it; a path
+    that is neither is an error line after the others."""
+    from hvkit.status import run_status, runs_in
     shown: list[str] = []
     try:
-        every(run_dirs, lambda run_dir: shown.append(run_status(run_dir)))
+        every([run for path in run_dirs for run in runs_in(path)], lambda run_dir: shown.append(run_status(run_dir)))
     finally:
         click.echo("\n\n".join(shown))
 

@@ -51,6 +51,14 @@ def stage_state(stage_dir: Path, running: bool = False) -> tuple[bool, str]:
     return False, "running" if running else "not started"
 
 
+def runs_in(path: Path) -> list[Path]:
+    """``path`` when it holds a run, else the runs directly inside it in name order (a ``runs/`` folder,
+    a sweep's), else ``path`` itself, which :func:`run_status` then reports as no run."""
+    if (path / RESOLVED).is_file() or not path.is_dir():
+        return [path]
+    return sorted(child for child in path.iterdir() if (child / RESOLVED).is_file()) or [path]
+
+
 def run_status(run_dir: Path) -> str:
     """Each stage of run ``run_dir`` with its :func:`stage_state`, then the results (a complete run) or
     the command that continues it."""

@@ -251,12 +251,14 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
     assert lines[2].startswith("  train  complete in ")
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
     (tmp_path / "notes.txt").write_text("a file beside the runs")
-    result = CliRunner().invoke(main, ["status", str(early), str(tmp_path), str(tmp_path / "notes.txt"),
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["status", str(early), str(tmp_path / "empty"), str(tmp_path / "notes.txt"),
                                        str(stopped)])  # hvkit status runs/*
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"error: {folder}: not a run directory (no recipe.resolved.yaml)"
-                                          for folder in (tmp_path, tmp_path / "notes.txt")]
+                                          for folder in (tmp_path / "empty", tmp_path / "notes.txt")]
     assert result.stdout.splitlines() == status(early) + [""] + lines
+    assert status(tmp_path) == status(early) + [""] + lines  # a folder of runs: each run in it
 
 
 HOLD = """
