@@ -95,7 +95,11 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock and write this process's record; an :class:`HvkitError` naming the holder
         when another process has it."""
-        file = open(self.path, "a+", encoding="utf-8")
+        try:
+            file = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise HvkitError(f"{self.path}: cannot open the run directory's lock file ({exc.strerror}); hvkit "
+                             "writes in a run directory while it works") from None
         for attempt in range(_TRIES):
             taken = _locked(file, fcntl.LOCK_EX)
             if taken is None:

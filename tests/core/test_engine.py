@@ -326,6 +326,13 @@ def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, recipe, regis
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
+    with pytest.raises(HvkitError) as info:
+        run_lock.RunLock(tmp_path / "gone", "hvkit run").acquire()
+    assert str(info.value) == (f"{tmp_path / 'gone' / '.lock'}: cannot open the run directory's lock file (No such "
+                               "file or directory); hvkit writes in a run directory while it works")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_interrupts_at_once_keeping_the_last_checkpoint(tmp_path, recipe, registry, inject, sig):
     inject["signal_at"] = ("train", 4, [signal.SIGINT, sig])
