@@ -278,15 +278,14 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
         stamp = time.strftime("%Y%m%d-%H%M%S")
         default = Path("runs") / f"{resolved['name']}-{stamp}"
         run_path = Path(distributed.broadcast_object(str(run_dir if run_dir is not None else default)))
-        if (run_path / RESOLVED).exists():
-            raise HvkitError(f"{run_path} already holds a run; use --resume {run_path} or another --run-dir")
+        fresh(run_path)
         distributed.barrier()
     runner = Run(resolved, run_path, registry, device_obj, resume is not None, console)
     if resume is None:
         runner.read_data()  # before the run directory exists: a broken dataset leaves nothing behind
         if rank == 0:
             run_path.mkdir(parents=True, exist_ok=True)
-    with holding(run_path, "hvkit run"):
+    with holding(run_path, "hvkit run", None if resume is not None else functools.partial(fresh, run_path)):
         if resume is not None:
             runner.read_data()
         elif rank == 0:
@@ -298,6 +297,17 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
     distributed.shutdown()
     runner.console(summary(metrics))
     return run_path
+
+
+class RunExists(HvkitError):
+    """A new run's directory already holds a run."""
+
+
+def fresh(run_dir: Path) -> None:
+    """:class:`RunExists` when ``run_dir`` holds a run: checked before a new run reads its data, and again
+    once it holds the directory's lock (another process may have made a run there meanwhile)."""
+    if (run_dir / RESOLVED).exists():
+        raise RunExists(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
 
 
 def execute_stopping_cleanly(runner: Run, rerun: frozenset[str], again: str) -> dict[str, Any]:

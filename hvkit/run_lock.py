@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -33,6 +33,10 @@ _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
 _TRIES = 5  # a reader (hvkit status) holds the lock shared for an instant: retry before refusing
 _PAUSE = 0.1
 log = logging.getLogger("hvkit")
+
+
+class InUse(HvkitError):
+    """Another process holds the run directory."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ class RunLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        """Take the lock and write this process's record; an :class:`HvkitError` naming the holder
-        when another process has it."""
+        """Take the lock and write this process's record; :class:`InUse` naming the holder when another
+        process has it."""
         try:
             file = open(self.path, "a+", encoding="utf-8")
         except OSError as exc:
@@ -114,7 +118,7 @@ class RunLock:
             file.close()
             who = str(other) if other else "another hvkit process"
             stop = f" (kill -INT {other.pid} stops it at the next step)" if other and other.pid else ""
-            raise HvkitError(f"{self.path.parent} is in use by {who}; wait for it to end{stop}")
+            raise InUse(f"{self.path.parent} is in use by {who}; wait for it to end{stop}")
         record = Holder(self.command, os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S"))
         file.seek(0)
         file.truncate()
@@ -129,19 +133,23 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def holding(run_dir: Path, command: str) -> Iterator[None]:
-    """``run_dir`` locked for ``command`` while the block runs: by rank 0 under several processes,
-    every rank raising the same error when another process holds it."""
+def holding(run_dir: Path, command: str, check: Callable[[], None] | None = None) -> Iterator[None]:
+    """``run_dir`` locked for ``command`` while the block runs, by rank 0 under several processes.
+    ``check``, when given, runs once the lock is held (say, that no other process made a run there
+    meanwhile); when the lock is taken or ``check`` refuses, every rank raises the same error."""
     lock = RunLock(run_dir, command)
     refused = None
     if distributed.world()[0] == 0:
         try:
             lock.acquire()
+            if check is not None:
+                check()
         except HvkitError as exc:
-            refused = str(exc)
+            lock.release()
+            refused = exc
     refused = distributed.broadcast_object(refused)
     if refused is not None:
-        raise HvkitError(refused)
+        raise refused
     try:
         yield
     finally:

@@ -7,7 +7,9 @@ repeats: the table groups the runs that differ only there and reports each verif
 ROC AUC and EER as mean ± sample standard deviation over them (``OUT/summary.md``,
 ``OUT/summary.json``). The same command again continues a sweep: complete runs are kept, an
 interrupted one resumes from its checkpoint, the rest start. A run that fails (a NaN loss, a
-setting its data cannot meet) is reported at the end; the other runs go on.
+setting its data cannot meet) is reported at the end; the other runs go on. The same command started
+several times side by side (one process a GPU) shares the runs: one that another process works in
+is skipped (:class:`~hvkit.run_lock.InUse`), and the process that ends last summarises every run.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import numpy as np
 from hvkit.cli import user_errors
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.errors import HvkitError, Interrupted, Problems, problems
-from hvkit.pipeline import RESOLVED, prepare, run, verification_rows
+from hvkit.pipeline import RESOLVED, RunExists, prepare, run, verification_rows
 from hvkit.recipe.load import parse_override
+from hvkit.run_lock import InUse, holder
 
 RECORD = "sweep.json"
 MEASURES = (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("eer", "EER"))
@@ -146,7 +149,8 @@ def _check_record(out: Path, record: dict[str, Any]) -> None:
                              f"{', '.join(found.get('vary', {}))}); give another --out, or the same recipe, "
                              f"--set and --vary to continue it")
         return
-    if out.exists() and any(out.iterdir()):
+    # hidden names left aside: a sweep process started beside this one may be writing the same record
+    if out.exists() and any(not entry.name.startswith(".") for entry in out.iterdir()):
         raise HvkitError(f"{out} is not empty and holds no sweep; give another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
@@ -191,28 +195,49 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
     _validate(recipe, list(overrides), points)
     _check_record(out, {"recipe": str(recipe.resolve()), "set": list(overrides), "vary": vary})
     failed: list[HvkitError] = []
-    finished: list[tuple[Point, dict[str, Any]]] = []
     for i, point in enumerate(points, 1):
-        run_dir = out / point.name
         click.echo(f"sweep {i}/{len(points)}: {point.name}")
         try:
-            if (run_dir / "metrics.json").is_file():
-                click.echo(f"  {run_dir} is complete, kept")
-            elif (run_dir / RESOLVED).is_file():
-                run(None, resume=run_dir, device=device)
-            else:
-                run(recipe, list(overrides) + point.overrides(), run_dir=run_dir, device=device)
+            _run_point(recipe, list(overrides) + point.overrides(), out / point.name, device)
         except Interrupted as exc:
             raise Interrupted(f"sweep {i}/{len(points)} ({point.name}): {exc}; the same hvkit sweep command "
                               "continues the sweep", exc.exit_code) from None
+        except InUse as exc:
+            click.echo(f"  {exc}: skipped")
         except HvkitError as exc:
             failed += [HvkitError(f"sweep run {point.name}: {problem}") for problem in problems(exc)]
-            continue
-        finished.append((point, json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
-    groups = aggregate(vary, finished)
-    shown = table(vary, groups)
-    write_json(out / "summary.json", {"vary": vary, "groups": groups, "failed": [str(e) for e in failed]})
-    atomic_write(out / "summary.md", lambda f: f.write(f"# sweep of {recipe}\n\n{shown}\n"), "w")
-    click.echo(f"sweep: {len(finished)} of {len(points)} runs complete ({out / 'summary.md'})\n{shown}")
+    _summarise(recipe, out, vary, points, failed)
     if failed:
         raise failed[0] if len(failed) == 1 else Problems(failed)
+
+
+def _summarise(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list[Point],
+               failed: list[HvkitError]) -> None:
+    """``summary.json`` and ``summary.md`` of every run complete now, whichever process ran it: the sweep
+    process that ends last writes the whole sweep's."""
+    finished = [(point, json.loads((out / point.name / "metrics.json").read_text(encoding="utf-8")))
+                for point in points if (out / point.name / "metrics.json").is_file()]
+    done = {point.name for point, _ in finished}
+    busy = [p.name for p in points if p.name not in done and holder(out / p.name) is not None]
+    groups = aggregate(vary, finished)
+    shown = table(vary, groups)
+    write_json(out / "summary.json", {"vary": vary, "groups": groups, "failed": [str(e) for e in failed],
+                                      "running": busy})
+    atomic_write(out / "summary.md", lambda f: f.write(f"# sweep of {recipe}\n\n{shown}\n"), "w")
+    running = f"; {len(busy)} running in another process" if busy else ""
+    click.echo(f"sweep: {len(finished)} of {len(points)} runs complete{running} ({out / 'summary.md'})\n{shown}")
+
+
+def _run_point(recipe: Path, overrides: list[str], run_dir: Path, device: str | None) -> None:
+    """A point's run: started, or kept when complete, or resumed when started before (by this sweep or
+    another process); :class:`InUse` when another process works in it."""
+    if not (run_dir / RESOLVED).is_file():
+        try:
+            run(recipe, overrides, run_dir=run_dir, device=device)
+            return
+        except RunExists:  # another sweep process started it meanwhile
+            pass
+    if (run_dir / "metrics.json").is_file():
+        click.echo(f"  {run_dir} is complete, kept")
+        return
+    run(None, resume=run_dir, device=device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
 from hvkit.engine import trainer as trainer_module
 from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError, Interrupted, problems
-from hvkit.pipeline import reevaluate, run, select_device
+from hvkit.pipeline import RunExists, fresh, reevaluate, run, select_device
 
 from .conftest import make_registry
 
@@ -324,6 +325,18 @@ def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, recipe, regis
         "run directory"]
     assert run_lock.holder(tmp_path / "run") is None
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_a_check_under_the_lock_refuses_and_lets_go(tmp_path):
+    """A new run checks under the lock that no process made a run in its directory meanwhile: the
+    refusal is raised and the lock released."""
+    (tmp_path / "recipe.resolved.yaml").write_text("name: made meanwhile\n")
+    with pytest.raises(RunExists, match="already holds a run"):
+        with run_lock.holding(tmp_path, "hvkit run", functools.partial(fresh, tmp_path)):
+            pytest.fail("the block ran")
+    assert run_lock.holder(tmp_path) is None
+    with run_lock.holding(tmp_path, "hvkit eval"):
+        assert run_lock.holder(tmp_path).command == "hvkit eval"
 
 
 def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):

@@ -4,7 +4,10 @@ verifier's mean ± sample standard deviation over the seed axes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from hvkit.cli import main
+from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError, Interrupted
 from hvkit_plugins.commands.sweep import grid, parse_axes
 
@@ -191,3 +195,24 @@ def test_a_stopped_run_stops_the_sweep_with_how_to_continue(recipe, tmp_path, mo
         f"error: sweep 2/3 (seed=1): stage first: SIGTERM at step 1/3, checkpoint saved there; hvkit run --resume "
         f"{out / 'seed=1'} continues to the uninterrupted result; the same hvkit sweep command continues the sweep\n"))
     assert not (out / "summary.json").exists()
+
+
+def test_two_sweep_processes_share_the_runs(recipe, tmp_path):
+    """The same sweep started twice side by side (one process a GPU): a run one of them works in is skipped by
+    the other, so each runs once; every run completes, and the process that ends last summarises them all."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HVKIT_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "hvkit", "sweep", str(recipe), *AXES, "--out", str(out)]
+    both = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in both]
+    assert [process.returncode for process in both] == [0, 0], [err[-2000:] for _, err in outputs]
+    trained = [said.split("\n[first] metric_train …\n")[:-1] for said, _ in outputs]  # the text before each
+    assert sorted(before.rsplit("run directory: ", 1)[1].strip() for each in trained for before in each) == \
+        sorted(str(out / name) for name in NAMES)
+    for name in NAMES:
+        steps = [row["step"] for row in read_log(out / name / "stages" / "first" / "log.jsonl")]
+        assert steps == sorted(set(steps)) and metrics(out / name)["first"]["steps"] == steps[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [group["runs"] for group in summary["groups"]] == [NAMES[:2], NAMES[2:]]
+    assert summary["running"] == summary["failed"] == []
