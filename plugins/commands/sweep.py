@@ -3,13 +3,14 @@
 ``--vary KEY=[V1, V2]`` (repeatable) gives each axis; the runs are every combination, the last
 axis changing fastest, each in ``OUT/<name>`` with ``name`` such as ``sim_weight=10,seed=1``.
 Every combination is validated before the first runs. Axes named ``seed`` or ``….seed`` are
-repeats: the table groups the runs that differ only there and reports each verifier's accuracy,
-ROC AUC and EER as mean ± sample standard deviation over them (``OUT/summary.md``,
-``OUT/summary.json``). The same command again continues a sweep: complete runs are kept, an
-interrupted one resumes from its checkpoint, the rest start. A run that fails (a NaN loss, a
-setting its data cannot meet) is reported at the end; the other runs go on. The same command started
-several times side by side (one process a GPU) shares the runs: one that another process works in
-is skipped (:class:`~hvkit.run_lock.InUse`), and the process that ends last summarises every run.
+repeats: the tables group the runs that differ only there and report each verifier's accuracy,
+ROC AUC and EER, and each stage's retrieval P@1, R-precision and MAP@R, as mean ± sample standard
+deviation over them (``OUT/summary.md``, ``OUT/summary.json``). The same command again continues
+a sweep: complete runs are kept, an interrupted one resumes from its checkpoint, the rest start. A
+run that fails (a NaN loss, a setting its data cannot meet) is reported at the end; the other runs
+go on. The same command started several times side by side (one process a GPU) shares the runs:
+one that another process works in is skipped (:class:`~hvkit.run_lock.InUse`), and the process
+that ends last summarises every run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,10 @@ from hvkit.recipe.load import parse_override
 from hvkit.run_lock import InUse, holder
 
 RECORD = "sweep.json"
-MEASURES = (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("eer", "EER"))
+TABLES = {"verification": (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("eer", "EER")),
+          "retrieval": (("precision_at_1", "P@1"), ("r_precision", "R-precision"), ("map_at_r", "MAP@R"))}
+"""Each table of the summary and its measures, (key in metrics.json, title)."""
+TITLES = {"verification": "stage/verifier", "retrieval": "stage"}
 
 
 @dataclass(frozen=True)
@@ -99,23 +104,34 @@ def _spread(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "sd": sd, "n": len(values), "values": values}
 
 
+def headlines(metrics: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """A run's figures the summary reads, as ``(table, row, values)``: each verifier's verification as
+    ``("verification", "STAGE/VERIFIER", …)``, each stage's retrieval as ``("retrieval", "STAGE", …)``."""
+    for stage, verifier, found in verification_rows(metrics):
+        yield "verification", f"{stage}/{verifier}", found
+    for stage, values in metrics.items():
+        if isinstance(values, dict) and isinstance(values.get("retrieval"), dict):
+            yield "retrieval", stage, values["retrieval"]
+
+
 def aggregate(axes: dict[str, list[Any]], finished: list[tuple[Point, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The finished runs' verifiers grouped by the axes that are not seeds: for each group its values, its
-    runs and, per ``STAGE/VERIFIER``, each measure's mean, sample standard deviation (None for one run),
-    count and values."""
+    """The finished runs grouped by the axes that are not seeds: for each group its values, its runs and,
+    per table of :data:`TABLES` and row of :func:`headlines`, each measure's mean, sample standard deviation
+    (None for one run), count and values."""
     settings = [key for key in axes if not is_seed(key)]
     groups: dict[str, dict[str, Any]] = {}
     for point, metrics in finished:
         values = {key: point.values[key] for key in settings}
         group = groups.setdefault(json.dumps(values, sort_keys=True), {"values": values, "runs": [], "found": {}})
         group["runs"].append(point.name)
-        for stage, verifier, found in verification_rows(metrics):
-            measures = group["found"].setdefault(f"{stage}/{verifier}", {})
-            for measure, _ in MEASURES:
+        for kind, row, found in headlines(metrics):
+            measures = group["found"].setdefault(kind, {}).setdefault(row, {})
+            for measure, _ in TABLES[kind]:
                 if isinstance(found.get(measure), (int, float)) and math.isfinite(found[measure]):
                     measures.setdefault(measure, []).append(float(found[measure]))
     return [{"values": g["values"], "runs": g["runs"],
-             "results": {ref: {m: _spread(v) for m, v in measures.items()} for ref, measures in g["found"].items()}}
+             "results": {kind: {row: {m: _spread(v) for m, v in measures.items()} for row, measures in rows.items()}
+                         for kind, rows in g["found"].items()}}
             for g in groups.values()]
 
 
@@ -126,17 +142,23 @@ def _cell(spread: dict[str, Any] | None) -> str:
 
 
 def table(axes: dict[str, list[Any]], groups: list[dict[str, Any]]) -> str:
-    """A markdown table: one row per group and verifier, each measure as mean ± sd, and the runs counted."""
+    """One markdown table a kind of :data:`TABLES` the runs hold, under its name: a row per group and
+    verifier (or stage), each measure as mean ± sd, and the runs counted."""
     settings = [key for key in axes if not is_seed(key)]
-    head = settings + ["stage/verifier"] + [title for _, title in MEASURES] + ["runs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for group in groups:
-        for ref, measures in group["results"].items():
-            cells = [json.dumps(group["values"][k]) if not isinstance(group["values"][k], str)
-                     else group["values"][k] for k in settings]
-            cells += [ref] + [_cell(measures.get(m)) for m, _ in MEASURES] + [str(len(group["runs"]))]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    parts = []
+    for kind, measures in TABLES.items():
+        if not any(kind in group["results"] for group in groups):
+            continue
+        head = settings + [TITLES[kind]] + [title for _, title in measures] + ["runs"]
+        lines = [f"## {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for group in groups:
+            for row, found in group["results"].get(kind, {}).items():
+                cells = [json.dumps(group["values"][k]) if not isinstance(group["values"][k], str)
+                         else group["values"][k] for k in settings]
+                cells += [row] + [_cell(found.get(m)) for m, _ in measures] + [str(len(group["runs"]))]
+                lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def _check_record(out: Path, record: dict[str, Any]) -> None:

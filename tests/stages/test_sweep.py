@@ -23,7 +23,8 @@ from hvkit_plugins.commands.sweep import grid, parse_axes
 TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
          "label_fraction": 0.5, "train": {"epochs": 1, "amp": False}}
 EVAL = {"stage": "evaluate", "model_from": "first", "label_fraction": 0.5, "plots": False,
-        "verifiers": ["cosine_pair", "wccn_pair"], "evaluators": [{"name": "verification", "all_pairs": False}]}
+        "verifiers": ["cosine_pair", "wccn_pair"],
+        "evaluators": [{"name": "verification", "all_pairs": False}, {"name": "retrieval", "clustering": False}]}
 RECIPE = {"name": "tiny_sweep", "seed": 4, "device": "cpu",
           "data": {"name": "cedar_and", "synthetic_writers": 30, "synthetic_samples_per_writer": 6},
           "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
@@ -74,26 +75,33 @@ def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
     summary = json.loads((out / "summary.json").read_text())
     assert [group["values"] for group in summary["groups"]] == [{"stages.first.train.epochs": 1},
                                                                {"stages.first.train.epochs": 3}]
-    rows = []
+    tables = {"verification": [], "retrieval": []}
+    rows = [("verification", f"eval_first/{verifier}", ("accuracy", "roc_auc", "eer"),
+             lambda m, verifier=verifier: m["eval_first"]["verification"][verifier])
+            for verifier in ("cosine_pair", "wccn_pair")]
+    rows.append(("retrieval", "eval_first", ("precision_at_1", "r_precision", "map_at_r"),
+                 lambda m: m["eval_first"]["retrieval"]))
     for group, names in zip(summary["groups"], (NAMES[:2], NAMES[2:])):
         assert group["runs"] == names
-        for verifier in ("cosine_pair", "wccn_pair"):
-            found = group["results"][f"eval_first/{verifier}"]
+        for kind, row, measures, pick in rows:
+            found = group["results"][kind][row]
             cells = []
-            for measure in ("accuracy", "roc_auc", "eer"):
-                values = [metrics(out / name)["eval_first"]["verification"][verifier][measure] for name in names]
+            for measure in measures:
+                values = [pick(metrics(out / name))[measure] for name in names]
                 expected_sd = float(np.sqrt(sum((v - sum(values) / 2) ** 2 for v in values)))  # n - 1 = 1
                 assert found[measure]["values"] == values and found[measure]["n"] == 2
                 assert found[measure]["mean"] == pytest.approx(sum(values) / 2, abs=1e-15)
                 assert found[measure]["sd"] == pytest.approx(expected_sd, abs=1e-15)
                 cells.append(f"{sum(values) / 2:.4f} ± {expected_sd:.4f}")
-            rows.append(f"| {group['values']['stages.first.train.epochs']} | eval_first/{verifier} | "
-                        f"{' | '.join(cells)} | 2 |")
-    table = "\n".join(["| stages.first.train.epochs | stage/verifier | accuracy | ROC AUC | EER | runs |",
-                       "|---|---|---|---|---|---|", *rows])
-    assert (out / "summary.md").read_text() == f"# sweep of {recipe}\n\n{table}\n"
-    assert stdout.endswith(table + "\n")
-    assert summary["failed"] == []
+            tables[kind].append(f"| {group['values']['stages.first.train.epochs']} | {row} | {' | '.join(cells)} | 2 |")
+    shown = "\n\n".join([
+        "\n".join(["## verification", "", "| stages.first.train.epochs | stage/verifier | accuracy | ROC AUC | EER "
+                   "| runs |", "|---|---|---|---|---|---|", *tables["verification"]]),
+        "\n".join(["## retrieval", "", "| stages.first.train.epochs | stage | P@1 | R-precision | MAP@R | runs |",
+                   "|---|---|---|---|---|---|", *tables["retrieval"]])])
+    assert (out / "summary.md").read_text() == f"# sweep of {recipe}\n\n{shown}\n"
+    assert stdout.endswith(shown + "\n")
+    assert summary["failed"] == summary["running"] == []
 
 
 def test_the_same_command_continues_a_sweep(swept, recipe, tmp_path):
