@@ -52,19 +52,33 @@ class Point:
 
 
 def parse_axes(texts: tuple[str, ...]) -> dict[str, list[Any]]:
-    """``KEY=[V1, V2]`` texts as ``{KEY: [V1, V2]}`` (values read as YAML)."""
+    """``KEY=[V1, V2]`` texts as ``{KEY: [V1, V2]}`` (values read as YAML); keys that vary together,
+    ``K1,K2=[[A1, A2], [B1, B2]]``, as one axis ``{"K1,K2": [[A1, A2], [B1, B2]]}``."""
     axes: dict[str, list[Any]] = {}
     for text in texts:
         parts, values = parse_override(text)
-        key = ".".join(parts)
+        axis = ".".join(parts)
+        keys = axis.split(",")
+        if not all(keys):
+            raise HvkitError(f"--vary {text}: an empty key; keys that vary together read K1,K2=[[A1, A2], …]")
         if not isinstance(values, list) or not values:
-            raise HvkitError(f"--vary {text}: the values must be a non-empty YAML list, e.g. {key}=[1, 2]")
-        if key in axes:
-            raise HvkitError(f"--vary {key} is given twice; list every value in one --vary")
+            raise HvkitError(f"--vary {text}: the values must be a non-empty YAML list, e.g. {keys[0]}=[1, 2]")
+        if len(keys) > 1 and not all(isinstance(v, list) and len(v) == len(keys) for v in values):
+            raise HvkitError(f"--vary {text}: {len(keys)} keys vary together, so each value must be a list of "
+                             f"{len(keys)}, one for each key in order")
+        seen = keys_of(axes)
+        again = next((key for i, key in enumerate(keys) if key in seen or key in keys[:i]), None)
+        if again is not None:
+            raise HvkitError(f"--vary {again} is given twice; list every value in one --vary")
         if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
             raise HvkitError(f"--vary {text}: a value is listed twice")
-        axes[key] = values
+        axes[axis] = values
     return axes
+
+
+def keys_of(axes: dict[str, list[Any]]) -> list[str]:
+    """Every varied key in axis order, each of keys that vary together (``K1,K2``) on its own."""
+    return [key for axis in axes for key in axis.split(",")]
 
 
 _COMPACT = str.maketrans({'"': None, "{": None, "}": None, "[": None, "]": None, ":": "-", ",": "+"})
@@ -78,13 +92,16 @@ def _label(value: Any) -> str:
 
 
 def grid(axes: dict[str, list[Any]]) -> list[Point]:
-    """Every combination of the axes' values, the last axis fastest; a run's name keeps each key's last
-    part (the whole key where two axes share it)."""
-    last = [key.rsplit(".", 1)[-1] for key in axes]
-    shown = {key: short if last.count(short) == 1 else key for key, short in zip(axes, last)}
+    """Every combination of the axes' values, the last axis fastest (keys that vary together take their
+    values in step); a run's name keeps each key's last part (the whole key where two keys share it)."""
+    keys = keys_of(axes)
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    shown = {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
     combos: list[dict[str, Any]] = [{}]
-    for key, values in axes.items():
-        combos = [combo | {key: value} for combo in combos for value in values]
+    for axis, values in axes.items():
+        together = axis.split(",")
+        combos = [combo | (dict(zip(together, value)) if len(together) > 1 else {axis: value})
+                  for combo in combos for value in values]
     points = [Point(",".join(f"{shown[k]}={_label(v)}" for k, v in combo.items()), combo) for combo in combos]
     names = [point.name for point in points]
     twice = next((name for name in names if names.count(name) > 1), None)
@@ -118,7 +135,7 @@ def aggregate(axes: dict[str, list[Any]], finished: list[tuple[Point, dict[str, 
     """The finished runs grouped by the axes that are not seeds: for each group its values, its runs and,
     per table of :data:`TABLES` and row of :func:`headlines`, each measure's mean, sample standard deviation
     (None for one run), count and values."""
-    settings = [key for key in axes if not is_seed(key)]
+    settings = [key for key in keys_of(axes) if not is_seed(key)]
     groups: dict[str, dict[str, Any]] = {}
     for point, metrics in finished:
         values = {key: point.values[key] for key in settings}
@@ -144,7 +161,7 @@ def _cell(spread: dict[str, Any] | None) -> str:
 def table(axes: dict[str, list[Any]], groups: list[dict[str, Any]]) -> str:
     """One markdown table a kind of :data:`TABLES` the runs hold, under its name: a row per group and
     verifier (or stage), each measure as mean ± sd, and the runs counted."""
-    settings = [key for key in axes if not is_seed(key)]
+    settings = [key for key in keys_of(axes) if not is_seed(key)]
     parts = []
     for kind, measures in TABLES.items():
         if not any(kind in group["results"] for group in groups):
@@ -196,7 +213,8 @@ def _validate(recipe: Path, overrides: list[str], points: list[Point]) -> None:
 @click.command("sweep")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--vary", "axes", multiple=True, required=True, metavar="KEY.PATH=[V1, V2]",
-              help="An axis: a recipe key and the list of its values (YAML); repeatable. seed=[0, 1, 2] repeats.")
+              help="An axis: a recipe key and the list of its values (YAML); repeatable. seed=[0, 1, 2] repeats; "
+                   "K1,K2=[[A1, A2], [B1, B2]] varies two keys together.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value in every run.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The sweep's folder: one run directory per combination, summary.md and summary.json.")
@@ -210,7 +228,7 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
         raise HvkitError("hvkit sweep runs its runs one after another in one process; give each several "
                          "processes with hvkit run --nproc instead")
     vary = parse_axes(axes)
-    clash = sorted({".".join(parse_override(o)[0]) for o in overrides} & set(vary))
+    clash = sorted({".".join(parse_override(o)[0]) for o in overrides} & set(keys_of(vary)))
     if clash:
         raise HvkitError(f"{clash[0]} is both set (--set) and varied (--vary); keep one")
     points = grid(vary)

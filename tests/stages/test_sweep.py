@@ -165,6 +165,15 @@ def test_a_failed_run_is_reported_at_the_end_and_the_others_go_on(recipe, tmp_pa
     (["--vary", "seed=[1, 1]"], "--vary seed=[1, 1]: a value is listed twice"),
     (["--vary", "seed=[1]", "--vary", "seed=[2]"], "--vary seed is given twice; list every value in one --vary"),
     (["--vary", "seed=[1, 2]", "--set", "seed=3"], "seed is both set (--set) and varied (--vary); keep one"),
+    (["--vary", "seed,data.seed=[[1, 2], [3]]"],
+     "--vary seed,data.seed=[[1, 2], [3]]: 2 keys vary together, so each value must be a list of 2, one for each "
+     "key in order"),
+    (["--vary", "seed=[1]", "--vary", "data.seed,seed=[[1, 2]]"],
+     "--vary seed is given twice; list every value in one --vary"),
+    (["--vary", "seed,=[[1, 2]]"], "--vary seed,=[[1, 2]]: an empty key; keys that vary together read "
+                                   "K1,K2=[[A1, A2], …]"),
+    (["--vary", "seed,data.seed=[[1, 2]]", "--set", "data.seed=0"],
+     "data.seed is both set (--set) and varied (--vary); keep one"),
 ])
 def test_a_malformed_axis_is_one_line(recipe, tmp_path, args, message):
     result = sweep(recipe, *args, "--out", tmp_path / "out")
@@ -179,6 +188,12 @@ def test_run_names_keep_each_key_s_last_part_unless_two_share_it():
         "stages.a.lr=0.001,stages.b.lr=1,seed=0,loss=margin-0.2+name-triplet"]
     assert points[1].overrides() == ["stages.a.lr=0.001", "stages.b.lr=1", "data.seed=0",
                                      'stages.a.loss={"name": "triplet", "margin": 0.2}']
+    together = grid(parse_axes(("stages.a.lr,stages.a.batch_size=[[0.1, 64], [0.2, 128]]", "seed=[0, 1]")))
+    assert [(p.name, p.values) for p in together] == [
+        ("lr=0.1,batch_size=64,seed=0", {"stages.a.lr": 0.1, "stages.a.batch_size": 64, "seed": 0}),
+        ("lr=0.1,batch_size=64,seed=1", {"stages.a.lr": 0.1, "stages.a.batch_size": 64, "seed": 1}),
+        ("lr=0.2,batch_size=128,seed=0", {"stages.a.lr": 0.2, "stages.a.batch_size": 128, "seed": 0}),
+        ("lr=0.2,batch_size=128,seed=1", {"stages.a.lr": 0.2, "stages.a.batch_size": 128, "seed": 1})]
     with pytest.raises(HvkitError, match="share the run directory 'x=a_b'"):
         grid(parse_axes(("x=[a/b, a b]",)))
 
