@@ -223,7 +223,8 @@ def _validate(recipe: Path, overrides: list[str], points: list[Point]) -> None:
 def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...], out: Path,
                   device: str | None) -> None:
     """Run a recipe over every combination of --vary values, one run each; then each verifier's accuracy,
-    ROC AUC and EER as mean ± sd over the seed axes. The same command again continues the sweep."""
+    ROC AUC and EER, and each stage's retrieval, as mean ± sd over the seed axes. The same command again
+    continues the sweep; started side by side (one a GPU), several share its runs."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise HvkitError("hvkit sweep runs its runs one after another in one process; give each several "
                          "processes with hvkit run --nproc instead")
