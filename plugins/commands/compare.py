@@ -12,6 +12,7 @@ from hvkit.cli import user_errors
 from hvkit.errors import HvkitError
 from hvkit.evaluation import PairSet, RocCounts, cllr, min_cllr
 from hvkit.evaluation.bootstrap import seeded_paired_bootstrap
+from hvkit.status import runs_in
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores, load_pairs_digest
 
 
@@ -92,9 +93,11 @@ def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], se
     over draws of the test writers, with the share of draws where A is not better (a one-sided
     bootstrap p-value). Given several runs a side (``--seed-run``,
     repeated ``--against``), each draw also resamples the runs, and the figures are means
-    over them.
+    over them. RUN_DIR (or --against) may be a folder of runs, a seed sweep's
+    (``hvkit sweep --vary seed=[0, 1, 2]``): every run in it is one.
     """
-    dirs_a, dirs_b = [run_dir, *seed_runs], list(against) or [run_dir, *seed_runs]
+    dirs_a = [*runs_in(run_dir), *seed_runs]
+    dirs_b = [run for folder in against for run in runs_in(folder)] or dirs_a
     loaded_a, loaded_b = [(d, _load(d, a)) for d in dirs_a], [(d, _load(d, b)) for d in dirs_b]
     _same_pairs(loaded_a + loaded_b)
     runs_a, runs_b = [run for _, (run, _) in loaded_a], [run for _, (run, _) in loaded_b]

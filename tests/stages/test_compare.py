@@ -139,6 +139,15 @@ def test_seed_runs_share_the_split_through_data_seed_and_widen_the_comparison(ru
         np.mean([RocCounts.from_scores(p.scores, p.same).auc() for p, _ in (first, second)]))
     text = invoke(run_dir, "eval_second/wccn_pair", "eval_first/cosine_pair", "--seed-run", other, "--resamples", 100)
     assert "(mean of 2 runs)" in text.stdout and "draws of the test writers and the runs" in text.stdout
+    (tmp_path / "sweep").mkdir()  # a seed sweep's folder: its runs in name order
+    (tmp_path / "sweep" / "seed=4").symlink_to(run_dir)
+    (tmp_path / "sweep" / "seed=5").symlink_to(other)
+    (tmp_path / "sweep" / "summary.json").write_text("{}")
+    for args in ([tmp_path / "sweep"], [run_dir, "--seed-run", other, "--against", tmp_path / "sweep"]):
+        folder = invoke(args[0], "eval_second/wccn_pair", "eval_first/cosine_pair", *args[1:], "--resamples", 100,
+                        "--json")
+        assert folder.exit_code == 0, folder.output
+        assert json.loads(folder.stdout) == out
 
     moved = {**RECIPE, "seed": 5}  # without data.seed the split follows the training seed
     (tmp_path / "moved.yaml").write_text(yaml.safe_dump(moved, sort_keys=False))
