@@ -144,17 +144,19 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], show: bool, 
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object a run.")
 @user_errors
-def status(run_dirs: tuple[Path, ...]) -> None:
+def status(run_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Where runs stand: running or stopped, each stage complete, at a checkpoint, under way or not started;
     then the results or how to continue. A folder of runs (runs/, a sweep's) gives each run in it; a path
     that is neither is an error line after the others."""
-    from hvkit.status import run_status, runs_in
-    shown: list[str] = []
+    from hvkit.status import run_state, run_status, runs_in
+    shown: list[Any] = []
     try:
-        every([run for path in run_dirs for run in runs_in(path)], lambda run_dir: shown.append(run_status(run_dir)))
+        every([run for path in run_dirs for run in runs_in(path)],
+              lambda run_dir: shown.append(run_state(run_dir) if as_json else run_status(run_dir)))
     finally:
-        click.echo("\n\n".join(shown))
+        click.echo(json.dumps(shown, indent=2) if as_json else "\n\n".join(shown))
 
 
 @main.command("list-plugins")

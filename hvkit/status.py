@@ -3,6 +3,7 @@ under way or not started, and what to run next."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,8 +14,8 @@ import yaml
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError
-from hvkit.pipeline import RESOLVED, summary
-from hvkit.run_lock import holder
+from hvkit.pipeline import RESOLVED, summary, verification_rows
+from hvkit.run_lock import Holder, holder
 
 CHECKPOINT = "last.pt"
 
@@ -59,9 +60,11 @@ def runs_in(path: Path) -> list[Path]:
     return sorted(child for child in path.iterdir() if (child / RESOLVED).is_file()) or [path]
 
 
-def run_status(run_dir: Path) -> str:
-    """Each stage of run ``run_dir`` with its :func:`stage_state`, then the results (a complete run) or
-    the command that continues it."""
+def run_state(run_dir: Path) -> dict[str, Any]:
+    """Where run ``run_dir`` stands, for scripts (``hvkit status --json``): its recipe's name, each stage's
+    :func:`stage_state`, the process working in it (:class:`~hvkit.run_lock.Holder`'s fields) or None, the
+    number of stages left, and for a complete run whether its data is synthetic and each verifier's
+    accuracy, ROC AUC and EER."""
     stored = run_dir / RESOLVED
     if not stored.is_file():
         raise HvkitError(f"{run_dir}: not a run directory (no {RESOLVED})")
@@ -71,18 +74,32 @@ def run_status(run_dir: Path) -> str:
     working = holder(run_dir)
     if working is not None and working.command == "hvkit run" and left:  # stages run in order
         states[left[0]] = stage_state(run_dir / "stages" / left[0], running=True)
-    width = max(len(name) for name in states)
-    lines = [f"{run_dir}: recipe {resolved['name']}"]
-    lines += [f"  {name:<{width}}  {state}" for name, (_, state) in states.items()]
     metrics = run_dir / "metrics.json"
-    if working is not None:
-        lines.append(f"running: {working}")
-    elif not left and metrics.is_file():
-        results = json.loads(metrics.read_text(encoding="utf-8"))
-        if results.get("data", {}).get("synthetic"):
-            lines.append("data: SYNTHETIC (not real handwriting)")
-        lines.append(summary(results))
-    else:
-        lines.append(f"stopped, {len(left)} of {len(states)} stages left: hvkit run --resume {run_dir} continues")
-    return "\n".join(lines)
+    results = json.loads(metrics.read_text(encoding="utf-8")) if working is None and not left and metrics.is_file() \
+        else None
+    return {"run_dir": str(run_dir), "recipe": resolved["name"],
+            "stages": [{"name": name, "complete": done, "state": state} for name, (done, state) in states.items()],
+            "running": dataclasses.asdict(working) if working is not None else None, "stages_left": len(left),
+            "synthetic": None if results is None else bool(results.get("data", {}).get("synthetic")),
+            "results": None if results is None else [
+                {"stage": stage, "verifier": verifier, **{k: found.get(k) for k in ("accuracy", "roc_auc", "eer")}}
+                for stage, verifier, found in verification_rows(results)]}
 
+
+def run_status(run_dir: Path) -> str:
+    """:func:`run_state` in words: each stage's state, then the process working in the run, its results
+    (a complete run) or the command that continues it."""
+    state = run_state(run_dir)
+    width = max(len(stage["name"]) for stage in state["stages"])
+    lines = [f"{run_dir}: recipe {state['recipe']}"]
+    lines += [f"  {stage['name']:<{width}}  {stage['state']}" for stage in state["stages"]]
+    if state["running"] is not None:
+        lines.append(f"running: {Holder(**state['running'])}")
+    elif state["results"] is not None:
+        if state["synthetic"]:
+            lines.append("data: SYNTHETIC (not real handwriting)")
+        lines.append(summary(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
+    else:
+        lines.append(f"stopped, {state['stages_left']} of {len(state['stages'])} stages left: hvkit run --resume "
+                     f"{run_dir} continues")
+    return "\n".join(lines)

@@ -227,6 +227,12 @@ def status(run_dir: Path) -> list[str]:
     return result.stdout.splitlines()
 
 
+def status_json(*paths: Path) -> list[dict]:
+    result = CliRunner().invoke(main, ["status", "--json", *map(str, paths)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
     """Each stage complete, at its checkpoint (step, total, last logged loss) or not started; then
     the command that continues the run, or its results."""
@@ -247,10 +253,18 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
         f"{pre['metrics']['steps']} steps)",
         f"  train  at step 5/12 (checkpoint), loss {last['loss']:.4g} at step {last['step']}",
         f"stopped, 1 of 2 stages left: hvkit run --resume {stopped} continues"]
+    assert status_json(stopped) == [{
+        "run_dir": str(stopped), "recipe": "tiny",
+        "stages": [{"name": "pre", "complete": True, "state": status(stopped)[1].split(None, 1)[1]},
+                   {"name": "train", "complete": False, "state": status(stopped)[2].split(None, 1)[1]}],
+        "running": None, "stages_left": 1, "synthetic": None, "results": None}]
     run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
     lines = status(stopped)
     assert lines[2].startswith("  train  complete in ")
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
+    (finished,) = status_json(stopped)
+    assert (finished["stages_left"], finished["running"], finished["synthetic"], finished["results"]) == \
+        (0, None, True, [])
     (tmp_path / "notes.txt").write_text("a file beside the runs")
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["status", str(early), str(tmp_path / "empty"), str(tmp_path / "notes.txt"),
@@ -295,6 +309,7 @@ def test_a_run_directory_in_use_is_refused_and_status_names_who_holds_it(tmp_pat
         assert re.fullmatch(rf"  train  running, at step 5/12, loss {last['loss']:.4g}, about {left} left "
                             rf"\(logged \d+ s ago\)", lines[2]), lines[2]
         assert lines[3:] == [f"running: {who}"]
+        assert status_json(stopped)[0]["running"] == holder
         refusal = f"{stopped} is in use by {who}; wait for it to end (kill -INT {other.pid} stops it at the next step)"
         with pytest.raises(HvkitError) as info:
             run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)

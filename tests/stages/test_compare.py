@@ -154,3 +154,15 @@ def test_seed_runs_share_the_split_through_data_seed_and_widen_the_comparison(ru
     elsewhere = run(tmp_path / "moved.yaml", [], run_dir=tmp_path / "moved", device="cpu", console=lambda _: None)
     refused = invoke(run_dir, "eval_first/cosine_pair", "eval_first/cosine_pair", "--against", elsewhere)
     assert refused.exit_code == 2 and "scored different test pairs" in refused.stderr
+
+
+def test_status_json_gives_each_verifier_s_headline(run_dir: Path) -> None:
+    result = CliRunner().invoke(main, ["status", "--json", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    (state,) = json.loads(result.stdout)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert state["synthetic"] is True and state["stages_left"] == 0 and state["running"] is None
+    assert state["results"] == [
+        {"stage": stage, "verifier": verifier, **{k: metrics[stage]["verification"][verifier][k]
+                                                  for k in ("accuracy", "roc_auc", "eer")}}
+        for stage in ("eval_first", "eval_second") for verifier in ("cosine_pair", "wccn_pair")]
