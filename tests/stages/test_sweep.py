@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from hvkit.cli import main
 from hvkit.engine.trainer import read_log
+from hvkit.pipeline import run
 from hvkit.errors import HvkitError, Interrupted
 from hvkit_plugins.commands.sweep import grid, parse_axes
 
@@ -239,3 +240,12 @@ def test_two_sweep_processes_share_the_runs(recipe, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [group["runs"] for group in summary["groups"]] == [NAMES[:2], NAMES[2:]]
     assert summary["running"] == summary["failed"] == []
+
+
+def test_a_run_of_a_sweep_is_the_run_on_its_own(swept, recipe, tmp_path):
+    """Runs one after another in one process share nothing: the last run of the sweep equals the same
+    settings run alone."""
+    out, _ = swept
+    alone = run(recipe, ["data.seed=0", "stages.first.train.epochs=3", "seed=1"], run_dir=tmp_path / "alone",
+                device="cpu", console=lambda _: None)
+    assert metrics(alone) == metrics(out / NAMES[3])
