@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from hvkit.cli import main
 from hvkit.engine.trainer import read_log
-from hvkit.pipeline import run
 from hvkit.errors import HvkitError, Interrupted
+from hvkit.pipeline import run
 from hvkit_plugins.commands.sweep import grid, parse_axes
 
 TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
