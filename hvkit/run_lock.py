@@ -147,6 +147,9 @@ def holding(run_dir: Path, command: str, check: Callable[[], None] | None = None
         except HvkitError as exc:
             lock.release()
             refused = exc
+        except BaseException:
+            lock.release()
+            raise
     refused = distributed.broadcast_object(refused)
     if refused is not None:
         raise refused
