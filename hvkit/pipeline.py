@@ -333,12 +333,11 @@ def reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: s
     if not stored.is_file():
         raise HvkitError(f"{run_dir}: not a run directory (no {RESOLVED})")
     with holding(run_dir, "hvkit eval"):
-        return _reevaluate(run_dir, stages, overrides, device, registry, console)
+        return _reevaluate(run_dir, stored, stages, overrides, device, registry, console)
 
 
-def _reevaluate(run_dir: Path, stages: list[str], overrides: list[str], device: str | None,
+def _reevaluate(run_dir: Path, stored: Path, stages: list[str], overrides: list[str], device: str | None,
                 registry: Registry, console: Callable[[str], None]) -> dict[str, Any]:
-    stored = run_dir / RESOLVED
     recipe = apply_overrides(yaml.safe_load(stored.read_text()), overrides)
     resolved = validate(recipe, registry, str(stored))
     unknown = [s for s in stages if s not in resolved["stages"]]
