@@ -48,18 +48,27 @@ class RecipeErrors(Problems, RecipeError):
 
 
 def every(items: Iterable[T], act: Callable[[T], object]) -> None:
-    """``act`` on each item, going on past an :class:`HvkitError`; then every problem found is raised
-    at once: one as itself, several as :class:`Problems`."""
+    """``act`` on each item, going on past an :class:`HvkitError`; then the problems found are raised
+    at once (:func:`raise_all`)."""
     found: list[HvkitError] = []
     for item in items:
         try:
             act(item)
         except HvkitError as exc:
             found.extend(problems(exc))
-    if len(found) == 1:
-        raise found[0]
-    if found:
-        raise Problems(found)
+    raise_all(found)
+
+
+def raise_all(found: list[HvkitError]) -> None:
+    """Raise the problems ``found``, each distinct line once: one as itself, several as :class:`Problems`;
+    nothing when there are none."""
+    distinct: dict[str, HvkitError] = {}
+    for problem in found:
+        distinct.setdefault(str(problem), problem)
+    if len(distinct) == 1:
+        raise next(iter(distinct.values()))
+    if distinct:
+        raise Problems(list(distinct.values()))
 
 
 def problems(error: HvkitError) -> list[HvkitError]:

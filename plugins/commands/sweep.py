@@ -28,7 +28,7 @@ import numpy as np
 
 from hvkit.cli import user_errors
 from hvkit.engine.checkpoint import atomic_write, write_json
-from hvkit.errors import HvkitError, Interrupted, Problems, problems
+from hvkit.errors import HvkitError, Interrupted, every, problems, raise_all
 from hvkit.pipeline import RESOLVED, RunExists, prepare, run, verification_rows
 from hvkit.recipe.load import parse_override
 from hvkit.run_lock import InUse, holder
@@ -195,21 +195,6 @@ def _check_record(out: Path, record: dict[str, Any]) -> None:
     write_json(path, record)
 
 
-def _validate(recipe: Path, overrides: list[str], points: list[Point]) -> None:
-    """Every combination validated: each distinct problem once, before any run starts."""
-    found: dict[str, HvkitError] = {}
-    for point in points:
-        try:
-            prepare(recipe, overrides + point.overrides())
-        except HvkitError as exc:
-            for problem in problems(exc):
-                found.setdefault(str(problem), problem)
-    if len(found) == 1:
-        raise next(iter(found.values()))
-    if found:
-        raise Problems(list(found.values()))
-
-
 @click.command("sweep")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--vary", "axes", multiple=True, required=True, metavar="KEY.PATH=[V1, V2]",
@@ -233,7 +218,7 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
     if clash:
         raise HvkitError(f"{clash[0]} is both set (--set) and varied (--vary); keep one")
     points = grid(vary)
-    _validate(recipe, list(overrides), points)
+    every(points, lambda point: prepare(recipe, list(overrides) + point.overrides()))  # each problem once
     _check_record(out, {"recipe": str(recipe.resolve()), "set": list(overrides), "vary": vary})
     failed: list[HvkitError] = []
     for i, point in enumerate(points, 1):
@@ -248,8 +233,7 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
         except HvkitError as exc:
             failed += [HvkitError(f"sweep run {point.name}: {problem}") for problem in problems(exc)]
     _summarise(recipe, out, vary, points, failed)
-    if failed:
-        raise failed[0] if len(failed) == 1 else Problems(failed)
+    raise_all(failed)
 
 
 def _summarise(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list[Point],
