@@ -1,9 +1,9 @@
 """A recipe under 2 gloo processes on CPU: same metrics as 1 process, and resumable.
 
 The global batch is the same in both runs (each rank takes half of every batch and the
-global-batch loss gathers it back), and the backbone uses GroupNorm (BatchNorm statistics
-would be per rank: SyncBatchNorm needs CUDA), so the runs compute the same steps: they
-agree to float32 reduction order (relative 1e-4 on the loss, 1e-3 on the AUC).
+global-batch loss gathers it back), and the backbone uses GroupNorm, per sample, so the runs
+compute the same steps without resting on hvkit.sync_batchnorm (test_sync_batchnorm.py checks
+that on its own): they agree to float32 reduction order (relative 1e-4 on the loss, 1e-3 on the AUC).
 """
 
 from __future__ import annotations
