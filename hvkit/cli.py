@@ -97,17 +97,12 @@ def main() -> None:
 def run(recipe: Path | None, overrides: tuple[str, ...], run_dir: Path | None, resume: Path | None,
         device: str | None, nproc: int) -> None:
     """Run a recipe: pre-train, train, evaluate; results land in a run directory."""
-    from hvkit.launch import launch, quiet_after_peers
+    from hvkit.launch import launch, quiet_after_peers, run_args
     from hvkit.pipeline import prepare, run as run_pipeline
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         if resume is None and recipe is not None:
             prepare(recipe, overrides)  # a broken recipe is reported once, before any process starts
-        args = ["run"] + ([str(recipe)] if recipe is not None else [])
-        args += [f"--set={o}" for o in overrides]
-        for flag, value in (("--run-dir", run_dir), ("--resume", resume), ("--device", device)):
-            if value is not None:
-                args += [flag, str(value)]
-        launch(nproc, args, resume or run_dir)
+        launch(nproc, run_args(recipe, overrides, run_dir, resume, device), resume or run_dir)
         return
     with quiet_after_peers():
         run_pipeline(recipe, overrides, run_dir=run_dir, resume=resume, device=device)

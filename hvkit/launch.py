@@ -20,9 +20,29 @@ from hvkit.engine.interrupt import received
 from hvkit.errors import HvkitError, Interrupted
 
 
+def run_args(recipe: Path | None, overrides: list[str] | tuple[str, ...], run_dir: Path | None = None,
+             resume: Path | None = None, device: str | None = None) -> list[str]:
+    """The arguments of ``hvkit run`` that each process is given."""
+    args = ["run"] + ([str(recipe)] if recipe is not None else []) + [f"--set={o}" for o in overrides]
+    for flag, value in (("--run-dir", run_dir), ("--resume", resume), ("--device", device)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
 def launch(nproc: int, args: list[str], run_dir: Path | None) -> None:
-    """Run ``hvkit ARGS`` in ``nproc`` processes under torchrun; exits with the failing rank's code (the
-    first to fail; of ranks failing together, one that did not exit quietly with 1)."""
+    """Run ``hvkit ARGS`` in ``nproc`` processes under torchrun; exits with :func:`launched`'s code when
+    it is not 0."""
+    code = launched(nproc, args, run_dir)
+    if code:
+        sys.exit(code)
+
+
+def launched(nproc: int, args: list[str], run_dir: Path | None) -> int:
+    """Run ``hvkit ARGS`` in ``nproc`` processes under torchrun and return the exit code: 0, the failing
+    rank's (the first to fail; of ranks failing together, one that did not exit quietly with 1), or
+    128 + a signal's number that stopped every rank; a rank killed without a word is
+    :class:`~hvkit.errors.Interrupted`."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
@@ -30,16 +50,17 @@ def launch(nproc: int, args: list[str], run_dir: Path | None) -> None:
     try:
         torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "hvkit", *args])
     except SignalException as exc:  # forwarded to every rank, which has said where it stopped
-        sys.exit(128 + exc.sigval.value)
+        return 128 + exc.sigval.value
     except ChildFailedError as exc:
         rank, failure = min(exc.failures.items(), key=lambda item: (item[1].timestamp, item[1].exitcode == 1))
         if failure.exitcode >= 0:
-            sys.exit(failure.exitcode)
+            return failure.exitcode
         name = failure.signal_name()
         cause = " (out of memory?)" if name == "SIGKILL" else ""
         where = run_dir or "RUN_DIR (the run directory printed above)"
         raise Interrupted(f"rank {rank} of {nproc} was killed by {name}{cause}; the completed stages and the last "
                           f"checkpoint are kept; hvkit run --resume {where} continues", 128 - failure.exitcode) from None
+    return 0
 
 
 @contextlib.contextmanager

@@ -157,3 +157,17 @@ def holding(run_dir: Path, command: str, check: Callable[[], None] | None = None
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) while the block runs, waiting as long as
+    another process holds it: for what several processes write in turn, each from what it reads under
+    the lock (a sweep's summary). Where the file system has no locks the block runs unguarded."""
+    with open(path, "a", encoding="utf-8") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+        yield

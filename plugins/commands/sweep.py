@@ -4,13 +4,15 @@
 axis changing fastest, each in ``OUT/<name>`` with ``name`` such as ``sim_weight=10,seed=1``.
 Every combination is validated before the first runs. Axes named ``seed`` or ``….seed`` are
 repeats: the tables group the runs that differ only there and report each verifier's accuracy,
-ROC AUC and EER, and each stage's retrieval P@1, R-precision and MAP@R, as mean ± sample standard
-deviation over them (``OUT/summary.md``, ``OUT/summary.json``). The same command again continues
-a sweep: complete runs are kept, an interrupted one resumes from its checkpoint, the rest start. A
-run that fails (a NaN loss, a setting its data cannot meet) is reported at the end; the other runs
-go on. The same command started several times side by side (one process a GPU) shares the runs:
-one that another process works in is skipped (:class:`~hvkit.run_lock.InUse`), and the process
-that ends last summarises every run.
+ROC AUC and EER, each stage's retrieval P@1, R-precision and MAP@R and its k-NN and linear
+probes' accuracy, as mean ± sample standard deviation over them (``OUT/summary.md``,
+``OUT/summary.json``). The same command again continues a sweep: complete runs are kept, an
+interrupted one resumes from its checkpoint, the rest start. A run that fails (a NaN loss, a
+setting its data cannot meet) is reported at the end; the other runs go on. ``--nproc N`` runs
+each run in N processes (``hvkit run --nproc``). The same command started several times side by
+side (one process, or one ``--nproc`` group, a GPU) shares the runs: one that another process
+works in is skipped (:class:`~hvkit.run_lock.InUse`), and the process that ends last summarises
+every run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +32,18 @@ import numpy as np
 from hvkit.cli import user_errors
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.errors import HvkitError, Interrupted, every, problems, raise_all
+from hvkit.launch import launched, run_args
 from hvkit.pipeline import RESOLVED, RunExists, prepare, run, verification_rows
 from hvkit.recipe.load import parse_override
-from hvkit.run_lock import InUse, holder
+from hvkit.run_lock import InUse, exclusive, holder
 
 RECORD = "sweep.json"
+SUMMARY_LOCK = ".summary.lock"
 TABLES = {"verification": (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("eer", "EER")),
-          "retrieval": (("precision_at_1", "P@1"), ("r_precision", "R-precision"), ("map_at_r", "MAP@R"))}
-"""Each table of the summary and its measures, (key in metrics.json, title)."""
-TITLES = {"verification": "stage/verifier", "retrieval": "stage"}
+          "retrieval": (("precision_at_1", "P@1"), ("r_precision", "R-precision"), ("map_at_r", "MAP@R")),
+          "knn_probe": (("accuracy", "accuracy"),), "linear_probe": (("accuracy", "accuracy"),)}
+"""Each table of the summary and its measures, (key in metrics.json, title); every table but verification
+has a row a stage, read from the stage's metrics under the table's name."""
 
 
 @dataclass(frozen=True)
@@ -123,12 +129,14 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 def headlines(metrics: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """A run's figures the summary reads, as ``(table, row, values)``: each verifier's verification as
-    ``("verification", "STAGE/VERIFIER", …)``, each stage's retrieval as ``("retrieval", "STAGE", …)``."""
+    ``("verification", "STAGE/VERIFIER", …)``, each stage's retrieval as ``("retrieval", "STAGE", …)``,
+    and its probes alike."""
     for stage, verifier, found in verification_rows(metrics):
         yield "verification", f"{stage}/{verifier}", found
-    for stage, values in metrics.items():
-        if isinstance(values, dict) and isinstance(values.get("retrieval"), dict):
-            yield "retrieval", stage, values["retrieval"]
+    for kind in list(TABLES)[1:]:
+        for stage, values in metrics.items():
+            if isinstance(values, dict) and isinstance(values.get(kind), dict):
+                yield kind, stage, values[kind]
 
 
 def aggregate(axes: dict[str, list[Any]], finished: list[tuple[Point, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -166,7 +174,8 @@ def table(axes: dict[str, list[Any]], groups: list[dict[str, Any]]) -> str:
     for kind, measures in TABLES.items():
         if not any(kind in group["results"] for group in groups):
             continue
-        head = settings + [TITLES[kind]] + [title for _, title in measures] + ["runs"]
+        head = settings + ["stage/verifier" if kind == "verification" else "stage"] + \
+            [title for _, title in measures] + ["runs"]
         lines = [f"## {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for group in groups:
             for row, found in group["results"].get(kind, {}).items():
@@ -204,15 +213,17 @@ def _check_record(out: Path, record: dict[str, Any]) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The sweep's folder: one run directory per combination, summary.md and summary.json.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override the device.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1,
+              help="Processes for each run, as hvkit run --nproc (torchrun; one per GPU).")
 @user_errors
 def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...], out: Path,
-                  device: str | None) -> None:
+                  device: str | None, nproc: int) -> None:
     """Run a recipe over every combination of --vary values, one run each; then each verifier's accuracy,
-    ROC AUC and EER, and each stage's retrieval, as mean ± sd over the seed axes. The same command again
+    ROC AUC and EER, and each stage's retrieval and probes, as mean ± sd over the seed axes. The same command again
     continues the sweep; started side by side (one a GPU), several share its runs."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise HvkitError("hvkit sweep runs its runs one after another in one process; give each several "
-                         "processes with hvkit run --nproc instead")
+        raise HvkitError("hvkit sweep starts the processes of each run itself: run it as one process, with "
+                         "--nproc N for N processes a run")
     vary = parse_axes(axes)
     clash = sorted({".".join(parse_override(o)[0]) for o in overrides} & set(keys_of(vary)))
     if clash:
@@ -224,7 +235,7 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
     for i, point in enumerate(points, 1):
         click.echo(f"sweep {i}/{len(points)}: {point.name}")
         try:
-            _run_point(recipe, list(overrides) + point.overrides(), out / point.name, device)
+            _run_point(recipe, list(overrides) + point.overrides(), out / point.name, device, nproc)
         except Interrupted as exc:
             raise Interrupted(f"sweep {i}/{len(points)} ({point.name}): {exc}; the same hvkit sweep command "
                               "continues the sweep", exc.exit_code) from None
@@ -239,7 +250,14 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
 def _summarise(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list[Point],
                failed: list[HvkitError]) -> None:
     """``summary.json`` and ``summary.md`` of every run complete now, whichever process ran it: the sweep
-    process that ends last writes the whole sweep's."""
+    process that ends last writes the whole sweep's. One process at a time reads the runs and writes, so
+    a summary read before another process's last run completed cannot be written after that one's."""
+    with exclusive(out / SUMMARY_LOCK):
+        _write_summary(recipe, out, vary, points, failed)
+
+
+def _write_summary(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list[Point],
+                   failed: list[HvkitError]) -> None:
     finished = [(point, json.loads((out / point.name / "metrics.json").read_text(encoding="utf-8")))
                 for point in points if (out / point.name / "metrics.json").is_file()]
     done = {point.name for point, _ in finished}
@@ -253,9 +271,12 @@ def _summarise(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list
     click.echo(f"sweep: {len(finished)} of {len(points)} runs complete{running} ({out / 'summary.md'})\n{shown}")
 
 
-def _run_point(recipe: Path, overrides: list[str], run_dir: Path, device: str | None) -> None:
+def _run_point(recipe: Path, overrides: list[str], run_dir: Path, device: str | None, nproc: int) -> None:
     """A point's run: started, or kept when complete, or resumed when started before (by this sweep or
     another process); :class:`InUse` when another process works in it."""
+    if nproc > 1:
+        _launch_point(recipe, overrides, run_dir, device, nproc)
+        return
     if not (run_dir / RESOLVED).is_file():
         try:
             run(recipe, overrides, run_dir=run_dir, device=device)
@@ -266,3 +287,30 @@ def _run_point(recipe: Path, overrides: list[str], run_dir: Path, device: str | 
         click.echo(f"  {run_dir} is complete, kept")
         return
     run(None, resume=run_dir, device=device)
+
+
+def _launch_point(recipe: Path, overrides: list[str], run_dir: Path, device: str | None, nproc: int) -> None:
+    """:func:`_run_point` in ``nproc`` processes (``hvkit run --nproc``), whose ranks say their own errors:
+    a failure is the exit code, unless another sweep process took the run meanwhile (it holds or
+    completed it); a signal that stopped the ranks is :class:`Interrupted`."""
+    working = holder(run_dir)
+    if working is not None:
+        raise InUse(f"{run_dir} is in use by {working}")
+    if (run_dir / "metrics.json").is_file():
+        click.echo(f"  {run_dir} is complete, kept")
+        return
+    started = (run_dir / RESOLVED).is_file()
+    code = launched(nproc, run_args(None, [], resume=run_dir, device=device) if started else
+                    run_args(recipe, overrides, run_dir=run_dir, device=device), run_dir)
+    if code > 128:
+        raise Interrupted(f"its {nproc} processes stopped on {signal.Signals(code - 128).name} (each rank said "
+                          "where above)", code)
+    if code == 0:
+        return
+    working = holder(run_dir)
+    if working is not None:
+        raise InUse(f"{run_dir} is in use by {working}")
+    if (run_dir / "metrics.json").is_file():
+        click.echo(f"  {run_dir} was completed by another process, kept")
+        return
+    raise HvkitError(f"failed in {nproc} processes with exit code {code} (the error above)")

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -340,6 +341,38 @@ def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, recipe, regis
         "run directory"]
     assert run_lock.holder(tmp_path / "run") is None
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_an_exclusive_block_waits_for_the_holder_and_runs_unguarded_without_locks(tmp_path, monkeypatch):
+    """``run_lock.exclusive`` waits while another holder has the file (two opens conflict as two processes
+    do), and where flock is refused with ENOLCK the block runs anyway; any other error is raised."""
+    order = []
+
+    def second():
+        with run_lock.exclusive(tmp_path / "summary.lock"):
+            order.append("second")
+
+    with run_lock.exclusive(tmp_path / "summary.lock"):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        waiting.join(0.3)
+        order.append("first")
+    waiting.join(10)
+    assert order == ["first", "second"]
+
+    def refuse(error):
+        def flock(file, operation):
+            raise OSError(error, os.strerror(error))
+        return flock
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", refuse(errno.ENOLCK))
+    with run_lock.exclusive(tmp_path / "summary.lock"):
+        order.append("unguarded")
+    monkeypatch.setattr(run_lock.fcntl, "flock", refuse(errno.EBADF))
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        with run_lock.exclusive(tmp_path / "summary.lock"):
+            pytest.fail("the block ran")
+    assert order[-1] == "unguarded"
 
 
 def test_a_check_under_the_lock_refuses_and_lets_go(tmp_path):

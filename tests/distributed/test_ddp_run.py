@@ -255,3 +255,25 @@ def test_a_run_directory_in_use_is_refused_by_every_rank_once(reference, tmp_pat
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {busy} is in use by hvkit eval (pid {os.getpid()} on ")
     assert "Traceback" not in done.stderr
+
+
+def test_a_sweep_runs_each_run_in_several_processes(reference, tmp_path):
+    """``hvkit sweep --nproc 2``: a run is the two-process run of its settings; one that fails is said once by
+    its ranks and reported at the end while the other completes; the same command again keeps the complete
+    run and resumes the failed one."""
+    out = tmp_path / "out"
+    sweep = ["sweep", str(RECIPE), "--vary", "stages.train.label_fraction=[0.01, 1.0]", "--out", str(out)]
+    for again in (False, True):
+        done = hvkit(sweep, 2, tmp_path, check=False)
+        assert done.returncode == 2, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 2 and errors[0].startswith("error: stage 'train': labelled_writers: fraction=0.01")
+        assert errors[1] == "error: sweep run label_fraction=0.01: failed in 2 processes with exit code 2 (the " \
+                            "error above)"
+        assert "Traceback" not in done.stderr
+        assert (f"  {out / 'label_fraction=1.0'} is complete, kept" in done.stdout) == again
+    alone = metrics(out / "label_fraction=1.0")
+    assert alone["train"]["final_loss"] == metrics(reference.run_dir)["train"]["final_loss"]
+    assert alone["evaluate"]["verification"] == metrics(reference.run_dir)["evaluate"]["verification"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [group["runs"] for group in summary["groups"]] == [["label_fraction=1.0"]]

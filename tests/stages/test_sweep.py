@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,15 @@ from hvkit.cli import main
 from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError, Interrupted
 from hvkit.pipeline import run
-from hvkit_plugins.commands.sweep import grid, parse_axes
+from hvkit.run_lock import exclusive
+from hvkit_plugins.commands.sweep import SUMMARY_LOCK, _summarise, grid, parse_axes
 
 TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
          "label_fraction": 0.5, "train": {"epochs": 1, "amp": False}}
 EVAL = {"stage": "evaluate", "model_from": "first", "label_fraction": 0.5, "plots": False,
         "verifiers": ["cosine_pair", "wccn_pair"],
-        "evaluators": [{"name": "verification", "all_pairs": False}, {"name": "retrieval", "clustering": False}]}
+        "evaluators": [{"name": "verification", "all_pairs": False}, {"name": "retrieval", "clustering": False},
+                       "knn_probe", "linear_probe"]}
 RECIPE = {"name": "tiny_sweep", "seed": 4, "device": "cpu",
           "data": {"name": "cedar_and", "synthetic_writers": 30, "synthetic_samples_per_writer": 6},
           "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
@@ -59,13 +62,17 @@ def metrics(run_dir: Path) -> dict:
 
 def test_each_combination_is_a_run_with_its_values(swept):
     out, stdout = swept
-    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES + ["summary.json", "summary.md", "sweep.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES + ["summary.json", "summary.md", "sweep.json",
+                                                                    ".summary.lock"])
     for name in NAMES:
         resolved = yaml.safe_load((out / name / "recipe.resolved.yaml").read_text())
         epochs, seed = (int(part.split("=")[1]) for part in name.split(","))
         assert (resolved["stages"]["first"]["train"]["epochs"], resolved["seed"], resolved["data"]["seed"]) == \
             (epochs, seed, 0)
         assert metrics(out / name)["first"]["steps"] == epochs
+        probe = metrics(out / name)["eval_first"]["linear_probe"]  # the evaluate stage has no reference set
+        assert (probe["train_on"], probe["train_size"] + probe["test_size"]) == \
+            ("split", len(np.load(out / name / "stages" / "eval_first" / "test_labels.npy")))
     assert [line for line in stdout.splitlines() if line.startswith("sweep")] == \
         [f"sweep {i}/4: {name}" for i, name in enumerate(NAMES, 1)] + \
         [f"sweep: 4 of 4 runs complete ({out / 'summary.md'})"]
@@ -76,12 +83,14 @@ def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
     summary = json.loads((out / "summary.json").read_text())
     assert [group["values"] for group in summary["groups"]] == [{"stages.first.train.epochs": 1},
                                                                {"stages.first.train.epochs": 3}]
-    tables = {"verification": [], "retrieval": []}
+    tables = {"verification": [], "retrieval": [], "knn_probe": [], "linear_probe": []}
     rows = [("verification", f"eval_first/{verifier}", ("accuracy", "roc_auc", "eer"),
              lambda m, verifier=verifier: m["eval_first"]["verification"][verifier])
             for verifier in ("cosine_pair", "wccn_pair")]
     rows.append(("retrieval", "eval_first", ("precision_at_1", "r_precision", "map_at_r"),
                  lambda m: m["eval_first"]["retrieval"]))
+    rows += [(probe, "eval_first", ("accuracy",), lambda m, probe=probe: m["eval_first"][probe])
+             for probe in ("knn_probe", "linear_probe")]
     for group, names in zip(summary["groups"], (NAMES[:2], NAMES[2:])):
         assert group["runs"] == names
         for kind, row, measures, pick in rows:
@@ -99,7 +108,9 @@ def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
         "\n".join(["## verification", "", "| stages.first.train.epochs | stage/verifier | accuracy | ROC AUC | EER "
                    "| runs |", "|---|---|---|---|---|---|", *tables["verification"]]),
         "\n".join(["## retrieval", "", "| stages.first.train.epochs | stage | P@1 | R-precision | MAP@R | runs |",
-                   "|---|---|---|---|---|---|", *tables["retrieval"]])])
+                   "|---|---|---|---|---|---|", *tables["retrieval"]]),
+        *("\n".join([f"## {probe}", "", "| stages.first.train.epochs | stage | accuracy | runs |", "|---|---|---|---|",
+                     *tables[probe]]) for probe in ("knn_probe", "linear_probe"))])
     assert (out / "summary.md").read_text() == f"# sweep of {recipe}\n\n{shown}\n"
     assert stdout.endswith(shown + "\n")
     assert summary["failed"] == summary["running"] == []
@@ -249,3 +260,23 @@ def test_a_run_of_a_sweep_is_the_run_on_its_own(swept, recipe, tmp_path):
     alone = run(recipe, ["data.seed=0", "stages.first.train.epochs=3", "seed=1"], run_dir=tmp_path / "alone",
                 device="cpu", console=lambda _: None)
     assert metrics(alone) == metrics(out / NAMES[3])
+
+
+def test_one_process_at_a_time_reads_the_runs_and_writes_the_summary(swept, recipe, tmp_path):
+    """A sweep process that ends while another writes the summary waits for it, then reads the runs as they are:
+    a run the other process completed meanwhile is in the summary written last."""
+    first, _ = swept
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    (out / "summary.json").unlink()
+    last = out / NAMES[3] / "metrics.json"
+    last.rename(tmp_path / "metrics.json")
+    vary = parse_axes(tuple(AXES[1::2][:2]))
+    with exclusive(out / SUMMARY_LOCK):  # another process holds it
+        ending = threading.Thread(target=_summarise, args=(recipe, out, vary, grid(vary), []))
+        ending.start()
+        ending.join(0.5)
+        assert ending.is_alive() and not (out / "summary.json").exists()
+        (tmp_path / "metrics.json").rename(last)  # the other process's run completes
+    ending.join(30)
+    assert (out / "summary.json").read_text() == (first / "summary.json").read_text()
