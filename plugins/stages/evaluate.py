@@ -48,8 +48,8 @@ class Evaluate:
     validation split; ``protocol: sslhv`` reproduces the study, which stopped on its test
     pairs — never use it to report a result you want to trust.
 
-    The evaluators that score embeddings themselves (retrieval, the all-pairs ROC, the
-    embedding map) see the raw embeddings, or with ``space`` naming one of the cosine
+    The evaluators that score embeddings themselves (retrieval, the all-pairs ROC, the k-NN and
+    linear probes of writer identification, the embedding map) see the raw embeddings, or with ``space`` naming one of the cosine
     verifiers (e.g. ``cosine_pair``, ``wccn_pair``) the embeddings as that verifier scores
     them, ``W(e − μ)``: the all-pairs AUC is then that verifier's over every test pair.
 
@@ -70,7 +70,8 @@ class Evaluate:
                  feature_options: dict[str, int | float | bool] = {},
                  verifiers: list[Component["head"]] = ["sslhv_pair", "cosine_pair"],
                  space: str | None = None,
-                 evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "embedding_map"],
+                 evaluators: list[Component["evaluator"]] = ["verification", "retrieval", "knn_probe", "linear_probe",
+                                                              "embedding_map"],
                  label_fraction: float = 0.1,
                  protocol: Literal["clean", "sslhv"] = "clean",
                  negatives: Literal["any", "same_group"] = "any",
@@ -294,7 +295,8 @@ def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray,
 
 
 def verification_report(metrics: dict[str, Any], protocol: str) -> str:
-    """``report.md``'s section: a row per verifier of ``metrics["verification"]``, then retrieval and TTA notes."""
+    """``report.md``'s section: a row per verifier of ``metrics["verification"]``, then retrieval, probe and TTA
+    notes."""
     rows = ["| verifier | accuracy (val threshold) | ROC AUC | EER | Cllr | min Cllr |", "|---|---|---|---|---|---|"]
     level = None
     space = metrics.get("space", "raw")
@@ -316,6 +318,11 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
         ranked = ", k-reciprocal re-ranked" if "rerank" in found else ""
         rows.append(f"\nRetrieval among the test writers{seen}{ranked}: precision@1 {found['precision_at_1']:.4f}, "
                     f"MAP@R {found['map_at_r']:.4f}.")
+    probes = [f"{label} {metrics[key]['accuracy']:.4f}" for key, label in
+              (("knn_probe", "k-NN vote (leave one out)"), ("linear_probe", "linear probe"))
+              if isinstance(metrics.get(key), dict) and "accuracy" in metrics[key]]
+    if probes:
+        rows.append(f"\nWriter identification among the test writers{seen}: {', '.join(probes)}.")
     if metrics.get("negatives") == "same_group":
         rows.append("\nEach different-writer partner is drawn from the anchor's writer's group.")
     tta = TestViews(**metrics.get("tta", {}))

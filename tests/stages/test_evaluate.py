@@ -14,6 +14,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from hvkit.cli import main
 from hvkit.engine import load_checkpoint, save_checkpoint
@@ -24,6 +27,7 @@ from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
+from hvkit_plugins.evaluators.linear_probe import writer_split
 from hvkit_plugins.heads.cosine_pair import scatter_whitening, within_class_whitening
 from hvkit_plugins.stages.encoder import embed, load_encoder
 from hvkit_plugins.stages.evaluate import load_pair_scores, load_pairs_digest, pairs_digest
@@ -82,7 +86,7 @@ def _pair_auc(embeddings: np.ndarray, labels: np.ndarray) -> float:
 def test_space_scores_all_pairs_as_the_named_verifier(tmp_path: Path) -> None:
     recipe = copy.deepcopy(RECIPE)
     recipe["stages"]["evaluate"]["space"] = "wccn_pair"
-    recipe["stages"]["evaluate"]["evaluators"] = ["verification", "retrieval"]
+    recipe["stages"]["evaluate"]["evaluators"] = ["verification", "retrieval", "knn_probe", "linear_probe"]
     run_dir = run_recipe_text(yaml.safe_dump(recipe, sort_keys=False), tmp_path)
     metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["evaluate"]
     fitted = load_checkpoint(run_dir / "stages" / "evaluate" / "verifiers.pt")["wccn_pair"]["state"]
@@ -101,11 +105,18 @@ def test_space_scores_all_pairs_as_the_named_verifier(tmp_path: Path) -> None:
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
     assert metrics["retrieval"]["precision_at_1"] == pytest.approx((labels[similarity.argmax(1)] == labels).mean())
+    votes = np.stack([np.bincount(row, minlength=labels.max() + 1) for row in labels[np.argsort(-similarity)[:, :5]]])
+    assert metrics["knn_probe"]["accuracy"] == pytest.approx((votes.argmax(1) == labels).mean())
+    train, held_out = writer_split(labels, 0.5, 0)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(unit[train], labels[train])
+    assert metrics["linear_probe"]["accuracy"] == pytest.approx((probe.predict(unit[held_out]) == labels[held_out]).mean())
     report = (run_dir / "report.md").read_text()
     assert f"| all_pairs in the wccn_pair space | — | {auc:.4f} |" in report
     found = metrics["retrieval"]
     assert (f"Retrieval among the test writers in the wccn_pair space: precision@1 {found['precision_at_1']:.4f}, "
             f"MAP@R {found['map_at_r']:.4f}.") in report
+    assert (f"Writer identification among the test writers in the wccn_pair space: k-NN vote (leave one out) "
+            f"{metrics['knn_probe']['accuracy']:.4f}, linear probe {metrics['linear_probe']['accuracy']:.4f}.") in report
 
 
 @pytest.mark.parametrize("space, message", [
