@@ -40,7 +40,8 @@ class LinearProbe:
     writers: a seeded ``train_fraction`` of each writer's images trains and the rest are tested
     (:func:`writer_split`), as the linear evaluation of self-supervised features (Kolesnikov, Zhai &
     Beyer 2019) on held-out images of known classes; ``auto`` (default) is ``reference`` when the
-    evaluation has a reference set, else ``split`` (the ``evaluate`` stage's case).
+    evaluation has a reference set, else ``split`` (the ``evaluate`` stage's case), skipped with a
+    note when fewer than two test writers have two images.
     """
 
     name = "linear_probe"
@@ -80,6 +81,9 @@ class LinearProbe:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
+        if self.train_on == "auto" and data.reference_embeddings is None and \
+                np.sum(np.unique(data.labels, return_counts=True)[1] > 1) < 2:
+            return {"skipped": "fewer than 2 test writers have two images: no per-writer split"}
         train_on, x, y, test, truth = self._sets(data)
         if len(np.unique(y)) < 2:
             raise ValueError(f"linear_probe: the {train_on} set has fewer than 2 writers; nothing to classify")

@@ -50,7 +50,9 @@ def test_errors():
     with pytest.raises(ValueError, match="train_fraction=1"):
         LinearProbe(train_fraction=1)
     with pytest.raises(ValueError, match="1 test writer"):  # one writer with two images, one with one
-        evaluate([LinearProbe()], EvalData(x[:3], np.array([0, 0, 1])))
+        evaluate([LinearProbe(train_on="split")], EvalData(x[:3], np.array([0, 0, 1])))
+    assert evaluate([LinearProbe()], EvalData(x[:3], np.array([0, 0, 1])))["linear_probe"] == {
+        "skipped": "fewer than 2 test writers have two images: no per-writer split"}  # the default goes on
     with pytest.raises(ValueError, match="c=0"):
         LinearProbe(c=0)
 
