@@ -65,6 +65,11 @@ def run_state(run_dir: Path) -> dict[str, Any]:
     :func:`stage_state`, the process working in it (:class:`~hvkit.run_lock.Holder`'s fields) or None, the
     number of stages left, and for a complete run whether its data is synthetic and each verifier's
     accuracy, ROC AUC and EER."""
+    return _state(run_dir)[0]
+
+
+def _state(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """:func:`run_state`, and a complete run's metrics.json (None for a run not complete)."""
     stored = run_dir / RESOLVED
     if not stored.is_file():
         raise HvkitError(f"{run_dir}: not a run directory (no {RESOLVED})")
@@ -83,22 +88,22 @@ def run_state(run_dir: Path) -> dict[str, Any]:
             "synthetic": None if results is None else bool(results.get("data", {}).get("synthetic")),
             "results": None if results is None else [
                 {"stage": stage, "verifier": verifier, **{k: found.get(k) for k in ("accuracy", "roc_auc", "eer")}}
-                for stage, verifier, found in verification_rows(results)]}
+                for stage, verifier, found in verification_rows(results)]}, results
 
 
 def run_status(run_dir: Path) -> str:
     """:func:`run_state` in words: each stage's state, then the process working in the run, its results
     (a complete run) or the command that continues it."""
-    state = run_state(run_dir)
+    state, results = _state(run_dir)
     width = max(len(stage["name"]) for stage in state["stages"])
     lines = [f"{run_dir}: recipe {state['recipe']}"]
     lines += [f"  {stage['name']:<{width}}  {stage['state']}" for stage in state["stages"]]
     if state["running"] is not None:
         lines.append(f"running: {Holder(**state['running'])}")
-    elif state["results"] is not None:
+    elif results is not None:
         if state["synthetic"]:
             lines.append("data: SYNTHETIC (not real handwriting)")
-        lines.append(summary(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
+        lines.append(summary(results))
     else:
         lines.append(f"stopped, {state['stages_left']} of {len(state['stages'])} stages left: hvkit run --resume "
                      f"{run_dir} continues")

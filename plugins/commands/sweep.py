@@ -249,8 +249,9 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
 
 def _summarise(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list[Point],
                failed: list[HvkitError]) -> None:
-    """``summary.json`` and ``summary.md`` of every run complete now, whichever process ran it: the sweep
-    process that ends last writes the whole sweep's. One process at a time reads the runs and writes, so
+    """``summary.json`` and ``summary.md`` of every run complete now, whichever process ran it (with the runs
+    another process works in, and those started but stopped or failed, by this process or another): the
+    sweep process that ends last writes the whole sweep's. One process at a time reads the runs and writes, so
     a summary read before another process's last run completed cannot be written after that one's."""
     with exclusive(out / SUMMARY_LOCK):
         _write_summary(recipe, out, vary, points, failed)
@@ -262,12 +263,15 @@ def _write_summary(recipe: Path, out: Path, vary: dict[str, list[Any]], points: 
                 for point in points if (out / point.name / "metrics.json").is_file()]
     done = {point.name for point, _ in finished}
     busy = [p.name for p in points if p.name not in done and holder(out / p.name) is not None]
+    stopped = [p.name for p in points
+               if p.name not in done and p.name not in busy and (out / p.name / RESOLVED).is_file()]
     groups = aggregate(vary, finished)
     shown = table(vary, groups)
     write_json(out / "summary.json", {"vary": vary, "groups": groups, "failed": [str(e) for e in failed],
-                                      "running": busy})
+                                      "running": busy, "stopped": stopped})
     atomic_write(out / "summary.md", lambda f: f.write(f"# sweep of {recipe}\n\n{shown}\n"), "w")
     running = f"; {len(busy)} running in another process" if busy else ""
+    running += f"; {len(stopped)} stopped or failed, which the same command resumes" if stopped else ""
     click.echo(f"sweep: {len(finished)} of {len(points)} runs complete{running} ({out / 'summary.md'})\n{shown}")
 
 
@@ -293,11 +297,7 @@ def _launch_point(recipe: Path, overrides: list[str], run_dir: Path, device: str
     """:func:`_run_point` in ``nproc`` processes (``hvkit run --nproc``), whose ranks say their own errors:
     a failure is the exit code, unless another sweep process took the run meanwhile (it holds or
     completed it); a signal that stopped the ranks is :class:`Interrupted`."""
-    working = holder(run_dir)
-    if working is not None:
-        raise InUse(f"{run_dir} is in use by {working}")
-    if (run_dir / "metrics.json").is_file():
-        click.echo(f"  {run_dir} is complete, kept")
+    if _taken(run_dir, "is complete"):
         return
     started = (run_dir / RESOLVED).is_file()
     code = launched(nproc, run_args(None, [], resume=run_dir, device=device) if started else
@@ -305,12 +305,17 @@ def _launch_point(recipe: Path, overrides: list[str], run_dir: Path, device: str
     if code > 128:
         raise Interrupted(f"its {nproc} processes stopped on {signal.Signals(code - 128).name} (each rank said "
                           "where above)", code)
-    if code == 0:
-        return
+    if code and not _taken(run_dir, "was completed by another process"):
+        raise HvkitError(f"failed in {nproc} processes with exit code {code} (the error above)")
+
+
+def _taken(run_dir: Path, complete: str) -> bool:
+    """Whether ``run_dir`` holds a complete run (said, with ``complete``); :class:`InUse` when another process
+    works in it."""
     working = holder(run_dir)
     if working is not None:
         raise InUse(f"{run_dir} is in use by {working}")
     if (run_dir / "metrics.json").is_file():
-        click.echo(f"  {run_dir} was completed by another process, kept")
-        return
-    raise HvkitError(f"failed in {nproc} processes with exit code {code} (the error above)")
+        click.echo(f"  {run_dir} {complete}, kept")
+        return True
+    return False

@@ -40,8 +40,8 @@ class LinearProbe:
     writers: a seeded ``train_fraction`` of each writer's images trains and the rest are tested
     (:func:`writer_split`), as the linear evaluation of self-supervised features (Kolesnikov, Zhai &
     Beyer 2019) on held-out images of known classes; ``auto`` (default) is ``reference`` when the
-    evaluation has a reference set, else ``split`` (the ``evaluate`` stage's case), skipped with a
-    note when fewer than two test writers have two images.
+    evaluation has a reference set, else ``split`` (the ``evaluate`` stage's case), skipped
+    (``skipped: true``) when fewer than two test writers have two images.
     """
 
     name = "linear_probe"
@@ -81,9 +81,10 @@ class LinearProbe:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
-        if self.train_on == "auto" and data.reference_embeddings is None and \
-                np.sum(np.unique(data.labels, return_counts=True)[1] > 1) < 2:
-            return {"skipped": "fewer than 2 test writers have two images: no per-writer split"}
+        if self.train_on == "auto" and data.reference_embeddings is None:
+            writers = int(np.sum(np.unique(data.labels, return_counts=True)[1] > 1))
+            if writers < 2:
+                return {"skipped": True, "writers_with_two_images": writers}
         train_on, x, y, test, truth = self._sets(data)
         if len(np.unique(y)) < 2:
             raise ValueError(f"linear_probe: the {train_on} set has fewer than 2 writers; nothing to classify")
@@ -91,5 +92,5 @@ class LinearProbe:
             x, test = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (x, test))
         model = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=self.max_iter))
         model.fit(x, y)
-        return {"accuracy": float(np.mean(model.predict(test) == truth)), "train_on": train_on,
+        return {"accuracy": float(np.mean(model.predict(test) == truth)), "split": train_on == "split",
                 "train_size": len(y), "test_size": len(truth), "classes": len(np.unique(y))}

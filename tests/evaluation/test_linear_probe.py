@@ -24,7 +24,7 @@ def test_accuracy_equals_direct_sklearn(train_on):
     model = LogisticRegression(C=0.5, max_iter=1000).fit(scaler.transform(train), labels[150:])
     expected = np.mean(model.predict(scaler.transform(test)) == labels[:150])
     assert out["accuracy"] == pytest.approx(expected, abs=1e-12)
-    assert (out["train_size"], out["classes"]) == (250, 6)
+    assert (out["split"], out["train_size"], out["classes"]) == (False, 250, 6)
     assert 0.3 < out["accuracy"] < 1.0
 
 
@@ -52,7 +52,7 @@ def test_errors():
     with pytest.raises(ValueError, match="1 test writer"):  # one writer with two images, one with one
         evaluate([LinearProbe(train_on="split")], EvalData(x[:3], np.array([0, 0, 1])))
     assert evaluate([LinearProbe()], EvalData(x[:3], np.array([0, 0, 1])))["linear_probe"] == {
-        "skipped": "fewer than 2 test writers have two images: no per-writer split"}  # the default goes on
+        "skipped": True, "writers_with_two_images": 1}  # the default goes on
     with pytest.raises(ValueError, match="c=0"):
         LinearProbe(c=0)
 
@@ -79,8 +79,7 @@ def test_split_is_closed_set_identification_among_the_test_writers():
     model = LogisticRegression(C=0.5, max_iter=1000).fit(scaler.transform(x[train]), labels[train])
     expected = np.mean(model.predict(scaler.transform(x[test])) == labels[test])
     assert out["accuracy"] == pytest.approx(expected, abs=1e-12) and out["accuracy"] > 0.5
-    assert (out["train_on"], out["train_size"], out["test_size"], out["classes"]) == \
-        ("split", len(train), len(test), 10)
+    assert (out["split"], out["train_size"], out["test_size"], out["classes"]) == (True, len(train), len(test), 10)
     assert len(train) + len(test) == 300
     with_reference = EvalData(x[:100], labels[:100], reference_embeddings=x[100:], reference_labels=labels[100:])
     assert evaluate([LinearProbe()], with_reference)["linear_probe"] == \

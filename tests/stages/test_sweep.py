@@ -71,8 +71,8 @@ def test_each_combination_is_a_run_with_its_values(swept):
             (epochs, seed, 0)
         assert metrics(out / name)["first"]["steps"] == epochs
         probe = metrics(out / name)["eval_first"]["linear_probe"]  # the evaluate stage has no reference set
-        assert (probe["train_on"], probe["train_size"] + probe["test_size"]) == \
-            ("split", len(np.load(out / name / "stages" / "eval_first" / "test_labels.npy")))
+        assert (probe["split"], probe["train_size"] + probe["test_size"]) == \
+            (True, len(np.load(out / name / "stages" / "eval_first" / "test_labels.npy")))
     assert [line for line in stdout.splitlines() if line.startswith("sweep")] == \
         [f"sweep {i}/4: {name}" for i, name in enumerate(NAMES, 1)] + \
         [f"sweep: 4 of 4 runs complete ({out / 'summary.md'})"]
@@ -113,7 +113,7 @@ def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
                      *tables[probe]]) for probe in ("knn_probe", "linear_probe"))])
     assert (out / "summary.md").read_text() == f"# sweep of {recipe}\n\n{shown}\n"
     assert stdout.endswith(shown + "\n")
-    assert summary["failed"] == summary["running"] == []
+    assert summary["failed"] == summary["running"] == summary["stopped"] == []
 
 
 def test_the_same_command_continues_a_sweep(swept, recipe, tmp_path):
@@ -167,8 +167,8 @@ def test_a_failed_run_is_reported_at_the_end_and_the_others_go_on(recipe, tmp_pa
     assert line.startswith("error: sweep run label_fraction=0.01: stage 'first': labelled_writers: fraction=0.01")
     summary = json.loads((out / "summary.json").read_text())
     assert [group["runs"] for group in summary["groups"]] == [["label_fraction=0.5"]]
-    assert summary["failed"] == [line.removeprefix("error: ")]
-    assert "sweep: 1 of 2 runs complete" in result.stdout
+    assert summary["failed"] == [line.removeprefix("error: ")] and summary["stopped"] == ["label_fraction=0.01"]
+    assert "sweep: 1 of 2 runs complete; 1 stopped or failed, which the same command resumes" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -250,7 +250,7 @@ def test_two_sweep_processes_share_the_runs(recipe, tmp_path):
         assert steps == sorted(set(steps)) and metrics(out / name)["first"]["steps"] == steps[-1]
     summary = json.loads((out / "summary.json").read_text())
     assert [group["runs"] for group in summary["groups"]] == [NAMES[:2], NAMES[2:]]
-    assert summary["running"] == summary["failed"] == []
+    assert summary["running"] == summary["failed"] == summary["stopped"] == []
 
 
 def test_a_run_of_a_sweep_is_the_run_on_its_own(swept, recipe, tmp_path):
@@ -280,3 +280,35 @@ def test_one_process_at_a_time_reads_the_runs_and_writes_the_summary(swept, reci
         (tmp_path / "metrics.json").rename(last)  # the other process's run completes
     ending.join(30)
     assert (out / "summary.json").read_text() == (first / "summary.json").read_text()
+
+
+def test_runs_in_several_processes_stop_on_a_signal_and_give_way_to_another_sweep(recipe, tmp_path, monkeypatch):
+    """``--nproc``: a signal that stopped a run's ranks stops the sweep with their exit code; a run whose ranks
+    failed because another sweep process took and completed it meanwhile is kept, not reported."""
+    from hvkit_plugins.commands import sweep as sweep_module
+    launches = []
+
+    def stopped(nproc, args, run_dir):
+        launches.append((nproc, args))
+        return 130
+
+    monkeypatch.setattr(sweep_module, "launched", stopped)
+    out = tmp_path / "out"
+    result = sweep(recipe, "--vary", "seed=[0, 1]", "--nproc", 3, "--out", out)
+    assert (result.exit_code, result.stderr) == (130, "error: sweep 1/2 (seed=0): its 3 processes stopped on SIGINT "
+                                                      "(each rank said where above); the same hvkit sweep command "
+                                                      "continues the sweep\n")
+    assert launches == [(3, ["run", str(recipe), "--set=seed=0", "--run-dir", str(out / "seed=0")])]
+
+    def taken_meanwhile(nproc, args, run_dir):
+        launches.append((nproc, args))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.resolved.yaml").write_text("name: x\n")
+        (run_dir / "metrics.json").write_text("{}")
+        return 2
+
+    monkeypatch.setattr(sweep_module, "launched", taken_meanwhile)
+    result = sweep(recipe, "--vary", "seed=[0, 1]", "--nproc", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stdout.splitlines() if "kept" in line] == [
+        f"  {out / name} was completed by another process, kept" for name in ("seed=0", "seed=1")]
