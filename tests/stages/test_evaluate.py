@@ -109,14 +109,16 @@ def test_space_scores_all_pairs_as_the_named_verifier(tmp_path: Path) -> None:
     assert metrics["knn_probe"]["accuracy"] == pytest.approx((votes.argmax(1) == labels).mean())
     train, held_out = writer_split(labels, 0.5, 0)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(unit[train], labels[train])
-    assert metrics["linear_probe"]["accuracy"] == pytest.approx((probe.predict(unit[held_out]) == labels[held_out]).mean())
+    identified = probe.predict(unit[held_out]) == labels[held_out]
+    assert metrics["linear_probe"]["accuracy"] == pytest.approx(identified.mean())
     report = (run_dir / "report.md").read_text()
     assert f"| all_pairs in the wccn_pair space | — | {auc:.4f} |" in report
     found = metrics["retrieval"]
     assert (f"Retrieval among the test writers in the wccn_pair space: precision@1 {found['precision_at_1']:.4f}, "
             f"MAP@R {found['map_at_r']:.4f}.") in report
+    probes = metrics["knn_probe"]["accuracy"], metrics["linear_probe"]["accuracy"]
     assert (f"Writer identification among the test writers in the wccn_pair space: k-NN vote (leave one out) "
-            f"{metrics['knn_probe']['accuracy']:.4f}, linear probe {metrics['linear_probe']['accuracy']:.4f}.") in report
+            f"{probes[0]:.4f}, linear probe {probes[1]:.4f}.") in report
 
 
 @pytest.mark.parametrize("space, message", [
