@@ -23,10 +23,7 @@ def writer_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
         k = min(len(rows) - 1, max(1, round(fraction * len(rows))))
         train.append(rows[:k])
         test.append(rows[k:])
-    if len(train) < 2:
-        raise ValueError(f"linear_probe: {len(train)} test writer(s) have two or more images; a per-writer split "
-                         "needs at least 2")
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return tuple(np.sort(np.concatenate(part)) if part else np.empty(0, dtype=np.int64) for part in (train, test))
 
 
 class LinearProbe:
@@ -81,16 +78,18 @@ class LinearProbe:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
-        if self.train_on == "auto" and data.reference_embeddings is None:
-            writers = int(np.sum(np.unique(data.labels, return_counts=True)[1] > 1))
-            if writers < 2:
-                return {"skipped": True, "writers_with_two_images": writers}
         train_on, x, y, test, truth = self._sets(data)
-        if len(np.unique(y)) < 2:
+        writers = len(np.unique(y))  # in a split, the test writers with two images or more
+        if writers < 2 and train_on == "split":
+            if self.train_on == "auto":
+                return {"skipped": True, "writers_with_two_images": writers}
+            raise ValueError(f"linear_probe: {writers} test writer(s) have two or more images; a per-writer split "
+                             "needs at least 2")
+        if writers < 2:
             raise ValueError(f"linear_probe: the {train_on} set has fewer than 2 writers; nothing to classify")
         if data.metric == "cosine":
             x, test = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (x, test))
         model = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=self.max_iter))
         model.fit(x, y)
         return {"accuracy": float(np.mean(model.predict(test) == truth)), "split": train_on == "split",
-                "train_size": len(y), "test_size": len(truth), "classes": len(np.unique(y))}
+                "train_size": len(y), "test_size": len(truth), "classes": writers}

@@ -49,9 +49,10 @@ class Evaluate:
     pairs — never use it to report a result you want to trust.
 
     The evaluators that score embeddings themselves (retrieval, the all-pairs ROC, the k-NN and
-    linear probes of writer identification, the embedding map) see the raw embeddings, or with ``space`` naming one of the cosine
-    verifiers (e.g. ``cosine_pair``, ``wccn_pair``) the embeddings as that verifier scores
-    them, ``W(e − μ)``: the all-pairs AUC is then that verifier's over every test pair.
+    linear probes of writer identification, the embedding map) see the raw embeddings, or with
+    ``space`` naming one of the cosine verifiers (e.g. ``cosine_pair``, ``wccn_pair``) the
+    embeddings as that verifier scores them, ``W(e − μ)``: the all-pairs AUC is then that
+    verifier's over every test pair.
 
     ``tta`` embeds every image (training, validation and test alike, so the verifiers fit the
     space they score in) as the mean over the image and fixed shifted and zoomed copies
