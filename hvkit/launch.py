@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,13 +43,15 @@ def launched(nproc: int, args: list[str], run_dir: Path | None) -> int:
     """Run ``hvkit ARGS`` in ``nproc`` processes under torchrun and return the exit code: 0, the failing
     rank's (the first to fail; of ranks failing together, one that did not exit quietly with 1), or
     128 + a signal's number that stopped every rank; a rank killed without a word is
-    :class:`~hvkit.errors.Interrupted`."""
+    :class:`~hvkit.errors.Interrupted`. torchrun's own files (its log folder and the ranks' error files)
+    live in a temporary folder removed afterwards, not one left in the temporary directory for each run."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
-        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "hvkit", *args])
+        with tempfile.TemporaryDirectory(prefix="hvkit-torchrun-") as logs:
+            torchrun(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={logs}", "-m", "hvkit", *args])
     except SignalException as exc:  # forwarded to every rank, which has said where it stopped
         return 128 + exc.sigval.value
     except ChildFailedError as exc:

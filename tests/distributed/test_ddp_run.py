@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,18 @@ RECIPE = Path(__file__).with_name("tiny_ddp.yaml")
 
 def hvkit(args: list[str], nproc: int, tmp_path: Path, extra_env: dict[str, str] | None = None,
           check: bool = True) -> subprocess.CompletedProcess:
+    """``hvkit ARGS --nproc N`` with a temporary directory of its own, where it must leave nothing but torch's
+    compile cache (``torchinductor_USER``, shared by every run): torchrun's log folder is removed whether the
+    ranks succeed, fail or are killed."""
+    temporary = Path(tempfile.mkdtemp(dir=tmp_path))
     env = {k: v for k, v in os.environ.items() if k != "HVKIT_PLUGINS"}
-    env.update({"OMP_NUM_THREADS": "1", "HVKIT_CACHE": str(tmp_path / "cache"), **(extra_env or {})})
+    env.update({"OMP_NUM_THREADS": "1", "HVKIT_CACHE": str(tmp_path / "cache"), "TMPDIR": str(temporary),
+                **(extra_env or {})})
     done = subprocess.run([sys.executable, "-m", "hvkit", *args, "--nproc", str(nproc)], env=env,
                           capture_output=True, text=True, timeout=400)
     if check:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert [p.name for p in temporary.iterdir() if not p.name.startswith("torchinductor_")] == []
     return done
 
 
