@@ -370,17 +370,36 @@ def verification_rows(metrics: dict[str, Any]) -> list[tuple[str, str, dict[str,
     return rows
 
 
+PROBES = ("knn_probe", "linear_probe")
+"""The writer-identification evaluators whose accuracy the headline shows."""
+
+
+def identification_rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, float | None]]]:
+    """``(stage, {probe: accuracy})`` of every stage of a run's ``metrics.json`` that ran a probe of
+    :data:`PROBES`, in run order; None for a probe the stage did not run or skipped."""
+    rows = []
+    for stage, values in metrics.items():
+        if isinstance(values, dict) and any(isinstance(values.get(probe), dict) for probe in PROBES):
+            rows.append((stage, {probe: (values.get(probe) or {}).get("accuracy") for probe in PROBES}))
+    return rows
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "  -   "
+
+
 def summary(metrics: dict[str, Any]) -> str:
-    """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier."""
-    rows = verification_rows(metrics)
-    if not rows:
-        return "results: (no verification metrics)"
-    stage_width = max(22, *(len(stage) for stage, *_ in rows))
-    verifier_width = max(14, *(len(verifier) for _, verifier, _ in rows))
-    lines = []
+    """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier, then each stage's
+    writer-identification accuracy (k-NN vote, linear probe)."""
+    rows, probes = verification_rows(metrics), identification_rows(metrics)
+    stage_width = max([22, *(len(stage) for stage, *_ in rows + probes)])
+    verifier_width = max([14, *(len(verifier) for _, verifier, _ in rows)])
+    lines = ["results:" if rows else "results: (no verification metrics)"]
     for stage, verifier, v in rows:
-        accuracy = v.get("accuracy")
-        shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "  -   "
-        lines.append(f"  {stage:<{stage_width}} {verifier:<{verifier_width}} accuracy {shown}  "
+        lines.append(f"  {stage:<{stage_width}} {verifier:<{verifier_width}} accuracy {_shown(v.get('accuracy'))}  "
                      f"AUC {v['roc_auc']:.4f}  EER {v.get('eer', float('nan')):.4f}")
-    return "results:\n" + "\n".join(lines)
+    if probes:
+        lines.append("writer identification, accuracy:")
+        lines += [f"  {stage:<{stage_width}} k-NN {_shown(found['knn_probe'])}  linear probe "
+                  f"{_shown(found['linear_probe'])}" for stage, found in probes]
+    return "\n".join(lines)

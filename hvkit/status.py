@@ -14,7 +14,7 @@ import yaml
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError
-from hvkit.pipeline import RESOLVED, summary, verification_rows
+from hvkit.pipeline import RESOLVED, identification_rows, summary, verification_rows
 from hvkit.run_lock import Holder, holder
 
 CHECKPOINT = "last.pt"
@@ -63,8 +63,8 @@ def runs_in(path: Path) -> list[Path]:
 def run_state(run_dir: Path) -> dict[str, Any]:
     """Where run ``run_dir`` stands, for scripts (``hvkit status --json``): its recipe's name, each stage's
     :func:`stage_state`, the process working in it (:class:`~hvkit.run_lock.Holder`'s fields) or None, the
-    number of stages left, and for a complete run whether its data is synthetic and each verifier's
-    accuracy, ROC AUC and EER."""
+    number of stages left, and for a complete run whether its data is synthetic, each verifier's
+    accuracy, ROC AUC and EER, and each stage's writer-identification accuracies (k-NN, linear probe)."""
     return _state(run_dir)[0]
 
 
@@ -88,7 +88,9 @@ def _state(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
             "synthetic": None if results is None else bool(results.get("data", {}).get("synthetic")),
             "results": None if results is None else [
                 {"stage": stage, "verifier": verifier, **{k: found.get(k) for k in ("accuracy", "roc_auc", "eer")}}
-                for stage, verifier, found in verification_rows(results)]}, results
+                for stage, verifier, found in verification_rows(results)],
+            "identification": None if results is None else [
+                {"stage": stage, **found} for stage, found in identification_rows(results)]}, results
 
 
 def run_status(run_dir: Path) -> str:

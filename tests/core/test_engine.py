@@ -258,14 +258,14 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
         "run_dir": str(stopped), "recipe": "tiny",
         "stages": [{"name": "pre", "complete": True, "state": status(stopped)[1].split(None, 1)[1]},
                    {"name": "train", "complete": False, "state": status(stopped)[2].split(None, 1)[1]}],
-        "running": None, "stages_left": 1, "synthetic": None, "results": None}]
+        "running": None, "stages_left": 1, "synthetic": None, "results": None, "identification": None}]
     run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
     lines = status(stopped)
     assert lines[2].startswith("  train  complete in ")
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
     (finished,) = status_json(stopped)
-    assert (finished["stages_left"], finished["running"], finished["synthetic"], finished["results"]) == \
-        (0, None, True, [])
+    assert (finished["stages_left"], finished["running"], finished["synthetic"], finished["results"],
+            finished["identification"]) == (0, None, True, [], [])
     (tmp_path / "notes.txt").write_text("a file beside the runs")
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["status", str(early), str(tmp_path / "empty"), str(tmp_path / "notes.txt"),

@@ -1,4 +1,5 @@
-"""The console's results table: one row per stage and verifier, columns aligned whatever the names."""
+"""The console's results table: one row per stage and verifier, then one per stage that ran a writer-identification
+probe, columns aligned whatever the names."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ def test_rows_align_however_long_the_names() -> None:
                                     "all_pairs": {"roc_auc": 0.9, "eer": 0.2}}},
         "a_stage_named_at_some_length": {"verification": {"correlation_pair": {"roc_auc": 0.8329, "accuracy": 0.7715,
                                                                                "eer": 0.2344}}},
-        "probe": {"linear_probe": {"accuracy": 0.5}},
     }
     lines = summary(metrics).splitlines()
     assert lines[0] == "results:"
@@ -21,4 +21,27 @@ def test_rows_align_however_long_the_names() -> None:
         ["a_stage_named_at_some_length", "correlation_pair", "accuracy", "0.7715", "AUC", "0.8329", "EER", "0.2344"]]
     assert len({line.index("accuracy") for line in lines[1:]}) == 1
     assert len({line.index("AUC") for line in lines[1:]}) == 1
-    assert summary({"probe": {"linear_probe": {"accuracy": 0.5}}}) == "results: (no verification metrics)"
+
+
+def test_probes_follow_the_verifiers_a_row_a_stage() -> None:
+    metrics = {
+        "data": {"synthetic": True},
+        "frozen": {"verification": {"cosine_pair": {"roc_auc": 0.9, "accuracy": 0.8, "eer": 0.2}},
+                   "knn_probe": {"accuracy": 0.33221, "k": 5}, "linear_probe": {"accuracy": 0.47169, "split": True}},
+        "a_stage_named_at_greater_length": {"linear_probe": {"skipped": True, "writers_with_two_images": 1},
+                                            "knn_probe": {"accuracy": 0.5}},
+        "linear_only": {"linear_probe": {"accuracy": 0.25}},
+    }
+    lines = summary(metrics).splitlines()
+    assert lines[1].split()[:2] == ["frozen", "cosine_pair"]
+    assert lines[2] == "writer identification, accuracy:"
+    assert [line.split() for line in lines[3:]] == [
+        ["frozen", "k-NN", "0.3322", "linear", "probe", "0.4717"],
+        ["a_stage_named_at_greater_length", "k-NN", "0.5000", "linear", "probe", "-"],
+        ["linear_only", "k-NN", "-", "linear", "probe", "0.2500"]]
+    assert len({line.index("k-NN") for line in lines[3:]}) == 1
+    assert len({line.index("linear probe") for line in lines[3:]}) == 1
+    assert summary({"probe": {"linear_probe": {"accuracy": 0.5}}}).splitlines() == [
+        "results: (no verification metrics)", "writer identification, accuracy:",
+        f"  {'probe':<22} k-NN   -     linear probe 0.5000"]
+    assert summary({"data": {"synthetic": False}}) == "results: (no verification metrics)"

@@ -27,7 +27,7 @@ RECIPE = {
     "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
     "stages": {"first": TRAIN, "eval_first": {**EVAL, "model_from": "first"},
                "second": {**TRAIN, "train": {**TRAIN["train"], "max_steps": 4}},
-               "eval_second": {**EVAL, "model_from": "second"}},
+               "eval_second": {**EVAL, "model_from": "second", "evaluators": [*EVAL["evaluators"], "knn_probe"]}},
 }
 
 
@@ -166,3 +166,5 @@ def test_status_json_gives_each_verifier_s_headline(run_dir: Path) -> None:
         {"stage": stage, "verifier": verifier, **{k: metrics[stage]["verification"][verifier][k]
                                                   for k in ("accuracy", "roc_auc", "eer")}}
         for stage in ("eval_first", "eval_second") for verifier in ("cosine_pair", "wccn_pair")]
+    assert state["identification"] == [
+        {"stage": "eval_second", "knn_probe": metrics["eval_second"]["knn_probe"]["accuracy"], "linear_probe": None}]
