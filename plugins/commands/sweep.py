@@ -17,6 +17,7 @@ every run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -97,9 +98,24 @@ def _label(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in value)
 
 
+NAME_MAX = 255
+"""The bytes a folder's name may hold on common file systems (ext4, XFS, APFS, NTFS's 255 characters)."""
+
+
+def _fitted(name: str) -> str:
+    """``name`` as a folder name: itself where it fits :data:`NAME_MAX` bytes, else its start and ``~`` and
+    the first 12 hex digits of its SHA-1, so that each combination keeps a folder of its own."""
+    encoded = name.encode()
+    if len(encoded) <= NAME_MAX:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:12]
+    return encoded[:NAME_MAX - len(digest) - 1].decode(errors="ignore") + "~" + digest
+
+
 def grid(axes: dict[str, list[Any]]) -> list[Point]:
     """Every combination of the axes' values, the last axis fastest (keys that vary together take their
-    values in step); a run's name keeps each key's last part (the whole key where two keys share it)."""
+    values in step); a run's name keeps each key's last part (the whole key where two keys share it),
+    cut to fit a folder's name (:func:`_fitted`)."""
     keys = keys_of(axes)
     last = [key.rsplit(".", 1)[-1] for key in keys]
     shown = {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
@@ -108,7 +124,8 @@ def grid(axes: dict[str, list[Any]]) -> list[Point]:
         together = axis.split(",")
         combos = [combo | (dict(zip(together, value)) if len(together) > 1 else {axis: value})
                   for combo in combos for value in values]
-    points = [Point(",".join(f"{shown[k]}={_label(v)}" for k, v in combo.items()), combo) for combo in combos]
+    points = [Point(_fitted(",".join(f"{shown[k]}={_label(v)}" for k, v in combo.items())), combo)
+              for combo in combos]
     names = [point.name for point in points]
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice is not None:

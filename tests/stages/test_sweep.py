@@ -3,6 +3,7 @@ verifier's mean ± sample standard deviation over the seed axes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -208,6 +209,25 @@ def test_run_names_keep_each_key_s_last_part_unless_two_share_it():
         ("lr=0.2,batch_size=128,seed=1", {"stages.a.lr": 0.2, "stages.a.batch_size": 128, "seed": 1})]
     with pytest.raises(HvkitError, match="share the run directory 'x=a_b'"):
         grid(parse_axes(("x=[a/b, a b]",)))
+
+
+def test_a_name_too_long_for_a_folder_is_cut_and_ended_by_a_hash_of_the_whole(tmp_path):
+    """Six zipped keys sharing their last part gave 240 characters; longer values go past a file name's 255
+    bytes, which no folder can hold: such a name keeps its start and ends with ``~`` and its SHA-1's start."""
+    keys = ",".join(f"stages.stage_number_{i}.train.optimizer.weight_decay" for i in range(6))
+    points = grid(parse_axes((f"{keys}=[[0.5, 0.5, 0.5, 0.5, 0.5, 0.25], [0.5, 0.5, 0.5, 0.5, 0.5, 0.125]]",
+                              "seed=[0]", "x=[é]")))
+    whole = [",".join(f"{key}={value}" for key, value in zip(keys.split(","), values)) + ",seed=0,x=é"
+             for values in (["0.5"] * 5 + ["0.25"], ["0.5"] * 5 + ["0.125"])]
+    assert all(len(name.encode()) > 255 for name in whole)
+    for point, name in zip(points, whole):
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        assert point.name == name.encode()[:242].decode() + "~" + digest
+        assert len(point.name.encode()) == 255
+        (tmp_path / point.name).mkdir()
+    assert points[0].name[:-12] == points[1].name[:-12] and points[0].name != points[1].name
+    short = grid(parse_axes((keys.replace("stage_number_", "s") + "=[[1, 2, 3, 4, 5, 6]]",)))
+    assert short[0].name == ",".join(f"stages.s{i}.train.optimizer.weight_decay={i + 1}" for i in range(6))
 
 
 def test_a_stopped_run_stops_the_sweep_with_how_to_continue(recipe, tmp_path, monkeypatch):
