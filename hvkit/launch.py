@@ -11,6 +11,7 @@ exits quietly (:func:`quiet_after_peers`): the cause has been said once.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -44,13 +45,14 @@ def launched(nproc: int, args: list[str], run_dir: Path | None) -> int:
     rank's (the first to fail; of ranks failing together, one that did not exit quietly with 1), or
     128 + a signal's number that stopped every rank; a rank killed without a word is
     :class:`~hvkit.errors.Interrupted`. torchrun's own files (its log folder and the ranks' error files)
-    live in a temporary folder removed afterwards, not one left in the temporary directory for each run."""
+    live in a temporary folder removed afterwards, not one left in the temporary directory for each run.
+    Each rank has :func:`_threads_per_rank` threads."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
-        with tempfile.TemporaryDirectory(prefix="hvkit-torchrun-") as logs:
+        with tempfile.TemporaryDirectory(prefix="hvkit-torchrun-") as logs, _threads_per_rank(nproc):
             torchrun(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={logs}", "-m", "hvkit", *args])
     except SignalException as exc:  # forwarded to every rank, which has said where it stopped
         return 128 + exc.sigval.value
@@ -64,6 +66,25 @@ def launched(nproc: int, args: list[str], run_dir: Path | None) -> int:
         raise Interrupted(f"rank {rank} of {nproc} was killed by {name}{cause}; the completed stages and the last "
                           f"checkpoint are kept; hvkit run --resume {where} continues", 128 - failure.exitcode) from None
     return 0
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _threads_per_rank(nproc: int) -> Iterator[None]:
+    """Within it, without ``OMP_NUM_THREADS`` set, the ranks share the cores: ``cores // nproc`` threads
+    each, at least 1 (torchrun's own default is 1, with a warning); a value the user set is kept."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores() // nproc))
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from hvkit.run_lock import RunLock
 RECIPE = Path(__file__).with_name("tiny_ddp.yaml")
 
 
-def hvkit(args: list[str], nproc: int, tmp_path: Path, extra_env: dict[str, str] | None = None,
+def hvkit(args: list[str], nproc: int, tmp_path: Path, extra_env: dict[str, str | None] | None = None,
           check: bool = True) -> subprocess.CompletedProcess:
     """``hvkit ARGS --nproc N`` with a temporary directory of its own, where it must leave nothing but torch's
     compile cache (``torchinductor_USER``, shared by every run): torchrun's log folder is removed whether the
@@ -34,6 +34,7 @@ def hvkit(args: list[str], nproc: int, tmp_path: Path, extra_env: dict[str, str]
     env = {k: v for k, v in os.environ.items() if k != "HVKIT_PLUGINS"}
     env.update({"OMP_NUM_THREADS": "1", "HVKIT_CACHE": str(tmp_path / "cache"), "TMPDIR": str(temporary),
                 **(extra_env or {})})
+    env = {k: v for k, v in env.items() if v is not None}  # None in extra_env: the variable unset
     done = subprocess.run([sys.executable, "-m", "hvkit", *args, "--nproc", str(nproc)], env=env,
                           capture_output=True, text=True, timeout=400)
     if check:
@@ -189,6 +190,12 @@ def test_two_processes_say_things_once(reference):
     assert out.count("run directory:") == out.count("results:") == out.count("[train] step 6/6") == 1
     assert err.count("cedar_and has no root") == 1
     assert "Warning" not in err, err
+
+
+def test_without_a_thread_count_torchrun_has_nothing_to_say(tmp_path):
+    """hvkit gives the ranks their share of the cores itself, so torchrun does not warn that it set one thread."""
+    done = hvkit(["run", str(RECIPE), "--run-dir", str(tmp_path / "run")], 2, tmp_path, {"OMP_NUM_THREADS": None})
+    assert "OMP_NUM_THREADS" not in done.stderr and "torch/distributed/run.py" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("sig, to", [("SIGINT", "launcher"), ("SIGTERM", "rank")])
