@@ -6,9 +6,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
 from hvkit.api import MetricLoss
+
+from ._precision import full_precision
 
 
 def check_sizes(embedding_dim: int, num_classes: int, loss: str | None = None) -> None:
@@ -121,27 +124,55 @@ def large_margin_logits(embeddings: torch.Tensor, weight: torch.Tensor, labels: 
     return logits.scatter(1, labels[:, None], lengths * (lam * cosine + psi) / (1 + lam))
 
 
-class PMLClassifierLoss(MetricLoss):
-    """Base of the losses that wrap a pytorch-metric-learning classifier loss with weight ``W`` (D, classes).
+class AdditiveMarginLoss(MetricLoss):
+    """Base of the margin softmax losses on the unit sphere: CosFace, ArcFace, sub-center ArcFace.
 
-    Embeddings are cast to the weight's dtype before the call: PML would otherwise cast ``W``
-    itself to the embeddings' dtype (fp16 under autocast), in place and for good.
-    :meth:`class_weights` is the hook through which ``regularized`` finds them.
+    With ``cos theta_j`` the cosine between embedding x and class j's weight (the largest over
+    the class's K ``sub_centers``, K = 1 but for sub-center ArcFace), the logits are
+    ``s cos theta_j`` for every class but the target y, whose logit is ``s psi(cos theta_y)``
+    (:meth:`target_cosine`, the loss's margin); the loss is the mean cross-entropy, a miner's
+    ``indices_tuple`` weighting each sample by how often it is mined (pytorch-metric-learning's
+    rule). Only the B target cosines are changed: the (B, C) cosines are scaled and the B targets
+    written over them by one scatter, where PML builds a one-hot (B, C) mask, selects by it and
+    adds mask times difference. The class weights ``weight`` (C K, D; row ``j K + k`` is sub-centre
+    k of class j) are a parameter of the loss, started standard normal as PML's and kept in their
+    dtype (float32): the embeddings are cast to it, with autocast off.
     """
 
-    def __init__(self, loss: nn.Module, embedding_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.loss = loss
-        self.embedding_dim = embedding_dim
-        self.num_classes = num_classes
+    loss_name = "margin softmax"
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                indices_tuple: tuple | None = None) -> torch.Tensor:
-        check_batch(embeddings, labels, self.embedding_dim, self.num_classes)
-        return self.loss(embeddings.to(self.loss.W.dtype), labels, indices_tuple)
+    def __init__(self, embedding_dim: int, num_classes: int, margin: float, scale: float,
+                 sub_centers: int = 1) -> None:
+        super().__init__()
+        check_sizes(embedding_dim, num_classes, loss=self.loss_name)
+        check_scale(scale, loss=self.loss_name)
+        if sub_centers < 1:
+            raise ValueError(f"{self.loss_name}: sub_centers must be at least 1 (the paper uses 3), got {sub_centers}")
+        self.embedding_dim, self.num_classes, self.sub_centers = embedding_dim, num_classes, sub_centers
+        self.margin, self.scale = margin, scale
+        self.weight = nn.Parameter(torch.randn(num_classes * sub_centers, embedding_dim))
+
+    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+        """``psi(cos theta_y)``, the target's cosine with the margin, from the (B, 1) target cosines."""
+        raise NotImplementedError
 
     def class_weights(self) -> torch.Tensor:
-        """PML's ``W`` (D, C K) as rows: (C, D), or (C, K, D) for a loss with K sub-centres per class (a view)."""
-        weights = self.loss.W.T
-        sub_centers = getattr(self.loss, "sub_centers", None)
-        return weights if sub_centers is None else weights.view(self.num_classes, sub_centers, -1)
+        """The class weights as rows, for ``regularized``: (C, D), or (C, K, D) with K sub-centres (a view)."""
+        if self.sub_centers == 1:
+            return self.weight
+        return self.weight.view(self.num_classes, self.sub_centers, self.embedding_dim)
+
+    @full_precision
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple | None = None) -> torch.Tensor:
+        check_batch(embeddings, labels, self.embedding_dim, self.num_classes, loss=self.loss_name)
+        cosine = cosine_matrix(embeddings.to(self.weight.dtype), self.weight)
+        if self.sub_centers > 1:
+            cosine = cosine.view(len(cosine), self.num_classes, self.sub_centers).max(dim=2).values
+        targets = labels[:, None]
+        target = self.target_cosine(cosine.gather(1, targets))
+        logits = (self.scale * cosine).scatter(1, targets, self.scale * target)
+        if indices_tuple is None:
+            return F.cross_entropy(logits, labels)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        return (losses * lmu.convert_to_weights(indices_tuple, labels, dtype=losses.dtype)).mean()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from pytorch_metric_learning import losses as pml_losses
+import torch
 
-from ._classifier import PMLClassifierLoss, check_scale, check_sizes
+from ._classifier import AdditiveMarginLoss
 
 
 def check_angular_margin(margin: float) -> None:
@@ -16,25 +16,38 @@ def check_angular_margin(margin: float) -> None:
                          f"0.5 rad (28.65 degrees); give radians, not degrees")
 
 
-class ArcFaceLoss(PMLClassifierLoss):
+def angular_margin_cosine(cosine: torch.Tensor, margin: float) -> torch.Tensor:
+    """ArcFace's target cosine ``cos(theta + m)``, and ``cos(theta) - m sin(m)`` past ``theta = pi - m``.
+
+    ``cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m)`` with ``sin(theta) = sqrt(1 - cos^2)``
+    (clamped at 1e-12 under the root, so a cosine of exactly +-1 keeps a finite gradient); past
+    ``pi - m``, i.e. ``cos(theta) < -cos(m)``, ``cos(theta + m)`` would rise again, and the
+    official code's ``easy_margin=False`` rule keeps the logit decreasing in theta.
+    """
+    sine = (1 - cosine * cosine).clamp(min=1e-12).sqrt()
+    shifted = cosine * math.cos(margin) - sine * math.sin(margin)
+    return torch.where(cosine >= -math.cos(margin), shifted, cosine - margin * math.sin(margin))
+
+
+class ArcFaceLoss(AdditiveMarginLoss):
     """ArcFace additive angular margin softmax; margin in radians (Deng et al. 2019).
 
-    With ``theta_j`` the angle between the embedding and class weight ``W_j`` (both
-    L2-normalised), the target logit is ``s * cos(theta_y + m)`` and the others
-    ``s * cos(theta_j)``; the loss is the mean cross-entropy. Where ``theta_y > pi - m`` the
-    target logit is ``s * (cos(theta_y) - m * sin(m))``, which keeps it decreasing in theta
-    (the official ``easy_margin=False`` rule). Paper defaults: ``m = 0.5`` rad, ``s = 64``.
-    ``margin`` is in radians, the unit of the paper; pytorch-metric-learning's ArcFaceLoss,
-    which this wraps, takes degrees, and the conversion is done here. The class weights
-    ``W`` (embedding_dim, num_classes) are a parameter of the loss; a miner's
-    ``indices_tuple`` weights each sample by how often it is mined (PML's rule).
+    With ``theta_j`` the angle between the embedding and class weight ``w_j`` (both
+    L2-normalised), the target logit is ``s cos(theta_y + m)`` and the others
+    ``s cos(theta_j)``; the loss is the mean cross-entropy. Where ``theta_y > pi - m`` the
+    target logit is ``s (cos(theta_y) - m sin(m))``, which keeps it decreasing in theta
+    (the official ``easy_margin=False`` rule; :func:`angular_margin_cosine`). Paper defaults:
+    ``m = 0.5`` rad, ``s = 64``. Equal, value and gradient, to pytorch-metric-learning's
+    ArcFaceLoss, which takes the margin in degrees; see :class:`AdditiveMarginLoss` for the
+    weights and a miner's ``indices_tuple``.
     """
+
+    loss_name = "arcface"
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: float = 0.5,
                  scale: float = 64.0) -> None:
-        check_sizes(embedding_dim, num_classes)
         check_angular_margin(margin)
-        check_scale(scale)
-        super().__init__(pml_losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embedding_dim,
-                                                margin=math.degrees(margin), scale=scale),
-                         embedding_dim, num_classes)
+        super().__init__(embedding_dim, num_classes, margin, scale)
+
+    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+        return angular_margin_cosine(cosine, self.margin)

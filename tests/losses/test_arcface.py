@@ -37,8 +37,8 @@ def _arcface(x: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, m: float, s
 def test_half_a_radian_is_pmls_28_6479_degrees():
     ours = ArcFaceLoss(embedding_dim=6, num_classes=5).double()
     pml = pml_losses.ArcFaceLoss(num_classes=5, embedding_size=6, margin=28.6479, scale=64).double()
-    pml.W.data.copy_(ours.loss.W.data)
-    assert ours.loss.margin == pytest.approx(0.5, abs=1e-12)
+    pml.W.data.copy_(ours.weight.data.T)
+    assert ours.margin == pytest.approx(0.5, abs=1e-12)
     x = _batch()
     torch.testing.assert_close(ours(x, LABELS), pml(x, LABELS), rtol=1e-6, atol=1e-6)
 
@@ -47,22 +47,46 @@ def test_half_a_radian_is_pmls_28_6479_degrees():
 def test_value_equals_float64_derivation(margin, scale):
     loss = ArcFaceLoss(embedding_dim=6, num_classes=5, margin=margin, scale=scale).double()
     x = _batch()
-    expected = _arcface(x, LABELS, loss.loss.W.detach(), margin, scale)
+    expected = _arcface(x, LABELS, loss.weight.detach().T, margin, scale)
     assert loss(x, LABELS).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_angles_past_pi_minus_m_use_the_monotonic_fallback():
     loss = ArcFaceLoss(embedding_dim=6, num_classes=5, scale=10.0).double()
-    w = loss.loss.W.detach()
+    w = loss.weight.detach().T
     x = (-w[:, LABELS] + 0.01 * _batch().detach().T).T.requires_grad_()  # each x points away from its class
     expected = _arcface(x, LABELS, w, 0.5, 10.0)
     assert loss(x, LABELS).item() == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("mined", [None, (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))])
+def test_gradients_equal_pmls_including_a_target_past_pi_minus_m(mined):
+    ours = ArcFaceLoss(embedding_dim=6, num_classes=5, margin=0.4, scale=16.0).double()
+    pml = pml_losses.ArcFaceLoss(num_classes=5, embedding_size=6, margin=math.degrees(0.4), scale=16).double()
+    pml.W.data.copy_(ours.weight.data.T)
+    x = _batch().detach()
+    x[1] = -ours.weight.detach()[1] + 0.01 * x[1]  # theta near pi: the monotonic fallback
+    x.requires_grad_()
+    value, expected = ours(x, LABELS, mined), pml(x, LABELS, mined)
+    torch.testing.assert_close(value, expected)
+    ours_grads = torch.autograd.grad(value, (x, ours.weight))
+    pml_grads = torch.autograd.grad(expected, (x, pml.W))
+    torch.testing.assert_close(ours_grads[0], pml_grads[0])
+    torch.testing.assert_close(ours_grads[1], pml_grads[1].T)
+
+
+def test_an_embedding_on_its_class_weight_has_a_finite_gradient():
+    """cos theta = 1 exactly: sin theta = sqrt(1 - cos^2) is clamped under the root, where PML's acos is not."""
+    loss = ArcFaceLoss(embedding_dim=6, num_classes=5).double()
+    x = loss.weight.detach()[LABELS].clone().requires_grad_()
+    loss(x, LABELS).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(loss.weight.grad).all()
+
+
 def test_miner_tuple_weights_samples_like_pml():
     ours = ArcFaceLoss(embedding_dim=6, num_classes=5).double()
     pml = pml_losses.ArcFaceLoss(num_classes=5, embedding_size=6, margin=math.degrees(0.5), scale=64).double()
-    pml.W.data.copy_(ours.loss.W.data)
+    pml.W.data.copy_(ours.weight.data.T)
     x = _batch()
     mined = (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))
     torch.testing.assert_close(ours(x, LABELS, mined), pml(x, LABELS, mined))
@@ -71,10 +95,10 @@ def test_miner_tuple_weights_samples_like_pml():
 
 def test_weights_are_parameters_that_receive_gradients_and_keep_their_dtype():
     loss = ArcFaceLoss(embedding_dim=6, num_classes=5)
-    assert [p.shape for p in loss.parameters()] == [torch.Size([6, 5])]
+    assert [p.shape for p in loss.parameters()] == [torch.Size([5, 6])]
     loss(_batch(), LABELS).backward()  # float64 embeddings: PML alone would cast W to float64 in place
-    assert loss.loss.W.dtype == torch.float32
-    assert loss.loss.W.grad is not None and loss.loss.W.grad.abs().sum() > 0
+    assert loss.weight.dtype == torch.float32
+    assert loss.weight.grad is not None and loss.weight.grad.abs().sum() > 0
 
 
 def test_conforms_on_edge_batches():  # one class, one sample per class, all embeddings equal

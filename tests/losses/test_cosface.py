@@ -30,25 +30,39 @@ def _cosface(x: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, m: float, s
 
 def test_defaults_are_the_papers():
     loss = CosFaceLoss(embedding_dim=6, num_classes=5)
-    assert (loss.loss.margin, loss.loss.scale) == (0.35, 64.0)
+    assert (loss.margin, loss.scale) == (0.35, 64.0)
 
 
 @pytest.mark.parametrize(("margin", "scale"), [(0.35, 64.0), (0.35, 30.0), (0.2, 16.0)])
 def test_value_equals_pml_and_float64_derivation(margin, scale):
     ours = CosFaceLoss(embedding_dim=6, num_classes=5, margin=margin, scale=scale).double()
     pml = pml_losses.CosFaceLoss(num_classes=5, embedding_size=6, margin=margin, scale=scale).double()
-    pml.W.data.copy_(ours.loss.W.data)
+    pml.W.data.copy_(ours.weight.data.T)
     x = _batch()
     value = ours(x, LABELS)
     torch.testing.assert_close(value, pml(x, LABELS))
-    assert value.item() == pytest.approx(_cosface(x, LABELS, ours.loss.W.detach(), margin, scale), rel=1e-9)
+    assert value.item() == pytest.approx(_cosface(x, LABELS, ours.weight.detach().T, margin, scale), rel=1e-9)
+
+
+@pytest.mark.parametrize("mined", [None, (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))])
+def test_gradients_equal_pmls(mined):
+    ours = CosFaceLoss(embedding_dim=6, num_classes=5, margin=0.3, scale=20.0).double()
+    pml = pml_losses.CosFaceLoss(num_classes=5, embedding_size=6, margin=0.3, scale=20).double()
+    pml.W.data.copy_(ours.weight.data.T)
+    x = _batch()
+    value, expected = ours(x, LABELS, mined), pml(x, LABELS, mined)
+    torch.testing.assert_close(value, expected)
+    ours_grads = torch.autograd.grad(value, (x, ours.weight))
+    pml_grads = torch.autograd.grad(expected, (x, pml.W))
+    torch.testing.assert_close(ours_grads[0], pml_grads[0])
+    torch.testing.assert_close(ours_grads[1], pml_grads[1].T)
 
 
 def test_weights_are_parameters_that_receive_gradients():
     loss = CosFaceLoss(embedding_dim=6, num_classes=5)
-    assert [p.shape for p in loss.parameters()] == [torch.Size([6, 5])]
+    assert [p.shape for p in loss.parameters()] == [torch.Size([5, 6])]
     loss(_batch(), LABELS).backward()
-    assert loss.loss.W.grad is not None and loss.loss.W.grad.abs().sum() > 0
+    assert loss.weight.grad is not None and loss.weight.grad.abs().sum() > 0
 
 
 def test_conforms_on_edge_batches():  # one class, one sample per class, all embeddings equal

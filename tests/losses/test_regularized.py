@@ -43,23 +43,23 @@ DIM, K = 6, 3
 def _arcface(**reg):
     ours = ArcFaceLoss(DIM, CLASSES)
     pml = pml_losses.ArcFaceLoss(num_classes=CLASSES, embedding_size=DIM, margin=math.degrees(0.5), scale=64, **reg)
-    pml.W.data.copy_(ours.loss.W.data)
-    return ours, pml, lambda o, p: (o.loss.W, p.W, None)
+    pml.W.data.copy_(ours.weight.data.T)
+    return ours, pml, lambda o, p: (o.weight, p.W, torch.t)
 
 
 def _cosface(**reg):
     ours = CosFaceLoss(DIM, CLASSES)
     pml = pml_losses.CosFaceLoss(num_classes=CLASSES, embedding_size=DIM, margin=0.35, scale=64, **reg)
-    pml.W.data.copy_(ours.loss.W.data)
-    return ours, pml, lambda o, p: (o.loss.W, p.W, None)
+    pml.W.data.copy_(ours.weight.data.T)
+    return ours, pml, lambda o, p: (o.weight, p.W, torch.t)
 
 
 def _subcenter(**reg):
     ours = SubCenterArcFaceLoss(DIM, CLASSES, sub_centers=K)
     pml = pml_losses.SubCenterArcFaceLoss(num_classes=CLASSES, embedding_size=DIM, margin=math.degrees(0.5),
                                           scale=64, sub_centers=K, **reg)
-    pml.W.data.copy_(ours.loss.W.data)
-    return ours, pml, lambda o, p: (o.loss.W, p.W, None)
+    pml.W.data.copy_(ours.weight.data.T)
+    return ours, pml, lambda o, p: (o.weight, p.W, torch.t)
 
 
 def _normalized_softmax(**reg):
@@ -167,8 +167,10 @@ def test_a_miner_tuple_goes_to_the_inner_loss_and_the_regularisers_see_every_emb
     x = batch(d=DIM)
     value, expected = ours(x, LABELS, indices_tuple), pml(x, LABELS, indices_tuple)
     assert value.item() != pytest.approx(ours(x, LABELS).item())
-    for got, want in zip(torch.autograd.grad(value, (x, inner.loss.W)), torch.autograd.grad(expected, (x, pml.W))):
-        torch.testing.assert_close(got, want)
+    got_x, got_w = torch.autograd.grad(value, (x, inner.weight))
+    want_x, want_w = torch.autograd.grad(expected, (x, pml.W))
+    torch.testing.assert_close(got_x, want_x)
+    torch.testing.assert_close(got_w, want_w.T)
     torch.testing.assert_close(value, expected)
 
 
@@ -279,13 +281,13 @@ def test_class_weights_are_views_of_the_parameters_in_rows():
     arcface, subcenter = ArcFaceLoss(DIM, CLASSES), SubCenterArcFaceLoss(DIM, CLASSES, sub_centers=K)
     triple, anchor = SoftTripleLoss(DIM, CLASSES, centers_per_class=K), ProxyAnchorLoss(DIM, CLASSES)
     softmax, contra_x = NormalizedSoftmaxLoss(DIM, CLASSES), ContraXLoss(DIM, CLASSES)
-    torch.testing.assert_close(arcface.class_weights(), arcface.loss.W.T, rtol=0, atol=0)
-    torch.testing.assert_close(subcenter.class_weights()[2, 1], subcenter.loss.W[:, 2 * K + 1], rtol=0, atol=0)
+    assert arcface.class_weights() is arcface.weight
+    torch.testing.assert_close(subcenter.class_weights()[2, 1], subcenter.weight[2 * K + 1], rtol=0, atol=0)
     torch.testing.assert_close(triple.class_weights()[4, 2], triple.proxies[4 * K + 2], rtol=0, atol=0)
     assert anchor.class_weights() is anchor.proxies and softmax.class_weights() is softmax.weight
     assert contra_x.class_weights() is contra_x.classifier.weight
     assert LargeMarginSoftmaxLoss(DIM, CLASSES).class_weights().shape == (CLASSES, DIM)
-    for loss, param in ((subcenter, subcenter.loss.W), (triple, triple.proxies)):
+    for loss, param in ((subcenter, subcenter.weight), (triple, triple.proxies)):
         assert loss.class_weights().data_ptr() == param.data_ptr()
 
 
@@ -338,7 +340,7 @@ def test_contract(params):
     ({"loss": TripletLoss(), "weight_regularizer": "regular_face"},
      "weight_regularizer regular_face needs class weights, and the loss TripletLoss has none"),
     ({"weight_regularizer": "sparse_centers"}, "weight_regularizer sparse_centers merges several centres per class, "
-                                               r"and the loss ArcFaceLoss has one \(class weights \(7, 6\)\)"),
+                                               r"and the loss arcface has one \(class weights \(7, 6\)\)"),
     ({"loss": SoftTripleLoss(DIM, CLASSES, centers_per_class=1), "weight_regularizer": "sparse_centers"},
      "weight_regularizer sparse_centers merges several centres per class, and the loss soft_triple has one")])
 def test_invalid_settings_raise(kwargs, message):

@@ -101,7 +101,7 @@ def test_refusals():
     with pytest.raises(ValueError, match=r"^self_supervised: loss must be a metric loss \(embeddings, labels\), "
                                          r"got VICRegLoss$"):
         SelfSupervisedLoss(VICRegLoss())
-    with pytest.raises(ValueError, match=r"^self_supervised: loss ArcFaceLoss learns weights for a fixed set of "
+    with pytest.raises(ValueError, match=r"^self_supervised: loss arcface learns weights for a fixed set of "
                                          r"classes, but here each batch's images are new classes"):
         SelfSupervisedLoss(ArcFaceLoss(num_classes=4, embedding_dim=8))
     with pytest.raises(ValueError, match=r"^self_supervised: with symmetric: false the second view is a reference "

@@ -36,19 +36,34 @@ def test_value_equals_pml_in_degrees_and_float64_derivation(sub_centers):
     ours = SubCenterArcFaceLoss(embedding_dim=5, num_classes=4, sub_centers=sub_centers).double()
     pml = pml_losses.SubCenterArcFaceLoss(num_classes=4, embedding_size=5, margin=math.degrees(0.5),
                                           scale=64, sub_centers=sub_centers).double()
-    pml.W.data.copy_(ours.loss.W.data)
+    pml.W.data.copy_(ours.weight.data.T)
     x = _batch()
     value = ours(x, LABELS)
     torch.testing.assert_close(value, pml(x, LABELS))
-    w = ours.loss.W.detach()
+    w = ours.weight.detach().T
     assert value.item() == pytest.approx(_subcenter(x, LABELS, w, sub_centers, 0.5, 64.0), rel=1e-10)
+
+
+@pytest.mark.parametrize("mined", [None, (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))])
+def test_gradients_equal_pmls(mined):
+    ours = SubCenterArcFaceLoss(embedding_dim=5, num_classes=4, scale=16.0).double()
+    pml = pml_losses.SubCenterArcFaceLoss(num_classes=4, embedding_size=5, margin=math.degrees(0.5), scale=16,
+                                          sub_centers=3).double()
+    pml.W.data.copy_(ours.weight.data.T)
+    x = _batch()
+    value, expected = ours(x, LABELS, mined), pml(x, LABELS, mined)
+    torch.testing.assert_close(value, expected)
+    ours_grads = torch.autograd.grad(value, (x, ours.weight))
+    pml_grads = torch.autograd.grad(expected, (x, pml.W))
+    torch.testing.assert_close(ours_grads[0], pml_grads[0])
+    torch.testing.assert_close(ours_grads[1], pml_grads[1].T)
 
 
 def test_three_sub_centers_per_class_are_trainable_parameters():
     loss = SubCenterArcFaceLoss(embedding_dim=5, num_classes=4)
-    assert [p.shape for p in loss.parameters()] == [torch.Size([5, 12])]
+    assert [p.shape for p in loss.parameters()] == [torch.Size([12, 5])]
     loss(_batch(), LABELS).backward()
-    assert loss.loss.W.grad is not None and loss.loss.W.grad.abs().sum() > 0
+    assert loss.weight.grad is not None and loss.weight.grad.abs().sum() > 0
 
 
 def test_conforms_on_edge_batches():  # one class, one sample per class, all embeddings equal
