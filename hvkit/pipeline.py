@@ -25,7 +25,7 @@ import torch
 import yaml
 
 import hvkit
-from hvkit import distributed
+from hvkit import distributed, stop_record
 from hvkit.api import WriterDataset
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.engine.context import StageContext, build, derive_seed
@@ -285,7 +285,8 @@ def run(recipe_path: str | Path | None, overrides: Iterable[str] = (), run_dir: 
         runner.read_data()  # before the run directory exists: a broken dataset leaves nothing behind
         if rank == 0:
             run_path.mkdir(parents=True, exist_ok=True)
-    with holding(run_path, "hvkit run", None if resume is not None else functools.partial(fresh, run_path)):
+    with holding(run_path, "hvkit run", None if resume is not None else functools.partial(fresh, run_path)), \
+            stop_record.recorded(run_path):
         if resume is not None:
             runner.read_data()
         elif rank == 0:

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from hvkit import stop_record
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError
@@ -63,8 +64,10 @@ def runs_in(path: Path) -> list[Path]:
 def run_state(run_dir: Path) -> dict[str, Any]:
     """Where run ``run_dir`` stands, for scripts (``hvkit status --json``): its recipe's name, each stage's
     :func:`stage_state`, the process working in it (:class:`~hvkit.run_lock.Holder`'s fields) or None, the
-    number of stages left, and for a complete run whether its data is synthetic, each verifier's
-    accuracy, ROC AUC and EER, and each stage's writer-identification accuracies (k-NN, linear probe)."""
+    number of stages left, for a stopped run why its last ``hvkit run`` ended (``stopped_by``:
+    :class:`~hvkit.stop_record.Stop`'s fields; None when it was killed without a word), and for a complete
+    run whether its data is synthetic, each verifier's accuracy, ROC AUC and EER, and each stage's
+    writer-identification accuracies (k-NN, linear probe)."""
     return _state(run_dir)[0]
 
 
@@ -82,9 +85,11 @@ def _state(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     metrics = run_dir / "metrics.json"
     results = json.loads(metrics.read_text(encoding="utf-8")) if working is None and not left and metrics.is_file() \
         else None
+    stop = stop_record.read(run_dir) if working is None and left else None
     return {"run_dir": str(run_dir), "recipe": resolved["name"],
             "stages": [{"name": name, "complete": done, "state": state} for name, (done, state) in states.items()],
             "running": dataclasses.asdict(working) if working is not None else None, "stages_left": len(left),
+            "stopped_by": dataclasses.asdict(stop) if stop is not None else None,
             "synthetic": None if results is None else bool(results.get("data", {}).get("synthetic")),
             "results": None if results is None else [
                 {"stage": stage, "verifier": verifier, **{k: found.get(k) for k in ("accuracy", "roc_auc", "eer")}}
@@ -107,6 +112,10 @@ def run_status(run_dir: Path) -> str:
             lines.append("data: SYNTHETIC (not real handwriting)")
         lines.append(summary(results))
     else:
+        stop = state["stopped_by"]
+        if stop is not None:
+            how = "interrupted" if stop["interrupted"] else "failed"
+            lines += [f"last run {how} ({stop['time']}): {line}" for line in stop["error"]]
         lines.append(f"stopped, {state['stages_left']} of {len(state['stages'])} stages left: hvkit run --resume "
                      f"{run_dir} continues")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from typing import Any
 import click
 import numpy as np
 
+from hvkit import stop_record
 from hvkit.cli import user_errors
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.errors import HvkitError, Interrupted, every, problems, raise_all
@@ -248,7 +249,7 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
     points = grid(vary)
     every(points, lambda point: prepare(recipe, list(overrides) + point.overrides()))  # each problem once
     _check_record(out, {"recipe": str(recipe.resolve()), "set": list(overrides), "vary": vary})
-    failed: list[HvkitError] = []
+    failed: dict[str, list[HvkitError]] = {}
     for i, point in enumerate(points, 1):
         click.echo(f"sweep {i}/{len(points)}: {point.name}")
         try:
@@ -259,23 +260,38 @@ def sweep_command(recipe: Path, axes: tuple[str, ...], overrides: tuple[str, ...
         except InUse as exc:
             click.echo(f"  {exc}: skipped")
         except HvkitError as exc:
-            failed += [HvkitError(f"sweep run {point.name}: {problem}") for problem in problems(exc)]
+            failed[point.name] = [HvkitError(f"sweep run {point.name}: {problem}") for problem in problems(exc)]
     _summarise(recipe, out, vary, points, failed)
-    raise_all(failed)
+    raise_all([error for errors in failed.values() for error in errors])
 
 
 def _summarise(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list[Point],
-               failed: list[HvkitError]) -> None:
+               failed: dict[str, list[HvkitError]]) -> None:
     """``summary.json`` and ``summary.md`` of every run complete now, whichever process ran it (with the runs
-    another process works in, and those started but stopped or failed, by this process or another): the
-    sweep process that ends last writes the whole sweep's. One process at a time reads the runs and writes, so
+    another process works in, those started but stopped or failed, by this process or another, and every
+    failure's error: :func:`failures`): the sweep process that ends last writes the whole sweep's. One process at a time reads the runs and writes, so
     a summary read before another process's last run completed cannot be written after that one's."""
     with exclusive(out / SUMMARY_LOCK):
         _write_summary(recipe, out, vary, points, failed)
 
 
+def failures(out: Path, points: list[Point], stopped: list[str], done: set[str],
+             failed: dict[str, list[HvkitError]]) -> list[str]:
+    """The errors of the sweep's failed runs that are not complete now, in sweep order: a stopped run's as its
+    last ``hvkit run`` recorded them (:mod:`hvkit.stop_record`), whichever process ran it, else this
+    process's (``failed``: say, a run that failed before its directory held a run)."""
+    lines = []
+    for point in points:
+        stop = stop_record.read(out / point.name) if point.name in stopped else None
+        if stop is not None and not stop.interrupted:
+            lines += [f"sweep run {point.name}: {line}" for line in stop.error]
+        elif stop is None and point.name not in done:
+            lines += [str(error) for error in failed.get(point.name, [])]
+    return lines
+
+
 def _write_summary(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list[Point],
-                   failed: list[HvkitError]) -> None:
+                   failed: dict[str, list[HvkitError]]) -> None:
     finished = [(point, json.loads((out / point.name / "metrics.json").read_text(encoding="utf-8")))
                 for point in points if (out / point.name / "metrics.json").is_file()]
     done = {point.name for point, _ in finished}
@@ -284,8 +300,9 @@ def _write_summary(recipe: Path, out: Path, vary: dict[str, list[Any]], points: 
                if p.name not in done and p.name not in busy and (out / p.name / RESOLVED).is_file()]
     groups = aggregate(vary, finished)
     shown = table(vary, groups)
-    write_json(out / "summary.json", {"vary": vary, "groups": groups, "failed": [str(e) for e in failed],
-                                      "running": busy, "stopped": stopped})
+    write_json(out / "summary.json", {"vary": vary, "groups": groups,
+                                      "failed": failures(out, points, stopped, done, failed), "running": busy,
+                                      "stopped": stopped})
     atomic_write(out / "summary.md", lambda f: f.write(f"# sweep of {recipe}\n\n{shown}\n"), "w")
     running = f"; {len(busy)} running in another process" if busy else ""
     running += f"; {len(stopped)} stopped or failed, which the same command resumes" if stopped else ""

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 import hvkit
 from hvkit import registry as registry_module
-from hvkit import run_lock
+from hvkit import run_lock, stop_record
 from hvkit.api import Split, StageOutput, WriterDataset
 from hvkit.cli import main
 from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
@@ -235,37 +235,46 @@ def status_json(*paths: Path) -> list[dict]:
 
 
 def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
-    """Each stage complete, at its checkpoint (step, total, last logged loss) or not started; then
-    the command that continues the run, or its results."""
+    """Each stage complete, at its checkpoint (step, total, last logged loss) or not started; then why the
+    last hvkit run stopped and the command that continues the run, or its results."""
     early, stopped = tmp_path / "early", tmp_path / "stopped"
     inject["fail_at"] = ("pre", 2)  # before the first checkpoint
     with pytest.raises(RuntimeError, match="injected failure"):
         execute(recipe, early, registry)
+    failed = stop_record.read(early)
+    assert (failed.error, failed.interrupted) == (["RuntimeError: injected failure"], False)
     assert status(early) == [f"{early}: recipe tiny", "  pre    not started", "  train  not started",
+                             f"last run failed ({failed.time}): RuntimeError: injected failure",
                              f"stopped, 2 of 2 stages left: hvkit run --resume {early} continues"]
     inject["fail_at"], inject["signal_at"] = None, ("train", 4, [signal.SIGINT])
     with pytest.raises(Interrupted):
         execute(recipe, stopped, registry)
     pre = json.loads((stopped / "stages" / "pre" / "outputs.json").read_text())
     last = read_log(stopped / "stages" / "train" / "log.jsonl")[-1]
+    interrupted = stop_record.read(stopped)
     assert status(stopped) == [
         f"{stopped}: recipe tiny",
         f"  pre    complete in {duration(pre['seconds'])} (final loss {pre['metrics']['final_loss']:.4g}, "
         f"{pre['metrics']['steps']} steps)",
         f"  train  at step 5/12 (checkpoint), loss {last['loss']:.4g} at step {last['step']}",
+        f"last run interrupted ({interrupted.time}): {interrupted.error[0]}",
         f"stopped, 1 of 2 stages left: hvkit run --resume {stopped} continues"]
+    assert interrupted.interrupted and interrupted.error[0].startswith("stage train: SIGINT at step 5/12")
     assert status_json(stopped) == [{
         "run_dir": str(stopped), "recipe": "tiny",
         "stages": [{"name": "pre", "complete": True, "state": status(stopped)[1].split(None, 1)[1]},
                    {"name": "train", "complete": False, "state": status(stopped)[2].split(None, 1)[1]}],
-        "running": None, "stages_left": 1, "synthetic": None, "results": None, "identification": None}]
+        "running": None, "stages_left": 1,
+        "stopped_by": {"time": interrupted.time, "error": interrupted.error, "interrupted": True},
+        "synthetic": None, "results": None, "identification": None}]
     run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
+    assert not (stopped / stop_record.STOPPED).exists()
     lines = status(stopped)
     assert lines[2].startswith("  train  complete in ")
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
     (finished,) = status_json(stopped)
-    assert (finished["stages_left"], finished["running"], finished["synthetic"], finished["results"],
-            finished["identification"]) == (0, None, True, [], [])
+    assert (finished["stages_left"], finished["running"], finished["stopped_by"], finished["synthetic"],
+            finished["results"], finished["identification"]) == (0, None, None, True, [], [])
     (tmp_path / "notes.txt").write_text("a file beside the runs")
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["status", str(early), str(tmp_path / "empty"), str(tmp_path / "notes.txt"),
@@ -322,7 +331,9 @@ def test_a_run_directory_in_use_is_refused_and_status_names_who_holds_it(tmp_pat
     finally:
         other.kill()
         other.wait()
+    interrupted = stop_record.read(stopped)  # the refused resume left the record of the SIGINT
     assert status(stopped)[2:] == [f"  train  {at_step_5}",
+                                   f"last run interrupted ({interrupted.time}): {interrupted.error[0]}",
                                    f"stopped, 1 of 2 stages left: hvkit run --resume {stopped} continues"]
     lines: list[str] = []
     run(None, resume=stopped, registry=registry, device="cpu", console=lines.append)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hvkit import stop_record
 from hvkit.engine import load_checkpoint
 from hvkit.run_lock import RunLock
 
@@ -230,6 +231,8 @@ def test_an_error_is_said_once(plugin_env, tmp_path, rank):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: simulated failure at call 3"], done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+    stop = stop_record.read(tmp_path / "run")  # by the rank that met it, not rank 0's failed collective
+    assert (stop.error, stop.interrupted) == (["simulated failure at call 3"], False)
 
 
 def test_a_broken_recipe_is_said_once_before_any_process_starts(tmp_path):
@@ -291,3 +294,4 @@ def test_a_sweep_runs_each_run_in_several_processes(reference, tmp_path):
     assert alone["evaluate"]["verification"] == metrics(reference.run_dir)["evaluate"]["verification"]
     summary = json.loads((out / "summary.json").read_text())
     assert [group["runs"] for group in summary["groups"]] == [["label_fraction=1.0"]]
+    assert summary["failed"] == [f"sweep run label_fraction=0.01: {errors[0].removeprefix('error: ')}"]

@@ -170,6 +170,9 @@ def test_a_failed_run_is_reported_at_the_end_and_the_others_go_on(recipe, tmp_pa
     assert [group["runs"] for group in summary["groups"]] == [["label_fraction=0.5"]]
     assert summary["failed"] == [line.removeprefix("error: ")] and summary["stopped"] == ["label_fraction=0.01"]
     assert "sweep: 1 of 2 runs complete; 1 stopped or failed, which the same command resumes" in result.stdout
+    vary = parse_axes(("stages.first.label_fraction=[0.01, 0.5]",))
+    _summarise(recipe, out, vary, grid(vary), {})  # another sweep process ending, with no failure of its own
+    assert json.loads((out / "summary.json").read_text())["failed"] == summary["failed"]  # from the run's record
 
 
 @pytest.mark.parametrize("args, message", [
@@ -293,7 +296,7 @@ def test_one_process_at_a_time_reads_the_runs_and_writes_the_summary(swept, reci
     last.rename(tmp_path / "metrics.json")
     vary = parse_axes(tuple(AXES[1::2][:2]))
     with exclusive(out / SUMMARY_LOCK):  # another process holds it
-        ending = threading.Thread(target=_summarise, args=(recipe, out, vary, grid(vary), []))
+        ending = threading.Thread(target=_summarise, args=(recipe, out, vary, grid(vary), {}))
         ending.start()
         ending.join(0.5)
         assert ending.is_alive() and not (out / "summary.json").exists()
