@@ -11,6 +11,9 @@ from pytorch_metric_learning import losses as pml_losses
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.arcface import ArcFaceLoss
 
+from .pair_batch import assert_same_classifier_as_pml
+
+MINED = (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))  # a miner's triplets
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 4, 2])
 
 
@@ -59,7 +62,7 @@ def test_angles_past_pi_minus_m_use_the_monotonic_fallback():
     assert loss(x, LABELS).item() == pytest.approx(expected, rel=1e-10)
 
 
-@pytest.mark.parametrize("mined", [None, (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))])
+@pytest.mark.parametrize("mined", [None, MINED])
 def test_gradients_equal_pmls_including_a_target_past_pi_minus_m(mined):
     ours = ArcFaceLoss(embedding_dim=6, num_classes=5, margin=0.4, scale=16.0).double()
     pml = pml_losses.ArcFaceLoss(num_classes=5, embedding_size=6, margin=math.degrees(0.4), scale=16).double()
@@ -67,12 +70,7 @@ def test_gradients_equal_pmls_including_a_target_past_pi_minus_m(mined):
     x = _batch().detach()
     x[1] = -ours.weight.detach()[1] + 0.01 * x[1]  # theta near pi: the monotonic fallback
     x.requires_grad_()
-    value, expected = ours(x, LABELS, mined), pml(x, LABELS, mined)
-    torch.testing.assert_close(value, expected)
-    ours_grads = torch.autograd.grad(value, (x, ours.weight))
-    pml_grads = torch.autograd.grad(expected, (x, pml.W))
-    torch.testing.assert_close(ours_grads[0], pml_grads[0])
-    torch.testing.assert_close(ours_grads[1], pml_grads[1].T)
+    assert_same_classifier_as_pml(ours, pml, x, LABELS, mined)
 
 
 def test_an_embedding_on_its_class_weight_has_a_finite_gradient():
@@ -88,7 +86,7 @@ def test_miner_tuple_weights_samples_like_pml():
     pml = pml_losses.ArcFaceLoss(num_classes=5, embedding_size=6, margin=math.degrees(0.5), scale=64).double()
     pml.W.data.copy_(ours.weight.data.T)
     x = _batch()
-    mined = (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))
+    mined = MINED
     torch.testing.assert_close(ours(x, LABELS, mined), pml(x, LABELS, mined))
     assert ours(x, LABELS, mined).item() != pytest.approx(ours(x, LABELS).item())
 

@@ -11,6 +11,9 @@ from pytorch_metric_learning import losses as pml_losses
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.cosface import CosFaceLoss
 
+from .pair_batch import assert_same_classifier_as_pml
+
+MINED = (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))  # a miner's triplets
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 4, 2])
 
 
@@ -44,18 +47,13 @@ def test_value_equals_pml_and_float64_derivation(margin, scale):
     assert value.item() == pytest.approx(_cosface(x, LABELS, ours.weight.detach().T, margin, scale), rel=1e-9)
 
 
-@pytest.mark.parametrize("mined", [None, (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))])
+@pytest.mark.parametrize("mined", [None, MINED])
 def test_gradients_equal_pmls(mined):
     ours = CosFaceLoss(embedding_dim=6, num_classes=5, margin=0.3, scale=20.0).double()
     pml = pml_losses.CosFaceLoss(num_classes=5, embedding_size=6, margin=0.3, scale=20).double()
     pml.W.data.copy_(ours.weight.data.T)
     x = _batch()
-    value, expected = ours(x, LABELS, mined), pml(x, LABELS, mined)
-    torch.testing.assert_close(value, expected)
-    ours_grads = torch.autograd.grad(value, (x, ours.weight))
-    pml_grads = torch.autograd.grad(expected, (x, pml.W))
-    torch.testing.assert_close(ours_grads[0], pml_grads[0])
-    torch.testing.assert_close(ours_grads[1], pml_grads[1].T)
+    assert_same_classifier_as_pml(ours, pml, x, LABELS, mined)
 
 
 def test_weights_are_parameters_that_receive_gradients():

@@ -11,6 +11,9 @@ from pytorch_metric_learning import losses as pml_losses
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.subcenter_arcface import SubCenterArcFaceLoss
 
+from .pair_batch import assert_same_classifier_as_pml
+
+MINED = (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))  # a miner's triplets
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 3, 2])
 
 
@@ -44,19 +47,14 @@ def test_value_equals_pml_in_degrees_and_float64_derivation(sub_centers):
     assert value.item() == pytest.approx(_subcenter(x, LABELS, w, sub_centers, 0.5, 64.0), rel=1e-10)
 
 
-@pytest.mark.parametrize("mined", [None, (torch.tensor([0, 1]), torch.tensor([3, 5]), torch.tensor([2, 2]))])
+@pytest.mark.parametrize("mined", [None, MINED])
 def test_gradients_equal_pmls(mined):
     ours = SubCenterArcFaceLoss(embedding_dim=5, num_classes=4, scale=16.0).double()
     pml = pml_losses.SubCenterArcFaceLoss(num_classes=4, embedding_size=5, margin=math.degrees(0.5), scale=16,
                                           sub_centers=3).double()
     pml.W.data.copy_(ours.weight.data.T)
     x = _batch()
-    value, expected = ours(x, LABELS, mined), pml(x, LABELS, mined)
-    torch.testing.assert_close(value, expected)
-    ours_grads = torch.autograd.grad(value, (x, ours.weight))
-    pml_grads = torch.autograd.grad(expected, (x, pml.W))
-    torch.testing.assert_close(ours_grads[0], pml_grads[0])
-    torch.testing.assert_close(ours_grads[1], pml_grads[1].T)
+    assert_same_classifier_as_pml(ours, pml, x, LABELS, mined)
 
 
 def test_three_sub_centers_per_class_are_trainable_parameters():
