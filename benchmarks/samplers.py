@@ -76,7 +76,7 @@ CASES: list[Case] = [
     Case("distance_weighted", lambda b, d: DistanceWeightedMiner(),
          lambda b, d: pml.DistanceWeightedMiner(), "PML DistanceWeightedMiner"),
     Case("multi_similarity", lambda b, d: MultiSimilarityMiner(),
-         lambda b, d: pml.MultiSimilarityMiner(), "PML MultiSimilarityMiner (wrapped: same code)"),
+         lambda b, d: pml.MultiSimilarityMiner(), "PML MultiSimilarityMiner"),
     Case("pair_margin", lambda b, d: PairMarginMiner(), lambda b, d: pml.PairMarginMiner(),
          "PML PairMarginMiner"),
     Case("triplet_margin", lambda b, d: TripletMarginMiner(), lambda b, d: pml.TripletMarginMiner(),

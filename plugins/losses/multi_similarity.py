@@ -9,6 +9,18 @@ from hvkit.api import MetricLoss
 from ._pairs import cosine_similarities, label_masks, reference_set, tuple_masks
 
 
+def hard_pairs(similarity: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+               epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-similarity mining of (B, R) ``similarity``: of the ``positive`` / ``negative`` pair masks, each
+    anchor's positives with ``S_ip - epsilon < max_n S_in`` and negatives with ``S_in + epsilon > min_p S_ip``
+    (Wang et al. 2019); none of either for an anchor without the other kind."""
+    with torch.no_grad():
+        hardest_negative = similarity.masked_fill(~negative, float("-inf")).amax(1, keepdim=True)
+        hardest_positive = similarity.masked_fill(~positive, float("inf")).amin(1, keepdim=True)
+        return (positive & (similarity - epsilon < hardest_negative),
+                negative & (similarity + epsilon > hardest_positive))
+
+
 def soft_count(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Row-wise ``log(1 + sum_{mask} exp(values))``; 0 for a row with nothing in the mask."""
     values = values.masked_fill(~mask, float("-inf"))
@@ -56,11 +68,7 @@ class MultiSimilarityLoss(MetricLoss):
             return tuple_masks(indices_tuple, labels, similarity.shape[1])
         positive, negative = label_masks(labels, ref_labels, is_batch)
         if self.mining:
-            with torch.no_grad():
-                hardest_negative = similarity.masked_fill(~negative, float("-inf")).amax(1, keepdim=True)
-                hardest_positive = similarity.masked_fill(~positive, float("inf")).amin(1, keepdim=True)
-            positive = positive & (similarity - self.epsilon < hardest_negative)
-            negative = negative & (similarity + self.epsilon > hardest_positive)
+            return hard_pairs(similarity, positive, negative, self.epsilon)
         return positive, negative
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None,

@@ -1,4 +1,4 @@
-"""MultiSimilarityMiner: pytorch-metric-learning's miner with hvkit's typed signature."""
+"""MultiSimilarityMiner: the pairs of pytorch-metric-learning's, in its order, with and without a reference set."""
 
 import pytest
 import torch
@@ -8,10 +8,10 @@ from hvkit.testing import check_miner
 from hvkit_plugins.miners.multi_similarity import MultiSimilarityMiner
 
 
-@pytest.mark.parametrize("epsilon", [0.1, 0.3])
-def test_same_pairs_as_pml(epsilon):
+@pytest.mark.parametrize("epsilon, batch, classes", [(0.1, 32, 6), (0.3, 32, 6), (0.05, 256, 40)])
+def test_same_pairs_as_pml(epsilon, batch, classes):
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(32, 8, generator=g), torch.arange(32) % 6
+    x, y = torch.randn(batch, 8, generator=g), torch.arange(batch) % classes
     ours = MultiSimilarityMiner(epsilon=epsilon)(x, y)
     pml = miners.MultiSimilarityMiner(epsilon=epsilon)(x, y)
     assert len(ours) == 4
