@@ -146,6 +146,18 @@ def parameter_groups(modules: dict[str, nn.Module], config: TrainConfig,
     return groups
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError when a loaded optimiser state (Adam's moments, a momentum buffer) has another shape than its
+    parameter, which ``Optimizer.load_state_dict`` does not check (the first step would fail in the optimiser's
+    arithmetic, far from the cause)."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != parameter.shape:
+                    raise ValueError(f"the optimiser's {name!r} of a parameter of shape {tuple(parameter.shape)} "
+                                     f"has shape {tuple(value.shape)}")
+
+
 class Trainer:
     """Trains ``modules`` with ``step`` over ``batches``; resumable from ``stage_dir/last.pt``.
 
@@ -262,6 +274,7 @@ class Trainer:
         for k, module in self.modules.items():
             distributed.unwrap(module).load_state_dict(state["modules"][k])
         self.optimizer.load_state_dict(state["optimizer"])
+        check_optimizer_state(self.optimizer)
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -289,7 +302,15 @@ class Trainer:
         SIGTERM ends the step under way, saves a checkpoint there and raises :class:`Interrupted`.
         """
         if self.ctx.resume and self.checkpoint_path.is_file():
-            self.load_state(load_checkpoint(self.checkpoint_path, self.ctx.device))
+            state = load_checkpoint(self.checkpoint_path, self.ctx.device)
+            try:
+                self.load_state(state)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                said = said if len(said) <= 300 else said[:299] + "…"
+                raise HvkitError(f"stage {self.ctx.name}: {self.checkpoint_path} does not fit the stage "
+                                 f"({type(exc).__name__}: {said}): was it written by another version of hvkit or "
+                                 "of a plugin? Move it away and the same command starts the stage again") from None
             self.ctx.log(f"resumed at step {self.step}")
         last = self._trim_log() if self.ctx.resume else {}
         for module in self.modules.values():

@@ -234,6 +234,33 @@ def status_json(*paths: Path) -> list[dict]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.parametrize("change", ["module", "optimizer"])
+def test_a_checkpoint_that_does_not_fit_the_stage_is_one_line_and_kept(tmp_path, recipe, registry, inject, change):
+    """A mid-stage checkpoint from another version of the code (a module's keys, an optimiser state's shape)
+    is refused with one line naming it and what to do; the file stays."""
+    stopped = tmp_path / "stopped"
+    inject["signal_at"] = ("train", 4, [signal.SIGINT])
+    with pytest.raises(Interrupted):
+        execute(recipe, stopped, registry)
+    path = stopped / "stages" / "train" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    if change == "module":
+        next(iter(state["modules"].values()))["renamed.weight"] = torch.zeros(1)
+    else:
+        momentum = next(s for s in state["optimizer"]["state"].values() if s["momentum_buffer"].dim() > 1)
+        momentum["momentum_buffer"] = momentum["momentum_buffer"].reshape(-1)  # SGD's, of a weight matrix
+    torch.save(state, path)
+    kept = path.read_bytes()
+    with pytest.raises(HvkitError) as info:
+        run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
+    message = str(info.value)
+    assert message.startswith(f"stage train: {path} does not fit the stage (")
+    assert message.endswith("): was it written by another version of hvkit or of a plugin? Move it away and the "
+                            "same command starts the stage again")
+    assert ("Unexpected key(s)" if change == "module" else "the optimiser's 'momentum_buffer' of a parameter") in message
+    assert "\n" not in message and path.read_bytes() == kept
+
+
 def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
     """Each stage complete, at its checkpoint (step, total, last logged loss) or not started; then why the
     last hvkit run stopped and the command that continues the run, or its results."""
