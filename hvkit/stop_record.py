@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from hvkit.engine.checkpoint import write_json
 from hvkit.errors import HvkitError, Interrupted, problems
 
 STOPPED = "stopped.json"
+log = logging.getLogger("hvkit")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ def _lines(error: BaseException) -> list[str] | None:
 @contextlib.contextmanager
 def recorded(run_dir: Path) -> Iterator[None]:
     """Within it, a run's earlier record is gone (rank 0 removes it), and an exception leaving the block
-    is recorded before it goes on: a user error by each rank meeting it, any other by rank 0."""
+    is recorded before it goes on: a user error by each rank meeting it, any other by rank 0. A record
+    that cannot be written (a full disk) is a warning; the exception goes on unchanged."""
     if distributed.world()[0] == 0:
         (run_dir / STOPPED).unlink(missing_ok=True)
     try:
@@ -60,5 +63,8 @@ def recorded(run_dir: Path) -> Iterator[None]:
         lines = _lines(exc)
         if lines is not None:
             stop = Stop(time.strftime("%Y-%m-%dT%H:%M:%S"), lines, isinstance(exc, Interrupted))
-            write_json(run_dir / STOPPED, asdict(stop))
+            try:
+                write_json(run_dir / STOPPED, asdict(stop))
+            except OSError as failed:  # the error itself matters more than its record
+                log.warning("%s: cannot record why the run stopped (%s)", run_dir, failed.strerror or failed)
         raise
