@@ -269,8 +269,9 @@ def _summarise(recipe: Path, out: Path, vary: dict[str, list[Any]], points: list
                failed: dict[str, list[HvkitError]]) -> None:
     """``summary.json`` and ``summary.md`` of every run complete now, whichever process ran it (with the runs
     another process works in, those started but stopped or failed, by this process or another, and every
-    failure's error: :func:`failures`): the sweep process that ends last writes the whole sweep's. One process at a time reads the runs and writes, so
-    a summary read before another process's last run completed cannot be written after that one's."""
+    failure's error: :func:`failures`): the sweep process that ends last writes the whole sweep's. One
+    process at a time reads the runs and writes, so a summary read before another process's last run
+    completed cannot be written after that one's."""
     with exclusive(out / SUMMARY_LOCK):
         _write_summary(recipe, out, vary, points, failed)
 

@@ -257,7 +257,8 @@ def test_a_checkpoint_that_does_not_fit_the_stage_is_one_line_and_kept(tmp_path,
     assert message.startswith(f"stage train: {path} does not fit the stage (")
     assert message.endswith("): was it written by another version of hvkit or of a plugin? Move it away and the "
                             "same command starts the stage again")
-    assert ("Unexpected key(s)" if change == "module" else "the optimiser's 'momentum_buffer' of a parameter") in message
+    said = "Unexpected key(s)" if change == "module" else "the optimiser's 'momentum_buffer' of a parameter"
+    assert said in message
     assert "\n" not in message and path.read_bytes() == kept
 
 
