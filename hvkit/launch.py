@@ -11,6 +11,7 @@ exits quietly (:func:`quiet_after_peers`): the cause has been said once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -46,13 +47,15 @@ def launched(nproc: int, args: list[str], run_dir: Path | None) -> int:
     128 + a signal's number that stopped every rank; a rank killed without a word is
     :class:`~hvkit.errors.Interrupted`. torchrun's own files (its log folder and the ranks' error files)
     live in a temporary folder removed afterwards, not one left in the temporary directory for each run.
-    Each rank has :func:`_threads_per_rank` threads."""
+    Each rank has :func:`_threads_per_rank` threads. torchrun's own line on a failed rank (:data:`FAILURE_LOG`)
+    is silenced: the rank, or this function, says the failure."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
-        with tempfile.TemporaryDirectory(prefix="hvkit-torchrun-") as logs, _threads_per_rank(nproc):
+        with tempfile.TemporaryDirectory(prefix="hvkit-torchrun-") as logs, _threads_per_rank(nproc), \
+                _quiet(FAILURE_LOG):
             torchrun(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={logs}", "-m", "hvkit", *args])
     except SignalException as exc:  # forwarded to every rank, which has said where it stopped
         return 128 + exc.sigval.value
@@ -66,6 +69,22 @@ def launched(nproc: int, args: list[str], run_dir: Path | None) -> int:
         raise Interrupted(f"rank {rank} of {nproc} was killed by {name}{cause}; the completed stages and the last "
                           f"checkpoint are kept; hvkit run --resume {where} continues", 128 - failure.exitcode) from None
     return 0
+
+
+FAILURE_LOG = "torch.distributed.elastic.multiprocessing.api"
+"""torchrun's logger of failed ranks ("failed (exitcode: 2) local_rank: 0 (pid: …) of binary: …")."""
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Within it, the logger ``name`` says nothing below CRITICAL."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _cores() -> int:

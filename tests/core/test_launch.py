@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,14 +14,14 @@ from hvkit import launch
 
 @pytest.fixture
 def torchrun(monkeypatch):
-    """torchrun's entry point replaced by one that records its arguments, OMP_NUM_THREADS and whether the
-    log folder it is given exists, and starts nothing."""
+    """torchrun's entry point replaced by one that records its arguments, OMP_NUM_THREADS, whether the
+    log folder it is given exists and the level of its failure logger, and starts nothing."""
     calls = []
 
     def record(args):
         logs = Path(next(a for a in args if a.startswith("--log-dir=")).partition("=")[2])
         calls.append({"args": args, "threads": os.environ.get("OMP_NUM_THREADS"), "logs": logs,
-                      "logs_exist": logs.is_dir()})
+                      "logs_exist": logs.is_dir(), "failure_log": logging.getLogger(launch.FAILURE_LOG).level})
 
     monkeypatch.setattr(torch.distributed.run, "main", record)
     return calls
@@ -30,6 +31,7 @@ def torchrun(monkeypatch):
 def test_ranks_share_the_cores_when_the_user_set_no_thread_count(torchrun, monkeypatch, cores, nproc, threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(launch, "_cores", lambda: cores)
+    level = logging.getLogger(launch.FAILURE_LOG).level
     assert launch.launched(nproc, ["run", "r.yaml"], None) == 0
     (call,) = torchrun
     assert call["threads"] == threads
@@ -37,6 +39,7 @@ def test_ranks_share_the_cores_when_the_user_set_no_thread_count(torchrun, monke
     assert call["args"] == ["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={call['logs']}", "-m", "hvkit",
                             "run", "r.yaml"]
     assert call["logs_exist"] and not call["logs"].exists()
+    assert call["failure_log"] == logging.CRITICAL and logging.getLogger(launch.FAILURE_LOG).level == level
 
 
 def test_a_thread_count_the_user_set_is_kept(torchrun, monkeypatch):
