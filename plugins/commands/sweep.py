@@ -301,10 +301,12 @@ def _write_summary(recipe: Path, out: Path, vary: dict[str, list[Any]], points: 
                if p.name not in done and p.name not in busy and (out / p.name / RESOLVED).is_file()]
     groups = aggregate(vary, finished)
     shown = table(vary, groups)
-    write_json(out / "summary.json", {"vary": vary, "groups": groups,
-                                      "failed": failures(out, points, stopped, done, failed), "running": busy,
+    errors = failures(out, points, stopped, done, failed)
+    write_json(out / "summary.json", {"vary": vary, "groups": groups, "failed": errors, "running": busy,
                                       "stopped": stopped})
-    atomic_write(out / "summary.md", lambda f: f.write(f"# sweep of {recipe}\n\n{shown}\n"), "w")
+    listed = "".join(f"- {error}\n" for error in errors)
+    atomic_write(out / "summary.md", lambda f: f.write(f"# sweep of {recipe}\n\n{shown}\n"
+                                                       + (f"\n## failed\n\n{listed}" if errors else "")), "w")
     running = f"; {len(busy)} running in another process" if busy else ""
     running += f"; {len(stopped)} stopped or failed, which the same command resumes" if stopped else ""
     click.echo(f"sweep: {len(finished)} of {len(points)} runs complete{running} ({out / 'summary.md'})\n{shown}")

@@ -169,6 +169,7 @@ def test_a_failed_run_is_reported_at_the_end_and_the_others_go_on(recipe, tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert [group["runs"] for group in summary["groups"]] == [["label_fraction=0.5"]]
     assert summary["failed"] == [line.removeprefix("error: ")] and summary["stopped"] == ["label_fraction=0.01"]
+    assert (out / "summary.md").read_text().endswith(f"\n## failed\n\n- {line.removeprefix('error: ')}\n")
     assert "sweep: 1 of 2 runs complete; 1 stopped or failed, which the same command resumes" in result.stdout
     vary = parse_axes(("stages.first.label_fraction=[0.01, 0.5]",))
     _summarise(recipe, out, vary, grid(vary), {})  # another sweep process ending, with no failure of its own
