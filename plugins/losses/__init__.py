@@ -2,6 +2,7 @@
 
 from hvkit.api import hookimpl
 
+from .adaface import AdaFaceLoss
 from .align_uniform import AlignUniformLoss
 from .angular import AngularLoss
 from .arcface import ArcFaceLoss
@@ -61,6 +62,7 @@ from .weighted_sum import WeightedSumLoss
 
 @hookimpl
 def register_losses(register):
+    register("adaface", AdaFaceLoss)
     register("align_uniform", AlignUniformLoss)
     register("angular", AngularLoss)
     register("arcface", ArcFaceLoss)

@@ -152,8 +152,12 @@ class AdditiveMarginLoss(MetricLoss):
         self.margin, self.scale = margin, scale
         self.weight = nn.Parameter(torch.randn(num_classes * sub_centers, embedding_dim))
 
-    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
-        """``psi(cos theta_y)``, the target's cosine with the margin, from the (B, 1) target cosines."""
+    cosine_bound = 1.0
+    """The cosines are clamped to [-bound, bound] before the margin: AdaFace keeps them 1e-3 inside."""
+
+    def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """``psi(cos theta_y)``, the target's cosine with the margin, from the (B, 1) target cosines and the
+        (B, D) embeddings (for a margin that depends on them, AdaFace's on their norms)."""
         raise NotImplementedError
 
     def class_weights(self) -> torch.Tensor:
@@ -166,11 +170,14 @@ class AdditiveMarginLoss(MetricLoss):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, self.embedding_dim, self.num_classes, loss=self.loss_name)
-        cosine = cosine_matrix(embeddings.to(self.weight.dtype), self.weight)
+        embeddings = embeddings.to(self.weight.dtype)
+        cosine = cosine_matrix(embeddings, self.weight)
         if self.sub_centers > 1:
             cosine = cosine.view(len(cosine), self.num_classes, self.sub_centers).max(dim=2).values
+        if self.cosine_bound < 1:
+            cosine = cosine.clamp(-self.cosine_bound, self.cosine_bound)
         targets = labels[:, None]
-        target = self.target_cosine(cosine.gather(1, targets))
+        target = self.target_cosine(cosine.gather(1, targets), embeddings)
         logits = (self.scale * cosine).scatter(1, targets, self.scale * target)
         if indices_tuple is None:
             return F.cross_entropy(logits, labels)

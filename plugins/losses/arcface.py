@@ -49,5 +49,5 @@ class ArcFaceLoss(AdditiveMarginLoss):
         check_angular_margin(margin)
         super().__init__(embedding_dim, num_classes, margin, scale)
 
-    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+    def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return angular_margin_cosine(cosine, self.margin)

@@ -27,5 +27,5 @@ class CosFaceLoss(AdditiveMarginLoss):
                              f"(CosFace uses 0.35), got {margin}")
         super().__init__(embedding_dim, num_classes, margin, scale)
 
-    def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+    def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return cosine - self.margin
