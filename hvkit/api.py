@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 14)
+API_VERSION: tuple[int, int] = (1, 15)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -54,7 +54,9 @@ components with a context argument with stand-ins for it (``hvkit.recipe.validat
 value is refused only when every combination of stand-ins refuses it. 1.14 builds stages and
 samplers too: a stage with no context, and each sampler in a stage with that stage's ``batch_size``
 over a large stand-in collection of writers and groups, so a stage factory must stay cheap to build
-(no data, no files: those belong in ``run``).
+(no data, no files: those belong in ``run``). 1.15 added ``MetricLoss.reads_norms``: a loss that reads
+each embedding's length (AdaFace) gets the embeddings unnormalised from a stage that would L2-normalise
+them.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -126,6 +128,10 @@ class MetricLoss(nn.Module):
     processes; the core then gathers embeddings and labels before calling it. A loss may
     offer ``terms() -> dict[str, float]``: the parts of its last value, logged by stages.
 
+    A loss with ``reads_norms = True`` reads each embedding's length (AdaFace's image quality): a stage
+    that L2-normalises the embeddings for its loss (``metric_train``'s ``normalize``) leaves them as they
+    are for it.
+
     A loss with ``accepts_reference = True`` also takes keyword arguments ``ref_emb`` (R, D)
     and ``ref_labels`` (R,), as in pytorch-metric-learning: the rows of ``embeddings`` are the
     anchors and the rows of ``ref_emb`` their partners, so it builds a B x R matrix only. An
@@ -136,6 +142,7 @@ class MetricLoss(nn.Module):
 
     needs_global_batch: ClassVar[bool] = False
     accepts_reference: ClassVar[bool] = False
+    reads_norms: ClassVar[bool] = False
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple | None = None) -> torch.Tensor:

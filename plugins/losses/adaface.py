@@ -25,14 +25,16 @@ class AdaFaceLoss(AdditiveMarginLoss):
     ``mu = t_alpha mean + (1 - t_alpha) mu`` (sample standard deviation alike) at every forward of
     two images or more in training mode, from ``mu`` 20 and ``sigma`` 100 (buffers, saved with the loss's state); in
     eval mode they stay. Defaults m 0.4, h 0.333, s 64, t_alpha 0.01 are the paper's and its
-    code's. The embeddings must keep their norm: a head that L2-normalises gives every image the
-    same quality (q = 0: the margins ``cos(theta_y) - m``). The norm statistics are the global
+    code's. The embeddings must keep their norm (``reads_norms``: ``metric_train`` does not normalise
+    them for it); a head that L2-normalises gives every image the quality of the running mean. The norm
+    statistics are the global
     batch's under several processes (``needs_global_batch``), so W processes train as one. See
     :class:`AdditiveMarginLoss` for the class weights and a miner's ``indices_tuple``.
     """
 
     loss_name = "adaface"
     needs_global_batch = True  # the norms' batch statistics
+    reads_norms = True
     cosine_bound = 1 - 1e-3
     eps = 1e-3
 

@@ -33,6 +33,8 @@ class MetricTrain:
     from ``sampler`` (P writers × K images by default; a sampler that ``needs_embeddings``, such as
     ``hard_class``, is shown the encoder's embeddings of the labelled images, without augmentation,
     before every ``refresh_every``-th epoch); an optional ``miner`` picks the pairs the loss sees.
+    ``normalize`` L2-normalises the embeddings before the loss, except for a loss that ``reads_norms``
+    (AdaFace, whose margin follows the norm).
 
     ``unlabelled_loss`` (e.g. ``vicreg``) makes it semi-supervised, as S4L (Zhai et al.
     2019, "S4L: Self-Supervised Semi-Supervised Learning"): each step also draws
@@ -102,6 +104,7 @@ class MetricTrain:
         model = distributed.wrap(encoder if unlabelled is None else _WithExpander(encoder, unlabelled.expander),
                                  ctx.device, self.train.channels_last, self.train.sync_batchnorm)
         gathered = (getattr(loss_fn, "needs_global_batch", False) or miner is not None) and ctx.world_size > 1
+        normalize = self.normalize and not getattr(loss_fn, "reads_norms", False)
         labels_dev = labels.to(ctx.device)
         ctx.log(f"{len(writers)} labelled writers ({self.label_fraction:.0%}), {len(split)} images, "
                 f"{len(sampler)} batches per epoch")
@@ -120,7 +123,7 @@ class MetricTrain:
             emb = emb.float()
             y = labels_dev[index_t.to(ctx.device)]
             with full_precision(ctx.device):
-                if self.normalize:
+                if normalize:
                     emb = F.normalize(emb, dim=1)
                 if gathered:
                     emb, y = distributed.gather_with_grad(emb), distributed.gather(y)

@@ -19,6 +19,8 @@ from hvkit.errors import HvkitError
 from hvkit.pipeline import run
 from hvkit.registry import get_registry
 from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit_plugins.losses.adaface import AdaFaceLoss
+from hvkit_plugins.losses.cosface import CosFaceLoss
 from hvkit_plugins.datasets.pairs import labelled_writers
 from hvkit_plugins.samplers.hard_class import HardClassSampler
 from hvkit_plugins.stages import metric_train
@@ -184,3 +186,28 @@ def test_a_run_with_a_hard_class_sampler_resumes_inside_an_epoch_to_the_same_res
         assert torch.equal(value, b["modules"]["encoder"][key]), key
     log = [(row["step"], row["loss"]) for row in read_log(straight / "stages" / "train" / "log.jsonl")]
     assert log == [(row["step"], row["loss"]) for row in read_log(broken / "stages" / "train" / "log.jsonl")]
+
+
+@pytest.mark.parametrize("loss", ["adaface", "cosface"])
+def test_a_loss_that_reads_norms_gets_the_embeddings_unnormalised(tmp_path: Path, monkeypatch, loss):
+    """``normalize: true`` (the default) L2-normalises the embeddings for every loss but one that
+    ``reads_norms``: AdaFace's margin follows the norm, which normalising would make 1 for every image."""
+    seen = []
+    for factory in (AdaFaceLoss, CosFaceLoss):
+        original = factory.forward
+        monkeypatch.setattr(factory, "forward", lambda self, emb, *a, _f=original, **k: (
+            seen.append(emb.detach().norm(dim=1)), _f(self, emb, *a, **k))[1])
+    _run(tmp_path, tiny_recipe(f"""
+      sup:
+        stage: metric_train
+        label_fraction: 1.0
+        batch_size: 16
+        loss: {loss}
+        train: {{epochs: 1, max_steps: 2}}
+    """, name="norms", writers=8))
+    assert seen
+    norms = torch.cat(seen)
+    if loss == "adaface":
+        assert (norms - 1).abs().max().item() > 0.1
+    else:
+        torch.testing.assert_close(norms, torch.ones_like(norms))
