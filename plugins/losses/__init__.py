@@ -15,6 +15,7 @@ from .cosface import CosFaceLoss
 from .dcl import DCLLoss
 from .dino import DINOLoss
 from .dynamic_soft_margin import DynamicSoftMarginLoss
+from .elasticface import ElasticArcFaceLoss, ElasticCosFaceLoss
 from .fast_ap import FastAPLoss
 from .histogram import HistogramLoss
 from .identitization import IdentitizationLoss
@@ -75,6 +76,8 @@ def register_losses(register):
     register("dcl", DCLLoss)
     register("dino", DINOLoss)
     register("dynamic_soft_margin", DynamicSoftMarginLoss)
+    register("elastic_arcface", ElasticArcFaceLoss)
+    register("elastic_cosface", ElasticCosFaceLoss)
     register("fast_ap", FastAPLoss)
     register("generalized_lifted_structure", GeneralizedLiftedStructureLoss)
     register("histogram", HistogramLoss)
