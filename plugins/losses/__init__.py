@@ -12,6 +12,7 @@ from .circle import CircleLoss
 from .contra_x import ContraXLoss
 from .contrastive import ContrastiveLoss
 from .cosface import CosFaceLoss
+from .curricularface import CurricularFaceLoss
 from .dcl import DCLLoss
 from .dino import DINOLoss
 from .dynamic_soft_margin import DynamicSoftMarginLoss
@@ -73,6 +74,7 @@ def register_losses(register):
     register("contra_x", ContraXLoss)
     register("contrastive", ContrastiveLoss)
     register("cosface", CosFaceLoss)
+    register("curricularface", CurricularFaceLoss)
     register("dcl", DCLLoss)
     register("dino", DINOLoss)
     register("dynamic_soft_margin", DynamicSoftMarginLoss)

@@ -160,6 +160,13 @@ class AdditiveMarginLoss(MetricLoss):
         (B, D) embeddings (for a margin that depends on them, AdaFace's on their norms)."""
         raise NotImplementedError
 
+    def logits(self, cosine: torch.Tensor, targets: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The (B, C) logits from the (B, C) cosines and the (B, 1) target columns: ``s cos theta_j``, the
+        targets' replaced by ``s psi(cos theta_y)``; a loss that also changes other classes' logits
+        (CurricularFace) overrides it."""
+        target = self.target_cosine(cosine.gather(1, targets), embeddings)
+        return (self.scale * cosine).scatter(1, targets, self.scale * target)
+
     def class_weights(self) -> torch.Tensor:
         """The class weights as rows, for ``regularized``: (C, D), or (C, K, D) with K sub-centres (a view)."""
         if self.sub_centers == 1:
@@ -176,9 +183,7 @@ class AdditiveMarginLoss(MetricLoss):
             cosine = cosine.view(len(cosine), self.num_classes, self.sub_centers).max(dim=2).values
         if self.cosine_bound < 1:
             cosine = cosine.clamp(-self.cosine_bound, self.cosine_bound)
-        targets = labels[:, None]
-        target = self.target_cosine(cosine.gather(1, targets), embeddings)
-        logits = (self.scale * cosine).scatter(1, targets, self.scale * target)
+        logits = self.logits(cosine, labels[:, None], embeddings)
         if indices_tuple is None:
             return F.cross_entropy(logits, labels)
         losses = F.cross_entropy(logits, labels, reduction="none")
