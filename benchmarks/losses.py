@@ -17,6 +17,7 @@ whose callables take the inputs of ``inputs`` (see ``INPUTS``) and return a scal
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,14 +30,17 @@ from pytorch_metric_learning import distances as pml_distances, losses as pml, m
     regularizers as pml_regularizers
 
 from hvkit_plugins.losses.angular import AngularLoss
+from hvkit_plugins.losses.adaface import AdaFaceLoss
 from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.barlow_twins import BarlowTwinsLoss
 from hvkit_plugins.losses.circle import CircleLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
+from hvkit_plugins.losses.curricularface import CurricularFaceLoss
 from hvkit_plugins.losses.dcl import DCLLoss
 from hvkit_plugins.losses.dynamic_soft_margin import DynamicSoftMarginLoss
+from hvkit_plugins.losses.elasticface import ElasticArcFaceLoss
 from hvkit_plugins.losses.fast_ap import FastAPLoss
 from hvkit_plugins.losses.histogram import HistogramLoss
 from hvkit_plugins.losses.instance import InstanceLoss
@@ -231,6 +235,78 @@ def _official_moco_v2(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     return call
 
 
+def _one_hot(labels: torch.Tensor, classes: int, values: torch.Tensor | float) -> torch.Tensor:
+    """The official margin heads' (B, C) zeros with ``values`` scattered into the target columns."""
+    hot = torch.zeros(len(labels), classes, device=labels.device)
+    if isinstance(values, float):
+        return hot.scatter_(1, labels[:, None], values)
+    return hot.scatter_(1, labels[:, None], values.to(hot.dtype))
+
+
+def _official_kernel_cosines(dim: int, classes: int) -> tuple[torch.nn.Parameter, Callable[..., torch.Tensor]]:
+    """The official margin heads' (D, C) kernel and their cosines: both sides normalised, then one product."""
+    kernel = torch.nn.Parameter(torch.randn(dim, classes) * 0.01)
+
+    def cosines(embeddings: torch.Tensor) -> torch.Tensor:
+        return F.normalize(embeddings, dim=1) @ F.normalize(kernel.to(embeddings.device), dim=0)
+    return kernel, cosines
+
+
+def _official_adaface(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official AdaFace head (mk-minchul/AdaFace head.py) as its code runs: the norm statistics, then two
+    one-hot (B, C) margin matrices, ``acos`` and ``cos`` of every (B, C) cosine, and the cross-entropy."""
+    _, cosines = _official_kernel_cosines(dim, classes)
+    stats = {"mean": 20.0, "std": 100.0}
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosine = cosines(embeddings).clamp(-1 + 1e-3, 1 - 1e-3)
+        norms = embeddings.norm(dim=1, keepdim=True).clip(0.001, 100).clone().detach()
+        stats["mean"] = norms.mean().item() * 0.01 + 0.99 * stats["mean"]
+        stats["std"] = norms.std().item() * 0.01 + 0.99 * stats["std"]
+        scaler = ((norms - stats["mean"]) / (stats["std"] + 1e-3) * 0.333).clip(-1, 1)
+        m_arc = _one_hot(labels, classes, 1.0) * (0.4 * scaler * -1)
+        theta_m = (cosine.acos() + m_arc).clip(1e-3, math.pi - 1e-3)
+        m_cos = _one_hot(labels, classes, 1.0) * (0.4 + 0.4 * scaler)
+        return F.cross_entropy((theta_m.cos() - m_cos) * 64.0, labels)
+    return call
+
+
+def _official_curricularface(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official CurricularFace head (HuangYG123/CurricularFace) as its code runs: a mask over every (B, C)
+    cosine, the hard ones gathered, modulated and written back in place, the targets scattered in."""
+    _, cosines = _official_kernel_cosines(dim, classes)
+    state = {"t": 0.0}
+    m = 0.5
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosine = cosines(embeddings).clamp(-1, 1)
+        target = cosine[torch.arange(len(labels), device=labels.device), labels].view(-1, 1)
+        shifted = target * math.cos(m) - torch.sqrt(1.0 - target ** 2) * math.sin(m)
+        mask = cosine > shifted
+        final = torch.where(target > math.cos(math.pi - m), shifted, target - math.sin(math.pi - m) * m)
+        hard = cosine[mask]
+        state["t"] = target.mean().item() * 0.01 + 0.99 * state["t"]
+        cosine[mask] = hard * (state["t"] + hard)
+        cosine.scatter_(1, labels.view(-1, 1), final)
+        return F.cross_entropy(cosine * 64.0, labels)
+    return call
+
+
+def _official_elastic_arcface(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official ElasticArcFace head (fdbtrs/ElasticFace utils/losses.py) as its code runs: the drawn margins
+    in a one-hot (B, C) matrix, ``acos`` of every cosine in place, the margins added, ``cos`` in place."""
+    _, cosines = _official_kernel_cosines(dim, classes)
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosine = cosines(embeddings).clamp(-1, 1)
+        margin = torch.normal(mean=0.5, std=0.05, size=(len(labels), 1), device=labels.device)
+        hot = _one_hot(labels, classes, margin)
+        cosine.acos_()
+        cosine += hot
+        return F.cross_entropy(cosine.cos_().mul_(64.0), labels)
+    return call
+
+
 def _contra_x_reference(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     classifier, supcon = torch.nn.Linear(dim, classes), pml.SupConLoss(temperature=0.1)
 
@@ -360,6 +436,12 @@ CASES: list[Case] = [
          "PML SubCenterArcFaceLoss", "labelled"),
     Case("cosface", lambda dim, classes: CosFaceLoss(dim, classes),
          lambda dim, classes: pml.CosFaceLoss(classes, dim, margin=0.35, scale=64), "PML CosFaceLoss", "labelled"),
+    Case("adaface", lambda dim, classes: AdaFaceLoss(dim, classes), _official_adaface,
+         "the official head's code (PML has none)", "labelled"),
+    Case("curricularface", lambda dim, classes: CurricularFaceLoss(dim, classes), _official_curricularface,
+         "the official head's code (PML has none)", "labelled"),
+    Case("elastic_arcface", lambda dim, classes: ElasticArcFaceLoss(dim, classes), _official_elastic_arcface,
+         "the official head's code (PML has none)", "labelled"),
     Case("proxy_anchor", lambda dim, classes: ProxyAnchorLoss(dim, classes),
          lambda dim, classes: pml.ProxyAnchorLoss(classes, dim), "PML ProxyAnchorLoss", "labelled"),
     Case("proxy_nca", lambda dim, classes: ProxyNCALoss(dim, classes),
