@@ -139,7 +139,7 @@ class RegularizedLoss(MetricLoss):
     ``sphereface``, ``large_margin_softmax``, ``normalized_softmax``, ``nbc_softmax``, ``contra_x``,
     ``proxy_anchor``, ``proxy_nca``, ``p2sgrad``, ``soft_triple``, ``manifold`` — its proxies);
     a weight regulariser on a loss without it is refused when built. A miner's ``indices_tuple``,
-    ``needs_global_batch`` and ``accepts_reference`` are the inner loss's. ``terms()`` gives the
+    ``needs_global_batch``, ``accepts_reference`` and ``reads_norms`` are the inner loss's. ``terms()`` gives the
     inner loss's detached value (``loss``), its own terms, and the unweighted ``embedding_reg`` and
     ``weight_reg``. The regularisers run in at least float32, with autocast off. Equal, value and
     gradient, to a PML loss given ``embedding_regularizer=``, ``weight_regularizer=`` and their
@@ -171,6 +171,7 @@ class RegularizedLoss(MetricLoss):
             self._check_class_weights()
         self.needs_global_batch = bool(loss.needs_global_batch)
         self.accepts_reference = bool(loss.accepts_reference)
+        self.reads_norms = bool(loss.reads_norms)
         self._terms: dict[str, torch.Tensor] = {}
 
     def _check_class_weights(self) -> None:

@@ -15,7 +15,8 @@ class WeightedSumLoss(MetricLoss):
     each built with the stage's context (``embedding_dim``, ``num_classes``), so a proxy or
     classifier loss may be one; their parameters are this loss's. ``weights`` (default all 1)
     has one number per loss. Each loss gets the same batch and the stage's miner tuple (PML's
-    per-loss miners are left out). ``needs_global_batch`` if any loss needs it; ``terms()``
+    per-loss miners are left out). ``needs_global_batch`` if any loss needs it, ``reads_norms`` if any
+    reads them (every loss then gets the embeddings a stage would otherwise normalise as they are); ``terms()``
     gives each part's last detached value, unweighted, keyed ``<position>_<class name>``. Equal
     to PML's MultipleLosses with a list of losses and weights.
     """
@@ -35,6 +36,7 @@ class WeightedSumLoss(MetricLoss):
         self.losses = nn.ModuleList(losses)
         self.weights = weights
         self.needs_global_batch = any(loss.needs_global_batch for loss in losses)
+        self.reads_norms = any(loss.reads_norms for loss in losses)
         self._terms: dict[str, torch.Tensor] = {}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,

@@ -4,7 +4,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hvkit.api import Component, MetricLoss
 
@@ -55,6 +54,7 @@ class DenseAnchorLoss(MetricLoss):
         self.loss: Callable = loss
         self.miner: Callable | None = miner
         self.needs_global_batch = getattr(loss, "needs_global_batch", False)
+        self.reads_norms = getattr(loss, "reads_norms", False)
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
         self.num_produce = num_produce

@@ -13,6 +13,7 @@ from pytorch_metric_learning import regularizers as pml_reg
 from hvkit.engine.context import build
 from hvkit.registry import get_registry
 from hvkit.testing import check_loss
+from hvkit_plugins.losses.adaface import AdaFaceLoss
 from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.contra_x import ContraXLoss
 from hvkit_plugins.losses.contrastive import ContrastiveLoss
@@ -296,6 +297,8 @@ def test_flags_and_miners_are_the_inner_loss_s():
     local = RegularizedLoss(ArcFaceLoss(DIM, CLASSES), embedding_regularizer="zero_mean")
     assert global_.needs_global_batch and not local.needs_global_batch
     assert not global_.accepts_reference and not local.accepts_reference
+    assert RegularizedLoss(AdaFaceLoss(DIM, CLASSES), embedding_regularizer="lp").reads_norms
+    assert not local.reads_norms
     proxy = RegularizedLoss(ProxyAnchorLoss(DIM, CLASSES), weight_regularizer="regular_face")
     with pytest.raises(ValueError, match="remove the miner"):
         proxy(batch(d=DIM), LABELS, TUPLES[0])

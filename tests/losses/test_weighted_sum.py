@@ -10,6 +10,7 @@ from pytorch_metric_learning import losses as pml_losses
 from hvkit.engine.context import build
 from hvkit.registry import get_registry
 from hvkit.testing import check_loss
+from hvkit_plugins.losses.adaface import AdaFaceLoss
 from hvkit_plugins.losses.intra_pair_variance import IntraPairVarianceLoss
 from hvkit_plugins.losses.nca import NCALoss
 from hvkit_plugins.losses.tuplet_margin import TupletMarginLoss
@@ -59,12 +60,14 @@ def test_built_from_a_recipe_spec_with_the_context_and_owning_the_parts_paramete
     assert loss.losses[1].proxies.grad.abs().sum() > 0
 
 
-def test_needs_the_global_batch_only_if_a_part_does():
+def test_needs_the_global_batch_or_reads_norms_only_if_a_part_does():
     class Local(TupletMarginLoss):
         needs_global_batch = False
 
     assert not WeightedSumLoss([Local()]).needs_global_batch
     assert WeightedSumLoss([Local(), IntraPairVarianceLoss()]).needs_global_batch
+    assert not WeightedSumLoss([Local(), IntraPairVarianceLoss()]).reads_norms
+    assert WeightedSumLoss([Local(), AdaFaceLoss(8, 4)]).reads_norms  # every part then gets them unnormalised
 
 
 def test_training_lowers_the_loss():

@@ -7,6 +7,7 @@ from pytorch_metric_learning import losses, miners
 
 from hvkit.api import MetricLoss
 from hvkit.testing import check_loss
+from hvkit_plugins.losses.adaface import AdaFaceLoss
 from hvkit_plugins.samplers.dense_anchor import DenseAnchorLoss
 
 
@@ -164,12 +165,14 @@ def test_state_is_in_buffers_and_reproducible():
     assert torch.equal(first, restored.produce(x, y))
 
 
-def test_needs_global_batch_follows_the_wrapped_loss():
+def test_needs_global_batch_and_reads_norms_follow_the_wrapped_loss():
     class Global(Spy):
         needs_global_batch = True
 
     assert DenseAnchorLoss(Global(), num_classes=2, embedding_dim=4).needs_global_batch
     assert not DenseAnchorLoss(Spy(), num_classes=2, embedding_dim=4).needs_global_batch
+    assert DenseAnchorLoss(AdaFaceLoss(4, 2), num_classes=2, embedding_dim=4).reads_norms
+    assert not DenseAnchorLoss(Spy(), num_classes=2, embedding_dim=4).reads_norms
 
 
 @pytest.mark.parametrize("kwargs, message", [
