@@ -19,17 +19,18 @@ class AdaFaceLoss(AdditiveMarginLoss):
         s (cos(clip(theta_y - m q, eps, pi - eps)) - (m + m q)),
 
     the others ``s cos theta_j``, every cosine first clamped to [-1 + eps, 1 - eps], eps = 1e-3,
-    and the loss is the mean cross-entropy. A high-quality image (q near 1) gets ArcFace's angular
-    margin and none additive, a low-quality one (q near -1) CosFace's additive margin and an
-    angle made smaller, so hard low-quality images weigh less. The statistics move as
+    and the loss is the mean cross-entropy. The lowest quality (q = -1) gives ArcFace's margin
+    ``cos(theta_y + m)``, which weighs hard samples less; the mean quality (q = 0) CosFace's,
+    ``cos theta_y - m``; the highest (q = 1) ``cos(theta_y - m) - 2m``, which weighs them more: hard
+    images count when they are clear, not when they are unreadable. The statistics move as
     ``mu = t_alpha mean + (1 - t_alpha) mu`` (sample standard deviation alike) at every forward of
-    two images or more in training mode, from ``mu`` 20 and ``sigma`` 100 (buffers, saved with the loss's state); in
-    eval mode they stay. Defaults m 0.4, h 0.333, s 64, t_alpha 0.01 are the paper's and its
-    code's. The embeddings must keep their norm (``reads_norms``: ``metric_train`` does not normalise
-    them for it); a head that L2-normalises gives every image the quality of the running mean. The norm
-    statistics are the global
-    batch's under several processes (``needs_global_batch``), so W processes train as one. See
-    :class:`AdditiveMarginLoss` for the class weights and a miner's ``indices_tuple``.
+    two images or more in training mode, from ``mu`` 20 and ``sigma`` 100 (buffers, saved with the
+    loss's state); in eval mode they stay. Defaults m 0.4, h 0.333, s 64, t_alpha 0.01 are the
+    paper's and its code's. The embeddings must keep their norm (``reads_norms``: ``metric_train``
+    does not normalise them for it); a head that L2-normalises gives every image the quality of the
+    running mean. The norm statistics are the global batch's under several processes
+    (``needs_global_batch``), so W processes train as one. See :class:`AdditiveMarginLoss` for the
+    class weights and a miner's ``indices_tuple``.
     """
 
     loss_name = "adaface"

@@ -10,6 +10,7 @@ import torch
 
 from hvkit.testing import check_loss
 from hvkit_plugins.losses.adaface import AdaFaceLoss
+from hvkit_plugins.losses.arcface import ArcFaceLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
 
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 4, 2])
@@ -57,8 +58,9 @@ def test_value_and_gradient_equal_the_float64_derivation():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_quality_spans_both_margins():
-    """The best-quality image gets an angular margin and no additive one, the worst the reverse (q = +-1)."""
+def test_quality_spans_both_ends():
+    """With a large h the qualities reach -1 (ArcFace's margin, none additive) and +1 (the angle made smaller
+    by m, twice m subtracted), and the value still equals the derivation."""
     loss = AdaFaceLoss(embedding_dim=6, num_classes=5, h=10.0, t_alpha=1.0).double()
     x = _batch()
     q = loss.quality(x).squeeze(1)
@@ -94,6 +96,18 @@ def test_equal_norms_give_cosface_on_the_clamped_cosines():
     x = torch.nn.functional.normalize(_batch().detach(), dim=1) * 20  # the initial mean norm: q = 0 exactly
     assert ada.quality(x).abs().max().item() < 1e-12
     torch.testing.assert_close(ada(x, LABELS), cos(x, LABELS))
+
+
+def test_the_lowest_quality_gives_arcface():
+    """q = -1 for every image (norms far under the running mean, eval mode): the target logit is
+    s cos(theta_y + m), ArcFace's, for targets well inside pi - m."""
+    ada = AdaFaceLoss(embedding_dim=6, num_classes=5, margin=0.4, scale=16.0).double().eval()
+    arc = ArcFaceLoss(embedding_dim=6, num_classes=5, margin=0.4, scale=16.0).double()
+    arc.weight.data.copy_(ada.weight.data)
+    ada.norm_mean.fill_(90.0), ada.norm_std.fill_(1.0)
+    x = (ada.weight.detach()[LABELS] + 0.3 * _batch().detach()).requires_grad_()
+    assert torch.equal(ada.quality(x), -torch.ones(8, 1, dtype=torch.float64))
+    torch.testing.assert_close(ada(x, LABELS), arc(x, LABELS))
 
 
 def test_conforms_on_edge_batches():  # one class, one sample per class, all embeddings equal
