@@ -47,6 +47,7 @@ from hvkit_plugins.losses.instance import InstanceLoss
 from hvkit_plugins.losses.intra_pair_variance import IntraPairVarianceLoss
 from hvkit_plugins.losses.large_margin_softmax import LargeMarginSoftmaxLoss
 from hvkit_plugins.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from hvkit_plugins.losses.magface import MagFaceLoss
 from hvkit_plugins.losses.manifold import ManifoldLoss
 from hvkit_plugins.losses.moco_v2 import MoCoV2Loss
 from hvkit_plugins.losses.multi_similarity import MultiSimilarityLoss
@@ -307,6 +308,24 @@ def _official_elastic_arcface(dim: int, classes: int) -> Callable[..., torch.Ten
     return call
 
 
+def _official_magface(dim: int, classes: int) -> Callable[..., torch.Tensor]:
+    """The official MagFace head and loss (IrvingMeng/MagFace models/magface.py) as its code runs: the margin
+    applied to every (B, C) cosine (``sin`` of each), the easy-margin choice, both scaled, a one-hot blend,
+    the cross-entropy plus lambda_g mean g(a)."""
+    _, cosines = _official_kernel_cosines(dim, classes)
+
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x_norm = embeddings.norm(dim=1, keepdim=True).clamp(10, 110)
+        margin = (0.8 - 0.45) / (110 - 10) * (x_norm - 10) + 0.45
+        cos_theta = cosines(embeddings).clamp(-1, 1)
+        sin_theta = torch.sqrt(1.0 - cos_theta ** 2)
+        cos_theta_m = torch.where(cos_theta > 0, cos_theta * margin.cos() - sin_theta * margin.sin(), cos_theta)
+        one_hot = _one_hot(labels, classes, 1.0)
+        output = one_hot * (64.0 * cos_theta_m) + (1.0 - one_hot) * (64.0 * cos_theta)
+        return F.cross_entropy(output, labels) + 20.0 * (x_norm / 110 ** 2 + 1 / x_norm).mean()
+    return call
+
+
 def _contra_x_reference(dim: int, classes: int) -> Callable[..., torch.Tensor]:
     classifier, supcon = torch.nn.Linear(dim, classes), pml.SupConLoss(temperature=0.1)
 
@@ -441,6 +460,8 @@ CASES: list[Case] = [
     Case("curricularface", lambda dim, classes: CurricularFaceLoss(dim, classes), _official_curricularface,
          "the official head's code (PML has none)", "labelled"),
     Case("elastic_arcface", lambda dim, classes: ElasticArcFaceLoss(dim, classes), _official_elastic_arcface,
+         "the official head's code (PML has none)", "labelled"),
+    Case("magface", lambda dim, classes: MagFaceLoss(dim, classes), _official_magface,
          "the official head's code (PML has none)", "labelled"),
     Case("proxy_anchor", lambda dim, classes: ProxyAnchorLoss(dim, classes),
          lambda dim, classes: pml.ProxyAnchorLoss(classes, dim), "PML ProxyAnchorLoss", "labelled"),

@@ -25,6 +25,7 @@ from .intra_pair_variance import IntraPairVarianceLoss
 from .invariant_spreading import InvariantSpreadingLoss
 from .large_margin_softmax import LargeMarginSoftmaxLoss
 from .lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from .magface import MagFaceLoss
 from .manifold import ManifoldLoss
 from .margin import MarginLoss
 from .moco_v2 import MoCoV2Loss
@@ -89,6 +90,7 @@ def register_losses(register):
     register("invariant_spreading", InvariantSpreadingLoss)
     register("large_margin_softmax", LargeMarginSoftmaxLoss)
     register("lifted_structure", LiftedStructureLoss)
+    register("magface", MagFaceLoss)
     register("manifold", ManifoldLoss)
     register("margin", MarginLoss)
     register("moco_v2", MoCoV2Loss)

@@ -126,7 +126,7 @@ def large_margin_logits(embeddings: torch.Tensor, weight: torch.Tensor, labels: 
 
 class AdditiveMarginLoss(MetricLoss):
     """Base of the margin softmax losses on the unit sphere: CosFace, ArcFace, sub-center ArcFace, ElasticFace,
-    AdaFace and CurricularFace.
+    AdaFace, MagFace and CurricularFace.
 
     With ``cos theta_j`` the cosine between embedding x and class j's weight (the largest over
     the class's K ``sub_centers``, K = 1 but for sub-center ArcFace), the logits are
