@@ -87,4 +87,5 @@ def test_invalid_settings_raise(factory, kwargs, message):
 
 def test_defaults_are_the_papers():
     arc, cos = ElasticArcFaceLoss(6, 5), ElasticCosFaceLoss(6, 5)
-    assert (arc.margin, arc.scale, arc.std) == (0.5, 64.0, 0.05) and (cos.margin, cos.scale, cos.std) == (0.35, 64.0, 0.05)
+    assert (arc.margin, arc.scale, arc.std) == (0.5, 64.0, 0.05)
+    assert (cos.margin, cos.scale, cos.std) == (0.35, 64.0, 0.05)
