@@ -80,6 +80,15 @@ def cosine_matrix(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     return product
 
 
+def cos_plus(cosine: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
+    """``cos(theta + m)`` from ``cos theta``: ``cos theta cos m - sin theta sin m``, ``sin theta = sqrt(1 - cos^2)``
+    clamped at 1e-12 under the root (so a cosine of exactly +-1 keeps a finite gradient); ``margin`` a number
+    or a tensor broadcast against ``cosine`` (a margin a sample)."""
+    cos_m, sin_m = (margin.cos(), margin.sin()) if isinstance(margin, torch.Tensor) else (math.cos(margin),
+                                                                                             math.sin(margin))
+    return cosine * cos_m - (1 - cosine * cosine).clamp(min=1e-12).sqrt() * sin_m
+
+
 def chebyshev_cos(cosine: torch.Tensor, m: int) -> torch.Tensor:
     """``cos(m * theta)`` from ``cos(theta)`` by the Chebyshev recurrence T_{n+1} = 2c T_n - T_{n-1}."""
     previous, current = torch.ones_like(cosine), cosine
@@ -141,6 +150,8 @@ class AdditiveMarginLoss(MetricLoss):
     """
 
     loss_name = "margin softmax"
+    cosine_bound = 1.0
+    """The cosines are clamped to [-bound, bound] before the margin: AdaFace keeps them 1e-3 inside."""
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: float, scale: float,
                  sub_centers: int = 1) -> None:
@@ -152,9 +163,6 @@ class AdditiveMarginLoss(MetricLoss):
         self.embedding_dim, self.num_classes, self.sub_centers = embedding_dim, num_classes, sub_centers
         self.margin, self.scale = margin, scale
         self.weight = nn.Parameter(torch.randn(num_classes * sub_centers, embedding_dim))
-
-    cosine_bound = 1.0
-    """The cosines are clamped to [-bound, bound] before the margin: AdaFace keeps them 1e-3 inside."""
 
     def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """``psi(cos theta_y)``, the target's cosine with the margin, from the (B, 1) target cosines and the

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ._classifier import AdditiveMarginLoss
+from ._classifier import AdditiveMarginLoss, cos_plus
 
 
 def check_angular_margin(margin: float) -> None:
@@ -17,16 +17,11 @@ def check_angular_margin(margin: float) -> None:
 
 
 def angular_margin_cosine(cosine: torch.Tensor, margin: float) -> torch.Tensor:
-    """ArcFace's target cosine ``cos(theta + m)``, and ``cos(theta) - m sin(m)`` past ``theta = pi - m``.
-
-    ``cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m)`` with ``sin(theta) = sqrt(1 - cos^2)``
-    (clamped at 1e-12 under the root, so a cosine of exactly +-1 keeps a finite gradient); past
-    ``pi - m``, i.e. ``cos(theta) < -cos(m)``, ``cos(theta + m)`` would rise again, and the
-    official code's ``easy_margin=False`` rule keeps the logit decreasing in theta.
+    """ArcFace's target cosine ``cos(theta + m)`` (:func:`cos_plus`), and ``cos(theta) - m sin(m)`` past
+    ``theta = pi - m``: there, i.e. where ``cos(theta) < -cos(m)``, ``cos(theta + m)`` would rise again,
+    and the official code's ``easy_margin=False`` rule keeps the logit decreasing in theta.
     """
-    sine = (1 - cosine * cosine).clamp(min=1e-12).sqrt()
-    shifted = cosine * math.cos(margin) - sine * math.sin(margin)
-    return torch.where(cosine >= -math.cos(margin), shifted, cosine - margin * math.sin(margin))
+    return torch.where(cosine >= -math.cos(margin), cos_plus(cosine, margin), cosine - margin * math.sin(margin))
 
 
 class ArcFaceLoss(AdditiveMarginLoss):

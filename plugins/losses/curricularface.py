@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._classifier import AdditiveMarginLoss
+from ._classifier import AdditiveMarginLoss, cos_plus
 from .arcface import angular_margin_cosine, check_angular_margin
 
 
@@ -40,7 +38,6 @@ class CurricularFaceLoss(AdditiveMarginLoss):
         target = cosine.gather(1, targets)
         if self.training:
             self.t.lerp_(target.detach().mean(), 0.01)
-        sine = (1 - target * target).clamp(min=1e-12).sqrt()
-        shifted = target * math.cos(self.margin) - sine * math.sin(self.margin)  # cos(theta_y + m), no fallback
+        shifted = cos_plus(target, self.margin)  # no fallback past pi - m here, as in the paper's code
         modulated = torch.where(cosine > shifted, cosine * (self.t + cosine), cosine)
         return (self.scale * modulated).scatter(1, targets, self.scale * self.target_cosine(target, embeddings))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._classifier import AdditiveMarginLoss
+from ._classifier import AdditiveMarginLoss, cos_plus
 from .arcface import check_angular_margin
 
 
@@ -32,7 +32,7 @@ class ElasticArcFaceLoss(_ElasticMargin):
     The others are ``s cos theta_j``, and the loss is the mean cross-entropy. A margin drawn for each sample
     at each step, in place of ArcFace's fixed one, relaxes the fixed decision boundary the paper argues
     against. As in the paper's code, there is no fallback past ``theta_y = pi - m_i`` (ArcFace's has one);
-    ``sin theta`` is clamped under its root as in ``arcface``. Defaults m 0.5, s 64, std 0.05 are the
+    ``sin theta`` is clamped under its root as in ``arcface`` (:func:`cos_plus`). Defaults m 0.5, s 64, std 0.05 are the
     paper's. See :class:`AdditiveMarginLoss` for the weights and a miner's ``indices_tuple``.
     """
 
@@ -44,8 +44,7 @@ class ElasticArcFaceLoss(_ElasticMargin):
         super().__init__(embedding_dim, num_classes, margin, scale, std)
 
     def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        m = self.margins(cosine)
-        return cosine * m.cos() - (1 - cosine * cosine).clamp(min=1e-12).sqrt() * m.sin()
+        return cos_plus(cosine, self.margins(cosine))
 
 
 class ElasticCosFaceLoss(_ElasticMargin):
@@ -67,4 +66,3 @@ class ElasticCosFaceLoss(_ElasticMargin):
 
     def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return cosine - self.margins(cosine)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._classifier import AdditiveMarginLoss
+from ._classifier import AdditiveMarginLoss, cos_plus
 from ._precision import full_precision
 
 
@@ -51,8 +51,7 @@ class MagFaceLoss(AdditiveMarginLoss):
     def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         a = self.magnitudes(embeddings)
         m = self.l_margin + (self.u_margin - self.l_margin) * (a - self.l_a) / (self.u_a - self.l_a)
-        shifted = cosine * m.cos() - (1 - cosine * cosine).clamp(min=1e-12).sqrt() * m.sin()
-        return torch.where(cosine > 0, shifted, cosine)
+        return torch.where(cosine > 0, cos_plus(cosine, m), cosine)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
