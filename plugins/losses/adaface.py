@@ -36,8 +36,8 @@ class AdaFaceLoss(AdditiveMarginLoss):
     loss_name = "adaface"
     needs_global_batch = True  # the norms' batch statistics
     reads_norms = True
-    cosine_bound = 1 - 1e-3
     eps = 1e-3
+    cosine_bound = 1 - eps
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: float = 0.4, scale: float = 64.0,
                  h: float = 0.333, t_alpha: float = 0.01) -> None:

@@ -7,6 +7,13 @@ import torch
 from ._classifier import AdditiveMarginLoss
 
 
+def check_cosine_margin(margin: float, loss: str) -> None:
+    """Raise ValueError naming ``loss`` unless ``margin``, subtracted from a cosine, lies in [0, 1)."""
+    if not 0 <= margin < 1:
+        raise ValueError(f"{loss}: margin is subtracted from a cosine and must lie in [0, 1) (CosFace uses 0.35), "
+                         f"got {margin}")
+
+
 class CosFaceLoss(AdditiveMarginLoss):
     """CosFace large margin cosine loss: target logit s (cos(theta_y) - m) (Wang et al. 2018).
 
@@ -22,9 +29,7 @@ class CosFaceLoss(AdditiveMarginLoss):
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: float = 0.35,
                  scale: float = 64.0) -> None:
-        if not 0 <= margin < 1:
-            raise ValueError(f"margin is subtracted from a cosine and must lie in [0, 1) "
-                             f"(CosFace uses 0.35), got {margin}")
+        check_cosine_margin(margin, self.loss_name)
         super().__init__(embedding_dim, num_classes, margin, scale)
 
     def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 
 from ._classifier import AdditiveMarginLoss, cos_plus
 from .arcface import check_angular_margin
+from .cosface import check_cosine_margin
 
 
 class _ElasticMargin(AdditiveMarginLoss):
@@ -59,9 +60,7 @@ class ElasticCosFaceLoss(_ElasticMargin):
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: float = 0.35, scale: float = 64.0,
                  std: float = 0.05) -> None:
-        if not 0 <= margin < 1:
-            raise ValueError(f"elastic_cosface: margin is subtracted from a cosine and must lie in [0, 1) (the "
-                             f"paper uses 0.35), got {margin}")
+        check_cosine_margin(margin, self.loss_name)
         super().__init__(embedding_dim, num_classes, margin, scale, std)
 
     def target_cosine(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
