@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 15)
+API_VERSION: tuple[int, int] = (1, 16)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -56,7 +56,8 @@ samplers too: a stage with no context, and each sampler in a stage with that sta
 over a large stand-in collection of writers and groups, so a stage factory must stay cheap to build
 (no data, no files: those belong in ``run``). 1.15 added ``MetricLoss.reads_norms``: a loss that reads
 each embedding's length (AdaFace) gets the embeddings unnormalised from a stage that would L2-normalise
-them.
+them. 1.16 added ``Split.documents``, each image's source document, and ``EvalData.documents`` /
+``val_documents``, which the ``evaluate`` stage fills from it.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
@@ -204,6 +205,9 @@ class Split:
     ``groups`` (1.9), when the dataset has them, names each writer's group, parallel to
     ``writers`` — e.g. an Omniglot drawer's alphabet: what a writer shares with others that is
     not their hand, so a pair protocol can draw different-writer partners from the same group.
+    ``documents`` (1.16), when the dataset knows them, names each image's source document,
+    parallel to ``images`` — a CEDAR letter copy, an IAM form: images of one document share a
+    sitting, pen and paper, so a protocol can ask for a writer's samples from two documents.
     """
 
     images: torch.Tensor
@@ -211,6 +215,7 @@ class Split:
     writers: list[str]
     paths: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -218,7 +223,8 @@ class Split:
     def subset(self, index: np.ndarray) -> "Split":
         index = np.asarray(index, dtype=np.int64)
         return Split(self.images[torch.from_numpy(index)], self.labels[index], self.writers,
-                     [self.paths[i] for i in index] if self.paths else [], self.groups)
+                     [self.paths[i] for i in index] if self.paths else [], self.groups,
+                     [self.documents[i] for i in index] if self.documents else [])
 
     def image_groups(self) -> np.ndarray:
         """(N,) int64: each image's writer's group, as an index into the sorted distinct ``groups``."""
@@ -226,6 +232,12 @@ class Split:
             raise ValueError("the data names no writer groups (Split.groups is empty)")
         _, code = np.unique(np.asarray(self.groups), return_inverse=True)
         return code.astype(np.int64)[self.labels]
+
+    def image_documents(self) -> np.ndarray | None:
+        """(N,) int64: each image's document as an index into the sorted distinct ``documents``; None if unknown."""
+        if not self.documents:
+            return None
+        return np.unique(np.asarray(self.documents), return_inverse=True)[1].astype(np.int64)
 
 
 @runtime_checkable

@@ -385,15 +385,28 @@ def identification_rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, fl
     return rows
 
 
+def set_rows(metrics: dict[str, Any]) -> list[tuple[str, dict[int, dict[str, Any]]]]:
+    """``(stage, {k: metrics of k known against k questioned})`` of every stage of a run's ``metrics.json``
+    that ran ``set_verification``, in run order; sizes that had trials only."""
+    rows = []
+    for stage, values in metrics.items():
+        found = values.get("set_verification") if isinstance(values, dict) else None
+        if isinstance(found, dict):
+            sizes = {int(key[1:]): v for key, v in found.items()
+                     if key[:1] == "k" and key[1:].isdigit() and isinstance(v, dict) and v.get("trials")}
+            rows.append((stage, dict(sorted(sizes.items()))))
+    return rows
+
+
 def _shown(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "  -   "
 
 
 def summary(metrics: dict[str, Any]) -> str:
     """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier, then each stage's
-    writer-identification accuracy (k-NN vote, linear probe)."""
-    rows, probes = verification_rows(metrics), identification_rows(metrics)
-    stage_width = max([22, *(len(stage) for stage, *_ in rows + probes)])
+    writer-identification accuracy (k-NN vote, linear probe) and its k-against-k verification."""
+    rows, probes, sets = verification_rows(metrics), identification_rows(metrics), set_rows(metrics)
+    stage_width = max([22, *(len(stage) for stage, *_ in rows + probes + sets)])
     verifier_width = max([14, *(len(verifier) for _, verifier, _ in rows)])
     lines = ["results:" if rows else "results: (no verification metrics)"]
     for stage, verifier, v in rows:
@@ -403,4 +416,9 @@ def summary(metrics: dict[str, Any]) -> str:
         lines.append("writer identification, accuracy:")
         lines += [f"  {stage:<{stage_width}} k-NN {_shown(found['knn_probe'])}  linear probe "
                   f"{_shown(found['linear_probe'])}" for stage, found in probes]
+    if sets:
+        lines.append("k known against k questioned images, accuracy / AUC:")
+        lines += [f"  {stage:<{stage_width}} " + (("  ".join(f"k={k} {_shown(v.get('accuracy'))} / {v['roc_auc']:.4f}"
+                                                             for k, v in sizes.items())) or "no trials")
+                  for stage, sizes in sets]
     return "\n".join(lines)

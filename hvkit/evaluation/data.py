@@ -39,7 +39,8 @@ class EvalData:
     otherwise self-retrieval among the test embeddings. ``verifiers`` maps a verifier's
     name to its ``{"val": PairSet, "test": PairSet}``. ``metric`` ("cosine", "ip" or
     "l2") is how embeddings are compared for kNN and clustering; ``out_dir`` receives
-    plots (None: no plots).
+    plots (None: no plots). ``documents`` and ``val_documents``, when the data knows them, give
+    each test and val image's source document as an int code (equal codes: one document).
     """
 
     embeddings: np.ndarray
@@ -52,6 +53,8 @@ class EvalData:
     out_dir: Path | None = None
     device: str = "cpu"
     metric: str = "cosine"
+    documents: np.ndarray | None = None
+    val_documents: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
@@ -67,6 +70,15 @@ class EvalData:
                                  f"got {emb.shape} and {lab.shape}")
             setattr(self, f"{name}embeddings", emb)
             setattr(self, f"{name}labels", lab)
+        for name in ("", "val_"):
+            documents, labels = getattr(self, f"{name}documents"), getattr(self, f"{name}labels")
+            if documents is None:
+                continue
+            documents = np.asarray(documents)
+            if labels is None or documents.shape != labels.shape:
+                raise ValueError(f"EvalData: {name}documents must be (N,) beside {name}labels, got shape "
+                                 f"{documents.shape}")
+            setattr(self, f"{name}documents", documents)
         if self.reference_embeddings is not None and self.reference_embeddings.shape[1] != self.embeddings.shape[1]:
             raise ValueError(f"EvalData: reference_embeddings have dimension {self.reference_embeddings.shape[1]}, "
                              f"embeddings {self.embeddings.shape[1]}")

@@ -9,7 +9,8 @@ Reads three layouts under ``root``:
   own writer split, and ``unsupervised/*.png`` for pre-training;
 - any other folder tree holding such files (searched recursively).
 
-File names are ``WWWW<doc>_num<k>.png`` (writer = the first four digits). Every file under a
+File names are ``WWWW<doc>_num<k>.png`` (writer = the first four digits; ``Split.documents`` is
+``WWWW<doc>``, the writer's copy of the letter the word was cut from). Every file under a
 folder named ``Junk`` is a bad crop: its *name* is excluded everywhere, also where the same
 name sits in the pool; ``exclude`` adds names of your own. A name found in several folders is
 read once (a warning lists names whose copies differ; the first in path order is kept).
@@ -172,7 +173,8 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
     def part_split(part: str, assignment: dict[str, list[str]]) -> dict[str, Split]:
         files = [chosen[part][n] for n in sorted(chosen[part])]
         return make_splits(images[[row[n] for n in sorted(chosen[part])]], [writer_of(p) for p in files],
-                           [str(p.relative_to(base)) for p in files], assignment)
+                           [str(p.relative_to(base)) for p in files], assignment,
+                           document_of=[writer_of(p) + NAME.match(p.stem).group(2) for p in files])
 
     if sslhv:
         train_writers = sorted({writer_of(p) for p in chosen["train"].values()})

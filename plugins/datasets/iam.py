@@ -25,7 +25,8 @@ recognizer, SimpleHTR), which also name the two empty word images of the release
 Crops are not square: ``image_size`` [H, W] (default per level: words 64 x 256, lines
 64 x 1024, forms 512 x 362) fits each image inside with its aspect ratio kept, centred and padded
 with paper (:func:`reading.fit_and_pad`); an int S means S x S. Images become one grey channel,
-inverted (``invert``) so that ink is bright, as CEDAR AND.
+inverted (``invert``) so that ink is bright, as CEDAR AND. Each image's document
+(``Split.documents``) is its form.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def iam(root: FilePath, level: Literal["words", "lines", "forms"] = "words",
         if not {"train", "test"} <= set(assignment):
             raise ValueError(f"iam: the standard split leaves no train or no test writers with {level} images "
                              f"under {str(base)!r}")
-    splits = make_splits(images, writers, rel_paths, assignment)
+    splits = make_splits(images, writers, rel_paths, assignment, document_of=[form_of(n) for n in kept])
     info: dict[str, Any] = {
         "source": str(base), "synthetic": False, "level": level, "segmentation": segmentation, "split": split,
         "image_size": list(size), "keep_aspect": True, "segmentation_err_dropped": dropped_err,

@@ -23,7 +23,7 @@ def _check_settings(pattern: str | None, image_size: int, channels: int, val_fra
         regex = re.compile(pattern) if pattern is not None else None
     except re.error as err:
         raise ValueError(f"image_folder: pattern {pattern!r} is not a valid regular expression: {err}") from None
-    if regex is not None and regex.groups == 0:
+    if regex is not None and regex.groups == int("document" in regex.groupindex):
         raise ValueError(f"image_folder: pattern {pattern!r} has no group; put the writer in (...) or (?P<writer>...)")
     return regex
 
@@ -40,7 +40,9 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     ``_`` — e.g. Omniglot drawers, where a drawer is (alphabet, DD):
     ``^(?P<a>[^/]+)/character\\d+/\\d+_(?P<d>\\d+)\\.png$``. A named group ``group`` also gives each
     writer's group (``Split.groups``; one per writer), e.g. ``(?P<group>[^/]+)`` for the alphabet in
-    place of ``(?P<a>...)``, so pairs can meet other writers of one alphabet. Files the pattern does not match
+    place of ``(?P<a>...)``, so pairs can meet other writers of one alphabet. A named group ``document``
+    names each image's document within its writer (``Split.documents``; not part of the writer), e.g. the
+    page or session a sample comes from. Files the pattern does not match
     are skipped (and counted). ``invert`` makes dark ink on a light background bright; images
     are grey, resized to ``image_size``; ``exclude`` lists file names to leave out. Writers are
     split writer-disjointly with ``seed`` (``val_fraction``/``test_fraction`` of the writers).
@@ -52,7 +54,7 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     suffixes = {e.lower() if e.startswith(".") else "." + e.lower()
                 for e in extensions}
     excluded = {Path(e).name for e in exclude or []} | {Path(e).stem for e in exclude or []}
-    paths, writer_of, group_of, skipped = [], [], {}, 0
+    paths, writer_of, group_of, document_of, skipped = [], [], {}, [], 0
     for path in sorted(base.rglob("*")):
         if path.suffix.lower() not in suffixes or not path.is_file() or excluded & {path.name, path.stem}:
             continue
@@ -62,7 +64,8 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
         else:
             match = regex.search(rel)
             writer = None if match is None else (
-                match.group("writer") if "writer" in regex.groupindex else "_".join(g or "" for g in match.groups()))
+                match.group("writer") if "writer" in regex.groupindex
+                else "_".join(g or "" for i, g in enumerate(match.groups(), 1) if i != regex.groupindex.get("document")))
         if writer is None:
             skipped += 1
             continue
@@ -73,6 +76,8 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
                                  f"{group!r} (at {rel}); a writer's group must be one")
         paths.append(path)
         writer_of.append(writer)
+        if regex is not None and "document" in regex.groupindex:
+            document_of.append(writer + "/" + (match.group("document") or ""))
     if not paths:
         how = f"pattern {pattern!r}" if pattern else "root/<writer>/... sub-folders"
         raise ValueError(f"image_folder: no images with extensions {sorted(suffixes)} labelled by {how} "
@@ -84,7 +89,8 @@ def image_folder(root: FilePath, pattern: str | None = None, invert: bool = True
     duplicates = byte_duplicates(rel_paths, digests, writer_of)
     warn_duplicates("image_folder", duplicates)
     splits = make_splits(images, writer_of, rel_paths,
-                         split_writers("image_folder", writer_of, val_fraction, test_fraction, seed), group_of)
+                         split_writers("image_folder", writer_of, val_fraction, test_fraction, seed), group_of,
+                         document_of)
     info = {"source": str(base), "synthetic": False, "pattern": pattern, "skipped_unlabelled": skipped,
             "byte_duplicates": duplicates["groups"], "cross_writer_duplicates": duplicates["cross_writer"],
             "splits": split_info(splits)}

@@ -89,21 +89,26 @@ def split_writers(dataset: str, writers: Sequence[str], val_fraction: float, tes
 
 
 def make_split(images: torch.Tensor, writer_of: Sequence[str], paths: Sequence[str],
-               writers: Sequence[str], group_of: dict[str, str] | None = None) -> Split:
+               writers: Sequence[str], group_of: dict[str, str] | None = None,
+               document_of: Sequence[str] | None = None) -> Split:
     """The images of ``writers`` as a :class:`Split` whose labels index the sorted writer list
-    (``group_of``: each writer's group, for ``Split.groups``)."""
+    (``group_of``: each writer's group, for ``Split.groups``; ``document_of``: each image's
+    document, parallel to ``writer_of``, for ``Split.documents``)."""
     writers = sorted(writers)
     code = {w: i for i, w in enumerate(writers)}
     index = np.array([i for i, w in enumerate(writer_of) if w in code], dtype=np.int64)
     labels = np.array([code[writer_of[i]] for i in index], dtype=np.int64)
     return Split(images[torch.from_numpy(index)], labels, list(writers), [paths[i] for i in index],
-                 [group_of[w] for w in writers] if group_of else [])
+                 [group_of[w] for w in writers] if group_of else [],
+                 [document_of[i] for i in index] if document_of else [])
 
 
 def make_splits(images: torch.Tensor, writer_of: Sequence[str], paths: Sequence[str],
-                assignment: dict[str, list[str]], group_of: dict[str, str] | None = None) -> dict[str, Split]:
+                assignment: dict[str, list[str]], group_of: dict[str, str] | None = None,
+                document_of: Sequence[str] | None = None) -> dict[str, Split]:
     """One :class:`Split` per entry of ``assignment`` (split name -> its writers)."""
-    return {name: make_split(images, writer_of, paths, writers, group_of) for name, writers in assignment.items()}
+    return {name: make_split(images, writer_of, paths, writers, group_of, document_of)
+            for name, writers in assignment.items()}
 
 
 def pixel_size(image_size: int | Sequence[int]) -> tuple[int, int]:

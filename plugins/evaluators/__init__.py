@@ -1,4 +1,4 @@
-"""First-party evaluators: verification, retrieval, kNN and linear probes, embedding map."""
+"""First-party evaluators: verification (pairs and k-against-k sets), retrieval, kNN and linear probes, embedding map."""
 
 from hvkit.api import hookimpl
 
@@ -6,6 +6,7 @@ from .embedding_map import EmbeddingMap
 from .knn_probe import KNNProbe
 from .linear_probe import LinearProbe
 from .retrieval import Retrieval
+from .set_verification import SetVerification
 from .verification import Verification
 
 
@@ -15,4 +16,5 @@ def register_evaluators(register):
     register("knn_probe", KNNProbe)
     register("linear_probe", LinearProbe)
     register("retrieval", Retrieval)
+    register("set_verification", SetVerification)
     register("verification", Verification)

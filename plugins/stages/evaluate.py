@@ -159,7 +159,8 @@ class Evaluate:
             val_embeddings=seen["val"].numpy() if "val" in seen else None,
             val_labels=np.asarray(parts["val"].labels) if "val" in parts else None,
             verifiers=verifiers, out_dir=ctx.stage_dir if self.plots else None,
-            device=str(ctx.device))
+            device=str(ctx.device), documents=parts["test"].image_documents(),
+            val_documents=parts["val"].image_documents() if "val" in parts else None)
         evaluators = [ctx.build("evaluator", spec) for spec in self.evaluators]
         metrics = evaluate(evaluators, eval_data)
         metrics["protocol"] = self.protocol
@@ -324,6 +325,7 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
               if isinstance(metrics.get(key), dict) and "accuracy" in metrics[key]]
     if probes:
         rows.append(f"\nWriter identification among the test writers{seen}: {', '.join(probes)}.")
+    rows += _set_table(metrics.get("set_verification"), seen)
     if metrics.get("negatives") == "same_group":
         rows.append("\nEach different-writer partner is drawn from the anchor's writer's group.")
     tta = TestViews(**metrics.get("tta", {}))
@@ -332,6 +334,21 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
                     f"shifts of {tta.shifts} px, zooms {tta.zooms}).")
     note = "" if protocol == "clean" else "\n\n*SSL-HV protocol: early stopping on test pairs.*"
     return "\n".join(rows) + note
+
+
+def _set_table(found: dict[str, Any] | None, seen: str) -> list[str]:
+    """``report.md``'s rows for ``set_verification``: a row per number of images a side."""
+    if not isinstance(found, dict):
+        return []
+    across = ", the two sides from different documents" if found.get("cross_document") else ""
+    rows = [f"\nk known against k questioned images of the test writers (mean directions{seen}{across}):\n",
+            "| k | trials | writers | accuracy (val threshold) | ROC AUC | EER |", "|---|---|---|---|---|---|"]
+    for key, values in found.items():
+        if key[:1] == "k" and isinstance(values, dict):
+            ci = values.get("ci", {})
+            cells = [_with_interval(values.get(name), ci.get(name)) for name in ("accuracy", "roc_auc", "eer")]
+            rows.append(f"| {key[1:]} | {values['trials']} | {values['writers']} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def _with_interval(value: Any, interval: list[float] | None) -> str:

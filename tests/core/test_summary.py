@@ -1,5 +1,5 @@
 """The console's results table: one row per stage and verifier, then one per stage that ran a writer-identification
-probe, columns aligned whatever the names."""
+probe or k-against-k verification, columns aligned whatever the names."""
 
 from __future__ import annotations
 
@@ -45,3 +45,21 @@ def test_probes_follow_the_verifiers_a_row_a_stage() -> None:
         "results: (no verification metrics)", "writer identification, accuracy:",
         f"  {'probe':<22} k-NN   -     linear probe 0.5000"]
     assert summary({"data": {"synthetic": False}}) == "results: (no verification metrics)"
+
+
+def test_set_verification_follows_a_row_a_stage_with_the_sizes_that_had_trials() -> None:
+    metrics = {
+        "frozen": {"verification": {"cosine_pair": {"roc_auc": 0.9, "accuracy": 0.8, "eer": 0.2}},
+                   "set_verification": {"cross_document": True,
+                                        "k2": {"trials": 40, "roc_auc": 0.95, "accuracy": 0.9},
+                                        "k1": {"trials": 50, "roc_auc": 0.9, "accuracy": 0.8},
+                                        "k8": {"trials": 0, "writers": 0}}},
+        "no_val": {"set_verification": {"cross_document": False, "k1": {"trials": 4, "roc_auc": 0.75}}},
+        "too_big": {"set_verification": {"cross_document": False, "k9": {"trials": 0, "writers": 0}}},
+    }
+    lines = summary(metrics).splitlines()
+    assert lines[2] == "k known against k questioned images, accuracy / AUC:"
+    assert [line.split() for line in lines[3:]] == [
+        ["frozen", "k=1", "0.8000", "/", "0.9000", "k=2", "0.9000", "/", "0.9500"],
+        ["no_val", "k=1", "-", "/", "0.7500"], ["too_big", "no", "trials"]]
+    assert len({line.index("k=1") for line in lines[3:5]}) == 1

@@ -43,8 +43,8 @@ def test_split_shapes_labels_and_writer_disjointness(release_tree: Path) -> None
         assert split.images.dtype == torch.uint8 and tuple(split.images.shape[1:]) == (1, 64, 64)
         assert split.labels.dtype == np.int64 and len(split.labels) == len(split) == len(split.paths)
         assert split.writers == sorted(split.writers)
-        for label, path in zip(split.labels, split.paths):
-            assert split.writers[label] == Path(path).stem[:4]
+        for label, path, document in zip(split.labels, split.paths, split.documents, strict=True):
+            assert split.writers[label] == Path(path).stem[:4] and document == Path(path).stem.split("_")[0]
         assert not seen & set(split.writers)
         seen |= set(split.writers)
     assert len(seen) == 10
@@ -105,6 +105,10 @@ def test_sslhv_layout_keeps_its_writer_split(sslhv_tree: Path) -> None:
     assert len(val) == 2 and len(train) == 6 and train | val == {f"{w:04d}" for w in range(1, 9)}
     assert len(data.splits["pretrain"]) == 33 and data.info["pretrain_writers_in_test"] == 3
     assert all(p.startswith("unsupervised/") for p in data.splits["pretrain"].paths)
+    test = data.splits["test"]
+    assert test.documents == [Path(p).stem[:5] for p in test.paths] and set(test.documents) == {"0020b", "0021b",
+                                                                                                "0022b"}
+    assert len(set(test.image_documents())) == 3
     whole = cedar_and(root=str(sslhv_tree), val_fraction=0.0)
     assert "val" not in whole.splits and len(whole.splits["train"].writers) == 8
 

@@ -117,6 +117,8 @@ def test_writers_come_from_forms_txt(iam_root: Path) -> None:
         assert writer == FORMS["-".join(name.split("-")[:2])]
     assert found["a01-000u-00-00"][0] == found["a01-003u-00-00"][0] == "000"
     assert found["a01-000x-00-01"][0] == "001"
+    for split in data.splits.values():
+        assert split.documents == ["-".join(Path(p).stem.split("-")[:2]) for p in split.paths]  # the form
     # 8 forms x 6 words + writer 005's one, less 2 err, 2 broken; z09 (no writer) and g07-060-01-03 (unlisted) out
     assert len(found) == 8 * 6 + 1 - 2 - 2 and "z09-999-00-00" not in found and "g07-060-01-03" not in found
     assert data.info["no_writer"] == 1 and data.info["unlisted_in_segmentation"] == 1

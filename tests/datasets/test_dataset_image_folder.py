@@ -85,8 +85,22 @@ def test_byte_duplicates_across_writers_are_reported(tmp_path: Path, images: Sim
     assert data.info["cross_writer_duplicates"] == [["a/x.png", "d/copy.png"]]
 
 
+def test_documents_from_the_named_group_are_not_part_of_the_writer(omniglot_like: Path) -> None:
+    pattern = r"^(?P<a>[^/]+)/(?P<document>character\d+)/\d+_(?P<d>\d+)\.png$"
+    data = image_folder(str(omniglot_like), pattern=pattern, val_fraction=0.1, test_fraction=0.2, seed=4)
+    plain = image_folder(str(omniglot_like), pattern=r"^(?P<a>[^/]+)/character\d+/\d+_(?P<d>\d+)\.png$",
+                         val_fraction=0.1, test_fraction=0.2, seed=4)
+    assert [s.writers for s in data.splits.values()] == [s.writers for s in plain.splits.values()]
+    for split in data.splits.values():
+        assert split.documents == [f"{split.writers[k]}/{p.split('/')[1]}" for k, p in zip(split.labels, split.paths)]
+        codes = split.image_documents()
+        assert len(set(codes)) == len(split) and split.subset(np.array([1, 0])).documents == split.documents[1::-1]
+    assert all(not s.documents and s.image_documents() is None for s in plain.splits.values())
+
+
 @pytest.mark.parametrize("pattern, message", [("([a-z", "not a valid regular expression"),
-                                              ("[a-z]+", "has no group"), (r"^nomatch/(\d+)", "no images")])
+                                              ("[a-z]+", "has no group"), (r"(?P<document>\d+)", "has no group"),
+                                              (r"^nomatch/(\d+)", "no images")])
 def test_pattern_errors(omniglot_like: Path, pattern: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         image_folder(str(omniglot_like), pattern=pattern)

@@ -1,4 +1,5 @@
-"""Writer groups in the stages: evaluate's ``negatives: same_group`` and metric_train's ``hierarchical`` batches."""
+"""Writer groups and documents in the stages: evaluate's ``negatives: same_group`` and documents for
+``set_verification``, and metric_train's ``hierarchical`` batches."""
 
 from __future__ import annotations
 
@@ -63,6 +64,19 @@ def test_partners_come_from_the_anchor_writers_group(tmp_path: Path):
     assert metrics["negatives"] == "same_group" and metrics["pairs"]["test"] == len(first)
     assert "Each different-writer partner is drawn from the anchor's writer's group." in (
         run_dir / "report.md").read_text()
+
+
+def test_the_evaluate_stage_gives_the_evaluators_each_images_document(tmp_path: Path):
+    stage = STAGE.replace("    negatives: same_group\n", "").replace(
+        "evaluators: [verification]", "evaluators: [{name: set_verification, sizes: [1, 2], trials: 2, bootstrap: 0}]")
+    text = grouped_recipe(stage, grouped_folder(tmp_path / "words")).replace(
+        PATTERN, r"^(?P<group>g\d)/(?P<writer>w\d+)/(?:(?P<document>0)|[1-3])\.png$")
+    found = json.loads((run_recipe_text(text, tmp_path) / "metrics.json").read_text())["pixels"]["set_verification"]
+    # each writer's image 0 is one document and images 1-3 another (the group unmatched: ""), so
+    # two images a side cannot come from two documents, where the four images alone would allow it
+    test = image_folder(str(tmp_path / "words"), pattern=PATTERN, image_size=32).splits["test"]
+    assert found["cross_document"] is True and found["k1"]["writers"] == len(test.writers)
+    assert found["k1"]["trials"] == 2 * 2 * len(test.writers) and found["k2"] == {"writers": 0, "trials": 0}
 
 
 def test_data_without_groups_is_refused(tmp_path: Path):

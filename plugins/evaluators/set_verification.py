@@ -1,0 +1,168 @@
+"""Multi-sample verification: several known images against several questioned ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hvkit.evaluation import EvalData, PairSet, RocCounts
+from hvkit.evaluation.bootstrap import writer_bootstrap
+from hvkit.evaluation.plots import new_figure
+
+
+class SetVerification:
+    """Verification of k known against k questioned images of a hand, for each k of ``sizes``.
+
+    A document examiner compares a questioned writing with several exemplars, not one word
+    with one word; this is that protocol. For each k and each writer with enough images,
+    ``trials`` same-writer trials (A, B) are drawn: A and B are disjoint k-sets of the writer's
+    images, and — where the data names each image's document (``EvalData.documents``, e.g.
+    CEDAR's letter copies) and ``cross_document`` is on — share no document: the questioned
+    set B comes from one document (drawn among the writer's documents with k images whose
+    other documents hold k more) and the known set A from the writer's other documents. Words
+    of one sitting share pen, paper and mood, so same-document pairs flatter a model. Each
+    same-writer trial gets one different-writer trial (A, B'), B' k images of another writer
+    (from one of its documents), drawn among those who have them, so the trials are balanced
+    as SSL-HV's pairs are. A set is scored by its mean direction:
+
+        s(A, B) = cos(Σ_{a∈A} u_a, Σ_{b∈B} u_b),   u = (x − μ) / ‖x − μ‖,
+
+    μ the mean of the val embeddings (of the test embeddings when there is no val split; no
+    label is read). Val trials are drawn the same way from the val writers; the threshold is
+    the most accurate on them. Per k: ``accuracy`` at that threshold, ROC AUC, EER, the writers
+    and trials used, and with ``bootstrap`` > 0 writer-resampled ``ci`` (the known set's writer
+    is the unit). A k that no two writers can serve is reported with ``trials`` 0. A plot of
+    accuracy and AUC against k goes to ``out_dir``.
+    """
+
+    name = "set_verification"
+    requires: frozenset[str] = frozenset()
+
+    def __init__(self, sizes: list[int] = [1, 2, 4], trials: int = 4, cross_document: bool = True,
+                 bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0):
+        if not sizes or any(k < 1 for k in sizes) or len(set(sizes)) != len(sizes):
+            raise ValueError(f"sizes={sizes} must be distinct set sizes >= 1")
+        if trials < 1:
+            raise ValueError(f"trials={trials} must be >= 1 (same-writer trials per writer and size)")
+        if bootstrap < 0 or not 0.0 < confidence < 1.0:
+            raise ValueError(f"bootstrap={bootstrap} must be >= 0 (0: no intervals) and confidence={confidence} "
+                             "in (0, 1)")
+        self.sizes = sorted(sizes)
+        self.trials, self.cross_document = trials, cross_document
+        self.bootstrap, self.confidence, self.seed = bootstrap, confidence, seed
+
+    def _pairs(self, directions: np.ndarray, labels: np.ndarray, documents: np.ndarray | None, k: int,
+               part: str) -> tuple[PairSet, int]:
+        rng = np.random.default_rng([self.seed, k, int(part == "val")])
+        trials = set_trials(labels, documents if self.cross_document else None, k, self.trials, rng)
+        pairs = set_scores(directions, labels, trials)
+        return pairs, len(np.unique(pairs.writers))
+
+    def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
+        centre = (data.val_embeddings if data.val_embeddings is not None else data.embeddings).mean(axis=0,
+                                                                                                   dtype=np.float64)
+        parts = {"test": (data.embeddings, data.labels, data.documents)}
+        if data.val_embeddings is not None:
+            parts["val"] = (data.val_embeddings, data.val_labels, data.val_documents)
+        parts = {part: (unit_rows(emb.astype(np.float64) - centre), labels, documents)
+                 for part, (emb, labels, documents) in parts.items()}
+        out: dict[str, Any] = {"cross_document": self.cross_document and data.documents is not None}
+        for k in self.sizes:
+            found = {part: self._pairs(*values, k, part) for part, values in parts.items()}
+            test, writers = found["test"]
+            row: dict[str, Any] = {"writers": writers, "trials": len(test.scores)}
+            if len(test.scores):
+                row.update(self._metrics(test, found.get("val", (None, 0))[0]))
+            out[f"k{k}"] = row
+        if data.out_dir is not None:
+            plot_sizes(out, self.sizes, data.out_dir / "set_verification.png")
+        return out
+
+    def _metrics(self, test: PairSet, val: PairSet | None) -> dict[str, Any]:
+        roc = RocCounts.from_scores(test.scores, test.same)
+        row: dict[str, Any] = {"roc_auc": roc.auc(), "eer": roc.eer()}
+        threshold = None
+        if val is not None and len(val.scores):
+            threshold, row["val_accuracy"] = RocCounts.from_scores(val.scores, val.same).best_threshold()
+            row.update(threshold=threshold, accuracy=float(np.mean((test.scores >= threshold) == test.same)))
+        if self.bootstrap:
+            row["ci"] = writer_bootstrap(test, threshold, self.bootstrap, self.confidence, seed=self.seed)
+        return row
+
+
+Trial = tuple[np.ndarray, np.ndarray, bool]
+"""(known rows, questioned rows, same writer)."""
+
+
+def set_trials(labels: np.ndarray, documents: np.ndarray | None, k: int, trials: int,
+               rng: np.random.Generator) -> list[Trial]:
+    """Balanced k-against-k trials over the rows of ``labels``, as :class:`SetVerification` draws them.
+
+    Writers in sorted order; each writer with a feasible draw gets ``trials`` same-writer trials,
+    each followed by its different-writer trial. With ``documents`` every questioned set comes
+    from one document, and a same-writer trial's known set from the writer's other documents.
+    """
+    order = np.argsort(labels, kind="stable")
+    writers, starts = np.unique(labels[order], return_index=True)
+    rows = dict(zip(writers.tolist(), np.split(order, starts[1:])))
+    sources = {w: _sources(r, None if documents is None else documents[r], k) for w, r in rows.items()}
+    partners = [w for w, found in sources.items() if found]
+    out: list[Trial] = []
+    for writer, own in rows.items():
+        others = [w for w in partners if w != writer]
+        pools = [(q, own[~np.isin(own, q)]) for q in sources[writer]]
+        if documents is None:
+            pools = [(own, own)] if len(own) >= 2 * k else []
+        pools = [(q, rest) for q, rest in pools if len(rest) >= k]
+        if not others or not pools:
+            continue
+        for _ in range(trials):
+            pool, rest = pools[rng.integers(len(pools))]
+            questioned = rng.choice(pool, k, replace=False)
+            known = rng.choice(rest[~np.isin(rest, questioned)], k, replace=False)
+            other = sources[others[rng.integers(len(others))]]
+            out += [(known, questioned, True), (known, rng.choice(other[rng.integers(len(other))], k, replace=False),
+                                                False)]
+    return out
+
+
+def _sources(rows: np.ndarray, documents: np.ndarray | None, k: int) -> list[np.ndarray]:
+    """Where a writer's questioned set may come from: each of its documents with k images, else all its rows."""
+    if documents is None:
+        return [rows] if len(rows) >= k else []
+    names, inverse = np.unique(documents, return_inverse=True)
+    return [rows[inverse == d] for d in range(len(names)) if np.sum(inverse == d) >= k]
+
+
+def set_scores(directions: np.ndarray, labels: np.ndarray, trials: list[Trial]) -> PairSet:
+    """Each trial's cosine between its two sets' summed ``directions`` (float64 unit rows); the known set's
+    writer labels the trial."""
+    if not trials:
+        return PairSet(np.zeros(0), np.zeros(0, bool), np.zeros(0, labels.dtype))
+    known = unit_rows(np.stack([directions[a].sum(axis=0) for a, _, _ in trials]))
+    questioned = unit_rows(np.stack([directions[b].sum(axis=0) for _, b, _ in trials]))
+    return PairSet(np.einsum("ij,ij->i", known, questioned), np.array([s for _, _, s in trials]),
+                   labels[[a[0] for a, _, _ in trials]])
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def plot_sizes(metrics: dict[str, Any], sizes: list[int], path: Any) -> None:
+    """Accuracy (at the val threshold) and ROC AUC against the number of images on each side."""
+    figure = new_figure(6.0, 4.0)
+    axes = figure.subplots()
+    for key, label in (("accuracy", "accuracy (val threshold)"), ("roc_auc", "ROC AUC")):
+        shown = [(k, metrics[f"k{k}"][key]) for k in sizes if key in metrics[f"k{k}"]]
+        if shown:
+            axes.plot(*zip(*shown), marker="o", label=label)
+    axes.set(xlabel="images on each side (k)", ylabel="score", xticks=sizes,
+             title="k known against k questioned" + (", across documents" if metrics["cross_document"] else ""))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
+    figure.savefig(path, format="png", dpi=100)
