@@ -32,15 +32,17 @@ class SetVerification:
     label is read). Val trials are drawn the same way from the val writers; the threshold is
     the most accurate on them. Per k: ``accuracy`` at that threshold, ROC AUC, EER, the writers
     and trials used, and with ``bootstrap`` > 0 writer-resampled ``ci`` (the known set's writer
-    is the unit). A k that no two writers can serve is reported with ``trials`` 0. A plot of
-    accuracy and AUC against k goes to ``out_dir``.
+    is the unit). A larger k is served by fewer writers, those with more images; with
+    ``common_writers`` every k draws its same-writer trials from the writers the largest k can
+    serve, so the sizes compare on one set of hands. A k that no two writers can serve is
+    reported with ``trials`` 0. A plot of accuracy and AUC against k goes to ``out_dir``.
     """
 
     name = "set_verification"
     requires: frozenset[str] = frozenset()
 
     def __init__(self, sizes: list[int] = [1, 2, 4], trials: int = 4, cross_document: bool = True,
-                 bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0):
+                 common_writers: bool = False, bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0):
         if not sizes or any(k < 1 for k in sizes) or len(set(sizes)) != len(sizes):
             raise ValueError(f"sizes={sizes} must be distinct set sizes >= 1")
         if trials < 1:
@@ -49,14 +51,18 @@ class SetVerification:
             raise ValueError(f"bootstrap={bootstrap} must be >= 0 (0: no intervals) and confidence={confidence} "
                              "in (0, 1)")
         self.sizes = sorted(sizes)
-        self.trials, self.cross_document = trials, cross_document
+        self.trials, self.cross_document, self.common_writers = trials, cross_document, common_writers
         self.bootstrap, self.confidence, self.seed = bootstrap, confidence, seed
 
     def _pairs(self, directions: np.ndarray, labels: np.ndarray, documents: np.ndarray | None, k: int,
                part: str) -> tuple[PairSet, int]:
+        documents = documents if self.cross_document else None
+        writers = None
+        if self.common_writers:  # those who serve the largest size serve every size
+            largest = set_trials(labels, documents, self.sizes[-1], 1, np.random.default_rng(0))
+            writers = {int(labels[known[0]]) for known, _, _ in largest}
         rng = np.random.default_rng([self.seed, k, int(part == "val")])
-        trials = set_trials(labels, documents if self.cross_document else None, k, self.trials, rng)
-        pairs = set_scores(directions, labels, trials)
+        pairs = set_scores(directions, labels, set_trials(labels, documents, k, self.trials, rng, writers))
         return pairs, len(np.unique(pairs.writers))
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
@@ -96,16 +102,17 @@ Trial = tuple[np.ndarray, np.ndarray, bool]
 
 
 def set_trials(labels: np.ndarray, documents: np.ndarray | None, k: int, trials: int,
-               rng: np.random.Generator) -> list[Trial]:
+               rng: np.random.Generator, writers: set[int] | None = None) -> list[Trial]:
     """Balanced k-against-k trials over the rows of ``labels``, as :class:`SetVerification` draws them.
 
-    Writers in sorted order; each writer with a feasible draw gets ``trials`` same-writer trials,
-    each followed by its different-writer trial. With ``documents`` every questioned set comes
-    from one document, and a same-writer trial's known set from the writer's other documents.
+    Writers in sorted order; each writer with a feasible draw (and in ``writers``, when given)
+    gets ``trials`` same-writer trials, each followed by its different-writer trial, whose
+    questioned writer may be any other. With ``documents`` every questioned set comes from one
+    document, and a same-writer trial's known set from the writer's other documents.
     """
     order = np.argsort(labels, kind="stable")
-    writers, starts = np.unique(labels[order], return_index=True)
-    rows = dict(zip(writers.tolist(), np.split(order, starts[1:])))
+    names, starts = np.unique(labels[order], return_index=True)
+    rows = dict(zip(names.tolist(), np.split(order, starts[1:])))
     sources = {w: _sources(r, None if documents is None else documents[r], k) for w, r in rows.items()}
     partners = [w for w, found in sources.items() if found]
     out: list[Trial] = []
@@ -115,7 +122,7 @@ def set_trials(labels: np.ndarray, documents: np.ndarray | None, k: int, trials:
         if documents is None:
             pools = [(own, own)] if len(own) >= 2 * k else []
         pools = [(q, rest) for q, rest in pools if len(rest) >= k]
-        if not others or not pools:
+        if not others or not pools or (writers is not None and writer not in writers):
             continue
         for _ in range(trials):
             pool, rest = pools[rng.integers(len(pools))]

@@ -50,6 +50,18 @@ def test_trials_are_balanced_disjoint_and_cross_document(k, with_documents):
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(trials, again))
 
 
+def test_common_writers_are_those_the_largest_size_serves():
+    labels = np.repeat(np.arange(8), [2, 3, 4, 5, 6, 8, 9, 12])
+    data = EvalData(np.random.default_rng(0).standard_normal((len(labels), 4)).astype(np.float32), labels)
+    apart = evaluate([SetVerification(sizes=[1, 3], bootstrap=0)], data)["set_verification"]
+    common = evaluate([SetVerification(sizes=[1, 3], common_writers=True, bootstrap=0)], data)["set_verification"]
+    assert (apart["k1"]["writers"], apart["k3"]["writers"]) == (8, 4)  # 2k images each: 6, 8, 9, 12
+    assert common["k1"]["writers"] == common["k3"]["writers"] == 4 and common["k3"] == apart["k3"]
+    trials = set_trials(labels, None, 1, 2, np.random.default_rng(0), writers={5, 7})
+    assert [int(labels[t[0][0]]) for t in trials] == [5, 5, 5, 5, 7, 7, 7, 7]
+    assert {int(labels[t[1][0]]) for t in trials if not t[2]} - {5, 7}  # partners from every writer
+
+
 def test_a_writer_of_one_document_has_no_cross_document_trial():
     labels = np.repeat(np.arange(4), 6)
     documents = np.repeat(np.arange(4), 6)  # one letter each
