@@ -15,10 +15,12 @@ from hvkit import stop_record
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError
-from hvkit.pipeline import RESOLVED, identification_rows, summary, verification_rows
+from hvkit.pipeline import RESOLVED, identification_rows, set_rows, summary, verification_rows
 from hvkit.run_lock import Holder, holder
 
 CHECKPOINT = "last.pt"
+SET_KEYS = ("accuracy", "roc_auc", "eer", "writers", "trials")
+"""What ``--json`` gives of each size of a stage's ``set_verification``."""
 
 
 def stage_state(stage_dir: Path, running: bool = False) -> tuple[bool, str]:
@@ -95,7 +97,10 @@ def _state(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
                 {"stage": stage, "verifier": verifier, **{k: found.get(k) for k in ("accuracy", "roc_auc", "eer")}}
                 for stage, verifier, found in verification_rows(results)],
             "identification": None if results is None else [
-                {"stage": stage, **found} for stage, found in identification_rows(results)]}, results
+                {"stage": stage, **found} for stage, found in identification_rows(results)],
+            "sets": None if results is None else [
+                {"stage": stage, "sizes": {str(k): {key: v.get(key) for key in SET_KEYS} for k, v in sizes.items()}}
+                for stage, sizes in set_rows(results)]}, results
 
 
 def run_status(run_dir: Path) -> str:

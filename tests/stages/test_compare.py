@@ -27,7 +27,8 @@ RECIPE = {
     "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
     "stages": {"first": TRAIN, "eval_first": {**EVAL, "model_from": "first"},
                "second": {**TRAIN, "train": {**TRAIN["train"], "max_steps": 4}},
-               "eval_second": {**EVAL, "model_from": "second", "evaluators": [*EVAL["evaluators"], "knn_probe"]}},
+               "eval_second": {**EVAL, "model_from": "second", "evaluators": [
+                   *EVAL["evaluators"], "knn_probe", {"name": "set_verification", "sizes": [1, 2], "bootstrap": 0}]}},
 }
 
 
@@ -168,3 +169,7 @@ def test_status_json_gives_each_verifier_s_headline(run_dir: Path) -> None:
         for stage in ("eval_first", "eval_second") for verifier in ("cosine_pair", "wccn_pair")]
     assert state["identification"] == [
         {"stage": "eval_second", "knn_probe": metrics["eval_second"]["knn_probe"]["accuracy"], "linear_probe": None}]
+    found = metrics["eval_second"]["set_verification"]
+    assert state["sets"] == [{"stage": "eval_second", "sizes": {
+        str(k): {key: found[f"k{k}"][key] for key in ("accuracy", "roc_auc", "eer", "writers", "trials")}
+        for k in (1, 2)}}] and found["k2"]["trials"] > 0
