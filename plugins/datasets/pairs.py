@@ -32,7 +32,8 @@ def labelled_writers(split: Split, fraction: float = 0.1) -> Split:
 
 
 def sslhv_pairs(labels: np.ndarray, seed: int, max_pairs_per_writer: int | None = None,
-                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                groups: np.ndarray | None = None,
+                documents: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SSL-HV balanced pairs over ``labels``: returns ``(i, j, same)`` index arrays (int64).
 
     First every same-writer pair ``(a, b)``, ``a < b`` in index order within each writer (all
@@ -40,8 +41,10 @@ def sslhv_pairs(labels: np.ndarray, seed: int, max_pairs_per_writer: int | None 
     one different-writer pair ``(a, k)`` with ``k`` drawn uniformly from the images of all other
     writers — with ``groups`` (each image's writer's group, (N,)) from the other writers of
     ``a``'s group only, so no pair tells writers apart by their group; the same-writer pairs of a
-    writer alone in their group are then left out, having no such partner. ``same`` is 1 for the
-    first half and 0 for the second. Deterministic by ``seed``.
+    writer alone in their group are then left out, having no such partner. With ``documents``
+    (each image's document, (N,)) only same-writer pairs of two documents are kept, before any
+    ``max_pairs_per_writer`` draw, so the pairs stay balanced. ``same`` is 1 for the first half and
+    0 for the second. Deterministic by ``seed``.
     """
     labels = np.asarray(labels)
     if max_pairs_per_writer is not None and max_pairs_per_writer < 1:
@@ -52,8 +55,14 @@ def sslhv_pairs(labels: np.ndarray, seed: int, max_pairs_per_writer: int | None 
         raise ValueError(f"sslhv_pairs: need images of at least 2 writers, got {len(writers)}")
     rng = np.random.default_rng(seed)
     first, second = [], []
+    if documents is not None and np.shape(documents) != labels.shape:
+        raise ValueError(f"sslhv_pairs: documents must give one document per image, got {np.shape(documents)} for "
+                         f"{labels.shape} labels")
     for s, c in zip(start, count):
         a, b = np.triu_indices(c, 1)
+        if documents is not None:
+            apart = documents[order[s + a]] != documents[order[s + b]]
+            a, b = a[apart], b[apart]
         if max_pairs_per_writer is not None and len(a) > max_pairs_per_writer:
             keep = np.sort(rng.choice(len(a), max_pairs_per_writer, replace=False))
             a, b = a[keep], b[keep]
@@ -62,7 +71,8 @@ def sslhv_pairs(labels: np.ndarray, seed: int, max_pairs_per_writer: int | None 
     i = np.concatenate(first).astype(np.int64)
     j = np.concatenate(second).astype(np.int64)
     if len(i) == 0:
-        raise ValueError("sslhv_pairs: no writer has two images, so there are no same-writer pairs")
+        raise ValueError("sslhv_pairs: no writer has two images" + (" of two documents" if documents is not None
+                                                                      else "") + ", so there are no same-writer pairs")
     if groups is None:
         k = _other_writers_image(order, labels, i, rng)
     else:

@@ -43,7 +43,10 @@ class Evaluate:
     e.g. ``rerank_pair``) scores each split's pairs among that split's embeddings. With
     ``negatives: same_group`` draws each different-writer partner from the anchor's writer's group
     (``Split.groups``, e.g. an Omniglot drawer's alphabet), so that no pair is told apart by the
-    group alone; the writers alone in their group then give no pairs. ``protocol: clean`` (default)
+    group alone; the writers alone in their group then give no pairs. ``positives: other_document``
+    keeps only the same-writer pairs of two documents (``Split.documents``, e.g. two copies of the
+    CEDAR letter) — in every split, for training, threshold and test — since words of one sitting
+    share pen, paper and scan. ``protocol: clean`` (default)
     early stopping and thresholds use the writer-disjoint
     validation split; ``protocol: sslhv`` reproduces the study, which stopped on its test
     pairs — never use it to report a result you want to trust.
@@ -76,6 +79,7 @@ class Evaluate:
                  label_fraction: float = 0.1,
                  protocol: Literal["clean", "sslhv"] = "clean",
                  negatives: Literal["any", "same_group"] = "any",
+                 positives: Literal["any", "other_document"] = "any",
                  pair_training: PairTraining = PairTraining(),
                  tta: TestViews = TestViews(),
                  plots: bool = True):
@@ -85,7 +89,7 @@ class Evaluate:
         self.model_from, self.features, self.verifiers, self.space = model_from, features, verifiers, space
         self.feature_options = dict(feature_options)
         self.evaluators, self.label_fraction, self.protocol = evaluators, label_fraction, protocol
-        self.negatives = negatives
+        self.negatives, self.positives = negatives, positives
         self.pair_training, self.tta, self.plots = pair_training, tta, plots
 
     @staticmethod
@@ -113,6 +117,9 @@ class Evaluate:
         data = ctx.dataset
         if "val" not in data.splits and self.protocol == "clean":
             raise ValueError("the clean protocol needs a 'val' split of writers")
+        if self.positives == "other_document" and not data.splits["test"].documents:
+            raise ValueError(f"positives: other_document needs each image's document, and the data ({data.name}) "
+                             "names none (image_folder takes them from a pattern's named group 'document')")
         if self.negatives == "same_group" and not data.splits["test"].groups:
             raise ValueError(f"negatives: same_group needs writer groups, and the data ({data.name}) names none "
                              "(image_folder takes them from a pattern's named group 'group')")
@@ -139,7 +146,8 @@ class Evaluate:
         if not ctx.is_main:
             return {"scored_on_rank": 0}
         pairs = {k: sslhv_pairs(s.labels, seed=ctx.data_seed,
-                                groups=s.image_groups() if self.negatives == "same_group" else None)
+                                groups=s.image_groups() if self.negatives == "same_group" else None,
+                                documents=s.image_documents() if self.positives == "other_document" else None)
                  for k, s in parts.items()}
         stop = "val" if self.protocol == "clean" else "test"
         verifiers: dict[str, dict[str, PairSet]] = {}
@@ -165,6 +173,7 @@ class Evaluate:
         metrics = evaluate(evaluators, eval_data)
         metrics["protocol"] = self.protocol
         metrics["negatives"] = self.negatives
+        metrics["positives"] = self.positives
         metrics["space"] = self.space or "raw"
         metrics["tta"] = asdict(self.tta)
         metrics["pairs"] = {k: int(len(p[0])) for k, p in pairs.items()}
@@ -328,6 +337,8 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
     rows += _set_table(metrics.get("set_verification"), seen)
     if metrics.get("negatives") == "same_group":
         rows.append("\nEach different-writer partner is drawn from the anchor's writer's group.")
+    if metrics.get("positives") == "other_document":
+        rows.append("\nEach same-writer pair joins images of two documents.")
     tta = TestViews(**metrics.get("tta", {}))
     if tta.count > 1:
         rows.append(f"\nEach embedding is the mean over {tta.count} views of its image (test-time augmentation: "

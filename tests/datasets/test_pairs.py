@@ -120,6 +120,25 @@ def test_group_errors() -> None:
         sslhv_pairs(np.array([0, 0, 1, 1]), seed=0, groups=np.array([0, 0, 1, 1]))
 
 
+def test_positives_of_other_documents_are_every_such_combination_and_stay_balanced() -> None:
+    labels = np.array([0, 1, 0, 0, 1, 1, 0, 2, 2, 3, 3])
+    documents = np.array([0, 2, 0, 1, 2, 3, 1, 4, 4, 5, 6])  # writer 2's two images share document 4
+    i, j, same = sslhv_pairs(labels, seed=5, documents=documents)
+    expected = {(a, b) for a, b in itertools.combinations(range(len(labels)), 2)
+                if labels[a] == labels[b] and documents[a] != documents[b]}
+    assert set(zip(i[same == 1].tolist(), j[same == 1].tolist())) == expected and len(expected) == 4 + 2 + 1
+    assert same.sum() == len(same) - same.sum() and (labels[i[same == 0]] != labels[j[same == 0]]).all()
+    assert np.array_equal(i[same == 0], i[same == 1])
+    capped = sslhv_pairs(labels, seed=5, max_pairs_per_writer=1, documents=documents)[0]
+    assert len(capped) == 2 * 3  # writers 0, 1 and 3 give one cross-document pair each
+    plain = sslhv_pairs(labels, seed=5)
+    assert len(plain[0]) == 2 * (6 + 3 + 1 + 1)
+    with pytest.raises(ValueError, match="no writer has two images of two documents"):
+        sslhv_pairs(labels, seed=0, documents=labels)
+    with pytest.raises(ValueError, match=r"documents must give one document per image, got \(3,\) for \(11,\)"):
+        sslhv_pairs(labels, seed=0, documents=np.zeros(3))
+
+
 def test_split_image_groups_follow_labels_and_subsets() -> None:
     split = make_split({"b": 2, "a": 1, "c": 2})
     split.groups = ["latin", "greek", "latin"]

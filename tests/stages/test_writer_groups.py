@@ -66,17 +66,30 @@ def test_partners_come_from_the_anchor_writers_group(tmp_path: Path):
         run_dir / "report.md").read_text()
 
 
-def test_the_evaluate_stage_gives_the_evaluators_each_images_document(tmp_path: Path):
-    stage = STAGE.replace("    negatives: same_group\n", "").replace(
-        "evaluators: [verification]", "evaluators: [{name: set_verification, sizes: [1, 2], trials: 2, bootstrap: 0}]")
+def test_documents_reach_the_pairs_and_the_evaluators(tmp_path: Path):
+    stage = STAGE.replace("negatives: same_group", "positives: other_document").replace(
+        "evaluators: [verification]",
+        "evaluators: [verification, {name: set_verification, sizes: [1, 2], trials: 2, bootstrap: 0}]")
     text = grouped_recipe(stage, grouped_folder(tmp_path / "words")).replace(
         PATTERN, r"^(?P<group>g\d)/(?P<writer>w\d+)/(?:(?P<document>0)|[1-3])\.png$")
-    found = json.loads((run_recipe_text(text, tmp_path) / "metrics.json").read_text())["pixels"]["set_verification"]
+    run_dir = run_recipe_text(text, tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())["pixels"]
+    found = metrics["set_verification"]
     # each writer's image 0 is one document and images 1-3 another (the group unmatched: ""), so
     # two images a side cannot come from two documents, where the four images alone would allow it
     test = image_folder(str(tmp_path / "words"), pattern=PATTERN, image_size=32).splits["test"]
     assert found["cross_document"] is True and found["k1"]["writers"] == len(test.writers)
     assert found["k1"]["trials"] == 2 * 2 * len(test.writers) and found["k2"] == {"writers": 0, "trials": 0}
+    # the same-writer pairs: image 0 with each of 1-3, not the three pairs among 1-3
+    assert metrics["positives"] == "other_document" and metrics["pairs"]["test"] == 2 * 3 * len(test.writers)
+    assert "Each same-writer pair joins images of two documents." in (run_dir / "report.md").read_text()
+
+
+def test_data_without_documents_is_refused(tmp_path: Path):
+    with pytest.raises(HvkitError, match=r"^stage 'pixels': positives: other_document needs each image's "
+                                         r"document, and the data \(cedar_and\) names none"):
+        run_recipe_text(tiny_recipe(STAGE.replace("negatives: same_group", "positives: other_document"),
+                                    writers=24), tmp_path)
 
 
 def test_data_without_groups_is_refused(tmp_path: Path):
