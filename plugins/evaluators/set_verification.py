@@ -10,6 +10,8 @@ from hvkit.evaluation import EvalData, PairSet, RocCounts
 from hvkit.evaluation.bootstrap import writer_bootstrap
 from hvkit.evaluation.plots import new_figure
 
+from .directions import centre_of, directions, unit_rows
+
 
 class SetVerification:
     """Verification of k known against k questioned images of a hand, for each k of ``sizes``.
@@ -66,12 +68,11 @@ class SetVerification:
         return pairs, len(np.unique(pairs.writers))
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
-        centre = (data.val_embeddings if data.val_embeddings is not None else data.embeddings).mean(axis=0,
-                                                                                                   dtype=np.float64)
+        centre = centre_of(data)
         parts = {"test": (data.embeddings, data.labels, data.documents)}
         if data.val_embeddings is not None:
             parts["val"] = (data.val_embeddings, data.val_labels, data.val_documents)
-        parts = {part: (unit_rows(emb.astype(np.float64) - centre), labels, documents)
+        parts = {part: (directions(emb, centre), labels, documents)
                  for part, (emb, labels, documents) in parts.items()}
         out: dict[str, Any] = {"cross_document": self.cross_document and data.documents is not None}
         for k in self.sizes:
@@ -151,12 +152,6 @@ def set_scores(directions: np.ndarray, labels: np.ndarray, trials: list[Trial]) 
     questioned = unit_rows(np.stack([directions[b].sum(axis=0) for _, b, _ in trials]))
     return PairSet(np.einsum("ij,ij->i", known, questioned), np.array([s for _, _, s in trials]),
                    labels[[a[0] for a, _, _ in trials]])
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (a zero row stays zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
 
 
 def plot_sizes(metrics: dict[str, Any], sizes: list[int], path: Any) -> None:

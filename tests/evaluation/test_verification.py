@@ -144,4 +144,5 @@ def test_invalid_far_targets(far_targets):
 def test_registered_names():
     names = []
     register_evaluators(lambda name, factory: names.append(name))
-    assert names == ["embedding_map", "knn_probe", "linear_probe", "retrieval", "set_verification", "verification"]
+    assert names == ["embedding_map", "knn_probe", "linear_probe", "open_set", "retrieval", "set_verification",
+                     "verification"]

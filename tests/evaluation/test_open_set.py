@@ -1,0 +1,103 @@
+"""open_set: DIR at a false alarm rate against a brute-force threshold scan, and the scores against loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from hvkit.evaluation import EvalData, evaluate
+from hvkit_plugins.evaluators.linear_probe import writer_split
+from hvkit_plugins.evaluators.open_set import OpenSet, detection_identification_rate
+from hvkit_plugins.stages.evaluate import verification_report
+
+from .reference import clustered
+
+
+def brute_force_dir(known, correct, unknown, far):
+    """The best DIR over every threshold (−∞ and each score) whose share of unknown scores above it is ≤ far."""
+    best = 0.0
+    for t in np.concatenate([[-np.inf], known, unknown]):
+        if np.mean(unknown > t) <= far + 1e-12:
+            best = max(best, float(np.mean(correct & (known > t))))
+    return best
+
+
+@pytest.mark.parametrize("far", [0.0, 0.01, 0.1, 0.25, 0.5])
+def test_dir_equals_a_scan_of_every_threshold(far):
+    rng = np.random.default_rng(int(far * 100))
+    known = np.round(rng.normal(1.0, 1.0, 300), 1)  # rounded: ties between and within the two kinds
+    unknown = np.round(rng.normal(0.0, 1.0, 200), 1)
+    correct = rng.random(300) < 0.8
+    assert detection_identification_rate(known, correct, unknown, far) == pytest.approx(
+        brute_force_dir(known, correct, unknown, far), abs=1e-12)
+
+
+def reference(x, labels, val, evaluator):
+    """The evaluator's metrics by loops in float64: the protocol's draw as it makes it, then every score."""
+    centre = val.astype(np.float64).mean(axis=0)
+    unit = [(v - centre) / np.linalg.norm(v - centre) for v in x.astype(np.float64)]
+    writers, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(evaluator.seed)
+    eligible = writers[counts >= 2]
+    enrolled = rng.choice(eligible, int(round(evaluator.enrolled_fraction * len(eligible))), replace=False)
+    known = np.flatnonzero(np.isin(labels, enrolled))
+    gallery, probes = (known[r] for r in writer_split(labels[known], evaluator.gallery_fraction, evaluator.seed))
+    unknown = np.flatnonzero(~np.isin(labels, enrolled))
+
+    def best(i):
+        scores = {}
+        for w in np.unique(labels[gallery]):
+            mine = [unit[g] for g in gallery if labels[g] == w]
+            if evaluator.match == "mean":
+                template = np.sum(mine, axis=0)
+                scores[w] = float(unit[i] @ template / np.linalg.norm(template))
+            else:
+                scores[w] = max(float(unit[i] @ g) for g in mine)
+        w = max(scores, key=scores.get)
+        return scores[w], w
+
+    known_scores, assigned = zip(*(best(i) for i in probes))
+    unknown_scores = np.array([best(i)[0] for i in unknown])
+    correct = np.array(assigned) == labels[probes]
+    return np.array(known_scores), correct, unknown_scores
+
+
+@pytest.mark.parametrize("match", ["mean", "nearest"])
+def test_metrics_equal_loops_over_every_probe_and_writer(match, tmp_path):
+    x, labels = clustered(n=500, dim=8, classes=30, noise=0.9, seed=4)
+    val, val_labels = clustered(n=100, dim=8, classes=5, seed=5)
+    evaluator = OpenSet(match=match, far_targets=[0.01, 0.1], seed=3)
+    out = evaluate([evaluator], EvalData(x, labels, val_embeddings=val, val_labels=val_labels,
+                                         out_dir=tmp_path))["open_set"]
+    known, correct, unknown = reference(x, labels, val, evaluator)
+    assert (out["known_probes"], out["unknown_probes"]) == (len(known), len(unknown))
+    assert out["enrolled_writers"] + out["unknown_writers"] == 30 and out["match"] == match
+    assert out["rank1"] == pytest.approx(correct.mean(), abs=1e-12)
+    for far in (0.01, 0.1):
+        assert out[f"dir_at_far_{far:g}"] == pytest.approx(brute_force_dir(known, correct, unknown, far), abs=1e-12)
+    assert out["detection_auc"] == pytest.approx(
+        roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))], np.r_[known, unknown]), abs=1e-9)
+    assert 0.0 < out["dir_at_far_0.01"] <= out["dir_at_far_0.1"] <= out["rank1"] < 1.0
+    assert (tmp_path / "open_set_dir.png").stat().st_size > 1000
+    assert (f"Open-set identification: 15 test writers enrolled ({out['gallery_images']} images), 15 unknown; "
+            f"rank 1 {out['rank1']:.4f}, detection and identification rate {out['dir_at_far_0.01']:.4f} at a false "
+            f"alarm rate of 0.01, {out['dir_at_far_0.1']:.4f} at a false alarm rate of 0.1; detection AUC "
+            f"{out['detection_auc']:.4f}.") in verification_report({"open_set": out}, "clean")
+
+
+def test_separable_writers_are_all_found_and_a_collection_too_small_is_skipped():
+    x, labels = clustered(n=300, dim=16, classes=10, noise=0.01, seed=6)
+    out = evaluate([OpenSet()], EvalData(x, labels))["open_set"]
+    assert out["rank1"] == out["dir_at_far_0.01"] == out["detection_auc"] == 1.0
+    skipped = evaluate([OpenSet()], EvalData(x[:4], np.array([0, 0, 1, 1])))["open_set"]
+    assert skipped == {"skipped": True, "enrolled_writers": 1, "writers": 2}
+
+
+@pytest.mark.parametrize("kwargs, message", [({"enrolled_fraction": 1.0}, "enrolled_fraction"),
+                                             ({"gallery_fraction": 0.0}, "gallery_fraction"),
+                                             ({"match": "max"}, "match"), ({"far_targets": []}, "far_targets"),
+                                             ({"far_targets": [1.0]}, "far_targets")])
+def test_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OpenSet(**kwargs)
