@@ -15,12 +15,14 @@ class PairSet:
     """One verifier's scores on one set of pairs; higher = more likely the same writer.
 
     ``scores`` (P,) float, ``same`` (P,) bool, ``writers`` (P,) int: the writer of each
-    pair's first image (for per-writer EER).
+    pair's first image (for per-writer EER); ``same_document`` (P,) bool, when the data names
+    documents: both images come from one document (one sitting, pen and paper).
     """
 
     scores: np.ndarray
     same: np.ndarray
     writers: np.ndarray
+    same_document: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -29,6 +31,11 @@ class PairSet:
         if self.scores.ndim != 1 or self.same.shape != self.scores.shape or self.writers.shape != self.scores.shape:
             raise ValueError(f"PairSet: scores, same and writers must be 1-D of equal length, got shapes "
                              f"{self.scores.shape}, {self.same.shape}, {self.writers.shape}")
+        if self.same_document is not None:
+            self.same_document = np.asarray(self.same_document, dtype=bool)
+            if self.same_document.shape != self.scores.shape:
+                raise ValueError(f"PairSet: same_document must be (P,) beside scores, got shape "
+                                 f"{self.same_document.shape}")
 
 
 @dataclass

@@ -22,7 +22,10 @@ class Verification:
     SSL-HV protocol for probability outputs); ROC AUC (Mann–Whitney, ties ½); EER (where
     FAR = FRR on the ROC); TAR at each FAR of ``far_targets`` (default 1e-2, 1e-3);
     precision, recall and F1 of "same" at the val threshold; EER per writer of the pair's
-    first image, averaged over writers with both kinds of pairs.
+    first image, averaged over writers with both kinds of pairs. Where the pairs say which
+    same-writer pairs lie within one document (``PairSet.same_document``), the ROC AUC of those
+    alone and of the others alone, each against every different-writer pair
+    (``roc_auc_same_document``, ``roc_auc_other_document``, :func:`document_split`).
 
     Likelihood ratios (:mod:`hvkit.evaluation.calibration`): ``calibration`` ``{slope, offset}``
     maps a score to its natural log LR, fitted by logistic regression on the same val pairs as
@@ -85,6 +88,7 @@ class Verification:
         if log_lr is not None:
             out["cllr_cal"] = out["cllr"] - out["min_cllr"]
         out.update(per_writer_eer(test))
+        out.update(document_split(test))
         if self.bootstrap:
             out["ci"] = writer_bootstrap(test, out.get("threshold"), self.bootstrap, self.confidence, log_lr=log_lr)
         if out_dir is not None:
@@ -109,6 +113,25 @@ class Verification:
                 plot_roc(roc, data.out_dir / "verification_all_pairs_roc_det.png", "all pairs (cosine)")
                 plot_scores(roc, data.out_dir / "verification_all_pairs_scores.png", "all pairs (cosine)")
         return out
+
+
+def document_split(pairs: PairSet) -> dict[str, float | int]:
+    """ROC AUC of the same-writer pairs within one document, and of those across two, each against every
+    different-writer pair: how much one sitting's pen, paper and scan lend the score. Empty unless the
+    pairs say which share a document and both kinds are there."""
+    if pairs.same_document is None:
+        return {}
+    within, across = pairs.same & pairs.same_document, pairs.same & ~pairs.same_document
+    if not within.any() or not across.any() or pairs.same.all():
+        return {}
+    different = ~pairs.same
+
+    def auc(positives: np.ndarray) -> float:
+        rows = positives | different
+        return RocCounts.from_scores(pairs.scores[rows], pairs.same[rows]).auc()
+
+    return {"same_document_pairs": int(within.sum()), "roc_auc_same_document": auc(within),
+            "roc_auc_other_document": auc(across)}
 
 
 def per_writer_eer(pairs: PairSet) -> dict[str, float | int]:

@@ -247,6 +247,8 @@ def save_pair_scores(path: Path, sets: dict[str, PairSet], thresholds: dict[str,
     """
     first = next(iter(sets.values()), PairSet(np.empty(0), np.empty(0, bool), np.empty(0, np.int64)))
     arrays = {"same": first.same, "writers": first.writers, "pairs_digest": np.array(digest)}
+    if first.same_document is not None:
+        arrays["same_document"] = first.same_document
     for name, pairs in sets.items():
         arrays[f"score:{name}"] = pairs.scores
         arrays[f"threshold:{name}"] = np.array(np.nan if thresholds.get(name) is None else thresholds[name])
@@ -257,12 +259,14 @@ def load_pair_scores(path: Path) -> dict[str, tuple[PairSet, float | None]]:
     """``{verifier: (pairs, val threshold or None)}`` as written by :func:`save_pair_scores`."""
     with np.load(path) as data:
         same, writers = data["same"], data["writers"]
+        same_document = data["same_document"] if "same_document" in data.files else None
         out = {}
         for key in data.files:
             if key.startswith("score:"):
                 name = key.removeprefix("score:")
                 threshold = float(data[f"threshold:{name}"])
-                out[name] = (PairSet(data[key], same, writers), None if np.isnan(threshold) else threshold)
+                out[name] = (PairSet(data[key], same, writers, same_document),
+                             None if np.isnan(threshold) else threshold)
     return out
 
 
@@ -301,8 +305,10 @@ def _in_space(space: str | None, fitted: dict[str, tuple[dict, torch.nn.Module]]
 def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
               split: Split) -> PairSet:
     i, j, same = pairs
+    documents = split.image_documents()
     return PairSet(scores=pair_probability(head, emb, i, j), same=np.asarray(same, dtype=bool),
-                   writers=np.asarray(split.labels)[i])
+                   writers=np.asarray(split.labels)[i],
+                   same_document=None if documents is None else documents[i] == documents[j])
 
 
 def verification_report(metrics: dict[str, Any], protocol: str) -> str:
@@ -324,6 +330,14 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
     if any(isinstance(v, dict) and "cllr" in v for v in metrics.get("verification", {}).values()):
         rows.append("\nCllr: cost in bits of the likelihood ratios calibrated on validation writers (1: no "
                     "information, 0: perfect); min Cllr: after the best monotone recalibration on test.")
+    split = {name: values for name, values in metrics.get("verification", {}).items()
+             if isinstance(values, dict) and "roc_auc_same_document" in values}
+    if split:
+        within = next(iter(split.values()))["same_document_pairs"]
+        rows.append(f"\nROC AUC with the {within} same-writer pairs of one document, and with the others, each "
+                    "against every different-writer pair: " + ", ".join(
+                        f"{name} {v['roc_auc_same_document']:.4f} / {v['roc_auc_other_document']:.4f}"
+                        for name, v in split.items()) + ".")
     found = metrics.get("retrieval", {})
     if "precision_at_1" in found:
         ranked = ", k-reciprocal re-ranked" if "rerank" in found else ""

@@ -124,7 +124,7 @@ class ScoreFusion:
                 fusion = mean_fusion(scores["val"])
         except ValueError as exc:  # the message names a column: say which member that is
             raise ValueError(f"members {', '.join(f'{k}: {m}' for k, m in enumerate(self.members))}: {exc}") from None
-        fused = {part: PairSet(fusion.log_lr(scores[part]), pairs.same, pairs.writers)
+        fused = {part: PairSet(fusion.log_lr(scores[part]), pairs.same, pairs.writers, pairs.same_document)
                  for part, pairs in reference.items()}
         data = EvalData(embeddings=np.zeros((0, 1), np.float32), labels=np.zeros(0, np.int64),  # pair scores only
                         verifiers={FUSED: fused}, out_dir=ctx.stage_dir if self.plots else None)

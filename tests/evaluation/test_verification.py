@@ -9,7 +9,7 @@ from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 from hvkit.evaluation import EvalData, PairSet, cllr, evaluate, fit_calibration, min_cllr
 from hvkit_plugins.evaluators import register_evaluators
-from hvkit_plugins.evaluators.verification import Verification
+from hvkit_plugins.evaluators.verification import Verification, document_split
 
 from .reference import clustered, sklearn_eer, sklearn_tar_at_far
 
@@ -146,3 +146,25 @@ def test_registered_names():
     register_evaluators(lambda name, factory: names.append(name))
     assert names == ["embedding_map", "knn_probe", "linear_probe", "open_set", "retrieval", "set_verification",
                      "verification"]
+
+
+def test_pairs_within_one_document_are_scored_apart_from_the_others():
+    rng = np.random.default_rng(3)
+    same = np.r_[np.ones(60, bool), np.zeros(50, bool)]
+    within = np.r_[np.arange(60) % 3 == 0, np.zeros(50, bool)]
+    scores = rng.normal(0, 1, 110) + same + within  # a pair of one sitting scores higher
+    pairs = PairSet(scores, same, np.arange(110) % 7, same_document=within)
+    found = document_split(pairs)
+    negatives = ~same
+    assert found["same_document_pairs"] == 20
+    for key, positives in (("roc_auc_same_document", within), ("roc_auc_other_document", same & ~within)):
+        rows = positives | negatives
+        assert found[key] == pytest.approx(roc_auc_score(same[rows], scores[rows]), abs=1e-12)
+    assert found["roc_auc_same_document"] > found["roc_auc_other_document"]
+    out = evaluate([Verification(bootstrap=0, all_pairs=False)],
+                   EvalData(np.zeros((1, 2)), np.zeros(1), verifiers={"v": {"test": pairs}}))["verification"]["v"]
+    assert out["roc_auc_same_document"] == found["roc_auc_same_document"]
+    assert document_split(PairSet(scores, same, np.zeros(110))) == {}
+    assert document_split(PairSet(scores, same, np.zeros(110), same_document=np.zeros(110, bool))) == {}
+    with pytest.raises(ValueError, match="same_document must be"):
+        PairSet(scores, same, np.zeros(110), same_document=np.zeros(3, bool))

@@ -83,6 +83,32 @@ def test_documents_reach_the_pairs_and_the_evaluators(tmp_path: Path):
     # the same-writer pairs: image 0 with each of 1-3, not the three pairs among 1-3
     assert metrics["positives"] == "other_document" and metrics["pairs"]["test"] == 2 * 3 * len(test.writers)
     assert "Each same-writer pair joins images of two documents." in (run_dir / "report.md").read_text()
+    assert "roc_auc_same_document" not in metrics["verification"]["cosine_pair"]  # no such pair is left
+
+
+def test_pairs_within_one_document_are_scored_apart_through_evaluation_and_fusion(tmp_path: Path):
+    stages = STAGE.replace("    negatives: same_group\n", "").replace(
+        "verifiers: [cosine_pair]", "verifiers: [cosine_pair, sslhv_pair]") + """
+  fused:
+    stage: score_fusion
+    fit: mean
+    members: [pixels/cosine_pair, pixels/sslhv_pair]
+"""
+    text = grouped_recipe(stages, grouped_folder(tmp_path / "words")).replace(
+        PATTERN, r"^(?P<group>g\d)/(?P<writer>w\d+)/(?:(?P<document>0)|[1-3])\.png$")
+    run_dir = run_recipe_text(text, tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = image_folder(str(tmp_path / "words"), pattern=PATTERN, image_size=32).splits["test"]
+    scores = np.load(run_dir / "stages" / "pixels" / "test_pair_scores.npz")
+    for found in (metrics["pixels"]["verification"]["cosine_pair"], metrics["fused"]["verification"]["fused"]):
+        assert found["same_document_pairs"] == 3 * len(test.writers)  # images 1-3 of each writer: one document
+        assert 0.5 < found["roc_auc_same_document"] <= 1.0 and 0.5 < found["roc_auc_other_document"] <= 1.0
+    assert scores["same_document"].sum() == 3 * len(test.writers) and not scores["same_document"][~scores["same"]].any()
+    cosine, head = (metrics["pixels"]["verification"][v] for v in ("cosine_pair", "sslhv_pair"))
+    assert (f"ROC AUC with the {3 * len(test.writers)} same-writer pairs of one document, and with the others, each "
+            f"against every different-writer pair: cosine_pair {cosine['roc_auc_same_document']:.4f} / "
+            f"{cosine['roc_auc_other_document']:.4f}, sslhv_pair {head['roc_auc_same_document']:.4f} / "
+            f"{head['roc_auc_other_document']:.4f}.") in (run_dir / "report.md").read_text()
 
 
 def test_data_without_documents_is_refused(tmp_path: Path):
