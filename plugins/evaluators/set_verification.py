@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from hvkit.evaluation import EvalData, PairSet, RocCounts
+from hvkit.evaluation import EvalData, PairSet, RocCounts, cllr, fit_calibration, min_cllr
 from hvkit.evaluation.bootstrap import writer_bootstrap
 from hvkit.evaluation.plots import new_figure
 
@@ -32,9 +32,10 @@ class SetVerification:
 
     μ the mean of the val embeddings (of the test embeddings when there is no val split; no
     label is read). Val trials are drawn the same way from the val writers; the threshold is
-    the most accurate on them. Per k: ``accuracy`` at that threshold, ROC AUC, EER, the writers
-    and trials used, and with ``bootstrap`` > 0 writer-resampled ``ci`` (the known set's writer
-    is the unit). A larger k is served by fewer writers, those with more images; with
+    the most accurate on them, and their logistic calibration turns test scores into likelihood
+    ratios as the ``verification`` evaluator's does. Per k: ``accuracy`` at that threshold, ROC
+    AUC, EER, ``cllr`` and ``min_cllr``, the writers and trials used, and with ``bootstrap`` > 0
+    writer-resampled ``ci`` (the known set's writer is the unit). A larger k is served by fewer writers, those with more images; with
     ``common_writers`` every k draws its same-writer trials from the writers the largest k can
     serve, so the sizes compare on one set of hands. A k that no two writers can serve is
     reported with ``trials`` 0. A plot of accuracy and AUC against k goes to ``out_dir``.
@@ -88,13 +89,17 @@ class SetVerification:
 
     def _metrics(self, test: PairSet, val: PairSet | None) -> dict[str, Any]:
         roc = RocCounts.from_scores(test.scores, test.same)
-        row: dict[str, Any] = {"roc_auc": roc.auc(), "eer": roc.eer()}
-        threshold = None
+        row: dict[str, Any] = {"roc_auc": roc.auc(), "eer": roc.eer(), "min_cllr": min_cllr(test.scores, test.same)}
+        threshold = log_lr = None
         if val is not None and len(val.scores):
             threshold, row["val_accuracy"] = RocCounts.from_scores(val.scores, val.same).best_threshold()
             row.update(threshold=threshold, accuracy=float(np.mean((test.scores >= threshold) == test.same)))
+            calibration = fit_calibration(val.scores, val.same)
+            log_lr = calibration.log_lr(test.scores)
+            row.update(cllr=cllr(log_lr, test.same), calibration=calibration.as_dict())
         if self.bootstrap:
-            row["ci"] = writer_bootstrap(test, threshold, self.bootstrap, self.confidence, seed=self.seed)
+            row["ci"] = writer_bootstrap(test, threshold, self.bootstrap, self.confidence, seed=self.seed,
+                                         log_lr=log_lr)
         return row
 
 

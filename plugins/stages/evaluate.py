@@ -375,11 +375,13 @@ def _set_table(found: dict[str, Any] | None, seen: str) -> list[str]:
         return []
     across = ", the two sides from different documents" if found.get("cross_document") else ""
     rows = [f"\nk known against k questioned images of the test writers (mean directions{seen}{across}):\n",
-            "| k | trials | writers | accuracy (val threshold) | ROC AUC | EER |", "|---|---|---|---|---|---|"]
+            "| k | trials | writers | accuracy (val threshold) | ROC AUC | EER | Cllr | min Cllr |",
+            "|---|---|---|---|---|---|---|---|"]
     for key, values in found.items():
         if key[:1] == "k" and isinstance(values, dict):
             ci = values.get("ci", {})
-            cells = [_with_interval(values.get(name), ci.get(name)) for name in ("accuracy", "roc_auc", "eer")]
+            cells = [_with_interval(values.get(name), ci.get(name))
+                     for name in ("accuracy", "roc_auc", "eer", "cllr", "min_cllr")]
             rows.append(f"| {key[1:]} | {values['trials']} | {values['writers']} | " + " | ".join(cells) + " |")
     return rows
 

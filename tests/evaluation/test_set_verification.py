@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from hvkit.evaluation import EvalData, evaluate
+from hvkit.evaluation import EvalData, cllr, evaluate, fit_calibration, min_cllr
 from hvkit_plugins.evaluators.set_verification import SetVerification, set_scores, set_trials
 from hvkit_plugins.stages.evaluate import verification_report
 
@@ -98,6 +98,13 @@ def test_k1_without_documents_is_the_centred_cosine_of_single_pairs():
     assert out["roc_auc"] == pytest.approx(roc_auc_score(same, scores), abs=1e-6)
     assert out["eer"] == pytest.approx(sklearn_eer(same, scores), abs=1e-6)
     assert out["accuracy"] == pytest.approx(np.mean((scores >= out["threshold"]) == same), abs=1e-12)
+    val_trials = set_trials(val_labels, None, 1, 3, np.random.default_rng([7, 1, 1]))
+    val_centred = val_x.astype(np.float64) - val_x.astype(np.float64).mean(axis=0)
+    a, b = (val_centred[[t[n][0] for t in val_trials]] for n in (0, 1))
+    val_scores = np.einsum("ij,ij->i", a, b) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    calibration = fit_calibration(val_scores, np.array([t[2] for t in val_trials]))
+    assert out["cllr"] == pytest.approx(cllr(calibration.log_lr(scores), same), abs=1e-9)
+    assert out["min_cllr"] == pytest.approx(min_cllr(scores, same), abs=1e-9) and out["min_cllr"] < out["cllr"] < 1
     assert 0.5 < out["val_accuracy"] <= 1.0
 
 
@@ -117,10 +124,10 @@ def test_more_images_a_side_verify_better_and_the_report_is_complete(tmp_path):
     report = verification_report({"set_verification": out}, "clean").splitlines()
     assert "different documents" in report[3] and report[5].startswith("| k | trials | writers | accuracy")
     k4 = out["k4"]
-    assert report[8] == (f"| 4 | {k4['trials']} | {k4['writers']} | {k4['accuracy']:.4f} ({k4['ci']['accuracy'][0]:.3f}"
-                         f"–{k4['ci']['accuracy'][1]:.3f}) | {k4['roc_auc']:.4f} ({low:.3f}–{high:.3f}) | "
-                         f"{k4['eer']:.4f} ({k4['ci']['eer'][0]:.3f}–{k4['ci']['eer'][1]:.3f}) |")
-    assert report[9] == "| 500 | 0 | 0 | — | — | — |"
+    cells = [f"{k4[key]:.4f} ({k4['ci'][key][0]:.3f}–{k4['ci'][key][1]:.3f})"
+             for key in ("accuracy", "roc_auc", "eer", "cllr", "min_cllr")]
+    assert report[8] == f"| 4 | {k4['trials']} | {k4['writers']} | " + " | ".join(cells) + " |"
+    assert report[9] == "| 500 | 0 | 0 | — | — | — | — | — |"
     alone = evaluate([SetVerification(sizes=[4], bootstrap=0)], EvalData(x, labels))["set_verification"]
     assert alone["cross_document"] is False and "accuracy" not in alone["k4"] and alone["k4"]["roc_auc"] > 0.75
 
