@@ -65,12 +65,11 @@ class OpenSet:
         scores, assigned = self._best(units, labels, gallery, np.concatenate([probes, unknown]))
         best_known, best_unknown = scores[:len(probes)], scores[len(probes):]
         correct = assigned[:len(probes)] == labels[probes]
-        out: dict[str, Any] = {"enrolled_writers": int(len(enrolled)), "unknown_writers": int(len(writers) -
-                                                                                              len(enrolled)),
-                               "gallery_images": int(len(gallery)), "known_probes": int(len(probes)),
-                               "unknown_probes": int(len(unknown)), "match": self.match,
-                               "rank1": float(correct.mean()),
-                               "detection_auc": RocCounts.from_scores(scores, np.arange(len(scores)) < len(probes)).auc()}
+        is_known = np.arange(len(scores)) < len(probes)
+        out: dict[str, Any] = {"enrolled_writers": len(enrolled), "unknown_writers": len(writers) - len(enrolled),
+                               "gallery_images": len(gallery), "known_probes": len(probes),
+                               "unknown_probes": len(unknown), "match": self.match, "rank1": float(correct.mean()),
+                               "detection_auc": RocCounts.from_scores(scores, is_known).auc()}
         for far in self.far_targets:
             out[f"dir_at_far_{far:g}"] = detection_identification_rate(best_known, correct, best_unknown, far)
         if data.out_dir is not None:

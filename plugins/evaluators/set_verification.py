@@ -35,10 +35,11 @@ class SetVerification:
     the most accurate on them, and their logistic calibration turns test scores into likelihood
     ratios as the ``verification`` evaluator's does. Per k: ``accuracy`` at that threshold, ROC
     AUC, EER, ``cllr`` and ``min_cllr``, the writers and trials used, and with ``bootstrap`` > 0
-    writer-resampled ``ci`` (the known set's writer is the unit). A larger k is served by fewer writers, those with more images; with
-    ``common_writers`` every k draws its same-writer trials from the writers the largest k can
-    serve, so the sizes compare on one set of hands. A k that no two writers can serve is
-    reported with ``trials`` 0. A plot of accuracy and AUC against k goes to ``out_dir``.
+    writer-resampled ``ci`` (the known set's writer is the unit). A larger k is served by fewer
+    writers, those with more images; with ``common_writers`` every k draws its same-writer
+    trials from the writers the largest k can serve, so the sizes compare on one set of hands.
+    A k that no two writers can serve is reported with ``trials`` 0. A plot of accuracy and AUC
+    against k goes to ``out_dir``.
     """
 
     name = "set_verification"
@@ -57,7 +58,7 @@ class SetVerification:
         self.trials, self.cross_document, self.common_writers = trials, cross_document, common_writers
         self.bootstrap, self.confidence, self.seed = bootstrap, confidence, seed
 
-    def _pairs(self, directions: np.ndarray, labels: np.ndarray, documents: np.ndarray | None, k: int,
+    def _pairs(self, units: np.ndarray, labels: np.ndarray, documents: np.ndarray | None, k: int,
                part: str) -> tuple[PairSet, int]:
         documents = documents if self.cross_document else None
         writers = None
@@ -65,7 +66,7 @@ class SetVerification:
             largest = set_trials(labels, documents, self.sizes[-1], 1, np.random.default_rng(0))
             writers = {int(labels[known[0]]) for known, _, _ in largest}
         rng = np.random.default_rng([self.seed, k, int(part == "val")])
-        pairs = set_scores(directions, labels, set_trials(labels, documents, k, self.trials, rng, writers))
+        pairs = set_scores(units, labels, set_trials(labels, documents, k, self.trials, rng, writers))
         return pairs, len(np.unique(pairs.writers))
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
@@ -148,13 +149,13 @@ def _sources(rows: np.ndarray, documents: np.ndarray | None, k: int) -> list[np.
     return [rows[inverse == d] for d in range(len(names)) if np.sum(inverse == d) >= k]
 
 
-def set_scores(directions: np.ndarray, labels: np.ndarray, trials: list[Trial]) -> PairSet:
-    """Each trial's cosine between its two sets' summed ``directions`` (float64 unit rows); the known set's
+def set_scores(units: np.ndarray, labels: np.ndarray, trials: list[Trial]) -> PairSet:
+    """Each trial's cosine between its two sets' summed ``units`` (float64 unit rows); the known set's
     writer labels the trial."""
     if not trials:
         return PairSet(np.zeros(0), np.zeros(0, bool), np.zeros(0, labels.dtype))
-    known = unit_rows(np.stack([directions[a].sum(axis=0) for a, _, _ in trials]))
-    questioned = unit_rows(np.stack([directions[b].sum(axis=0) for _, b, _ in trials]))
+    known = unit_rows(np.stack([units[a].sum(axis=0) for a, _, _ in trials]))
+    questioned = unit_rows(np.stack([units[b].sum(axis=0) for _, b, _ in trials]))
     return PairSet(np.einsum("ij,ij->i", known, questioned), np.array([s for _, _, s in trials]),
                    labels[[a[0] for a, _, _ in trials]])
 
