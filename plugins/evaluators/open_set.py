@@ -68,7 +68,7 @@ class OpenSet:
         is_known = np.arange(len(scores)) < len(probes)
         out: dict[str, Any] = {"enrolled_writers": len(enrolled), "unknown_writers": len(writers) - len(enrolled),
                                "gallery_images": len(gallery), "known_probes": len(probes),
-                               "unknown_probes": len(unknown), "match": self.match, "rank1": float(correct.mean()),
+                               "unknown_probes": len(unknown), "rank1": float(correct.mean()),
                                "detection_auc": RocCounts.from_scores(scores, is_known).auc()}
         for far in self.far_targets:
             out[f"dir_at_far_{far:g}"] = detection_identification_rate(best_known, correct, best_unknown, far)
