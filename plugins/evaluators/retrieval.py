@@ -48,20 +48,35 @@ class Retrieval:
     (:class:`Rerank`; Jordan et al. 2020 for writer retrieval), a transductive ranking: each
     query's order then depends on every test image. Defaults: recall_at [1, 2, 4, 8], clustering
     on, no re-ranking.
+
+    The writer-retrieval competitions (ICDAR 2013-2019; Christlein et al.) report two more:
+    ``hard_at`` k, the share of queries whose k nearest are *all* the query's writer (the "hard
+    criterion"; a query whose writer has fewer than k other images fails it), and with ``full_map``
+    the mean average precision over the whole ranking, (1/R) Σ_j rel_j · P@j for every j — which
+    ranks every gallery item for every query (N² entries: for test sets up to tens of thousands).
     """
 
     name = "retrieval"
 
-    def __init__(self, recall_at: list[int] = [1, 2, 4, 8], clustering: bool = True, rerank: Rerank = Rerank()):
+    def __init__(self, recall_at: list[int] = [1, 2, 4, 8], clustering: bool = True, rerank: Rerank = Rerank(),
+                 hard_at: list[int] = [2, 3], full_map: bool = False):
         if not recall_at or min(recall_at) < 1:
             raise ValueError(f"recall_at={recall_at} must be a non-empty list of positive ranks")
+        if any(k < 1 for k in hard_at):
+            raise ValueError(f"hard_at={hard_at} must be positive ranks")
+        if full_map and rerank.pool:
+            raise ValueError("full_map ranks every gallery item, rerank only a pool of them: use one of the two")
         self.recall_at = sorted(set(int(k) for k in recall_at))
+        self.hard_at = sorted(set(int(k) for k in hard_at))
+        self.full_map = full_map
         self.clustering = clustering
         self.rerank = rerank
         self.requires = frozenset({"knn", "clusters"} if clustering else {"knn"})
 
     def knn_k(self, data: EvalData) -> int:
-        return max(data.largest_class_size(), self.recall_at[-1], self.rerank.pool)
+        if self.full_map:
+            return len(data.gallery()[1]) - int(data.self_retrieval)
+        return max(data.largest_class_size(), self.recall_at[-1], *self.hard_at, self.rerank.pool)
 
     def _reranked(self, data: EvalData, neighbours: Neighbours) -> Neighbours:
         """The first ``max(largest class, recall_at)`` of each query's pool, in re-ranked order."""
@@ -91,8 +106,9 @@ class Retrieval:
         position = np.searchsorted(values, labels).clip(max=len(values) - 1)
         r = np.where(values[position] == labels, counts[position], 0) - int(neighbours.self_retrieval)
         queries = np.flatnonzero(r > 0)
-        sums = dict.fromkeys(["precision_at_1", "r_precision", "map_at_r",
-                              *(f"recall_at_{k}" for k in self.recall_at)], 0.0)
+        sums = dict.fromkeys(["precision_at_1", "r_precision", "map_at_r", *(["map"] if self.full_map else []),
+                              *(f"recall_at_{k}" for k in self.recall_at),
+                              *(f"hard_at_{k}" for k in self.hard_at)], 0.0)
         step = max(1, BLOCK_CELLS // neighbours.k)
         for start in range(0, len(queries), step):
             rows = queries[start:start + step]
@@ -103,10 +119,15 @@ class Retrieval:
             sums["precision_at_1"] += relevant[:, 0].sum()
             for k in self.recall_at:
                 sums[f"recall_at_{k}"] += relevant[:, :k].any(axis=1).sum()
+            for k in self.hard_at:
+                sums[f"hard_at_{k}"] += relevant[:, :k].all(axis=1).sum() if k <= relevant.shape[1] else 0
             # PML divides R-precision by the number of relevance slots within k, MAP@R by R
             sums["r_precision"] += np.sum(hits.sum(axis=1) / within_r.sum(axis=1))
             precision_at_j = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
             sums["map_at_r"] += np.sum((precision_at_j * hits).sum(axis=1) / r_rows)
+            if self.full_map:
+                precision_all = np.cumsum(relevant, axis=1) / np.arange(1, relevant.shape[1] + 1)
+                sums["map"] += np.sum((precision_all * relevant).sum(axis=1) / r_rows)
         out: dict[str, Any] = {key: (s / len(queries) if len(queries) else float("nan")) for key, s in sums.items()}
         out["queries"] = len(queries)
         out["k"] = neighbours.k

@@ -341,8 +341,10 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
     found = metrics.get("retrieval", {})
     if "precision_at_1" in found:
         ranked = ", k-reciprocal re-ranked" if "rerank" in found else ""
+        more = [f"hard top-{key.rsplit('_', 1)[1]} {value:.4f}" for key, value in found.items()
+                if key.startswith("hard_at_")] + ([f"mAP {found['map']:.4f}"] if "map" in found else [])
         rows.append(f"\nRetrieval among the test writers{seen}{ranked}: precision@1 {found['precision_at_1']:.4f}, "
-                    f"MAP@R {found['map_at_r']:.4f}.")
+                    f"MAP@R {found['map_at_r']:.4f}" + "".join(f", {m}" for m in more) + ".")
     probes = [f"{label} {metrics[key]['accuracy']:.4f}" for key, label in
               (("knn_probe", "k-NN vote (leave one out)"), ("linear_probe", "linear probe"))
               if isinstance(metrics.get(key), dict) and "accuracy" in metrics[key]]

@@ -1,4 +1,5 @@
-"""The retrieval evaluator equals pytorch-metric-learning's AccuracyCalculator; recall@K by definition."""
+"""The retrieval evaluator equals pytorch-metric-learning's AccuracyCalculator; recall@K, hard top-k and full mAP by
+definition."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from sklearn.metrics import average_precision_score
 
 from hvkit.evaluation import EvalData, evaluate
 from hvkit.index.rerank import k_reciprocal_scores
 from hvkit_plugins.evaluators.retrieval import Rerank, Retrieval
+from hvkit_plugins.stages.evaluate import verification_report
 
 from .reference import clustered
 
@@ -68,6 +71,29 @@ def test_recall_at_k_by_definition():
     assert "nmi" not in ours
 
 
+def test_hard_top_k_and_full_map_by_definition():
+    x, labels = clustered(n=300, classes=10, noise=1.5, seed=6)
+    labels[:2] = [50, 51]  # two lone writers: no query
+    ours = evaluate([Retrieval(hard_at=[1, 2, 5], full_map=True, clustering=False)],
+                    EvalData(x, labels))["retrieval"]
+    unit64 = x.astype(np.float64) / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit64 @ unit64.T
+    np.fill_diagonal(sim, -np.inf)
+    queries = np.flatnonzero(np.bincount(labels)[labels] > 1)
+    ranked = labels[np.argsort(-sim, axis=1)][queries, :-1]  # the query itself, at -inf, last
+    relevant = ranked == labels[queries, None]
+    for k in (1, 2, 5):
+        assert ours[f"hard_at_{k}"] == pytest.approx(np.mean(relevant[:, :k].all(axis=1)), abs=1e-12)
+    expected = np.mean([average_precision_score(labels[queries[q]] == np.delete(labels, queries[q]),
+                                                np.delete(sim[queries[q]], queries[q])) for q in range(len(queries))])
+    assert ours["map"] == pytest.approx(expected, abs=1e-9) and ours["map"] > ours["hard_at_5"]
+    assert ours["hard_at_1"] == ours["precision_at_1"] and ours["k"] == len(x) - 1
+    assert "map" not in evaluate([Retrieval(clustering=False)], EvalData(x, labels))["retrieval"]
+    assert (f"MAP@R {ours['map_at_r']:.4f}, hard top-1 {ours['hard_at_1']:.4f}, hard top-2 {ours['hard_at_2']:.4f}, "
+            f"hard top-5 {ours['hard_at_5']:.4f}, mAP {ours['map']:.4f}.") in verification_report({"retrieval": ours},
+                                                                                              "clean")
+
+
 def test_k_covers_the_largest_class_and_the_largest_recall_rank():
     x, labels = clustered(n=100, classes=5, seed=5)
     data = EvalData(x, labels)
@@ -85,6 +111,10 @@ def test_all_queries_lone_gives_nan():
 def test_invalid_recall_ranks(recall_at):
     with pytest.raises(ValueError, match="recall_at"):
         Retrieval(recall_at=recall_at)
+    with pytest.raises(ValueError, match="hard_at"):
+        Retrieval(hard_at=[0])
+    with pytest.raises(ValueError, match="full_map ranks every gallery item, rerank only a pool"):
+        Retrieval(full_map=True, rerank=Rerank(pool=10))
 
 
 def test_reranked_retrieval_ranks_by_the_re_ranked_scores():

@@ -115,7 +115,8 @@ def test_space_scores_all_pairs_as_the_named_verifier(tmp_path: Path) -> None:
     assert f"| all_pairs in the wccn_pair space | — | {auc:.4f} |" in report
     found = metrics["retrieval"]
     assert (f"Retrieval among the test writers in the wccn_pair space: precision@1 {found['precision_at_1']:.4f}, "
-            f"MAP@R {found['map_at_r']:.4f}.") in report
+            f"MAP@R {found['map_at_r']:.4f}, hard top-2 {found['hard_at_2']:.4f}, hard top-3 {found['hard_at_3']:.4f}."
+            ) in report
     probes = metrics["knn_probe"]["accuracy"], metrics["linear_probe"]["accuracy"]
     assert (f"Writer identification among the test writers in the wccn_pair space: k-NN vote (leave one out) "
             f"{probes[0]:.4f}, linear probe {probes[1]:.4f}.") in report
