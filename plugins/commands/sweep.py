@@ -43,7 +43,9 @@ RECORD = "sweep.json"
 SUMMARY_LOCK = ".summary.lock"
 TABLES = {"verification": (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("eer", "EER")),
           "retrieval": (("precision_at_1", "P@1"), ("r_precision", "R-precision"), ("map_at_r", "MAP@R")),
-          "knn_probe": (("accuracy", "accuracy"),), "linear_probe": (("accuracy", "accuracy"),)}
+          "knn_probe": (("accuracy", "accuracy"),), "linear_probe": (("accuracy", "accuracy"),),
+          "open_set": (("rank1", "rank 1"), ("dir_at_far_0.01", "DIR at 1% false alarms"),
+                       ("detection_auc", "detection AUC"))}
 """Each table of the summary and its measures, (key in metrics.json, title); every table but verification
 has a row a stage, read from the stage's metrics under the table's name."""
 
