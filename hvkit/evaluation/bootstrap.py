@@ -45,8 +45,9 @@ class _Weighted:
         return out
 
 
-def _writer_weights(writers: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Per-pair weights of each draw: how often the pair's writer was drawn (as many draws as writers)."""
+def writer_weights(writers: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Per-item weights of each of ``resamples`` draws: how often the item's writer was drawn, as many
+    draws as ``writers`` holds writers, uniformly with replacement (a cluster bootstrap's weights)."""
     ids, index = np.unique(writers, return_inverse=True)
     rng = np.random.default_rng(seed)
     for _ in range(resamples):
@@ -59,7 +60,9 @@ def _chunks(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]
         yield chunk
 
 
-def _percentiles(draws: list[dict[str, float]], confidence: float) -> dict[str, float | int | list[float]]:
+def percentile_intervals(draws: list[dict[str, float]], confidence: float) -> dict[str, float | int | list[float]]:
+    """Each metric's ``(1 ± confidence) / 2`` percentiles over the draws (Efron's percentile interval),
+    with ``confidence`` and ``resamples_used``."""
     if not draws:
         raise ValueError("bootstrap: no resample held both same-writer and different-writer pairs")
     tail = 100 * (1 - confidence) / 2
@@ -92,12 +95,12 @@ def writer_bootstrap(pairs: PairSet, threshold: float | None, resamples: int = 1
     _check(resamples, confidence)
     metrics = _Weighted(pairs, threshold, log_lr)
     draws: list[dict[str, float]] = []
-    for weights in _chunks(_writer_weights(pairs.writers, resamples, seed), chunk):
+    for weights in _chunks(writer_weights(pairs.writers, resamples, seed), chunk):
         kept = [(w, found) for w in weights if (found := metrics(w)) is not None]
         if kept:
             for (_, found), value in zip(kept, metrics.min_cllr([w for w, _ in kept])):
                 draws.append({**found, "min_cllr": float(value)})
-    return _percentiles(draws, confidence)
+    return percentile_intervals(draws, confidence)
 
 
 def paired_writer_bootstrap(a: PairSet, b: PairSet, threshold_a: float | None, threshold_b: float | None,
@@ -157,7 +160,7 @@ def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int =
         return {name: float(np.mean([v[name] for v in values])) for name in values[0]}
 
     draws: list[dict[str, float]] = []
-    for weights in _chunks(_writer_weights(reference.writers, resamples, seed), chunk):
+    for weights in _chunks(writer_weights(reference.writers, resamples, seed), chunk):
         kept = []  # (writer weights, runs picked per side, A − B) of the draws holding both kinds of pair
         for weight in weights:
             picks = [np.arange(len(s)) if len(s) == 1 else runs.integers(0, len(s), len(s)) for s in sides]
@@ -170,7 +173,7 @@ def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int =
             for j, (_, picks, draw) in enumerate(kept):
                 means = [np.mean([values[k][j] for k in pick]) for values, pick in zip(found, picks)]
                 draws.append({**draw, "min_cllr": float(means[0] - means[1])})
-    out = _percentiles(draws, confidence)
+    out = percentile_intervals(draws, confidence)
     for name in draws[0]:
         worse = [(d[name] >= 0) if name in ("eer", "cllr", "min_cllr") else (d[name] <= 0) for d in draws]
         out[f"share_a_not_better_{name}"] = float(np.mean(worse))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hvkit.evaluation import EvalData, RocCounts
+from hvkit.evaluation.bootstrap import percentile_intervals, writer_weights
 from hvkit.evaluation.plots import new_figure
 
 from .linear_probe import writer_split
@@ -30,8 +31,10 @@ class OpenSet:
     unknown-writer probes is accepted (the false alarm rate), and ``dir_at_far_<far>`` is the
     detection and identification rate there: the share of known-writer probes accepted *and*
     assigned their own writer. ``rank1`` is the closed-set rate (τ = −∞), ``detection_auc`` the ROC
-    AUC of the best score telling known-writer probes from unknown ones, identity aside. The curve
-    of DIR against the false alarm rate goes to ``out_dir``.
+    AUC of the best score telling known-writer probes from unknown ones, identity aside. With
+    ``bootstrap`` > 0 (1,000 draws) each comes with ``ci``: ``confidence`` intervals from resampling
+    the enrolled and the unknown writers apart, each probe weighted by its writer's draws, the
+    gallery held fixed. The curve of DIR against the false alarm rate goes to ``out_dir``.
     """
 
     name = "open_set"
@@ -39,7 +42,7 @@ class OpenSet:
 
     def __init__(self, enrolled_fraction: float = 0.5, gallery_fraction: float = 0.5,
                  match: Literal["mean", "nearest"] = "mean", far_targets: list[float] = [0.01, 0.1],
-                 seed: int = 0):
+                 bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0):
         for key, value in (("enrolled_fraction", enrolled_fraction), ("gallery_fraction", gallery_fraction)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{key}={value} must be in (0, 1)")
@@ -47,8 +50,12 @@ class OpenSet:
             raise ValueError(f"match={match!r} must be 'mean' or 'nearest'")
         if not far_targets or not all(0.0 <= f < 1.0 for f in far_targets):
             raise ValueError(f"far_targets={far_targets} must be a non-empty list of rates in [0, 1)")
+        if bootstrap < 0 or not 0.0 < confidence < 1.0:
+            raise ValueError(f"bootstrap={bootstrap} must be >= 0 (0: no intervals) and confidence={confidence} "
+                             "in (0, 1)")
         self.enrolled_fraction, self.gallery_fraction = enrolled_fraction, gallery_fraction
         self.match, self.far_targets, self.seed = match, list(far_targets), seed
+        self.bootstrap, self.confidence = bootstrap, confidence
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
         units = directions(data.embeddings, centre_of(data))
@@ -70,11 +77,33 @@ class OpenSet:
                                "gallery_images": len(gallery), "known_probes": len(probes),
                                "unknown_probes": len(unknown), "rank1": float(correct.mean()),
                                "detection_auc": RocCounts.from_scores(scores, is_known).auc()}
-        for far in self.far_targets:
-            out[f"dir_at_far_{far:g}"] = detection_identification_rate(best_known, correct, best_unknown, far)
+        out.update(self._rates(best_known, correct, best_unknown))
+        if self.bootstrap:
+            out["ci"] = self._intervals(best_known, correct, best_unknown, labels[probes], labels[unknown])
         if data.out_dir is not None:
             plot_dir(best_known, correct, best_unknown, data.out_dir / "open_set_dir.png")
         return out
+
+    def _rates(self, known: np.ndarray, correct: np.ndarray, unknown: np.ndarray,
+               known_weights: np.ndarray | None = None, unknown_weights: np.ndarray | None = None) -> dict[str, float]:
+        return {f"dir_at_far_{far:g}": detection_identification_rate(known, correct, unknown, far, known_weights,
+                                                                     unknown_weights) for far in self.far_targets}
+
+    def _intervals(self, known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, known_writers: np.ndarray,
+                   unknown_writers: np.ndarray) -> dict[str, Any]:
+        """Writer-bootstrap intervals: the enrolled and the unknown writers resampled apart (the gallery kept),
+        each probe weighted by how often its writer was drawn."""
+        levels, level = np.unique(np.concatenate([known, unknown]), return_inverse=True)
+        is_known = np.arange(len(level)) < len(known)
+        draws = []
+        for wk, wu in zip(writer_weights(known_writers, self.bootstrap, self.seed),
+                          writer_weights(unknown_writers, self.bootstrap, self.seed + 1)):
+            weight = np.concatenate([wk, wu])
+            roc = RocCounts(levels, np.bincount(level, weight * is_known, len(levels)),
+                            np.bincount(level, weight * ~is_known, len(levels)))
+            draws.append({"rank1": float(np.dot(wk, correct) / wk.sum()), "detection_auc": roc.auc(),
+                          **self._rates(known, correct, unknown, wk, wu)})
+        return percentile_intervals(draws, self.confidence)
 
     def _best(self, units: np.ndarray, labels: np.ndarray, gallery: np.ndarray,
               probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,13 +119,19 @@ class OpenSet:
         return per_writer[np.arange(len(probes)), best], names[best]
 
 
-def detection_identification_rate(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, far: float) -> float:
+def detection_identification_rate(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, far: float,
+                                   known_weights: np.ndarray | None = None,
+                                   unknown_weights: np.ndarray | None = None) -> float:
     """DIR at the lowest threshold τ whose false alarm rate, the share of ``unknown`` scores above τ, is at
-    most ``far``: the share of known-writer probes whose best score is above τ and whose writer is right."""
-    allowed = int(np.floor(far * len(unknown) + 1e-9))
-    ranked = np.sort(unknown)[::-1]
-    threshold = ranked[allowed] if allowed < len(ranked) else -np.inf
-    return float(np.mean(correct & (known > threshold)))
+    most ``far`` < 1 — an unknown probe's score: the share of known-writer probes whose best score is above τ
+    and whose writer is right. Weights (a bootstrap draw's) count each probe that many times."""
+    known_weights = np.ones(len(known)) if known_weights is None else known_weights
+    unknown_weights = np.ones(len(unknown)) if unknown_weights is None else unknown_weights
+    values, level = np.unique(unknown, return_inverse=True)
+    weight = np.bincount(level, unknown_weights, len(values))[::-1]  # each score's weight, highest first
+    above = np.cumsum(weight) - weight  # the weight strictly above each score
+    threshold = values[::-1][np.flatnonzero(above <= far * unknown_weights.sum() + 1e-9)[-1]]
+    return float(np.dot(known_weights, correct & (known > threshold)) / known_weights.sum())
 
 
 def plot_dir(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, path: Any) -> None:

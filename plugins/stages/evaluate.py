@@ -352,12 +352,14 @@ def verification_report(metrics: dict[str, Any], protocol: str) -> str:
         rows.append(f"\nWriter identification among the test writers{seen}: {', '.join(probes)}.")
     found = metrics.get("open_set", {})
     if "rank1" in found:
-        rates = ", ".join(f"{found[key]:.4f} at a false alarm rate of {key.rsplit('_', 1)[1]}"
+        ci = found.get("ci", {})
+        shown = {key: _with_interval(value, ci.get(key)) for key, value in found.items()}
+        rates = ", ".join(f"{shown[key]} at a false alarm rate of {key.rsplit('_', 1)[1]}"
                           for key in found if key.startswith("dir_at_far_"))
         rows.append(f"\nOpen-set identification{seen}: {found['enrolled_writers']} test writers enrolled "
                     f"({found['gallery_images']} images), {found['unknown_writers']} unknown; rank 1 "
-                    f"{found['rank1']:.4f}, detection and identification rate {rates}; detection AUC "
-                    f"{found['detection_auc']:.4f}.")
+                    f"{shown['rank1']}, detection and identification rate {rates}; detection AUC "
+                    f"{shown['detection_auc']}.")
     rows += _set_table(metrics.get("set_verification"), seen)
     if metrics.get("negatives") == "same_group":
         rows.append("\nEach different-writer partner is drawn from the anchor's writer's group.")

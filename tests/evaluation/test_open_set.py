@@ -33,6 +33,17 @@ def test_dir_equals_a_scan_of_every_threshold(far):
         brute_force_dir(known, correct, unknown, far), abs=1e-12)
 
 
+def test_weights_count_probes_as_repeats():
+    rng = np.random.default_rng(7)
+    known, unknown = np.round(rng.normal(1, 1, 80), 1), np.round(rng.normal(0, 1, 60), 1)
+    correct = rng.random(80) < 0.7
+    wk, wu = rng.integers(0, 4, 80).astype(float), rng.integers(0, 4, 60).astype(float)
+    for far in (0.0, 0.05, 0.3):
+        repeated = detection_identification_rate(np.repeat(known, wk.astype(int)), np.repeat(correct, wk.astype(int)),
+                                                 np.repeat(unknown, wu.astype(int)), far)
+        assert detection_identification_rate(known, correct, unknown, far, wk, wu) == pytest.approx(repeated, abs=1e-12)
+
+
 def reference(x, labels, val, evaluator):
     """The evaluator's metrics by loops in float64: the protocol's draw as it makes it, then every score."""
     centre = val.astype(np.float64).mean(axis=0)
@@ -67,7 +78,7 @@ def reference(x, labels, val, evaluator):
 def test_metrics_equal_loops_over_every_probe_and_writer(match, tmp_path):
     x, labels = clustered(n=500, dim=8, classes=30, noise=0.9, seed=4)
     val, val_labels = clustered(n=100, dim=8, classes=5, seed=5)
-    evaluator = OpenSet(match=match, far_targets=[0.01, 0.1], seed=3)
+    evaluator = OpenSet(match=match, far_targets=[0.01, 0.1], bootstrap=200, seed=3)
     out = evaluate([evaluator], EvalData(x, labels, val_embeddings=val, val_labels=val_labels,
                                          out_dir=tmp_path))["open_set"]
     known, correct, unknown = reference(x, labels, val, evaluator)
@@ -79,17 +90,23 @@ def test_metrics_equal_loops_over_every_probe_and_writer(match, tmp_path):
     assert out["detection_auc"] == pytest.approx(
         roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))], np.r_[known, unknown]), abs=1e-9)
     assert 0.0 < out["dir_at_far_0.01"] <= out["dir_at_far_0.1"] <= out["rank1"] < 1.0
+    assert out["ci"]["resamples_used"] == 200 and out["ci"]["confidence"] == 0.95
+    for key in ("rank1", "dir_at_far_0.01", "dir_at_far_0.1", "detection_auc"):
+        low, high = out["ci"][key]
+        assert low <= out[key] <= high and high - low > 0.01
     assert (tmp_path / "open_set_dir.png").stat().st_size > 1000
+    shown = {key: f"{out[key]:.4f} ({out['ci'][key][0]:.3f}–{out['ci'][key][1]:.3f})"
+             for key in ("rank1", "dir_at_far_0.01", "dir_at_far_0.1", "detection_auc")}
     assert (f"Open-set identification: 15 test writers enrolled ({out['gallery_images']} images), 15 unknown; "
-            f"rank 1 {out['rank1']:.4f}, detection and identification rate {out['dir_at_far_0.01']:.4f} at a false "
-            f"alarm rate of 0.01, {out['dir_at_far_0.1']:.4f} at a false alarm rate of 0.1; detection AUC "
-            f"{out['detection_auc']:.4f}.") in verification_report({"open_set": out}, "clean")
+            f"rank 1 {shown['rank1']}, detection and identification rate {shown['dir_at_far_0.01']} at a false "
+            f"alarm rate of 0.01, {shown['dir_at_far_0.1']} at a false alarm rate of 0.1; detection AUC "
+            f"{shown['detection_auc']}.") in verification_report({"open_set": out}, "clean")
 
 
 def test_separable_writers_are_all_found_and_a_collection_too_small_is_skipped():
     x, labels = clustered(n=300, dim=16, classes=10, noise=0.01, seed=6)
-    out = evaluate([OpenSet()], EvalData(x, labels))["open_set"]
-    assert out["rank1"] == out["dir_at_far_0.01"] == out["detection_auc"] == 1.0
+    out = evaluate([OpenSet(bootstrap=0)], EvalData(x, labels))["open_set"]
+    assert out["rank1"] == out["dir_at_far_0.01"] == out["detection_auc"] == 1.0 and "ci" not in out
     skipped = evaluate([OpenSet()], EvalData(x[:4], np.array([0, 0, 1, 1])))["open_set"]
     assert skipped == {"skipped": True, "enrolled_writers": 1, "writers": 2}
 
@@ -97,7 +114,8 @@ def test_separable_writers_are_all_found_and_a_collection_too_small_is_skipped()
 @pytest.mark.parametrize("kwargs, message", [({"enrolled_fraction": 1.0}, "enrolled_fraction"),
                                              ({"gallery_fraction": 0.0}, "gallery_fraction"),
                                              ({"match": "max"}, "match"), ({"far_targets": []}, "far_targets"),
-                                             ({"far_targets": [1.0]}, "far_targets")])
+                                             ({"far_targets": [1.0]}, "far_targets"), ({"bootstrap": -1}, "bootstrap"),
+                                             ({"confidence": 0.0}, "confidence")])
 def test_invalid_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OpenSet(**kwargs)
