@@ -35,7 +35,7 @@ from hvkit.cli import user_errors
 from hvkit.engine.checkpoint import atomic_write, write_json
 from hvkit.errors import HvkitError, Interrupted, every, problems, raise_all
 from hvkit.launch import launched, run_args
-from hvkit.pipeline import RESOLVED, RunExists, prepare, run, verification_rows
+from hvkit.pipeline import RESOLVED, RunExists, prepare, run, set_rows, verification_rows
 from hvkit.recipe.load import parse_override
 from hvkit.run_lock import InUse, exclusive, holder
 
@@ -45,9 +45,12 @@ TABLES = {"verification": (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("e
           "retrieval": (("precision_at_1", "P@1"), ("r_precision", "R-precision"), ("map_at_r", "MAP@R")),
           "knn_probe": (("accuracy", "accuracy"),), "linear_probe": (("accuracy", "accuracy"),),
           "open_set": (("rank1", "rank 1"), ("dir_at_far_0.01", "DIR at 1% false alarms"),
-                       ("detection_auc", "detection AUC"))}
-"""Each table of the summary and its measures, (key in metrics.json, title); every table but verification
-has a row a stage, read from the stage's metrics under the table's name."""
+                       ("detection_auc", "detection AUC")),
+          "set_verification": (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("eer", "EER"))}
+"""Each table of the summary and its measures, (key in metrics.json, title); verification has a row a
+stage and verifier, set_verification a row a stage and number of images a side, every other table a row
+a stage, read from the stage's metrics under the table's name."""
+ROW_TITLES = {"verification": "stage/verifier", "set_verification": "stage/images a side"}
 
 
 @dataclass(frozen=True)
@@ -149,11 +152,15 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 def headlines(metrics: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """A run's figures the summary reads, as ``(table, row, values)``: each verifier's verification as
-    ``("verification", "STAGE/VERIFIER", …)``, each stage's retrieval as ``("retrieval", "STAGE", …)``,
+    ``("verification", "STAGE/VERIFIER", …)``, each size of a stage's k-against-k verification as
+    ``("set_verification", "STAGE/k=K", …)``, each stage's retrieval as ``("retrieval", "STAGE", …)``,
     and its probes alike."""
     for stage, verifier, found in verification_rows(metrics):
         yield "verification", f"{stage}/{verifier}", found
-    for kind in list(TABLES)[1:]:
+    for stage, sizes in set_rows(metrics):
+        for k, found in sizes.items():
+            yield "set_verification", f"{stage}/k={k}", found
+    for kind in [kind for kind in TABLES if kind not in ROW_TITLES]:
         for stage, values in metrics.items():
             if isinstance(values, dict) and isinstance(values.get(kind), dict):
                 yield kind, stage, values[kind]
@@ -194,7 +201,7 @@ def table(axes: dict[str, list[Any]], groups: list[dict[str, Any]]) -> str:
     for kind, measures in TABLES.items():
         if not any(kind in group["results"] for group in groups):
             continue
-        head = settings + ["stage/verifier" if kind == "verification" else "stage"] + \
+        head = settings + [ROW_TITLES.get(kind, "stage")] + \
             [title for _, title in measures] + ["runs"]
         lines = [f"## {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for group in groups:

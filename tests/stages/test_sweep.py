@@ -29,7 +29,8 @@ TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "tra
 EVAL = {"stage": "evaluate", "model_from": "first", "label_fraction": 0.5, "plots": False,
         "verifiers": ["cosine_pair", "wccn_pair"],
         "evaluators": [{"name": "verification", "all_pairs": False}, {"name": "retrieval", "clustering": False},
-                       "knn_probe", "linear_probe", "open_set"]}
+                       "knn_probe", "linear_probe", "open_set",
+                       {"name": "set_verification", "sizes": [1, 2], "bootstrap": 0}]}
 RECIPE = {"name": "tiny_sweep", "seed": 4, "device": "cpu",
           "data": {"name": "cedar_and", "synthetic_writers": 30, "synthetic_samples_per_writer": 6},
           "model": {"backbone": {"name": "small_cnn", "width": 8, "depth": 2, "embedding_dim": 12}},
@@ -84,7 +85,8 @@ def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
     summary = json.loads((out / "summary.json").read_text())
     assert [group["values"] for group in summary["groups"]] == [{"stages.first.train.epochs": 1},
                                                                {"stages.first.train.epochs": 3}]
-    tables = {"verification": [], "retrieval": [], "knn_probe": [], "linear_probe": [], "open_set": []}
+    tables = {"verification": [], "retrieval": [], "knn_probe": [], "linear_probe": [], "open_set": [],
+              "set_verification": []}
     rows = [("verification", f"eval_first/{verifier}", ("accuracy", "roc_auc", "eer"),
              lambda m, verifier=verifier: m["eval_first"]["verification"][verifier])
             for verifier in ("cosine_pair", "wccn_pair")]
@@ -94,6 +96,8 @@ def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
              for probe in ("knn_probe", "linear_probe")]
     rows.append(("open_set", "eval_first", ("rank1", "dir_at_far_0.01", "detection_auc"),
                  lambda m: m["eval_first"]["open_set"]))
+    rows += [("set_verification", f"eval_first/k={k}", ("accuracy", "roc_auc", "eer"),
+              lambda m, k=k: m["eval_first"]["set_verification"][f"k{k}"]) for k in (1, 2)]
     for group, names in zip(summary["groups"], (NAMES[:2], NAMES[2:])):
         assert group["runs"] == names
         for kind, row, measures, pick in rows:
@@ -115,7 +119,9 @@ def test_the_summary_is_the_mean_and_sample_deviation_over_seeds(swept, recipe):
         *("\n".join([f"## {probe}", "", "| stages.first.train.epochs | stage | accuracy | runs |", "|---|---|---|---|",
                      *tables[probe]]) for probe in ("knn_probe", "linear_probe")),
         "\n".join(["## open_set", "", "| stages.first.train.epochs | stage | rank 1 | DIR at 1% false alarms | "
-                   "detection AUC | runs |", "|---|---|---|---|---|---|", *tables["open_set"]])])
+                   "detection AUC | runs |", "|---|---|---|---|---|---|", *tables["open_set"]]),
+        "\n".join(["## set_verification", "", "| stages.first.train.epochs | stage/images a side | accuracy | ROC AUC "
+                   "| EER | runs |", "|---|---|---|---|---|---|", *tables["set_verification"]])])
     assert (out / "summary.md").read_text() == f"# sweep of {recipe}\n\n{shown}\n"
     assert stdout.endswith(shown + "\n")
     assert summary["failed"] == summary["running"] == summary["stopped"] == []
