@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,12 +26,14 @@ class SetVerification:
     of one sitting share pen, paper and mood, so same-document pairs flatter a model. Each
     same-writer trial gets one different-writer trial (A, B'), B' k images of another writer
     (from one of its documents), drawn among those who have them, so the trials are balanced
-    as SSL-HV's pairs are. A set is scored by its mean direction:
+    as SSL-HV's pairs are. A set is scored by its mean direction (``aggregate: direction``):
 
         s(A, B) = cos(Σ_{a∈A} u_a, Σ_{b∈B} u_b),   u = (x − μ) / ‖x − μ‖,
 
     μ the mean of the val embeddings (of the test embeddings when there is no val split; no
-    label is read). Val trials are drawn the same way from the val writers; the threshold is
+    label is read); ``mean`` averages the k² cross cosines instead, (1/k²) Σ_a Σ_b u_a · u_b —
+    the same direction scaled by how consistent each set is — and ``max`` keeps the closest
+    cross pair. Val trials are drawn the same way from the val writers; the threshold is
     the most accurate on them, and their logistic calibration turns test scores into likelihood
     ratios as the ``verification`` evaluator's does. Per k: ``accuracy`` at that threshold, ROC
     AUC, EER, ``cllr`` and ``min_cllr``, the writers and trials used, and with ``bootstrap`` > 0
@@ -46,9 +48,12 @@ class SetVerification:
     requires: frozenset[str] = frozenset()
 
     def __init__(self, sizes: list[int] = [1, 2, 4], trials: int = 4, cross_document: bool = True,
-                 common_writers: bool = False, bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0):
+                 common_writers: bool = False, aggregate: Literal["direction", "mean", "max"] = "direction",
+                 bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0):
         if not sizes or any(k < 1 for k in sizes) or len(set(sizes)) != len(sizes):
             raise ValueError(f"sizes={sizes} must be distinct set sizes >= 1")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate={aggregate!r} must be one of {', '.join(AGGREGATES)}")
         if trials < 1:
             raise ValueError(f"trials={trials} must be >= 1 (same-writer trials per writer and size)")
         if bootstrap < 0 or not 0.0 < confidence < 1.0:
@@ -56,6 +61,7 @@ class SetVerification:
                              "in (0, 1)")
         self.sizes = sorted(sizes)
         self.trials, self.cross_document, self.common_writers = trials, cross_document, common_writers
+        self.aggregate = aggregate
         self.bootstrap, self.confidence, self.seed = bootstrap, confidence, seed
 
     def _pairs(self, units: np.ndarray, labels: np.ndarray, documents: np.ndarray | None, k: int,
@@ -66,7 +72,7 @@ class SetVerification:
             largest = set_trials(labels, documents, self.sizes[-1], 1, np.random.default_rng(0))
             writers = {int(labels[known[0]]) for known, _, _ in largest}
         rng = np.random.default_rng([self.seed, k, int(part == "val")])
-        pairs = set_scores(units, labels, set_trials(labels, documents, k, self.trials, rng, writers))
+        pairs = set_scores(units, labels, set_trials(labels, documents, k, self.trials, rng, writers), self.aggregate)
         return pairs, len(np.unique(pairs.writers))
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
@@ -149,15 +155,25 @@ def _sources(rows: np.ndarray, documents: np.ndarray | None, k: int) -> list[np.
     return [rows[inverse == d] for d in range(len(names)) if np.sum(inverse == d) >= k]
 
 
-def set_scores(units: np.ndarray, labels: np.ndarray, trials: list[Trial]) -> PairSet:
-    """Each trial's cosine between its two sets' summed ``units`` (float64 unit rows); the known set's
-    writer labels the trial."""
+AGGREGATES = ("direction", "mean", "max")
+"""How a trial's two sets are scored from their images' unit rows (see :class:`SetVerification`)."""
+
+
+def set_scores(units: np.ndarray, labels: np.ndarray, trials: list[Trial], aggregate: str = "direction") -> PairSet:
+    """Each trial's score from ``units`` (float64 unit rows) by ``aggregate`` of :data:`AGGREGATES`; the
+    known set's writer labels the trial."""
     if not trials:
         return PairSet(np.zeros(0), np.zeros(0, bool), np.zeros(0, labels.dtype))
-    known = unit_rows(np.stack([units[a].sum(axis=0) for a, _, _ in trials]))
-    questioned = unit_rows(np.stack([units[b].sum(axis=0) for _, b, _ in trials]))
-    return PairSet(np.einsum("ij,ij->i", known, questioned), np.array([s for _, _, s in trials]),
-                   labels[[a[0] for a, _, _ in trials]])
+    if aggregate == "max":
+        scores = np.array([(units[a] @ units[b].T).max() for a, b, _ in trials])
+    else:
+        known = np.stack([units[a].sum(axis=0) for a, _, _ in trials])
+        questioned = np.stack([units[b].sum(axis=0) for _, b, _ in trials])
+        if aggregate == "direction":
+            known, questioned = unit_rows(known), unit_rows(questioned)
+        scores = np.einsum("ij,ij->i", known, questioned) / (1 if aggregate == "direction" else
+                                                             np.array([len(a) * len(b) for a, b, _ in trials]))
+    return PairSet(scores, np.array([s for _, _, s in trials]), labels[[a[0] for a, _, _ in trials]])
 
 
 def plot_sizes(metrics: dict[str, Any], sizes: list[int], path: Any) -> None:

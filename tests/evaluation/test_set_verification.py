@@ -83,6 +83,19 @@ def test_scores_equal_the_cosine_of_summed_unit_vectors():
         assert flag == same and writer == labels[known[0]]
 
 
+def test_mean_and_max_aggregates_equal_loops_over_the_cross_pairs():
+    x, labels = clustered(n=120, dim=8, classes=6, seed=3)
+    trials = set_trials(labels, None, 3, 2, np.random.default_rng(2))
+    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    mean, top = set_scores(unit, labels, trials, "mean"), set_scores(unit, labels, trials, "max")
+    for (known, questioned, _), m, t in zip(trials, mean.scores, top.scores):
+        cross = [float(unit[a] @ unit[b]) for a in known for b in questioned]
+        assert m == pytest.approx(np.mean(cross), abs=1e-12) and t == pytest.approx(max(cross), abs=1e-12)
+    single = set_trials(labels, None, 1, 2, np.random.default_rng(4))  # one image a side: all three agree
+    assert np.allclose(set_scores(unit, labels, single, "mean").scores, set_scores(unit, labels, single).scores)
+    assert np.allclose(set_scores(unit, labels, single, "max").scores, set_scores(unit, labels, single).scores)
+
+
 def test_k1_without_documents_is_the_centred_cosine_of_single_pairs():
     x, labels = clustered(n=200, dim=8, classes=10, seed=5)
     val_x, val_labels = clustered(n=100, dim=8, classes=5, seed=6)
@@ -134,6 +147,7 @@ def test_more_images_a_side_verify_better_and_the_report_is_complete(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [({"sizes": []}, "sizes"), ({"sizes": [0]}, "sizes"),
                                              ({"sizes": [2, 2]}, "sizes"), ({"trials": 0}, "trials=0"),
+                                             ({"aggregate": "median"}, "aggregate='median' must be one of"),
                                              ({"bootstrap": -1}, "bootstrap"), ({"confidence": 1.0}, "confidence")])
 def test_invalid_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
