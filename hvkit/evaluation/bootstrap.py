@@ -72,6 +72,14 @@ def percentile_intervals(draws: list[dict[str, float]], confidence: float) -> di
     return out
 
 
+def check_bootstrap(bootstrap: int, confidence: float) -> None:
+    """An evaluator's interval settings: ValueError unless ``bootstrap`` >= 0 (0: no intervals) and
+    ``confidence`` in (0, 1)."""
+    if bootstrap < 0 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"bootstrap={bootstrap} must be >= 0 (0: no intervals) and confidence={confidence} "
+                         "in (0, 1)")
+
+
 def _check(resamples: int, confidence: float) -> None:
     if resamples < 1 or not 0.0 < confidence < 1.0:
         raise ValueError(f"bootstrap: resamples={resamples} must be >= 1 and confidence={confidence} in (0, 1)")

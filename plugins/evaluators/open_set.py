@@ -7,11 +7,11 @@ from typing import Any, Literal
 import numpy as np
 
 from hvkit.evaluation import EvalData, RocCounts
-from hvkit.evaluation.bootstrap import percentile_intervals, writer_weights
+from hvkit.evaluation.bootstrap import check_bootstrap, percentile_intervals, writer_weights
 from hvkit.evaluation.plots import new_figure
 
-from .linear_probe import writer_split
 from .directions import centre_of, directions, unit_rows
+from .linear_probe import writer_split
 
 
 class OpenSet:
@@ -50,9 +50,7 @@ class OpenSet:
             raise ValueError(f"match={match!r} must be 'mean' or 'nearest'")
         if not far_targets or not all(0.0 <= f < 1.0 for f in far_targets):
             raise ValueError(f"far_targets={far_targets} must be a non-empty list of rates in [0, 1)")
-        if bootstrap < 0 or not 0.0 < confidence < 1.0:
-            raise ValueError(f"bootstrap={bootstrap} must be >= 0 (0: no intervals) and confidence={confidence} "
-                             "in (0, 1)")
+        check_bootstrap(bootstrap, confidence)
         self.enrolled_fraction, self.gallery_fraction = enrolled_fraction, gallery_fraction
         self.match, self.far_targets, self.seed = match, list(far_targets), seed
         self.bootstrap, self.confidence = bootstrap, confidence

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hvkit.evaluation import EvalData, PairSet, RocCounts, cllr, fit_calibration, min_cllr
-from hvkit.evaluation.bootstrap import writer_bootstrap
+from hvkit.evaluation.bootstrap import check_bootstrap, writer_bootstrap
 from hvkit.evaluation.plots import new_figure
 
 from .directions import centre_of, directions, unit_rows
@@ -56,9 +56,7 @@ class SetVerification:
             raise ValueError(f"aggregate={aggregate!r} must be one of {', '.join(AGGREGATES)}")
         if trials < 1:
             raise ValueError(f"trials={trials} must be >= 1 (same-writer trials per writer and size)")
-        if bootstrap < 0 or not 0.0 < confidence < 1.0:
-            raise ValueError(f"bootstrap={bootstrap} must be >= 0 (0: no intervals) and confidence={confidence} "
-                             "in (0, 1)")
+        check_bootstrap(bootstrap, confidence)
         self.sizes = sorted(sizes)
         self.trials, self.cross_document, self.common_writers = trials, cross_document, common_writers
         self.aggregate = aggregate

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from hvkit.evaluation import EvalData, PairSet, RocCounts, cllr, fit_calibration, min_cllr
-from hvkit.evaluation.bootstrap import writer_bootstrap
+from hvkit.evaluation.bootstrap import check_bootstrap, writer_bootstrap
 from hvkit.evaluation.plots import new_figure
 
 
@@ -50,9 +50,7 @@ class Verification:
                  all_pairs: bool = True, bootstrap: int = 1000, confidence: float = 0.95):
         if not far_targets or not all(0.0 < f < 1.0 for f in far_targets):
             raise ValueError(f"far_targets={far_targets} must be a non-empty list of rates in (0, 1)")
-        if bootstrap < 0 or not 0.0 < confidence < 1.0:
-            raise ValueError(f"bootstrap={bootstrap} must be >= 0 (0: no intervals) and confidence={confidence} "
-                             "in (0, 1)")
+        check_bootstrap(bootstrap, confidence)
         self.fixed_threshold = fixed_threshold
         self.far_targets = list(far_targets)
         self.all_pairs = all_pairs
