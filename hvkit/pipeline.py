@@ -398,15 +398,24 @@ def set_rows(metrics: dict[str, Any]) -> list[tuple[str, dict[int, dict[str, Any
     return rows
 
 
+def open_set_rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(stage, its open_set metrics)`` of every stage of a run's ``metrics.json`` that ran ``open_set`` and
+    was not skipped, in run order."""
+    return [(stage, values["open_set"]) for stage, values in metrics.items()
+            if isinstance(values, dict) and isinstance(values.get("open_set"), dict) and "rank1" in values["open_set"]]
+
+
 def _shown(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "  -   "
 
 
 def summary(metrics: dict[str, Any]) -> str:
     """The headline numbers of a run: accuracy, ROC AUC and EER per stage and verifier, then each stage's
-    writer-identification accuracy (k-NN vote, linear probe) and its k-against-k verification."""
+    writer-identification accuracy (k-NN vote, linear probe), its open-set identification and its k-against-k
+    verification."""
     rows, probes, sets = verification_rows(metrics), identification_rows(metrics), set_rows(metrics)
-    stage_width = max([22, *(len(stage) for stage, *_ in rows + probes + sets)])
+    open_set = open_set_rows(metrics)
+    stage_width = max([22, *(len(stage) for stage, *_ in rows + probes + sets + open_set)])
     verifier_width = max([14, *(len(verifier) for _, verifier, _ in rows)])
     lines = ["results:" if rows else "results: (no verification metrics)"]
     for stage, verifier, v in rows:
@@ -416,6 +425,12 @@ def summary(metrics: dict[str, Any]) -> str:
         lines.append("writer identification, accuracy:")
         lines += [f"  {stage:<{stage_width}} k-NN {_shown(found['knn_probe'])}  linear probe "
                   f"{_shown(found['linear_probe'])}" for stage, found in probes]
+    if open_set:
+        lines.append("open-set identification (half the writers known), rank 1 / detection and identification "
+                     "rate at each false alarm rate:")
+        lines += [f"  {stage:<{stage_width}} rank 1 {found['rank1']:.4f}  " + "  ".join(
+            f"DIR@{key.rsplit('_', 1)[1]} {value:.4f}" for key, value in found.items() if key.startswith("dir_at_far_"))
+            for stage, found in open_set]
     if sets:
         lines.append("k known against k questioned images, accuracy / AUC:")
         lines += [f"  {stage:<{stage_width}} " + (("  ".join(f"k={k} {_shown(v.get('accuracy'))} / {v['roc_auc']:.4f}"

@@ -1,5 +1,5 @@
 """The console's results table: one row per stage and verifier, then one per stage that ran a writer-identification
-probe or k-against-k verification, columns aligned whatever the names."""
+probe, open-set identification or k-against-k verification, columns aligned whatever the names."""
 
 from __future__ import annotations
 
@@ -63,3 +63,19 @@ def test_set_verification_follows_a_row_a_stage_with_the_sizes_that_had_trials()
         ["frozen", "k=1", "0.8000", "/", "0.9000", "k=2", "0.9000", "/", "0.9500"],
         ["no_val", "k=1", "-", "/", "0.7500"], ["too_big", "no", "trials"]]
     assert len({line.index("k=1") for line in lines[3:5]}) == 1
+
+
+def test_open_set_identification_follows_the_probes_a_row_a_stage() -> None:
+    metrics = {
+        "frozen": {"knn_probe": {"accuracy": 0.3},
+                   "open_set": {"rank1": 0.25, "dir_at_far_0.01": 0.016, "dir_at_far_0.1": 0.0736, "ci": {}}},
+        "a_longer_stage_name_here": {"open_set": {"rank1": 0.6, "dir_at_far_0.05": 0.2}},
+        "skipped": {"open_set": {"skipped": True, "enrolled_writers": 1, "writers": 2}},
+    }
+    lines = summary(metrics).splitlines()
+    assert lines[3] == ("open-set identification (half the writers known), rank 1 / detection and identification "
+                        "rate at each false alarm rate:")
+    assert [line.split() for line in lines[4:]] == [
+        ["frozen", "rank", "1", "0.2500", "DIR@0.01", "0.0160", "DIR@0.1", "0.0736"],
+        ["a_longer_stage_name_here", "rank", "1", "0.6000", "DIR@0.05", "0.2000"]]
+    assert len({line.index("rank 1") for line in lines[4:]}) == 1
