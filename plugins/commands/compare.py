@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -13,14 +14,18 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import PairSet, RocCounts, cllr, min_cllr
 from hvkit.evaluation.bootstrap import seeded_paired_bootstrap
 from hvkit.status import runs_in
+from hvkit_plugins.evaluators.set_verification import SET_SCORES
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores, load_pairs_digest
 
 
 def _load(run_dir: Path, ref: str) -> tuple[tuple[PairSet, float | None, np.ndarray | None], str | None]:
-    """((test pairs, val threshold, log LRs by the val calibration or None), pairs digest) of ``STAGE/VERIFIER``."""
+    """((test pairs, val threshold, log LRs by the val calibration or None), pairs digest) of ``STAGE/VERIFIER``,
+    or of ``STAGE/set:K``, the stage's k-against-k trials with K images a side."""
     stage, _, verifier = ref.partition("/")
     if not stage or not verifier:
-        raise HvkitError(f"{ref!r} must read STAGE/VERIFIER, e.g. fused_10pct/cosine_pair")
+        raise HvkitError(f"{ref!r} must read STAGE/VERIFIER or STAGE/set:K, e.g. fused_10pct/cosine_pair")
+    if verifier.startswith("set:"):
+        return _load_sets(run_dir, stage, verifier.removeprefix("set:"))
     path = run_dir / "stages" / stage / PAIR_SCORES
     if not path.is_file():
         raise HvkitError(f"{path}: no test pair scores; {stage!r} is not an evaluate stage of this run, or it ran "
@@ -34,14 +39,40 @@ def _load(run_dir: Path, ref: str) -> tuple[tuple[PairSet, float | None, np.ndar
     return (pairs, threshold, log_lr), load_pairs_digest(path)
 
 
+def _load_sets(run_dir: Path, stage: str, size: str) -> tuple[tuple[PairSet, float | None, np.ndarray | None], str]:
+    """The trials of ``set_verification`` with ``size`` images a side, as :func:`_load` gives a verifier's pairs."""
+    path = run_dir / "stages" / stage / SET_SCORES
+    if not path.is_file():
+        raise HvkitError(f"{path}: no k-against-k trial scores; {stage!r} ran no set_verification with plots on "
+                         f"(re-run it: hvkit eval {run_dir} --stage {stage})")
+    with np.load(path) as saved:
+        if f"k{size}:scores" not in saved.files:
+            sizes = sorted(int(key[1:].split(":")[0]) for key in saved.files if key.endswith(":scores"))
+            raise HvkitError(f"{path}: no trials with {size!r} images a side; it holds "
+                             + ", ".join(f"set:{k}" for k in sizes))
+        pairs = PairSet(saved[f"k{size}:scores"], saved[f"k{size}:same"], saved[f"k{size}:writers"])
+        digest = str(saved[f"k{size}:digest"])
+    found = _metrics(run_dir).get(stage, {}).get("set_verification", {}).get(f"k{size}", {})
+    calibration = _checked(found.get("calibration"))
+    log_lr = None if calibration is None else calibration["slope"] * pairs.scores + calibration["offset"]
+    return (pairs, found.get("threshold"), log_lr), digest
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    """The run's metrics.json, or {} where it cannot be read."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _checked(calibration: Any) -> dict[str, float] | None:
+    return calibration if isinstance(calibration, dict) and {"slope", "offset"} <= set(calibration) else None
+
+
 def _calibration(run_dir: Path, stage: str, verifier: str) -> dict[str, float] | None:
     """The verifier's val calibration ``{slope, offset}`` from the run's metrics.json, when it has one."""
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    calibration = metrics.get(stage, {}).get("verification", {}).get(verifier, {}).get("calibration")
-    return calibration if isinstance(calibration, dict) and {"slope", "offset"} <= set(calibration) else None
+    return _checked(_metrics(run_dir).get(stage, {}).get("verification", {}).get(verifier, {}).get("calibration"))
 
 
 def _same_pairs(loaded: list[tuple[Path, tuple[tuple[PairSet, float | None], str | None]]]) -> None:
@@ -51,7 +82,8 @@ def _same_pairs(loaded: list[tuple[Path, tuple[tuple[PairSet, float | None], str
         first, *_ = sorted(digests)
         other = next(d for d, digest in sorted(digests) if digest != first[1])
         raise HvkitError(f"{first[0]} and {other} scored different test pairs (another split, data.seed or "
-                         f"dataset); fix data.seed and vary seed to compare training runs")
+                         f"dataset, or for set:K other set_verification settings); fix data.seed and vary seed to "
+                         f"compare training runs")
 
 
 def _point(pairs: PairSet, threshold: float | None, log_lr: np.ndarray | None) -> dict[str, float]:
@@ -87,6 +119,9 @@ def _mean_point(runs: list[tuple[PairSet, float | None, np.ndarray | None]]) -> 
 def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], seed_runs: tuple[Path, ...],
                     resamples: int, confidence: float, as_json: bool) -> None:
     """Compare verifier A with B (each STAGE/VERIFIER) on the same test pairs, by a paired writer bootstrap.
+
+    STAGE/set:K names a stage's k-against-k trials with K images a side instead (``set_verification``,
+    saved with the plots); the two must have drawn the same trials.
 
     Prints each one's accuracy (at its validation threshold), ROC AUC, EER, Cllr (of the log
     LRs by its validation calibration, from the run's metrics.json) and min Cllr, and the interval of A − B

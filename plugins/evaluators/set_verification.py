@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import numpy as np
 
+from hvkit.engine.checkpoint import atomic_write
 from hvkit.evaluation import EvalData, PairSet, RocCounts, cllr, fit_calibration, min_cllr
 from hvkit.evaluation.bootstrap import check_bootstrap, writer_bootstrap
 from hvkit.evaluation.plots import new_figure
@@ -41,7 +43,8 @@ class SetVerification:
     writers, those with more images; with ``common_writers`` every k draws its same-writer
     trials from the writers the largest k can serve, so the sizes compare on one set of hands.
     A k that no two writers can serve is reported with ``trials`` 0. A plot of accuracy and AUC
-    against k goes to ``out_dir``.
+    against k goes to ``out_dir``, and the test trials' scores to :data:`SET_SCORES` there, for
+    ``hvkit compare``.
     """
 
     name = "set_verification"
@@ -63,15 +66,16 @@ class SetVerification:
         self.bootstrap, self.confidence, self.seed = bootstrap, confidence, seed
 
     def _pairs(self, units: np.ndarray, labels: np.ndarray, documents: np.ndarray | None, k: int,
-               part: str) -> tuple[PairSet, int]:
+               part: str) -> tuple[PairSet, int, str]:
         documents = documents if self.cross_document else None
         writers = None
         if self.common_writers:  # those who serve the largest size serve every size
             largest = set_trials(labels, documents, self.sizes[-1], 1, np.random.default_rng(0))
             writers = {int(labels[known[0]]) for known, _, _ in largest}
         rng = np.random.default_rng([self.seed, k, int(part == "val")])
-        pairs = set_scores(units, labels, set_trials(labels, documents, k, self.trials, rng, writers), self.aggregate)
-        return pairs, len(np.unique(pairs.writers))
+        trials = set_trials(labels, documents, k, self.trials, rng, writers)
+        pairs = set_scores(units, labels, trials, self.aggregate)
+        return pairs, len(np.unique(pairs.writers)), trials_digest(labels, trials)
 
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
         centre = centre_of(data)
@@ -81,15 +85,19 @@ class SetVerification:
         parts = {part: (directions(emb, centre), labels, documents)
                  for part, (emb, labels, documents) in parts.items()}
         out: dict[str, Any] = {"cross_document": self.cross_document and data.documents is not None}
+        saved: dict[str, np.ndarray] = {}
         for k in self.sizes:
             found = {part: self._pairs(*values, k, part) for part, values in parts.items()}
-            test, writers = found["test"]
+            test, writers, digest = found["test"]
             row: dict[str, Any] = {"writers": writers, "trials": len(test.scores)}
             if len(test.scores):
-                row.update(self._metrics(test, found.get("val", (None, 0))[0]))
+                row.update(self._metrics(test, found.get("val", (None,))[0]))
             out[f"k{k}"] = row
+            saved |= {f"k{k}:scores": test.scores, f"k{k}:same": test.same, f"k{k}:writers": test.writers,
+                      f"k{k}:digest": np.array(digest)}
         if data.out_dir is not None:
             plot_sizes(out, self.sizes, data.out_dir / "set_verification.png")
+            atomic_write(data.out_dir / SET_SCORES, lambda f: np.savez(f, **saved))
         return out
 
     def _metrics(self, test: PairSet, val: PairSet | None) -> dict[str, Any]:
@@ -108,8 +116,20 @@ class SetVerification:
         return row
 
 
+SET_SCORES = "set_verification_scores.npz"
+"""Where the test trials' scores go beside the plots, per k (``k<k>:scores``, ``:same``, ``:writers``,
+``:digest``), for ``hvkit compare RUN STAGE/set:K …``."""
+
 Trial = tuple[np.ndarray, np.ndarray, bool]
 """(known rows, questioned rows, same writer)."""
+
+
+def trials_digest(labels: np.ndarray, trials: list[Trial]) -> str:
+    """SHA-256 of the labels and of every trial's rows: equal exactly when two evaluations drew the same trials."""
+    digest = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    for known, questioned, same in trials:
+        digest.update(np.concatenate([known, questioned, [int(same)]]).astype(np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def set_trials(labels: np.ndarray, documents: np.ndarray | None, k: int, trials: int,

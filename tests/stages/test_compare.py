@@ -12,9 +12,10 @@ import yaml
 from click.testing import CliRunner
 
 from hvkit.cli import main
-from hvkit.evaluation import RocCounts
+from hvkit.evaluation import EvalData, PairSet, RocCounts, evaluate
 from hvkit.evaluation.bootstrap import paired_writer_bootstrap, seeded_paired_bootstrap
 from hvkit.pipeline import run
+from hvkit_plugins.evaluators.set_verification import SET_SCORES, SetVerification
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores
 
 TRAIN = {"stage": "metric_train", "loss": "multi_similarity", "head": None, "transform": None, "batch_size": 24,
@@ -173,3 +174,45 @@ def test_status_json_gives_each_verifier_s_headline(run_dir: Path) -> None:
     assert state["sets"] == [{"stage": "eval_second", "sizes": {
         str(k): {key: found[f"k{k}"][key] for key in ("accuracy", "roc_auc", "eer", "writers", "trials")}
         for k in (1, 2)}}] and found["k2"]["trials"] > 0
+
+
+def set_run(root: Path, models: dict[str, int], documents: bool = False) -> Path:
+    """A run directory holding only what ``compare`` reads of set_verification: each stage's saved trials and
+    metrics, its embeddings drawn around the same writers' centres with ``models[stage]`` as the seed."""
+    labels = np.repeat(np.arange(40), 6)
+    centres = np.random.default_rng(0).standard_normal((40, 8))
+    metrics = {}
+    for stage, seed in models.items():
+        noise = np.random.default_rng(seed).standard_normal((len(labels), 8))
+        data = EvalData((centres[labels] + 1.5 * noise).astype(np.float32), labels,
+                        val_embeddings=(centres[labels] + 1.5 * noise[::-1]).astype(np.float32), val_labels=labels,
+                        out_dir=root / "stages" / stage, documents=labels * 3 + np.arange(len(labels)) % 3 if documents
+                        else None)
+        metrics[stage] = evaluate([SetVerification(sizes=[1, 2], bootstrap=0)], data)
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    return root
+
+
+def test_compare_reads_the_k_against_k_trials_of_two_stages(tmp_path: Path) -> None:
+    run_dir = set_run(tmp_path / "run", {"a": 1, "b": 2})
+    result = invoke(run_dir, "a/set:2", "b/set:2", "--resamples", 100, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    loaded = []
+    for stage in ("a", "b"):
+        saved = np.load(run_dir / "stages" / stage / SET_SCORES)
+        found = json.loads((run_dir / "metrics.json").read_text())[stage]["set_verification"]["k2"]
+        pairs = PairSet(saved["k2:scores"], saved["k2:same"], saved["k2:writers"])
+        assert RocCounts.from_scores(pairs.scores, pairs.same).auc() == found["roc_auc"]
+        fit = found["calibration"]
+        loaded.append((pairs, found["threshold"], fit["slope"] * pairs.scores + fit["offset"]))
+    assert out["a_minus_b"] == seeded_paired_bootstrap(loaded[:1], loaded[1:], 100)
+    assert out["a"]["accuracy"] == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["a"]["set_verification"]["k2"]["accuracy"], abs=1e-12)
+    missing = invoke(run_dir, "a/set:4", "b/set:2")
+    assert missing.exit_code == 2 and "no trials with '4' images a side; it holds set:1, set:2" in missing.stderr
+    other = set_run(tmp_path / "other", {"b": 2}, documents=True)  # the same images, other trials
+    refused = invoke(run_dir, "a/set:2", "b/set:2", "--against", other)
+    assert refused.exit_code == 2 and "scored different test pairs" in refused.stderr
+    absent = invoke(tmp_path / "run", "c/set:2", "b/set:2")
+    assert absent.exit_code == 2 and "no k-against-k trial scores" in absent.stderr
