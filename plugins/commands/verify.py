@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 
 from hvkit.cli import user_errors
@@ -13,14 +14,21 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
+from hvkit_plugins.evaluators.directions import directions
+from hvkit_plugins.evaluators.set_verification import SET_SCORES, set_scores
 from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_features
 from hvkit_plugins.stages.evaluate import fitted_verifier
 
 
 @click.command("verify")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--known", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="A known image of the hand (repeatable), against as many --questioned: k against k, scored as "
+                   "the stage's set_verification scored its test trials.")
+@click.option("--questioned", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="A questioned image (repeatable).")
 @click.option("--stage", help="Evaluation or score_fusion stage whose verifier to use (default: the last evaluation "
               "with an encoder, else the last evaluation).")
 @click.option("--verifier", help="Verifier name in that stage (default: its cosine_pair, else its first; a "
@@ -28,9 +36,15 @@ from hvkit_plugins.stages.evaluate import fitted_verifier
 @click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
 @user_errors
-def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str | None,
-                   threshold: float | None, invert: bool) -> None:
+def verify_command(source: Path, image_a: Path | None, image_b: Path | None, known: tuple[Path, ...],
+                   questioned: tuple[Path, ...], stage: str | None, verifier: str | None, threshold: float | None,
+                   invert: bool) -> None:
     """Score whether two handwriting images share a writer, and decide at the validation threshold.
+
+    With --known and --questioned (k of each, in place of IMAGE_A IMAGE_B) SOURCE is a run whose
+    evaluation stage ran set_verification with plots on: the two sets are scored as its test trials
+    were (the cosine of their mean directions, by default), against the threshold and likelihood
+    ratio it fitted on the validation writers' trials of k images a side.
 
     SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used;
     a stage of hand-crafted features — pixels, HOG, GSC, LBP or the contour hinge — computes them
@@ -41,6 +55,13 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
     p(score | two writers) is printed too.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if known or questioned:
+        if image_a is not None:
+            raise HvkitError("give IMAGE_A IMAGE_B or --known … --questioned …, not both")
+        verify_sets(source, stage, list(known), list(questioned), threshold, invert, device)
+        return
+    if image_b is None:
+        raise HvkitError("give two images, IMAGE_A IMAGE_B, or --known … --questioned …")
     files = [image_a, image_b]
     if source.is_dir() and (source / "stages").is_dir():
         fitted = FittedRun(source)
@@ -63,6 +84,42 @@ def verify_command(source: Path, image_a: Path, image_b: Path, stage: str | None
         click.echo(likelihood_ratio_line(float(Calibration(**calibration).log_lr(score))))
     if run is not None and run.member_scores:
         click.echo("members: " + ", ".join(f"{m} {s:.4f}" for m, s in run.member_scores.items()))
+
+
+def verify_sets(run_dir: Path, stage: str | None, known: list[Path], questioned: list[Path], threshold: float | None,
+                invert: bool, device: torch.device) -> None:
+    """Print the score of k known against k questioned images by ``stage``'s set_verification, its decision at
+    the validation threshold (or ``threshold``) and the likelihood ratio of its validation calibration."""
+    if not (run_dir / "stages").is_dir():
+        raise HvkitError(f"{run_dir}: --known and --questioned need a run directory")
+    fitted = FittedRun(run_dir)
+    name = stage or fitted.default_stage()
+    outputs = fitted.outputs.get(name, {})
+    sizes = outputs.get("metrics", {}).get("set_verification")
+    path = run_dir / "stages" / name / SET_SCORES
+    if sizes is None or not path.is_file():
+        raise HvkitError(f"stage {name!r} of {run_dir} ran no set_verification with plots on; re-run it with one: "
+                         f"hvkit eval {run_dir} --stage {name} --set 'stages.{name}.evaluators=[set_verification]'")
+    if outputs["metrics"].get("space", "raw") != "raw":
+        raise HvkitError(f"stage {name!r} scored its sets in the {outputs['metrics']['space']} space, which "
+                         "hvkit verify does not rebuild; use a stage without space")
+    k = len(known)
+    found = sizes.get(f"k{k}", {})
+    if len(questioned) != k or "threshold" not in found:
+        served = [key[1:] for key, v in sizes.items() if isinstance(v, dict) and "threshold" in v]
+        raise HvkitError(f"give as many --questioned as --known images, a number stage {name!r} validated: "
+                         f"{', '.join(served) or 'none'} (got {k} and {len(questioned)})")
+    with np.load(path) as saved:
+        centre, aggregate = saved["centre"], str(saved["aggregate"])
+    emb = stage_features(run_dir, name, outputs, [*known, *questioned], invert, device).numpy()
+    rows = np.arange(k)
+    score = float(set_scores(directions(emb, centre), np.zeros(2 * k, np.int64), [(rows, rows + k, True)],
+                             aggregate).scores[0])
+    limit = threshold if threshold is not None else found["threshold"]
+    click.echo(f"score {score:.4f}  threshold {limit:.4f}  ({k} against {k}) → "
+               f"{'same writer' if score >= limit else 'different writers'}")
+    if found.get("calibration"):
+        click.echo(likelihood_ratio_line(float(Calibration(**found["calibration"]).log_lr(score))))
 
 
 class RunVerifiers:

@@ -85,7 +85,7 @@ class SetVerification:
         parts = {part: (directions(emb, centre), labels, documents)
                  for part, (emb, labels, documents) in parts.items()}
         out: dict[str, Any] = {"cross_document": self.cross_document and data.documents is not None}
-        saved: dict[str, np.ndarray] = {}
+        saved: dict[str, np.ndarray] = {"centre": centre, "aggregate": np.array(self.aggregate)}
         for k in self.sizes:
             found = {part: self._pairs(*values, k, part) for part, values in parts.items()}
             test, writers, digest = found["test"]
@@ -118,7 +118,8 @@ class SetVerification:
 
 SET_SCORES = "set_verification_scores.npz"
 """Where the test trials' scores go beside the plots, per k (``k<k>:scores``, ``:same``, ``:writers``,
-``:digest``), for ``hvkit compare RUN STAGE/set:K …``."""
+``:digest``), for ``hvkit compare RUN STAGE/set:K …``, with the ``centre`` and ``aggregate`` that
+``hvkit verify --known … --questioned …`` scores new images by."""
 
 Trial = tuple[np.ndarray, np.ndarray, bool]
 """(known rows, questioned rows, same writer)."""
