@@ -14,9 +14,9 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
+from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_features
 from hvkit_plugins.evaluators.directions import directions
 from hvkit_plugins.evaluators.set_verification import SET_SCORES, set_scores
-from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_features
 from hvkit_plugins.stages.evaluate import fitted_verifier
 
 
