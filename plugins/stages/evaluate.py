@@ -378,7 +378,7 @@ def _set_table(found: dict[str, Any] | None, seen: str) -> list[str]:
     if not isinstance(found, dict):
         return []
     across = ", the two sides from different documents" if found.get("cross_document") else ""
-    rows = [f"\nk known against k questioned images of the test writers (mean directions{seen}{across}):\n",
+    rows = [f"\nk known against k questioned images of the test writers{seen}{across}:\n",
             "| k | trials | writers | accuracy (val threshold) | ROC AUC | EER | Cllr | min Cllr |",
             "|---|---|---|---|---|---|---|---|"]
     for key, values in found.items():
