@@ -12,7 +12,7 @@ from .data import PairSet
 from .roc import RocCounts
 
 
-class _Weighted:
+class WeightedPairs:
     """Accuracy (at a threshold), ROC AUC, EER and Cllr (of given log LRs) of one pair set under per-pair weights."""
 
     def __init__(self, pairs: PairSet, threshold: float | None, log_lr: np.ndarray | None = None):
@@ -101,7 +101,7 @@ def writer_bootstrap(pairs: PairSet, threshold: float | None, resamples: int = 1
     the PAV recalibration in every draw (:func:`min_cllr_of_counts`, ``chunk`` draws at a time).
     """
     _check(resamples, confidence)
-    metrics = _Weighted(pairs, threshold, log_lr)
+    metrics = WeightedPairs(pairs, threshold, log_lr)
     draws: list[dict[str, float]] = []
     for weights in _chunks(writer_weights(pairs.writers, resamples, seed), chunk):
         kept = [(w, found) for w in weights if (found := metrics(w)) is not None]
@@ -157,11 +157,11 @@ def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int =
             raise ValueError("paired bootstrap: every run must hold the same pairs (same labels and writers)")
     with_accuracy = all(run[1] is not None for run in (*a, *b))
     with_cllr = all(len(run) > 2 and run[2] is not None for run in (*a, *b))
-    sides = [[_Weighted(run[0], run[1] if with_accuracy else None, run[2] if with_cllr else None) for run in side]
+    sides = [[WeightedPairs(run[0], run[1] if with_accuracy else None, run[2] if with_cllr else None) for run in side]
              for side in (a, b)]
     runs = np.random.default_rng([seed, 1])
 
-    def mean_over(metrics: list[_Weighted], picks: np.ndarray, weight: np.ndarray) -> dict[str, float] | None:
+    def mean_over(metrics: list[WeightedPairs], picks: np.ndarray, weight: np.ndarray) -> dict[str, float] | None:
         values = [metrics[k](weight) for k in picks]
         if values[0] is None:
             return None

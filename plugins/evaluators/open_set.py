@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hvkit.evaluation import EvalData, RocCounts
-from hvkit.evaluation.bootstrap import check_bootstrap, percentile_intervals, writer_weights
+from hvkit.evaluation import EvalData, PairSet, RocCounts
+from hvkit.evaluation.bootstrap import WeightedPairs, check_bootstrap, percentile_intervals, writer_weights
 from hvkit.evaluation.plots import new_figure
 
 from .directions import centre_of, directions, unit_rows
@@ -91,15 +91,13 @@ class OpenSet:
                    unknown_writers: np.ndarray) -> dict[str, Any]:
         """Writer-bootstrap intervals: the enrolled and the unknown writers resampled apart (the gallery kept),
         each probe weighted by how often its writer was drawn."""
-        levels, level = np.unique(np.concatenate([known, unknown]), return_inverse=True)
-        is_known = np.arange(len(level)) < len(known)
+        detection = WeightedPairs(PairSet(np.concatenate([known, unknown]), np.arange(len(known) + len(unknown))
+                                          < len(known), np.concatenate([known_writers, unknown_writers])), None)
         draws = []
         for wk, wu in zip(writer_weights(known_writers, self.bootstrap, self.seed),
                           writer_weights(unknown_writers, self.bootstrap, self.seed + 1)):
-            weight = np.concatenate([wk, wu])
-            roc = RocCounts(levels, np.bincount(level, weight * is_known, len(levels)),
-                            np.bincount(level, weight * ~is_known, len(levels)))
-            draws.append({"rank1": float(np.dot(wk, correct) / wk.sum()), "detection_auc": roc.auc(),
+            draws.append({"rank1": float(np.dot(wk, correct) / wk.sum()),
+                          "detection_auc": detection.counts(np.concatenate([wk, wu])).auc(),
                           **self._rates(known, correct, unknown, wk, wu)})
         return percentile_intervals(draws, self.confidence)
 

@@ -65,25 +65,29 @@ class SetVerification:
         self.aggregate = aggregate
         self.bootstrap, self.confidence, self.seed = bootstrap, confidence, seed
 
-    def _pairs(self, units: np.ndarray, labels: np.ndarray, documents: np.ndarray | None, k: int,
-               part: str) -> tuple[PairSet, int, str]:
-        documents = documents if self.cross_document else None
-        writers = None
-        if self.common_writers:  # those who serve the largest size serve every size
-            largest = set_trials(labels, documents, self.sizes[-1], 1, np.random.default_rng(0))
-            writers = {int(labels[known[0]]) for known, _, _ in largest}
+    def _pairs(self, units: np.ndarray, labels: np.ndarray, documents: np.ndarray | None,
+               writers: set[int] | None, k: int, part: str) -> tuple[PairSet, int, str]:
         rng = np.random.default_rng([self.seed, k, int(part == "val")])
         trials = set_trials(labels, documents, k, self.trials, rng, writers)
         pairs = set_scores(units, labels, trials, self.aggregate)
         return pairs, len(np.unique(pairs.writers)), trials_digest(labels, trials)
 
+    def _part(self, embeddings: np.ndarray, labels: np.ndarray, documents: np.ndarray | None,
+              centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, set[int] | None]:
+        """A split's unit rows, labels, documents (None unless ``cross_document``) and, with ``common_writers``,
+        the writers the largest size serves, who serve every size."""
+        documents = documents if self.cross_document else None
+        writers = None
+        if self.common_writers:
+            largest = set_trials(labels, documents, self.sizes[-1], 1, np.random.default_rng(0))
+            writers = {int(labels[known[0]]) for known, _, _ in largest}
+        return directions(embeddings, centre), labels, documents, writers
+
     def __call__(self, data: EvalData, shared: dict[str, Any]) -> dict[str, Any]:
         centre = centre_of(data)
-        parts = {"test": (data.embeddings, data.labels, data.documents)}
+        parts = {"test": self._part(data.embeddings, data.labels, data.documents, centre)}
         if data.val_embeddings is not None:
-            parts["val"] = (data.val_embeddings, data.val_labels, data.val_documents)
-        parts = {part: (directions(emb, centre), labels, documents)
-                 for part, (emb, labels, documents) in parts.items()}
+            parts["val"] = self._part(data.val_embeddings, data.val_labels, data.val_documents, centre)
         out: dict[str, Any] = {"cross_document": self.cross_document and data.documents is not None}
         saved: dict[str, np.ndarray] = {"centre": centre, "aggregate": np.array(self.aggregate)}
         for k in self.sizes:
@@ -149,12 +153,14 @@ def set_trials(labels: np.ndarray, documents: np.ndarray | None, k: int, trials:
     partners = [w for w, found in sources.items() if found]
     out: list[Trial] = []
     for writer, own in rows.items():
+        if writers is not None and writer not in writers:
+            continue
         others = [w for w in partners if w != writer]
-        pools = [(q, own[~np.isin(own, q)]) for q in sources[writer]]
-        if documents is None:
+        if documents is None:  # the questioned set from all the writer's rows, the known from the rest
             pools = [(own, own)] if len(own) >= 2 * k else []
-        pools = [(q, rest) for q, rest in pools if len(rest) >= k]
-        if not others or not pools or (writers is not None and writer not in writers):
+        else:  # the questioned set from one document, the known from the writer's others
+            pools = [(q, rest) for q in sources[writer] if len(rest := own[~np.isin(own, q)]) >= k]
+        if not others or not pools:
             continue
         for _ in range(trials):
             pool, rest = pools[rng.integers(len(pools))]
@@ -189,9 +195,9 @@ def set_scores(units: np.ndarray, labels: np.ndarray, trials: list[Trial], aggre
         known = np.stack([units[a].sum(axis=0) for a, _, _ in trials])
         questioned = np.stack([units[b].sum(axis=0) for _, b, _ in trials])
         if aggregate == "direction":
-            known, questioned = unit_rows(known), unit_rows(questioned)
-        scores = np.einsum("ij,ij->i", known, questioned) / (1 if aggregate == "direction" else
-                                                             np.array([len(a) * len(b) for a, b, _ in trials]))
+            scores = np.einsum("ij,ij->i", unit_rows(known), unit_rows(questioned))
+        else:  # (Σa)·(Σb) / k² is the mean of the k² cross cosines
+            scores = np.einsum("ij,ij->i", known, questioned) / np.array([len(a) * len(b) for a, b, _ in trials])
     return PairSet(scores, np.array([s for _, _, s in trials]), labels[[a[0] for a, _, _ in trials]])
 
 
