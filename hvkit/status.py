@@ -15,7 +15,7 @@ from hvkit import stop_record
 from hvkit.engine import load_checkpoint
 from hvkit.engine.trainer import duration, read_log
 from hvkit.errors import HvkitError
-from hvkit.pipeline import RESOLVED, identification_rows, set_rows, summary, verification_rows
+from hvkit.pipeline import RESOLVED, identification_rows, open_set_rows, set_rows, summary, verification_rows
 from hvkit.run_lock import Holder, holder
 
 CHECKPOINT = "last.pt"
@@ -68,8 +68,9 @@ def run_state(run_dir: Path) -> dict[str, Any]:
     :func:`stage_state`, the process working in it (:class:`~hvkit.run_lock.Holder`'s fields) or None, the
     number of stages left, for a stopped run why its last ``hvkit run`` ended (``stopped_by``:
     :class:`~hvkit.stop_record.Stop`'s fields; None when it was killed without a word), and for a complete
-    run whether its data is synthetic, each verifier's accuracy, ROC AUC and EER, and each stage's
-    writer-identification accuracies (k-NN, linear probe)."""
+    run whether its data is synthetic, each verifier's accuracy, ROC AUC and EER, each stage's
+    writer-identification accuracies (k-NN, linear probe), its k-against-k verification and its open-set
+    identification (without the intervals)."""
     return _state(run_dir)[0]
 
 
@@ -100,7 +101,10 @@ def _state(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
                 {"stage": stage, **found} for stage, found in identification_rows(results)],
             "sets": None if results is None else [
                 {"stage": stage, "sizes": {str(k): {key: v.get(key) for key in SET_KEYS} for k, v in sizes.items()}}
-                for stage, sizes in set_rows(results)]}, results
+                for stage, sizes in set_rows(results)],
+            "open_set": None if results is None else [
+                {"stage": stage, **{key: v for key, v in found.items() if key != "ci"}}
+                for stage, found in open_set_rows(results)]}, results
 
 
 def run_status(run_dir: Path) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -69,6 +69,18 @@ def percentile_intervals(draws: list[dict[str, float]], confidence: float) -> di
     out: dict[str, float | int | list[float]] = {"confidence": confidence, "resamples_used": len(draws)}
     for name in draws[0]:
         out[name] = [float(v) for v in np.percentile([d[name] for d in draws], [tail, 100 - tail])]
+    return out
+
+
+def paired_intervals(draws: list[dict[str, float]], confidence: float,
+                     lower_is_better: Collection[str] = ()) -> dict[str, float | int | list[float]]:
+    """:func:`percentile_intervals` of draws of differences A − B, with ``share_a_not_better_<metric>``: the
+    share of draws in which A is not better (not higher; not lower for ``lower_is_better``), a one-sided
+    bootstrap p-value for "A beats B"."""
+    out = percentile_intervals(draws, confidence)
+    for name in draws[0]:
+        worse = [(d[name] >= 0) if name in lower_is_better else (d[name] <= 0) for d in draws]
+        out[f"share_a_not_better_{name}"] = float(np.mean(worse))
     return out
 
 
@@ -181,10 +193,7 @@ def seeded_paired_bootstrap(a: Sequence[Run], b: Sequence[Run], resamples: int =
             for j, (_, picks, draw) in enumerate(kept):
                 means = [np.mean([values[k][j] for k in pick]) for values, pick in zip(found, picks)]
                 draws.append({**draw, "min_cllr": float(means[0] - means[1])})
-    out = percentile_intervals(draws, confidence)
-    for name in draws[0]:
-        worse = [(d[name] >= 0) if name in ("eer", "cllr", "min_cllr") else (d[name] <= 0) for d in draws]
-        out[f"share_a_not_better_{name}"] = float(np.mean(worse))
+    out = paired_intervals(draws, confidence, ("eer", "cllr", "min_cllr"))
     if len(a) > 1 or len(b) > 1:
         everyone = np.ones(len(reference.writers))
         whole = [mean_over(s, np.arange(len(s)), everyone) for s in sides]

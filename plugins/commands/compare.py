@@ -14,6 +14,7 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import PairSet, RocCounts, cllr, min_cllr
 from hvkit.evaluation.bootstrap import seeded_paired_bootstrap
 from hvkit.status import runs_in
+from hvkit_plugins.evaluators.open_set import OPEN_SET_SCORES, Probes, paired_probes_bootstrap
 from hvkit_plugins.evaluators.set_verification import SET_SCORES
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores, load_pairs_digest
 
@@ -23,7 +24,8 @@ def _load(run_dir: Path, ref: str) -> tuple[tuple[PairSet, float | None, np.ndar
     or of ``STAGE/set:K``, the stage's k-against-k trials with K images a side."""
     stage, _, verifier = ref.partition("/")
     if not stage or not verifier:
-        raise HvkitError(f"{ref!r} must read STAGE/VERIFIER or STAGE/set:K, e.g. fused_10pct/cosine_pair")
+        raise HvkitError(f"{ref!r} must read STAGE/VERIFIER, STAGE/set:K or STAGE/open_set, e.g. "
+                         f"fused_10pct/cosine_pair")
     if verifier.startswith("set:"):
         return _load_sets(run_dir, stage, verifier.removeprefix("set:"))
     path = run_dir / "stages" / stage / PAIR_SCORES
@@ -58,6 +60,37 @@ def _load_sets(run_dir: Path, stage: str, size: str) -> tuple[tuple[PairSet, flo
     return (pairs, found.get("threshold"), log_lr), digest
 
 
+def _load_probes(run_dir: Path, stage: str) -> tuple[tuple[Probes, list[float]], str]:
+    """((the open_set probes' scores, their false alarm rates), digest of the gallery and probes) of ``STAGE``."""
+    path = run_dir / "stages" / stage / OPEN_SET_SCORES
+    if not path.is_file():
+        raise HvkitError(f"{path}: no open-set probe scores; {stage!r} ran no open_set with plots on "
+                         f"(re-run it: hvkit eval {run_dir} --stage {stage})")
+    with np.load(path) as saved:
+        return (Probes.load(saved), [float(f) for f in saved["far_targets"]]), str(saved["digest"])
+
+
+def _compare_open_set(dirs_a: list[Path], dirs_b: list[Path], a: str, b: str, resamples: int,
+                      confidence: float) -> dict[str, Any]:
+    """The paired bootstrap of two stages' open-set identification, as :func:`compare_command` reports it."""
+    loaded_a, loaded_b = ([(d, _load_probes(d, ref.partition("/")[0])) for d in dirs]
+                          for ref, dirs in ((a, dirs_a), (b, dirs_b)))
+    _same_pairs(loaded_a + loaded_b)
+    targets = {tuple(far) for _, ((_, far), _) in loaded_a + loaded_b}
+    if len(targets) > 1:
+        raise HvkitError(f"{a} and {b}: the open_set evaluations used different far_targets {sorted(targets)}")
+    far_targets = list(targets.pop())
+    runs_a, runs_b = [probes for _, ((probes, _), _) in loaded_a], [probes for _, ((probes, _), _) in loaded_b]
+    diff = paired_probes_bootstrap(runs_a, runs_b, far_targets, resamples, confidence)
+
+    def mean(runs: list[Probes]) -> dict[str, float]:
+        found = [run.metrics(far_targets) for run in runs]
+        return {name: float(np.mean([f[name] for f in found])) for name in found[0]}
+
+    return {"a": {"ref": a, "runs": len(runs_a), **mean(runs_a)}, "b": {"ref": b, "runs": len(runs_b), **mean(runs_b)},
+            "a_minus_b": diff}
+
+
 def _metrics(run_dir: Path) -> dict[str, Any]:
     """The run's metrics.json, or {} where it cannot be read."""
     try:
@@ -82,8 +115,8 @@ def _same_pairs(loaded: list[tuple[Path, tuple[tuple[PairSet, float | None], str
         first, *_ = sorted(digests)
         other = next(d for d, digest in sorted(digests) if digest != first[1])
         raise HvkitError(f"{first[0]} and {other} scored different test pairs (another split, data.seed or "
-                         f"dataset, or for set:K other set_verification settings); fix data.seed and vary seed to "
-                         f"compare training runs")
+                         f"dataset, or for set:K and open_set other evaluator settings); fix data.seed and vary "
+                         f"seed to compare training runs")
 
 
 def _point(pairs: PairSet, threshold: float | None, log_lr: np.ndarray | None) -> dict[str, float]:
@@ -98,7 +131,23 @@ def _point(pairs: PairSet, threshold: float | None, log_lr: np.ndarray | None) -
 
 def _mean_point(runs: list[tuple[PairSet, float | None, np.ndarray | None]]) -> dict[str, float]:
     points = [_point(*run) for run in runs]
-    return {name: float(np.mean([p[name] for p in points])) for name in points[0] if all(name in p for p in points)}
+    return {name: float(np.mean([p[name] for p in points]))
+            for name in ("accuracy", "roc_auc", "eer", "cllr", "min_cllr") if all(name in p for p in points)}
+
+
+def _compare_pairs(dirs_a: list[Path], dirs_b: list[Path], a: str, b: str, resamples: int,
+                   confidence: float) -> dict[str, Any]:
+    """The paired bootstrap of two verifiers' (or two stages' k-against-k) test pairs, as :func:`compare_command`
+    reports it."""
+    loaded_a, loaded_b = [(d, _load(d, a)) for d in dirs_a], [(d, _load(d, b)) for d in dirs_b]
+    _same_pairs(loaded_a + loaded_b)
+    runs_a, runs_b = [run for _, (run, _) in loaded_a], [run for _, (run, _) in loaded_b]
+    try:
+        diff = seeded_paired_bootstrap(runs_a, runs_b, resamples, confidence)
+    except ValueError as exc:
+        raise HvkitError(f"{a} and {b}: {exc}") from None
+    return {"a": {"ref": a, "runs": len(runs_a), **_mean_point(runs_a)},
+            "b": {"ref": b, "runs": len(runs_b), **_mean_point(runs_b)}, "a_minus_b": diff}
 
 
 @click.command("compare")
@@ -121,7 +170,10 @@ def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], se
     """Compare verifier A with B (each STAGE/VERIFIER) on the same test pairs, by a paired writer bootstrap.
 
     STAGE/set:K names a stage's k-against-k trials with K images a side instead (``set_verification``,
-    saved with the plots); the two must have drawn the same trials.
+    saved with the plots); the two must have drawn the same trials. STAGE/open_set compares two stages'
+    open-set identification (``open_set``, saved with the plots: rank 1, detection AUC and the detection and
+    identification rate at each false alarm rate), each draw resampling the enrolled and the unknown writers;
+    the two must have drawn the same gallery and probes.
 
     Prints each one's accuracy (at its validation threshold), ROC AUC, EER, Cllr (of the log
     LRs by its validation calibration, from the run's metrics.json) and min Cllr, and the interval of A − B
@@ -133,27 +185,27 @@ def compare_command(run_dir: Path, a: str, b: str, against: tuple[Path, ...], se
     """
     dirs_a = [*runs_in(run_dir), *seed_runs]
     dirs_b = [run for folder in against for run in runs_in(folder)] or dirs_a
-    loaded_a, loaded_b = [(d, _load(d, a)) for d in dirs_a], [(d, _load(d, b)) for d in dirs_b]
-    _same_pairs(loaded_a + loaded_b)
-    runs_a, runs_b = [run for _, (run, _) in loaded_a], [run for _, (run, _) in loaded_b]
-    try:
-        diff = seeded_paired_bootstrap(runs_a, runs_b, resamples, confidence)
-    except ValueError as exc:
-        raise HvkitError(f"{a} and {b}: {exc}") from None
-    result = {"a": {"ref": a, "runs": len(runs_a), **_mean_point(runs_a)},
-              "b": {"ref": b, "runs": len(runs_b), **_mean_point(runs_b)}, "a_minus_b": diff}
+    open_set = [ref.endswith("/open_set") for ref in (a, b)]
+    if open_set[0] != open_set[1]:
+        raise HvkitError(f"{a} and {b}: an open_set evaluation compares with another one only")
+    if all(open_set):
+        result = _compare_open_set(dirs_a, dirs_b, a, b, resamples, confidence)
+    else:
+        result = _compare_pairs(dirs_a, dirs_b, a, b, resamples, confidence)
+    diff = result["a_minus_b"]
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    names = [n for n in ("accuracy", "roc_auc", "eer", "cllr", "min_cllr") if n in diff]
+    names = [n for n in result["a"] if n not in ("ref", "runs") and n in diff]
     for key in ("a", "b"):
         runs = f" (mean of {result[key]['runs']} runs)" if result[key]["runs"] > 1 else ""
         click.echo(f"{key.upper()} {result[key]['ref']}{runs}: "
                    + "  ".join(f"{n} {result[key][n]:.4f}" for n in names))
+    width = max(8, *(len(n) for n in names))
     source = "the test writers and the runs" if "runs" in diff else "the test writers"
     click.echo(f"A − B, {confidence:.0%} interval over {diff['resamples_used']} draws of {source}:")
     for n in names:
         low, high = diff[n]
         estimate = result["a"][n] - result["b"][n]
-        click.echo(f"  {n:8s} {estimate:+.4f} ({low:+.4f} … {high:+.4f})  share of draws where A is not better: "
-                   f"{diff[f'share_a_not_better_{n}']:.3f}")
+        click.echo(f"  {n:{width}s} {estimate:+.4f} ({low:+.4f} … {high:+.4f})  share of draws where A is not "
+                   f"better: {diff[f'share_a_not_better_{n}']:.3f}")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from hvkit.evaluation import EvalData, PairSet, RocCounts
-from hvkit.evaluation.bootstrap import WeightedPairs, check_bootstrap, percentile_intervals, writer_weights
+from hvkit.engine.checkpoint import atomic_write
+from hvkit.evaluation import EvalData, PairSet
+from hvkit.evaluation.bootstrap import (WeightedPairs, check_bootstrap, paired_intervals, percentile_intervals,
+                                       writer_weights)
 from hvkit.evaluation.plots import new_figure
 
 from .directions import centre_of, directions, unit_rows
@@ -68,38 +74,22 @@ class OpenSet:
         gallery, probes = (known[rows] for rows in writer_split(labels[known], self.gallery_fraction, self.seed))
         unknown = np.flatnonzero(~np.isin(labels, enrolled))
         scores, assigned = self._best(units, labels, gallery, np.concatenate([probes, unknown]))
-        best_known, best_unknown = scores[:len(probes)], scores[len(probes):]
-        correct = assigned[:len(probes)] == labels[probes]
-        is_known = np.arange(len(scores)) < len(probes)
+        found = Probes(scores[:len(probes)], assigned[:len(probes)] == labels[probes], scores[len(probes):],
+                       labels[probes], labels[unknown])
         out: dict[str, Any] = {"enrolled_writers": len(enrolled), "unknown_writers": len(writers) - len(enrolled),
                                "gallery_images": len(gallery), "known_probes": len(probes),
-                               "unknown_probes": len(unknown), "rank1": float(correct.mean()),
-                               "detection_auc": RocCounts.from_scores(scores, is_known).auc()}
-        out.update(self._rates(best_known, correct, best_unknown))
+                               "unknown_probes": len(unknown), **found.metrics(self.far_targets)}
         if self.bootstrap:
-            out["ci"] = self._intervals(best_known, correct, best_unknown, labels[probes], labels[unknown])
+            out["ci"] = percentile_intervals(
+                [found.metrics(self.far_targets, wk, wu) for wk, wu in found.weights(self.bootstrap, self.seed)],
+                self.confidence)
         if data.out_dir is not None:
-            plot_dir(best_known, correct, best_unknown, data.out_dir / "open_set_dir.png")
+            plot_dir(found, data.out_dir / "open_set_dir.png")
+            digest = probes_digest(labels, gallery, probes, unknown)
+            atomic_write(data.out_dir / OPEN_SET_SCORES,
+                         lambda f: np.savez(f, **found.arrays(), far_targets=np.array(self.far_targets),
+                                            digest=np.array(digest)))
         return out
-
-    def _rates(self, known: np.ndarray, correct: np.ndarray, unknown: np.ndarray,
-               known_weights: np.ndarray | None = None, unknown_weights: np.ndarray | None = None) -> dict[str, float]:
-        return {f"dir_at_far_{far:g}": detection_identification_rate(known, correct, unknown, far, known_weights,
-                                                                     unknown_weights) for far in self.far_targets}
-
-    def _intervals(self, known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, known_writers: np.ndarray,
-                   unknown_writers: np.ndarray) -> dict[str, Any]:
-        """Writer-bootstrap intervals: the enrolled and the unknown writers resampled apart (the gallery kept),
-        each probe weighted by how often its writer was drawn."""
-        detection = WeightedPairs(PairSet(np.concatenate([known, unknown]), np.arange(len(known) + len(unknown))
-                                          < len(known), np.concatenate([known_writers, unknown_writers])), None)
-        draws = []
-        for wk, wu in zip(writer_weights(known_writers, self.bootstrap, self.seed),
-                          writer_weights(unknown_writers, self.bootstrap, self.seed + 1)):
-            draws.append({"rank1": float(np.dot(wk, correct) / wk.sum()),
-                          "detection_auc": detection.counts(np.concatenate([wk, wu])).auc(),
-                          **self._rates(known, correct, unknown, wk, wu)})
-        return percentile_intervals(draws, self.confidence)
 
     def _best(self, units: np.ndarray, labels: np.ndarray, gallery: np.ndarray,
               probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +103,105 @@ class OpenSet:
             per_writer = np.stack([similarity[:, inverse == w].max(axis=1) for w in range(len(names))], axis=1)
         best = per_writer.argmax(axis=1)
         return per_writer[np.arange(len(probes)), best], names[best]
+
+
+OPEN_SET_SCORES = "open_set_scores.npz"
+"""Where the probes' best scores go beside the plots (:meth:`Probes.arrays`, with ``far_targets`` and the
+draw's ``digest``), for ``hvkit compare RUN STAGE/open_set …``."""
+
+
+@dataclass(frozen=True)
+class Probes:
+    """One gallery's probes: each known-writer probe's best score (``known``) and whether that best writer is
+    its own (``correct``), each unknown-writer probe's best score (``unknown``), and every probe's writer."""
+
+    known: np.ndarray
+    correct: np.ndarray
+    unknown: np.ndarray
+    known_writers: np.ndarray
+    unknown_writers: np.ndarray
+
+    @classmethod
+    def load(cls, saved: Any) -> "Probes":
+        """From :meth:`arrays` as saved (an ``np.load`` of :data:`OPEN_SET_SCORES`)."""
+        return cls(*(np.asarray(saved[name]) for name in cls.__dataclass_fields__))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @cached_property
+    def _detection(self) -> WeightedPairs:
+        scores = np.concatenate([self.known, self.unknown])
+        is_known = np.arange(len(scores)) < len(self.known)
+        return WeightedPairs(PairSet(scores, is_known, np.concatenate([self.known_writers, self.unknown_writers])),
+                             None)
+
+    def metrics(self, far_targets: list[float], known_weights: np.ndarray | None = None,
+                unknown_weights: np.ndarray | None = None) -> dict[str, float]:
+        """``rank1``, ``detection_auc`` and ``dir_at_far_<far>`` for each of ``far_targets``, each probe
+        counted its weight's times (a bootstrap draw's; once each by default)."""
+        wk = np.ones(len(self.known)) if known_weights is None else known_weights
+        wu = np.ones(len(self.unknown)) if unknown_weights is None else unknown_weights
+        out = {"rank1": float(np.dot(wk, self.correct) / wk.sum()),
+               "detection_auc": self._detection.counts(np.concatenate([wk, wu])).auc()}
+        out.update({f"dir_at_far_{far:g}": detection_identification_rate(self.known, self.correct, self.unknown,
+                                                                         far, wk, wu) for far in far_targets})
+        return out
+
+    def weights(self, resamples: int, seed: int) -> zip:
+        """``(known, unknown)`` probe weights of each of ``resamples`` writer-bootstrap draws: the enrolled and
+        the unknown writers resampled apart, the gallery held fixed."""
+        return zip(writer_weights(self.known_writers, resamples, seed),
+                   writer_weights(self.unknown_writers, resamples, seed + 1))
+
+
+def paired_probes_bootstrap(a: Sequence[Probes], b: Sequence[Probes], far_targets: list[float],
+                            resamples: int = 1000, confidence: float = 0.95,
+                            seed: int = 0) -> dict[str, float | int | list[float]]:
+    """Intervals of the differences metric(A) − metric(B) of :meth:`Probes.metrics`, A and B the same probes
+    scored by two models (one :class:`Probes` per training run a side).
+
+    Each draw resamples the enrolled and the unknown writers (:meth:`Probes.weights`) and weights both sides'
+    probes alike, so what they share — the test writers' difficulty — cancels (a paired bootstrap, as
+    :func:`~hvkit.evaluation.bootstrap.seeded_paired_bootstrap` for pairs). With several runs a side each draw
+    also resamples each side's runs, with replacement, and takes the mean over those picked;
+    ``estimate_<metric>`` is then the difference of the runs' means. ``share_a_not_better_<metric>`` is the
+    share of draws where A is not higher: a one-sided bootstrap p-value for "A beats B"."""
+    check_bootstrap(resamples, confidence)
+    if not a or not b:
+        raise ValueError("paired bootstrap: each side needs at least one run")
+    reference = a[0]
+    for run in (*a, *b):
+        if not (np.array_equal(run.known_writers, reference.known_writers)
+                and np.array_equal(run.unknown_writers, reference.unknown_writers)):
+            raise ValueError("paired bootstrap: every run must hold the same probes (same writers)")
+    runs = np.random.default_rng([seed, 1])
+
+    def mean_over(side: Sequence[Probes], wk: np.ndarray | None, wu: np.ndarray | None) -> dict[str, float]:
+        found = [run.metrics(far_targets, wk, wu) for run in side]
+        return {name: float(np.mean([f[name] for f in found])) for name in found[0]}
+
+    draws = []
+    for wk, wu in reference.weights(resamples, seed):
+        picked = [side if len(side) == 1 else [side[i] for i in runs.integers(0, len(side), len(side))]
+                  for side in (a, b)]
+        found_a, found_b = (mean_over(side, wk, wu) for side in picked)
+        draws.append({name: found_a[name] - found_b[name] for name in found_a})
+    out = paired_intervals(draws, confidence)
+    if len(a) > 1 or len(b) > 1:
+        whole_a, whole_b = mean_over(a, None, None), mean_over(b, None, None)
+        out["runs"] = [len(a), len(b)]
+        out.update({f"estimate_{name}": whole_a[name] - whole_b[name] for name in whole_a})
+    return out
+
+
+def probes_digest(labels: np.ndarray, gallery: np.ndarray, probes: np.ndarray, unknown: np.ndarray) -> str:
+    """SHA-256 of the labels and of the gallery's, the known and the unknown probes' rows: equal exactly when
+    two evaluations drew the same gallery and probes."""
+    digest = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    for rows in (gallery, probes, unknown):
+        digest.update(np.int64(len(rows)).tobytes() + np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def detection_identification_rate(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, far: float,
@@ -130,11 +219,11 @@ def detection_identification_rate(known: np.ndarray, correct: np.ndarray, unknow
     return float(np.dot(known_weights, correct & (known > threshold)) / known_weights.sum())
 
 
-def plot_dir(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, path: Any) -> None:
+def plot_dir(found: Probes, path: Any) -> None:
     """DIR against the false alarm rate (log axis), one point per unknown-probe score taken as threshold."""
-    ranked = np.sort(unknown)[::-1]
+    ranked = np.sort(found.unknown)[::-1]
     far = np.arange(1, len(ranked) + 1) / len(ranked)
-    rate = [np.mean(correct & (known >= t)) for t in ranked]
+    rate = [np.mean(found.correct & (found.known >= t)) for t in ranked]
     figure = new_figure(6.0, 4.0)
     axes = figure.subplots()
     axes.plot(far, rate)

@@ -15,6 +15,7 @@ from hvkit.cli import main
 from hvkit.evaluation import EvalData, PairSet, RocCounts, evaluate
 from hvkit.evaluation.bootstrap import paired_writer_bootstrap, seeded_paired_bootstrap
 from hvkit.pipeline import run
+from hvkit_plugins.evaluators.open_set import OPEN_SET_SCORES, OpenSet, Probes, paired_probes_bootstrap
 from hvkit_plugins.evaluators.set_verification import SET_SCORES, SetVerification
 from hvkit_plugins.stages.evaluate import PAIR_SCORES, load_pair_scores
 
@@ -29,7 +30,8 @@ RECIPE = {
     "stages": {"first": TRAIN, "eval_first": {**EVAL, "model_from": "first"},
                "second": {**TRAIN, "train": {**TRAIN["train"], "max_steps": 4}},
                "eval_second": {**EVAL, "model_from": "second", "evaluators": [
-                   *EVAL["evaluators"], "knn_probe", {"name": "set_verification", "sizes": [1, 2], "bootstrap": 0}]}},
+                   *EVAL["evaluators"], "knn_probe", {"name": "set_verification", "sizes": [1, 2], "bootstrap": 0},
+                   {"name": "open_set", "bootstrap": 0}]}},
 }
 
 
@@ -174,6 +176,8 @@ def test_status_json_gives_each_verifier_s_headline(run_dir: Path) -> None:
     assert state["sets"] == [{"stage": "eval_second", "sizes": {
         str(k): {key: found[f"k{k}"][key] for key in ("accuracy", "roc_auc", "eer", "writers", "trials")}
         for k in (1, 2)}}] and found["k2"]["trials"] > 0
+    open_set = metrics["eval_second"]["open_set"]
+    assert state["open_set"] == [{"stage": "eval_second", **open_set}] and open_set["known_probes"] > 0
 
 
 def set_run(root: Path, models: dict[str, int], documents: bool = False) -> Path:
@@ -216,3 +220,42 @@ def test_compare_reads_the_k_against_k_trials_of_two_stages(tmp_path: Path) -> N
     assert refused.exit_code == 2 and "scored different test pairs" in refused.stderr
     absent = invoke(tmp_path / "run", "c/set:2", "b/set:2")
     assert absent.exit_code == 2 and "no k-against-k trial scores" in absent.stderr
+
+
+def open_set_run(root: Path, models: dict[str, int], seed: int = 0) -> Path:
+    """A run directory holding only what ``compare`` reads of open_set: each stage's saved probe scores, its
+    embeddings drawn around the same writers' centres with ``models[stage]`` as the seed."""
+    labels = np.repeat(np.arange(40), 6)
+    centres = np.random.default_rng(0).standard_normal((40, 8))
+    for stage, model in models.items():
+        noise = np.random.default_rng(model).standard_normal((len(labels), 8))
+        data = EvalData((centres[labels] + 1.2 * noise).astype(np.float32), labels, out_dir=root / "stages" / stage)
+        data.out_dir.mkdir(parents=True)
+        evaluate([OpenSet(bootstrap=0, seed=seed)], data)
+    (root / "metrics.json").write_text("{}")
+    return root
+
+
+def test_compare_reads_the_open_set_probes_of_two_stages(tmp_path: Path) -> None:
+    run_dir = open_set_run(tmp_path / "run", {"a": 1, "b": 2})
+    result = invoke(run_dir, "a/open_set", "b/open_set", "--resamples", 100, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    loaded = [Probes.load(np.load(run_dir / "stages" / stage / OPEN_SET_SCORES)) for stage in ("a", "b")]
+    assert out["a_minus_b"] == paired_probes_bootstrap(loaded[:1], loaded[1:], [0.01, 0.1], 100)
+    assert out["b"] == {"ref": "b/open_set", "runs": 1, **loaded[1].metrics([0.01, 0.1])}
+    printed = invoke(run_dir, "a/open_set", "b/open_set", "--resamples", 100)
+    assert printed.exit_code == 0, printed.output
+    diff = out["a_minus_b"]
+    low, high = diff["dir_at_far_0.01"]
+    estimate = out["a"]["dir_at_far_0.01"] - out["b"]["dir_at_far_0.01"]
+    assert (f"  dir_at_far_0.01 {estimate:+.4f} ({low:+.4f} … {high:+.4f})  share of draws where A is not better: "
+            f"{diff['share_a_not_better_dir_at_far_0.01']:.3f}") in printed.stdout
+    assert f"A a/open_set: rank1 {out['a']['rank1']:.4f}  detection_auc" in printed.stdout
+    other = open_set_run(tmp_path / "other", {"b": 2}, seed=1)  # the same images, another gallery
+    refused = invoke(run_dir, "a/open_set", "b/open_set", "--against", other)
+    assert refused.exit_code == 2 and "scored different test pairs" in refused.stderr
+    mixed = invoke(run_dir, "a/open_set", "b/cosine_pair")
+    assert mixed.exit_code == 2 and "an open_set evaluation compares with another one only" in mixed.stderr
+    absent = invoke(run_dir, "c/open_set", "b/open_set")
+    assert absent.exit_code == 2 and "no open-set probe scores; 'c' ran no open_set" in absent.stderr
