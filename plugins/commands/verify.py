@@ -17,7 +17,7 @@ from hvkit_plugins.commands.fitted_run import FittedRun
 from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_features
 from hvkit_plugins.evaluators.directions import directions
 from hvkit_plugins.evaluators.set_verification import SET_SCORES, set_scores
-from hvkit_plugins.stages.evaluate import fitted_verifier
+from hvkit_plugins.stages.evaluate import fitted_verifier, space_embedding
 
 
 @click.command("verify")
@@ -43,8 +43,9 @@ def verify_command(source: Path, image_a: Path | None, image_b: Path | None, kno
 
     With --known and --questioned (k of each, in place of IMAGE_A IMAGE_B) SOURCE is a run whose
     evaluation stage ran set_verification with plots on: the two sets are scored as its test trials
-    were (the cosine of their mean directions, by default), against the threshold and likelihood
-    ratio it fitted on the validation writers' trials of k images a side.
+    were (the cosine of their mean directions, by default, in the stage's ``space`` when it has one),
+    against the threshold and likelihood ratio it fitted on the validation writers' trials of k images
+    a side.
 
     SOURCE is a run directory (its evaluation stage's fitted verifier and threshold are used;
     a stage of hand-crafted features — pixels, HOG, GSC, LBP or the contour hinge — computes them
@@ -100,9 +101,6 @@ def verify_sets(run_dir: Path, stage: str | None, known: list[Path], questioned:
     if sizes is None or not path.is_file():
         raise HvkitError(f"stage {name!r} of {run_dir} ran no set_verification with plots on; re-run it with one: "
                          f"hvkit eval {run_dir} --stage {name} --set 'stages.{name}.evaluators=[set_verification]'")
-    if outputs["metrics"].get("space", "raw") != "raw":
-        raise HvkitError(f"stage {name!r} scored its sets in the {outputs['metrics']['space']} space, which "
-                         "hvkit verify does not rebuild; use a stage without space")
     k = len(known)
     found = sizes.get(f"k{k}", {})
     if len(questioned) != k or "threshold" not in found:
@@ -111,7 +109,11 @@ def verify_sets(run_dir: Path, stage: str | None, known: list[Path], questioned:
                          f"{', '.join(served) or 'none'} (got {k} and {len(questioned)})")
     with np.load(path) as saved:
         centre, aggregate = saved["centre"], str(saved["aggregate"])
-    emb = stage_features(run_dir, name, outputs, [*known, *questioned], invert, device).numpy()
+    emb = stage_features(run_dir, name, outputs, [*known, *questioned], invert, device)
+    space = outputs["metrics"].get("space", "raw")
+    if space != "raw":  # the sets were scored in a fitted verifier's space: map the images there as the stage did
+        emb = space_embedding(fitted_verifier(fitted.entry(name, space), emb.shape[1], get_registry()), emb)
+    emb = emb.numpy()
     rows = np.arange(k)
     score = float(set_scores(directions(emb, centre), np.zeros(2 * k, np.int64), [(rows, rows + k, True)],
                              aggregate).scores[0])

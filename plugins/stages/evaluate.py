@@ -296,10 +296,14 @@ def _in_space(space: str | None, fitted: dict[str, tuple[dict, torch.nn.Module]]
     """The test and val embeddings as verifier ``space`` scores them (its ``embed``), or as they are."""
     if space is None:
         return emb
-    head = fitted[space][1]
+    return {k: space_embedding(fitted[space][1], e) for k, e in emb.items() if k != "train"}
+
+
+def space_embedding(head: torch.nn.Module, emb: torch.Tensor) -> torch.Tensor:
+    """Embeddings mapped into a fitted verifier's space (its ``embed``), float32 on the CPU."""
     device = next(iter(head.buffers()), torch.empty(0)).device
     with torch.no_grad():
-        return {k: head.embed(e.to(device)).float().cpu() for k, e in emb.items() if k != "train"}
+        return head.embed(emb.to(device)).float().cpu()
 
 
 def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -16,7 +16,7 @@ from hvkit.cli import main
 from hvkit.evaluation import Calibration
 from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
-from hvkit_plugins.evaluators.set_verification import SET_SCORES
+from hvkit_plugins.evaluators.set_verification import SET_SCORES, set_trials
 
 STAGES = """
   pixels:
@@ -25,6 +25,13 @@ STAGES = """
     label_fraction: 0.5
     verifiers: [cosine_pair]
     evaluators: [verification, {name: set_verification, sizes: [1, 2], bootstrap: 0}]
+  whitened:
+    stage: evaluate
+    features: pixels
+    label_fraction: 0.5
+    verifiers: [cosine_pair, wccn_pair]
+    space: wccn_pair
+    evaluators: [{name: set_verification, sizes: [2], aggregate: mean, bootstrap: 0}]
   plain:
     stage: evaluate
     features: pixels
@@ -73,6 +80,23 @@ def test_two_against_two_is_scored_and_decided_as_the_stage_scored_its_trials(ru
         log10 = float(re.search(r"^LR \S+ \(log10 (\S+)\)", result.output, re.M).group(1))
         assert log10 == pytest.approx(float(Calibration(**found["calibration"]).log_lr(expected)) / math.log(10),
                                       abs=0.006)
+
+
+def test_a_stage_scored_in_a_verifier_s_space_gives_its_own_trials_scores_from_the_files(run) -> None:
+    run_dir, files, labels = run
+    with np.load(run_dir / "stages" / "whitened" / SET_SCORES) as saved:
+        scores, same = saved["k2:scores"], saved["k2:same"]
+    trials = set_trials(labels, None, 2, 4, np.random.default_rng([0, 2, 0]))  # the evaluator's test draw
+    assert [t[2] for t in trials] == list(same)
+    for (known, questioned, _), expected in list(zip(trials, scores))[:4]:
+        args = [a for i in known for a in ("--known", files[i])] + [a for i in questioned
+                                                                    for a in ("--questioned", files[i])]
+        result = verify(run_dir, "--stage", "whitened", *args)
+        assert result.exit_code == 0, result.output
+        score = float(re.match(r"score (\S+)  threshold", result.output).group(1))
+        assert score == pytest.approx(expected, abs=6e-5)
+    raw = json.loads((run_dir / "metrics.json").read_text())
+    assert raw["whitened"]["space"] == "wccn_pair"
 
 
 @pytest.mark.parametrize("extra, message", [
