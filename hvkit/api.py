@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 16)
+API_VERSION: tuple[int, int] = (1, 17)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -57,7 +57,8 @@ over a large stand-in collection of writers and groups, so a stage factory must 
 (no data, no files: those belong in ``run``). 1.15 added ``MetricLoss.reads_norms``: a loss that reads
 each embedding's length (AdaFace) gets the embeddings unnormalised from a stage that would L2-normalise
 them. 1.16 added ``Split.documents``, each image's source document, and ``EvalData.documents`` /
-``val_documents``, which the ``evaluate`` stage fills from it.
+``val_documents``, which the ``evaluate`` stage fills from it. 1.17 hands a sampler ``documents``, each
+image's document as int codes (None when the data names none), as it hands ``groups``.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

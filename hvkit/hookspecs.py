@@ -67,7 +67,9 @@ def register_transforms(register: Register) -> None:
 def register_samplers(register: Register) -> None:
     """Samplers: ``factory(labels, batch_size, seed, rank, world_size, **params) -> hvkit.api.BatchSampler``.
 
-    Context: ``labels``, ``batch_size``, ``seed``, ``rank``, ``world_size``.
+    Context: ``labels``, ``batch_size``, ``seed``, ``rank``, ``world_size``; ``groups`` (1.9), each image's
+    writer's group as int codes, and ``documents`` (1.17), each image's source document as int codes, each
+    None when the data names none.
     """
 
 
@@ -122,7 +124,7 @@ CONTEXT_ARGS: dict[str, frozenset[str]] = {
     "head": frozenset({"in_dim"}),
     "dataset": frozenset({"seed"}),
     "transform": frozenset(),
-    "sampler": frozenset({"labels", "batch_size", "seed", "rank", "world_size", "groups"}),
+    "sampler": frozenset({"labels", "batch_size", "seed", "rank", "world_size", "groups", "documents"}),
     "miner": frozenset(),
     "loss": frozenset({"embedding_dim", "num_classes", "map_channels"}),
     "evaluator": frozenset(),

@@ -506,7 +506,8 @@ def check_miner(miner: Any, params: Mapping[str, Any] | None = None, *, embeddin
 
 def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
                   labels: Sequence[int] | None = None, batch_size: int = 8, seed: int = 0,
-                  world_size: int = 2, allow_repeats: bool = False, groups: Sequence[int] | None = None) -> None:
+                  world_size: int = 2, allow_repeats: bool = False, groups: Sequence[int] | None = None,
+                  documents: Sequence[int] | None = None) -> None:
     """A sampler yields valid batches, the same ones for the same (seed, epoch), and disjoint shares per rank.
 
     Every batch holds 1..``batch_size`` distinct indices into ``labels`` (default 12
@@ -517,7 +518,8 @@ def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
     the ranks' shares differ. When a single process's epoch repeats no index, the ranks
     together repeat no more indices than padding to equal shares needs (their total beyond
     ``len(labels)``); otherwise no batch is on two ranks. ``groups`` (each label's writer's group)
-    is passed as hvkit's ``groups`` context argument, for a sampler that takes it.
+    and ``documents`` (each label's document) are passed as hvkit's context arguments of those names, for
+    a sampler that takes them.
     """
     if not _is_factory(sampler):
         raise TypeError("check_sampler takes the factory: hvkit builds samplers with labels, "
@@ -526,7 +528,8 @@ def check_sampler(sampler: Callable, params: Mapping[str, Any] | None = None, *,
 
     def make(seed: int = seed, rank: int = 0, world: int = 1) -> tuple[Any, str]:
         return _build("sampler", sampler, params, labels=labels, batch_size=batch_size, seed=seed,
-                     rank=rank, world_size=world, groups=None if groups is None else np.asarray(groups))
+                     rank=rank, world_size=world, groups=None if groups is None else np.asarray(groups),
+                     documents=None if documents is None else np.asarray(documents))
 
     first, where = make()
 

@@ -41,30 +41,33 @@ TRIAL_KINDS = frozenset({"transform", "miner", "evaluator", "loss", "head", "bac
 before any stage runs. Datasets check values in their ``check_recipe``: building one reads its data."""
 
 
-def _stand_in_writers() -> tuple[np.ndarray, np.ndarray]:
-    """Labels of 8,192 writers with 1 to 64 images each (266,240 images), and each image's group of 16."""
+def _stand_in_writers() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels of 8,192 writers with 1 to 64 images each (266,240 images), each image's group of 16, and its
+    document: a writer's images in documents of 8."""
     writers = np.arange(8192)
-    labels = np.repeat(writers, 1 + writers % 64)
+    counts = 1 + writers % 64
+    labels = np.repeat(writers, counts)
     groups = labels % 16
-    for array in labels, groups:
+    documents = labels * 8 + (np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)) // 8
+    for array in labels, groups, documents:
         array.setflags(write=False)
-    return labels, groups
+    return labels, groups, documents
 
 
-_WRITERS, _GROUPS = _stand_in_writers()
+_WRITERS, _GROUPS, _DOCUMENTS = _stand_in_writers()
 
 STAND_INS: dict[str, tuple[Any, ...]] = {
     "embedding_dim": (1, 512), "num_classes": (2, 10_000), "map_channels": (1, 512), "in_dim": (1, 512),
-    "in_channels": (1, 3), "labels": (_WRITERS,), "groups": (_GROUPS, None), "seed": (0,), "rank": (0,),
-    "world_size": (1,)}
+    "in_channels": (1, 3), "labels": (_WRITERS,), "groups": (_GROUPS, None), "documents": (_DOCUMENTS, None),
+    "seed": (0,), "rank": (0,), "world_size": (1,)}
 """Run-time context a trial build tries, small and large where size matters: a value counts as refused
 only when every combination refuses it, so a bound against the real context (W-MSE's ``w_size`` above
 ``embedding_dim``, ``num_proxies`` at most ``num_classes``) passes here and is checked when the stage
 builds the component. A sampler's ``labels`` are :func:`_stand_in_writers`' large collection, its
-``groups`` that collection's 16 groups or none: a value is refused there for itself (``samples_per_class:
-0``, a ``batch_size`` that is not a multiple of it), or when it would need more than 8,192 writers,
-64 images of one writer, 16 groups or 512 writers in a group. A component with any other context
-argument is not built."""
+``groups`` that collection's 16 groups or none, its ``documents`` documents of 8 images or none: a value
+is refused there for itself (``samples_per_class: 0``, a ``batch_size`` that is not a multiple of it), or
+when it would need more than 8,192 writers, 64 images of one writer, 16 groups or 512 writers in a group.
+A component with any other context argument is not built."""
 
 STAGE_CONTEXT = frozenset({"batch_size"})
 """Context a stage hands the components nested in it from its own setting of the same name: a

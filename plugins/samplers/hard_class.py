@@ -24,7 +24,7 @@ class HardClassSampler(PKSampler):
     ``group_size`` writers: a seed writer and ``group_size − 1`` of its candidates, both drawn in
     proportion to the chunks they have left; the other slots are drawn as PK draws them. Everything
     else is ``pk``'s: K images per writer, the chunk bookkeeping that shows each image about once
-    an epoch, ``small_classes``, ``batches_per_epoch``, slices per rank (a group never straddles
+    an epoch, ``small_classes``, ``batches_per_epoch``, ``across_documents``, slices per rank (a group never straddles
     two ranks: ``group_size`` must divide each rank's P / W writers).
 
     Until embeddings are observed, and with ``hard_fraction: 0``, batches are exactly ``pk``'s
@@ -37,9 +37,10 @@ class HardClassSampler(PKSampler):
                  world_size: int = 1, samples_per_class: int = 4,
                  small_classes: Literal["replace", "skip"] = "replace",
                  batches_per_epoch: int | None = None, neighbours: int | None = None,
-                 hard_fraction: float = 0.5, group_size: int = 2, refresh_every: int = 1) -> None:
+                 hard_fraction: float = 0.5, group_size: int = 2, refresh_every: int = 1,
+                 across_documents: bool = False, documents: Sequence[int] | None = None) -> None:
         super().__init__(labels, batch_size, seed, rank, world_size, samples_per_class, small_classes,
-                         batches_per_epoch)
+                         batches_per_epoch, across_documents, documents)
         p, writers = self.classes_per_batch, len(self._members)
         if not 0.0 <= hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")

@@ -24,6 +24,12 @@ class PKSampler(ShardedBatchSampler):
     images topped up by drawing them again (``small_classes="replace"``), or is left out
     (``"skip"``: warned about and listed in ``skipped_classes``).
 
+    With ``across_documents`` (needs the data's ``documents``, each image's source document: a
+    CEDAR letter copy, an IAM form), a writer's round deals its documents' images in turn — one
+    from each document, in a shuffled order, then the next from each — so a chunk of K spans
+    min(K, documents) of the writer's documents and the positives of a batch come from different
+    sittings, pens and papers wherever the writer has them.
+
     ``batches_per_epoch`` counts an epoch's batches (default ``chunks per round // P``, about
     ``len(labels) // batch_size``). ``batch_size`` is the global batch: under W processes each
     rank yields a contiguous 1/W of every batch — whole writers, so ``batch_size`` must be a
@@ -34,9 +40,16 @@ class PKSampler(ShardedBatchSampler):
     def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, samples_per_class: int = 4,
                  small_classes: Literal["replace", "skip"] = "replace",
-                 batches_per_epoch: int | None = None) -> None:
+                 batches_per_epoch: int | None = None, across_documents: bool = False,
+                 documents: Sequence[int] | None = None) -> None:
         super().__init__(labels, batch_size, seed, rank, world_size)
         k = samples_per_class
+        if across_documents and documents is None:
+            raise ValueError("across_documents needs each image's document, and the data names none "
+                             "(Split.documents: cedar_and, iam and image_folder with a 'document' group give them)")
+        if documents is not None and len(documents) != len(self.labels):
+            raise ValueError(f"documents holds {len(documents)} entries for {len(self.labels)} labels")
+        self._documents = np.asarray(documents, dtype=np.int64) if across_documents else None
         if k < 1:
             raise ValueError(f"samples_per_class must be at least 1, got {k}")
         if batch_size % k:
@@ -82,6 +95,8 @@ class PKSampler(ShardedBatchSampler):
 
         def new_round(c: int) -> None:
             images = rng.permutation(self._members[c])
+            if self._documents is not None:
+                images = dealt_by_document(images, self._documents[images], rng)
             if images.size < k:
                 queues[c] = np.concatenate([images, rng.choice(images, k - images.size)])[None]
             else:
@@ -106,6 +121,18 @@ class PKSampler(ShardedBatchSampler):
         ``left`` counts each writer's chunks left in its round; at least P writers have one.
         """
         return gumbel_top(rng, left, self.classes_per_batch)
+
+
+def dealt_by_document(images: np.ndarray, documents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``images`` (in their given order within each document) dealt round by round over their ``documents``,
+    taken in a random order: the first image of each document, then the second of each, and so on."""
+    _, code = np.unique(documents, return_inverse=True)
+    rank_in_document = np.zeros(len(images), dtype=np.int64)
+    for d in range(code.max() + 1):
+        mine = code == d
+        rank_in_document[mine] = np.arange(np.count_nonzero(mine))
+    turn = rng.permutation(code.max() + 1)[code]
+    return images[np.lexsort((turn, rank_in_document))]
 
 
 def gumbel_top(rng: np.random.Generator, weights: np.ndarray, k: int) -> np.ndarray:

@@ -100,7 +100,8 @@ class MetricTrain:
         transform = ctx.build("transform", self.transform) if self.transform is not None else None
         sampler = ctx.build("sampler", self.sampler, labels=labels.numpy(), batch_size=self.batch_size,
                             seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
-                            groups=split.image_groups() if split.groups else None)
+                            groups=split.image_groups() if split.groups else None,
+                            documents=split.image_documents())
         model = distributed.wrap(encoder if unlabelled is None else _WithExpander(encoder, unlabelled.expander),
                                  ctx.device, self.train.channels_last, self.train.sync_batchnorm)
         gathered = (getattr(loss_fn, "needs_global_batch", False) or miner is not None) and ctx.world_size > 1

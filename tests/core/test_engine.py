@@ -294,7 +294,7 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
                    {"name": "train", "complete": False, "state": status(stopped)[2].split(None, 1)[1]}],
         "running": None, "stages_left": 1,
         "stopped_by": {"time": interrupted.time, "error": interrupted.error, "interrupted": True},
-        "synthetic": None, "results": None, "identification": None, "sets": None}]
+        "synthetic": None, "results": None, "identification": None, "sets": None, "open_set": None}]
     run(None, resume=stopped, registry=registry, device="cpu", console=lambda _: None)
     assert not (stopped / stop_record.STOPPED).exists()
     lines = status(stopped)
@@ -302,7 +302,8 @@ def test_status_says_where_a_run_stands(tmp_path, recipe, registry, inject):
     assert lines[3:] == ["data: SYNTHETIC (not real handwriting)", "results: (no verification metrics)"]
     (finished,) = status_json(stopped)
     assert (finished["stages_left"], finished["running"], finished["stopped_by"], finished["synthetic"],
-            finished["results"], finished["identification"], finished["sets"]) == (0, None, None, True, [], [], [])
+            finished["results"], finished["identification"], finished["sets"], finished["open_set"]) == (
+        0, None, None, True, [], [], [], [])
     (tmp_path / "notes.txt").write_text("a file beside the runs")
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["status", str(early), str(tmp_path / "empty"), str(tmp_path / "notes.txt"),

@@ -626,7 +626,8 @@ def test_a_stage_is_built_at_validation_and_its_sampler_with_the_stage_batch_siz
     assert grouped.had_groups == [True]  # the stand-in groups come first, and build it
     loose.built.clear()
     prepare(recipe("{stage: sampled, sampler: loose}"), registry=registry)
-    assert loose.built == [["batch_size", "groups", "labels", "rank", "seed", "world_size"]]  # all of its kind's
+    assert loose.built == [["batch_size", "documents", "groups", "labels", "rank", "seed",
+                            "world_size"]]  # all of its kind's
     ToySampler.built.clear()
     prepare(recipe("{stage: unsized, sampler: {name: toy_sampler, k: 0}}"), registry=registry)
     assert ToySampler.built == []  # no batch_size to build it with: checked when the stage starts

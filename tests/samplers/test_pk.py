@@ -8,7 +8,7 @@ import torch
 
 from hvkit.api import BatchSampler
 from hvkit.testing import check_sampler
-from hvkit_plugins.samplers.pk import PKSampler
+from hvkit_plugins.samplers.pk import PKSampler, dealt_by_document
 
 LABELS = np.repeat(np.arange(30), np.random.default_rng(0).integers(4, 13, 30))  # 30 writers, 4-12 images
 
@@ -139,3 +139,49 @@ def test_negative_epoch_raises():
 @pytest.mark.parametrize("params", [{}, {"samples_per_class": 2, "batches_per_epoch": 30}])
 def test_conforms_to_the_sampler_contract(params):
     check_sampler(PKSampler, params)
+
+
+def test_dealing_by_document_takes_one_image_of_each_document_in_turn():
+    images = np.array([10, 11, 12, 20, 30, 31])
+    documents = np.array([1, 1, 1, 2, 3, 3])
+    dealt = dealt_by_document(images, documents, np.random.default_rng(0))
+    assert sorted(dealt) == sorted(images)
+    order = {d: [i for i in dealt if documents[images == i][0] == d] for d in (1, 2, 3)}
+    assert order == {1: [10, 11, 12], 2: [20], 3: [30, 31]}  # each document's images in their given order
+    assert len(set(documents[np.searchsorted(images, dealt[:3])])) == 3  # the first pass: each document once
+    assert set(documents[np.searchsorted(images, dealt[3:5])]) == {1, 3}  # then each that has a second
+    turns = {tuple(dealt_by_document(images, documents, np.random.default_rng(s))[:3]) for s in range(20)}
+    assert len(turns) > 1  # the documents' turn is drawn
+
+
+EQUAL = np.repeat(np.arange(20), 12)  # 20 writers, 12 images each in three documents of four
+EQUAL_DOCUMENTS = EQUAL * 3 + np.tile(np.arange(12) // 4, 20)
+
+
+@pytest.mark.parametrize("k, distinct", [(3, 3), (4, 3), (2, 2)])
+def test_across_documents_spreads_each_writer_s_images_over_its_documents(k, distinct):
+    spread = PKSampler(EQUAL, 6 * k, samples_per_class=k, across_documents=True, documents=EQUAL_DOCUMENTS)
+    plain = PKSampler(EQUAL, 6 * k, samples_per_class=k, documents=EQUAL_DOCUMENTS)
+    spread_counts, plain_counts = Counter(), Counter()
+    for e in range(3):
+        for spread_batch, plain_batch in zip(epoch(spread, e), epoch(plain, e)):
+            for counts, batch in ((spread_counts, spread_batch), (plain_counts, plain_batch)):
+                for chunk in np.reshape(batch, (-1, k)):
+                    assert len(set(EQUAL[chunk])) == 1
+                    counts[len(set(EQUAL_DOCUMENTS[chunk]))] += 1
+    assert set(spread_counts) == {distinct}
+    assert min(plain_counts) < distinct  # shuffled alone, chunks often repeat a document
+
+
+def test_documents_change_nothing_unless_asked_and_are_needed_when_asked():
+    documents = np.arange(len(LABELS)) // 3
+    assert epoch(PKSampler(LABELS, 16, documents=documents), 2) == epoch(PKSampler(LABELS, 16), 2)
+    with pytest.raises(ValueError, match="across_documents needs each image's document, and the data names none"):
+        PKSampler(LABELS, 16, across_documents=True)
+    with pytest.raises(ValueError, match="documents holds 3 entries"):
+        PKSampler(LABELS, 16, across_documents=True, documents=[0, 1, 2])
+
+
+def test_conforms_to_the_sampler_contract_across_documents():
+    index = np.arange(96)  # the kit's labels are index % 12: each writer's eight images in four documents
+    check_sampler(PKSampler, {"across_documents": True}, documents=index // 24 * 12 + index % 12)

@@ -18,6 +18,7 @@ from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.datasets.image_folder import image_folder
 from hvkit_plugins.datasets.pairs import sslhv_pairs
 from hvkit_plugins.samplers.hierarchical import HierarchicalSampler
+from hvkit_plugins.samplers.pk import PKSampler
 from hvkit_plugins.stages.evaluate import load_pairs_digest, pairs_digest
 
 PATTERN = r"^(?P<group>g\d)/(?P<writer>w\d+)/\d+\.png$"
@@ -139,7 +140,7 @@ def test_metric_train_gives_the_sampler_each_images_group(tmp_path: Path, monkey
     seen = []
     original = HierarchicalSampler.__init__
 
-    def spy(self, labels, *args, groups=None, **kwargs):
+    def spy(self, labels, *args, groups=None, documents=None, **kwargs):  # hierarchical takes no documents
         seen.append((np.asarray(labels), groups))
         original(self, labels, *args, groups=groups, **kwargs)
 
@@ -152,3 +153,27 @@ def test_metric_train_gives_the_sampler_each_images_group(tmp_path: Path, monkey
     assert len(labels) == len(train)
     with pytest.raises(HvkitError, match=r"^stage 'train': hierarchical needs writer groups, and the data names none"):
         run_recipe_text(tiny_recipe(TRAIN, writers=24), tmp_path, "plain")
+
+
+def test_metric_train_gives_the_sampler_each_images_document(tmp_path: Path, monkeypatch):
+    root = grouped_folder(tmp_path / "words")
+    seen = []
+    original = PKSampler.__init__
+
+    def spy(self, labels, *args, groups=None, documents=None, **kwargs):  # pk takes no groups
+        seen.append((np.asarray(labels), documents))
+        original(self, labels, *args, documents=documents, **kwargs)
+
+    monkeypatch.setattr(PKSampler, "__init__", spy)
+    stage = TRAIN.replace("{name: hierarchical, samples_per_class: 2, groups_per_batch: 2}",
+                          "{name: pk, samples_per_class: 2, across_documents: true}")
+    pattern = r"^(?P<group>g\d)/(?P<writer>w\d+)/(?:(?P<document>[01])|[23])\.png$"
+    run_recipe_text(grouped_recipe(stage, root).replace(PATTERN, pattern), tmp_path)
+    train = image_folder(str(root), pattern=pattern, image_size=32).splits["train"]
+    (stand_in, _), (labels, documents) = seen  # validation builds it once over the stand-in writers
+    assert len(stand_in) == len(STAND_INS["labels"][0])
+    np.testing.assert_array_equal(documents, train.image_documents())
+    assert len(labels) == len(train) and len(np.unique(documents)) > len(train.writers)
+    with pytest.raises(HvkitError, match=r"^stage 'train': across_documents needs each image's document, and the "
+                                         r"data names none"):
+        run_recipe_text(tiny_recipe(stage, writers=24), tmp_path, "plain")
