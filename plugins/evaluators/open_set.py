@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -148,7 +148,7 @@ class Probes:
                                                                          far, wk, wu) for far in far_targets})
         return out
 
-    def weights(self, resamples: int, seed: int) -> zip:
+    def weights(self, resamples: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(known, unknown)`` probe weights of each of ``resamples`` writer-bootstrap draws: the enrolled and
         the unknown writers resampled apart, the gallery held fixed."""
         return zip(writer_weights(self.known_writers, resamples, seed),
