@@ -87,8 +87,10 @@ def _sslhv_groups(found: dict[str, list[Path]], base: Path) -> dict[str, dict[st
 
 
 def _synthetic_default(val_fraction: float, test_fraction: float, image_size: int, channels: int,
-                       writers: int | None, samples: int | None, seed: int) -> HandwritingDataset:
-    sized = {k: v for k, v in (("num_writers", writers), ("samples_per_writer", samples)) if v is not None}
+                       writers: int | None, samples: int | None, documents: int | None,
+                       seed: int) -> HandwritingDataset:
+    sized = {k: v for k, v in (("num_writers", writers), ("samples_per_writer", samples),
+                               ("documents_per_writer", documents)) if v is not None}
     data = synthetic_handwriting(**sized, image_size=image_size, channels=channels, val_fraction=val_fraction,
                                  test_fraction=test_fraction, seed=seed)
     bar = "!" * 78
@@ -100,23 +102,26 @@ def _synthetic_default(val_fraction: float, test_fraction: float, image_size: in
 
 
 def _check_settings(root: str | None, val_fraction: float, test_fraction: float, image_size: int, channels: int,
-                    synthetic_writers: int | None, synthetic_samples_per_writer: int | None) -> None:
+                    synthetic_writers: int | None, synthetic_samples_per_writer: int | None,
+                    synthetic_documents: int | None = None) -> None:
     """ValueError for settings no data could serve, the synthetic default's among them when there is no root."""
     check_image_params("cedar_and", image_size, channels)
     check_fractions("cedar_and", val_fraction, test_fraction)
-    writers, samples = synthetic_writers, synthetic_samples_per_writer
+    writers, samples, documents = synthetic_writers, synthetic_samples_per_writer, synthetic_documents
     if root is None and (writers is not None and writers < 2 or samples is not None and samples < 1):
         raise ValueError(f"cedar_and: synthetic_writers={writers} must be at least 2 and "
                          f"synthetic_samples_per_writer={samples} at least 1 (null for the defaults, 300 and 12)")
-    if root is not None and (writers is not None or samples is not None):
-        raise ValueError("cedar_and: synthetic_writers/synthetic_samples_per_writer apply only without root; "
-                         "remove them or set root: null")
+    if root is None and documents is not None and documents < 0:
+        raise ValueError(f"cedar_and: synthetic_documents={documents} must be at least 0 (null or 0: no documents)")
+    if root is not None and (writers is not None or samples is not None or documents is not None):
+        raise ValueError("cedar_and: synthetic_writers/synthetic_samples_per_writer/synthetic_documents apply only "
+                         "without root; remove them or set root: null")
 
 
 def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
               exclude: list[str] | None = None, image_size: int = 64, channels: int = 1,
               synthetic_writers: int | None = None, synthetic_samples_per_writer: int | None = None,
-              seed: int = 0) -> HandwritingDataset:
+              synthetic_documents: int | None = None, seed: int = 0) -> HandwritingDataset:
     """CEDAR AND handwritten "and" images by writer (release, SSL-HV or any folder layout); synthetic if no root.
 
     Writers are split writer-disjointly with ``seed``: ``test_fraction`` and ``val_fraction`` of
@@ -124,13 +129,14 @@ def cedar_and(root: FilePath | None = None, val_fraction: float = 0.1, test_frac
     own train/test writer split is kept, ``val_fraction`` of its training writers become ``val``
     (0 keeps SSL-HV's training writers whole), and ``unsupervised/`` becomes the ``pretrain``
     split (other folders are ignored there). ``exclude`` lists file names (with or without ``.png``).
-    ``synthetic_writers`` / ``synthetic_samples_per_writer`` size the synthetic default (no root only).
+    ``synthetic_writers`` / ``synthetic_samples_per_writer`` size the synthetic default (no root only), and
+    ``synthetic_documents`` spreads each synthetic writer's words over that many documents (letter copies).
     """
     _check_settings(root, val_fraction, test_fraction, image_size, channels, synthetic_writers,
-                    synthetic_samples_per_writer)
+                    synthetic_samples_per_writer, synthetic_documents)
     if root is None:
         return _synthetic_default(val_fraction, test_fraction, image_size, channels, synthetic_writers,
-                                  synthetic_samples_per_writer, seed)
+                                  synthetic_samples_per_writer, synthetic_documents, seed)
     base = Path(root).expanduser()
     if not base.is_dir():
         raise ValueError(f"cedar_and: root {str(base)!r} is not a folder; point data.root at the CEDAR AND "

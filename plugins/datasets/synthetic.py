@@ -6,7 +6,11 @@ letter spacing, baseline slope and curvature, pen width, ink intensity and press
 (connected) or print (pen lifted between letters), lead-in stroke. Each sample re-draws all of
 these around the writer's values with a small jitter, plus a rotation, margins, a vertical
 offset and, with probability ``clutter``, a fragment of a neighbouring word at the border, as
-in real word crops.
+in real word crops. With ``documents_per_writer`` D > 0 a writer's samples are spread over D
+documents (sittings) in turn, and each document shifts the writer's pen width, ink, slant, baseline
+slope and aspect a little before the samples' own jitter, drawn from a stream of their own: with
+``document_jitter: 0`` the images are those of D = 0, and a writer's words of one document
+resemble each other more than its words of two, as a real letter's words do.
 
 The letters are uniform Catmull-Rom splines through their control points, sampled densely and
 rendered anti-aliased by pen coverage ``clip(r + 1/2 - d, 0, 1)`` (``r`` the pen radius, ``d``
@@ -91,13 +95,16 @@ def _writer_styles(rng: np.random.Generator, w: int, spread: float) -> dict[str,
     }
 
 
-def _word_knots(rng: np.random.Generator, style: dict[str, np.ndarray], writer: np.ndarray,
-                jitter: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Control points (N, K, 2) of each sample's word, the pen-down flag per segment, per-sample params."""
+def _word_knots(rng: np.random.Generator, style: dict[str, np.ndarray], writer: np.ndarray, jitter: float,
+                shifts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Control points (N, K, 2) of each sample's word, the pen-down flag per segment, per-sample params;
+    ``shifts`` moves each sample's style values (log-scale ones in log space) before its jitter."""
     n = len(writer)
 
     def draw(key: str, sd: float, log_scale: bool = False) -> np.ndarray:
         base = style[key][writer]
+        if key in shifts:
+            base = base * np.exp(shifts[key]) if log_scale else base + shifts[key]
         noise = rng.normal(0.0, sd * jitter, base.shape)
         return base * np.exp(noise) if log_scale else base + noise
 
@@ -188,16 +195,46 @@ def _render(points: np.ndarray, ink: np.ndarray, radius: np.ndarray, size: int) 
     return out
 
 
+_DOCUMENT_SD = {"pen": 0.07, "ink": 0.05, "slant": 0.035, "slope": 0.012, "aspect": 0.03}
+"""Spread of a document's shift of the writer's style (a sitting's pen, ink, posture) at ``document_jitter: 1``:
+a writer's same-document pairs then score about 1 point of ROC AUC above its cross-document ones on the
+centred pixel cosine, as on real CEDAR AND (docs/benchmarks.md, finding 52)."""
+
+
+def document_index(writer: np.ndarray, documents_per_writer: int) -> np.ndarray:
+    """Each sample's document within its writer (``writer`` sorted): a writer's n samples in D runs of n / D
+    (the first n mod D runs one longer); all 0 for D = 0."""
+    if documents_per_writer == 0:
+        return np.zeros(len(writer), dtype=np.int64)
+    starts = np.searchsorted(writer, writer)
+    counts = np.bincount(writer)[writer]
+    return ((np.arange(len(writer)) - starts) * documents_per_writer // counts).astype(np.int64)
+
+
+def _document_shifts(writer: np.ndarray, documents_per_writer: int, jitter: float,
+                     seed: int) -> dict[str, np.ndarray]:
+    """Each sample's shift of its writer's style by its document, from a stream apart from the images'."""
+    if documents_per_writer == 0:
+        return {}
+    rng = np.random.default_rng([seed, GENERATOR_VERSION, 1])
+    cell = writer * documents_per_writer + document_index(writer, documents_per_writer)
+    cells = (int(writer.max()) + 1) * documents_per_writer
+    return {key: rng.normal(0.0, sd * jitter, cells)[cell] for key, sd in _DOCUMENT_SD.items()}
+
+
 def generate_handwriting(num_writers: int = 300, samples_per_writer: int = 12, samples_spread: int = 0,
                          image_size: int = 64, style_spread: float = 1.0, sample_jitter: float = 1.0,
-                         clutter: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Generate the images: (uint8 (N, S, S) with ink bright, writer index (N,) int64), sorted by writer."""
+                         clutter: float = 0.3, documents_per_writer: int = 0, document_jitter: float = 1.0,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Generate the images: (uint8 (N, S, S) with ink bright, writer index (N,) int64), sorted by writer; each
+    sample's document is :func:`document_index`."""
     rng = np.random.default_rng([seed, GENERATOR_VERSION])
     style = _writer_styles(rng, num_writers, style_spread)
     counts = samples_per_writer + rng.integers(-samples_spread, samples_spread + 1, num_writers)
     writer = np.repeat(np.arange(num_writers), counts)
     n, s = len(writer), image_size
-    knots, segments, sample = _word_knots(rng, style, writer, sample_jitter)
+    shifts = _document_shifts(writer, documents_per_writer, document_jitter, seed)
+    knots, segments, sample = _word_knots(rng, style, writer, sample_jitter, shifts)
     # fit the word's visible strokes to the image: full width less margins, centred vertically
     coarse = _spline(knots, 8)
     down = np.concatenate([np.repeat(segments, 8, axis=1), segments[:, -1:]], 1)[..., None]
@@ -246,7 +283,7 @@ def cached_handwriting(use_cache: bool = True, **params: int | float) -> tuple[n
 
 def check_settings(name: str, num_writers: int, samples_per_writer: int, samples_spread: int, image_size: int,
                    channels: int, style_spread: float, sample_jitter: float, clutter: float, val_fraction: float,
-                   test_fraction: float) -> None:
+                   test_fraction: float, documents_per_writer: int = 0, document_jitter: float = 1.0) -> None:
     """ValueError, naming dataset ``name`` (the recipe's plugin name), for settings the generator cannot serve."""
     check_image_params(name, image_size, channels)
     check_fractions(name, val_fraction, test_fraction)
@@ -255,31 +292,42 @@ def check_settings(name: str, num_writers: int, samples_per_writer: int, samples
                          f"(got {num_writers}, {samples_per_writer}, {samples_spread})")
     if style_spread < 0 or sample_jitter < 0 or not 0 <= clutter <= 1:
         raise ValueError(f"{name}: style_spread and sample_jitter must be >= 0 and clutter in [0, 1]")
+    if documents_per_writer < 0 or document_jitter < 0:
+        raise ValueError(f"{name}: documents_per_writer (0: none) and document_jitter must be >= 0 (got "
+                         f"{documents_per_writer}, {document_jitter})")
 
 
 def synthetic_handwriting(num_writers: int = 300, samples_per_writer: int = 12, samples_spread: int = 0,
                           image_size: int = 64, channels: int = 1, style_spread: float = 1.0,
-                          sample_jitter: float = 1.0, clutter: float = 0.3, val_fraction: float = 0.1,
-                          test_fraction: float = 0.2, cache: bool = True, seed: int = 0) -> HandwritingDataset:
+                          sample_jitter: float = 1.0, clutter: float = 0.3, documents_per_writer: int = 0,
+                          document_jitter: float = 1.0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                          cache: bool = True, seed: int = 0) -> HandwritingDataset:
     """Synthetic handwritten "and" words from many synthetic writers (generated locally, cached).
 
     ``samples_per_writer`` +- ``samples_spread`` (uniform) images per writer; ``style_spread``
     scales the between-writer variation and ``sample_jitter`` the within-writer variation (1 =
-    the tuned defaults); ``clutter`` is the probability of a neighbouring-word fragment. Writers
+    the tuned defaults); ``clutter`` is the probability of a neighbouring-word fragment. With
+    ``documents_per_writer`` D > 0 each writer's images come from D documents (``Split.documents``,
+    ``w0007-d1``), each shifting the writer's style by ``document_jitter`` (1 = the defaults). Writers
     are split writer-disjointly by ``seed`` (``val_fraction``/``test_fraction`` of the writers).
     """
     name = "synthetic_handwriting"
     check_settings(name, num_writers, samples_per_writer, samples_spread, image_size, channels, style_spread,
-                   sample_jitter, clutter, val_fraction, test_fraction)
+                   sample_jitter, clutter, val_fraction, test_fraction, documents_per_writer, document_jitter)
     params = dict(num_writers=num_writers, samples_per_writer=samples_per_writer,
                   samples_spread=samples_spread, image_size=image_size, style_spread=style_spread,
                   sample_jitter=sample_jitter, clutter=clutter, seed=seed)
+    if documents_per_writer:
+        params.update(documents_per_writer=documents_per_writer, document_jitter=document_jitter)
     pixels, writer = cached_handwriting(use_cache=cache, **params)
     images = torch.from_numpy(pixels).unsqueeze(1).repeat(1, channels, 1, 1)
     names = [f"w{i:04d}" for i in range(num_writers)]
     writer_of = [names[i] for i in writer]
     paths = [f"synthetic/{w}/{k}" for k, w in enumerate(writer_of)]
-    splits = make_splits(images, writer_of, paths, split_writers(name, names, val_fraction, test_fraction, seed))
+    documents = ([f"{w}-d{d}" for w, d in zip(writer_of, document_index(writer, documents_per_writer))]
+                 if documents_per_writer else None)
+    splits = make_splits(images, writer_of, paths, split_writers(name, names, val_fraction, test_fraction, seed),
+                         document_of=documents)
     info = {"source": name, "synthetic": True, "generator": {**params, "version": GENERATOR_VERSION},
             "splits": split_info(splits)}
     return HandwritingDataset(name, True, splits, info)

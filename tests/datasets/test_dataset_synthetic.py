@@ -11,7 +11,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from hvkit_plugins.datasets import synthetic
-from hvkit_plugins.datasets.synthetic import cached_handwriting, generate_handwriting, synthetic_handwriting
+from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.datasets.synthetic import (cached_handwriting, document_index, generate_handwriting,
+                                              synthetic_handwriting)
 
 SMALL = dict(num_writers=40, samples_per_writer=6, samples_spread=0, image_size=64, style_spread=1.0,
              sample_jitter=1.0, clutter=0.3, seed=0)
@@ -95,6 +97,55 @@ def test_samples_spread_varies_the_count_per_writer() -> None:
 def test_image_size_scales_the_rendering() -> None:
     images, _ = generate_handwriting(**{**SMALL, "num_writers": 4, "image_size": 32})
     assert images.shape == (24, 32, 32) and images.max() > 150
+
+
+def test_documents_are_runs_of_a_writer_s_samples() -> None:
+    writer = np.array([0, 0, 0, 0, 0, 1, 1, 2])
+    assert document_index(writer, 3).tolist() == [0, 0, 1, 1, 2, 0, 1, 0]  # 5 samples: runs of 2, 2, 1
+    assert document_index(writer, 0).tolist() == [0] * 8
+
+
+def test_without_document_jitter_documents_leave_the_images_as_they_were(small) -> None:
+    still, _ = generate_handwriting(**SMALL, documents_per_writer=3, document_jitter=0.0)
+    assert still.tobytes() == small[0].tobytes()
+    shifted, _ = generate_handwriting(**SMALL, documents_per_writer=3)
+    assert (shifted != small[0]).mean() > 0.01
+
+
+def document_gap(params: dict) -> tuple[float, float]:
+    """The mean centred profile cosine of a writer's same-document pairs less that of its cross-document pairs,
+    and the ROC AUC of the cross-document pairs against every different-writer pair."""
+    images, writer = generate_handwriting(**params)
+    document = document_index(writer, params["documents_per_writer"])
+    unit = profiles(images)
+    unit = unit - unit.mean(0)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    i, j = np.triu_indices(len(writer), 1)
+    cosine, same_writer = (unit @ unit.T)[i, j], writer[i] == writer[j]
+    same_document = same_writer & (document[i] == document[j])
+    across = same_writer & ~same_document
+    keep = across | ~same_writer
+    return (float(cosine[same_document].mean() - cosine[across].mean()),
+            float(roc_auc_score(same_writer[keep], cosine[keep])))
+
+
+def test_a_writer_s_words_of_one_document_resemble_each_other_more_than_across_documents() -> None:
+    params = {**SMALL, "num_writers": 100, "samples_per_writer": 8, "documents_per_writer": 2}
+    strong, auc = document_gap({**params, "document_jitter": 4.0})
+    none, _ = document_gap({**params, "document_jitter": 0.0})  # the same runs of samples, no sitting's shift
+    assert strong > 0.08 and abs(none) < 0.02
+    assert auc > 0.6  # the writer still shows across documents
+
+
+def test_the_dataset_names_each_image_s_document_and_cedar_and_passes_them_on() -> None:
+    data = synthetic_handwriting(num_writers=20, samples_per_writer=6, documents_per_writer=3, image_size=32)
+    test = data.splits["test"]
+    assert test.documents == [f"{test.writers[w]}-d{k // 2}" for w in np.unique(test.labels) for k in range(6)]
+    assert data.info["generator"]["documents_per_writer"] == 3
+    from_cedar = cedar_and(synthetic_writers=20, synthetic_samples_per_writer=6, synthetic_documents=3,
+                           image_size=32).splits["test"]
+    assert from_cedar.documents == test.documents and torch.equal(from_cedar.images, test.images)
+    assert synthetic_handwriting(num_writers=20, samples_per_writer=6, image_size=32).splits["test"].documents == []
 
 
 def test_cache_hit_returns_the_same_arrays(cache_in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,8 +84,14 @@ def test_a_refused_value_is_a_one_line_error_at_validation(tmp_path: Path, good:
      "cedar_and: image_size=4 is too small; use 8 or more (64 is the CEDAR AND size)"),
     ("{name: cedar_and, synthetic_writers: 1}", "cedar_and: synthetic_writers=1 must be at least 2 and "
      "synthetic_samples_per_writer=None at least 1 (null for the defaults, 300 and 12)"),
+    ("{name: cedar_and, synthetic_documents: -1}", "cedar_and: synthetic_documents=-1 must be at least 0 (null or 0: "
+     "no documents)"),
     ("{name: cedar_and, root: ROOT, synthetic_writers: 10}", "cedar_and: synthetic_writers/synthetic_samples_per_writer"
-     " apply only without root; remove them or set root: null"),
+     "/synthetic_documents apply only without root; remove them or set root: null"),
+    ("{name: cedar_and, root: ROOT, synthetic_documents: 3}", "cedar_and: synthetic_writers/"
+     "synthetic_samples_per_writer/synthetic_documents apply only without root; remove them or set root: null"),
+    ("{name: synthetic_handwriting, documents_per_writer: -2}", "synthetic_handwriting: documents_per_writer (0: none) "
+     "and document_jitter must be >= 0 (got -2, 1.0)"),
     ("{name: image_folder, root: ROOT, pattern: '([a-z]+'}", "image_folder: pattern '([a-z]+' is not a valid regular "
      "expression: missing ), unterminated subpattern at position 0"),
     ("{name: image_folder, root: ROOT, pattern: '[a-z]+'}", "image_folder: pattern '[a-z]+' has no group; put the "
