@@ -177,3 +177,22 @@ def test_metric_train_gives_the_sampler_each_images_document(tmp_path: Path, mon
     with pytest.raises(HvkitError, match=r"^stage 'train': across_documents needs each image's document, and the "
                                          r"data names none"):
         run_recipe_text(tiny_recipe(stage, writers=24), tmp_path, "plain")
+
+
+def test_synthetic_documents_serve_the_document_protocols_and_the_sampler(tmp_path: Path):
+    stages = STAGE.replace("negatives: same_group", "positives: other_document").replace(
+        "evaluators: [verification]",
+        "evaluators: [verification, {name: set_verification, sizes: [2], trials: 1, bootstrap: 0}]") + TRAIN.replace(
+        "{name: hierarchical, samples_per_class: 2, groups_per_batch: 2}",
+        "{name: pk, samples_per_class: 2, across_documents: true}")
+    text = tiny_recipe(stages, writers=20, samples_per_writer=6).replace(
+        "synthetic_samples_per_writer: 6", "synthetic_samples_per_writer: 6, synthetic_documents: 2")
+    run_dir = run_recipe_text(text, tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = cedar_and(synthetic_writers=20, synthetic_samples_per_writer=6, synthetic_documents=2,
+                     image_size=32).splits["test"]
+    found = metrics["pixels"]
+    assert found["set_verification"]["cross_document"] is True
+    assert found["set_verification"]["k2"]["trials"] == 2 * len(test.writers)  # three words a letter: two a side
+    assert found["pairs"]["test"] == 2 * 9 * len(test.writers)  # each writer's 3 × 3 cross-letter pairs, balanced
+    assert metrics["train"]["steps"] == 3
