@@ -197,3 +197,15 @@ class _Observed(HardClassSampler):
 ])
 def test_conforms_to_the_sampler_contract(factory, params):
     check_sampler(factory, params)
+
+
+def test_across_documents_is_pk_s_until_embeddings_are_observed():
+    labels = np.repeat(np.arange(20), 12)
+    documents = labels * 3 + np.tile(np.arange(12) // 4, 20)
+    settings = dict(samples_per_class=3, across_documents=True, documents=documents)
+    hard, plain = HardClassSampler(labels, 18, **settings), PKSampler(labels, 18, **settings)
+    hard.set_epoch(1)
+    plain.set_epoch(1)
+    batches = list(hard)
+    assert batches == list(plain)
+    assert all(len(set(documents[chunk])) == 3 for batch in batches for chunk in np.reshape(batch, (-1, 3)))
