@@ -180,9 +180,10 @@ def test_status_json_gives_each_verifier_s_headline(run_dir: Path) -> None:
     assert state["open_set"] == [{"stage": "eval_second", **open_set}] and open_set["known_probes"] > 0
 
 
-def set_run(root: Path, models: dict[str, int], documents: bool = False) -> Path:
-    """A run directory holding only what ``compare`` reads of set_verification: each stage's saved trials and
-    metrics, its embeddings drawn around the same writers' centres with ``models[stage]`` as the seed."""
+def evaluated_run(root: Path, models: dict[str, int], evaluator: object, documents: bool = False) -> Path:
+    """A run directory holding only what ``compare`` reads of ``evaluator`` (set_verification, open_set): each
+    stage's saved scores and metrics, its embeddings drawn around the same writers' centres with ``models[stage]``
+    as the seed."""
     labels = np.repeat(np.arange(40), 6)
     centres = np.random.default_rng(0).standard_normal((40, 8))
     metrics = {}
@@ -192,9 +193,14 @@ def set_run(root: Path, models: dict[str, int], documents: bool = False) -> Path
                         val_embeddings=(centres[labels] + 1.5 * noise[::-1]).astype(np.float32), val_labels=labels,
                         out_dir=root / "stages" / stage, documents=labels * 3 + np.arange(len(labels)) % 3 if documents
                         else None)
-        metrics[stage] = evaluate([SetVerification(sizes=[1, 2], bootstrap=0)], data)
+        data.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics[stage] = evaluate([evaluator], data)
     (root / "metrics.json").write_text(json.dumps(metrics))
     return root
+
+
+def set_run(root: Path, models: dict[str, int], documents: bool = False) -> Path:
+    return evaluated_run(root, models, SetVerification(sizes=[1, 2], bootstrap=0), documents)
 
 
 def test_compare_reads_the_k_against_k_trials_of_two_stages(tmp_path: Path) -> None:
@@ -223,17 +229,7 @@ def test_compare_reads_the_k_against_k_trials_of_two_stages(tmp_path: Path) -> N
 
 
 def open_set_run(root: Path, models: dict[str, int], seed: int = 0) -> Path:
-    """A run directory holding only what ``compare`` reads of open_set: each stage's saved probe scores, its
-    embeddings drawn around the same writers' centres with ``models[stage]`` as the seed."""
-    labels = np.repeat(np.arange(40), 6)
-    centres = np.random.default_rng(0).standard_normal((40, 8))
-    for stage, model in models.items():
-        noise = np.random.default_rng(model).standard_normal((len(labels), 8))
-        data = EvalData((centres[labels] + 1.2 * noise).astype(np.float32), labels, out_dir=root / "stages" / stage)
-        data.out_dir.mkdir(parents=True)
-        evaluate([OpenSet(bootstrap=0, seed=seed)], data)
-    (root / "metrics.json").write_text("{}")
-    return root
+    return evaluated_run(root, models, OpenSet(bootstrap=0, seed=seed))
 
 
 def test_compare_reads_the_open_set_probes_of_two_stages(tmp_path: Path) -> None:

@@ -135,16 +135,24 @@ TRAIN = """
 """
 
 
+def spy_on(monkeypatch, sampler: type, context: str) -> list[tuple[np.ndarray, object]]:
+    """Each build of ``sampler`` as ``(labels, its context argument named context)``; the other of groups and
+    documents, which it does not take, is dropped."""
+    seen = []
+    original = sampler.__init__
+
+    def spy(self, labels, *args, groups=None, documents=None, **kwargs):
+        given = {"groups": groups, "documents": documents}[context]
+        seen.append((np.asarray(labels), given))
+        original(self, labels, *args, **{context: given}, **kwargs)
+
+    monkeypatch.setattr(sampler, "__init__", spy)
+    return seen
+
+
 def test_metric_train_gives_the_sampler_each_images_group(tmp_path: Path, monkeypatch):
     root = grouped_folder(tmp_path / "words")
-    seen = []
-    original = HierarchicalSampler.__init__
-
-    def spy(self, labels, *args, groups=None, documents=None, **kwargs):  # hierarchical takes no documents
-        seen.append((np.asarray(labels), groups))
-        original(self, labels, *args, groups=groups, **kwargs)
-
-    monkeypatch.setattr(HierarchicalSampler, "__init__", spy)
+    seen = spy_on(monkeypatch, HierarchicalSampler, "groups")
     run_recipe_text(grouped_recipe(TRAIN, root), tmp_path)
     train = image_folder(str(root), pattern=PATTERN, image_size=32).splits["train"]
     (stand_in, _), (labels, groups) = seen  # validation builds it once over the stand-in writers
@@ -157,14 +165,7 @@ def test_metric_train_gives_the_sampler_each_images_group(tmp_path: Path, monkey
 
 def test_metric_train_gives_the_sampler_each_images_document(tmp_path: Path, monkeypatch):
     root = grouped_folder(tmp_path / "words")
-    seen = []
-    original = PKSampler.__init__
-
-    def spy(self, labels, *args, groups=None, documents=None, **kwargs):  # pk takes no groups
-        seen.append((np.asarray(labels), documents))
-        original(self, labels, *args, documents=documents, **kwargs)
-
-    monkeypatch.setattr(PKSampler, "__init__", spy)
+    seen = spy_on(monkeypatch, PKSampler, "documents")
     stage = TRAIN.replace("{name: hierarchical, samples_per_class: 2, groups_per_batch: 2}",
                           "{name: pk, samples_per_class: 2, across_documents: true}")
     pattern = r"^(?P<group>g\d)/(?P<writer>w\d+)/(?:(?P<document>[01])|[23])\.png$"
