@@ -145,9 +145,10 @@ class Evaluate:
             emb["train"] = self._embed(ctx, parts["train"])
         if not ctx.is_main:
             return {"scored_on_rank": 0}
+        documents = {k: s.image_documents() for k, s in parts.items()}
         pairs = {k: sslhv_pairs(s.labels, seed=ctx.data_seed,
                                 groups=s.image_groups() if self.negatives == "same_group" else None,
-                                documents=s.image_documents() if self.positives == "other_document" else None)
+                                documents=documents[k] if self.positives == "other_document" else None)
                  for k, s in parts.items()}
         stop = "val" if self.protocol == "clean" else "test"
         verifiers: dict[str, dict[str, PairSet]] = {}
@@ -159,7 +160,8 @@ class Evaluate:
             if any(p.requires_grad for p in head.parameters()):
                 training[name] = train_pair_head(head, emb["train"], pairs["train"], emb[stop], pairs[stop],
                                                  self.pair_training, ctx.generator("pairs", name, device="cpu"))
-            verifiers[name] = {k: _pair_set(head, emb[k], pairs[k], parts[k]) for k in parts if k != "train"}
+            verifiers[name] = {k: _pair_set(head, emb[k], pairs[k], parts[k].labels, documents[k])
+                               for k in parts if k != "train"}
             fitted[name] = (spec, head)
         seen = _in_space(self.space, fitted, emb)
         eval_data = EvalData(
@@ -167,8 +169,7 @@ class Evaluate:
             val_embeddings=seen["val"].numpy() if "val" in seen else None,
             val_labels=np.asarray(parts["val"].labels) if "val" in parts else None,
             verifiers=verifiers, out_dir=ctx.stage_dir if self.plots else None,
-            device=str(ctx.device), documents=parts["test"].image_documents(),
-            val_documents=parts["val"].image_documents() if "val" in parts else None)
+            device=str(ctx.device), documents=documents["test"], val_documents=documents.get("val"))
         evaluators = [ctx.build("evaluator", spec) for spec in self.evaluators]
         metrics = evaluate(evaluators, eval_data)
         metrics["protocol"] = self.protocol
@@ -307,11 +308,10 @@ def space_embedding(head: torch.nn.Module, emb: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_set(head: torch.nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
-              split: Split) -> PairSet:
+              labels: np.ndarray, documents: np.ndarray | None) -> PairSet:
     i, j, same = pairs
-    documents = split.image_documents()
     return PairSet(scores=pair_probability(head, emb, i, j), same=np.asarray(same, dtype=bool),
-                   writers=np.asarray(split.labels)[i],
+                   writers=np.asarray(labels)[i],
                    same_document=None if documents is None else documents[i] == documents[j])
 
 
