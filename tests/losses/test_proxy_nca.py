@@ -43,6 +43,7 @@ def _proxy_nca(x: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor, tem
 @pytest.mark.parametrize("temperature", [1 / 9, 1.0, 0.05])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_value_and_gradients_equal_pml(dtype, temperature, seed):
+    """In float32 the logits' 1/T scales the rounding of the two formulas' gradients: atol 1e-5/T."""
     torch.manual_seed(seed)
     ours, pml = _pair(temperature, dtype)
     x = _batch(dtype=dtype, seed=seed)
@@ -50,7 +51,10 @@ def test_value_and_gradients_equal_pml(dtype, temperature, seed):
     torch.testing.assert_close(value, reference)
     for got, expected in zip(torch.autograd.grad(value, [x, ours.proxies]),
                              torch.autograd.grad(reference, [x, pml.proxies])):
-        torch.testing.assert_close(got, expected)
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, expected, rtol=1.3e-6, atol=1e-5 / temperature)
+        else:
+            torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("positive_in_denominator", [True, False])
