@@ -1,20 +1,21 @@
 """One hvkit process at a time in a run directory, and who it is.
 
-``hvkit run`` (fresh or ``--resume``) and ``hvkit eval`` hold an exclusive ``flock(2)`` on
+``hvkit run`` (fresh or ``--resume``) and ``hvkit eval`` hold an exclusive lock (``flock(2)``) on
 ``RUN_DIR/.lock`` while they work (rank 0 under several processes). A second command on the same
 directory is refused with one line naming the holder, instead of two processes overwriting each
 other's checkpoints and outputs. The kernel releases the lock when its holder exits however it
 ends (SIGKILL, out of memory), so a lock is never stale; the file keeps the last holder's record,
 which counts only while the lock is held. ``hvkit status`` reads it to tell a running run from a
-stopped one. POSIX only (Linux, macOS); over NFS the lock is as good as the server's locking, and a
-file system without locks gets a warning and no lock.
+stopped one. On Windows the lock is ``msvcrt.locking`` on one byte far past the record (Windows locks
+are mandatory: a lock on the record would hide it from ``hvkit status``), with no shared mode: a reader
+takes it exclusively for an instant, which a writer retries. Over NFS the lock is as good as the server's
+locking, and a file system without locks gets a warning and no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -23,13 +24,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hvkit import distributed
 from hvkit.errors import HvkitError
 
+if os.name == "nt":
+    import msvcrt
+else:
+    import fcntl
+
 LOCK = ".lock"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK)  # EDEADLK: msvcrt's "still locked"
 _TRIES = 5  # a reader (hvkit status) holds the lock shared for an instant: retry before refusing
 _PAUSE = 0.1
 log = logging.getLogger("hvkit")
@@ -61,13 +68,62 @@ def _record(file: IO[str]) -> Holder | None:
         return None
 
 
-def _locked(file: IO[str], operation: int) -> bool | None:
-    """Whether ``flock(file, operation | LOCK_NB)`` succeeded: False when another process holds the
-    lock, None when the file system has no locks (some network file systems)."""
+class Flock:
+    """``flock(2)`` locks: shared or exclusive, per open file, released when the file closes."""
+
+    def try_lock(self, file: IO[str], shared: bool = False) -> None:
+        fcntl.flock(file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+
+    def wait_lock(self, file: IO[str]) -> None:
+        fcntl.flock(file, fcntl.LOCK_EX)
+
+    def unlock(self, file: IO[str]) -> None:
+        fcntl.flock(file, fcntl.LOCK_UN)
+
+
+class WindowsLock:
+    """``msvcrt.locking`` on the byte at :attr:`OFFSET`, exclusive only (``shared`` is taken exclusively)."""
+
+    OFFSET = 1 << 30  # past any record, which stays readable: Windows locks bar other handles' reads
+
+    def __init__(self, module: Any = None):
+        self.msvcrt = module or msvcrt
+
+    def _at(self, file: IO[str], mode: int) -> None:
+        file.flush()
+        os.lseek(file.fileno(), self.OFFSET, os.SEEK_SET)
+        try:
+            self.msvcrt.locking(file.fileno(), mode, 1)
+        finally:
+            file.seek(0)
+
+    def try_lock(self, file: IO[str], shared: bool = False) -> None:
+        self._at(file, self.msvcrt.LK_NBLCK)
+
+    def wait_lock(self, file: IO[str]) -> None:
+        while True:
+            try:
+                return self.try_lock(file)
+            except OSError as exc:
+                if exc.errno not in _HELD:
+                    raise
+            time.sleep(_PAUSE)
+
+    def unlock(self, file: IO[str]) -> None:
+        self._at(file, self.msvcrt.LK_UNLCK)
+
+
+backend: Flock | WindowsLock = WindowsLock() if os.name == "nt" else Flock()
+"""This platform's file locks."""
+
+
+def _locked(file: IO[str], shared: bool = False) -> bool | None:
+    """Whether the lock was taken without waiting: False when another process holds it, None when the
+    file system has no locks (some network file systems)."""
     try:
-        fcntl.flock(file, operation | fcntl.LOCK_NB)
+        backend.try_lock(file, shared)
     except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if exc.errno in _HELD:
             return False
         if exc.errno in _NO_LOCKS:
             return None
@@ -82,7 +138,10 @@ def holder(run_dir: Path) -> Holder | None:
     if not path.is_file():
         return None
     with open(path, encoding="utf-8") as file:
-        if _locked(file, fcntl.LOCK_SH) is not False:  # free, or no locks to tell
+        taken = _locked(file, shared=True)
+        if taken:
+            backend.unlock(file)
+        if taken is not False:  # free, or no locks to tell
             return None
         return _record(file) or Holder("hvkit", 0, "?", "?")
 
@@ -95,6 +154,7 @@ class RunLock:
         self.path = run_dir / LOCK
         self.command = command
         self._file: IO[str] | None = None
+        self._taken = False
 
     def acquire(self) -> None:
         """Take the lock and write this process's record; :class:`InUse` naming the holder when another
@@ -105,11 +165,12 @@ class RunLock:
             raise HvkitError(f"{self.path}: cannot open the run directory's lock file ({exc.strerror}); hvkit "
                              "writes in a run directory while it works") from None
         for attempt in range(_TRIES):
-            taken = _locked(file, fcntl.LOCK_EX)
+            taken = _locked(file)
             if taken is None:
                 log.warning("%s: the file system has no file locks; nothing keeps a second hvkit process "
                             "out of this run directory", self.path.parent)
             if taken is not False:
+                self._taken = bool(taken)
                 break
             if attempt < _TRIES - 1:
                 time.sleep(_PAUSE)
@@ -128,8 +189,10 @@ class RunLock:
 
     def release(self) -> None:
         if self._file is not None:
+            if self._taken:
+                backend.unlock(self._file)
             self._file.close()
-            self._file = None
+            self._file, self._taken = None, False
 
 
 @contextlib.contextmanager
@@ -161,13 +224,19 @@ def holding(run_dir: Path, command: str, check: Callable[[], None] | None = None
 
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing) while the block runs, waiting as long as
+    """An exclusive lock on ``path`` (created if missing) while the block runs, waiting as long as
     another process holds it: for what several processes write in turn, each from what it reads under
     the lock (a sweep's summary). Where the file system has no locks the block runs unguarded."""
     with open(path, "a", encoding="utf-8") as file:
+        taken = True
         try:
-            fcntl.flock(file, fcntl.LOCK_EX)
+            backend.wait_lock(file)
         except OSError as exc:
             if exc.errno not in _NO_LOCKS:
                 raise
-        yield
+            taken = False
+        try:
+            yield
+        finally:
+            if taken:
+                backend.unlock(file)
