@@ -18,6 +18,7 @@ from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_feat
 from hvkit_plugins.evaluators.directions import directions
 from hvkit_plugins.evaluators.set_verification import SET_SCORES, set_scores
 from hvkit_plugins.stages.evaluate import fitted_verifier, space_embedding
+from hvkit_plugins.stages.pair_training import same_writer_score
 
 
 @click.command("verify")
@@ -143,8 +144,7 @@ class RunVerifiers:
         emb = self._embeddings(stage)
         head = fitted_verifier(entry, emb.shape[1], get_registry())
         with torch.no_grad():
-            out = head(emb[:1], emb[1:])
-        return float(out.softmax(dim=1)[0, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)[0])
+            return float(same_writer_score(head(emb[:1], emb[1:]))[0])
 
     def _embeddings(self, stage: str) -> torch.Tensor:
         if stage not in self._features:

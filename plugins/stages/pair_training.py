@@ -36,9 +36,14 @@ def pair_probability(head: nn.Module, emb: torch.Tensor, i: np.ndarray, j: np.nd
         for start in range(0, len(i), batch_size):
             a = emb[torch.as_tensor(i[start:start + batch_size])]
             b = emb[torch.as_tensor(j[start:start + batch_size])]
-            s = head(a, b)
-            out.append((s.softmax(dim=1)[:, 1] if s.dim() == 2 and s.shape[1] == 2 else s.reshape(-1)).cpu())
+            out.append(same_writer_score(head(a, b)).cpu())
     return torch.cat(out).numpy() if out else np.empty(0)
+
+
+def same_writer_score(out: torch.Tensor) -> torch.Tensor:
+    """A verifier head's output for B pairs as B scores of "same writer": the softmax probability of the
+    second logit for a 2-logit head, else the output itself."""
+    return out.softmax(dim=1)[:, 1] if out.dim() == 2 and out.shape[1] == 2 else out.reshape(-1)
 
 
 def _accuracy(head: nn.Module, emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:

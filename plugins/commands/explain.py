@@ -1,0 +1,118 @@
+"""``hvkit explain``: which strokes of two handwriting images drove a run's verifier to its score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from hvkit.cli import user_errors
+from hvkit.errors import HvkitError
+from hvkit.evaluation.attribution import integrated_gradients
+from hvkit.evaluation.plots import new_figure
+from hvkit.registry import get_registry
+from hvkit_plugins.commands.fitted_run import FittedRun
+from hvkit_plugins.commands.sources import read_files
+from hvkit_plugins.stages.encoder import load_encoder, to_float
+from hvkit_plugins.stages.evaluate import fitted_verifier
+from hvkit_plugins.stages.pair_training import same_writer_score
+from hvkit_plugins.stages.test_views import TestViews
+
+
+@click.command("explain")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stage", help="Evaluation stage with an encoder whose verifier to explain (default: the last one).")
+@click.option("--verifier", help="Verifier name in that stage (default: its cosine_pair, else its first).")
+@click.option("--steps", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Points on the path from a blank page to each image (integrated gradients).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("explain.png"),
+              show_default=True, help="The figure; the attributions are saved beside it as .npz.")
+@click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
+@user_errors
+def explain_command(run_dir: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str | None,
+                    steps: int, out: Path, invert: bool) -> None:
+    """Show which strokes of IMAGE_A and IMAGE_B raised or lowered a run's "same writer" score.
+
+    Each image gets integrated gradients (Sundararajan et al. 2017) of the verifier's score with
+    the other image held fixed, from a blank page: a pixel's attribution is its share of
+    ``score(A, B) - score(blank, B)`` (for A), and the shares add up to that difference up to the
+    path integral's error, printed as a check. Positive (red) strokes make the two look like one
+    writer's, negative (blue) ones like two writers'; blank paper gets none. Works for an
+    evaluation stage's pair verifiers on its network's features (the SSL-HV head, the cosines),
+    not for hand-crafted features or score fusions, which have no gradient to follow.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fitted = FittedRun(run_dir)
+    with_encoder = [n for n in fitted.evaluations if fitted.outputs[n].get("encoder")]
+    name = stage or (with_encoder or fitted.evaluations)[-1]
+    if name not in with_encoder:
+        kind = "a score fusion" if name in fitted.fusions else (
+            "an evaluation of features computed without a network" if name in fitted.evaluations else None)
+        if kind is None:
+            fitted.check(name, verifier)  # the one-line error naming the stages there are
+        raise HvkitError(f"stage {name!r} of {run_dir} is {kind}: there is no gradient to follow; explain an "
+                         f"evaluation stage with an encoder: {', '.join(with_encoder) or 'the run has none'}")
+    verifier = fitted.check(name, verifier)
+    outputs = fitted.outputs[name]
+    encoder, state = load_encoder(run_dir / outputs["encoder"], get_registry(), device)
+    encoder.requires_grad_(False)
+    features, views = outputs.get("features", "backbone"), TestViews(**outputs.get("tta", {}))
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return views.average(encoder(views.apply(images), features).float())
+
+    images = to_float(read_files([image_a, image_b], state, invert), device)
+    with torch.no_grad():
+        fixed = embed(images)
+    head = fitted_verifier(fitted.entry(name, verifier), fixed.shape[1], get_registry()).to(device)
+    head.requires_grad_(False)
+    shares, ends = [], []
+    for k in range(2):
+        other = fixed[1 - k:2 - k]
+
+        def score(batch: torch.Tensor) -> torch.Tensor:
+            e = embed(batch)
+            pair = (e, other.expand_as(e)) if k == 0 else (other.expand_as(e), e)
+            return same_writer_score(head(*pair))
+
+        attribution, path_ends = integrated_gradients(score, images[k], torch.zeros_like(images[k]), steps=steps)
+        shares.append(attribution.sum(dim=0).cpu().numpy())  # summed over channels: one map an image
+        ends.append(path_ends.cpu().numpy())
+    limit = fitted.decision(name, verifier)[0]
+    score_ab = float(ends[0][1])
+    click.echo(f"{name}/{verifier}: score {score_ab:.4f}  threshold {limit:.4f}  → "
+               f"{'same writer' if score_ab >= limit else 'different writers'}")
+    for label, path, share, (blank, full) in zip("AB", (image_a, image_b), shares, ends):
+        click.echo(f"{label} ({path.name}): strokes add {full - blank:+.4f} to the score of a blank page "
+                   f"({blank:.4f}); attributions sum to {share.sum():+.4f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out.with_suffix(".npz"), attribution_a=shares[0], attribution_b=shares[1],
+             images=images.sum(dim=1).cpu().numpy(), blank_scores=np.array([ends[0][0], ends[1][0]]),
+             score=score_ab, threshold=limit)
+    plot_explanation(images.sum(dim=1).cpu().numpy(), shares, (image_a.name, image_b.name),
+                     f"{name}/{verifier}: score {score_ab:.3f} (threshold {limit:.3f})", out)
+    click.echo(f"wrote {out} and {out.with_suffix('.npz')}")
+
+
+def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: tuple[str, str], title: str,
+                     path: Path) -> None:
+    """Each image (ink bright, shown dark on white) beside its attribution map on a shared red–blue scale."""
+    figure = new_figure(5.6, 4.4)
+    axes = figure.subplots(2, 2)
+    bound = max(float(np.abs(s).max()) for s in shares) or 1.0
+    for row, (image, share, name) in enumerate(zip(images, shares, names)):
+        axes[row, 0].imshow(image, cmap="gray_r")
+        axes[row, 0].set_title(name, fontsize=9)
+        axes[row, 1].imshow(image, cmap="gray_r", alpha=0.35)
+        shown = axes[row, 1].imshow(share, cmap="bwr", vmin=-bound, vmax=bound, alpha=0.85)
+        axes[row, 1].set_title(f"attribution, sum {share.sum():+.3f}", fontsize=9)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    figure.colorbar(shown, ax=axes[:, 1].tolist(), shrink=0.8, label="→ same writer")
+    figure.suptitle(title, fontsize=10)
+    figure.savefig(path, format="png", dpi=100)

@@ -1,0 +1,104 @@
+"""``hvkit explain``: integrated gradients of a run's fitted verifier, checked against ``hvkit verify``'s score and
+the completeness of the attributions; stages without a gradient are refused in one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hvkit.cli import main
+from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit_plugins.datasets.cedar_and import cedar_and
+
+STAGES = """
+train:
+  stage: metric_train
+  loss: supcon
+  head: null
+  transform: null
+  batch_size: 16
+  label_fraction: 0.5
+  train: {epochs: 1, max_steps: 2, amp: false, optimizer: {name: SGD, lr: 0.01}}
+evaluate:
+  stage: evaluate
+  model_from: train
+  label_fraction: 0.5
+  plots: false
+  tta: {shifts: 1}
+  verifiers: [sslhv_pair, cosine_pair, wccn_pair]
+  evaluators: [verification]
+hog:
+  stage: evaluate
+  features: hog
+  label_fraction: 0.5
+  plots: false
+  verifiers: [cosine_pair]
+  evaluators: [verification]
+fused:
+  stage: score_fusion
+  members: [evaluate/cosine_pair, hog/cosine_pair]
+"""
+
+
+@pytest.fixture(scope="module")
+def run_and_words(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A tiny run and three test words saved as scanned (dark ink on white): two of one writer, one of another."""
+    directory = tmp_path_factory.mktemp("explain")
+    recipe = tiny_recipe(STAGES, writers=16, samples_per_writer=4, backbone="{name: small_cnn, width: 8, depth: 2}")
+    run_dir = run_recipe_text(recipe, directory)
+    test = cedar_and(synthetic_writers=16, synthetic_samples_per_writer=4, image_size=32).splits["test"]
+    labels = np.asarray(test.labels)
+    rows = [0, int(np.flatnonzero(labels == labels[0])[1]), int(np.flatnonzero(labels != labels[0])[0])]
+    words = []
+    for k in rows:
+        words.append(directory / f"word{k}.png")
+        Image.fromarray(255 - test.images[k, 0].numpy()).save(words[-1])
+    return run_dir, words
+
+
+def _score(output: str) -> float:
+    return float(re.search(r"score (\S+)", output).group(1))
+
+
+@pytest.mark.parametrize("verifier", ["sslhv_pair", "wccn_pair"])
+@pytest.mark.parametrize("pair", [(0, 1), (0, 2)], ids=["same writer", "two writers"])
+def test_attributions_add_up_to_the_score_verify_prints(run_and_words, tmp_path, verifier, pair):
+    run_dir, words = run_and_words
+    files = [str(words[k]) for k in pair]
+    out = tmp_path / "explain.png"
+    result = CliRunner().invoke(main, ["explain", str(run_dir), *files, "--verifier", verifier, "--steps", "256",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    verified = CliRunner().invoke(main, ["verify", str(run_dir), *files, "--stage", "evaluate", "--verifier", verifier])
+    assert verified.exit_code == 0, verified.output
+    saved = np.load(out.with_suffix(".npz"))
+    assert float(saved["score"]) == pytest.approx(_score(verified.output), abs=6e-5)  # verify prints 4 places
+    assert result.output.startswith(f"evaluate/{verifier}: score {float(saved['score']):.4f}  threshold ")
+    assert out.is_file()
+    for side, blank in zip(("attribution_a", "attribution_b"), saved["blank_scores"]):
+        change = float(saved["score"]) - float(blank)
+        assert abs(saved[side].sum() - change) <= 0.01 * max(abs(change), 0.05)  # completeness, 256 steps
+    images = saved["images"]
+    for k, side in enumerate(("attribution_a", "attribution_b")):
+        paper = images[k] == 0
+        assert paper.any() and (saved[side][paper] == 0).all()  # blank paper gets nothing
+        assert (saved[side][~paper] != 0).any()
+
+
+def test_stages_without_a_gradient_are_refused_in_one_line(run_and_words):
+    run_dir, words = run_and_words
+    files = [str(w) for w in words[:2]]
+    for stage, kind in (("hog", "an evaluation of features computed without a network"),
+                        ("fused", "a score fusion")):
+        result = CliRunner().invoke(main, ["explain", str(run_dir), *files, "--stage", stage])
+        assert result.exit_code != 0
+        assert result.output.strip().splitlines() == [
+            f"error: stage {stage!r} of {run_dir} is {kind}: there is no gradient to follow; explain an evaluation "
+            "stage with an encoder: evaluate"]
+    result = CliRunner().invoke(main, ["explain", str(run_dir), *files, "--verifier", "nope"])
+    assert result.exit_code != 0 and "has no verifier 'nope'" in result.output
