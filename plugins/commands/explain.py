@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -57,31 +58,11 @@ def explain_command(run_dir: Path, image_a: Path, image_b: Path, stage: str | No
         raise HvkitError(f"stage {name!r} of {run_dir} is {kind}: there is no gradient to follow; explain an "
                          f"evaluation stage with an encoder: {', '.join(with_encoder) or 'the run has none'}")
     verifier = fitted.check(name, verifier)
-    outputs = fitted.outputs[name]
-    encoder, state = load_encoder(run_dir / outputs["encoder"], get_registry(), device)
-    encoder.requires_grad_(False)
-    features, views = outputs.get("features", "backbone"), TestViews(**outputs.get("tta", {}))
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        return views.average(encoder(views.apply(images), features).float())
-
-    images = to_float(read_files([image_a, image_b], state, invert), device)
-    with torch.no_grad():
-        fixed = embed(images)
-    head = fitted_verifier(fitted.entry(name, verifier), fixed.shape[1], get_registry()).to(device)
-    head.requires_grad_(False)
-    shares, ends = [], []
-    for k in range(2):
-        other = fixed[1 - k:2 - k]
-
-        def score(batch: torch.Tensor) -> torch.Tensor:
-            e = embed(batch)
-            pair = (e, other.expand_as(e)) if k == 0 else (other.expand_as(e), e)
-            return same_writer_score(head(*pair))
-
-        attribution, path_ends = integrated_gradients(score, images[k], torch.zeros_like(images[k]), steps=steps)
-        shares.append(attribution.sum(dim=0).cpu().numpy())  # summed over channels: one map an image
-        ends.append(path_ends.cpu().numpy())
+    explainer = Explainer.of(fitted, name, verifier, device)
+    images = to_float(read_files([image_a, image_b], explainer.input, invert), device)
+    attribution, ends = explainer.attribute(images, steps)
+    shares = [a.sum(dim=0).cpu().numpy() for a in attribution]  # summed over channels: one map an image
+    ends = ends.cpu().numpy()
     limit = fitted.decision(name, verifier)[0]
     score_ab = float(ends[0][1])
     click.echo(f"{name}/{verifier}: score {score_ab:.4f}  threshold {limit:.4f}  → "
@@ -96,6 +77,57 @@ def explain_command(run_dir: Path, image_a: Path, image_b: Path, stage: str | No
     plot_explanation(images.sum(dim=1).cpu().numpy(), shares, (image_a.name, image_b.name),
                      f"{name}/{verifier}: score {score_ab:.3f} (threshold {limit:.3f})", out)
     click.echo(f"wrote {out} and {out.with_suffix('.npz')}")
+
+
+class Explainer:
+    """A run's encoder and one fitted pair verifier, differentiable end to end: the "same writer" score of two
+    images through the stage's features and test-time views, and its integrated gradients."""
+
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module, features: str, views: TestViews,
+                 input_format: dict[str, Any]):
+        self.encoder, self.head, self.features, self.views = encoder, head, features, views
+        self.input = input_format
+        for module in (encoder, head):
+            module.requires_grad_(False)
+
+    @classmethod
+    def of(cls, fitted: FittedRun, stage: str, verifier: str, device: torch.device) -> Explainer:
+        """``verifier`` of evaluation ``stage`` (one with an encoder) of a finished run."""
+        outputs = fitted.outputs[stage]
+        features = outputs.get("features", "backbone")
+        encoder, state = load_encoder(fitted.run_dir / outputs["encoder"], get_registry(), device)
+        size = state.get("image_size", 64)
+        height, width = (size, size) if isinstance(size, int) else size
+        with torch.no_grad():
+            dim = encoder(torch.zeros(1, int(state["in_channels"]), height, width, device=device), features).shape[1]
+        head = fitted_verifier(fitted.entry(stage, verifier), dim, get_registry()).to(device)
+        return cls(encoder, head, features, TestViews(**outputs.get("tta", {})), state)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) embeddings of float images (B, C, H, W) as the stage embedded its test images."""
+        return self.views.average(self.encoder(self.views.apply(images), self.features).float())
+
+    def score(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """B scores of "same writer" for embeddings (B, D) and (B or 1, D)."""
+        return same_writer_score(self.head(first, second.expand_as(first)))
+
+    def attribute(self, images: torch.Tensor, steps: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integrated gradients of each of two images (2, C, H, W), the other held fixed, from a blank page:
+        (2, C, H, W) attributions and (2, 2) scores, row k ``[score with image k blank, score(a, b)]``."""
+        with torch.no_grad():
+            fixed = self.embed(images)
+        shares, ends = [], []
+        for k in range(2):
+            other = fixed[1 - k:2 - k]
+
+            def score(batch: torch.Tensor, k: int = k, other: torch.Tensor = other) -> torch.Tensor:
+                e = self.embed(batch)
+                return self.score(e, other) if k == 0 else self.score(other.expand_as(e), e)
+
+            attribution, path_ends = integrated_gradients(score, images[k], torch.zeros_like(images[k]), steps=steps)
+            shares.append(attribution)
+            ends.append(path_ends)
+        return torch.stack(shares), torch.stack(ends)
 
 
 def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: tuple[str, str], title: str,
