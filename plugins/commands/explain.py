@@ -116,18 +116,18 @@ class Explainer:
         (2, C, H, W) attributions and (2, 2) scores, row k ``[score with image k blank, score(a, b)]``."""
         with torch.no_grad():
             fixed = self.embed(images)
-        shares, ends = [], []
-        for k in range(2):
-            other = fixed[1 - k:2 - k]
+        parts = [self.attribute_side(images[k], fixed[1 - k:2 - k], first=k == 0, steps=steps) for k in range(2)]
+        return torch.stack([a for a, _ in parts]), torch.stack([e for _, e in parts])
 
-            def score(batch: torch.Tensor, k: int = k, other: torch.Tensor = other) -> torch.Tensor:
-                e = self.embed(batch)
-                return self.score(e, other) if k == 0 else self.score(other.expand_as(e), e)
+    def attribute_side(self, image: torch.Tensor, other: torch.Tensor, first: bool = True, steps: int = 64
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integrated gradients of one image (C, H, W) against the other's fixed embedding (1, D), the image
+        first or second in the pair: :func:`integrated_gradients`' attributions and path ends."""
+        def score(batch: torch.Tensor) -> torch.Tensor:
+            e = self.embed(batch)
+            return self.score(e, other) if first else self.score(other.expand_as(e), e)
 
-            attribution, path_ends = integrated_gradients(score, images[k], torch.zeros_like(images[k]), steps=steps)
-            shares.append(attribution)
-            ends.append(path_ends)
-        return torch.stack(shares), torch.stack(ends)
+        return integrated_gradients(score, image, torch.zeros_like(image), steps=steps)
 
 
 def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: tuple[str, str], title: str,
