@@ -29,7 +29,8 @@ def shared_cache(tmp_path_factory) -> Path:
 
 
 def tiny_overrides(recipe: Path) -> list[str]:
-    """Overrides that shrink any recipe to seconds: few synthetic writers, two steps a stage."""
+    """Overrides that shrink any recipe to seconds: few synthetic writers, two steps a stage, no plots but the
+    flagship's."""
     resolved = prepare(recipe)
     sets = []
     if resolved["data"]["name"] == "cedar_and":
@@ -47,6 +48,8 @@ def tiny_overrides(recipe: Path) -> list[str]:
             sets.append(f"stages.{name}.label_fraction=0.5")
         if "pair_training" in spec:
             sets.append(f"stages.{name}.pair_training.epochs=2")
+        if spec.get("stage") in ("evaluate", "score_fusion") and recipe.name != "vicreg_cedar.yaml":
+            sets.append(f"stages.{name}.plots=false")  # half a tiny evaluation's time; the flagship draws its own
     return sets
 
 
