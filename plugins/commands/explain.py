@@ -67,14 +67,15 @@ def explain_command(run_dir: Path, image_a: Path, image_b: Path, stage: str | No
     score_ab = float(ends[0][1])
     click.echo(f"{name}/{verifier}: score {score_ab:.4f}  threshold {limit:.4f}  → "
                f"{'same writer' if score_ab >= limit else 'different writers'}")
-    for label, path, share, (blank, full) in zip("AB", (image_a, image_b), shares, ends):
+    inked = images.sum(dim=1).cpu().numpy()
+    for label, path, share, (blank, full), image in zip("AB", (image_a, image_b), shares, ends, inked):
         click.echo(f"{label} ({path.name}): strokes add {full - blank:+.4f} to the score of a blank page "
-                   f"({blank:.4f}); attributions sum to {share.sum():+.4f}")
+                   f"({blank:.4f}); attributions sum to {share.sum():+.4f}; left / middle / right third of the ink "
+                   + " / ".join(f"{part:+.4f}" for part in thirds(share, image)))
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out.with_suffix(".npz"), attribution_a=shares[0], attribution_b=shares[1],
-             images=images.sum(dim=1).cpu().numpy(), blank_scores=np.array([ends[0][0], ends[1][0]]),
-             score=score_ab, threshold=limit)
-    plot_explanation(images.sum(dim=1).cpu().numpy(), shares, (image_a.name, image_b.name),
+    np.savez(out.with_suffix(".npz"), attribution_a=shares[0], attribution_b=shares[1], images=inked,
+             blank_scores=np.array([ends[0][0], ends[1][0]]), score=score_ab, threshold=limit)
+    plot_explanation(inked, shares, (image_a.name, image_b.name),
                      f"{name}/{verifier}: score {score_ab:.3f} (threshold {limit:.3f})", out)
     click.echo(f"wrote {out} and {out.with_suffix('.npz')}")
 
@@ -128,6 +129,17 @@ class Explainer:
             return self.score(e, other) if first else self.score(other.expand_as(e), e)
 
         return integrated_gradients(score, image, torch.zeros_like(image), steps=steps)
+
+
+def thirds(share: np.ndarray, image: np.ndarray) -> list[float]:
+    """The attributions (H, W) summed over the left, middle and right third of the columns that hold ink in
+    ``image`` (of a word such as "and", roughly its letters); all three sum to the whole map."""
+    columns = np.flatnonzero(image.sum(axis=0) > 0)
+    if len(columns) == 0:
+        return [0.0, float(share.sum()), 0.0]
+    cuts = np.linspace(columns[0], columns[-1] + 1, 4).round().astype(int)
+    cuts[0], cuts[-1] = 0, share.shape[1]
+    return [float(share[:, cuts[k]:cuts[k + 1]].sum()) for k in range(3)]
 
 
 def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: tuple[str, str], title: str,

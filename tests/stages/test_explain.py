@@ -13,6 +13,7 @@ from PIL import Image
 
 from hvkit.cli import main
 from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit_plugins.commands.explain import thirds
 from hvkit_plugins.datasets.cedar_and import cedar_and
 
 STAGES = """
@@ -83,6 +84,10 @@ def test_attributions_add_up_to_the_score_verify_prints(run_and_words, tmp_path,
     for side, blank in zip(("attribution_a", "attribution_b"), saved["blank_scores"]):
         change = float(saved["score"]) - float(blank)
         assert abs(saved[side].sum() - change) <= 0.01 * max(abs(change), 0.05)  # completeness, 256 steps
+    for line, side in zip(result.output.splitlines()[1:3], ("attribution_a", "attribution_b")):
+        total, parts = re.search(r"attributions sum to (\S+); left / middle / right third of the ink (.+)$", line).groups()
+        assert sum(map(float, parts.split(" / "))) == pytest.approx(float(total), abs=2e-4)
+        assert float(total) == pytest.approx(float(saved[side].sum()), abs=6e-5)
     images = saved["images"]
     for k, side in enumerate(("attribution_a", "attribution_b")):
         paper = images[k] == 0
@@ -102,3 +107,11 @@ def test_stages_without_a_gradient_are_refused_in_one_line(run_and_words):
             "stage with an encoder: evaluate"]
     result = CliRunner().invoke(main, ["explain", str(run_dir), *files, "--verifier", "nope"])
     assert result.exit_code != 0 and "has no verifier 'nope'" in result.output
+
+
+def test_thirds_split_the_inked_columns_and_keep_the_whole():
+    image = np.zeros((3, 10))
+    image[1, 2:8] = 1.0  # ink in columns 2-7: thirds of two columns each, cut at 4 and 6
+    share = np.arange(30, dtype=float).reshape(3, 10)
+    assert thirds(share, image) == [share[:, :4].sum(), share[:, 4:6].sum(), share[:, 6:].sum()]
+    assert thirds(share, np.zeros((3, 10))) == [0.0, share.sum(), 0.0]
