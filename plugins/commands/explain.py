@@ -15,7 +15,7 @@ from hvkit.evaluation.attribution import integrated_gradients
 from hvkit.evaluation.plots import new_figure
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
-from hvkit_plugins.commands.sources import read_files
+from hvkit_plugins.commands.sources import open_encoder, read_files
 from hvkit_plugins.stages.encoder import load_encoder, to_float
 from hvkit_plugins.stages.evaluate import fitted_verifier
 from hvkit_plugins.stages.pair_training import same_writer_score
@@ -23,31 +23,69 @@ from hvkit_plugins.stages.test_views import TestViews
 
 
 @click.command("explain")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--stage", help="Evaluation stage with an encoder whose verifier to explain (default: the last one).")
 @click.option("--verifier", help="Verifier name in that stage (default: its cosine_pair, else its first).")
+@click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
 @click.option("--steps", type=click.IntRange(min=1), default=64, show_default=True,
               help="Points on the path from a blank page to each image (integrated gradients).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("explain.png"),
               show_default=True, help="The figure; the attributions are saved beside it as .npz.")
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
 @user_errors
-def explain_command(run_dir: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str | None,
-                    steps: int, out: Path, invert: bool) -> None:
+def explain_command(source: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str | None,
+                    threshold: float | None, steps: int, out: Path, invert: bool) -> None:
     """Show which strokes of IMAGE_A and IMAGE_B raised or lowered a run's "same writer" score.
 
     Each image gets integrated gradients (Sundararajan et al. 2017) of the verifier's score with
     the other image held fixed, from a blank page: a pixel's attribution is its share of
     ``score(A, B) - score(blank, B)`` (for A), and the shares add up to that difference up to the
     path integral's error, printed as a check. Positive (red) strokes make the two look like one
-    writer's, negative (blue) ones like two writers'; blank paper gets none. Works for an
-    evaluation stage's pair verifiers on its network's features (the SSL-HV head, the cosines),
-    not for hand-crafted features or score fusions, which have no gradient to follow.
+    writer's, negative (blue) ones like two writers'; blank paper gets none.
+
+    SOURCE is a run directory — an evaluation stage's pair verifiers on its network's features (the
+    SSL-HV head, the cosines) are explained, not hand-crafted features or score fusions, which have
+    no gradient to follow — or an encoder checkpoint, whose plain cosine is explained as ``hvkit
+    verify`` scores it (give --threshold for a decision).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fitted = FittedRun(run_dir)
+    if source.is_dir() and (source / "stages").is_dir():
+        fitted = FittedRun(source)
+        name, verifier = _explained(fitted, stage, verifier)
+        explainer = Explainer.of(fitted, name, verifier, device)
+        limit = fitted.decision(name, verifier)[0] if threshold is None else threshold
+        label = f"{name}/{verifier}"
+    else:
+        encoder, state = open_encoder(source, None, device)
+        explainer = Explainer(encoder, PlainCosine(), "backbone", TestViews(), state)
+        limit, label = threshold, "cosine"
+    images = to_float(read_files([image_a, image_b], explainer.input, invert), device)
+    attribution, ends = explainer.attribute(images, steps)
+    shares = [a.sum(dim=0).cpu().numpy() for a in attribution]  # summed over channels: one map an image
+    ends = ends.cpu().numpy()
+    score_ab = float(ends[0][1])
+    decision = "" if limit is None else (f"  threshold {limit:.4f}  → "
+                                         f"{'same writer' if score_ab >= limit else 'different writers'}")
+    click.echo(f"{label}: score {score_ab:.4f}{decision}")
+    inked = images.sum(dim=1).cpu().numpy()
+    for side, path, share, (blank, full), image in zip("AB", (image_a, image_b), shares, ends, inked):
+        click.echo(f"{side} ({path.name}): strokes add {full - blank:+.4f} to the score of a blank page "
+                   f"({blank:.4f}); attributions sum to {share.sum():+.4f}; left / middle / right third of the ink "
+                   + " / ".join(f"{part:+.4f}" for part in thirds(share, image)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out.with_suffix(".npz"), attribution_a=shares[0], attribution_b=shares[1], images=inked,
+             blank_scores=np.array([ends[0][0], ends[1][0]]), score=score_ab,
+             threshold=np.nan if limit is None else limit)
+    shown = "" if limit is None else f" (threshold {limit:.3f})"
+    plot_explanation(inked, shares, (image_a.name, image_b.name), f"{label}: score {score_ab:.3f}{shown}", out)
+    click.echo(f"wrote {out} and {out.with_suffix('.npz')}")
+
+
+def _explained(fitted: FittedRun, stage: str | None, verifier: str | None) -> tuple[str, str]:
+    """The stage (by default the last evaluation with an encoder) and verifier to explain, or a one-line error
+    when the stage has no gradient to follow."""
     with_encoder = [n for n in fitted.evaluations if fitted.outputs[n].get("encoder")]
     name = stage or (with_encoder or fitted.evaluations)[-1]
     if name not in with_encoder:
@@ -55,29 +93,16 @@ def explain_command(run_dir: Path, image_a: Path, image_b: Path, stage: str | No
             "an evaluation of features computed without a network" if name in fitted.evaluations else None)
         if kind is None:
             fitted.check(name, verifier)  # the one-line error naming the stages there are
-        raise HvkitError(f"stage {name!r} of {run_dir} is {kind}: there is no gradient to follow; explain an "
-                         f"evaluation stage with an encoder: {', '.join(with_encoder) or 'the run has none'}")
-    verifier = fitted.check(name, verifier)
-    explainer = Explainer.of(fitted, name, verifier, device)
-    images = to_float(read_files([image_a, image_b], explainer.input, invert), device)
-    attribution, ends = explainer.attribute(images, steps)
-    shares = [a.sum(dim=0).cpu().numpy() for a in attribution]  # summed over channels: one map an image
-    ends = ends.cpu().numpy()
-    limit = fitted.decision(name, verifier)[0]
-    score_ab = float(ends[0][1])
-    click.echo(f"{name}/{verifier}: score {score_ab:.4f}  threshold {limit:.4f}  → "
-               f"{'same writer' if score_ab >= limit else 'different writers'}")
-    inked = images.sum(dim=1).cpu().numpy()
-    for label, path, share, (blank, full), image in zip("AB", (image_a, image_b), shares, ends, inked):
-        click.echo(f"{label} ({path.name}): strokes add {full - blank:+.4f} to the score of a blank page "
-                   f"({blank:.4f}); attributions sum to {share.sum():+.4f}; left / middle / right third of the ink "
-                   + " / ".join(f"{part:+.4f}" for part in thirds(share, image)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out.with_suffix(".npz"), attribution_a=shares[0], attribution_b=shares[1], images=inked,
-             blank_scores=np.array([ends[0][0], ends[1][0]]), score=score_ab, threshold=limit)
-    plot_explanation(inked, shares, (image_a.name, image_b.name),
-                     f"{name}/{verifier}: score {score_ab:.3f} (threshold {limit:.3f})", out)
-    click.echo(f"wrote {out} and {out.with_suffix('.npz')}")
+        raise HvkitError(f"stage {name!r} of {fitted.run_dir} is {kind}: there is no gradient to follow; explain "
+                         f"an evaluation stage with an encoder: {', '.join(with_encoder) or 'the run has none'}")
+    return name, fitted.check(name, verifier)
+
+
+class PlainCosine(torch.nn.Module):
+    """The uncentred cosine of two embeddings: how ``hvkit verify`` scores a pair with an encoder checkpoint."""
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cosine_similarity(first, second)
 
 
 class Explainer:

@@ -109,6 +109,24 @@ def test_stages_without_a_gradient_are_refused_in_one_line(run_and_words):
     assert result.exit_code != 0 and "has no verifier 'nope'" in result.output
 
 
+def test_an_encoder_checkpoint_explains_the_plain_cosine_verify_prints(run_and_words, tmp_path):
+    run_dir, words = run_and_words
+    checkpoint, files = str(run_dir / "stages" / "train" / "encoder.pt"), [str(w) for w in words[::2]]
+    out = tmp_path / "plain.png"
+    result = CliRunner().invoke(main, ["explain", checkpoint, *files, "--steps", "256", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert re.match(r"cosine: score \S+\n", result.output)  # no threshold, no decision
+    verified = CliRunner().invoke(main, ["verify", checkpoint, *files, "--threshold", "0.5"])
+    saved = np.load(out.with_suffix(".npz"))
+    assert float(saved["score"]) == pytest.approx(_score(verified.output), abs=6e-5)
+    assert np.isnan(saved["threshold"])
+    for side, blank in zip(("attribution_a", "attribution_b"), saved["blank_scores"]):
+        change = float(saved["score"]) - float(blank)
+        assert abs(saved[side].sum() - change) <= 0.01 * max(abs(change), 0.05)
+    decided = CliRunner().invoke(main, ["explain", checkpoint, *files, "--threshold", "2", "--out", str(out)])
+    assert decided.output.startswith(f"cosine: score {float(saved['score']):.4f}  threshold 2.0000  → different writers")
+
+
 def test_thirds_split_the_inked_columns_and_keep_the_whole():
     image = np.zeros((3, 10))
     image[1, 2:8] = 1.0  # ink in columns 2-7: thirds of two columns each, cut at 4 and 6
