@@ -4,6 +4,7 @@ from hvkit.api import hookimpl
 
 from .compare import compare_command
 from .embed import embed_command
+from .errors import errors_command
 from .eval_run import eval_command
 from .explain import explain_command
 from .index import index_command
@@ -17,6 +18,7 @@ def register_commands(register):
     register(new_plugin)
     register(compare_command)
     register(embed_command)
+    register(errors_command)
     register(eval_command)
     register(explain_command)
     register(index_command)

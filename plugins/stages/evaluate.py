@@ -21,6 +21,7 @@ from hvkit.registry import Registry
 from hvkit_plugins.datasets.pairs import labelled_writers, sslhv_pairs
 from hvkit_plugins.stages.encoder import embed, input_format, load_stage_encoder
 from hvkit_plugins.stages.handcrafted import HANDCRAFTED, feature_options
+from hvkit_plugins.stages.pair_files import PairIndex, pair_index
 from hvkit_plugins.stages.pair_training import PairTraining, pair_probability, train_pair_head
 from hvkit_plugins.stages.test_views import TestViews
 
@@ -187,8 +188,9 @@ class Evaluate:
         thresholds = {name: values.get("threshold") for name, values in found.items()}
         saved = {part: ctx.stage_dir / PAIR_SCORE_FILES[part] for part in ("test", "val") if part in parts}
         for part, path in saved.items():
+            rows = pairs[part][:2]
             save_pair_scores(path, {name: sets[part] for name, sets in verifiers.items()}, thresholds,
-                             pairs_digest(parts[part], *pairs[part][:2]))
+                             pairs_digest(parts[part], *rows), pair_index(data, parts[part], *rows))
         save_checkpoint(verifiers_path, {name: {"spec": spec, "state": head.state_dict(), "threshold": thresholds[name],
                                                 "calibration": found[name].get("calibration")}
                                          for name, (spec, head) in fitted.items()})
@@ -238,16 +240,17 @@ def pairs_digest(split: Split, first: np.ndarray, second: np.ndarray) -> str:
 
 
 def save_pair_scores(path: Path, sets: dict[str, PairSet], thresholds: dict[str, float | None],
-                     digest: str) -> None:
+                     digest: str, index: PairIndex | None = None) -> None:
     """Every verifier's scores on one split's pairs, with its val threshold.
 
     The test pairs' (``test_pair_scores.npz``) serve for comparing models afterwards (``hvkit
     compare``), the val pairs' (``val_pair_scores.npz``) for fitting a score fusion on them
     (``score_fusion``). ``digest`` (:func:`pairs_digest`) identifies the pairs, so scores of other
-    pairs are never compared or fused.
+    pairs are never compared or fused; ``index`` says which two images make each (``hvkit errors``).
     """
     first = next(iter(sets.values()), PairSet(np.empty(0), np.empty(0, bool), np.empty(0, np.int64)))
-    arrays = {"same": first.same, "writers": first.writers, "pairs_digest": np.array(digest)}
+    arrays = {"same": first.same, "writers": first.writers, "pairs_digest": np.array(digest),
+              **(index.arrays() if index is not None else {})}
     if first.same_document is not None:
         arrays["same_document"] = first.same_document
     for name, pairs in sets.items():

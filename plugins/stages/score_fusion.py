@@ -15,6 +15,7 @@ from hvkit.evaluation import (EvalData, LinearFusion, PairSet, cosine_fusion_spa
                               mean_fusion)
 from hvkit_plugins.stages.evaluate import (PAIR_SCORE_FILES, fitted_verifier, load_pair_scores, load_pairs_digest,
                                            save_pair_scores, verification_report)
+from hvkit_plugins.stages.pair_files import PairIndex, load_pair_index
 
 FUSED = "fused"
 """The fused scores' verifier name in the metrics and the pair-score files."""
@@ -145,7 +146,7 @@ class ScoreFusion:
         saved = {}
         for part, sets in fused.items():
             saved[part] = ctx.stage_dir / PAIR_SCORE_FILES[part]
-            save_pair_scores(saved[part], {FUSED: sets}, {FUSED: threshold}, loaded[0][part][1])
+            save_pair_scores(saved[part], {FUSED: sets}, {FUSED: threshold}, loaded[0][part][1], loaded[0][part][2])
         ctx.log(f"fused {len(self.members)} verifiers on {len(scores['val'])} val pairs: "
                 + ", ".join(f"{m} {w:+.3g}/sd" for m, w in metrics["fusion"]["weights_per_sd"].items()))
         return {"metrics": metrics, "pair_scores": ctx.relative(saved["test"]),
@@ -196,8 +197,9 @@ def _nearest(word: str, choices: list[str]) -> str:
     return "; did you mean " + ", ".join(repr(c) for c in close) + "?" if close else ""
 
 
-def _member_scores(ctx: StageContext, member: str) -> dict[str, tuple[PairSet, str | None]]:
-    """``{"val": (pairs, digest), "test": (pairs, digest)}`` of one member, from its stage's saved files."""
+def _member_scores(ctx: StageContext, member: str) -> dict[str, tuple[PairSet, str | None, PairIndex | None]]:
+    """``{"val": (pairs, digest, index), "test": (pairs, digest, index)}`` of one member, from its stage's saved
+    files (index: :func:`load_pair_index`'s)."""
     stage, verifier = _split(member)
     outputs = ctx.outputs.get(stage, {})
     found = {}
@@ -212,7 +214,7 @@ def _member_scores(ctx: StageContext, member: str) -> dict[str, tuple[PairSet, s
         scores = load_pair_scores(path)
         if verifier not in scores:
             raise ValueError(f"member {member!r}: {path} has no verifier {verifier!r}; it holds {', '.join(scores)}")
-        found[part] = (scores[verifier][0], load_pairs_digest(path))
+        found[part] = (scores[verifier][0], load_pairs_digest(path), load_pair_index(path))
     return found
 
 
@@ -277,10 +279,10 @@ def _fused_space(ctx: StageContext, members: list[str], fusion: LinearFusion) ->
     return cosine_fusion_space(blocks, list(leaves.values())), labels
 
 
-def _same_pairs(members: list[str], found: list[tuple[PairSet, str | None]], part: str) -> None:
+def _same_pairs(members: list[str], found: list[tuple[PairSet, str | None, PairIndex | None]], part: str) -> None:
     """Refuse members whose ``part`` pairs differ: by digest, and by the pairs' labels and writers."""
-    (first, digest), name = found[0], members[0]
-    for member, (pairs, other) in zip(members[1:], found[1:]):
+    (first, digest, _), name = found[0], members[0]
+    for member, (pairs, other, _) in zip(members[1:], found[1:]):
         digests_differ = digest is not None and other is not None and digest != other
         same_labels = np.array_equal(pairs.same, first.same) and np.array_equal(pairs.writers, first.writers)
         if digests_differ or not same_labels:

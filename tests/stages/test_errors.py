@@ -1,0 +1,119 @@
+"""``hvkit errors``: the most confident false accepts and rejects of a run's verifier, checked against the saved
+pair scores, and the pair index kept beside them: the rows reproduce the pairs' digest."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hvkit.cli import main
+from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit_plugins.datasets.cedar_and import cedar_and
+from hvkit_plugins.stages.evaluate import load_pair_scores, load_pairs_digest, pairs_digest
+from hvkit_plugins.stages.pair_files import load_pair_index, pair_index
+
+STAGES = """
+train:
+  stage: metric_train
+  loss: supcon
+  head: null
+  transform: null
+  batch_size: 16
+  label_fraction: 0.5
+  train: {epochs: 1, max_steps: 2, amp: false, optimizer: {name: SGD, lr: 0.01}}
+evaluate:
+  stage: evaluate
+  model_from: train
+  label_fraction: 0.5
+  plots: false
+  verifiers: [cosine_pair, wccn_pair]
+  evaluators: [verification]
+hog:
+  stage: evaluate
+  features: hog
+  label_fraction: 0.5
+  plots: false
+  verifiers: [cosine_pair]
+  evaluators: [verification]
+fused:
+  stage: score_fusion
+  members: [evaluate/cosine_pair, hog/cosine_pair]
+  plots: false
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    recipe = tiny_recipe(STAGES, writers=16, samples_per_writer=4, backbone="{name: small_cnn, width: 8, depth: 2}")
+    return run_recipe_text(recipe, tmp_path_factory.mktemp("errors"))
+
+
+def test_the_saved_pair_index_names_the_split_rows_of_each_pair(run_dir):
+    test = cedar_and(synthetic_writers=16, synthetic_samples_per_writer=4, image_size=32).splits["test"]
+    for stage in ("evaluate", "hog", "fused"):
+        path = run_dir / "stages" / stage / "test_pair_scores.npz"
+        index = load_pair_index(path)
+        assert pairs_digest(test, index.first, index.second) == load_pairs_digest(path)
+        assert list(index.files) == test.paths
+        pairs = next(iter(load_pair_scores(path).values()))[0]
+        np.testing.assert_array_equal(pairs.same, test.labels[index.first] == test.labels[index.second])
+
+
+@pytest.mark.parametrize("stage, verifier", [("evaluate", "wccn_pair"), ("fused", "fused")])
+def test_errors_are_the_pairs_on_the_wrong_side_of_the_threshold_most_confident_first(run_dir, stage, verifier):
+    result = CliRunner().invoke(main, ["errors", str(run_dir), "--stage", stage, "--verifier", verifier, "-k", "3"])
+    assert result.exit_code == 0, result.output
+    path = run_dir / "stages" / stage / "test_pair_scores.npz"
+    pairs, threshold = load_pair_scores(path)[verifier]
+    index = load_pair_index(path)
+    accepts = np.flatnonzero(~pairs.same & (pairs.scores >= threshold))
+    rejects = np.flatnonzero(pairs.same & (pairs.scores < threshold))
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"{stage}/{verifier} on {len(pairs.scores)} test pairs at threshold {threshold:.4f}: "
+                               f"{len(accepts)} false accepts (")
+    assert f"), {len(rejects)} false rejects (" in lines[0]
+    assert accepts.size and rejects.size  # two training steps leave errors of both kinds to list
+    listed = {"accepts": [], "rejects": []}
+    kind = None
+    for line in lines[1:]:
+        if line.endswith("false accepts:") or line.endswith("false rejects:"):
+            kind = line.split()[-1].rstrip(":")
+            continue
+        score, first, second = re.fullmatch(r"  score (\S+)  (\S+)  (\S+)", line).groups()
+        listed[kind].append((float(score), first, second))
+    for kind, rows, order in (("accepts", accepts, -1), ("rejects", rejects, 1)):
+        best = rows[np.argsort(order * pairs.scores[rows], kind="stable")][:3]
+        assert listed[kind] == [(pytest.approx(float(pairs.scores[r]), abs=6e-5), str(index.files[index.first[r]]),
+                                 str(index.files[index.second[r]])) for r in best]
+
+
+def test_a_dataset_on_disk_is_named_by_absolute_paths(tmp_path):
+    class Data:
+        synthetic, info = False, {"source": str(tmp_path)}
+
+    (tmp_path / "w1").mkdir()
+    (tmp_path / "w1" / "a.png").write_bytes(b"")
+    split = type("S", (), {"paths": ["w1/a.png", "gone.png"]})()
+    index = pair_index(Data(), split, np.array([0]), np.array([1]))
+    assert list(index.files) == [str((tmp_path / "w1" / "a.png").resolve()), "gone.png"]
+
+
+def test_scores_saved_before_the_index_ask_for_a_re_run_naming_every_stage(run_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    for stage in ("evaluate", "hog", "fused"):
+        path = old / "stages" / stage / "test_pair_scores.npz"
+        with np.load(path) as saved:
+            kept = {k: saved[k] for k in saved.files if k not in ("first", "second", "files")}
+        np.savez(path, **kept)
+    result = CliRunner().invoke(main, ["errors", str(old), "--stage", "fused"])
+    assert result.exit_code != 0
+    assert result.output.strip() == (
+        f"error: {old / 'stages' / 'fused' / 'test_pair_scores.npz'} holds no record of which images make each pair "
+        f"(saved before hvkit kept it, or without validation writers); re-run: hvkit eval {old} --stage evaluate "
+        "--stage hog --stage fused")
