@@ -27,8 +27,8 @@ def errors_command(run_dir: Path, stage: str | None, verifier: str | None, top: 
     """List the test pairs a verifier got most confidently wrong at its validation threshold.
 
     False accepts (two writers scored as one) from the highest score down, false rejects (one
-    writer scored as two) from the lowest up, each with its score, writers and the two image
-    files, so that they can be looked at — or explained with ``hvkit explain``.
+    writer scored as two) from the lowest up, each with its score and the two image files, so
+    that they can be looked at — or explained with ``hvkit explain``.
     """
     fitted = FittedRun(run_dir)
     name = stage or fitted.default_stage()
