@@ -5,58 +5,21 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from hvkit.cli import main
-from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.stages.evaluate import load_pair_scores, load_pairs_digest, pairs_digest
 from hvkit_plugins.stages.pair_files import load_pair_index, pair_index
 
-STAGES = """
-train:
-  stage: metric_train
-  loss: supcon
-  head: null
-  transform: null
-  batch_size: 16
-  label_fraction: 0.5
-  train: {epochs: 1, max_steps: 2, amp: false, optimizer: {name: SGD, lr: 0.01}}
-evaluate:
-  stage: evaluate
-  model_from: train
-  label_fraction: 0.5
-  plots: false
-  verifiers: [cosine_pair, wccn_pair]
-  evaluators: [verification]
-hog:
-  stage: evaluate
-  features: hog
-  label_fraction: 0.5
-  plots: false
-  verifiers: [cosine_pair]
-  evaluators: [verification]
-fused:
-  stage: score_fusion
-  members: [evaluate/cosine_pair, hog/cosine_pair]
-  plots: false
-"""
 
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    recipe = tiny_recipe(STAGES, writers=16, samples_per_writer=4, backbone="{name: small_cnn, width: 8, depth: 2}")
-    return run_recipe_text(recipe, tmp_path_factory.mktemp("errors"))
-
-
-def test_the_saved_pair_index_names_the_split_rows_of_each_pair(run_dir):
+def test_the_saved_pair_index_names_the_split_rows_of_each_pair(fitted_run):
     test = cedar_and(synthetic_writers=16, synthetic_samples_per_writer=4, image_size=32).splits["test"]
     for stage in ("evaluate", "hog", "fused"):
-        path = run_dir / "stages" / stage / "test_pair_scores.npz"
+        path = fitted_run / "stages" / stage / "test_pair_scores.npz"
         index = load_pair_index(path)
         assert pairs_digest(test, index.first, index.second) == load_pairs_digest(path)
         assert list(index.files) == test.paths
@@ -64,11 +27,11 @@ def test_the_saved_pair_index_names_the_split_rows_of_each_pair(run_dir):
         np.testing.assert_array_equal(pairs.same, test.labels[index.first] == test.labels[index.second])
 
 
-@pytest.mark.parametrize("stage, verifier", [("evaluate", "wccn_pair"), ("fused", "fused")])
-def test_errors_are_the_pairs_on_the_wrong_side_of_the_threshold_most_confident_first(run_dir, stage, verifier):
-    result = CliRunner().invoke(main, ["errors", str(run_dir), "--stage", stage, "--verifier", verifier, "-k", "3"])
+@pytest.mark.parametrize("stage, verifier", [("evaluate", "cosine_pair"), ("fused", "fused")])
+def test_errors_are_the_pairs_on_the_wrong_side_of_the_threshold_most_confident_first(fitted_run, stage, verifier):
+    result = CliRunner().invoke(main, ["errors", str(fitted_run), "--stage", stage, "--verifier", verifier, "-k", "3"])
     assert result.exit_code == 0, result.output
-    path = run_dir / "stages" / stage / "test_pair_scores.npz"
+    path = fitted_run / "stages" / stage / "test_pair_scores.npz"
     pairs, threshold = load_pair_scores(path)[verifier]
     index = load_pair_index(path)
     accepts = np.flatnonzero(~pairs.same & (pairs.scores >= threshold))
@@ -103,9 +66,9 @@ def test_a_dataset_on_disk_is_named_by_absolute_paths(tmp_path):
     assert list(index.files) == [str((tmp_path / "w1" / "a.png").resolve()), "gone.png"]
 
 
-def test_scores_saved_before_the_index_ask_for_a_re_run_naming_every_stage(run_dir, tmp_path):
+def test_scores_saved_before_the_index_ask_for_a_re_run_naming_every_stage(fitted_run, tmp_path):
     old = tmp_path / "old"
-    shutil.copytree(run_dir, old)
+    shutil.copytree(fitted_run, old)
     for stage in ("evaluate", "hog", "fused"):
         path = old / "stages" / stage / "test_pair_scores.npz"
         with np.load(path) as saved:

@@ -12,46 +12,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hvkit.cli import main
-from hvkit.testing import run_recipe_text, tiny_recipe
 from hvkit_plugins.commands.explain import thirds
 from hvkit_plugins.datasets.cedar_and import cedar_and
 
-STAGES = """
-train:
-  stage: metric_train
-  loss: supcon
-  head: null
-  transform: null
-  batch_size: 16
-  label_fraction: 0.5
-  train: {epochs: 1, max_steps: 2, amp: false, optimizer: {name: SGD, lr: 0.01}}
-evaluate:
-  stage: evaluate
-  model_from: train
-  label_fraction: 0.5
-  plots: false
-  tta: {shifts: 1}
-  verifiers: [sslhv_pair, cosine_pair, wccn_pair]
-  evaluators: [verification]
-hog:
-  stage: evaluate
-  features: hog
-  label_fraction: 0.5
-  plots: false
-  verifiers: [cosine_pair]
-  evaluators: [verification]
-fused:
-  stage: score_fusion
-  members: [evaluate/cosine_pair, hog/cosine_pair]
-"""
-
 
 @pytest.fixture(scope="module")
-def run_and_words(tmp_path_factory) -> tuple[Path, list[Path]]:
-    """A tiny run and three test words saved as scanned (dark ink on white): two of one writer, one of another."""
-    directory = tmp_path_factory.mktemp("explain")
-    recipe = tiny_recipe(STAGES, writers=16, samples_per_writer=4, backbone="{name: small_cnn, width: 8, depth: 2}")
-    run_dir = run_recipe_text(recipe, directory)
+def run_and_words(fitted_run, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """The tiny fitted run and three test words saved as scanned (dark ink on white): two of one writer, one of
+    another."""
+    directory = tmp_path_factory.mktemp("words")
     test = cedar_and(synthetic_writers=16, synthetic_samples_per_writer=4, image_size=32).splits["test"]
     labels = np.asarray(test.labels)
     rows = [0, int(np.flatnonzero(labels == labels[0])[1]), int(np.flatnonzero(labels != labels[0])[0])]
@@ -59,7 +28,7 @@ def run_and_words(tmp_path_factory) -> tuple[Path, list[Path]]:
     for k in rows:
         words.append(directory / f"word{k}.png")
         Image.fromarray(255 - test.images[k, 0].numpy()).save(words[-1])
-    return run_dir, words
+    return fitted_run, words
 
 
 def _score(output: str) -> float:
