@@ -87,7 +87,7 @@ def _explained(fitted: FittedRun, stage: str | None, verifier: str | None) -> tu
     """The stage (by default the last evaluation with an encoder) and verifier to explain, or a one-line error
     when the stage has no gradient to follow."""
     with_encoder = [n for n in fitted.evaluations if fitted.outputs[n].get("encoder")]
-    name = stage or (with_encoder or fitted.evaluations)[-1]
+    name = stage or fitted.default_stage()
     if name not in with_encoder:
         kind = "a score fusion" if name in fitted.fusions else (
             "an evaluation of features computed without a network" if name in fitted.evaluations else None)
