@@ -26,9 +26,10 @@ class PairIndex:
 
 def pair_index(data: WriterDataset, split: Split, first: np.ndarray, second: np.ndarray) -> PairIndex:
     """The pairs ``(first[k], second[k])`` of ``split`` with its files, found under the dataset's ``source``."""
-    root = Path(str(data.info.get("source", "")))
+    source = data.info.get("source")
+    root = Path(str(source)) if source and not data.synthetic else None
     files = list(split.paths)
-    if not data.synthetic and root.is_dir():
+    if root is not None and root.is_dir():
         files = [str((root / f).resolve()) if (root / f).is_file() else f for f in files]
     return PairIndex(np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64),
                      np.asarray(files, dtype=str))

@@ -55,7 +55,7 @@ def test_errors_are_the_pairs_on_the_wrong_side_of_the_threshold_most_confident_
                                  str(index.files[index.second[r]])) for r in best]
 
 
-def test_a_dataset_on_disk_is_named_by_absolute_paths(tmp_path):
+def test_a_dataset_on_disk_is_named_by_absolute_paths(tmp_path, monkeypatch):
     class Data:
         synthetic, info = False, {"source": str(tmp_path)}
 
@@ -64,6 +64,9 @@ def test_a_dataset_on_disk_is_named_by_absolute_paths(tmp_path):
     split = type("S", (), {"paths": ["w1/a.png", "gone.png"]})()
     index = pair_index(Data(), split, np.array([0]), np.array([1]))
     assert list(index.files) == [str((tmp_path / "w1" / "a.png").resolve()), "gone.png"]
+    Data.info = {}  # a dataset that names no source: its names as they are, never looked up in the working folder
+    monkeypatch.chdir(tmp_path)
+    assert list(pair_index(Data(), split, np.array([0]), np.array([1])).files) == ["w1/a.png", "gone.png"]
 
 
 def test_scores_saved_before_the_index_ask_for_a_re_run_naming_every_stage(fitted_run, tmp_path):
