@@ -447,6 +447,19 @@ class _Progress:
 
 
 def read_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a stage's ``log.jsonl`` ([] when there is none). A last line cut short (a write the
+    process did not finish) is left out, as the checkpoint it follows holds the truth; a broken line
+    before the last is an error naming the file and line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if index == len(lines) - 1:
+                break
+            raise HvkitError(f"{path}:{number}: not a log line ({exc.msg}); move the file away and the stage "
+                             "goes on without its earlier log") from None
+    return rows

@@ -3,6 +3,7 @@
 from hvkit.api import hookimpl
 
 from .compare import compare_command
+from .curves import curves_command
 from .embed import embed_command
 from .errors import errors_command
 from .eval_run import eval_command
@@ -17,6 +18,7 @@ from .verify import verify_command
 def register_commands(register):
     register(new_plugin)
     register(compare_command)
+    register(curves_command)
     register(embed_command)
     register(errors_command)
     register(eval_command)

@@ -40,7 +40,8 @@ class BarlowTwinsLoss(ViewLoss):
     ``std`` the per-feature batch standardisation of the official code (``BatchNorm1d`` without
     affine: biased variance, ``eps`` 1e-5). Default ``off_diagonal_weight`` (lambda) = 5e-3.
     No scaling of the whole loss (the official ``scale-loss`` factor belongs in the learning rate).
-    Computed in float32 at least, with autocast off.
+    Computed in float32 at least, with autocast off. After a call, ``terms()`` gives the detached
+    ``on_diagonal`` and (unweighted) ``off_diagonal`` sums.
     """
 
     def __init__(self, off_diagonal_weight: float = 5e-3, eps: float = 1e-5) -> None:
@@ -51,10 +52,16 @@ class BarlowTwinsLoss(ViewLoss):
             raise ValueError(f"barlow_twins: eps must be > 0, got {eps}; the default is 1e-5")
         self.off_diagonal_weight = off_diagonal_weight
         self.eps = eps
+        self._terms: dict[str, torch.Tensor] = {}
 
     @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         check_views("barlow_twins", z_a, z_b, min_batch=2)
         on_diagonal, off_diagonal = cross_correlation_terms(standardize(z_a, self.eps),
                                                             standardize(z_b, self.eps))
+        self._terms = {"on_diagonal": on_diagonal.detach(), "off_diagonal": off_diagonal.detach()}
         return on_diagonal + self.off_diagonal_weight * off_diagonal
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """The last call's detached ``on_diagonal`` and unweighted ``off_diagonal`` sums."""
+        return dict(self._terms)

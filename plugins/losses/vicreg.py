@@ -71,7 +71,9 @@ class VICRegLoss(ViewLoss):
     ``average_variance=False`` gives the paper's sum. Defaults are the paper's:
     lambda=25, mu=25, nu=1, eps=1e-4, gamma=1. With the defaults the value and gradient equal
     pytorch-metric-learning's, but the covariance never builds a masked (D, D) copy.
-    Computed in float32 at least, with autocast off.
+    Computed in float32 at least, with autocast off. After a call, ``terms()`` gives the detached
+    unweighted ``invariance`` s, ``variance`` v (as the loss adds it) and ``covariance`` c (both
+    views'), so that ``L = lambda s + mu v + nu c``: a variance term near 0 means no output collapsed.
     """
 
     def __init__(self, invariance_weight: float = 25.0, variance_weight: float = 25.0,
@@ -93,6 +95,7 @@ class VICRegLoss(ViewLoss):
         self.eps = eps
         self.gamma = gamma
         self.average_variance = average_variance
+        self._terms: dict[str, torch.Tensor] = {}
 
     @full_precision
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
@@ -100,5 +103,12 @@ class VICRegLoss(ViewLoss):
         variance = variance_term(z_a, self.gamma, self.eps) + variance_term(z_b, self.gamma, self.eps)
         if self.average_variance:
             variance = variance / 2
-        return (self.invariance_weight * invariance_term(z_a, z_b) + self.variance_weight * variance
-                + self.covariance_weight * (covariance_term(z_a) + covariance_term(z_b)))
+        invariance, covariance = invariance_term(z_a, z_b), covariance_term(z_a) + covariance_term(z_b)
+        self._terms = {"invariance": invariance.detach(), "variance": variance.detach(),
+                       "covariance": covariance.detach()}
+        return (self.invariance_weight * invariance + self.variance_weight * variance
+                + self.covariance_weight * covariance)
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """The last call's detached, unweighted ``invariance``, ``variance`` and ``covariance`` parts."""
+        return dict(self._terms)

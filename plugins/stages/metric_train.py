@@ -130,12 +130,14 @@ class MetricTrain:
                     emb, y = distributed.gather_with_grad(emb), distributed.gather(y)
                 indices = miner(emb, y) if miner is not None else None
                 metric = loss_fn(emb, y, indices)
+                terms = loss_fn.terms() if hasattr(loss_fn, "terms") else {}
                 if unlabelled is None:
-                    return metric
+                    return metric, terms
                 view = unlabelled.loss(*views.float().chunk(2))
                 # each rank's view loss is its own batch's: undo the trainer's scaling for a gathered metric loss
                 local = view / distributed.global_loss_scale() if gathered else view
-                return metric + self.unlabelled_weight * local, {"metric": metric.item(), "unlabelled": view.item()}
+                return metric + self.unlabelled_weight * local, {**terms, "metric": metric.detach(),
+                                                                 "unlabelled": view.detach()}
 
         batches, sampler_state = sampler_batches(ctx, sampler,
                                                  lambda: embed(encoder, split.images, ctx.device, "head"))

@@ -110,6 +110,14 @@ def teacher_view_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     return torch.stack([loss_fn(o, t) for o, t in pairs]).mean()
 
 
+def output_std(z: torch.Tensor) -> torch.Tensor:
+    """``sqrt(D) * mean_j std_j(z / ||z||)`` over a batch of outputs z (B, D): the collapse monitor of
+    SimSiam (Chen & He 2021, Fig. 2), scaled so that outputs spread evenly over the sphere read about 1
+    and collapsed ones (one direction for every image) 0. Detached."""
+    z = F.normalize(z.detach().float(), dim=1)
+    return z.std(dim=0).mean() * math.sqrt(z.shape[1])
+
+
 def momentum_teacher(encoder: nn.Module) -> nn.Module:
     """A copy of ``encoder`` that is never optimised (no gradients), updated by :func:`update_teacher`."""
     return copy.deepcopy(encoder).requires_grad_(False)
@@ -172,6 +180,11 @@ class SSLPretrain:
     backbone and head are saved as this stage's ``encoder`` for later stages, or with
     ``export_teacher`` the teacher's (DINO evaluates its teacher, the better of the two
     there; BYOL and MoCo v3 the online net).
+
+    Each line of the stage's ``log.jsonl`` holds, beside the loss, ``output_std`` (:func:`output_std`
+    of the first global view's outputs: near 0 the outputs collapsed) and, for a two-view call of a
+    loss with ``terms()``, its parts (VICReg's invariance, variance and covariance); ``hvkit curves``
+    draws them.
     """
 
     check_recipe = staticmethod(check_image_sampler)
@@ -265,13 +278,15 @@ class SSLPretrain:
                 views += list(local.float().chunk(self.local_views))
                 maps += list(local_maps.float().chunk(self.local_views))
                 thetas += local_thetas
+            monitor = {"output_std": output_std(views[0])}
             with full_precision(ctx.device):
                 positions = None if any(t is None for t in thetas) else [cell_positions(theta, *m.shape[2:])
                                                                          for theta, m in zip(thetas, maps)]
                 if gathered:
                     views, maps = ([distributed.gather_with_grad(t) for t in ts] for ts in (views, maps))
                     positions = None if positions is None else [distributed.gather(p) for p in positions]
-                return loss_fn(*views, maps=tuple(maps), positions=None if positions is None else tuple(positions))
+                loss = loss_fn(*views, maps=tuple(maps), positions=None if positions is None else tuple(positions))
+            return loss, monitor
 
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
@@ -287,23 +302,24 @@ class SSLPretrain:
             if local_transform is not None:
                 small, _ = local_crops(local_transform, x, generator, self.local_views, self.local_size)
                 local = list(model(small).float().chunk(self.local_views))
+            monitor = {"output_std": output_std(views[0])}
             with full_precision(ctx.device):
                 if gathered:
                     views, local = ([distributed.gather_with_grad(z) for z in zs] for zs in (views, local))
                     targets = [distributed.gather(t) for t in targets]
                 if teacher is None:
                     if getattr(loss_fn, "takes_local_views", False):
-                        return loss_fn(*views, *local)
+                        return loss_fn(*views, *local), monitor
                     loss = multi_view_loss(loss_fn, views, local)
                     if hasattr(loss_fn, "terms") and not local:  # one call: its parts are the step's (logged)
-                        return loss, loss_fn.terms()
-                    return loss
+                        monitor |= loss_fn.terms()
+                    return loss, monitor
                 if getattr(loss_fn, "takes_local_views", False):  # it pairs the views itself
                     loss = loss_fn(*views, *local, teacher=tuple(targets))
                 else:
                     loss = teacher_view_loss(loss_fn, views, targets, local, getattr(loss_fn, "symmetric", True))
                 loss_fn.observe_teacher(targets)
-                return loss
+                return loss, monitor
 
         def after_step(done: int) -> None:
             update_teacher(teacher, encoder, teacher_momentum_at(self.teacher_momentum, done - 1, trainer.total_steps))

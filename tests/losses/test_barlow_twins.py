@@ -32,6 +32,17 @@ def test_value_against_official_recipe(n, d, lam):
     torch.testing.assert_close(BarlowTwinsLoss(off_diagonal_weight=lam)(z_a, z_b), _reference(z_a, z_b, lam))
 
 
+def test_logged_terms_are_the_official_sums():
+    z_a, z_b = _views(16, 5)
+    loss = BarlowTwinsLoss(off_diagonal_weight=0.3)
+    value = loss(z_a, z_b)
+    terms = loss.terms()
+    torch.testing.assert_close(terms["on_diagonal"], _reference(z_a, z_b, 0.0))
+    torch.testing.assert_close(terms["off_diagonal"], (_reference(z_a, z_b, 1.0) - _reference(z_a, z_b, 0.0)))
+    torch.testing.assert_close(value, terms["on_diagonal"] + 0.3 * terms["off_diagonal"])
+    assert not any(v.requires_grad for v in terms.values())
+
+
 def test_float32_close_to_float64():
     z_a, z_b = _views(32, 80, torch.float32)
     expected = _reference(z_a, z_b, 5e-3).float()

@@ -88,6 +88,21 @@ def test_terms_on_a_hand_computed_case():
                                torch.tensor(10 / 6, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("average_variance", [True, False])
+def test_logged_terms_are_the_unweighted_parts_of_the_value(average_variance):
+    z_a, z_b = (0.4 * z.detach() for z in _views(10, 6, torch.float64))  # below gamma: every term non-zero
+    loss = VICRegLoss(invariance_weight=2.0, variance_weight=3.0, covariance_weight=4.0, gamma=1.5,
+                      average_variance=average_variance)
+    value = loss(z_a, z_b)
+    terms = loss.terms()
+    assert set(terms) == {"invariance", "variance", "covariance"}
+    torch.testing.assert_close(terms["invariance"], _reference(z_a, z_b, 1.0, 0.0, 0.0, 1e-4, 1.5, average_variance))
+    torch.testing.assert_close(terms["variance"], _reference(z_a, z_b, 0.0, 1.0, 0.0, 1e-4, 1.5, average_variance))
+    torch.testing.assert_close(terms["covariance"], _reference(z_a, z_b, 0.0, 0.0, 1.0, 1e-4, 1.5, average_variance))
+    torch.testing.assert_close(value, 2 * terms["invariance"] + 3 * terms["variance"] + 4 * terms["covariance"])
+    assert all(v > 0 for v in terms.values())
+
+
 def test_gradcheck():
     z_a, z_b = _views(6, 5, torch.float64)
     assert torch.autograd.gradcheck(VICRegLoss(gamma=2.0), (z_a, z_b))

@@ -59,6 +59,22 @@ def test_step_loss_is_the_metric_loss_plus_the_weighted_view_loss(tmp_path: Path
         assert row["loss"] == pytest.approx(row["metric"] + 0.5 * row["unlabelled"], rel=1e-5)
 
 
+def test_a_loss_with_parts_has_them_logged_each_step(tmp_path: Path):
+    recipe = tiny_recipe("""
+  train:
+    stage: metric_train
+    loss: {name: contra_x, contrastive_weight: 0.5}
+    label_fraction: 1.0
+    batch_size: 16
+    train: {epochs: 1, max_steps: 2, log_every: 1}
+""", name="parts", writers=20, samples_per_writer=6)
+    rows = read_log(_run(tmp_path, recipe) / "stages" / "train" / "log.jsonl")
+    assert [row["step"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["cross_entropy"] > 0 and row["contrastive"] > 0
+        assert row["loss"] == pytest.approx(row["cross_entropy"] + 0.5 * row["contrastive"], rel=1e-5)
+
+
 def test_one_backbone_pass_feeds_the_head_and_the_expander():
     torch.manual_seed(0)
     encoder = Encoder(nn.Linear(6, 5), nn.Linear(5, 3))

@@ -23,7 +23,7 @@ from hvkit_plugins.losses.vicreg import VICRegLoss
 from hvkit_plugins.stages import ssl_pretrain
 from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm
 from hvkit_plugins.stages.ssl_pretrain import (SSLPretrain, encode_views, momentum_teacher, multi_view_loss,
-                                               teacher_momentum_at, teacher_view_loss, update_teacher)
+                                               output_std, teacher_momentum_at, teacher_view_loss, update_teacher)
 
 
 def test_joint_views_share_batch_statistics_and_separate_views_do_not() -> None:
@@ -99,6 +99,42 @@ def _recording(forward, sizes: list[int]):
         sizes.append(images.shape[-1])
         return forward(self, images)
     return wrapped
+
+
+def test_output_std_reads_one_for_outputs_spread_over_the_sphere_and_zero_for_collapsed_ones() -> None:
+    # two orthogonal unit rows: each column holds 1 and 0, unbiased std sqrt(1/2), times sqrt(2)
+    torch.testing.assert_close(output_std(torch.tensor([[3.0, 0.0], [0.0, 0.5]])), torch.tensor(1.0))
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(8192, 64, generator=g)
+    assert output_std(spread).item() == pytest.approx(1.0, abs=0.01)
+    collapsed = torch.randn(1, 64, generator=g) * torch.rand(256, 1, generator=g).add(0.5)  # one direction, any length
+    assert output_std(collapsed).item() == pytest.approx(0.0, abs=1e-6)
+    assert output_std(spread.requires_grad_()).requires_grad is False
+
+
+TWO_VIEWS = tiny_recipe("""
+  pretrain:
+    stage: ssl_pretrain
+    head: {name: mlp, dims: [16, 16]}
+    batch_size: 8
+    train: {epochs: 1, max_steps: 3, log_every: 1}
+""", name="two_views")
+
+
+def test_each_logged_step_holds_vicregs_parts_and_the_collapse_monitor(tmp_path: Path) -> None:
+    log = read_log(run_recipe_text(TWO_VIEWS, tmp_path) / "stages" / "pretrain" / "log.jsonl")
+    assert [row["step"] for row in log] == [1, 2, 3]
+    for row in log:
+        assert row["loss"] == pytest.approx(25 * row["invariance"] + 25 * row["variance"] + row["covariance"],
+                                            rel=1e-5)
+        assert 0 < row["output_std"] < 1.5
+
+
+def test_multi_crop_logs_the_collapse_monitor_but_not_one_calls_parts(tmp_path: Path) -> None:
+    log = read_log(run_recipe_text(LOCAL.replace("max_steps: 2}", "max_steps: 2, log_every: 1}"), tmp_path)
+                   / "stages" / "pretrain" / "log.jsonl")
+    assert [row["step"] for row in log] == [1, 2]
+    assert all(0 < row["output_std"] < 1.5 and "invariance" not in row for row in log)
 
 
 @pytest.mark.parametrize("kwargs", [{"local_views": -1}, {"local_size": 4}])
