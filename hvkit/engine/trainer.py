@@ -32,7 +32,7 @@ from hvkit.engine.interrupt import StopRequests
 from hvkit.engine.optim import build_optimizer, build_scheduler
 from hvkit.errors import HvkitError, Interrupted
 
-StepFn = Callable[[Any, torch.Generator], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+StepFn = Callable[[Any, torch.Generator], "torch.Tensor | tuple[torch.Tensor, dict[str, float | torch.Tensor]]"]
 
 
 @dataclass
@@ -57,9 +57,10 @@ class TrainConfig:
     lr_scale: dict[str, float] = field(default_factory=dict)
     ema: float | None = None
     ema_warmup: bool = True
+    monitor_every: int | None = None
 
     def __post_init__(self) -> None:
-        for name in "epochs", "log_every", "checkpoint_every", "max_steps":
+        for name in "epochs", "log_every", "checkpoint_every", "max_steps", "monitor_every":
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"train.{name}={value} must be >= 1")
@@ -293,14 +294,21 @@ class Trainer:
         distributed.barrier()
 
     def fit(self, batches: Callable[[int], Iterable[Any]], step: StepFn,
-            after_step: Callable[[int], None] | None = None) -> dict[str, float]:
+            after_step: Callable[[int], None] | None = None,
+            monitor: Callable[[], dict[str, float]] | None = None) -> dict[str, float]:
         """Run to ``epochs`` (or ``max_steps``); returns the last logged values.
 
         ``after_step(steps_done)`` runs after each optimiser step, before the step is logged or
         checkpointed, so a checkpoint holds what it changed. With ``train.ema`` the modules hold
         the averaged weights when ``fit`` returns (the final checkpoint holds both). A SIGINT or
         SIGTERM ends the step under way, saves a checkpoint there and raises :class:`Interrupted`.
+        With ``train.monitor_every`` = n, the stage's ``monitor()`` (figures of the model on held-out
+        data; it must draw no random numbers) runs after every n-th epoch and after the last step,
+        with the modules in eval mode and no gradient, and its values join that step's log line.
         """
+        if self.config.monitor_every is not None and monitor is None:
+            raise HvkitError(f"stage {self.ctx.name}: train.monitor_every is set but this stage offers no monitor "
+                             "(the first-party training stages do); remove it")
         if self.ctx.resume and self.checkpoint_path.is_file():
             state = load_checkpoint(self.checkpoint_path, self.ctx.device)
             try:
@@ -335,12 +343,15 @@ class Trainer:
                     if self.ema is not None:
                         self.ema.update()
                     window_steps += 1
-                    if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+                    monitored = monitor is not None and self._monitor_due(epoch, index)
+                    if self.step % self.config.log_every == 0 or self.step == self.total_steps or monitored:
                         elapsed = time.perf_counter() - window_start
                         last = {"step": self.step, "total_steps": self.total_steps, "epoch": epoch, "loss": loss,
                                 "lr": self.optimizer.param_groups[0]["lr"],
                                 "steps_per_s": window_steps / max(elapsed, 1e-9), "time": round(time.time(), 1),
-                                **terms}
+                                **{k: float(v) for k, v in terms.items()}}
+                        if monitored:
+                            last |= self._monitored(monitor)
                         self._log(last)
                         progress.update(self.step, loss)
                         window_start, window_steps = time.perf_counter(), 0
@@ -362,13 +373,33 @@ class Trainer:
                          f"(train.ema={self.config.ema}), not the last step's")
         return last
 
+    def _monitor_due(self, epoch: int, index: int) -> bool:
+        """Whether the step just taken (batch ``index`` of ``epoch``) ends a monitored epoch or the run."""
+        every = self.config.monitor_every
+        if every is None:
+            return False
+        return self.step == self.total_steps or (index == self.steps_per_epoch - 1 and (epoch + 1) % every == 0)
+
+    def _monitored(self, monitor: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """``monitor()``'s values, run in eval mode without gradients; the modules' modes are restored."""
+        modes = {name: module.training for name, module in self.modules.items()}
+        for module in self.modules.values():
+            module.eval()
+        with torch.no_grad():
+            values = {k: float(v) for k, v in monitor().items()}
+        for name, module in self.modules.items():
+            module.train(modes[name])
+        return values
+
     def _interrupted(self, received: signal.Signals) -> Interrupted:
         """The stop on ``received``, once the checkpoint at this step is saved."""
         return Interrupted(f"stage {self.ctx.name}: {received.name} at step {self.step}/{self.total_steps}, "
                            f"checkpoint saved there; hvkit run --resume {self.ctx.run_dir} continues to the "
                            "uninterrupted result", 128 + received.value)
 
-    def _one_step(self, step: StepFn, batch: Any, generator: torch.Generator) -> tuple[float, dict[str, float]]:
+    def _one_step(self, step: StepFn, batch: Any,
+                  generator: torch.Generator) -> tuple[float, dict[str, float | torch.Tensor]]:
+        """One optimiser step; the loss's value and the step's parts (read to floats only when logged)."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             out = step(batch, generator)
@@ -397,7 +428,7 @@ class Trainer:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
-        return value, {k: float(v) for k, v in terms.items()}
+        return value, terms
 
     def _trim_log(self) -> dict[str, float]:
         """Drop the log lines written after the checkpoint resumed from; returns the last one kept."""

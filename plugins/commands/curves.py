@@ -51,7 +51,8 @@ class Curves:
         return np.array([row["step"] for row in rows], dtype=float), np.array([row[key] for row in rows], dtype=float)
 
     def summary(self) -> str:
-        """Steps, wall time, steps per second, the loss from first to last (and its lowest), the last parts."""
+        """Steps, wall time, steps per second, the loss from first to last (and its lowest), the last parts,
+        each monitored figure's highest."""
         first, last = self.rows[0], self.rows[-1]
         steps, losses = self.series("loss")
         low = int(np.argmin(losses))
@@ -64,6 +65,10 @@ class Curves:
             said.append(f"{float(np.median(speeds)):.3g} steps/s")
         said.append(f"loss {losses[0]:.4g} → {losses[-1]:.4g} (lowest {losses[low]:.4g} at step {int(steps[low])})")
         line = ", ".join(said) + ("; at the end " + ", ".join(parts) if parts else "")
+        for key in (k for k in self.keys() if k.startswith("val_")):  # the monitor's: higher is better
+            at, values = self.series(key)
+            best = int(np.argmax(values))
+            line += f"; {key} highest {values[best]:.4g} at step {int(at[best])}"
         if last.get("output_std", math.inf) < COLLAPSED:
             line += (f"\n  output_std {last['output_std']:.3g} < {COLLAPSED}: the outputs are collapsing onto few "
                      "directions (near 0: one for every image)")
@@ -134,7 +139,8 @@ def draw(curves: list[Curves], out: Path, smooth: int) -> None:
         for c in group:
             steps, values = c.series(key)
             if len(steps):
-                axes.plot(steps, values if key == "lr" else smoothed(values, smooth), label=c.run, linewidth=1.2)
+                axes.plot(steps, values if key == "lr" else smoothed(values, smooth), label=c.run, linewidth=1.2,
+                          marker="o" if len(steps) <= 50 else None, markersize=2.5)
         smoothing = f", mean of {smooth} logged points" if smooth > 1 and key != "lr" else ""
         axes.set_title(f"{stage}: {key}{smoothing}", fontsize=9)
         axes.set_xlabel("step", fontsize=8)
@@ -164,7 +170,8 @@ def curves_command(runs: tuple[Path, ...], stages: tuple[str, ...], out: Path, s
     speed, the loss from the first logged step to the last and the parts logged at the end
     (VICReg's invariance, variance and covariance, a classifier loss's cross-entropy …;
     ``ssl_pretrain``'s ``output_std`` is 1 for outputs spread over the sphere and 0 when they
-    collapse), then draws one panel per quantity into ``--out``. Works on a running run too.
+    collapse; with ``train.monitor_every`` the validation writers' ``val_auc`` and ``val_p1``),
+    then draws one panel per quantity into ``--out``. Works on a running run too.
     """
     found = collect(list(runs), stages)
     if as_json:

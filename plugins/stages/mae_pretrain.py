@@ -31,6 +31,7 @@ from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.backbones.vit import sincos_position_embedding, with_class_token
 from hvkit_plugins.stages.batches import check_image_sampler, epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
+from hvkit_plugins.stages.monitor import stage_monitor
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -204,6 +205,6 @@ class MAEPretrain:
                 return mae_loss(pred.float(), patchify(x.float(), p), mask, self.norm_pix_loss)
 
         trainer = Trainer(ctx, {"mae": model}, self.train, steps_per_epoch=len(sampler))
-        last = trainer.fit(epoch_batches(sampler), step)
+        last = trainer.fit(epoch_batches(sampler), step, monitor=stage_monitor(ctx, Encoder(backbone), self.train))
         path = save_encoder(ctx, Encoder(backbone), backbone_spec, None)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

@@ -14,6 +14,7 @@ from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.datasets.pairs import labelled_writers
 from hvkit_plugins.stages.batches import sampler_batches
 from hvkit_plugins.stages.encoder import Encoder, embed, load_stage_encoder, save_encoder, to_float
+from hvkit_plugins.stages.monitor import stage_monitor
 
 
 def _default_train() -> TrainConfig:
@@ -143,7 +144,7 @@ class MetricTrain:
                                                  lambda: embed(encoder, split.images, ctx.device, "head"))
         trainer = Trainer(ctx, {"encoder": model, "loss": loss_fn, **sampler_state}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",), global_batch=gathered)
-        last = trainer.fit(batches, step)
+        last = trainer.fit(batches, step, monitor=stage_monitor(ctx, encoder, self.train))
         path = save_encoder(ctx, encoder, backbone_spec, self.head)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step,
                                              "labelled_writers": len(writers)}}

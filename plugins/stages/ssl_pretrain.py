@@ -16,6 +16,7 @@ from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.stages.batches import check_image_sampler, epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, precise_batchnorm, save_encoder, to_float
+from hvkit_plugins.stages.monitor import stage_monitor
 
 
 def _default_train() -> TrainConfig:
@@ -327,7 +328,8 @@ class SSLPretrain:
         modules = {"encoder": model, "loss": loss_fn} | ({"teacher": teacher} if teacher is not None else {})
         trainer = Trainer(ctx, modules, self.train, steps_per_epoch=len(sampler), loss_modules=("loss",),
                           global_batch=gathered)
-        last = trainer.fit(epoch_batches(sampler), step, after_step if teacher is not None else None)
+        last = trainer.fit(epoch_batches(sampler), step, after_step if teacher is not None else None,
+                           stage_monitor(ctx, encoder, self.train))
         exported = teacher if self.export_teacher else encoder
         if self.precise_bn:
             precise_batchnorm(exported, images, ctx.device)

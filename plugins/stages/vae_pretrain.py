@@ -12,6 +12,7 @@ from hvkit.api import Component
 from hvkit.engine import StageContext, TrainConfig, Trainer, full_precision
 from hvkit_plugins.stages.batches import check_image_sampler, epoch_batches, image_sampler, split_images
 from hvkit_plugins.stages.encoder import Encoder, save_encoder, to_float
+from hvkit_plugins.stages.monitor import stage_monitor
 
 
 class _Reconstruct(nn.Module):
@@ -77,6 +78,6 @@ class VAEPretrain:
 
         trainer = Trainer(ctx, {"vae": model, "loss": loss_fn}, self.train,
                           steps_per_epoch=len(sampler), loss_modules=("loss",))
-        last = trainer.fit(epoch_batches(sampler), step)
+        last = trainer.fit(epoch_batches(sampler), step, monitor=stage_monitor(ctx, Encoder(backbone), self.train))
         path = save_encoder(ctx, Encoder(backbone), self.backbone, None)
         return {"encoder": path, "metrics": {"final_loss": last.get("loss"), "steps": trainer.step}}

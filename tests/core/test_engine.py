@@ -485,7 +485,7 @@ def test_run_directory_holds_everything_to_reproduce_the_run(straight):
                       "grad_clip": None, "amp": True, "amp_dtype": "bfloat16", "channels_last": True,
                       "sync_batchnorm": True, "log_every": 1, "checkpoint_every": 3, "max_steps": None,
                       "weight_decay_end": None, "weight_decay_1d": True,
-                      "frozen_epochs": {}, "lr_scale": {}, "ema": None, "ema_warmup": True}
+                      "frozen_epochs": {}, "lr_scale": {}, "ema": None, "ema_warmup": True, "monitor_every": None}
     assert resolved == {
         "name": "tiny", "seed": 5, "device": "auto",
         "data": {"name": "toy_writers", "writers": 4, "per_writer": 4, "size": 4},
@@ -586,6 +586,41 @@ def test_after_step_follows_each_optimiser_step_and_precedes_its_checkpoint(stag
     assert [done for done, _ in seen] == [3, 4, 5]
     final = load_checkpoint(resumed.checkpoint_path)["modules"]
     assert torch.equal(final["shadow"]["weight"], final["model"]["weight"])
+
+
+def test_the_monitor_runs_after_every_nth_epoch_and_the_last_step_in_eval_mode_without_gradients(stage_context):
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+
+    def fit(monitor_every: int | None, max_steps: int | None = None) -> tuple[list, list[dict[str, float]], Trainer]:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(3, 1), nn.Dropout(0.5))
+        config = TrainConfig(epochs=5, optimizer={"name": "SGD", "lr": 0.1}, amp=False, channels_last=False,
+                             log_every=4, monitor_every=monitor_every, max_steps=max_steps)
+        trainer = Trainer(replace(stage_context, name=f"fit{monitor_every}{max_steps}"),
+                          {"model": model}, config, steps_per_epoch=3)
+        calls = []
+
+        def monitor() -> dict[str, float]:
+            calls.append((trainer.step, model.training, torch.is_grad_enabled()))
+            return {"val_auc": torch.tensor(trainer.step / 100, dtype=torch.float64)}
+
+        trainer.fit(lambda epoch: iter(range(3)), lambda batch, g: model(x).pow(2).mean(),
+                    monitor=monitor if monitor_every else None)
+        assert model.training  # restored
+        return calls, read_log(trainer.log_path), trainer
+
+    calls, rows, _ = fit(2)
+    assert calls == [(6, False, False), (12, False, False), (15, False, False)]  # epochs 2 and 4, then the end
+    assert [(row["step"], row.get("val_auc")) for row in rows] == [
+        (4, None), (6, 0.06), (8, None), (12, 0.12), (15, 0.15)]  # a monitored step is logged as well
+    plain = fit(None)[1]
+    assert [row["loss"] for row in plain] == [row["loss"] for row in rows if row["step"] % 4 == 0 or row["step"] == 15]
+    assert fit(2, max_steps=7)[0] == [(6, False, False), (7, False, False)]
+    with pytest.raises(HvkitError, match="train.monitor_every is set but this stage offers no monitor"):
+        Trainer(stage_context, {"model": nn.Linear(3, 1)}, TrainConfig(monitor_every=1, amp=False),
+                steps_per_epoch=3).fit(lambda epoch: iter(range(3)), lambda batch, g: x.sum())
+    with pytest.raises(ValueError, match="train.monitor_every=0 must be >= 1"):
+        TrainConfig(monitor_every=0)
 
 
 @pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (89, "89 s"), (90, "2 min"), (5369, "89 min"),

@@ -41,13 +41,14 @@ def _curves(*args: str) -> str:
 def test_each_stage_is_summarised_in_the_recipes_order(tmp_path: Path):
     run = _run(tmp_path / "run", {
         "finetune": _rows([0.9, 0.5, 0.6]),
-        "pretrain": _rows([22.0, 20.0, 21.0, 19.5], invariance=[1, 2, 3, 0.25], output_std=[0.9, 0.8, 0.7, 0.6]),
+        "pretrain": _rows([22.0, 20.0, 21.0, 19.5], invariance=[1, 2, 3, 0.25], output_std=[0.9, 0.8, 0.7, 0.6],
+                          val_auc=[0.7, 0.8, 0.9, 0.85]),
     }, order=["pretrain", "evaluate", "finetune"])
     out = tmp_path / "c.png"
     lines = _curves(str(run), "--out", str(out)).splitlines()
     assert lines == [
         "pretrain: step 40/40, 5 min from the first logged step, 3.5 steps/s, loss 22 → 19.5 (lowest 19.5 at step 40); "
-        "at the end invariance 0.25, output_std 0.6",
+        "at the end invariance 0.25, output_std 0.6, val_auc 0.85; val_auc highest 0.9 at step 30",
         "finetune: step 30/30, 3 min from the first logged step, 3 steps/s, loss 0.9 → 0.6 (lowest 0.5 at step 20)",
         f"wrote {out}",
     ]
