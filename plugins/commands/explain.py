@@ -19,6 +19,7 @@ from hvkit_plugins.commands.sources import open_encoder, read_files
 from hvkit_plugins.stages.encoder import load_encoder, to_float
 from hvkit_plugins.stages.evaluate import fitted_verifier
 from hvkit_plugins.stages.pair_training import same_writer_score
+from hvkit_plugins.stages.score_fusion import FUSED
 from hvkit_plugins.stages.test_views import TestViews
 
 
@@ -46,15 +47,16 @@ def explain_command(source: Path, image_a: Path, image_b: Path, stage: str | Non
     writer's, negative (blue) ones like two writers'; blank paper gets none.
 
     SOURCE is a run directory — an evaluation stage's pair verifiers on its network's features (the
-    SSL-HV head, the cosines) are explained, not hand-crafted features or score fusions, which have
-    no gradient to follow — or an encoder checkpoint, whose plain cosine is explained as ``hvkit
-    verify`` scores it (give --threshold for a decision).
+    SSL-HV head, the cosines), or a score fusion of such verifiers, whose map is its members' maps
+    weighted as it weighs their scores (integrated gradients are linear in the score); not
+    hand-crafted features, which have no gradient to follow — or an encoder checkpoint, whose plain
+    cosine is explained as ``hvkit verify`` scores it (give --threshold for a decision).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if source.is_dir() and (source / "stages").is_dir():
         fitted = FittedRun(source)
         name, verifier = _explained(fitted, stage, verifier)
-        explainer = Explainer.of(fitted, name, verifier, device)
+        explainer = explainer_of(fitted, name, verifier, device)
         limit = fitted.decision(name, verifier)[0] if threshold is None else threshold
         label = f"{name}/{verifier}"
     else:
@@ -85,17 +87,37 @@ def explain_command(source: Path, image_a: Path, image_b: Path, stage: str | Non
 
 def _explained(fitted: FittedRun, stage: str | None, verifier: str | None) -> tuple[str, str]:
     """The stage (by default the last evaluation with an encoder) and verifier to explain, or a one-line error
-    when the stage has no gradient to follow."""
-    with_encoder = [n for n in fitted.evaluations if fitted.outputs[n].get("encoder")]
+    when the stage, or a member of a fusion, has no gradient to follow."""
     name = stage or fitted.default_stage()
-    if name not in with_encoder:
-        kind = "a score fusion" if name in fitted.fusions else (
-            "an evaluation of features computed without a network" if name in fitted.evaluations else None)
-        if kind is None:
-            fitted.check(name, verifier)  # the one-line error naming the stages there are
-        raise HvkitError(f"stage {name!r} of {fitted.run_dir} is {kind}: there is no gradient to follow; explain "
-                         f"an evaluation stage with an encoder: {', '.join(with_encoder) or 'the run has none'}")
-    return name, fitted.check(name, verifier)
+    verifier = fitted.check(name, verifier)
+    without = [(s, v) for s, v in _leaves(fitted, name, verifier) if not fitted.outputs[s].get("encoder")]
+    if without:
+        explainable = [n for n in fitted.evaluations if fitted.outputs[n].get("encoder")]
+        explainable += [n for n in fitted.fusions if all(fitted.outputs[s].get("encoder")
+                                                         for s, _ in _leaves(fitted, n, FUSED))]
+        kind = "an evaluation of features computed without a network"
+        what = (f"stage {name!r} of {fitted.run_dir} is {kind}" if name not in fitted.fusions else
+                f"stage {name!r} of {fitted.run_dir} fuses {', '.join(f'{s}/{v}' for s, v in without)}, {kind}")
+        raise HvkitError(f"{what}: there is no gradient to follow; explain a stage whose verifiers all embed with "
+                         f"an encoder: {', '.join(explainable) or 'the run has none'}")
+    return name, verifier
+
+
+def _leaves(fitted: FittedRun, stage: str, verifier: str) -> list[tuple[str, str]]:
+    """The evaluation verifiers a stage's verifier scores by: itself, or a fusion's members', nested fusions
+    opened."""
+    if stage not in fitted.fusions:
+        return [(stage, verifier)]
+    return [leaf for s, v, _ in fitted.members(stage) for leaf in _leaves(fitted, s, v)]
+
+
+def explainer_of(fitted: FittedRun, stage: str, verifier: str, device: torch.device) -> Explainer | FusedExplainer:
+    """The explainer of ``verifier`` of ``stage``: an :class:`Explainer`, or for a score fusion a
+    :class:`FusedExplainer` of its members' (nested fusions too)."""
+    if stage not in fitted.fusions:
+        return Explainer.of(fitted, stage, verifier, device)
+    members = [(w, explainer_of(fitted, s, v, device)) for s, v, w in fitted.members(stage)]
+    return FusedExplainer(members, fitted.offset(stage))
 
 
 class PlainCosine(torch.nn.Module):
@@ -154,6 +176,27 @@ class Explainer:
             return self.score(e, other) if first else self.score(other.expand_as(e), e)
 
         return integrated_gradients(score, image, torch.zeros_like(image), steps=steps)
+
+
+class FusedExplainer:
+    """A score fusion ``s = Σ_m w_m s_m + b`` of explainable verifiers. Integrated gradients are linear in the
+    score (the same path for every member), so its attributions are ``Σ_m w_m IG_m`` and the completeness
+    check still holds: they add up to ``s(a, b) − s(blank, b)``."""
+
+    def __init__(self, members: list[tuple[float, Explainer | FusedExplainer]], offset: float):
+        formats = {tuple(repr(e.input.get(k)) for k in ("in_channels", "image_size", "keep_aspect")) for _, e in members}
+        if len(formats) > 1:
+            raise HvkitError("the fusion's members read images of different formats (channels or size); explain "
+                             "its members one at a time")
+        self.members, self.offset = members, offset
+        self.input = members[0][1].input
+
+    def attribute(self, images: torch.Tensor, steps: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`Explainer.attribute`: the weighted sums of the members' attributions and path ends, in
+        float64 (fitted weights can be large and the members' terms cancel)."""
+        parts = [(w, e.attribute(images, steps)) for w, e in self.members]
+        return (sum(w * a.double() for w, (a, _) in parts),
+                sum(w * ends.double() for w, (_, ends) in parts) + self.offset)
 
 
 def thirds(share: np.ndarray, image: np.ndarray) -> list[float]:

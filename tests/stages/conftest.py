@@ -37,8 +37,13 @@ fused:
   stage: score_fusion
   members: [evaluate/cosine_pair, hog/cosine_pair]
   plots: false
+fused_net:
+  stage: score_fusion
+  members: [evaluate/sslhv_pair, evaluate/wccn_pair]
+  plots: false
 """
-"""A trained model's evaluation (with test-time views), a hand-crafted one and their score fusion, on 16
+"""A trained model's evaluation (with test-time views), a hand-crafted one, their score fusion and a fusion of two of
+the model's verifiers, on 16
 synthetic writers of 4 words at 32 px: what the commands that read a finished run are tested on."""
 
 

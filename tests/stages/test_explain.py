@@ -1,8 +1,10 @@
 """``hvkit explain``: integrated gradients of a run's fitted verifier, checked against ``hvkit verify``'s score and
-the completeness of the attributions; stages without a gradient are refused in one line."""
+the completeness of the attributions; a fusion's map is its members' as it weighs them; stages without a gradient
+are refused in one line."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -67,15 +69,43 @@ def test_attributions_add_up_to_the_score_verify_prints(run_and_words, tmp_path,
 def test_stages_without_a_gradient_are_refused_in_one_line(run_and_words):
     run_dir, words = run_and_words
     files = [str(w) for w in words[:2]]
-    for stage, kind in (("hog", "an evaluation of features computed without a network"),
-                        ("fused", "a score fusion")):
+    kind = "an evaluation of features computed without a network"
+    for stage, what in (("hog", f"is {kind}"), ("fused", f"fuses hog/cosine_pair, {kind}")):
         result = CliRunner().invoke(main, ["explain", str(run_dir), *files, "--stage", stage])
         assert result.exit_code != 0
         assert result.output.strip().splitlines() == [
-            f"error: stage {stage!r} of {run_dir} is {kind}: there is no gradient to follow; explain an evaluation "
-            "stage with an encoder: evaluate"]
+            f"error: stage {stage!r} of {run_dir} {what}: there is no gradient to follow; explain a stage whose "
+            "verifiers all embed with an encoder: evaluate, fused_net"]
     result = CliRunner().invoke(main, ["explain", str(run_dir), *files, "--verifier", "nope"])
     assert result.exit_code != 0 and "has no verifier 'nope'" in result.output
+
+
+def test_a_fusion_of_network_verifiers_is_explained_by_its_members_maps_as_it_weighs_their_scores(run_and_words,
+                                                                                                  tmp_path):
+    run_dir, words = run_and_words
+    files = [str(words[k]) for k in (0, 2)]
+    saved = {}
+    for stage, verifier in (("fused_net", "fused"), ("evaluate", "sslhv_pair"), ("evaluate", "wccn_pair")):
+        out = tmp_path / f"{verifier}.png"
+        result = CliRunner().invoke(main, ["explain", str(run_dir), *files, "--stage", stage, "--verifier", verifier,
+                                           "--steps", "256", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        saved[verifier] = np.load(out.with_suffix(".npz"))
+    fused = saved["fused"]
+    verified = CliRunner().invoke(main, ["verify", str(run_dir), *files, "--stage", "fused_net"])
+    assert float(fused["score"]) == pytest.approx(_score(verified.output), abs=6e-5)
+    fusion = json.loads((run_dir / "metrics.json").read_text())["fused_net"]["fusion"]
+    w = [fusion["weights"][f"evaluate/{v}"] for v in ("sslhv_pair", "wccn_pair")]
+    def weighed(key: str) -> np.ndarray:  # in float64: the fitted weights are large and the terms cancel
+        return sum(wk * saved[v][key].astype(np.float64) for wk, v in zip(w, ("sslhv_pair", "wccn_pair")))
+
+    for side in ("attribution_a", "attribution_b"):
+        np.testing.assert_allclose(fused[side], weighed(side), rtol=1e-4, atol=1e-6)
+        assert np.abs(fused[side]).max() > 0
+    np.testing.assert_allclose(fused["blank_scores"], weighed("blank_scores") + fusion["offset"], rtol=1e-5, atol=1e-6)
+    for side, blank in zip(("attribution_a", "attribution_b"), fused["blank_scores"]):
+        change = float(fused["score"]) - float(blank)
+        assert abs(fused[side].sum() - change) <= 0.01 * max(abs(change), 0.05)  # completeness, 256 steps
 
 
 def test_an_encoder_checkpoint_explains_the_plain_cosine_verify_prints(run_and_words, tmp_path):
