@@ -61,5 +61,5 @@ def errors_command(run_dir: Path, stage: str | None, verifier: str | None, top: 
         for row in found[:top]:
             click.echo(f"  score {pairs.scores[row]:.4f}  {index.files[index.first[row]]}  "
                        f"{index.files[index.second[row]]}")
-    if fitted.outputs[name].get("encoder") and any(Path(str(f)).is_file() for f in index.files[:1]):
+    if not fitted.without_gradient(name, verifier) and any(Path(str(f)).is_file() for f in index.files[:1]):
         click.echo(f"explain one: hvkit explain {run_dir} FILE_A FILE_B --stage {name} --verifier {verifier}")

@@ -90,25 +90,16 @@ def _explained(fitted: FittedRun, stage: str | None, verifier: str | None) -> tu
     when the stage, or a member of a fusion, has no gradient to follow."""
     name = stage or fitted.default_stage()
     verifier = fitted.check(name, verifier)
-    without = [(s, v) for s, v in _leaves(fitted, name, verifier) if not fitted.outputs[s].get("encoder")]
+    without = fitted.without_gradient(name, verifier)
     if without:
         explainable = [n for n in fitted.evaluations if fitted.outputs[n].get("encoder")]
-        explainable += [n for n in fitted.fusions if all(fitted.outputs[s].get("encoder")
-                                                         for s, _ in _leaves(fitted, n, FUSED))]
+        explainable += [n for n in fitted.fusions if not fitted.without_gradient(n, FUSED)]
         kind = "an evaluation of features computed without a network"
         what = (f"stage {name!r} of {fitted.run_dir} is {kind}" if name not in fitted.fusions else
                 f"stage {name!r} of {fitted.run_dir} fuses {', '.join(f'{s}/{v}' for s, v in without)}, {kind}")
         raise HvkitError(f"{what}: there is no gradient to follow; explain a stage whose verifiers all embed with "
                          f"an encoder: {', '.join(explainable) or 'the run has none'}")
     return name, verifier
-
-
-def _leaves(fitted: FittedRun, stage: str, verifier: str) -> list[tuple[str, str]]:
-    """The evaluation verifiers a stage's verifier scores by: itself, or a fusion's members', nested fusions
-    opened."""
-    if stage not in fitted.fusions:
-        return [(stage, verifier)]
-    return [leaf for s, v, _ in fitted.members(stage) for leaf in _leaves(fitted, s, v)]
 
 
 def explainer_of(fitted: FittedRun, stage: str, verifier: str, device: torch.device) -> Explainer | FusedExplainer:

@@ -61,6 +61,17 @@ class FittedRun:
             found.append((member_stage, self.check(member_stage, member_verifier), float(fusion["weights"][member])))
         return found
 
+    def leaves(self, stage: str, verifier: str) -> list[tuple[str, str]]:
+        """The evaluation verifiers ``verifier`` of ``stage`` scores by: itself, or a fusion's members', nested
+        fusions opened."""
+        if stage not in self.fusions:
+            return [(stage, verifier)]
+        return [leaf for s, v, _ in self.members(stage) for leaf in self.leaves(s, v)]
+
+    def without_gradient(self, stage: str, verifier: str) -> list[tuple[str, str]]:
+        """The verifiers of :meth:`leaves` whose stage embeds with no encoder (hand-crafted features)."""
+        return [(s, v) for s, v in self.leaves(stage, verifier) if not self.outputs[s].get("encoder")]
+
     def offset(self, stage: str) -> float:
         """A fusion's offset ``b``."""
         return float(self.outputs[stage]["metrics"]["fusion"]["offset"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +84,19 @@ def test_scores_saved_before_the_index_ask_for_a_re_run_naming_every_stage(fitte
         f"error: {old / 'stages' / 'fused' / 'test_pair_scores.npz'} holds no record of which images make each pair "
         f"(saved before hvkit kept it, or without validation writers); re-run: hvkit eval {old} --stage evaluate "
         "--stage hog --stage fused")
+
+
+def test_the_listing_offers_hvkit_explain_where_the_files_exist_and_a_gradient_leads_to_them(fitted_run, tmp_path,
+                                                                                           monkeypatch):
+    index = load_pair_index(fitted_run / "stages" / "evaluate" / "test_pair_scores.npz")
+    monkeypatch.chdir(tmp_path)
+    for stage in ("evaluate", "fused_net", "hog", "fused"):
+        said = CliRunner().invoke(main, ["errors", str(fitted_run), "--stage", stage]).output
+        assert "explain one:" not in said  # the files are not on disk
+    assert not Path(str(index.files[0])).is_absolute()  # a synthetic image's name, made a file here
+    first = tmp_path / str(index.files[0])
+    first.parent.mkdir(parents=True, exist_ok=True)
+    first.write_bytes(b"")
+    for stage, offered in (("evaluate", True), ("fused_net", True), ("hog", False), ("fused", False)):
+        said = CliRunner().invoke(main, ["errors", str(fitted_run), "--stage", stage]).output
+        assert ("explain one: hvkit explain" in said) == offered, stage
