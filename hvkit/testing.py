@@ -33,13 +33,14 @@ End to end, :func:`run_recipe_text` runs a recipe through hvkit's pipeline, and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 import math
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +57,8 @@ from hvkit.registry import get_registry
 Inputs = Callable[[torch.dtype, torch.Generator], tuple[torch.Tensor, ...]]
 
 __all__ = ["check_backbone", "check_evaluator", "check_head", "check_loss", "check_miner",
-           "check_sampler", "check_transform", "evaluation_data", "run_recipe_text", "tiny_recipe"]
+           "check_sampler", "check_transform", "evaluation_data", "failing_after_step", "run_recipe_text",
+           "tiny_recipe"]
 
 
 def _is_factory(obj: Any) -> bool:
@@ -859,6 +861,27 @@ def run_recipe_text(text: str, directory: Path, name: str = "recipe") -> Path:
     recipe = Path(directory) / f"{name}.yaml"
     recipe.write_text(text)
     return run(recipe, [], run_dir=Path(directory) / name, device="cpu", console=lambda _: None)
+
+
+@contextlib.contextmanager
+def failing_after_step(step: int) -> Iterator[None]:
+    """Within it, a training stage that has taken ``step`` optimiser steps raises ``RuntimeError("injected
+    failure")`` in the next, as a crash there would: a plugin's test that its stage resumes (``hvkit run
+    --resume``) to the uninterrupted run's result, from the checkpoint before that step."""
+    from hvkit.engine import Trainer
+
+    one_step = Trainer._one_step
+
+    def failing(self: Trainer, *args: Any) -> Any:
+        if self.step == step:
+            raise RuntimeError("injected failure")
+        return one_step(self, *args)
+
+    Trainer._one_step = failing
+    try:
+        yield
+    finally:
+        Trainer._one_step = one_step
 
 
 def tiny_recipe(stages: str, *, name: str = "tiny", seed: int = 0, backbone: str = "small_cnn",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 import torch
 
-from hvkit.engine import Trainer, load_checkpoint
+from hvkit.engine import load_checkpoint
 from hvkit.pipeline import run
-from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit.testing import failing_after_step, run_recipe_text, tiny_recipe
 from hvkit_plugins.stages import metric_train
 
 
@@ -54,19 +55,12 @@ def test_an_interrupted_run_resumes_to_the_same_average(tmp_path: Path, monkeypa
     encoder is saved: the resumed stage then trains no step and must still save the average."""
     text = recipe(0.9)
     straight = run_recipe_text(text, tmp_path, "straight")
-    if where == "training":
-        one_step = Trainer._one_step
-
-        def fails(self, step, batch, generator):
-            if self.step == 4:
-                raise RuntimeError("injected failure")
-            return one_step(self, step, batch, generator)
-        monkeypatch.setattr(Trainer, "_one_step", fails)
-    else:
+    if where == "saving":
         def fails(*args, **kwargs):
             raise RuntimeError("injected failure")
         monkeypatch.setattr(metric_train, "save_encoder", fails)
-    with pytest.raises(RuntimeError, match="injected failure"):
+    failing = failing_after_step(4) if where == "training" else contextlib.nullcontext()
+    with failing, pytest.raises(RuntimeError, match="injected failure"):
         run_recipe_text(text, tmp_path, "broken")
     monkeypatch.undo()
     broken = tmp_path / "broken"

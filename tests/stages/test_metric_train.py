@@ -18,7 +18,7 @@ from hvkit.engine.trainer import read_log
 from hvkit.errors import HvkitError
 from hvkit.pipeline import run
 from hvkit.registry import get_registry
-from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit.testing import failing_after_step, run_recipe_text, tiny_recipe
 from hvkit_plugins.losses.adaface import AdaFaceLoss
 from hvkit_plugins.losses.cosface import CosFaceLoss
 from hvkit_plugins.datasets.pairs import labelled_writers
@@ -177,17 +177,8 @@ def test_a_hard_class_sampler_observes_the_encoders_clean_embeddings_every_refre
 def test_a_run_with_a_hard_class_sampler_resumes_inside_an_epoch_to_the_same_result(tmp_path: Path, monkeypatch):
     text = HARD.replace("refresh_every: 2", "refresh_every: 1")
     straight = run_recipe_text(text, tmp_path, "straight")
-    one_step = Trainer._one_step
-
-    def fails_at_step_7(self, step, batch, generator):
-        if self.step == 6:  # after step 6's checkpoint, inside epoch 1 (steps 5-8)
-            raise RuntimeError("injected failure")
-        return one_step(self, step, batch, generator)
-
-    monkeypatch.setattr(Trainer, "_one_step", fails_at_step_7)
-    with pytest.raises(RuntimeError, match="injected failure"):
+    with failing_after_step(6), pytest.raises(RuntimeError, match="injected failure"):  # inside epoch 1 (steps 5-8)
         run_recipe_text(text, tmp_path, "broken")
-    monkeypatch.setattr(Trainer, "_one_step", one_step)
     broken = tmp_path / "broken"
     assert load_checkpoint(broken / "stages" / "train" / "last.pt")["step"] == 6
     lines: list[str] = []

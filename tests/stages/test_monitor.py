@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from hvkit.engine import TrainConfig, Trainer
+from hvkit.engine import TrainConfig
 from hvkit.engine.trainer import read_log
 from hvkit.pipeline import run
 from hvkit.registry import get_registry
-from hvkit.testing import run_recipe_text, tiny_recipe
+from hvkit.testing import failing_after_step, run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.stages import monitor as monitor_module
 from hvkit_plugins.stages.encoder import embed, load_encoder
@@ -105,7 +105,7 @@ def test_a_dataset_without_enough_validation_writers_is_a_one_line_error():
 
 
 
-def test_a_monitored_run_resumed_mid_epoch_logs_what_the_straight_run_logs(tmp_path, monkeypatch):
+def test_a_monitored_run_resumed_mid_epoch_logs_what_the_straight_run_logs(tmp_path):
     text = tiny_recipe("""
   train:
     stage: metric_train
@@ -115,17 +115,8 @@ def test_a_monitored_run_resumed_mid_epoch_logs_what_the_straight_run_logs(tmp_p
     train: {epochs: 3, log_every: 100, checkpoint_every: 5, monitor_every: 1, amp: false}
 """, name="watched", writers=30, samples_per_writer=4)
     straight = read_log(run_recipe_text(text, tmp_path, "straight") / "stages" / "train" / "log.jsonl")
-    one_step = Trainer._one_step
-
-    def fails_at_step_7(self, step, batch, generator):
-        if self.step == 6:
-            raise RuntimeError("injected failure")
-        return one_step(self, step, batch, generator)
-
-    monkeypatch.setattr(Trainer, "_one_step", fails_at_step_7)
-    with pytest.raises(RuntimeError, match="injected failure"):
+    with failing_after_step(6), pytest.raises(RuntimeError, match="injected failure"):
         run_recipe_text(text, tmp_path, "broken")
-    monkeypatch.setattr(Trainer, "_one_step", one_step)
     run(None, resume=tmp_path / "broken", device="cpu", console=lambda _: None)
     resumed = read_log(tmp_path / "broken" / "stages" / "train" / "log.jsonl")
     keys = ("step", "epoch", "loss", "val_auc", "val_p1")
