@@ -119,8 +119,8 @@ def smoothed(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def draw(curves: list[Curves], out: Path, smooth: int) -> None:
-    """For each stage, one panel per logged quantity against the step, a line per run; the learning rate
-    unsmoothed. Stages get panels of their own: their losses differ in scale."""
+    """For each stage, one panel per logged quantity against the step, a line per run; the learning rate and
+    the monitor's figures unsmoothed. Stages get panels of their own: their losses differ in scale."""
     by_stage: dict[str, list[Curves]] = {}
     for c in curves:
         by_stage.setdefault(c.stage, []).append(c)
@@ -136,12 +136,13 @@ def draw(curves: list[Curves], out: Path, smooth: int) -> None:
             slot += columns - slot % columns  # each stage starts a new row
         axes = figure.add_subplot(grid_rows, columns, slot + 1)
         slot += 1
+        raw = key == "lr" or key.startswith("val_")  # a schedule, and the monitor's few points
         for c in group:
             steps, values = c.series(key)
             if len(steps):
-                axes.plot(steps, values if key == "lr" else smoothed(values, smooth), label=c.run, linewidth=1.2,
+                axes.plot(steps, values if raw else smoothed(values, smooth), label=c.run, linewidth=1.2,
                           marker="o" if len(steps) <= 50 else None, markersize=2.5)
-        smoothing = f", mean of {smooth} logged points" if smooth > 1 and key != "lr" else ""
+        smoothing = f", mean of {smooth} logged points" if smooth > 1 and not raw else ""
         axes.set_title(f"{stage}: {key}{smoothing}", fontsize=9)
         axes.set_xlabel("step", fontsize=8)
         axes.tick_params(labelsize=7)
@@ -159,7 +160,7 @@ def draw(curves: list[Curves], out: Path, smooth: int) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"),
               show_default=True, help="The PNG to write.")
 @click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Average each curve but the learning rate over this many logged points.")
+              help="Average each curve but the learning rate and the monitor's over this many logged points.")
 @click.option("--json", "as_json", is_flag=True, help="Print each stage's logged rows as JSON; no PNG.")
 @user_errors
 def curves_command(runs: tuple[Path, ...], stages: tuple[str, ...], out: Path, smooth: int, as_json: bool) -> None:
