@@ -80,7 +80,8 @@ def stage_order(run_dir: Path) -> list[str]:
     listed: list[str] = []
     if (run_dir / RESOLVED).is_file():
         listed = list((yaml.safe_load((run_dir / RESOLVED).read_text()) or {}).get("stages") or {})
-    folders = sorted(p.name for p in (run_dir / "stages").iterdir() if p.is_dir()) if (run_dir / "stages").is_dir() else []
+    stages = run_dir / "stages"
+    folders = sorted(p.name for p in stages.iterdir() if p.is_dir()) if stages.is_dir() else []
     return [*listed, *(name for name in folders if name not in listed)]
 
 
@@ -150,6 +151,7 @@ def draw(curves: list[Curves], out: Path, smooth: int) -> None:
         if index in starts and len(group) > 1:
             axes.legend(fontsize=7)
     figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
 
 

@@ -175,7 +175,8 @@ class FusedExplainer:
     check still holds: they add up to ``s(a, b) − s(blank, b)``."""
 
     def __init__(self, members: list[tuple[float, Explainer | FusedExplainer]], offset: float):
-        formats = {tuple(repr(e.input.get(k)) for k in ("in_channels", "image_size", "keep_aspect")) for _, e in members}
+        keys = ("in_channels", "image_size", "keep_aspect")
+        formats = {tuple(repr(e.input.get(k)) for k in keys) for _, e in members}
         if len(formats) > 1:
             raise HvkitError("the fusion's members read images of different formats (channels or size); explain "
                              "its members one at a time")

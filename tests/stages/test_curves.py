@@ -18,7 +18,8 @@ from hvkit_plugins.commands.curves import smoothed
 def _run(root: Path, logs: dict[str, list[dict]], order: list[str] | None = None) -> Path:
     """A run folder holding ``logs`` as its stages' log.jsonl, its recipe listing the stages in ``order``."""
     root.mkdir(parents=True)
-    (root / "recipe.resolved.yaml").write_text(yaml.safe_dump({"stages": {s: {} for s in order or logs}}, sort_keys=False))
+    stages = {s: {} for s in order or logs}
+    (root / "recipe.resolved.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     for stage, rows in logs.items():
         (root / "stages" / stage).mkdir(parents=True)
         (root / "stages" / stage / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -47,8 +48,9 @@ def test_each_stage_is_summarised_in_the_recipes_order(tmp_path: Path):
     out = tmp_path / "c.png"
     lines = _curves(str(run), "--out", str(out)).splitlines()
     assert lines == [
-        "pretrain: step 40/40, 5 min from the first logged step, 3.5 steps/s, loss 22 → 19.5 (lowest 19.5 at step 40); "
-        "at the end invariance 0.25, output_std 0.6, val_auc 0.85; val_auc highest 0.9 at step 30",
+        "pretrain: step 40/40, 5 min from the first logged step, 3.5 steps/s, loss 22 → 19.5 "
+        "(lowest 19.5 at step 40); at the end invariance 0.25, output_std 0.6, val_auc 0.85; "
+        "val_auc highest 0.9 at step 30",
         "finetune: step 30/30, 3 min from the first logged step, 3 steps/s, loss 0.9 → 0.6 (lowest 0.5 at step 20)",
         f"wrote {out}",
     ]

@@ -144,9 +144,9 @@ def test_a_hard_class_sampler_observes_the_encoders_clean_embeddings_every_refre
     seen: list[tuple[int, bool, np.ndarray, torch.Tensor]] = []
 
     class Recording(Trainer):
-        def fit(self, batches, step, after_step=None):
+        def fit(self, *args, **kwargs):
             trainers.append(self)
-            return super().fit(batches, step, after_step)
+            return super().fit(*args, **kwargs)
 
     def spy(sampler: HardClassSampler, embeddings: np.ndarray) -> None:
         trainer = trainers[-1]

@@ -74,8 +74,8 @@ def test_each_stage_logs_the_separation_of_the_weights_it_saves(tmp_path, stage)
     spec = {"metric_train": "loss: supcon\n    label_fraction: 1.0",
             "ssl_pretrain": "head: {name: mlp, dims: [16, 16]}",
             "vae_pretrain": "backbone: {name: resnet_vae, latent_dim: 8, image_size: 32}",
-            "mae_pretrain": "backbone: {name: vit, image_size: 32, patch_size: 8, hidden_dim: 32, layers: 2, heads: 2}\n"
-                            "    decoder_dim: 16\n    decoder_layers: 1\n    decoder_heads: 2"}[stage]
+            "mae_pretrain": "backbone: {name: vit, image_size: 32, patch_size: 8, hidden_dim: 32, layers: 2, "
+                            "heads: 2}\n    decoder_dim: 16\n    decoder_layers: 1\n    decoder_heads: 2"}[stage]
     run = run_recipe_text(tiny_recipe(f"""
   train:
     stage: {stage}
