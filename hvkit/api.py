@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 17)
+API_VERSION: tuple[int, int] = (1, 18)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -58,7 +58,10 @@ over a large stand-in collection of writers and groups, so a stage factory must 
 each embedding's length (AdaFace) gets the embeddings unnormalised from a stage that would L2-normalise
 them. 1.16 added ``Split.documents``, each image's source document, and ``EvalData.documents`` /
 ``val_documents``, which the ``evaluate`` stage fills from it. 1.17 hands a sampler ``documents``, each
-image's document as int codes (None when the data names none), as it hands ``groups``.
+image's document as int codes (None when the data names none), as it hands ``groups``. 1.18 added
+``Trainer.fit(monitor=...)``: a stage's figures of held-out data, run after every ``train.monitor_every``-th
+epoch and logged with that step (a stage that passes none refuses the setting), and
+``hvkit.testing.failing_after_step`` for resume tests.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")
