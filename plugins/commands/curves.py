@@ -89,17 +89,19 @@ def collect(paths: list[Path], stages: tuple[str, ...]) -> list[Curves]:
     """The logged training stages of every run in ``paths`` (a run, or a folder of runs such as a sweep's),
     all of them or those named in ``stages``, each of which must be a stage of some run."""
     runs = [run for path in paths for run in runs_in(path)]
-    found: list[Curves] = []
     for run_dir in runs:
         if not (run_dir / "stages").is_dir():
             raise HvkitError(f"{run_dir}: no run here (no stages/ folder)")
-        for name in stage_order(run_dir):
+    orders = {run_dir: stage_order(run_dir) for run_dir in runs}
+    found: list[Curves] = []
+    for run_dir, order in orders.items():
+        for name in order:
             if stages and name not in stages:
                 continue
             rows = read_log(run_dir / "stages" / name / "log.jsonl")
             if rows:
                 found.append(Curves(name, run_dir.name, len(runs) > 1, rows))
-    known = {name for run_dir in runs for name in stage_order(run_dir)}
+    known = {name for order in orders.values() for name in order}
     unknown = [s for s in stages if s not in known]
     if unknown:
         raise HvkitError(f"no stage {', '.join(map(repr, unknown))} in {', '.join(map(str, runs))} "

@@ -279,7 +279,7 @@ class SSLPretrain:
                 views += list(local.float().chunk(self.local_views))
                 maps += list(local_maps.float().chunk(self.local_views))
                 thetas += local_thetas
-            monitor = {"output_std": output_std(views[0])}
+            logged = {"output_std": output_std(views[0])}
             with full_precision(ctx.device):
                 positions = None if any(t is None for t in thetas) else [cell_positions(theta, *m.shape[2:])
                                                                          for theta, m in zip(thetas, maps)]
@@ -287,7 +287,7 @@ class SSLPretrain:
                     views, maps = ([distributed.gather_with_grad(t) for t in ts] for ts in (views, maps))
                     positions = None if positions is None else [distributed.gather(p) for p in positions]
                 loss = loss_fn(*views, maps=tuple(maps), positions=None if positions is None else tuple(positions))
-            return loss, monitor
+            return loss, logged
 
         def step(index: list[int], generator: torch.Generator):
             x = to_float(images[torch.as_tensor(index)], ctx.device)
@@ -303,24 +303,24 @@ class SSLPretrain:
             if local_transform is not None:
                 small, _ = local_crops(local_transform, x, generator, self.local_views, self.local_size)
                 local = list(model(small).float().chunk(self.local_views))
-            monitor = {"output_std": output_std(views[0])}
+            logged = {"output_std": output_std(views[0])}
             with full_precision(ctx.device):
                 if gathered:
                     views, local = ([distributed.gather_with_grad(z) for z in zs] for zs in (views, local))
                     targets = [distributed.gather(t) for t in targets]
                 if teacher is None:
                     if getattr(loss_fn, "takes_local_views", False):
-                        return loss_fn(*views, *local), monitor
+                        return loss_fn(*views, *local), logged
                     loss = multi_view_loss(loss_fn, views, local)
                     if hasattr(loss_fn, "terms") and not local:  # one call: its parts are the step's (logged)
-                        monitor |= loss_fn.terms()
-                    return loss, monitor
+                        logged |= loss_fn.terms()
+                    return loss, logged
                 if getattr(loss_fn, "takes_local_views", False):  # it pairs the views itself
                     loss = loss_fn(*views, *local, teacher=tuple(targets))
                 else:
                     loss = teacher_view_loss(loss_fn, views, targets, local, getattr(loss_fn, "symmetric", True))
                 loss_fn.observe_teacher(targets)
-                return loss, monitor
+                return loss, logged
 
         def after_step(done: int) -> None:
             update_teacher(teacher, encoder, teacher_momentum_at(self.teacher_momentum, done - 1, trainer.total_steps))
