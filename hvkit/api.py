@@ -15,7 +15,7 @@ import pluggy
 import torch
 from torch import nn
 
-API_VERSION: tuple[int, int] = (1, 18)
+API_VERSION: tuple[int, int] = (1, 19)
 """(major, minor): a plugin declaring another major version is refused with a clear message.
 
 1.1 added the momentum teacher: ``ViewLoss.needs_teacher``, ``ViewLoss.observe_teacher`` and
@@ -61,7 +61,9 @@ them. 1.16 added ``Split.documents``, each image's source document, and ``EvalDa
 image's document as int codes (None when the data names none), as it hands ``groups``. 1.18 added
 ``Trainer.fit(monitor=...)``: a stage's figures of held-out data, run after every ``train.monitor_every``-th
 epoch and logged with that step (a stage that passes none refuses the setting), and
-``hvkit.testing.failing_after_step`` for resume tests.
+``hvkit.testing.failing_after_step`` for resume tests. 1.19 runs the monitor on ``train.ema``'s averaged
+weights, and ``stage_monitor(..., statistics_from=images)`` re-estimates BatchNorm's statistics on a stage's
+``precise_bn`` images before each check: a check reads the model the stage would save at that step.
 """
 
 hookimpl = pluggy.HookimplMarker("hvkit")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -60,6 +62,20 @@ class ModelEma:
         for name in self.modules:
             for key, live in self._live(name).items():
                 live.copy_(self.shadow[name][key])
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The modules hold the averages inside the block and their own weights again after it."""
+        with torch.no_grad():
+            live = {name: {key: t.clone() for key, t in self._live(name).items()} for name in self.modules}
+            self.copy_to()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name in self.modules:
+                    for key, t in self._live(name).items():
+                        t.copy_(live[name][key])
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "shadow": self.shadow}

@@ -11,6 +11,7 @@ SIGINT or SIGTERM stops the run (:mod:`hvkit.engine.interrupt`), and exact resum
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -304,7 +305,8 @@ class Trainer:
         SIGTERM ends the step under way, saves a checkpoint there and raises :class:`Interrupted`.
         With ``train.monitor_every`` = n, the stage's ``monitor()`` (figures of the model on held-out
         data; it must draw no random numbers) runs after every n-th epoch and after the last step,
-        with the modules in eval mode and no gradient, and its values join that step's log line.
+        with the modules in eval mode and no gradient (and the averaged weights with ``train.ema``), and its
+        values join that step's log line.
         """
         if self.config.monitor_every is not None and monitor is None:
             raise HvkitError(f"stage {self.ctx.name}: train.monitor_every is set but this stage offers no monitor "
@@ -381,11 +383,12 @@ class Trainer:
         return self.step == self.total_steps or (index == self.steps_per_epoch - 1 and (epoch + 1) % every == 0)
 
     def _monitored(self, monitor: Callable[[], dict[str, float]]) -> dict[str, float]:
-        """``monitor()``'s values, run in eval mode without gradients; the modules' modes are restored."""
+        """``monitor()``'s values, run in eval mode without gradients and, with ``train.ema``, on the averaged
+        weights (what the stage exports); the modules' modes and weights are restored."""
         modes = {name: module.training for name, module in self.modules.items()}
         for module in self.modules.values():
             module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
             values = {k: float(v) for k, v in monitor().items()}
         for name, module in self.modules.items():
             module.train(modes[name])

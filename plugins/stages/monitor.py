@@ -3,7 +3,8 @@ writers apart."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 
 from hvkit.engine import StageContext, TrainConfig
 from hvkit.evaluation.roc import RocCounts
-from hvkit_plugins.stages.encoder import embed
+from hvkit_plugins.stages.encoder import embed, precise_batchnorm
 
 MAX_IMAGES = 4096
 """Monitor at most this many validation images (a seeded sample): the pairs grow with its square."""
@@ -36,11 +37,28 @@ def writer_separation(embeddings: torch.Tensor, labels: np.ndarray) -> dict[str,
     return {"val_auc": auc, "val_p1": float((labels[nearest] == labels)[has_other].mean())}
 
 
+@contextmanager
+def batchnorm_statistics_kept(encoder: nn.Module) -> Iterator[None]:
+    """Every BatchNorm's buffers (running statistics, batch count) as they were before the block, after it."""
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{key: t.clone() for key, t in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved):
+                for key, t in m.named_buffers(recurse=False):
+                    t.copy_(buffers[key])
+
+
 def writer_monitor(encoder: nn.Module, images: torch.Tensor, labels: np.ndarray, device: torch.device,
-                   seed: int = 0) -> Callable[[], dict[str, float]]:
+                   seed: int = 0, statistics_from: torch.Tensor | None = None) -> Callable[[], dict[str, float]]:
     """A monitor for :meth:`~hvkit.engine.Trainer.fit`: :func:`writer_separation` of the encoder's backbone
     features (what a later stage evaluates by default) of the validation ``images``, at most
-    :data:`MAX_IMAGES` of them (a sample drawn once by ``seed``)."""
+    :data:`MAX_IMAGES` of them (a sample drawn once by ``seed``). With ``statistics_from`` (the images of a
+    stage's ``precise_bn``) each check first re-estimates BatchNorm's running statistics on them as the stage
+    does after training (:func:`~hvkit_plugins.stages.encoder.precise_batchnorm`), so it reads the model the
+    stage would save, and gives the training its own statistics back afterwards."""
     counts = np.bincount(np.unique(np.asarray(labels), return_inverse=True)[1])
     if len(counts) < 2 or counts.max() < 2:
         raise ValueError(f"train.monitor_every needs validation writers with pairs of both kinds; the val split has "
@@ -48,15 +66,25 @@ def writer_monitor(encoder: nn.Module, images: torch.Tensor, labels: np.ndarray,
     if len(images) > MAX_IMAGES:
         keep = np.sort(np.random.default_rng(seed).choice(len(images), MAX_IMAGES, replace=False))
         images, labels = images[torch.as_tensor(keep)], np.asarray(labels)[keep]
-    return lambda: writer_separation(embed(encoder, images, device, "backbone"), labels)
+
+    def check() -> dict[str, float]:
+        if statistics_from is None:
+            return writer_separation(embed(encoder, images, device, "backbone"), labels)
+        with batchnorm_statistics_kept(encoder):
+            precise_batchnorm(encoder, statistics_from, device)
+            return writer_separation(embed(encoder, images, device, "backbone"), labels)
+
+    return check
 
 
-def stage_monitor(ctx: StageContext, encoder: nn.Module, train: TrainConfig) -> Callable[[], dict[str, float]] | None:
-    """The :func:`writer_monitor` of the stage's validation writers when ``train.monitor_every`` is set, else None."""
+def stage_monitor(ctx: StageContext, encoder: nn.Module, train: TrainConfig,
+                  statistics_from: torch.Tensor | None = None) -> Callable[[], dict[str, float]] | None:
+    """The :func:`writer_monitor` of the stage's validation writers when ``train.monitor_every`` is set, else None;
+    ``encoder`` is what the stage saves (with ``train.ema`` the Trainer gives it the averaged weights)."""
     if train.monitor_every is None:
         return None
     if "val" not in ctx.dataset.splits:
         raise ValueError(f"train.monitor_every needs validation writers, and the data ({ctx.dataset.name}) has no "
                          "'val' split")
     val = ctx.dataset.splits["val"]
-    return writer_monitor(encoder, val.images, val.labels, ctx.device)
+    return writer_monitor(encoder, val.images, val.labels, ctx.device, statistics_from=statistics_from)

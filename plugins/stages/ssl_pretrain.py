@@ -328,9 +328,9 @@ class SSLPretrain:
         modules = {"encoder": model, "loss": loss_fn} | ({"teacher": teacher} if teacher is not None else {})
         trainer = Trainer(ctx, modules, self.train, steps_per_epoch=len(sampler), loss_modules=("loss",),
                           global_batch=gathered)
-        last = trainer.fit(epoch_batches(sampler), step, after_step if teacher is not None else None,
-                           stage_monitor(ctx, encoder, self.train))
         exported = teacher if self.export_teacher else encoder
+        last = trainer.fit(epoch_batches(sampler), step, after_step if teacher is not None else None,
+                           stage_monitor(ctx, exported, self.train, images if self.precise_bn else None))
         if self.precise_bn:
             precise_batchnorm(exported, images, ctx.device)
         path = save_encoder(ctx, exported, backbone_spec, self.head)

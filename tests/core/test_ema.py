@@ -13,6 +13,7 @@ from torch import nn
 from hvkit import registry as registry_module
 from hvkit.cli import main
 from hvkit.engine import StageContext, TrainConfig, Trainer, load_checkpoint
+from hvkit.engine.ema import ModelEma
 from hvkit.errors import HvkitError, RecipeError
 from hvkit.pipeline import prepare
 
@@ -195,3 +196,41 @@ def test_recipe_refuses_a_bad_decay_in_one_line(tmp_path, registry, train, key, 
     assert result.exit_code == 2
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: {path}:{key}: ") and fragment in line
+
+
+def test_the_monitor_reads_the_average_and_training_goes_on_from_the_raw_weights(stage_context):
+    """With train.ema a monitored check sees the weights the stage would export at that step; the steps after it
+    train from the raw weights as an unmonitored run does."""
+    model = linear_bn()
+    seen: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+    trainer = Trainer(stage_context, {"model": model}, config(ema=0.8, monitor_every=1), steps_per_epoch=3)
+    trajectory: list[dict[str, torch.Tensor]] = []
+
+    def monitor() -> dict[str, float]:
+        seen.append((snapshot(model), {k: t.clone() for k, t in trainer.ema.shadow["model"].items()}))
+        return {"val_auc": 0.5}
+
+    trainer.fit(lambda epoch: ((X[i:i + 2], Y[i:i + 2]) for i in range(0, 6, 2)),
+                lambda batch, g: (model(batch[0]) - batch[1]).pow(2).mean(),
+                lambda done: trajectory.append(snapshot(model)), monitor)
+    assert len(seen) == 2  # after each epoch
+    for held, shadow in seen:
+        assert all(torch.equal(held[key], value) for key, value in shadow.items())
+    assert not torch.equal(seen[0][0]["0.weight"], trajectory[2]["0.weight"])  # the average, not the raw step 3
+    plain, _, unmonitored = fit(replace(stage_context, name="plain"), config(ema=0.8))
+    for key, value in unmonitored[-1].items():
+        assert torch.equal(trajectory[-1][key], value), key
+    for key, value in plain.modules["model"].state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_a_swap_gives_the_modules_their_own_weights_back_after_an_error():
+    model = linear_bn()
+    ema = ModelEma({"model": model}, 0.5)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    raw = snapshot(model)
+    with pytest.raises(RuntimeError, match="inside"), ema.swapped():
+        assert torch.equal(model[0].weight, ema.shadow["model"]["0.weight"])
+        raise RuntimeError("inside")
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in raw.items())

@@ -4,6 +4,7 @@ one-line errors (a stage that offers no monitor: tests/core/test_engine.py)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from hvkit.registry import get_registry
 from hvkit.testing import failing_after_step, run_recipe_text, tiny_recipe
 from hvkit_plugins.datasets.cedar_and import cedar_and
 from hvkit_plugins.stages import monitor as monitor_module
-from hvkit_plugins.stages.encoder import embed, load_encoder
+from hvkit_plugins.stages.encoder import embed, load_encoder, precise_batchnorm
 from hvkit_plugins.stages.monitor import stage_monitor, writer_monitor, writer_separation
 
 
@@ -122,3 +123,54 @@ def test_a_monitored_run_resumed_mid_epoch_logs_what_the_straight_run_logs(tmp_p
     keys = ("step", "epoch", "loss", "val_auc", "val_p1")
     assert [[row[k] for k in keys] for row in resumed] == [[row[k] for k in keys] for row in straight]
     assert [row["step"] for row in straight] == [5, 10, 15]  # 5 steps an epoch: resumed from step 5 inside epoch 1
+
+
+@pytest.mark.parametrize("settings, train", [
+    ("precise_bn: true\n    local_views: 2\n    local_size: 16", ""),
+    ("", ", ema: 0.9"),
+    ("loss: {name: byol, predictor_dim: 16}\n    teacher_momentum: 0.9\n    export_teacher: true", "")],
+    ids=["precise_bn", "ema", "teacher"])
+def test_ssl_pretrain_monitors_the_model_it_saves_and_trains_as_unmonitored(tmp_path, settings, train):
+    """Precise BN's statistics (here after multi-crop's letter-sized passes), train.ema's average or the momentum
+    teacher: the last check reads the saved encoder, and every step's loss is that of the run without a monitor."""
+    def text(monitor_every: str) -> str:
+        return tiny_recipe(f"""
+  train:
+    stage: ssl_pretrain
+    head: {{name: mlp, dims: [16, 16]}}
+    batch_size: 48
+    train: {{epochs: 2, log_every: 1, monitor_every: {monitor_every}, amp: false{train}}}
+    {settings}
+""", name="watched", writers=30, samples_per_writer=4)
+
+    run = run_recipe_text(text("1"), tmp_path, "monitored")
+    rows = read_log(run / "stages" / "train" / "log.jsonl")
+    encoder, _ = load_encoder(run / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
+    val = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=4, image_size=32).splits["val"]
+    expected = writer_separation(embed(encoder, val.images, torch.device("cpu"), "backbone"), val.labels)
+    assert rows[-1]["val_auc"] == pytest.approx(expected["val_auc"], abs=1e-6)
+    assert rows[-1]["val_p1"] == pytest.approx(expected["val_p1"])
+    plain = read_log(run_recipe_text(text("null"), tmp_path, "plain") / "stages" / "train" / "log.jsonl")
+    assert len(plain) == len(rows) > 2
+    assert [row["loss"] for row in plain] == [row["loss"] for row in rows]
+
+
+def test_a_check_with_precise_statistics_reads_them_and_gives_training_its_own_back():
+    class Encoder(nn.Sequential):
+        def forward(self, x: torch.Tensor, features: str = "backbone") -> torch.Tensor:
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    encoder = Encoder(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8))
+    encoder[2].running_mean.fill_(3.0)
+    training = {key: t.clone() for key, t in encoder.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8, generator=g)
+    val = torch.randint(0, 256, (12, 1, 4, 4), dtype=torch.uint8, generator=g)
+    labels = np.arange(12) // 3
+    got = writer_monitor(encoder, val, labels, torch.device("cpu"), statistics_from=clean)()
+    assert all(torch.equal(encoder.state_dict()[key], t) for key, t in training.items())
+    precise = copy.deepcopy(encoder)
+    precise_batchnorm(precise, clean, torch.device("cpu"))
+    assert got == writer_separation(embed(precise, val, torch.device("cpu"), "backbone"), labels)
+    assert got != writer_separation(embed(encoder, val, torch.device("cpu"), "backbone"), labels)
