@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hvkit.evaluation.plots import new_figure
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
 from hvkit_plugins.commands.sources import open_encoder, read_files
+from hvkit_plugins.commands.verify import SetScoring, run_with_sets
 from hvkit_plugins.stages.encoder import load_encoder, to_float
 from hvkit_plugins.stages.evaluate import fitted_verifier
 from hvkit_plugins.stages.pair_training import same_writer_score
@@ -25,8 +27,13 @@ from hvkit_plugins.stages.test_views import TestViews
 
 @click.command("explain")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--known", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="A known image of the hand (repeatable), against as many --questioned: the sets' score as "
+                   "hvkit verify gives it, each image explained with the others held fixed.")
+@click.option("--questioned", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="A questioned image (repeatable).")
 @click.option("--stage", help="Evaluation stage with an encoder whose verifier to explain (default: the last one).")
 @click.option("--verifier", help="Verifier name in that stage (default: its cosine_pair, else its first).")
 @click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")
@@ -36,8 +43,9 @@ from hvkit_plugins.stages.test_views import TestViews
               show_default=True, help="The figure; the attributions are saved beside it as .npz.")
 @click.option("--invert/--no-invert", default=True, show_default=True, help="Dark ink on light paper.")
 @user_errors
-def explain_command(source: Path, image_a: Path, image_b: Path, stage: str | None, verifier: str | None,
-                    threshold: float | None, steps: int, out: Path, invert: bool) -> None:
+def explain_command(source: Path, image_a: Path | None, image_b: Path | None, known: tuple[Path, ...],
+                    questioned: tuple[Path, ...], stage: str | None, verifier: str | None, threshold: float | None,
+                    steps: int, out: Path, invert: bool) -> None:
     """Show which strokes of IMAGE_A and IMAGE_B raised or lowered a run's "same writer" score.
 
     Each image gets integrated gradients (Sundararajan et al. 2017) of the verifier's score with
@@ -51,8 +59,20 @@ def explain_command(source: Path, image_a: Path, image_b: Path, stage: str | Non
     weighted as it weighs their scores (integrated gradients are linear in the score); not
     hand-crafted features, which have no gradient to follow — or an encoder checkpoint, whose plain
     cosine is explained as ``hvkit verify`` scores it (give --threshold for a decision).
+
+    With --known and --questioned (k of each, in place of IMAGE_A IMAGE_B) SOURCE is a run whose
+    evaluation stage with an encoder ran set_verification with plots on: the two sets' score is the
+    one ``hvkit verify --known … --questioned …`` gives, and each of the 2k images is explained with
+    the other 2k − 1 held fixed, so its attributions add up to what its strokes add to the sets' score.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if known or questioned:
+        if image_a is not None:
+            raise HvkitError("give IMAGE_A IMAGE_B or --known … --questioned …, not both")
+        explain_sets(source, stage, list(known), list(questioned), threshold, steps, out, invert, device)
+        return
+    if image_b is None:
+        raise HvkitError("give two images, IMAGE_A IMAGE_B, or --known … --questioned …")
     if source.is_dir() and (source / "stages").is_dir():
         fitted = FittedRun(source)
         name, verifier = _explained(fitted, stage, verifier)
@@ -61,7 +81,7 @@ def explain_command(source: Path, image_a: Path, image_b: Path, stage: str | Non
         label = f"{name}/{verifier}"
     else:
         encoder, state = open_encoder(source, None, device)
-        explainer = Explainer(encoder, PlainCosine(), "backbone", TestViews(), state)
+        explainer = Explainer(Network(encoder, "backbone", TestViews(), state), PlainCosine())
         limit, label = threshold, "cosine"
     images = to_float(read_files([image_a, image_b], explainer.input, invert), device)
     attribution, ends = explainer.attribute(images, steps)
@@ -82,6 +102,40 @@ def explain_command(source: Path, image_a: Path, image_b: Path, stage: str | Non
              threshold=np.nan if limit is None else limit)
     shown = "" if limit is None else f" (threshold {limit:.3f})"
     plot_explanation(inked, shares, (image_a.name, image_b.name), f"{label}: score {score_ab:.3f}{shown}", out)
+    click.echo(f"wrote {out} and {out.with_suffix('.npz')}")
+
+
+def explain_sets(run_dir: Path, stage: str | None, known: list[Path], questioned: list[Path],
+                 threshold: float | None, steps: int, out: Path, invert: bool, device: torch.device) -> None:
+    """Explain k known against k questioned images by ``stage``'s set_verification (:class:`SetExplainer`):
+    print the score, its decision and each image's share, and write the figure and the .npz."""
+    fitted = run_with_sets(run_dir)
+    scoring = SetScoring.of(fitted, stage, len(known), len(questioned))
+    _explained(fitted, scoring.stage, None if scoring.space == "raw" else scoring.space)
+    network = Network.of(fitted, scoring.stage, device)
+    space = scoring.space_head(fitted, network.dim(device))
+    explainer = SetExplainer(network, None if space is None else space.to(device), scoring.centre, scoring.aggregate)
+    files = [*known, *questioned]
+    images = to_float(read_files(files, explainer.input, invert), device)
+    attribution, ends = explainer.attribute(images, steps)
+    shares = [a.sum(dim=0).cpu().numpy() for a in attribution]
+    ends = ends.cpu().numpy()
+    score, k = float(ends[0][1]), scoring.k
+    limit = scoring.threshold if threshold is None else threshold
+    where = "" if scoring.space == "raw" else f" in the {scoring.space} space"
+    label = f"{scoring.stage}: {k} against {k} ({scoring.aggregate}{where})"
+    click.echo(f"{label}: score {score:.4f}  threshold {limit:.4f}  → "
+               f"{'same writer' if score >= limit else 'different writers'}")
+    inked = images.sum(dim=1).cpu().numpy()
+    names = [f"{'known' if i < k else 'questioned'} {i % k + 1} ({path.name})" for i, path in enumerate(files)]
+    for name, share, (blank, full), image in zip(names, shares, ends, inked):
+        click.echo(f"{name}: strokes add {full - blank:+.4f} to the score with it blank ({blank:.4f}); attributions "
+                   f"sum to {share.sum():+.4f}; left / middle / right third of the ink "
+                   + " / ".join(f"{part:+.4f}" for part in thirds(share, image)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out.with_suffix(".npz"), attributions=np.stack(shares), images=inked, blank_scores=ends[:, 0],
+             score=score, threshold=limit, known=k, names=np.array([path.name for path in files]))
+    plot_explanation(inked, shares, names, f"{label}: score {score:.3f} (threshold {limit:.3f})", out)
     click.echo(f"wrote {out} and {out.with_suffix('.npz')}")
 
 
@@ -118,33 +172,47 @@ class PlainCosine(torch.nn.Module):
         return torch.nn.functional.cosine_similarity(first, second)
 
 
-class Explainer:
-    """A run's encoder and one fitted pair verifier, differentiable end to end: the "same writer" score of two
-    images through the stage's features and test-time views, and its integrated gradients."""
+class Network:
+    """A run's encoder as an evaluation stage embedded its test images (its features and test-time views),
+    differentiable with respect to the images."""
 
-    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module, features: str, views: TestViews,
-                 input_format: dict[str, Any]):
-        self.encoder, self.head, self.features, self.views = encoder, head, features, views
-        self.input = input_format
-        for module in (encoder, head):
-            module.requires_grad_(False)
+    def __init__(self, encoder: torch.nn.Module, features: str, views: TestViews, input_format: dict[str, Any]):
+        self.encoder, self.features, self.views, self.input = encoder, features, views, input_format
+        encoder.requires_grad_(False)
 
     @classmethod
-    def of(cls, fitted: FittedRun, stage: str, verifier: str, device: torch.device) -> Explainer:
-        """``verifier`` of evaluation ``stage`` (one with an encoder) of a finished run."""
+    def of(cls, fitted: FittedRun, stage: str, device: torch.device) -> Network:
+        """The network of evaluation ``stage`` (one with an encoder) of a finished run."""
         outputs = fitted.outputs[stage]
-        features = outputs.get("features", "backbone")
         encoder, state = load_encoder(fitted.run_dir / outputs["encoder"], get_registry(), device)
-        size = state.get("image_size", 64)
+        return cls(encoder, outputs.get("features", "backbone"), TestViews(**outputs.get("tta", {})), state)
+
+    def dim(self, device: torch.device) -> int:
+        """The embeddings' width."""
+        size = self.input.get("image_size", 64)
         height, width = (size, size) if isinstance(size, int) else size
         with torch.no_grad():
-            dim = encoder(torch.zeros(1, int(state["in_channels"]), height, width, device=device), features).shape[1]
-        head = fitted_verifier(fitted.entry(stage, verifier), dim, get_registry()).to(device)
-        return cls(encoder, head, features, TestViews(**outputs.get("tta", {})), state)
+            blank = torch.zeros(1, int(self.input["in_channels"]), height, width, device=device)
+            return self.encoder(blank, self.features).shape[1]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, D) embeddings of float images (B, C, H, W) as the stage embedded its test images."""
         return self.views.average(self.encoder(self.views.apply(images), self.features).float())
+
+
+class Explainer:
+    """A run's network and one fitted pair verifier, differentiable end to end: the "same writer" score of two
+    images through the stage's features and test-time views, and its integrated gradients."""
+
+    def __init__(self, network: Network, head: torch.nn.Module):
+        self.network, self.head = network, head.requires_grad_(False)
+        self.input = network.input
+
+    @classmethod
+    def of(cls, fitted: FittedRun, stage: str, verifier: str, device: torch.device) -> Explainer:
+        """``verifier`` of evaluation ``stage`` (one with an encoder) of a finished run."""
+        network = Network.of(fitted, stage, device)
+        return cls(network, fitted_verifier(fitted.entry(stage, verifier), network.dim(device), get_registry()).to(device))
 
     def score(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """B scores of "same writer" for embeddings (B, D) and (B or 1, D)."""
@@ -154,7 +222,7 @@ class Explainer:
         """Integrated gradients of each of two images (2, C, H, W), the other held fixed, from a blank page:
         (2, C, H, W) attributions and (2, 2) scores, row k ``[score with image k blank, score(a, b)]``."""
         with torch.no_grad():
-            fixed = self.embed(images)
+            fixed = self.network.embed(images)
         parts = [self.attribute_side(images[k], fixed[1 - k:2 - k], first=k == 0, steps=steps) for k in range(2)]
         return torch.stack([a for a, _ in parts]), torch.stack([e for _, e in parts])
 
@@ -163,10 +231,53 @@ class Explainer:
         """Integrated gradients of one image (C, H, W) against the other's fixed embedding (1, D), the image
         first or second in the pair: :func:`integrated_gradients`' attributions and path ends."""
         def score(batch: torch.Tensor) -> torch.Tensor:
-            e = self.embed(batch)
+            e = self.network.embed(batch)
             return self.score(e, other) if first else self.score(other.expand_as(e), e)
 
         return integrated_gradients(score, image, torch.zeros_like(image), steps=steps)
+
+
+class SetExplainer:
+    """k known against k questioned images scored as a stage's ``set_verification`` scores a trial, differentiable:
+    each image's embedding mapped into the stage's ``space`` (a fitted verifier's, or as it is), centred and
+    scaled to unit length, u_i; the score is ``cos(Σ_known u, Σ_questioned u)`` (``aggregate: direction``),
+    ``(Σ_known u)·(Σ_questioned u) / k²`` (``mean``) or the largest cross cosine (``max``; its gradient
+    follows that one pair). Each image gets integrated gradients from a blank page with the other 2k − 1
+    held fixed, so its attributions add up to what its strokes add to the set's score."""
+
+    def __init__(self, network: Network, space: torch.nn.Module | None, centre: np.ndarray, aggregate: str):
+        self.network, self.space, self.aggregate = network, space, aggregate
+        self.centre = torch.as_tensor(centre, dtype=torch.float64)
+        self.input = network.input
+
+    def score(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """B scores, float64, of B trials (B, 2k, D): the k known images first."""
+        e = embeddings if self.space is None else self.space.embed(embeddings.flatten(0, 1)).view(*embeddings.shape[:2], -1)
+        e = e.double()
+        units = torch.nn.functional.normalize(e - self.centre.to(e.device), dim=-1)
+        k = units.shape[1] // 2
+        known, questioned = units[:, :k], units[:, k:]
+        if self.aggregate == "max":
+            return (known @ questioned.transpose(1, 2)).flatten(1).max(dim=1).values
+        a, b = known.sum(dim=1), questioned.sum(dim=1)
+        if self.aggregate == "direction":
+            return torch.nn.functional.cosine_similarity(a, b, dim=1)
+        return (a * b).sum(dim=1) / k ** 2
+
+    def attribute(self, images: torch.Tensor, steps: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integrated gradients of each of the 2k images (2k, C, H, W), the others held fixed, from a blank page:
+        (2k, C, H, W) attributions and (2k, 2) scores, row i ``[score with image i blank, the set's score]``."""
+        with torch.no_grad():
+            fixed = self.network.embed(images)
+        parts = []
+        for i, image in enumerate(images):
+            def score(batch: torch.Tensor, i: int = i) -> torch.Tensor:
+                e = self.network.embed(batch)[:, None]
+                others = fixed[None].expand(len(e), -1, -1)
+                return self.score(torch.cat([others[:, :i], e, others[:, i + 1:]], dim=1))
+
+            parts.append(integrated_gradients(score, image, torch.zeros_like(image), steps=steps))
+        return torch.stack([a for a, _ in parts]), torch.stack([e for _, e in parts])
 
 
 class FusedExplainer:
@@ -202,11 +313,11 @@ def thirds(share: np.ndarray, image: np.ndarray) -> list[float]:
     return [float(share[:, cuts[k]:cuts[k + 1]].sum()) for k in range(3)]
 
 
-def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: tuple[str, str], title: str,
+def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: Sequence[str], title: str,
                      path: Path) -> None:
     """Each image (ink bright, shown dark on white) beside its attribution map on a shared red–blue scale."""
-    figure = new_figure(5.6, 4.4)
-    axes = figure.subplots(2, 2)
+    figure = new_figure(5.6, 0.6 + 1.9 * len(images))
+    axes = figure.subplots(len(images), 2, squeeze=False)
     bound = max(float(np.abs(s).max()) for s in shares) or 1.0
     for row, (image, share, name) in enumerate(zip(images, shares, names)):
         axes[row, 0].imshow(image, cmap="gray_r")

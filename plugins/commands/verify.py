@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -88,41 +89,75 @@ def verify_command(source: Path, image_a: Path | None, image_b: Path | None, kno
         click.echo("members: " + ", ".join(f"{m} {s:.4f}" for m, s in run.member_scores.items()))
 
 
+@dataclass(frozen=True)
+class SetScoring:
+    """How evaluation ``stage`` of a run scored k known against k questioned images in its set_verification:
+    ``space`` (``raw`` or the verifier whose space it scored in), ``centre`` (in that space), ``aggregate``,
+    and for k its validation ``threshold`` and ``calibration`` (None before hvkit calibrated)."""
+
+    stage: str
+    k: int
+    space: str
+    centre: np.ndarray
+    aggregate: str
+    threshold: float
+    calibration: dict[str, float] | None
+
+    @classmethod
+    def of(cls, fitted: FittedRun, stage: str | None, known: int, questioned: int) -> SetScoring:
+        """The scoring of ``stage`` (default: the run's last evaluation) for sets of ``known`` and ``questioned``
+        images, or a one-line error when the stage ran no set_verification that validated that size."""
+        run_dir = fitted.run_dir
+        name = stage or fitted.default_stage()
+        outputs = fitted.outputs.get(name, {})
+        sizes = outputs.get("metrics", {}).get("set_verification")
+        path = run_dir / "stages" / name / SET_SCORES
+        if sizes is None or not path.is_file():
+            raise HvkitError(f"stage {name!r} of {run_dir} ran no set_verification with plots on; re-run it with "
+                             f"one: hvkit eval {run_dir} --stage {name} "
+                             f"--set 'stages.{name}.evaluators=[set_verification]'")
+        found = sizes.get(f"k{known}", {})
+        if questioned != known or "threshold" not in found:
+            served = [key[1:] for key, v in sizes.items() if isinstance(v, dict) and "threshold" in v]
+            raise HvkitError(f"give as many --questioned as --known images, a number stage {name!r} validated: "
+                             f"{', '.join(served) or 'none'} (got {known} and {questioned})")
+        with np.load(path) as saved:
+            centre, aggregate = saved["centre"], str(saved["aggregate"])
+        return cls(name, known, outputs["metrics"].get("space", "raw"), centre, aggregate, found["threshold"],
+                   found.get("calibration"))
+
+    def space_head(self, fitted: FittedRun, dim: int) -> torch.nn.Module | None:
+        """The fitted verifier whose space the sets were scored in, or None for the features as they are."""
+        return None if self.space == "raw" else fitted_verifier(fitted.entry(self.stage, self.space), dim,
+                                                                get_registry())
+
+
+def run_with_sets(run_dir: Path) -> FittedRun:
+    """The finished run at ``run_dir``, or a one-line error: sets are scored by a run's evaluation stage."""
+    if not (run_dir / "stages").is_dir():
+        raise HvkitError(f"{run_dir}: --known and --questioned need a run directory")
+    return FittedRun(run_dir)
+
+
 def verify_sets(run_dir: Path, stage: str | None, known: list[Path], questioned: list[Path], threshold: float | None,
                 invert: bool, device: torch.device) -> None:
     """Print the score of k known against k questioned images by ``stage``'s set_verification, its decision at
     the validation threshold (or ``threshold``) and the likelihood ratio of its validation calibration."""
-    if not (run_dir / "stages").is_dir():
-        raise HvkitError(f"{run_dir}: --known and --questioned need a run directory")
-    fitted = FittedRun(run_dir)
-    name = stage or fitted.default_stage()
-    outputs = fitted.outputs.get(name, {})
-    sizes = outputs.get("metrics", {}).get("set_verification")
-    path = run_dir / "stages" / name / SET_SCORES
-    if sizes is None or not path.is_file():
-        raise HvkitError(f"stage {name!r} of {run_dir} ran no set_verification with plots on; re-run it with one: "
-                         f"hvkit eval {run_dir} --stage {name} --set 'stages.{name}.evaluators=[set_verification]'")
-    k = len(known)
-    found = sizes.get(f"k{k}", {})
-    if len(questioned) != k or "threshold" not in found:
-        served = [key[1:] for key, v in sizes.items() if isinstance(v, dict) and "threshold" in v]
-        raise HvkitError(f"give as many --questioned as --known images, a number stage {name!r} validated: "
-                         f"{', '.join(served) or 'none'} (got {k} and {len(questioned)})")
-    with np.load(path) as saved:
-        centre, aggregate = saved["centre"], str(saved["aggregate"])
-    emb = stage_features(run_dir, name, outputs, [*known, *questioned], invert, device)
-    space = outputs["metrics"].get("space", "raw")
-    if space != "raw":  # the sets were scored in a fitted verifier's space: map the images there as the stage did
-        emb = space_embedding(fitted_verifier(fitted.entry(name, space), emb.shape[1], get_registry()), emb)
-    emb = emb.numpy()
+    fitted = run_with_sets(run_dir)
+    scoring = SetScoring.of(fitted, stage, len(known), len(questioned))
+    k = scoring.k
+    emb = stage_features(run_dir, scoring.stage, fitted.outputs[scoring.stage], [*known, *questioned], invert, device)
+    head = scoring.space_head(fitted, emb.shape[1])
+    if head is not None:  # the sets were scored in a fitted verifier's space: map the images there as the stage did
+        emb = space_embedding(head, emb)
     rows = np.arange(k)
-    score = float(set_scores(directions(emb, centre), np.zeros(2 * k, np.int64), [(rows, rows + k, True)],
-                             aggregate).scores[0])
-    limit = threshold if threshold is not None else found["threshold"]
+    score = float(set_scores(directions(emb.numpy(), scoring.centre), np.zeros(2 * k, np.int64),
+                             [(rows, rows + k, True)], scoring.aggregate).scores[0])
+    limit = threshold if threshold is not None else scoring.threshold
     click.echo(f"score {score:.4f}  threshold {limit:.4f}  ({k} against {k}) → "
                f"{'same writer' if score >= limit else 'different writers'}")
-    if found.get("calibration"):
-        click.echo(likelihood_ratio_line(float(Calibration(**found["calibration"]).log_lr(score))))
+    if scoring.calibration:
+        click.echo(likelihood_ratio_line(float(Calibration(**scoring.calibration).log_lr(score))))
 
 
 class RunVerifiers:
