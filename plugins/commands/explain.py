@@ -16,7 +16,7 @@ from hvkit.evaluation.attribution import integrated_gradients
 from hvkit.evaluation.plots import new_figure
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
-from hvkit_plugins.commands.sources import open_encoder, read_files
+from hvkit_plugins.commands.sources import open_encoder, read_files, set_options
 from hvkit_plugins.commands.verify import SetScoring, run_with_sets
 from hvkit_plugins.stages.encoder import load_encoder, to_float
 from hvkit_plugins.stages.evaluate import fitted_verifier
@@ -29,11 +29,7 @@ from hvkit_plugins.stages.test_views import TestViews
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
-@click.option("--known", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
-              help="A known image of the hand (repeatable), against as many --questioned: the sets' score as "
-                   "hvkit verify gives it, each image explained with the others held fixed.")
-@click.option("--questioned", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
-              help="A questioned image (repeatable).")
+@set_options("the sets' score as hvkit verify gives it, each image explained with the others held fixed.")
 @click.option("--stage", help="Evaluation stage with an encoder whose verifier to explain (default: the last one).")
 @click.option("--verifier", help="Verifier name in that stage (default: its cosine_pair, else its first).")
 @click.option("--threshold", type=float, help="Decision threshold (default: the one chosen on validation writers).")

@@ -125,6 +125,17 @@ def tta_options(command: Callable) -> Callable:
                         help="Also average the image moved by this many pixels left, right, up and down.")(command)
 
 
+def set_options(known: str) -> Callable[[Callable], Callable]:
+    """``--known`` (described by ``known``) and ``--questioned``: k images of each, in place of two images."""
+    def decorate(command: Callable) -> Callable:
+        command = click.option("--questioned", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                               multiple=True, help="A questioned image (repeatable).")(command)
+        return click.option("--known", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+                            help=f"A known image of the hand (repeatable), against as many --questioned: {known}"
+                            )(command)
+    return decorate
+
+
 def test_views(shifts: int, zooms: tuple[float, ...]) -> TestViews | None:
     """The views of ``--tta-shifts``/``--tta-zoom``, or None for the image alone."""
     if not shifts and not zooms:

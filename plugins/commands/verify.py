@@ -15,7 +15,7 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
-from hvkit_plugins.commands.sources import embed_files, open_encoder, stage_features
+from hvkit_plugins.commands.sources import embed_files, open_encoder, set_options, stage_features
 from hvkit_plugins.evaluators.directions import directions
 from hvkit_plugins.evaluators.set_verification import SET_SCORES, set_scores
 from hvkit_plugins.stages.evaluate import fitted_verifier, space_embedding
@@ -26,11 +26,7 @@ from hvkit_plugins.stages.pair_training import same_writer_score
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
-@click.option("--known", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
-              help="A known image of the hand (repeatable), against as many --questioned: k against k, scored as "
-                   "the stage's set_verification scored its test trials.")
-@click.option("--questioned", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
-              help="A questioned image (repeatable).")
+@set_options("k against k, scored as the stage's set_verification scored its test trials.")
 @click.option("--stage", help="Evaluation or score_fusion stage whose verifier to use (default: the last evaluation "
               "with an encoder, else the last evaluation).")
 @click.option("--verifier", help="Verifier name in that stage (default: its cosine_pair, else its first; a "

@@ -9,7 +9,7 @@ import pytest
 from hvkit.registry import set_registry
 from hvkit.testing import run_recipe_text, tiny_recipe
 
-FITTED_STAGES = """
+TRAINED = """
 train:
   stage: metric_train
   loss: supcon
@@ -18,6 +18,10 @@ train:
   batch_size: 16
   label_fraction: 0.5
   train: {epochs: 1, max_steps: 2, amp: false, optimizer: {name: SGD, lr: 0.01}}
+"""
+"""A two-step metric-learning stage ``train``: a network that the stages after it evaluate."""
+
+FITTED_STAGES = TRAINED + """
 evaluate:
   stage: evaluate
   model_from: train

@@ -21,35 +21,29 @@ from hvkit_plugins.evaluators.directions import directions
 from hvkit_plugins.evaluators.set_verification import AGGREGATES, set_scores
 from hvkit_plugins.heads.cosine_pair import CosinePair
 
-STAGES = """
-  train:
-    stage: metric_train
-    loss: supcon
-    head: null
-    transform: null
-    batch_size: 16
-    label_fraction: 0.5
-    train: {epochs: 1, max_steps: 2, amp: false, optimizer: {name: SGD, lr: 0.01}}
-  sets:
-    stage: evaluate
-    model_from: train
-    label_fraction: 0.5
-    tta: {shifts: 1}
-    verifiers: [cosine_pair, wccn_pair]
-    space: wccn_pair
-    evaluators: [{name: set_verification, sizes: [2], bootstrap: 0}]
-  sets_mean:
-    stage: evaluate
-    model_from: train
-    label_fraction: 0.5
-    verifiers: [cosine_pair]
-    evaluators: [{name: set_verification, sizes: [2], aggregate: mean, bootstrap: 0}]
-  pixels:
-    stage: evaluate
-    features: pixels
-    label_fraction: 0.5
-    verifiers: [cosine_pair]
-    evaluators: [{name: set_verification, sizes: [2], bootstrap: 0}]
+from .conftest import TRAINED
+
+STAGES = TRAINED + """
+sets:
+  stage: evaluate
+  model_from: train
+  label_fraction: 0.5
+  tta: {shifts: 1}
+  verifiers: [cosine_pair, wccn_pair]
+  space: wccn_pair
+  evaluators: [{name: set_verification, sizes: [2], bootstrap: 0}]
+sets_mean:
+  stage: evaluate
+  model_from: train
+  label_fraction: 0.5
+  verifiers: [cosine_pair]
+  evaluators: [{name: set_verification, sizes: [2], aggregate: mean, bootstrap: 0}]
+pixels:
+  stage: evaluate
+  features: pixels
+  label_fraction: 0.5
+  verifiers: [cosine_pair]
+  evaluators: [{name: set_verification, sizes: [2], bootstrap: 0}]
 """
 
 
