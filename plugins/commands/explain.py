@@ -312,7 +312,9 @@ def thirds(share: np.ndarray, image: np.ndarray) -> list[float]:
 def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: Sequence[str], title: str,
                      path: Path) -> None:
     """Each image (ink bright, shown dark on white) beside its attribution map on a shared red–blue scale."""
-    figure = new_figure(5.6, 0.6 + 1.9 * len(images))
+    height = 0.7 + 1.9 * len(images)
+    figure = new_figure(5.6, height)
+    figure.subplots_adjust(left=0.02, right=0.86, bottom=0.1 / height, top=1 - 0.55 / height, hspace=0.3)
     axes = figure.subplots(len(images), 2, squeeze=False)
     bound = max(float(np.abs(s).max()) for s in shares) or 1.0
     for row, (image, share, name) in enumerate(zip(images, shares, names)):
