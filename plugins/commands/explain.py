@@ -208,7 +208,8 @@ class Explainer:
     def of(cls, fitted: FittedRun, stage: str, verifier: str, device: torch.device) -> Explainer:
         """``verifier`` of evaluation ``stage`` (one with an encoder) of a finished run."""
         network = Network.of(fitted, stage, device)
-        return cls(network, fitted_verifier(fitted.entry(stage, verifier), network.dim(device), get_registry()).to(device))
+        head = fitted_verifier(fitted.entry(stage, verifier), network.dim(device), get_registry())
+        return cls(network, head.to(device))
 
     def score(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """B scores of "same writer" for embeddings (B, D) and (B or 1, D)."""
@@ -248,8 +249,8 @@ class SetExplainer:
 
     def score(self, embeddings: torch.Tensor) -> torch.Tensor:
         """B scores, float64, of B trials (B, 2k, D): the k known images first."""
-        e = embeddings if self.space is None else self.space.embed(embeddings.flatten(0, 1)).view(*embeddings.shape[:2], -1)
-        e = e.double()
+        e = embeddings if self.space is None else self.space.embed(embeddings.flatten(0, 1))
+        e = e.view(*embeddings.shape[:2], -1).double()
         units = torch.nn.functional.normalize(e - self.centre.to(e.device), dim=-1)
         k = units.shape[1] // 2
         known, questioned = units[:, :k], units[:, k:]

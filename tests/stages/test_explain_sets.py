@@ -1,5 +1,5 @@
-"""``hvkit explain --known … --questioned …``: each image of two sets explained with the others held fixed; the score
-is ``hvkit verify``'s for the same sets, each image's attributions add up to what its strokes add, and the
+"""``hvkit explain --known … --questioned …``: each image of two sets explained with the others held fixed; the
+score is ``hvkit verify``'s for the same sets, each image's attributions add up to what its strokes add, and the
 differentiable set score equals the evaluator's for every aggregate, in a verifier's space or as it is."""
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def test_each_image_s_attributions_add_up_to_its_share_of_the_score_verify_print
     assert verified.exit_code == 0, verified.output
     score, limit = map(float, re.match(r"score (\S+)  threshold (\S+)", verified.output).groups())
     saved = np.load(out.with_suffix(".npz"))
-    assert float(saved["score"]) == pytest.approx(score, abs=6e-5) and float(saved["threshold"]) == pytest.approx(limit, abs=6e-5)
+    assert float(saved["score"]) == pytest.approx(score, abs=6e-5)
+    assert float(saved["threshold"]) == pytest.approx(limit, abs=6e-5)
     limit = float(saved["threshold"])
     decision = "same writer" if float(saved["score"]) >= limit else "different writers"
     assert result.output.splitlines()[0].endswith(f"score {float(saved['score']):.4f}  threshold {limit:.4f}  → "
