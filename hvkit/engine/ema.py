@@ -56,26 +56,26 @@ class ModelEma:
         torch._foreach_lerp_(averaged, targets, 1.0 - self.decay_at(self.updates))
         self.updates += 1
 
-    @torch.no_grad()
     def copy_to(self) -> None:
         """Overwrite the modules' weights with the averages."""
-        for name in self.modules:
-            for key, live in self._live(name).items():
-                live.copy_(self.shadow[name][key])
+        self._load(self.shadow)
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
         """The modules hold the averages inside the block and their own weights again after it."""
-        with torch.no_grad():
-            live = {name: {key: t.clone() for key, t in self._live(name).items()} for name in self.modules}
-            self.copy_to()
+        own = {name: {key: t.clone() for key, t in self._live(name).items()} for name in self.modules}
+        self.copy_to()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name in self.modules:
-                    for key, t in self._live(name).items():
-                        t.copy_(live[name][key])
+            self._load(own)
+
+    @torch.no_grad()
+    def _load(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Copy ``weights`` ({module: {key: tensor}}) into the modules."""
+        for name in self.modules:
+            for key, live in self._live(name).items():
+                live.copy_(weights[name][key])
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "shadow": self.shadow}

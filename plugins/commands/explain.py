@@ -16,7 +16,7 @@ from hvkit.evaluation.attribution import integrated_gradients
 from hvkit.evaluation.plots import new_figure
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
-from hvkit_plugins.commands.sources import open_encoder, read_files, set_options
+from hvkit_plugins.commands.sources import open_encoder, read_files, set_options, wants_sets
 from hvkit_plugins.commands.verify import SetScoring, run_with_sets
 from hvkit_plugins.stages.encoder import load_encoder, to_float
 from hvkit_plugins.stages.evaluate import fitted_verifier
@@ -62,13 +62,9 @@ def explain_command(source: Path, image_a: Path | None, image_b: Path | None, kn
     the other 2k − 1 held fixed, so its attributions add up to what its strokes add to the sets' score.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if known or questioned:
-        if image_a is not None:
-            raise HvkitError("give IMAGE_A IMAGE_B or --known … --questioned …, not both")
+    if wants_sets(image_a, image_b, known, questioned):
         explain_sets(source, stage, list(known), list(questioned), threshold, steps, out, invert, device)
         return
-    if image_b is None:
-        raise HvkitError("give two images, IMAGE_A IMAGE_B, or --known … --questioned …")
     if source.is_dir() and (source / "stages").is_dir():
         fitted = FittedRun(source)
         name, verifier = _explained(fitted, stage, verifier)
@@ -90,8 +86,7 @@ def explain_command(source: Path, image_a: Path | None, image_b: Path | None, kn
     inked = images.sum(dim=1).cpu().numpy()
     for side, path, share, (blank, full), image in zip("AB", (image_a, image_b), shares, ends, inked):
         click.echo(f"{side} ({path.name}): strokes add {full - blank:+.4f} to the score of a blank page "
-                   f"({blank:.4f}); attributions sum to {share.sum():+.4f}; left / middle / right third of the ink "
-                   + " / ".join(f"{part:+.4f}" for part in thirds(share, image)))
+                   f"({blank:.4f}); {shares_text(share, image)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out.with_suffix(".npz"), attribution_a=shares[0], attribution_b=shares[1], images=inked,
              blank_scores=np.array([ends[0][0], ends[1][0]]), score=score_ab,
@@ -125,9 +120,8 @@ def explain_sets(run_dir: Path, stage: str | None, known: list[Path], questioned
     inked = images.sum(dim=1).cpu().numpy()
     names = [f"{'known' if i < k else 'questioned'} {i % k + 1} ({path.name})" for i, path in enumerate(files)]
     for name, share, (blank, full), image in zip(names, shares, ends, inked):
-        click.echo(f"{name}: strokes add {full - blank:+.4f} to the score with it blank ({blank:.4f}); attributions "
-                   f"sum to {share.sum():+.4f}; left / middle / right third of the ink "
-                   + " / ".join(f"{part:+.4f}" for part in thirds(share, image)))
+        click.echo(f"{name}: strokes add {full - blank:+.4f} to the score with it blank ({blank:.4f}); "
+                   f"{shares_text(share, image)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out.with_suffix(".npz"), attributions=np.stack(shares), images=inked, blank_scores=ends[:, 0],
              score=score, threshold=limit, known=k, names=np.array([path.name for path in files]))
@@ -308,6 +302,12 @@ def thirds(share: np.ndarray, image: np.ndarray) -> list[float]:
     cuts = np.linspace(columns[0], columns[-1] + 1, 4).round().astype(int)
     cuts[0], cuts[-1] = 0, share.shape[1]
     return [float(share[:, cuts[k]:cuts[k + 1]].sum()) for k in range(3)]
+
+
+def shares_text(share: np.ndarray, image: np.ndarray) -> str:
+    """The printed check of one image's map: its sum and :func:`thirds`."""
+    return (f"attributions sum to {share.sum():+.4f}; left / middle / right third of the ink "
+            + " / ".join(f"{part:+.4f}" for part in thirds(share, image)))
 
 
 def plot_explanation(images: np.ndarray, shares: list[np.ndarray], names: Sequence[str], title: str,

@@ -136,6 +136,19 @@ def set_options(known: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def wants_sets(image_a: Path | None, image_b: Path | None, known: tuple[Path, ...],
+               questioned: tuple[Path, ...]) -> bool:
+    """Whether a command of :func:`set_options` was given sets rather than two images; a one-line error when it
+    was given both, or neither in full."""
+    if known or questioned:
+        if image_a is not None:
+            raise HvkitError("give IMAGE_A IMAGE_B or --known … --questioned …, not both")
+        return True
+    if image_b is None:
+        raise HvkitError("give two images, IMAGE_A IMAGE_B, or --known … --questioned …")
+    return False
+
+
 def test_views(shifts: int, zooms: tuple[float, ...]) -> TestViews | None:
     """The views of ``--tta-shifts``/``--tta-zoom``, or None for the image alone."""
     if not shifts and not zooms:

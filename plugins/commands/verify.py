@@ -15,7 +15,7 @@ from hvkit.errors import HvkitError
 from hvkit.evaluation import Calibration
 from hvkit.registry import get_registry
 from hvkit_plugins.commands.fitted_run import FittedRun
-from hvkit_plugins.commands.sources import embed_files, open_encoder, set_options, stage_features
+from hvkit_plugins.commands.sources import embed_files, open_encoder, set_options, stage_features, wants_sets
 from hvkit_plugins.evaluators.directions import directions
 from hvkit_plugins.evaluators.set_verification import SET_SCORES, set_scores
 from hvkit_plugins.stages.evaluate import fitted_verifier, space_embedding
@@ -54,13 +54,9 @@ def verify_command(source: Path, image_a: Path | None, image_b: Path | None, kno
     p(score | two writers) is printed too.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if known or questioned:
-        if image_a is not None:
-            raise HvkitError("give IMAGE_A IMAGE_B or --known … --questioned …, not both")
+    if wants_sets(image_a, image_b, known, questioned):
         verify_sets(source, stage, list(known), list(questioned), threshold, invert, device)
         return
-    if image_b is None:
-        raise HvkitError("give two images, IMAGE_A IMAGE_B, or --known … --questioned …")
     files = [image_a, image_b]
     if source.is_dir() and (source / "stages").is_dir():
         fitted = FittedRun(source)

@@ -70,6 +70,16 @@ def test_many_images_are_sampled_once_by_seed(monkeypatch):
     assert not torch.equal(seen[0], images[:10])
 
 
+def _assert_the_last_check_reads_the_saved_encoder(run, rows: list[dict]) -> None:
+    """The last logged check of stage ``train`` (30 synthetic writers of 4 words at 32 px) equals the separation
+    of the encoder the stage saved."""
+    encoder, _ = load_encoder(run / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
+    val = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=4, image_size=32).splits["val"]
+    expected = writer_separation(embed(encoder, val.images, torch.device("cpu"), "backbone"), val.labels)
+    assert rows[-1]["val_auc"] == pytest.approx(expected["val_auc"], abs=1e-6)
+    assert rows[-1]["val_p1"] == pytest.approx(expected["val_p1"])
+
+
 @pytest.mark.parametrize("stage", ["metric_train", "ssl_pretrain", "vae_pretrain", "mae_pretrain"])
 def test_each_stage_logs_the_separation_of_the_weights_it_saves(tmp_path, stage):
     spec = {"metric_train": "loss: supcon\n    label_fraction: 1.0",
@@ -86,11 +96,7 @@ def test_each_stage_logs_the_separation_of_the_weights_it_saves(tmp_path, stage)
 """, name="watched", writers=30, samples_per_writer=4), tmp_path)
     rows = read_log(run / "stages" / "train" / "log.jsonl")
     assert [row["epoch"] for row in rows if "val_auc" in row] == [0, 1]
-    encoder, _ = load_encoder(run / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
-    val = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=4, image_size=32).splits["val"]
-    expected = writer_separation(embed(encoder, val.images, torch.device("cpu"), "backbone"), val.labels)
-    assert rows[-1]["val_auc"] == pytest.approx(expected["val_auc"], abs=1e-6)
-    assert rows[-1]["val_p1"] == pytest.approx(expected["val_p1"])
+    _assert_the_last_check_reads_the_saved_encoder(run, rows)
 
 
 def test_a_dataset_without_enough_validation_writers_is_a_one_line_error():
@@ -145,11 +151,7 @@ def test_ssl_pretrain_monitors_the_model_it_saves_and_trains_as_unmonitored(tmp_
 
     run = run_recipe_text(text("1"), tmp_path, "monitored")
     rows = read_log(run / "stages" / "train" / "log.jsonl")
-    encoder, _ = load_encoder(run / "stages" / "train" / "encoder.pt", get_registry(), torch.device("cpu"))
-    val = cedar_and(synthetic_writers=30, synthetic_samples_per_writer=4, image_size=32).splits["val"]
-    expected = writer_separation(embed(encoder, val.images, torch.device("cpu"), "backbone"), val.labels)
-    assert rows[-1]["val_auc"] == pytest.approx(expected["val_auc"], abs=1e-6)
-    assert rows[-1]["val_p1"] == pytest.approx(expected["val_p1"])
+    _assert_the_last_check_reads_the_saved_encoder(run, rows)
     plain = read_log(run_recipe_text(text("null"), tmp_path, "plain") / "stages" / "train" / "log.jsonl")
     assert len(plain) == len(rows) > 2
     assert [row["loss"] for row in plain] == [row["loss"] for row in rows]
